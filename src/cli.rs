@@ -1,0 +1,224 @@
+//! The command line: `sluice run`, `sluice check-config`, and the shared logging flags.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Auth, Config, IdentitySource, Tenant, UnknownTenant};
+
+/// sluice: a multi-tenant, capacity-aware WebSocket signaling proxy.
+///
+/// It stands between a softphone fleet and a contact-center edge, enforces each tenant's
+/// limits before the edge does, and relays each admitted WebSocket both ways.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, propagate_version = true)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    ///
+    /// Listens on `listen.address` for WebSocket upgrades, resolves and authenticates
+    /// each client's tenant, connects it to its upstream group and relays both ways.
+    /// Log verbosity follows RUST_LOG (default "info"). SLUICE__SECTION__KEY environment
+    /// variables override keys of the file.
+    Run {
+        /// Config file (TOML).
+        #[arg(long, short, value_name = "FILE", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print the effective limits per tenant.
+    ///
+    /// Exits 0 when the file is valid, 1 with every invalid key and why when it is not.
+    /// Environment overrides and JWT secrets are read as `run` would read them.
+    CheckConfig {
+        /// Config file (TOML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(config) => {
+                print!("{}", describe(&config, &file.display().to_string()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: invalid config\n{e}", file.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            crate::logging::init(cli.log_format);
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("{}: invalid config: {e}", config.display());
+                    eprintln!("{}: invalid config\n{e}", config.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::run(config, crate::signals::terminate())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// The effective configuration as `check-config` prints it.
+pub fn describe(config: &Config, name: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{name}: OK");
+    let tls = if config.listen.tls.is_some() {
+        "TLS"
+    } else {
+        "plain"
+    };
+    let _ = writeln!(
+        out,
+        "listen   {} ({tls}), header timeout {}, max header {} bytes",
+        config.listen.address,
+        humantime::format_duration(config.listen.header_timeout),
+        config.protection.max_header_bytes
+    );
+    let _ = writeln!(out, "admin    {}", config.admin.address);
+    let sources: Vec<String> = config
+        .identity
+        .sources
+        .iter()
+        .map(|s| match s {
+            IdentitySource::Path => "path /t/{tenant}/…".to_owned(),
+            IdentitySource::Header => format!("header {}", config.identity.header),
+            IdentitySource::Host => match &config.identity.host_suffix {
+                Some(sfx) => format!("host {{tenant}}{sfx}"),
+                None => "host (inactive: tenant_identity.host_suffix not set)".to_owned(),
+            },
+        })
+        .collect();
+    let unknown = match config.identity.unknown {
+        UnknownTenant::Reject => "rejected (403)",
+        UnknownTenant::Default => "admitted as _default under [defaults]",
+    };
+    let _ = writeln!(
+        out,
+        "tenants from: {}; unknown tenants {unknown}",
+        sources.join(", ")
+    );
+    match &config.edge {
+        Some(e) => {
+            let _ = writeln!(
+                out,
+                "edge ceiling: {} sessions, {} handshakes/s, burst {}",
+                e.max_sessions, e.handshake_rate, e.handshake_burst
+            );
+        }
+        None => {
+            let _ = writeln!(out, "edge ceiling: none");
+        }
+    }
+    let u = &config.upstream;
+    let _ = writeln!(
+        out,
+        "upstream: handshake timeout {}, default group {}",
+        humantime::format_duration(u.handshake_timeout),
+        u.default_group
+    );
+    for group in u.groups.values() {
+        let urls: Vec<&str> = group.endpoints.iter().map(|e| e.url.as_str()).collect();
+        let _ = writeln!(out, "  group {}: {}", group.name, urls.join(", "));
+    }
+    let _ = writeln!(out);
+    let header = [
+        "tenant", "sessions", "rate/s", "burst", "queue", "timeout", "mode", "weight", "group",
+        "auth",
+    ];
+    let mut rows: Vec<[String; 10]> = vec![header.map(str::to_owned)];
+    let tenants = config
+        .tenants
+        .values()
+        .chain(config.default_tenant.as_ref());
+    for t in tenants {
+        rows.push(tenant_row(t));
+    }
+    let widths: Vec<usize> = (0..10)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    out
+}
+
+fn tenant_row(t: &Tenant) -> [String; 10] {
+    let l = &t.limits;
+    let auth = match &t.auth {
+        Auth::None => "none".to_owned(),
+        Auth::ApiKey { hashes } => format!("api-key ({} keys)", hashes.len()),
+        Auth::Jwt { origin, .. } => format!("jwt ({origin})"),
+    };
+    [
+        t.name.clone(),
+        l.max_sessions.to_string(),
+        l.handshake_rate.to_string(),
+        l.handshake_burst.to_string(),
+        l.queue_depth.to_string(),
+        humantime::format_duration(l.queue_timeout).to_string(),
+        l.queue_mode.as_str().to_owned(),
+        l.weight.to_string(),
+        t.upstream_group.clone(),
+        auth,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

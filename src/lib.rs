@@ -1,0 +1,56 @@
+//! sluice: a multi-tenant, capacity-aware WebSocket signaling proxy.
+//!
+//! sluice stands between a softphone fleet and a contact-center edge. It resolves each
+//! connecting client's tenant, authenticates it, enforces the tenant's limits before the
+//! edge does, opens the WebSocket to the tenant's edge and relays it both ways.
+//!
+//! # Layout
+//!
+//! The modules follow the flow of one connection (`../shared/DESIGN.md`):
+//!
+//! 1. [`listen`]: accept TCP (TLS optional, [`tls`]), read the HTTP/1.1 upgrade with
+//!    hyper under a header timeout and size limit.
+//! 2. [`tenant`]: resolve the tenant from the path prefix, a header or the Host.
+//! 3. [`auth`]: check the tenant's credential (none, API key, JWT) and strip it.
+//! 4. admission (per-tenant caps, rates and queues) sits between [`auth`] and
+//!    [`upstream`] in [`proxy::handle`].
+//! 5. [`upstream`]: the WebSocket handshake to an endpoint of the tenant's group.
+//! 6. [`relay`]: a transparent byte tunnel that holds no buffer while idle.
+//! 7. [`release`]: the one place a session's end is observed.
+//!
+//! [`proxy`] puts the steps in order; [`reject`] turns refusals into responses;
+//! [`config`] loads and validates the file; [`cli`] is the command line.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod listen;
+pub mod logging;
+pub mod proxy;
+pub mod reject;
+pub mod relay;
+pub mod release;
+pub mod signals;
+pub mod stream;
+pub mod tenant;
+pub mod tls;
+pub mod upstream;
+
+use std::future::Future;
+
+pub use config::Config;
+pub use listen::{Server, StartError};
+
+/// Binds the proxy and serves until `shutdown` completes.
+///
+/// # Errors
+/// [`StartError`] when the listener cannot be bound or TLS material is unusable.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let server = Server::bind(config).await?;
+    server.run(shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Step 1 of the flow: accept TCP (TLS optional) and read the HTTP/1.1 request head with
+//! hyper, within `listen.header_timeout` and `protection.max_header_bytes`.
+//!
+//! A head larger than the limit is answered `431` by hyper; a client that does not
+//! finish its head (or TLS handshake) in time is disconnected. Neither affects any other
+//! connection: each runs in its own task.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::proxy::{self, Shared};
+use crate::stream::Stream;
+use crate::tls::{self, TlsError};
+use crate::upstream::{ClientInfo, Connector};
+
+/// Pause after an accept error (e.g. out of file descriptors) before accepting again.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr} (listen.address): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// The proxy listener, bound and ready to run.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.listener.local_addr().ok())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+// === impl Server ===
+
+impl Server {
+    /// Binds `listen.address` and loads the TLS material.
+    ///
+    /// # Errors
+    /// [`StartError`] when the address cannot be bound or a TLS file is unusable.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let tls = match &config.listen.tls {
+            Some(files) => Some(TlsAcceptor::from(tls::server_config(
+                &files.cert,
+                &files.key,
+            )?)),
+            None => None,
+        };
+        let connector = Connector::new(tls::client_config(config.upstream.ca_file.as_deref())?);
+        let addr = config.listen.address;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                config: arc_swap::ArcSwap::from_pointee(config),
+                connector,
+            }),
+            tls,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    ///
+    /// # Panics
+    /// Never in practice: a bound listener has an address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// What all connections share (the config in force).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Accepts connections until `shutdown` completes. Live sessions run in their own
+    /// tasks and are not waited for here.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tracing::info!(
+            addr = %self.local_addr(),
+            tls = self.tls.is_some(),
+            "proxy listening"
+        );
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            match accepted {
+                Ok((tcp, addr)) => {
+                    let shared = self.shared.clone();
+                    let tls = self.tls.clone();
+                    tokio::spawn(serve_connection(tcp, addr, tls, shared));
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            }
+        }
+        tracing::info!("proxy listener stopped");
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let (header_timeout, max_header_bytes) = {
+        let config = shared.config.load();
+        (
+            config.listen.header_timeout,
+            config.protection.max_header_bytes,
+        )
+    };
+    let stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => Stream::ServerTls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %addr, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let info = ClientInfo {
+        addr,
+        tls: matches!(stream, Stream::ServerTls(_)),
+    };
+    let service = service_fn(move |req| proxy::handle(req, shared.clone(), info));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_header_bytes)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
+    }
+}

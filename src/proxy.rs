@@ -1,0 +1,278 @@
+//! The flow of one connection, step by step (DESIGN.md): what happens to a request once
+//! [`crate::listen`] has read its head. Each step lives in its own module; this one only
+//! puts them in order and turns their refusals into responses.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::config::Config;
+use crate::reject::{self, Reason, Rejection};
+use crate::relay::{self, Leg};
+use crate::release::Session;
+use crate::stream::Stream;
+use crate::upstream::{self, AttemptError, ClientInfo, Connector, UpstreamFailed};
+use crate::{auth, tenant};
+
+/// Longest `X-Request-Id` kept from a client; longer or odd ones are replaced.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The config in force; swapped whole on reload.
+    pub config: arc_swap::ArcSwap<Config>,
+    /// Opens upstream WebSockets.
+    pub connector: Connector,
+}
+
+/// Serves one request: a WebSocket upgrade is resolved, authenticated, connected
+/// upstream and relayed; anything else gets its refusal.
+pub async fn handle(
+    mut req: Request<Incoming>,
+    shared: Arc<Shared>,
+    info: ClientInfo,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let request_id = request_id(req.headers());
+
+    // Step 1 (rest): only WebSocket upgrades are served.
+    if !is_websocket_upgrade(&req) {
+        tracing::debug!(client = %info.addr, request_id, method = %req.method(), "not a WebSocket upgrade");
+        return Ok(reject::upgrade_required(&request_id));
+    }
+    if let Err(detail) = check_handshake(&req) {
+        tracing::debug!(client = %info.addr, request_id, detail, "malformed WebSocket upgrade");
+        let mut resp = reject::bad_request(detail, &request_id);
+        if detail.contains("version") {
+            *resp.status_mut() = StatusCode::UPGRADE_REQUIRED;
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        return Ok(resp);
+    }
+    let config = shared.config.load_full();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _body) = req.into_parts();
+
+    // Step 2: tenant.
+    let resolved = match tenant::resolve(&config, &parts) {
+        Ok(r) => r,
+        Err(e) => {
+            let rejection = Rejection::new(Reason::TenantUnknown, e.to_string());
+            return Ok(refuse("_unknown", rejection, &request_id, info, None));
+        }
+    };
+    let tenant = resolved.tenant.clone();
+
+    // Step 3: authentication.
+    let credential = auth::extract(&parts);
+    if let Err(e) = auth::authenticate(&tenant, credential.as_ref()) {
+        let rejection = Rejection::new(Reason::Unauthorized, e.to_string());
+        return Ok(refuse(&tenant.name, rejection, &request_id, info, None));
+    }
+
+    // Step 4, admission, takes its place here: the permit it grants moves into the
+    // Session below and is released when the session ends.
+
+    // Step 5: upstream handshake.
+    let upstream_req = upstream::build_request(&parts, &resolved.forward_path, info, &request_id);
+    let group = config.group_of(&tenant);
+    let connected = match shared
+        .connector
+        .connect(group, &upstream_req, config.upstream.handshake_timeout)
+        .await
+    {
+        Ok(c) => c,
+        Err(failed) => {
+            let rejection = upstream_rejection(&failed, &config);
+            log_upstream_failure(&tenant.name, &failed, &request_id);
+            return Ok(refuse(
+                &tenant.name,
+                rejection,
+                &request_id,
+                info,
+                Some(&failed),
+            ));
+        }
+    };
+
+    tracing::info!(
+        target: "sluice::outcome",
+        tenant = %tenant.name,
+        outcome = "admitted",
+        request_id,
+        client = %info.addr,
+        endpoint = %connected.endpoint.url,
+        handshake_ms = connected.handshake.as_millis() as u64,
+        attempts = connected.attempts,
+        "connect admitted"
+    );
+
+    // Step 6: answer 101 with the upstream's handshake headers, then relay.
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    for (name, value) in &connected.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert(reject::REQUEST_ID_HEADER, v);
+    }
+
+    let session = Session::start(
+        tenant,
+        request_id,
+        info.addr,
+        connected.endpoint.url.clone(),
+    );
+    let edge = connected.leg;
+    tokio::spawn(async move {
+        let client = match on_upgrade.await {
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<Stream>>() {
+                Ok(parts) => Leg {
+                    stream: parts.io.into_inner(),
+                    early: parts.read_buf,
+                },
+                Err(_) => {
+                    tracing::error!(request_id = %session.request_id, "client connection of unexpected type");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::debug!(request_id = %session.request_id, error = %e, "client left before the upgrade completed");
+                return;
+            }
+        };
+        let stats = relay::relay(client, edge).await;
+        // Step 7: release.
+        session.end(stats);
+    });
+    Ok(resp)
+}
+
+/// Logs a refusal as one outcome line and builds its response.
+fn refuse(
+    tenant: &str,
+    rejection: Rejection,
+    request_id: &str,
+    info: ClientInfo,
+    failed: Option<&UpstreamFailed>,
+) -> Response<Full<Bytes>> {
+    let upstream_status = failed.and_then(|f| f.last()).map(AttemptError::label);
+    tracing::info!(
+        target: "sluice::outcome",
+        tenant,
+        outcome = rejection.reason.as_str(),
+        request_id,
+        client = %info.addr,
+        detail = %rejection.detail,
+        upstream_status = upstream_status.as_deref(),
+        "connect refused"
+    );
+    let mut resp = rejection.into_response(request_id);
+    if let Some(status) = upstream_status {
+        if let Ok(v) = HeaderValue::from_str(&status) {
+            resp.headers_mut().insert("x-sluice-upstream-status", v);
+        }
+    }
+    resp
+}
+
+/// What the client is told when no endpoint could be used. An upstream `429` means the
+/// edge's room for this tenant is used up: `edge-capacity`. Anything else:
+/// `upstream-unavailable`. `Retry-After` is the edge's own when it sent one, else about
+/// one handshake timeout, jittered so refused clients do not return in lockstep.
+fn upstream_rejection(failed: &UpstreamFailed, config: &Config) -> Rejection {
+    let reason = match failed.last() {
+        Some(AttemptError::Status { status, .. }) if *status == StatusCode::TOO_MANY_REQUESTS => {
+            Reason::EdgeCapacity
+        }
+        _ => Reason::UpstreamUnavailable,
+    };
+    let after = failed.upstream_retry_after().unwrap_or_else(|| {
+        let base = config.upstream.handshake_timeout;
+        base.mul_f64(rand::random_range(0.5..1.5))
+    });
+    let detail = match failed.last() {
+        Some(e) => format!(
+            "no upstream endpoint accepted the connection ({} tried, last: {e})",
+            failed.attempts.len()
+        ),
+        None => "no upstream endpoint configured".to_owned(),
+    };
+    Rejection::new(reason, detail).retry_after(after)
+}
+
+fn log_upstream_failure(tenant: &str, failed: &UpstreamFailed, request_id: &str) {
+    for (endpoint, error) in &failed.attempts {
+        let trace_id = match error {
+            AttemptError::Status { trace_id, .. } => trace_id.as_deref(),
+            _ => None,
+        };
+        tracing::warn!(
+            target: "sluice::upstream",
+            tenant,
+            request_id,
+            endpoint = %endpoint,
+            status = %error.label(),
+            trace_id,
+            error = %error,
+            "upstream handshake failed"
+        );
+    }
+}
+
+/// The client's `X-Request-Id` when it is sane, else a new random one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(upstream::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| {
+            !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map_or_else(new_request_id, str::to_owned)
+}
+
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn header_has_token(headers: &http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// `GET` with `Connection: upgrade` and `Upgrade: websocket`.
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::GET
+        && header_has_token(req.headers(), header::CONNECTION, "upgrade")
+        && header_has_token(req.headers(), header::UPGRADE, "websocket")
+}
+
+/// RFC 6455 §4.2.1: a key and version 13.
+fn check_handshake<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let version = req.headers().get(header::SEC_WEBSOCKET_VERSION);
+    if version.is_none_or(|v| v.as_bytes() != b"13") {
+        return Err("unsupported Sec-WebSocket-Version: sluice speaks version 13");
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY);
+    // A key is 16 random bytes in base64: 24 characters.
+    if key.is_none_or(|k| k.len() != 24) {
+        return Err("missing or malformed Sec-WebSocket-Key");
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Rejections: every way sluice refuses a client, and the one place they become HTTP
+//! responses (DESIGN.md, "Rejections").
+//!
+//! In `hold` mode a rejection is an HTTP status with a short plain-text body, the
+//! `x-sluice-reason` header and, for the 429/503 rows, a `Retry-After` in seconds.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+/// Header naming the reason of a rejection.
+pub const REASON_HEADER: &str = "x-sluice-reason";
+/// Header echoing the request id to the client.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Why a client was refused; the `x-sluice-reason` value and the metric outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No tenant in the request, or an unknown one: 403.
+    TenantUnknown,
+    /// Missing or invalid credential: 401.
+    Unauthorized,
+    /// The tenant's queue is full: 429.
+    QueueFull,
+    /// Waited `queue_timeout` in the queue: 429.
+    QueueTimeout,
+    /// Edge ceiling or upstream paused, and the queue full or timed out: 503.
+    EdgeCapacity,
+    /// No upstream endpoint answered within the retry budget: 503.
+    UpstreamUnavailable,
+    /// Shutting down: 503.
+    Draining,
+}
+
+impl Reason {
+    /// Every reason, in table order.
+    pub const ALL: [Reason; 7] = [
+        Self::TenantUnknown,
+        Self::Unauthorized,
+        Self::QueueFull,
+        Self::QueueTimeout,
+        Self::EdgeCapacity,
+        Self::UpstreamUnavailable,
+        Self::Draining,
+    ];
+
+    /// The `x-sluice-reason` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TenantUnknown => "tenant-unknown",
+            Self::Unauthorized => "unauthorized",
+            Self::QueueFull => "queue-full",
+            Self::QueueTimeout => "queue-timeout",
+            Self::EdgeCapacity => "edge-capacity",
+            Self::UpstreamUnavailable => "upstream-unavailable",
+            Self::Draining => "draining",
+        }
+    }
+
+    /// The HTTP status in `hold` mode.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::TenantUnknown => StatusCode::FORBIDDEN,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::QueueFull | Self::QueueTimeout => StatusCode::TOO_MANY_REQUESTS,
+            Self::EdgeCapacity | Self::UpstreamUnavailable | Self::Draining => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// Whether the client is told when to come back.
+    pub fn has_retry_after(self) -> bool {
+        !matches!(self, Self::TenantUnknown | Self::Unauthorized)
+    }
+}
+
+/// A refusal, with what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Why.
+    pub reason: Reason,
+    /// When to come back (only sent for reasons that carry one).
+    pub retry_after: Option<Duration>,
+    /// One line for the body and the log; never contains a credential.
+    pub detail: String,
+}
+
+impl Rejection {
+    /// A rejection without `Retry-After`.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            retry_after: None,
+            detail: detail.into(),
+        }
+    }
+
+    /// Adds a `Retry-After`.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// The `Retry-After` value in whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        let after = self.retry_after.filter(|_| self.reason.has_retry_after())?;
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        Some(secs.max(1))
+    }
+
+    /// The `hold`-mode HTTP response.
+    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+        let body = format!("{}: {}\n", self.reason.as_str(), self.detail);
+        let mut resp = text_response(self.reason.status(), body, request_id);
+        let headers = resp.headers_mut();
+        headers.insert(
+            REASON_HEADER,
+            HeaderValue::from_static(self.reason.as_str()),
+        );
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        // A refused upgrade ends the connection; the client comes back on a new one.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    }
+}
+
+/// A plain-text response carrying the request id.
+pub fn text_response(status: StatusCode, body: String, request_id: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}
+
+/// `426 Upgrade Required` for a request that is not a WebSocket upgrade.
+pub fn upgrade_required(request_id: &str) -> Response<Full<Bytes>> {
+    let mut resp = text_response(
+        StatusCode::UPGRADE_REQUIRED,
+        "sluice only serves WebSocket upgrades (GET with Upgrade: websocket)\n".into(),
+        request_id,
+    );
+    let headers = resp.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    resp
+}
+
+/// `400 Bad Request` for a malformed upgrade.
+pub fn bad_request(detail: &str, request_id: &str) -> Response<Full<Bytes>> {
+    let mut resp = text_response(StatusCode::BAD_REQUEST, format!("{detail}\n"), request_id);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_retry_after_follow_the_table() {
+        let r = Rejection::new(Reason::QueueFull, "x").retry_after(Duration::from_millis(1200));
+        assert_eq!(r.retry_after_secs(), Some(2));
+        let resp = r.into_response("rid");
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()[REASON_HEADER], "queue-full");
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(resp.headers()[REQUEST_ID_HEADER], "rid");
+        let r = Rejection::new(Reason::Unauthorized, "x").retry_after(Duration::from_secs(3));
+        assert_eq!(r.retry_after_secs(), None);
+        let resp = r.into_response("rid");
+        assert_eq!(resp.status(), 401);
+        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+        assert_eq!(Reason::TenantUnknown.status(), 403);
+        assert_eq!(Reason::EdgeCapacity.status(), 503);
+        assert_eq!(
+            Rejection::new(Reason::Draining, "")
+                .retry_after(Duration::from_millis(10))
+                .retry_after_secs(),
+            Some(1)
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! Step 6 of the flow (`hold` mode): a transparent byte tunnel between the client and
+//! the upstream after both handshakes, as HAProxy and NGINX do.
+//!
+//! # Memory per idle session
+//!
+//! A fleet holds tens of thousands of mostly idle sessions, so an idle session holds no
+//! buffer. When both legs are plain TCP, each direction waits for *readiness*
+//! ([`TcpStream::readable`]), then reads into a per-thread scratch buffer and writes it
+//! straight to the other leg with `try_write`, all without an `.await` in between. Only
+//! when the other leg cannot take all of it does the rest move to a heap buffer, which is
+//! freed as soon as it has been written (and while it exists that direction reads no
+//! more, so it is also the backpressure). An idle session is two sockets and a small
+//! task: no buffer at all.
+//!
+//! When either leg is TLS the tunnel goes through `AsyncRead`/`AsyncWrite` (rustls may
+//! hold decrypted bytes the socket no longer signals): each direction then waits in a
+//! read with a `READ_CHUNK / 4` (8 KiB) buffer, on top of what rustls itself keeps.
+//!
+//! # How a session ends
+//!
+//! End of stream on one leg is passed on as a write shutdown (TCP FIN) of the other, and
+//! the other direction gets [`HALF_CLOSE_LINGER`] to finish (the WebSocket closing
+//! handshake). An error on either leg ends both at once. [`relay`] returns a
+//! [`RelayStats`]: the one place where a session's end is observed.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::stream::Stream;
+
+/// How long the other direction may go on after one leg has ended its stream.
+pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(5);
+/// Size of the scratch buffer a read goes into.
+pub const READ_CHUNK: usize = 32 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
+
+/// One leg of a session: its stream and bytes already read past the handshake (which
+/// hyper had buffered) that belong to the other leg.
+#[derive(Debug)]
+pub struct Leg {
+    /// The connection.
+    pub stream: Stream,
+    /// Bytes read from this leg that must be written to the other before anything else.
+    pub early: Bytes,
+}
+
+/// Which side did what to end a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client closed its side first (clean).
+    ClientClosed,
+    /// The edge closed its side first (clean).
+    EdgeClosed,
+    /// Reading from or writing to the client failed (reset, broken pipe…).
+    ClientError(io::ErrorKind),
+    /// Reading from or writing to the edge failed.
+    EdgeError(io::ErrorKind),
+    /// One side closed and the other did not finish within [`HALF_CLOSE_LINGER`].
+    LingerTimeout,
+}
+
+impl End {
+    /// Short name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::EdgeClosed => "edge_closed",
+            Self::ClientError(_) => "client_error",
+            Self::EdgeError(_) => "edge_error",
+            Self::LingerTimeout => "linger_timeout",
+        }
+    }
+}
+
+/// What a finished session moved and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Bytes relayed from the client to the edge.
+    pub client_to_edge: u64,
+    /// Bytes relayed from the edge to the client.
+    pub edge_to_client: u64,
+    /// How it ended.
+    pub end: End,
+}
+
+/// How one direction stopped.
+#[derive(Debug)]
+enum DirEnd {
+    /// The source sent end of stream.
+    Eof,
+    /// Reading the source failed.
+    Read(io::Error),
+    /// Writing the destination failed.
+    Write(io::Error),
+}
+
+/// Relays both ways until the session ends.
+pub async fn relay(client: Leg, edge: Leg) -> RelayStats {
+    let mut c2e = 0u64;
+    let mut e2c = 0u64;
+    let end = match (client.stream, edge.stream) {
+        (Stream::Plain(c), Stream::Plain(e)) => {
+            relay_plain(&c, client.early, &e, edge.early, &mut c2e, &mut e2c).await
+        }
+        (c, e) => relay_generic(c, client.early, e, edge.early, &mut c2e, &mut e2c).await,
+    };
+    RelayStats {
+        client_to_edge: c2e,
+        edge_to_client: e2c,
+        end,
+    }
+}
+
+/// Classifies how a session ended from how the first direction stopped.
+fn first_end(from_client: bool, how: DirEnd) -> Result<(), End> {
+    match (from_client, how) {
+        (_, DirEnd::Eof) => Ok(()),
+        (true, DirEnd::Read(e)) | (false, DirEnd::Write(e)) => Err(End::ClientError(e.kind())),
+        (false, DirEnd::Read(e)) | (true, DirEnd::Write(e)) => Err(End::EdgeError(e.kind())),
+    }
+}
+
+/// Runs both directions. When one ends cleanly, `shut_edge` or `shut_client` shuts down
+/// the write side of the other leg, and the other direction gets [`HALF_CLOSE_LINGER`].
+async fn run_both(
+    c2e: impl Future<Output = DirEnd>,
+    e2c: impl Future<Output = DirEnd>,
+    shut_edge: impl FnOnce(),
+    shut_client: impl FnOnce(),
+) -> End {
+    tokio::pin!(c2e, e2c);
+    let (from_client, how) = tokio::select! {
+        how = &mut c2e => (true, how),
+        how = &mut e2c => (false, how),
+    };
+    if let Err(end) = first_end(from_client, how) {
+        return end;
+    }
+    let (clean, rest) = if from_client {
+        shut_edge();
+        let rest = tokio::time::timeout(HALF_CLOSE_LINGER, e2c).await;
+        (End::ClientClosed, rest)
+    } else {
+        shut_client();
+        let rest = tokio::time::timeout(HALF_CLOSE_LINGER, c2e).await;
+        (End::EdgeClosed, rest)
+    };
+    match rest {
+        Err(_) => End::LingerTimeout,
+        Ok(how) => match first_end(!from_client, how) {
+            Ok(()) => clean,
+            Err(end) => end,
+        },
+    }
+}
+
+async fn relay_plain(
+    client: &TcpStream,
+    client_early: Bytes,
+    edge: &TcpStream,
+    edge_early: Bytes,
+    c2e: &mut u64,
+    e2c: &mut u64,
+) -> End {
+    if !client_early.is_empty() {
+        if let Err(e) = write_all_ready(edge, &client_early).await {
+            return End::EdgeError(e.kind());
+        }
+        *c2e += client_early.len() as u64;
+    }
+    if !edge_early.is_empty() {
+        if let Err(e) = write_all_ready(client, &edge_early).await {
+            return End::ClientError(e.kind());
+        }
+        *e2c += edge_early.len() as u64;
+    }
+    drop((client_early, edge_early));
+    run_both(
+        pump_plain(client, edge, c2e),
+        pump_plain(edge, client, e2c),
+        || shutdown_write(edge),
+        || shutdown_write(client),
+    )
+    .await
+}
+
+fn shutdown_write(s: &TcpStream) {
+    // The peer may already be gone; then there is nothing left to tell it.
+    let _ = socket2::SockRef::from(s).shutdown(Shutdown::Write);
+}
+
+/// What one readiness-driven step did.
+enum Step {
+    /// Spurious readiness: nothing to read after all.
+    Again,
+    /// End of stream.
+    Eof,
+    /// `n` bytes read and all written.
+    Done(usize),
+    /// `n` bytes read; these could not be written yet.
+    Partial(usize, Vec<u8>),
+}
+
+/// One direction over plain TCP: readiness, then read and write without awaiting.
+async fn pump_plain(src: &TcpStream, dst: &TcpStream, count: &mut u64) -> DirEnd {
+    loop {
+        if let Err(e) = src.readable().await {
+            return DirEnd::Read(e);
+        }
+        let step = SCRATCH.with_borrow_mut(|buf| {
+            let n = match src.try_read(buf) {
+                Ok(0) => return Ok(Step::Eof),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
+                Err(e) => return Err(DirEnd::Read(e)),
+            };
+            match dst.try_write(&buf[..n]) {
+                Ok(m) if m == n => Ok(Step::Done(n)),
+                Ok(m) => Ok(Step::Partial(n, buf[m..n].to_vec())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    Ok(Step::Partial(n, buf[..n].to_vec()))
+                }
+                Err(e) => Err(DirEnd::Write(e)),
+            }
+        });
+        match step {
+            Err(end) => return end,
+            Ok(Step::Again) => {}
+            Ok(Step::Eof) => return DirEnd::Eof,
+            Ok(Step::Done(n)) => *count += n as u64,
+            Ok(Step::Partial(n, rest)) => {
+                if let Err(e) = write_all_ready(dst, &rest).await {
+                    return DirEnd::Write(e);
+                }
+                *count += n as u64;
+            }
+        }
+    }
+}
+
+async fn write_all_ready(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn relay_generic(
+    client: Stream,
+    client_early: Bytes,
+    edge: Stream,
+    edge_early: Bytes,
+    c2e: &mut u64,
+    e2c: &mut u64,
+) -> End {
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut edge_r, mut edge_w) = tokio::io::split(edge);
+    if !client_early.is_empty() {
+        if let Err(e) = write_flush(&mut edge_w, &client_early).await {
+            return End::EdgeError(e.kind());
+        }
+        *c2e += client_early.len() as u64;
+    }
+    if !edge_early.is_empty() {
+        if let Err(e) = write_flush(&mut client_w, &edge_early).await {
+            return End::ClientError(e.kind());
+        }
+        *e2c += edge_early.len() as u64;
+    }
+    drop((client_early, edge_early));
+    // The shutdown of a TLS write side sends close_notify, which needs an await; the
+    // other direction's linger covers it, so it runs inside the pump that ended.
+    run_both(
+        pump_generic(&mut client_r, &mut edge_w, c2e),
+        pump_generic(&mut edge_r, &mut client_w, e2c),
+        || {},
+        || {},
+    )
+    .await
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> io::Result<()> {
+    w.write_all(data).await?;
+    w.flush().await
+}
+
+/// One direction over any stream: a buffer per read, dropped once written. On end of
+/// stream the destination's write side is shut down here.
+async fn pump_generic<R, W>(src: &mut R, dst: &mut W, count: &mut u64) -> DirEnd
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let mut buf = Vec::with_capacity(READ_CHUNK / 4);
+        match src.read_buf(&mut buf).await {
+            Ok(0) => {
+                let _ = dst.shutdown().await;
+                return DirEnd::Eof;
+            }
+            Ok(n) => {
+                if let Err(e) = write_flush(dst, &buf).await {
+                    return DirEnd::Write(e);
+                }
+                *count += n as u64;
+            }
+            Err(e) => return DirEnd::Read(e),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Step 7 of the flow: a session's end, observed in exactly one place.
+//!
+//! A [`Session`] is created when a client has been admitted and its upstream handshake
+//! succeeded, moved into the relay task, and consumed by [`Session::end`] with the
+//! relay's [`RelayStats`]. Whatever the session holds for its lifetime (the admission
+//! permit) is a field of it and is therefore released exactly once: by `end`, or by
+//! `Drop` if the task is cancelled or panics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::config::Tenant;
+use crate::relay::RelayStats;
+
+/// A live proxied session.
+#[derive(Debug)]
+pub struct Session {
+    /// Its tenant.
+    pub tenant: Arc<Tenant>,
+    /// Request id, as sent upstream.
+    pub request_id: String,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The upstream endpoint url.
+    pub endpoint: String,
+    /// When the relay began.
+    pub started: Instant,
+    ended: bool,
+}
+
+impl Session {
+    /// A session starting now.
+    pub fn start(
+        tenant: Arc<Tenant>,
+        request_id: String,
+        client: SocketAddr,
+        endpoint: String,
+    ) -> Self {
+        Self {
+            tenant,
+            request_id,
+            client,
+            endpoint,
+            started: Instant::now(),
+            ended: false,
+        }
+    }
+
+    /// Ends the session after its relay returned.
+    pub fn end(mut self, stats: RelayStats) {
+        self.ended = true;
+        tracing::info!(
+            target: "sluice::session",
+            tenant = %self.tenant.name,
+            request_id = %self.request_id,
+            client = %self.client,
+            endpoint = %self.endpoint,
+            end = stats.end.as_str(),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            client_to_edge = stats.client_to_edge,
+            edge_to_client = stats.edge_to_client,
+            "session ended"
+        );
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.ended {
+            tracing::warn!(
+                target: "sluice::session",
+                tenant = %self.tenant.name,
+                request_id = %self.request_id,
+                duration_ms = self.started.elapsed().as_millis() as u64,
+                "session ended without its relay finishing (task cancelled or panicked)"
+            );
+        }
+    }
+}

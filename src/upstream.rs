@@ -1,0 +1,521 @@
+//! Step 5 of the flow: open the WebSocket to the tenant's edge.
+//!
+//! The client's upgrade request is rebuilt for the upstream ([`build_request`]): the
+//! `/t/{tenant}` prefix and every credential carrier removed, hop-by-hop headers dropped,
+//! `Sec-WebSocket-Key/Version/Protocol/Extensions` kept unchanged so subprotocols and
+//! extensions are negotiated end to end, and `X-Forwarded-For`, `Forwarded`,
+//! `X-Forwarded-Proto` and `X-Request-Id` added. [`Connector::connect`] then tries the
+//! group's endpoints in turn, each within `handshake_timeout`, over `ws://` or `wss://`.
+//!
+//! Retries with backoff, circuit breaking and `Retry-After` pauses belong to the upstream
+//! resilience work; this module tries each endpoint once, in turn.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::auth;
+use crate::config::{Endpoint, Group};
+use crate::relay::Leg;
+use crate::stream::Stream;
+
+/// Header carrying a request id end to end.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Headers an edge may use to name its trace id; the first present is logged.
+pub const TRACE_HEADERS: [&str; 5] = [
+    "x-trace-id",
+    "x-amzn-trace-id",
+    "x-b3-traceid",
+    "traceparent",
+    "x-correlation-id",
+];
+/// Response headers of the upstream's `101` passed on to the client.
+pub const HANDSHAKE_RESPONSE_HEADERS: [HeaderName; 3] = [
+    header::SEC_WEBSOCKET_ACCEPT,
+    header::SEC_WEBSOCKET_PROTOCOL,
+    header::SEC_WEBSOCKET_EXTENSIONS,
+];
+
+/// Where a request came from, for the forwarding headers.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    /// The client's address as seen by sluice.
+    pub addr: SocketAddr,
+    /// Whether the client connected over TLS.
+    pub tls: bool,
+}
+
+/// A completed upstream handshake.
+#[derive(Debug)]
+pub struct Connected {
+    /// The upgraded connection to the edge.
+    pub leg: Leg,
+    /// `Sec-WebSocket-Accept`, `-Protocol` and `-Extensions` of the upstream's `101`.
+    pub headers: HeaderMap,
+    /// The endpoint that answered.
+    pub endpoint: Endpoint,
+    /// Time of the successful attempt's handshake.
+    pub handshake: Duration,
+    /// Attempts made, including the successful one.
+    pub attempts: u32,
+}
+
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// TCP connect failed.
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    /// TLS handshake failed.
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    /// The endpoint's host is not a valid TLS server name.
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
+    /// HTTP exchange failed.
+    #[error("HTTP handshake failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// No answer within `handshake_timeout`.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The upstream answered something other than `101`.
+    #[error("answered {status}")]
+    Status {
+        /// The status.
+        status: StatusCode,
+        /// Its `Retry-After`, when it gave one in seconds.
+        retry_after: Option<Duration>,
+        /// The first trace-id header it sent, for the log.
+        trace_id: Option<String>,
+    },
+    /// The connection upgraded but is not a type sluice can relay.
+    #[error("upgrade failed: {0}")]
+    Upgrade(String),
+}
+
+impl AttemptError {
+    /// Whether another endpoint may do better: connection problems, timeouts and 502,
+    /// 503, 504. Any other status would be the same from every endpoint of the group.
+    pub fn try_next(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => matches!(status.as_u16(), 502..=504),
+            _ => true,
+        }
+    }
+
+    /// Short label for logs and metrics: the status code, `timeout` or `error`.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Status { status, .. } => status.as_u16().to_string(),
+            Self::Timeout(_) => "timeout".into(),
+            _ => "error".into(),
+        }
+    }
+}
+
+/// No endpoint of the group could be used.
+#[derive(Debug)]
+pub struct UpstreamFailed {
+    /// Every attempt, in order, with its endpoint url.
+    pub attempts: Vec<(String, AttemptError)>,
+}
+
+impl UpstreamFailed {
+    /// The last attempt's error.
+    pub fn last(&self) -> Option<&AttemptError> {
+        self.attempts.last().map(|(_, e)| e)
+    }
+
+    /// The largest `Retry-After` an upstream sent, if any.
+    pub fn upstream_retry_after(&self) -> Option<Duration> {
+        self.attempts
+            .iter()
+            .filter_map(|(_, e)| match e {
+                AttemptError::Status { retry_after, .. } => *retry_after,
+                _ => None,
+            })
+            .max()
+    }
+}
+
+/// Opens upstream WebSockets. Built once; shared by all connections.
+#[derive(Clone)]
+pub struct Connector {
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector")
+    }
+}
+
+// === impl Connector ===
+
+impl Connector {
+    /// A connector using this TLS client config for `wss://` endpoints.
+    pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            tls: tokio_rustls::TlsConnector::from(tls),
+        }
+    }
+
+    /// Tries the group's endpoints in turn, starting at a random one so that load
+    /// spreads, until one completes the WebSocket handshake. `req` is the request from
+    /// [`build_request`]; its target is appended to each endpoint's path.
+    ///
+    /// # Errors
+    /// [`UpstreamFailed`] with every attempt when none succeeded, or when an endpoint
+    /// answered with a status another endpoint would answer too.
+    pub async fn connect(
+        &self,
+        group: &Group,
+        req: &Request<()>,
+        timeout: Duration,
+    ) -> Result<Connected, UpstreamFailed> {
+        let n = group.endpoints.len();
+        let start = if n > 1 { rand::random_range(0..n) } else { 0 };
+        let mut attempts = Vec::new();
+        for i in 0..n {
+            let endpoint = &group.endpoints[(start + i) % n];
+            let began = Instant::now();
+            let result = tokio::time::timeout(timeout, self.attempt(endpoint, req)).await;
+            let error = match result {
+                Ok(Ok((leg, headers))) => {
+                    return Ok(Connected {
+                        leg,
+                        headers,
+                        endpoint: endpoint.clone(),
+                        handshake: began.elapsed(),
+                        attempts: attempts.len() as u32 + 1,
+                    })
+                }
+                Ok(Err(e)) => e,
+                Err(_) => AttemptError::Timeout(timeout),
+            };
+            tracing::debug!(endpoint = %endpoint.url, error = %error, "upstream attempt failed");
+            let next = error.try_next();
+            attempts.push((endpoint.url.clone(), error));
+            if !next {
+                break;
+            }
+        }
+        Err(UpstreamFailed { attempts })
+    }
+
+    async fn attempt(
+        &self,
+        endpoint: &Endpoint,
+        req: &Request<()>,
+    ) -> Result<(Leg, HeaderMap), AttemptError> {
+        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+            .await
+            .map_err(AttemptError::Connect)?;
+        // Signaling messages are small and latency-bound.
+        let _ = tcp.set_nodelay(true);
+        let stream = if endpoint.tls {
+            let name = ServerName::try_from(endpoint.host.clone())
+                .map_err(|_| AttemptError::ServerName(endpoint.host.clone()))?;
+            let tls = self
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(AttemptError::Tls)?;
+            Stream::ClientTls(Box::new(tls))
+        } else {
+            Stream::Plain(tcp)
+        };
+
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await?;
+        let mut conn = std::pin::pin!(conn.with_upgrades());
+        let upstream_req = endpoint_request(endpoint, req);
+        let mut resp = tokio::select! {
+            resp = sender.send_request(upstream_req) => resp?,
+            done = &mut conn => {
+                done?;
+                return Err(AttemptError::Upgrade("connection closed before the response".into()));
+            }
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(AttemptError::Status {
+                status: resp.status(),
+                retry_after: retry_after(resp.headers()),
+                trace_id: trace_id(resp.headers()),
+            });
+        }
+        let mut headers = HeaderMap::new();
+        for name in HANDSHAKE_RESPONSE_HEADERS {
+            for value in resp.headers().get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let on_upgrade = hyper::upgrade::on(&mut resp);
+        let (upgraded, done) = tokio::join!(on_upgrade, conn);
+        done?;
+        let upgraded = upgraded?;
+        let parts = upgraded
+            .downcast::<TokioIo<Stream>>()
+            .map_err(|_| AttemptError::Upgrade("unexpected connection type".into()))?;
+        Ok((
+            Leg {
+                stream: parts.io.into_inner(),
+                early: parts.read_buf,
+            },
+            headers,
+        ))
+    }
+}
+
+/// The request for one endpoint: its path prefix and query joined with the client's,
+/// and its authority as `Host`.
+fn endpoint_request(endpoint: &Endpoint, req: &Request<()>) -> Request<Empty<Bytes>> {
+    let path = req.uri().path();
+    let mut target = String::with_capacity(endpoint.path_prefix.len() + path.len() + 16);
+    target.push_str(&endpoint.path_prefix);
+    target.push_str(path);
+    let client_query = req.uri().query().unwrap_or("");
+    match (endpoint.query.is_empty(), client_query.is_empty()) {
+        (true, true) => {}
+        (false, true) => {
+            target.push('?');
+            target.push_str(&endpoint.query);
+        }
+        (true, false) => {
+            target.push('?');
+            target.push_str(client_query);
+        }
+        (false, false) => {
+            target.push('?');
+            target.push_str(&endpoint.query);
+            target.push('&');
+            target.push_str(client_query);
+        }
+    }
+    let mut out = Request::new(Empty::new());
+    *out.method_mut() = Method::GET;
+    // Both parts were valid URI pieces, so the join is too.
+    *out.uri_mut() = target
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
+    let headers = out.headers_mut();
+    headers.reserve(req.headers().len() + 1);
+    if let Ok(host) = HeaderValue::from_str(&endpoint.authority) {
+        headers.insert(header::HOST, host);
+    }
+    for (name, value) in req.headers() {
+        headers.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the ones sluice sets itself.
+const DROPPED: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+];
+
+/// Rebuilds the client's upgrade request for the upstream (without endpoint-specific
+/// parts: see [`Connector::connect`]).
+///
+/// `forward_path` is the path after tenant resolution (prefix stripped). The query loses
+/// `access_token`; `Sec-WebSocket-Protocol` loses `access_token.*` entries; a Bearer
+/// `Authorization` is dropped.
+pub fn build_request(
+    client: &Parts,
+    forward_path: &str,
+    info: ClientInfo,
+    request_id: &str,
+) -> Request<()> {
+    let mut target = forward_path.to_owned();
+    if let Some(q) = client.uri.query().and_then(auth::strip_query) {
+        target.push('?');
+        target.push_str(&q);
+    }
+    let mut req = Request::new(());
+    *req.uri_mut() = target
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
+
+    // Headers named in Connection are hop-by-hop too (except the upgrade itself).
+    let named: Vec<HeaderName> = client
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| n != header::UPGRADE)
+        .collect();
+
+    let headers = req.headers_mut();
+    for (name, value) in &client.headers {
+        if DROPPED.contains(name)
+            || named.contains(name)
+            || name == header::SEC_WEBSOCKET_PROTOCOL
+            || name == REQUEST_ID
+            || (name == header::AUTHORIZATION && auth::is_bearer(value))
+        {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Some(protocols) = auth::strip_subprotocols(client) {
+        if let Ok(v) = HeaderValue::from_str(&protocols) {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+
+    let ip = info.addr.ip();
+    let xff = match client
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prior) if !prior.trim().is_empty() => format!("{}, {ip}", prior.trim()),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    let proto = if info.tls { "https" } else { "http" };
+    let for_node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut forwarded = format!("for={for_node};proto={proto}");
+    if let Some(host) = client
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+    {
+        if !host.contains('"') {
+            forwarded.push_str(&format!(";host=\"{host}\""));
+        }
+    }
+    let forwarded = match client
+        .headers
+        .get(header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prior) if !prior.trim().is_empty() => format!("{}, {forwarded}", prior.trim()),
+        _ => forwarded,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    req
+}
+
+/// `Retry-After` in delta-seconds (the form edges use for 503/429).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(3600)))
+}
+
+fn trace_id(headers: &HeaderMap) -> Option<String> {
+    TRACE_HEADERS.iter().find_map(|h| {
+        headers
+            .get(*h)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(128).collect())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn request_is_rebuilt_without_credentials_or_hop_headers() {
+        let p = parts(
+            "/t/acme/ws?a=1&access_token=secret&b=2",
+            &[
+                ("host", "sluice.example:8080"),
+                ("connection", "Upgrade, x-hop"),
+                ("upgrade", "websocket"),
+                ("x-hop", "1"),
+                ("authorization", "Bearer secret"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-protocol", "sip, access_token.secret"),
+                ("sec-websocket-extensions", "permessage-deflate"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("origin", "https://app.example"),
+            ],
+        );
+        let info = ClientInfo {
+            addr: "192.0.2.7:5555".parse().unwrap(),
+            tls: false,
+        };
+        let req = build_request(&p, "/ws", info, "rid-1");
+        assert_eq!(req.uri(), "/ws?a=1&b=2");
+        let h = req.headers();
+        assert!(h.get("x-hop").is_none());
+        assert!(h.get(header::AUTHORIZATION).is_none());
+        assert!(h.get(header::HOST).is_none());
+        assert_eq!(h[header::SEC_WEBSOCKET_PROTOCOL], "sip");
+        assert_eq!(h[header::SEC_WEBSOCKET_KEY], "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(h[header::SEC_WEBSOCKET_EXTENSIONS], "permessage-deflate");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=192.0.2.7;proto=http;host=\"sluice.example:8080\""
+        );
+        assert_eq!(h[REQUEST_ID], "rid-1");
+        assert_eq!(h["origin"], "https://app.example");
+        assert!(!format!("{h:?}").contains("secret"));
+
+        let endpoint = crate::config::Endpoint {
+            url: "ws://edge:7001/base?org=9".into(),
+            tls: false,
+            host: "edge".into(),
+            port: 7001,
+            authority: "edge:7001".into(),
+            path_prefix: "/base".into(),
+            query: "org=9".into(),
+        };
+        let out = endpoint_request(&endpoint, &req);
+        assert_eq!(out.uri(), "/base/ws?org=9&a=1&b=2");
+        assert_eq!(out.headers()[header::HOST], "edge:7001");
+    }
+}
