@@ -194,7 +194,10 @@ fn tenant_row(t: &Tenant) -> [String; 10] {
     let l = &t.limits;
     let auth = match &t.auth {
         Auth::None => "none".to_owned(),
-        Auth::ApiKey { hashes } => format!("api-key ({} keys)", hashes.len()),
+        Auth::ApiKey { hashes } => match hashes.len() {
+            1 => "api-key (1 key)".to_owned(),
+            n => format!("api-key ({n} keys)"),
+        },
         Auth::Jwt { origin, .. } => format!("jwt ({origin})"),
     };
     [

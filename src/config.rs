@@ -398,7 +398,8 @@ impl Config {
             source,
         })?;
         let env: HashMap<String, String> = std::env::vars().collect();
-        Self::parse(&text, &env)
+        let base = path.parent().unwrap_or_else(|| Path::new(""));
+        Self::parse_in(&text, &env, base)
     }
 
     /// Parse and validate config text; `env` supplies `SLUICE__…` overrides and the
@@ -407,6 +408,20 @@ impl Config {
     /// # Errors
     /// The text is not valid TOML, or a key is invalid.
     pub fn parse(text: &str, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::parse_in(text, env, Path::new(""))
+    }
+
+    /// Like [`Config::parse`], with relative file paths in the config (`tls_cert`,
+    /// `tls_key`, `ca_file`, `secret_file`) taken relative to `base`, the directory of
+    /// the config file.
+    ///
+    /// # Errors
+    /// The text is not valid TOML, or a key is invalid.
+    pub fn parse_in(
+        text: &str,
+        env: &HashMap<String, String>,
+        base: &Path,
+    ) -> Result<Self, ConfigError> {
         let overrides: HashMap<String, String> = env
             .iter()
             .filter(|(k, _)| k.starts_with("SLUICE__"))
@@ -426,9 +441,10 @@ impl Config {
             )
             .build()
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let file: FileConfig = raw
+        let mut file: FileConfig = raw
             .try_deserialize()
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        file.resolve_paths(base);
         Self::from_file_config(file, env)
     }
 

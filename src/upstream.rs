@@ -241,11 +241,14 @@ impl Connector {
             .await?;
         let mut conn = std::pin::pin!(conn.with_upgrades());
         let upstream_req = endpoint_request(endpoint, req);
-        let mut resp = tokio::select! {
-            resp = sender.send_request(upstream_req) => resp?,
+        let mut response = std::pin::pin!(sender.send_request(upstream_req));
+        // The connection future finishes by itself once a 101 has handed the socket
+        // over to the upgrade, which may happen before the response is polled.
+        let (mut resp, conn_done) = tokio::select! {
+            resp = &mut response => (resp?, false),
             done = &mut conn => {
                 done?;
-                return Err(AttemptError::Upgrade("connection closed before the response".into()));
+                (response.await?, true)
             }
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -262,9 +265,13 @@ impl Connector {
             }
         }
         let on_upgrade = hyper::upgrade::on(&mut resp);
-        let (upgraded, done) = tokio::join!(on_upgrade, conn);
-        done?;
-        let upgraded = upgraded?;
+        let upgraded = if conn_done {
+            on_upgrade.await?
+        } else {
+            let (upgraded, done) = tokio::join!(on_upgrade, conn);
+            done?;
+            upgraded?
+        };
         let parts = upgraded
             .downcast::<TokioIo<Stream>>()
             .map_err(|_| AttemptError::Upgrade("unexpected connection type".into()))?;

@@ -27,6 +27,27 @@ pub struct FileConfig {
     pub tenants: BTreeMap<String, TenantFile>,
 }
 
+impl FileConfig {
+    /// Makes every relative file path relative to `base` (the config file's directory).
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p.as_mut() {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        };
+        fix(&mut self.listen.tls_cert);
+        fix(&mut self.listen.tls_key);
+        fix(&mut self.upstream.ca_file);
+        for tenant in self.tenants.values_mut() {
+            if let Some(auth) = tenant.auth.as_mut() {
+                fix(&mut auth.secret_file);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenFile {

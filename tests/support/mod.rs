@@ -1,0 +1,337 @@
+//! Shared test support: a recording WebSocket edge, sluice started in-process on
+//! 127.0.0.1:0, WebSocket clients, and a test CA for TLS.
+//!
+//! The edge is a real tokio-tungstenite server. It records every handshake request it
+//! receives (request target and headers), counts live sessions, records the close frames
+//! clients send it, and takes its script from the messages it receives:
+//! `"close-me"` makes it close the session with 1000 "bye", `"drop-me"` makes it drop
+//! the TCP connection without a close frame; anything else is echoed.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::HeaderMap;
+use sluice::Config;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::WebSocketStream;
+
+/// A handshake the edge received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Request target: path and query.
+    pub target: String,
+    /// Request headers.
+    pub headers: HeaderMap,
+}
+
+impl Recorded {
+    /// Everything the edge saw, as one string (for "never seen" checks).
+    pub fn dump(&self) -> String {
+        format!("{} {:?}", self.target, self.headers)
+    }
+}
+
+/// How the edge answers handshakes.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeOptions {
+    /// Refuse every handshake with this status (and `Retry-After: 7`, `x-trace-id: trace-1`).
+    pub refuse_with: Option<u16>,
+    /// TLS: certificate chain and key, PEM.
+    pub tls: Option<(String, String)>,
+}
+
+/// A running edge.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Handshakes received, in order.
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Sessions open right now.
+    pub live: Arc<AtomicUsize>,
+    /// Close frames received from clients: (code, reason).
+    pub closes: Arc<Mutex<Vec<(u16, String)>>>,
+}
+
+impl Edge {
+    /// `ws://127.0.0.1:port`, or `wss://` with TLS.
+    pub fn url(&self, tls: bool) -> String {
+        format!("{}://{}", if tls { "wss" } else { "ws" }, self.addr)
+    }
+
+    /// The handshakes recorded so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Waits until `cond` holds on the edge, up to 10 s.
+    pub async fn wait_for(&self, what: &str, cond: impl Fn(&Edge) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !cond(self) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Starts an echo edge on 127.0.0.1:0.
+pub async fn edge() -> Edge {
+    edge_with(EdgeOptions::default()).await
+}
+
+/// Starts an edge with options on 127.0.0.1:0.
+pub async fn edge_with(options: EdgeOptions) -> Edge {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let edge = Edge {
+        addr: listener.local_addr().unwrap(),
+        requests: Arc::default(),
+        live: Arc::default(),
+        closes: Arc::default(),
+    };
+    let acceptor = options.tls.as_ref().map(|(cert, key)| {
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    });
+    let e = edge.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let e = e.clone();
+            let options = options.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                match acceptor {
+                    Some(a) => {
+                        if let Ok(tls) = a.accept(tcp).await {
+                            serve_edge(tls, e, options).await;
+                        }
+                    }
+                    None => serve_edge(tcp, e, options).await,
+                }
+            });
+        }
+    });
+    edge
+}
+
+use rustls_pki_types::pem::PemObject;
+
+async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(stream: S, edge: Edge, options: EdgeOptions) {
+    let requests = edge.requests.clone();
+    let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        requests.lock().unwrap().push(Recorded {
+            target: req.uri().to_string(),
+            headers: req.headers().clone(),
+        });
+        if let Some(status) = options.refuse_with {
+            let mut err = ErrorResponse::new(Some("refused by test edge".into()));
+            *err.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            err.headers_mut().insert("retry-after", "7".parse().unwrap());
+            err.headers_mut().insert("x-trace-id", "trace-1".parse().unwrap());
+            return Err(err);
+        }
+        let offered = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_owned())
+            .collect::<Vec<_>>();
+        if offered.iter().any(|p| p == "sip") {
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", "sip".parse().unwrap());
+        }
+        Ok(resp)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    edge.live.fetch_add(1, Ordering::SeqCst);
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(Message::Text(t)) if t.as_str() == "close-me" => {
+                let _ = ws
+                    .close(Some(CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "bye".into(),
+                    }))
+                    .await;
+                // Let the closing handshake complete.
+                while let Some(Ok(_)) = ws.next().await {}
+                break;
+            }
+            Ok(Message::Text(t)) if t.as_str() == "drop-me" => break,
+            Ok(Message::Close(frame)) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                edge.closes.lock().unwrap().push((code, reason));
+                // tungstenite answers the close; drain until the stream ends.
+                while let Some(Ok(_)) = ws.next().await {}
+                break;
+            }
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                if ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    edge.live.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// A running sluice.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    /// Its listen address.
+    pub addr: SocketAddr,
+}
+
+impl Proxy {
+    /// `ws://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+}
+
+/// Starts sluice from config text (its `[listen] address` is set to 127.0.0.1:0 when
+/// the text has no `[listen]` table) with `env` for overrides and secrets.
+pub async fn proxy_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
+    let text = if config.contains("[listen]") {
+        config.to_owned()
+    } else {
+        format!("[listen]\naddress = \"127.0.0.1:0\"\n{config}")
+    };
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = Config::parse(&text, &env).expect("test config is valid");
+    let server = sluice::Server::bind(config).await.expect("sluice binds");
+    let addr = server.local_addr();
+    tokio::spawn(server.run(std::future::pending()));
+    Proxy { addr }
+}
+
+/// Starts sluice from config text.
+pub async fn proxy(config: &str) -> Proxy {
+    proxy_with_env(config, &[]).await
+}
+
+/// A client WebSocket through sluice.
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket to `url` with extra headers. `Err` carries the HTTP refusal.
+pub async fn connect(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Client, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(20), tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake finished in time")
+}
+
+/// Opens a WebSocket that must succeed.
+pub async fn connect_ok(url: &str, headers: &[(&str, &str)]) -> Client {
+    match connect(url, headers).await {
+        Ok((ws, _)) => ws,
+        Err(e) => panic!("connect to {url} failed: {}", describe(&e)),
+    }
+}
+
+/// Opens a WebSocket that must be refused; returns the refusal.
+pub async fn connect_refused(url: &str, headers: &[(&str, &str)]) -> http::Response<Option<Vec<u8>>> {
+    match connect(url, headers).await {
+        Ok(_) => panic!("connect to {url} unexpectedly succeeded"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => *resp,
+        Err(e) => panic!("connect to {url} failed without an HTTP answer: {e}"),
+    }
+}
+
+fn describe(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => format!(
+            "HTTP {} reason={:?} body={:?}",
+            resp.status(),
+            resp.headers().get("x-sluice-reason"),
+            resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Sends a text message and expects it echoed.
+pub async fn echo(ws: &mut Client, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("echo in time")
+        .expect("stream open")
+        .expect("no error");
+    assert_eq!(got, Message::text(text));
+}
+
+/// An upstream group and one tenant per `(name, auth)` pair, all on `edge_url`.
+pub fn config_for(edge_url: &str, tenants: &[(&str, &str)]) -> String {
+    let mut text = format!("[upstream.groups.primary]\nendpoints = [\"{edge_url}\"]\n");
+    for (name, auth) in tenants {
+        text.push_str(&format!("[tenants.{name}]\nauth = {auth}\n"));
+    }
+    text
+}
+
+/// A self-signed CA and a leaf for 127.0.0.1 and localhost it signed: (ca_pem, leaf_cert_pem, leaf_key_pem).
+pub fn test_ca() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sluice test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf_params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
