@@ -265,6 +265,11 @@ fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
 
 /// RFC 6455 §4.2.1: a key and version 13.
 fn check_handshake<B>(req: &Request<B>) -> Result<(), &'static str> {
+    // RFC 9112 §3.2: more than one Host is a bad request (and would make the host
+    // tenant source ambiguous).
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Err("more than one Host header");
+    }
     let version = req.headers().get(header::SEC_WEBSOCKET_VERSION);
     if version.is_none_or(|v| v.as_bytes() != b"13") {
         return Err("unsupported Sec-WebSocket-Version: sluice speaks version 13");

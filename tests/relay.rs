@@ -132,16 +132,17 @@ async fn two_hundred_sessions_echo_at_once() {
     let edge = edge().await;
     let proxy = proxy(&config_for(
         &edge.url(false),
-        &[("lab", r#"{ kind = "none" }
-max_sessions = 1000"#)],
+        &[(
+            "lab",
+            r#"{ kind = "none" }
+max_sessions = 1000"#,
+        )],
     ))
     .await;
     let mut tasks = Vec::new();
     for i in 0..N {
         let url = proxy.url(&format!("/t/lab/phone/{i}"));
-        tasks.push(tokio::spawn(async move {
-            connect_ok(&url, &[]).await
-        }));
+        tasks.push(tokio::spawn(async move { connect_ok(&url, &[]).await }));
     }
     let mut clients = Vec::new();
     for t in tasks {

@@ -80,7 +80,10 @@ impl Edge {
     pub async fn wait_for(&self, what: &str, cond: impl Fn(&Edge) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !cond(self) {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -141,7 +144,13 @@ pub async fn edge_with(options: EdgeOptions) -> Edge {
 
 use rustls_pki_types::pem::PemObject;
 
-async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(stream: S, edge: Edge, options: EdgeOptions) {
+// tungstenite fixes the callback's error type.
+#[allow(clippy::result_large_err)]
+async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    edge: Edge,
+    options: EdgeOptions,
+) {
     let requests = edge.requests.clone();
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         requests.lock().unwrap().push(Recorded {
@@ -151,8 +160,10 @@ async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(stream: S, edge: Edge, op
         if let Some(status) = options.refuse_with {
             let mut err = ErrorResponse::new(Some("refused by test edge".into()));
             *err.status_mut() = http::StatusCode::from_u16(status).unwrap();
-            err.headers_mut().insert("retry-after", "7".parse().unwrap());
-            err.headers_mut().insert("x-trace-id", "trace-1".parse().unwrap());
+            err.headers_mut()
+                .insert("retry-after", "7".parse().unwrap());
+            err.headers_mut()
+                .insert("x-trace-id", "trace-1".parse().unwrap());
             return Err(err);
         }
         let offered = req
@@ -257,14 +268,19 @@ pub async fn connect(
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = url.into_client_request().unwrap();
     for (k, v) in headers {
-        req.headers_mut().append(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
+        let name = http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        if name == http::header::HOST {
+            req.headers_mut().insert(name, v.parse().unwrap());
+        } else {
+            req.headers_mut().append(name, v.parse().unwrap());
+        }
     }
-    tokio::time::timeout(Duration::from_secs(20), tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake finished in time")
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("handshake finished in time")
 }
 
 /// Opens a WebSocket that must succeed.
@@ -276,7 +292,10 @@ pub async fn connect_ok(url: &str, headers: &[(&str, &str)]) -> Client {
 }
 
 /// Opens a WebSocket that must be refused; returns the refusal.
-pub async fn connect_refused(url: &str, headers: &[(&str, &str)]) -> http::Response<Option<Vec<u8>>> {
+pub async fn connect_refused(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> http::Response<Option<Vec<u8>>> {
     match connect(url, headers).await {
         Ok(_) => panic!("connect to {url} unexpectedly succeeded"),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => *resp,
@@ -290,14 +309,16 @@ fn describe(e: &tokio_tungstenite::tungstenite::Error) -> String {
             "HTTP {} reason={:?} body={:?}",
             resp.status(),
             resp.headers().get("x-sluice-reason"),
-            resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+            resp.body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
         ),
         other => other.to_string(),
     }
 }
 
 /// Sends a text message and expects it echoed.
-pub async fn echo(ws: &mut Client, text: &str) {
+pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, text: &str) {
     ws.send(Message::text(text)).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await

@@ -1,0 +1,167 @@
+//! The listener: only WebSocket upgrades, header limits that hurt nobody else, TLS.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LAB: &str = r#"{ kind = "none" }"#;
+
+/// Sends raw bytes and reads what comes back until the server closes (or 10 s).
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn plain_http_gets_426() {
+    let edge = edge().await;
+    let proxy = proxy(&config_for(&edge.url(false), &[("lab", LAB)])).await;
+    let resp = raw(
+        proxy.addr,
+        b"GET /t/lab/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 426"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{resp}"
+    );
+    let resp = raw(
+        proxy.addr,
+        b"POST /t/lab/ HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 426"), "{resp}");
+    assert!(edge.requests().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_upgrades_are_refused() {
+    let edge = edge().await;
+    let proxy = proxy(&config_for(&edge.url(false), &[("lab", LAB)])).await;
+    let no_key = b"GET /t/lab/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    assert!(raw(proxy.addr, no_key).await.starts_with("HTTP/1.1 400"));
+    let old_version = b"GET /t/lab/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let resp = raw(proxy.addr, old_version).await;
+    assert!(resp.starts_with("HTTP/1.1 426"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{resp}"
+    );
+    assert!(raw(proxy.addr, b"\x16\x03\x01garbage\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 400"));
+    assert!(edge.requests().is_empty());
+}
+
+#[tokio::test]
+async fn oversized_header_is_refused_without_harming_others() {
+    let edge = edge().await;
+    let proxy = proxy(&format!(
+        "[protection]\nmax_header_bytes = 8192\n{}",
+        config_for(&edge.url(false), &[("lab", LAB)])
+    ))
+    .await;
+    let mut live = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+    echo(&mut live, "before").await;
+
+    let huge = "a".repeat(20_000);
+    let request = format!(
+        "GET /t/lab/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Big: {huge}\r\n\r\n"
+    );
+    let resp = raw(proxy.addr, request.as_bytes()).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 431"),
+        "got {:?}",
+        resp.lines().next()
+    );
+
+    // The live session and new ones are unaffected.
+    echo(&mut live, "after").await;
+    let mut fresh = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+    echo(&mut fresh, "fresh").await;
+    assert_eq!(edge.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn slow_request_head_is_cut_off() {
+    let edge = edge().await;
+    let proxy = proxy(&format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\nheader_timeout = \"300ms\"\n{}",
+        config_for(&edge.url(false), &[("lab", LAB)])
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET /t/lab/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "a stalled request head was never cut off");
+    // Cut off by the header timeout, long before our 10 s guard.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Meanwhile a normal client is served.
+    let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+    echo(&mut ws, "ok").await;
+}
+
+#[tokio::test]
+async fn tls_listener_serves_wss() {
+    let (ca, cert, key) = test_ca();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+    let edge = edge().await;
+    let proxy = proxy(&format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{}",
+        dir.path().join("cert.pem").display(),
+        dir.path().join("key.pem").display(),
+        config_for(&edge.url(false), &[("lab", LAB)])
+    ))
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let url = format!("wss://127.0.0.1:{}/t/lab/secure", proxy.addr.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    let big = "s".repeat(300_000);
+    echo(&mut ws, &big).await;
+    echo(&mut ws, "small").await;
+    let seen = edge.requests();
+    assert_eq!(seen[0].target, "/secure");
+    assert!(seen[0].headers["forwarded"]
+        .to_str()
+        .unwrap()
+        .contains("proto=https"));
+
+    // A plain-text client on the TLS port gets nowhere, and nothing reaches the edge.
+    let resp = raw(proxy.addr, b"GET /t/lab/ HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(!resp.starts_with("HTTP/1.1 101"));
+    assert_eq!(edge.requests().len(), 1);
+}
+
+use rustls_pki_types::pem::PemObject;
