@@ -258,6 +258,7 @@ mod tests {
 
     use super::*;
     use crate::config::Limits;
+    use crate::test_util::parts;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -297,14 +298,6 @@ mod tests {
             &EncodingKey::from_secret(SECRET),
         )
         .unwrap()
-    }
-
-    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
-        let mut b = http::Request::builder().uri(uri);
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap().into_parts().0
     }
 
     #[test]

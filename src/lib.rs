@@ -40,6 +40,9 @@ pub mod tenant;
 pub mod tls;
 pub mod upstream;
 
+#[cfg(test)]
+mod test_util;
+
 use std::future::Future;
 
 pub use config::Config;

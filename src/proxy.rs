@@ -144,11 +144,13 @@ pub async fn handle(
                 },
                 Err(_) => {
                     tracing::error!(request_id = %session.request_id, "client connection of unexpected type");
+                    session.abandon("client connection of unexpected type");
                     return;
                 }
             },
             Err(e) => {
-                tracing::debug!(request_id = %session.request_id, error = %e, "client left before the upgrade completed");
+                tracing::debug!(request_id = %session.request_id, error = %e, "upgrade failed");
+                session.abandon("client left before the upgrade completed");
                 return;
             }
         };

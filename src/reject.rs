@@ -153,7 +153,12 @@ pub fn upgrade_required(request_id: &str) -> Response<Full<Bytes>> {
     );
     let headers = resp.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    // Every refusal ends its connection (hyper closes on the `close` token): a client
+    // that is not speaking WebSocket should not keep an idle connection open.
+    headers.insert(
+        header::CONNECTION,
+        HeaderValue::from_static("Upgrade, close"),
+    );
     headers.insert(
         header::SEC_WEBSOCKET_VERSION,
         HeaderValue::from_static("13"),

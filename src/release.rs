@@ -66,6 +66,24 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Ends a session whose relay never started (the client left before its upgrade
+    /// completed, or its connection could not be taken over).
+    pub fn abandon(mut self, why: &str) {
+        self.ended = true;
+        tracing::info!(
+            target: "sluice::session",
+            tenant = %self.tenant.name,
+            request_id = %self.request_id,
+            client = %self.client,
+            endpoint = %self.endpoint,
+            end = "abandoned",
+            why,
+            "session ended before the relay started"
+        );
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         if !self.ended {

@@ -129,6 +129,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::test_util::parts;
 
     fn config(extra: &str) -> Config {
         let text = format!(
@@ -145,14 +146,6 @@ auth = {{ kind = "none" }}
 "#
         );
         Config::parse(&text, &HashMap::new()).unwrap()
-    }
-
-    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
-        let mut b = http::Request::builder().uri(uri);
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap().into_parts().0
     }
 
     #[test]

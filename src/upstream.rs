@@ -463,14 +463,7 @@ fn trace_id(headers: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
-        let mut b = http::Request::builder().uri(uri);
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap().into_parts().0
-    }
+    use crate::test_util::parts;
 
     #[test]
     fn request_is_rebuilt_without_credentials_or_hop_headers() {

@@ -40,6 +40,14 @@ async fn plain_http_gets_426() {
     )
     .await;
     assert!(resp.starts_with("HTTP/1.1 426"), "{resp}");
+    // Even a keep-alive client is disconnected after its 426.
+    let started = tokio::time::Instant::now();
+    let resp = raw(proxy.addr, b"GET /t/lab/ HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 426"), "{resp}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "connection left open"
+    );
     assert!(edge.requests().is_empty());
 }
 
@@ -109,6 +117,12 @@ async fn slow_request_head_is_cut_off() {
     let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
     assert!(read.is_ok(), "a stalled request head was never cut off");
     // Cut off by the header timeout, long before our 10 s guard.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A client that connects and says nothing at all is cut off the same way.
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "a silent connection was never cut off");
     assert!(started.elapsed() < Duration::from_secs(5));
     // Meanwhile a normal client is served.
     let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;

@@ -48,13 +48,6 @@ auth = {{ kind = "none" }}
     (edge, proxy)
 }
 
-fn reason(resp: &http::Response<Option<Vec<u8>>>) -> &str {
-    resp.headers()
-        .get("x-sluice-reason")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
 #[tokio::test]
 async fn path_prefix_is_stripped_and_query_kept() {
     let (edge, proxy) = setup("").await;

@@ -10,13 +10,6 @@ use tokio::net::TcpListener;
 
 const LAB: &str = r#"{ kind = "none" }"#;
 
-fn reason(resp: &http::Response<Option<Vec<u8>>>) -> &str {
-    resp.headers()
-        .get("x-sluice-reason")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
 /// An address nothing listens on.
 async fn dead_addr() -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -356,3 +356,11 @@ pub fn test_ca() -> (String, String, String) {
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
     (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
 }
+
+/// The `x-sluice-reason` of a refusal ("" when absent).
+pub fn reason(resp: &http::Response<Option<Vec<u8>>>) -> &str {
+    resp.headers()
+        .get("x-sluice-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
