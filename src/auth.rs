@@ -78,6 +78,9 @@ pub enum Unauthorized {
     /// The tenant needs a credential and the request carries none.
     #[error("no credential (send Authorization: Bearer, ?access_token= or subprotocol access_token.<token>)")]
     Missing,
+    /// The credential is longer than [`MAX_CREDENTIAL_LEN`].
+    #[error("credential longer than {MAX_CREDENTIAL_LEN} bytes")]
+    TooLong,
     /// No configured API key hash matches.
     #[error("API key does not match")]
     WrongKey,
@@ -131,9 +134,7 @@ pub fn authenticate(tenant: &Tenant, credential: Option<&Credential>) -> Result<
     let token = match (&tenant.auth, credential) {
         (Auth::None, _) => return Ok(()),
         (_, None) => return Err(Unauthorized::Missing),
-        (_, Some(c)) if c.token.len() > MAX_CREDENTIAL_LEN => {
-            return Err(Unauthorized::InvalidJwt("credential too long".into()))
-        }
+        (_, Some(c)) if c.token.len() > MAX_CREDENTIAL_LEN => return Err(Unauthorized::TooLong),
         (_, Some(c)) => c.token.as_str(),
     };
     match &tenant.auth {
@@ -166,11 +167,16 @@ fn check_jwt(tenant: &str, secret: &[u8], token: &str) -> Result<(), Unauthorize
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = JWT_LEEWAY_SECS;
     validation.validate_exp = true;
+    validation.validate_nbf = true;
+    // sluice is not the audience of identity-provider tokens; the `tenant` claim binds
+    // the token to a tenant instead. (jsonwebtoken refuses any `aud` unless told.)
+    validation.validate_aud = false;
     validation.set_required_spec_claims(&["exp"]);
     let data =
         jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
             .map_err(|e| Unauthorized::InvalidJwt(jwt_error(&e)))?;
-    if data.claims.tenant == tenant {
+    // Tenant names are matched case-insensitively everywhere.
+    if data.claims.tenant.eq_ignore_ascii_case(tenant) {
         Ok(())
     } else {
         Err(Unauthorized::WrongTenant {
@@ -393,5 +399,27 @@ mod tests {
             Err(Unauthorized::InvalidJwt("bad signature".into()))
         );
         assert!(authenticate(&acme, Some(&cred("not.a.jwt".into()))).is_err());
+        // Tokens from identity providers carry an audience; it does not matter here.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let with_aud = encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"tenant": "acme", "exp": now + 60, "aud": "genesys"}),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(authenticate(&acme, Some(&cred(with_aud))), Ok(()));
+        let not_yet = encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"tenant": "acme", "exp": now + 600, "nbf": now + 300}),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(
+            authenticate(&acme, Some(&cred(not_yet))),
+            Err(Unauthorized::InvalidJwt("not valid yet (nbf)".into()))
+        );
     }
 }

@@ -64,6 +64,9 @@ pub const MIN_MAX_HEADER_BYTES: usize = 8_192;
 pub const MAX_MAX_HEADER_BYTES: usize = 1 << 20;
 /// Default time live sessions get to end by themselves on shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keys (or last parts of keys) whose values are lists; from the environment they are
+/// written comma-separated, e.g. `SLUICE__UPSTREAM__GROUPS__PRIMARY__ENDPOINTS=ws://a:1,ws://b:1`.
+const LIST_KEYS: [&str; 4] = ["sources", "subprotocols", "endpoints", "key_sha256"];
 /// Tenant label used for unknown tenants when `tenant_identity.unknown = "default"`.
 pub const DEFAULT_TENANT: &str = "_default";
 /// Longest tenant name.
@@ -243,7 +246,7 @@ pub struct Upstream {
 pub struct Group {
     /// Group name.
     pub name: String,
-    /// Endpoints, in the order they are tried.
+    /// Endpoints; tried in turn, starting at a random one.
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -427,18 +430,26 @@ impl Config {
             .filter(|(k, _)| k.starts_with("SLUICE__"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // Keys whose value is a list take comma-separated values from the environment.
+        let mut environment = config::Environment::with_prefix("SLUICE")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        for name in overrides.keys() {
+            let key = name["SLUICE__".len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            if LIST_KEYS
+                .iter()
+                .any(|k| key == *k || key.ends_with(&format!(".{k}")))
+            {
+                environment = environment.with_list_parse_key(&key);
+            }
+        }
         let raw = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("SLUICE")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("tenant_identity.sources")
-                    .with_list_parse_key("defaults.subprotocols")
-                    .source(Some(overrides)),
-            )
+            .add_source(environment.source(Some(overrides)))
             .build()
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
         let mut file: FileConfig = raw
@@ -1312,6 +1323,10 @@ auth = { kind = "jwt", secret_env = "SLUICE_TEST_UNSET_SECRET" }
             ("SLUICE__TENANTS__ACME__MAX_SESSIONS", "42"),
             ("SLUICE__UPSTREAM__HANDSHAKE_TIMEOUT", "750ms"),
             ("SLUICE__TENANT_IDENTITY__SOURCES", "header,path"),
+            (
+                "SLUICE__UPSTREAM__GROUPS__PRIMARY__ENDPOINTS",
+                "ws://127.0.0.1:7001,ws://127.0.0.1:7002",
+            ),
             ("ACME_SECRET", "0123456789abcdef0123456789abcdef"),
         ]
         .into_iter()
@@ -1329,6 +1344,7 @@ auth = { kind = "jwt", secret_env = "SLUICE_TEST_UNSET_SECRET" }
             vec![IdentitySource::Header, IdentitySource::Path]
         );
         assert_eq!(c.tenants["acme"].auth.kind(), "jwt");
+        assert_eq!(c.upstream.groups["primary"].endpoints.len(), 2);
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub async fn handle(
     if let Err(detail) = check_handshake(&req) {
         tracing::debug!(client = %info.addr, request_id, detail, "malformed WebSocket upgrade");
         let mut resp = reject::bad_request(detail, &request_id);
-        if detail.contains("version") {
+        if detail.starts_with("unsupported Sec-WebSocket-Version") {
             *resp.status_mut() = StatusCode::UPGRADE_REQUIRED;
             resp.headers_mut().insert(
                 header::SEC_WEBSOCKET_VERSION,
@@ -82,11 +82,22 @@ pub async fn handle(
     // Session below and is released when the session ends.
 
     // Step 5: upstream handshake.
-    let upstream_req = upstream::build_request(&parts, &resolved.forward_path, info, &request_id);
+    let upstream_req = upstream::build_request(
+        &parts,
+        &resolved.forward_path,
+        info,
+        &request_id,
+        (&config.identity.header, &tenant.name),
+    );
     let group = config.group_of(&tenant);
     let connected = match shared
         .connector
-        .connect(group, &upstream_req, config.upstream.handshake_timeout)
+        .connect(
+            group,
+            &upstream_req,
+            config.upstream.handshake_timeout,
+            config.upstream.retry_budget,
+        )
         .await
     {
         Ok(c) => c,
@@ -245,6 +256,29 @@ fn request_id(headers: &http::HeaderMap) -> String {
         .map_or_else(new_request_id, str::to_owned)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::has_dot_segment;
+
+    #[test]
+    fn dot_segments_are_found_however_encoded() {
+        for bad in [
+            "/a/../b",
+            "/..",
+            "/a/./b",
+            "/a/%2e%2E/b",
+            "/a/..%2fb",
+            "/a/%2E",
+            "/a\\..\\b",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in ["/", "/a/b", "/a/...", "/a/.well-known", "/v1.2/x"] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
+}
+
 fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
@@ -256,6 +290,18 @@ fn header_has_token(headers: &http::HeaderMap, name: header::HeaderName, token: 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether a path has a `.` or `..` segment, raw or percent-encoded (with `/` or `\`
+/// possibly encoded too, as some servers decode them before normalising).
+fn has_dot_segment(path: &str) -> bool {
+    let decoded = path
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    decoded.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// `GET` with `Connection: upgrade` and `Upgrade: websocket`.
@@ -271,6 +317,18 @@ fn check_handshake<B>(req: &Request<B>) -> Result<(), &'static str> {
     // tenant source ambiguous).
     if req.headers().get_all(header::HOST).iter().count() > 1 {
         return Err("more than one Host header");
+    }
+    // An upgrade has no body. A declared one would be read by sluice, yet announced to
+    // the edge, which would then take the first WebSocket bytes for it.
+    let content_length = req.headers().get(header::CONTENT_LENGTH);
+    if content_length.is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        return Err("a WebSocket upgrade carries no body (Content-Length / Transfer-Encoding)");
+    }
+    // Dot segments could walk out of the endpoint's path prefix.
+    if has_dot_segment(req.uri().path()) {
+        return Err("path contains a . or .. segment");
     }
     let version = req.headers().get(header::SEC_WEBSOCKET_VERSION);
     if version.is_none_or(|v| v.as_bytes() != b"13") {

@@ -12,9 +12,11 @@
 //! more, so it is also the backpressure). An idle session is two sockets and a small
 //! task: no buffer at all.
 //!
-//! When either leg is TLS the tunnel goes through `AsyncRead`/`AsyncWrite` (rustls may
-//! hold decrypted bytes the socket no longer signals): each direction then waits in a
-//! read with a `READ_CHUNK / 4` (8 KiB) buffer, on top of what rustls itself keeps.
+//! When either leg is TLS the tunnel polls `AsyncRead`/`AsyncWrite` by hand (rustls may
+//! hold decrypted bytes the socket no longer signals, so readiness alone is not enough):
+//! each poll reads into the same per-thread scratch buffer and writes on at once, so an
+//! idle TLS session, too, holds no buffer of sluice's, only what rustls keeps. A TLS peer
+//! that closes without `close_notify` counts as a clean end of its stream.
 //!
 //! # How a session ends
 //!
@@ -27,10 +29,12 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::stream::Stream;
@@ -284,8 +288,8 @@ async fn relay_generic(
         *e2c += edge_early.len() as u64;
     }
     drop((client_early, edge_early));
-    // The shutdown of a TLS write side sends close_notify, which needs an await; the
-    // other direction's linger covers it, so it runs inside the pump that ended.
+    // The shutdown of a TLS write side sends close_notify, which needs an await, so the
+    // pump that ended does it itself (bounded by the linger).
     run_both(
         pump_generic(&mut client_r, &mut edge_w, c2e),
         pump_generic(&mut edge_r, &mut client_w, e2c),
@@ -300,27 +304,97 @@ async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> io::Resul
     w.flush().await
 }
 
-/// One direction over any stream: a buffer per read, dropped once written. On end of
-/// stream the destination's write side is shut down here.
+/// What the generic pump holds between polls: bytes read but not yet written (only
+/// while the destination is not ready), and whether a flush is owed.
+#[derive(Default)]
+struct Backlog {
+    rest: Vec<u8>,
+    written: usize,
+    flush: bool,
+}
+
+/// One direction over any stream, holding no buffer while waiting: each poll reads into
+/// the per-thread scratch buffer and writes it on at once; only what the destination
+/// cannot take yet moves to the heap. On end of stream the destination's write side is
+/// shut down (TLS `close_notify`), within [`HALF_CLOSE_LINGER`].
 async fn pump_generic<R, W>(src: &mut R, dst: &mut W, count: &mut u64) -> DirEnd
 where
     R: tokio::io::AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut backlog = Backlog::default();
+    let end =
+        std::future::poll_fn(|cx| poll_pump(cx, &mut *src, &mut *dst, &mut backlog, count)).await;
+    if matches!(end, DirEnd::Eof) {
+        let _ = tokio::time::timeout(HALF_CLOSE_LINGER, dst.shutdown()).await;
+    }
+    end
+}
+
+fn poll_pump<R, W>(
+    cx: &mut Context<'_>,
+    src: &mut R,
+    dst: &mut W,
+    backlog: &mut Backlog,
+    count: &mut u64,
+) -> Poll<DirEnd>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     loop {
-        let mut buf = Vec::with_capacity(READ_CHUNK / 4);
-        match src.read_buf(&mut buf).await {
-            Ok(0) => {
-                let _ = dst.shutdown().await;
-                return DirEnd::Eof;
-            }
-            Ok(n) => {
-                if let Err(e) = write_flush(dst, &buf).await {
-                    return DirEnd::Write(e);
+        // First whatever the destination could not take earlier.
+        while backlog.written < backlog.rest.len() {
+            match Pin::new(&mut *dst).poll_write(cx, &backlog.rest[backlog.written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(DirEnd::Write(io::ErrorKind::WriteZero.into()))
                 }
-                *count += n as u64;
+                Poll::Ready(Ok(n)) => backlog.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
+                Poll::Pending => return Poll::Pending,
             }
-            Err(e) => return DirEnd::Read(e),
+        }
+        if !backlog.rest.is_empty() {
+            backlog.rest = Vec::new();
+            backlog.written = 0;
+        }
+        if backlog.flush {
+            match Pin::new(&mut *dst).poll_flush(cx) {
+                Poll::Ready(Ok(())) => backlog.flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let step = SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = ReadBuf::new(scratch);
+            match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                // A TLS peer that closes without close_notify has still ended its stream.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    Poll::Ready(Err(DirEnd::Eof))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(DirEnd::Read(e))),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Err(DirEnd::Eof)),
+                Poll::Ready(Ok(())) => {
+                    let data = buf.filled();
+                    let n = data.len();
+                    match Pin::new(&mut *dst).poll_write(cx, data) {
+                        Poll::Ready(Ok(m)) if m == n => Poll::Ready(Ok((n, Vec::new()))),
+                        Poll::Ready(Ok(m)) => Poll::Ready(Ok((n, data[m..].to_vec()))),
+                        Poll::Pending => Poll::Ready(Ok((n, data.to_vec()))),
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(DirEnd::Write(e))),
+                    }
+                }
+            }
+        });
+        match step {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(end)) => return Poll::Ready(end),
+            Poll::Ready(Ok((n, rest))) => {
+                *count += n as u64;
+                backlog.rest = rest;
+                backlog.flush = true;
+            }
         }
     }
 }

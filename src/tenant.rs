@@ -70,9 +70,11 @@ pub fn resolve(config: &Config, req: &Parts) -> Result<Resolved, TenantUnknown> 
             continue;
         };
         let name = name.to_ascii_lowercase();
-        let tenant = check_tenant_name(&name)
-            .ok()
-            .and_then(|()| config.tenant(&name));
+        let tenant = match check_tenant_name(&name) {
+            Ok(()) => config.tenant(&name),
+            // Not a name any tenant could have: unknown, like any other.
+            Err(_) => config.default_tenant.as_ref(),
+        };
         return match tenant {
             Some(tenant) => Ok(Resolved {
                 tenant: tenant.clone(),

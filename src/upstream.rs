@@ -29,6 +29,8 @@ use crate::config::{Endpoint, Group};
 use crate::relay::Leg;
 use crate::stream::Stream;
 
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// Header carrying a request id end to end.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Headers an edge may use to name its trace id; the first present is logged.
@@ -171,7 +173,8 @@ impl Connector {
     }
 
     /// Tries the group's endpoints in turn, starting at a random one so that load
-    /// spreads, until one completes the WebSocket handshake. `req` is the request from
+    /// spreads, until one completes the WebSocket handshake. Each attempt gets `timeout`;
+    /// all of them together at most `budget`. `req` is the request from
     /// [`build_request`]; its target is appended to each endpoint's path.
     ///
     /// # Errors
@@ -182,14 +185,20 @@ impl Connector {
         group: &Group,
         req: &Request<()>,
         timeout: Duration,
+        budget: Duration,
     ) -> Result<Connected, UpstreamFailed> {
+        let deadline = Instant::now() + budget;
         let n = group.endpoints.len();
         let start = if n > 1 { rand::random_range(0..n) } else { 0 };
         let mut attempts = Vec::new();
         for i in 0..n {
             let endpoint = &group.endpoints[(start + i) % n];
             let began = Instant::now();
-            let result = tokio::time::timeout(timeout, self.attempt(endpoint, req)).await;
+            if began >= deadline {
+                break;
+            }
+            let limit = timeout.min(deadline - began);
+            let result = tokio::time::timeout(limit, self.attempt(endpoint, req)).await;
             let error = match result {
                 Ok(Ok((leg, headers))) => {
                     return Ok(Connected {
@@ -201,7 +210,7 @@ impl Connector {
                     })
                 }
                 Ok(Err(e)) => e,
-                Err(_) => AttemptError::Timeout(timeout),
+                Err(_) => AttemptError::Timeout(limit),
             };
             tracing::debug!(endpoint = %endpoint.url, error = %error, "upstream attempt failed");
             let next = error.try_next();
@@ -292,23 +301,10 @@ fn endpoint_request(endpoint: &Endpoint, req: &Request<()>) -> Request<Empty<Byt
     let mut target = String::with_capacity(endpoint.path_prefix.len() + path.len() + 16);
     target.push_str(&endpoint.path_prefix);
     target.push_str(path);
-    let client_query = req.uri().query().unwrap_or("");
-    match (endpoint.query.is_empty(), client_query.is_empty()) {
-        (true, true) => {}
-        (false, true) => {
-            target.push('?');
-            target.push_str(&endpoint.query);
-        }
-        (true, false) => {
-            target.push('?');
-            target.push_str(client_query);
-        }
-        (false, false) => {
-            target.push('?');
-            target.push_str(&endpoint.query);
-            target.push('&');
-            target.push_str(client_query);
-        }
+    let query = join_query(&endpoint.query, req.uri().query().unwrap_or(""));
+    if !query.is_empty() {
+        target.push('?');
+        target.push_str(&query);
     }
     let mut out = Request::new(Empty::new());
     *out.method_mut() = Method::GET;
@@ -327,9 +323,30 @@ fn endpoint_request(endpoint: &Endpoint, req: &Request<()>) -> Request<Empty<Byt
     out
 }
 
+/// The client's query parameters, minus any whose name the endpoint's query pins, then
+/// the endpoint's: what the operator wrote in the endpoint URL cannot be overridden by a
+/// client, whichever occurrence the edge reads.
+fn join_query(endpoint: &str, client: &str) -> String {
+    let pinned: Vec<String> = form_urlencoded::parse(endpoint.as_bytes())
+        .map(|(k, _)| k.into_owned())
+        .collect();
+    let mut parts: Vec<&str> = client
+        .split('&')
+        .filter(|pair| {
+            !pair.is_empty()
+                && form_urlencoded::parse(pair.as_bytes())
+                    .next()
+                    .is_none_or(|(k, _)| !pinned.iter().any(|p| *p == k))
+        })
+        .collect();
+    parts.extend(endpoint.split('&').filter(|p| !p.is_empty()));
+    parts.join("&")
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the ones sluice sets itself.
-const DROPPED: [HeaderName; 10] = [
+const DROPPED: [HeaderName; 11] = [
     header::CONNECTION,
+    header::CONTENT_LENGTH,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
@@ -346,12 +363,16 @@ const DROPPED: [HeaderName; 10] = [
 ///
 /// `forward_path` is the path after tenant resolution (prefix stripped). The query loses
 /// `access_token`; `Sec-WebSocket-Protocol` loses `access_token.*` entries; a Bearer
-/// `Authorization` is dropped.
+/// `Authorization` is dropped. `identity` is the tenant header and the resolved tenant:
+/// whatever the client sent in that header is replaced, so the edge always sees the
+/// tenant sluice authenticated. `X-Forwarded-For` and `Forwarded` are set from the
+/// client's address, not appended to: a client cannot choose what the edge sees.
 pub fn build_request(
     client: &Parts,
     forward_path: &str,
     info: ClientInfo,
     request_id: &str,
+    identity: (&HeaderName, &str),
 ) -> Request<()> {
     let mut target = forward_path.to_owned();
     if let Some(q) = client.uri.query().and_then(auth::strip_query) {
@@ -378,6 +399,9 @@ pub fn build_request(
     for (name, value) in &client.headers {
         if DROPPED.contains(name)
             || named.contains(name)
+            || name == identity.0
+            || name == X_FORWARDED_FOR
+            || name == header::FORWARDED
             || name == header::SEC_WEBSOCKET_PROTOCOL
             || name == REQUEST_ID
             || (name == header::AUTHORIZATION && auth::is_bearer(value))
@@ -394,17 +418,12 @@ pub fn build_request(
         }
     }
 
+    if let Ok(v) = HeaderValue::from_str(identity.1) {
+        headers.insert(identity.0.clone(), v);
+    }
     let ip = info.addr.ip();
-    let xff = match client
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prior) if !prior.trim().is_empty() => format!("{}, {ip}", prior.trim()),
-        _ => ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
     let proto = if info.tls { "https" } else { "http" };
     let for_node = match ip {
@@ -417,18 +436,11 @@ pub fn build_request(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
     {
-        if !host.contains('"') {
+        // A quoted-string may not hold a bare quote or backslash: leave such a Host out.
+        if !host.contains(['"', '\\']) {
             forwarded.push_str(&format!(";host=\"{host}\""));
         }
     }
-    let forwarded = match client
-        .headers
-        .get(header::FORWARDED)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prior) if !prior.trim().is_empty() => format!("{}, {forwarded}", prior.trim()),
-        _ => forwarded,
-    };
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         headers.insert(header::FORWARDED, v);
     }
@@ -480,6 +492,8 @@ mod tests {
                 ("sec-websocket-protocol", "sip, access_token.secret"),
                 ("sec-websocket-extensions", "permessage-deflate"),
                 ("x-forwarded-for", "10.0.0.1"),
+                ("x-tenant-id", "globex"),
+                ("forwarded", "for=10.0.0.1"),
                 ("origin", "https://app.example"),
             ],
         );
@@ -487,7 +501,8 @@ mod tests {
             addr: "192.0.2.7:5555".parse().unwrap(),
             tls: false,
         };
-        let req = build_request(&p, "/ws", info, "rid-1");
+        let tenant_header = HeaderName::from_static("x-tenant-id");
+        let req = build_request(&p, "/ws", info, "rid-1", (&tenant_header, "acme"));
         assert_eq!(req.uri(), "/ws?a=1&b=2");
         let h = req.headers();
         assert!(h.get("x-hop").is_none());
@@ -496,7 +511,11 @@ mod tests {
         assert_eq!(h[header::SEC_WEBSOCKET_PROTOCOL], "sip");
         assert_eq!(h[header::SEC_WEBSOCKET_KEY], "dGhlIHNhbXBsZSBub25jZQ==");
         assert_eq!(h[header::SEC_WEBSOCKET_EXTENSIONS], "permessage-deflate");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(
+            h.get_all("x-tenant-id").iter().collect::<Vec<_>>(),
+            ["acme"]
+        );
         assert_eq!(
             h[header::FORWARDED],
             "for=192.0.2.7;proto=http;host=\"sluice.example:8080\""
@@ -515,7 +534,10 @@ mod tests {
             query: "org=9".into(),
         };
         let out = endpoint_request(&endpoint, &req);
-        assert_eq!(out.uri(), "/base/ws?org=9&a=1&b=2");
+        assert_eq!(out.uri(), "/base/ws?a=1&b=2&org=9");
+        assert_eq!(join_query("org=9", "org=10&a=1&org=11"), "a=1&org=9");
+        assert_eq!(join_query("", "a=1"), "a=1");
+        assert_eq!(join_query("org=9", ""), "org=9");
         assert_eq!(out.headers()[header::HOST], "edge:7001");
     }
 }

@@ -118,7 +118,13 @@ async fn client_reset_ends_the_edge_session() {
     let proxy = proxy(&config_for(&edge.url(false), &[("lab", LAB)])).await;
     let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
     echo(&mut ws, "hi").await;
-    // Drop the client without a close frame.
+    // Reset the client's connection: no close frame, no FIN, an RST.
+    match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => socket2::SockRef::from(tcp)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap(),
+        _ => unreachable!("plain client"),
+    }
     drop(ws);
     edge.wait_for("the edge session to end", |e| {
         e.live.load(Ordering::SeqCst) == 0

@@ -235,3 +235,18 @@ async fn unknown_tenants_share_defaults_when_configured() {
     let resp = connect_refused(&proxy.url("/t/acme/ws"), &[]).await;
     assert_eq!(resp.status(), 401);
 }
+
+#[tokio::test]
+async fn edge_sees_the_resolved_tenant_not_the_clients_claim() {
+    let (edge, proxy) = setup("").await;
+    // The path names initech; a forged header naming acme must not reach the edge.
+    let mut ws = connect_ok(
+        &proxy.url("/t/initech/ws"),
+        &[("x-tenant-id", "acme"), ("x-tenant-id", "globex")],
+    )
+    .await;
+    echo(&mut ws, "hi").await;
+    let seen = edge.requests();
+    let values: Vec<_> = seen[0].headers.get_all("x-tenant-id").iter().collect();
+    assert_eq!(values, ["initech"]);
+}

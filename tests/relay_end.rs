@@ -1,0 +1,156 @@
+//! How a session ends, as the relay reports it: the one place later work (permits,
+//! metrics) observes it. Real sockets on loopback, plain and TLS.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls_pki_types::pem::PemObject;
+use sluice::relay::{relay, End, Leg, RelayStats};
+use sluice::stream::Stream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A connected pair: (the end the test holds, the end the relay gets).
+async fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a, b) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+    (a.unwrap(), b.unwrap().0)
+}
+
+fn leg(stream: Stream) -> Leg {
+    Leg {
+        stream,
+        early: Bytes::new(),
+    }
+}
+
+async fn read_exact<S: AsyncRead + Unpin>(s: &mut S, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    buf
+}
+
+async fn read_eof<S: AsyncRead + Unpin>(s: &mut S) {
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "expected end of stream, got {r:?}"
+    );
+}
+
+async fn finish(task: tokio::task::JoinHandle<RelayStats>) -> RelayStats {
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("relay ended in time")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn plain_client_close_counts_bytes_and_ends_clean() {
+    let (mut client, client_side) = pair().await;
+    let (edge_side, mut edge) = pair().await;
+    let task = tokio::spawn(relay(
+        leg(Stream::Plain(client_side)),
+        leg(Stream::Plain(edge_side)),
+    ));
+    client.write_all(b"0123456789").await.unwrap();
+    assert_eq!(read_exact(&mut edge, 10).await, b"0123456789");
+    edge.write_all(b"abcde").await.unwrap();
+    assert_eq!(read_exact(&mut client, 5).await, b"abcde");
+    // The client ends its stream; the edge sees the end, then ends its own.
+    client.shutdown().await.unwrap();
+    read_eof(&mut edge).await;
+    edge.shutdown().await.unwrap();
+    read_eof(&mut client).await;
+    let stats = finish(task).await;
+    assert_eq!(
+        stats,
+        RelayStats {
+            client_to_edge: 10,
+            edge_to_client: 5,
+            end: End::ClientClosed
+        }
+    );
+}
+
+#[tokio::test]
+async fn early_bytes_go_first_and_a_reset_is_an_error() {
+    let (client, client_side) = pair().await;
+    let (edge_side, mut edge) = pair().await;
+    let client_leg = Leg {
+        stream: Stream::Plain(client_side),
+        early: Bytes::from_static(b"early"),
+    };
+    let task = tokio::spawn(relay(client_leg, leg(Stream::Plain(edge_side))));
+    assert_eq!(read_exact(&mut edge, 5).await, b"early");
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    let stats = finish(task).await;
+    assert!(matches!(stats.end, End::ClientError(_)), "{stats:?}");
+    assert_eq!(stats.client_to_edge, 5);
+}
+
+#[tokio::test]
+async fn tls_edge_that_closes_without_close_notify_ends_clean() {
+    let (ca, cert, key) = support::test_ca();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap(),
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+
+    let (mut client, client_side) = pair().await;
+    let (edge_side, edge_tcp) = pair().await;
+    let (to_edge, edge) = tokio::join!(
+        tokio_rustls::TlsConnector::from(Arc::new(client_config))
+            .connect("127.0.0.1".try_into().unwrap(), edge_side),
+        tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(edge_tcp)
+    );
+    let mut edge = edge.unwrap();
+    let task = tokio::spawn(relay(
+        leg(Stream::Plain(client_side)),
+        leg(Stream::ClientTls(Box::new(to_edge.unwrap()))),
+    ));
+    let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    client.write_all(&big).await.unwrap();
+    assert_eq!(read_exact(&mut edge, big.len()).await, big);
+    edge.write_all(b"pong").await.unwrap();
+    edge.flush().await.unwrap();
+    assert_eq!(read_exact(&mut client, 4).await, b"pong");
+    // The edge drops its TCP connection without a TLS close_notify, as edges do.
+    let (tcp, _) = edge.into_inner();
+    drop(tcp);
+    read_eof(&mut client).await;
+    drop(client);
+    let stats = finish(task).await;
+    assert_eq!(stats.end, End::EdgeClosed, "{stats:?}");
+    assert_eq!((stats.client_to_edge, stats.edge_to_client), (200_000, 4));
+}
