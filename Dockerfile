@@ -16,7 +16,8 @@ FROM debian:bookworm-slim
 # ca-certificates package is needed; add one with upstream.ca_file for a private CA.
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin sluice
 COPY --from=build /src/target/release/sluice /usr/local/bin/sluice
-COPY config/ /etc/sluice/
+# No config is baked in: the examples in config/ carry demo credentials. Mount yours:
+#   docker run -v /path/to/sluice.toml:/etc/sluice/sluice.toml:ro -p 8080:8080 sluice
 # Inside a container the proxy must listen on all interfaces.
 ENV SLUICE__LISTEN__ADDRESS=0.0.0.0:8080
 USER 10001:10001

@@ -81,7 +81,14 @@ pub async fn handle(
     // Step 4, admission, takes its place here: the permit it grants moves into the
     // Session below and is released when the session ends.
 
-    // Step 5: upstream handshake.
+    // Step 5: upstream handshake. If the client goes away meanwhile, hyper drops this
+    // future; the guard still writes that connection's outcome line.
+    let gone = ClientGone {
+        tenant: tenant.name.clone(),
+        request_id: request_id.clone(),
+        client: info.addr,
+        armed: true,
+    };
     let upstream_req = upstream::build_request(
         &parts,
         &resolved.forward_path,
@@ -102,6 +109,7 @@ pub async fn handle(
     {
         Ok(c) => c,
         Err(failed) => {
+            gone.disarm();
             let rejection = upstream_rejection(&failed, &config);
             log_upstream_failure(&tenant.name, &failed, &request_id);
             return Ok(refuse(
@@ -114,6 +122,7 @@ pub async fn handle(
         }
     };
 
+    gone.disarm();
     tracing::info!(
         target: "sluice::outcome",
         tenant = %tenant.name,
@@ -170,6 +179,35 @@ pub async fn handle(
         session.end(stats);
     });
     Ok(resp)
+}
+
+/// Writes the outcome line of a client that left while its upstream handshake ran.
+struct ClientGone {
+    tenant: String,
+    request_id: String,
+    client: std::net::SocketAddr,
+    armed: bool,
+}
+
+impl ClientGone {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ClientGone {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::info!(
+                target: "sluice::outcome",
+                tenant = %self.tenant,
+                outcome = "client-gone",
+                request_id = %self.request_id,
+                client = %self.client,
+                "client left during the upstream handshake"
+            );
+        }
+    }
 }
 
 /// Logs a refusal as one outcome line and builds its response.
@@ -256,29 +294,6 @@ fn request_id(headers: &http::HeaderMap) -> String {
         .map_or_else(new_request_id, str::to_owned)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::has_dot_segment;
-
-    #[test]
-    fn dot_segments_are_found_however_encoded() {
-        for bad in [
-            "/a/../b",
-            "/..",
-            "/a/./b",
-            "/a/%2e%2E/b",
-            "/a/..%2fb",
-            "/a/%2E",
-            "/a\\..\\b",
-        ] {
-            assert!(has_dot_segment(bad), "{bad}");
-        }
-        for ok in ["/", "/a/b", "/a/...", "/a/.well-known", "/v1.2/x"] {
-            assert!(!has_dot_segment(ok), "{ok}");
-        }
-    }
-}
-
 fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
@@ -340,4 +355,27 @@ fn check_handshake<B>(req: &Request<B>) -> Result<(), &'static str> {
         return Err("missing or malformed Sec-WebSocket-Key");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_dot_segment;
+
+    #[test]
+    fn dot_segments_are_found_however_encoded() {
+        for bad in [
+            "/a/../b",
+            "/..",
+            "/a/./b",
+            "/a/%2e%2E/b",
+            "/a/..%2fb",
+            "/a/%2E",
+            "/a\\..\\b",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in ["/", "/a/b", "/a/...", "/a/.well-known", "/v1.2/x"] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
 }
