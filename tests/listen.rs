@@ -144,17 +144,7 @@ async fn tls_listener_serves_wss() {
     ))
     .await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let client = client_tls(&ca);
     let tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
         .connect("127.0.0.1".try_into().unwrap(), tcp)
@@ -177,5 +167,3 @@ async fn tls_listener_serves_wss() {
     assert!(!resp.starts_with("HTTP/1.1 101"));
     assert_eq!(edge.requests().len(), 1);
 }
-
-use rustls_pki_types::pem::PemObject;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rustls_pki_types::pem::PemObject;
 use sluice::relay::{relay, End, Leg, RelayStats};
 use sluice::stream::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -102,30 +101,8 @@ async fn early_bytes_go_first_and_a_reset_is_an_error() {
 #[tokio::test]
 async fn tls_edge_that_closes_without_close_notify_ends_clean() {
     let (ca, cert, key) = support::test_ca();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap(),
-        rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-    )
-    .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let server = support::server_tls(&cert, &key);
+    let client_config = support::client_tls(&ca);
 
     let (mut client, client_side) = pair().await;
     let (edge_side, edge_tcp) = pair().await;

@@ -103,21 +103,10 @@ pub async fn edge_with(options: EdgeOptions) -> Edge {
         live: Arc::default(),
         closes: Arc::default(),
     };
-    let acceptor = options.tls.as_ref().map(|(cert, key)| {
-        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
-    });
+    let acceptor = options
+        .tls
+        .as_ref()
+        .map(|(cert, key)| tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(cert, key))));
     let e = edge.clone();
     tokio::spawn(async move {
         loop {
@@ -363,4 +352,31 @@ pub fn reason(resp: &http::Response<Option<Vec<u8>>>) -> &str {
         .get("x-sluice-reason")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
+}
+
+/// A rustls server config from PEM text.
+pub fn server_tls(cert: &str, key: &str) -> rustls::ServerConfig {
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap()
+}
+
+/// A rustls client config trusting only this CA (PEM text).
+pub fn client_tls(ca: &str) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
