@@ -10,6 +10,7 @@
 //! Credentials never reach logs: [`Credential`]'s `Debug` is redacted.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use http::request::Parts;
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Auth, Tenant};
+use crate::parse::{header_tokens, query_pairs_except};
 
 /// Query parameter carrying a credential.
 pub const QUERY_PARAM: &str = "access_token";
@@ -163,7 +165,8 @@ struct Claims {
     tenant: String,
 }
 
-fn check_jwt(tenant: &str, secret: &[u8], token: &str) -> Result<(), Unauthorized> {
+/// The JWT rules, the same for every tenant: built once, not per connect.
+static VALIDATION: LazyLock<Validation> = LazyLock::new(|| {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = JWT_LEEWAY_SECS;
     validation.validate_exp = true;
@@ -172,8 +175,12 @@ fn check_jwt(tenant: &str, secret: &[u8], token: &str) -> Result<(), Unauthorize
     // the token to a tenant instead. (jsonwebtoken refuses any `aud` unless told.)
     validation.validate_aud = false;
     validation.set_required_spec_claims(&["exp"]);
+    validation
+});
+
+fn check_jwt(tenant: &str, secret: &[u8], token: &str) -> Result<(), Unauthorized> {
     let data =
-        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
+        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &VALIDATION)
             .map_err(|e| Unauthorized::InvalidJwt(jwt_error(&e)))?;
     // Tenant names are matched case-insensitively everywhere.
     if data.claims.tenant.eq_ignore_ascii_case(tenant) {
@@ -215,27 +222,13 @@ fn query_token(query: &str) -> Option<String> {
 
 /// Every `Sec-WebSocket-Protocol` entry of the request, trimmed, in order.
 pub fn subprotocols(req: &Parts) -> impl Iterator<Item = &str> {
-    req.headers
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
+    header_tokens(&req.headers, &SEC_WEBSOCKET_PROTOCOL)
 }
 
 /// The query without any `access_token` parameter; other parameters keep their exact
 /// encoding and order. `None` when nothing is left.
 pub fn strip_query(query: &str) -> Option<String> {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            !pair.is_empty()
-                && form_urlencoded::parse(pair.as_bytes())
-                    .next()
-                    .is_none_or(|(k, _)| k != QUERY_PARAM)
-        })
-        .collect();
+    let kept: Vec<&str> = query_pairs_except(query, |k| k == QUERY_PARAM).collect();
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
@@ -281,7 +274,10 @@ mod tests {
                 subprotocols: vec![],
                 weight: 1,
             },
-            upstream_group: "primary".into(),
+            group: Arc::new(crate::config::Group {
+                name: "primary".into(),
+                endpoints: vec![],
+            }),
             auth,
         })
     }

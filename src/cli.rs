@@ -219,7 +219,7 @@ fn tenant_row(t: &Tenant) -> [String; 10] {
         humantime::format_duration(l.queue_timeout).to_string(),
         l.queue_mode.as_str().to_owned(),
         l.weight.to_string(),
-        t.upstream_group.clone(),
+        t.group.name.clone(),
         auth,
     ]
 }

@@ -241,6 +241,26 @@ pub struct Upstream {
     pub groups: BTreeMap<String, Arc<Group>>,
 }
 
+impl Upstream {
+    /// The default group; an empty stand-in when it is not defined (which validation
+    /// reports, so such a config never runs).
+    fn default(&self) -> Arc<Group> {
+        self.groups
+            .get(&self.default_group)
+            .cloned()
+            .unwrap_or_else(|| Group::missing(&self.default_group))
+    }
+}
+
+impl Group {
+    fn missing(name: &str) -> Arc<Group> {
+        Arc::new(Group {
+            name: name.to_owned(),
+            endpoints: Vec::new(),
+        })
+    }
+}
+
 /// An upstream group: endpoints serving the same edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -265,8 +285,11 @@ pub struct Endpoint {
     pub authority: String,
     /// Path the client's path is appended to; empty for `/`.
     pub path_prefix: String,
-    /// Query the client's query is appended to; empty for none.
+    /// Query appended after the client's; empty for none.
     pub query: String,
+    /// The decoded parameter names of `query`: a client parameter of one of these names
+    /// is dropped, so the endpoint's value cannot be overridden.
+    pub query_keys: Vec<String>,
 }
 
 /// Per-tenant limits, every key filled in.
@@ -316,8 +339,8 @@ pub struct Tenant {
     pub name: String,
     /// Effective limits.
     pub limits: Limits,
-    /// Upstream group name (exists in `upstream.groups`).
-    pub upstream_group: String,
+    /// Its upstream group: `upstream_group`, else `upstream.default_group`.
+    pub group: Arc<Group>,
     /// How the tenant proves who it is.
     pub auth: Auth,
 }
@@ -550,19 +573,19 @@ impl Config {
                 continue;
             }
             let limits = v.limits(&prefix, &tenant.limits(), Some(&defaults));
-            let upstream_group = tenant
-                .upstream_group
-                .clone()
-                .unwrap_or_else(|| upstream.default_group.clone());
-            if tenant.upstream_group.is_some() && !upstream.groups.contains_key(&upstream_group) {
-                v.fail(
-                    &format!("{prefix}.upstream_group"),
-                    format!(
-                        "group {upstream_group:?} is not defined; define [upstream.groups.{upstream_group}] or use one of: {}",
-                        list_names(upstream.groups.keys())
-                    ),
-                );
-            }
+            let group = match &tenant.upstream_group {
+                None => upstream.default(),
+                Some(name) => upstream.groups.get(name).cloned().unwrap_or_else(|| {
+                    v.fail(
+                        &format!("{prefix}.upstream_group"),
+                        format!(
+                            "group {name:?} is not defined; define [upstream.groups.{name}] or use one of: {}",
+                            list_names(upstream.groups.keys())
+                        ),
+                    );
+                    Group::missing(name)
+                }),
+            };
             let auth = match &tenant.auth {
                 Some(auth) => v.auth(&format!("{prefix}.auth"), auth, env),
                 None => {
@@ -578,7 +601,7 @@ impl Config {
                 Arc::new(Tenant {
                     name: name.clone(),
                     limits,
-                    upstream_group,
+                    group,
                     auth,
                 }),
             );
@@ -588,7 +611,7 @@ impl Config {
             Arc::new(Tenant {
                 name: DEFAULT_TENANT.to_owned(),
                 limits: defaults.clone(),
-                upstream_group: upstream.default_group.clone(),
+                group: upstream.default(),
                 auth: Auth::None,
             })
         });
@@ -621,12 +644,6 @@ impl Config {
     /// The tenant a resolved name maps to: configured, else `_default` when allowed.
     pub fn tenant(&self, name: &str) -> Option<&Arc<Tenant>> {
         self.tenants.get(name).or(self.default_tenant.as_ref())
-    }
-
-    /// The group a tenant's sessions go to.
-    pub fn group_of(&self, tenant: &Tenant) -> &Arc<Group> {
-        // Validation guarantees the group exists.
-        &self.upstream.groups[&tenant.upstream_group]
     }
 }
 
@@ -1201,6 +1218,9 @@ fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
         authority: authority.as_str().to_owned(),
         path_prefix,
         query: uri.query().unwrap_or("").to_owned(),
+        query_keys: form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .map(|(k, _)| k.into_owned())
+            .collect(),
     })
 }
 
@@ -1244,7 +1264,7 @@ auth = { kind = "none" }
         let acme = &c.tenants["acme"];
         assert_eq!(acme.limits, c.defaults);
         assert_eq!(acme.limits.max_sessions, 100);
-        assert_eq!(acme.upstream_group, "primary");
+        assert_eq!(acme.group.name, "primary");
         assert!(c.edge.is_none());
         assert!(c.default_tenant.is_none());
     }

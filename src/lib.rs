@@ -30,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod listen;
 pub mod logging;
+pub mod parse;
 pub mod proxy;
 pub mod reject;
 pub mod relay;

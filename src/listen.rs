@@ -97,11 +97,6 @@ impl Server {
             .expect("bound listener has an address")
     }
 
-    /// What all connections share (the config in force).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Accepts connections until `shutdown` completes. Live sessions run in their own
     /// tasks and are not waited for here.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::config::Config;
+use crate::parse::header_has_token;
 use crate::reject::{self, Reason, Rejection};
 use crate::relay::{self, Leg};
 use crate::release::Session;
@@ -43,19 +44,17 @@ pub async fn handle(
     // Step 1 (rest): only WebSocket upgrades are served.
     if !is_websocket_upgrade(&req) {
         tracing::debug!(client = %info.addr, request_id, method = %req.method(), "not a WebSocket upgrade");
-        return Ok(reject::upgrade_required(&request_id));
+        return Ok(reject::upgrade_required(
+            "sluice only serves WebSocket upgrades (GET with Upgrade: websocket)",
+            &request_id,
+        ));
     }
-    if let Err(detail) = check_handshake(&req) {
-        tracing::debug!(client = %info.addr, request_id, detail, "malformed WebSocket upgrade");
-        let mut resp = reject::bad_request(detail, &request_id);
-        if detail.starts_with("unsupported Sec-WebSocket-Version") {
-            *resp.status_mut() = StatusCode::UPGRADE_REQUIRED;
-            resp.headers_mut().insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
-        }
-        return Ok(resp);
+    if let Err(bad) = check_handshake(&req) {
+        tracing::debug!(client = %info.addr, request_id, detail = bad.detail(), "malformed WebSocket upgrade");
+        return Ok(match bad {
+            BadUpgrade::Version => reject::upgrade_required(bad.detail(), &request_id),
+            BadUpgrade::Malformed(detail) => reject::bad_request(detail, &request_id),
+        });
     }
     let config = shared.config.load_full();
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -84,8 +83,8 @@ pub async fn handle(
     // Step 5: upstream handshake. If the client goes away meanwhile, hyper drops this
     // future; the guard still writes that connection's outcome line.
     let gone = ClientGone {
-        tenant: tenant.name.clone(),
-        request_id: request_id.clone(),
+        tenant: &tenant.name,
+        request_id: &request_id,
         client: info.addr,
         armed: true,
     };
@@ -96,11 +95,10 @@ pub async fn handle(
         &request_id,
         (&config.identity.header, &tenant.name),
     );
-    let group = config.group_of(&tenant);
     let connected = match shared
         .connector
         .connect(
-            group,
+            &tenant.group,
             &upstream_req,
             config.upstream.handshake_timeout,
             config.upstream.retry_budget,
@@ -129,6 +127,7 @@ pub async fn handle(
         outcome = "admitted",
         request_id,
         client = %info.addr,
+        tenant_source = resolved.source.as_str(),
         endpoint = %connected.endpoint.url,
         handshake_ms = connected.handshake.as_millis() as u64,
         attempts = connected.attempts,
@@ -182,27 +181,27 @@ pub async fn handle(
 }
 
 /// Writes the outcome line of a client that left while its upstream handshake ran.
-struct ClientGone {
-    tenant: String,
-    request_id: String,
+struct ClientGone<'a> {
+    tenant: &'a str,
+    request_id: &'a str,
     client: std::net::SocketAddr,
     armed: bool,
 }
 
-impl ClientGone {
+impl ClientGone<'_> {
     fn disarm(mut self) {
         self.armed = false;
     }
 }
 
-impl Drop for ClientGone {
+impl Drop for ClientGone<'_> {
     fn drop(&mut self) {
         if self.armed {
             tracing::info!(
                 target: "sluice::outcome",
-                tenant = %self.tenant,
+                tenant = self.tenant,
                 outcome = "client-gone",
-                request_id = %self.request_id,
+                request_id = self.request_id,
                 client = %self.client,
                 "client left during the upstream handshake"
             );
@@ -298,15 +297,6 @@ fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-fn header_has_token(headers: &http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 /// Whether a path has a `.` or `..` segment, raw or percent-encoded (with `/` or `\`
 /// possibly encoded too, as some servers decode them before normalising).
 fn has_dot_segment(path: &str) -> bool {
@@ -322,16 +312,36 @@ fn has_dot_segment(path: &str) -> bool {
 /// `GET` with `Connection: upgrade` and `Upgrade: websocket`.
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     req.method() == http::Method::GET
-        && header_has_token(req.headers(), header::CONNECTION, "upgrade")
-        && header_has_token(req.headers(), header::UPGRADE, "websocket")
+        && header_has_token(req.headers(), &header::CONNECTION, "upgrade")
+        && header_has_token(req.headers(), &header::UPGRADE, "websocket")
 }
 
-/// RFC 6455 §4.2.1: a key and version 13.
-fn check_handshake<B>(req: &Request<B>) -> Result<(), &'static str> {
+/// Why an upgrade request was refused before any tenant was looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BadUpgrade {
+    /// Not WebSocket version 13: `426` naming the version sluice speaks.
+    Version,
+    /// Anything else malformed: `400`.
+    Malformed(&'static str),
+}
+
+impl BadUpgrade {
+    fn detail(self) -> &'static str {
+        match self {
+            Self::Version => "unsupported Sec-WebSocket-Version: sluice speaks version 13",
+            Self::Malformed(detail) => detail,
+        }
+    }
+}
+
+/// RFC 6455 §4.2.1 (a key and version 13) and what a tunnel needs (no body, one Host,
+/// no dot segments).
+fn check_handshake<B>(req: &Request<B>) -> Result<(), BadUpgrade> {
+    use BadUpgrade::Malformed;
     // RFC 9112 §3.2: more than one Host is a bad request (and would make the host
     // tenant source ambiguous).
     if req.headers().get_all(header::HOST).iter().count() > 1 {
-        return Err("more than one Host header");
+        return Err(Malformed("more than one Host header"));
     }
     // An upgrade has no body. A declared one would be read by sluice, yet announced to
     // the edge, which would then take the first WebSocket bytes for it.
@@ -339,20 +349,22 @@ fn check_handshake<B>(req: &Request<B>) -> Result<(), &'static str> {
     if content_length.is_some_and(|v| v.as_bytes() != b"0")
         || req.headers().contains_key(header::TRANSFER_ENCODING)
     {
-        return Err("a WebSocket upgrade carries no body (Content-Length / Transfer-Encoding)");
+        return Err(Malformed(
+            "a WebSocket upgrade carries no body (Content-Length / Transfer-Encoding)",
+        ));
     }
     // Dot segments could walk out of the endpoint's path prefix.
     if has_dot_segment(req.uri().path()) {
-        return Err("path contains a . or .. segment");
+        return Err(Malformed("path contains a . or .. segment"));
     }
     let version = req.headers().get(header::SEC_WEBSOCKET_VERSION);
     if version.is_none_or(|v| v.as_bytes() != b"13") {
-        return Err("unsupported Sec-WebSocket-Version: sluice speaks version 13");
+        return Err(BadUpgrade::Version);
     }
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY);
     // A key is 16 random bytes in base64: 24 characters.
     if key.is_none_or(|k| k.len() != 24) {
-        return Err("missing or malformed Sec-WebSocket-Key");
+        return Err(Malformed("missing or malformed Sec-WebSocket-Key"));
     }
     Ok(())
 }

@@ -35,17 +35,6 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every reason, in table order.
-    pub const ALL: [Reason; 7] = [
-        Self::TenantUnknown,
-        Self::Unauthorized,
-        Self::QueueFull,
-        Self::QueueTimeout,
-        Self::EdgeCapacity,
-        Self::UpstreamUnavailable,
-        Self::Draining,
-    ];
-
     /// The `x-sluice-reason` value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -144,11 +133,12 @@ pub fn text_response(status: StatusCode, body: String, request_id: &str) -> Resp
     resp
 }
 
-/// `426 Upgrade Required` for a request that is not a WebSocket upgrade.
-pub fn upgrade_required(request_id: &str) -> Response<Full<Bytes>> {
+/// `426 Upgrade Required` for a request that is not a WebSocket upgrade, or not of the
+/// version sluice speaks; it names WebSocket version 13.
+pub fn upgrade_required(detail: &str, request_id: &str) -> Response<Full<Bytes>> {
     let mut resp = text_response(
         StatusCode::UPGRADE_REQUIRED,
-        "sluice only serves WebSocket upgrades (GET with Upgrade: websocket)\n".into(),
+        format!("{detail}\n"),
         request_id,
     );
     let headers = resp.headers_mut();

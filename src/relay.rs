@@ -109,20 +109,46 @@ enum DirEnd {
 }
 
 /// Relays both ways until the session ends.
-pub async fn relay(client: Leg, edge: Leg) -> RelayStats {
+pub async fn relay(mut client: Leg, mut edge: Leg) -> RelayStats {
     let mut c2e = 0u64;
     let mut e2c = 0u64;
-    let end = match (client.stream, edge.stream) {
-        (Stream::Plain(c), Stream::Plain(e)) => {
-            relay_plain(&c, client.early, &e, edge.early, &mut c2e, &mut e2c).await
-        }
-        (c, e) => relay_generic(c, client.early, e, edge.early, &mut c2e, &mut e2c).await,
+    let end = match forward_early(&mut client, &mut edge, &mut c2e, &mut e2c).await {
+        Err(end) => end,
+        Ok(()) => match (client.stream, edge.stream) {
+            (Stream::Plain(c), Stream::Plain(e)) => relay_plain(&c, &e, &mut c2e, &mut e2c).await,
+            (c, e) => relay_generic(c, e, &mut c2e, &mut e2c).await,
+        },
     };
     RelayStats {
         client_to_edge: c2e,
         edge_to_client: e2c,
         end,
     }
+}
+
+/// Writes each leg's early bytes (read past the handshake) to the other leg, and frees
+/// them.
+async fn forward_early(
+    client: &mut Leg,
+    edge: &mut Leg,
+    c2e: &mut u64,
+    e2c: &mut u64,
+) -> Result<(), End> {
+    let early = std::mem::take(&mut client.early);
+    if !early.is_empty() {
+        write_flush(&mut edge.stream, &early)
+            .await
+            .map_err(|e| End::EdgeError(e.kind()))?;
+        *c2e += early.len() as u64;
+    }
+    let early = std::mem::take(&mut edge.early);
+    if !early.is_empty() {
+        write_flush(&mut client.stream, &early)
+            .await
+            .map_err(|e| End::ClientError(e.kind()))?;
+        *e2c += early.len() as u64;
+    }
+    Ok(())
 }
 
 /// Classifies how a session ended from how the first direction stopped.
@@ -168,27 +194,7 @@ async fn run_both(
     }
 }
 
-async fn relay_plain(
-    client: &TcpStream,
-    client_early: Bytes,
-    edge: &TcpStream,
-    edge_early: Bytes,
-    c2e: &mut u64,
-    e2c: &mut u64,
-) -> End {
-    if !client_early.is_empty() {
-        if let Err(e) = write_all_ready(edge, &client_early).await {
-            return End::EdgeError(e.kind());
-        }
-        *c2e += client_early.len() as u64;
-    }
-    if !edge_early.is_empty() {
-        if let Err(e) = write_all_ready(client, &edge_early).await {
-            return End::ClientError(e.kind());
-        }
-        *e2c += edge_early.len() as u64;
-    }
-    drop((client_early, edge_early));
+async fn relay_plain(client: &TcpStream, edge: &TcpStream, c2e: &mut u64, e2c: &mut u64) -> End {
     run_both(
         pump_plain(client, edge, c2e),
         pump_plain(edge, client, e2c),
@@ -265,29 +271,9 @@ async fn write_all_ready(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-async fn relay_generic(
-    client: Stream,
-    client_early: Bytes,
-    edge: Stream,
-    edge_early: Bytes,
-    c2e: &mut u64,
-    e2c: &mut u64,
-) -> End {
+async fn relay_generic(client: Stream, edge: Stream, c2e: &mut u64, e2c: &mut u64) -> End {
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut edge_r, mut edge_w) = tokio::io::split(edge);
-    if !client_early.is_empty() {
-        if let Err(e) = write_flush(&mut edge_w, &client_early).await {
-            return End::EdgeError(e.kind());
-        }
-        *c2e += client_early.len() as u64;
-    }
-    if !edge_early.is_empty() {
-        if let Err(e) = write_flush(&mut client_w, &edge_early).await {
-            return End::ClientError(e.kind());
-        }
-        *e2c += edge_early.len() as u64;
-    }
-    drop((client_early, edge_early));
     // The shutdown of a TLS write side sends close_notify, which needs an await, so the
     // pump that ended does it itself (bounded by the linger).
     run_both(

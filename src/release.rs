@@ -49,27 +49,17 @@ impl Session {
     }
 
     /// Ends the session after its relay returned.
-    pub fn end(mut self, stats: RelayStats) {
-        self.ended = true;
-        tracing::info!(
-            target: "sluice::session",
-            tenant = %self.tenant.name,
-            request_id = %self.request_id,
-            client = %self.client,
-            endpoint = %self.endpoint,
-            end = stats.end.as_str(),
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            client_to_edge = stats.client_to_edge,
-            edge_to_client = stats.edge_to_client,
-            "session ended"
-        );
+    pub fn end(self, stats: RelayStats) {
+        self.finish(stats.end.as_str(), Some(stats), None);
     }
-}
 
-impl Session {
     /// Ends a session whose relay never started (the client left before its upgrade
     /// completed, or its connection could not be taken over).
-    pub fn abandon(mut self, why: &str) {
+    pub fn abandon(self, why: &str) {
+        self.finish("abandoned", None, Some(why));
+    }
+
+    fn finish(mut self, end: &str, stats: Option<RelayStats>, why: Option<&str>) {
         self.ended = true;
         tracing::info!(
             target: "sluice::session",
@@ -77,9 +67,12 @@ impl Session {
             request_id = %self.request_id,
             client = %self.client,
             endpoint = %self.endpoint,
-            end = "abandoned",
+            end,
             why,
-            "session ended before the relay started"
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            client_to_edge = stats.map(|s| s.client_to_edge),
+            edge_to_client = stats.map(|s| s.edge_to_client),
+            "session ended"
         );
     }
 }

@@ -23,17 +23,6 @@ pub enum Stream {
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-impl Stream {
-    /// The underlying TCP socket.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Self::Plain(s) => s,
-            Self::ServerTls(s) => s.get_ref().0,
-            Self::ClientTls(s) => s.get_ref().0,
-        }
-    }
-}
-
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::auth;
 use crate::config::{Endpoint, Group};
+use crate::parse::{header_tokens, query_pairs_except};
 use crate::relay::Leg;
 use crate::stream::Stream;
 
@@ -301,7 +302,7 @@ fn endpoint_request(endpoint: &Endpoint, req: &Request<()>) -> Request<Empty<Byt
     let mut target = String::with_capacity(endpoint.path_prefix.len() + path.len() + 16);
     target.push_str(&endpoint.path_prefix);
     target.push_str(path);
-    let query = join_query(&endpoint.query, req.uri().query().unwrap_or(""));
+    let query = join_query(endpoint, req.uri().query().unwrap_or(""));
     if !query.is_empty() {
         target.push('?');
         target.push_str(&query);
@@ -312,13 +313,9 @@ fn endpoint_request(endpoint: &Endpoint, req: &Request<()>) -> Request<Empty<Byt
     *out.uri_mut() = target
         .parse()
         .unwrap_or_else(|_| http::Uri::from_static("/"));
-    let headers = out.headers_mut();
-    headers.reserve(req.headers().len() + 1);
+    *out.headers_mut() = req.headers().clone();
     if let Ok(host) = HeaderValue::from_str(&endpoint.authority) {
-        headers.insert(header::HOST, host);
-    }
-    for (name, value) in req.headers() {
-        headers.append(name.clone(), value.clone());
+        out.headers_mut().insert(header::HOST, host);
     }
     out
 }
@@ -326,20 +323,10 @@ fn endpoint_request(endpoint: &Endpoint, req: &Request<()>) -> Request<Empty<Byt
 /// The client's query parameters, minus any whose name the endpoint's query pins, then
 /// the endpoint's: what the operator wrote in the endpoint URL cannot be overridden by a
 /// client, whichever occurrence the edge reads.
-fn join_query(endpoint: &str, client: &str) -> String {
-    let pinned: Vec<String> = form_urlencoded::parse(endpoint.as_bytes())
-        .map(|(k, _)| k.into_owned())
-        .collect();
-    let mut parts: Vec<&str> = client
-        .split('&')
-        .filter(|pair| {
-            !pair.is_empty()
-                && form_urlencoded::parse(pair.as_bytes())
-                    .next()
-                    .is_none_or(|(k, _)| !pinned.iter().any(|p| *p == k))
-        })
-        .collect();
-    parts.extend(endpoint.split('&').filter(|p| !p.is_empty()));
+fn join_query(endpoint: &Endpoint, client: &str) -> String {
+    let mut parts: Vec<&str> =
+        query_pairs_except(client, |k| endpoint.query_keys.iter().any(|p| p == k)).collect();
+    parts.extend(endpoint.query.split('&').filter(|p| !p.is_empty()));
     parts.join("&")
 }
 
@@ -385,13 +372,8 @@ pub fn build_request(
         .unwrap_or_else(|_| http::Uri::from_static("/"));
 
     // Headers named in Connection are hop-by-hop too (except the upgrade itself).
-    let named: Vec<HeaderName> = client
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = header_tokens(&client.headers, &header::CONNECTION)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .filter(|n| n != header::UPGRADE)
         .collect();
 
@@ -532,12 +514,18 @@ mod tests {
             authority: "edge:7001".into(),
             path_prefix: "/base".into(),
             query: "org=9".into(),
+            query_keys: vec!["org".into()],
         };
         let out = endpoint_request(&endpoint, &req);
         assert_eq!(out.uri(), "/base/ws?a=1&b=2&org=9");
-        assert_eq!(join_query("org=9", "org=10&a=1&org=11"), "a=1&org=9");
-        assert_eq!(join_query("", "a=1"), "a=1");
-        assert_eq!(join_query("org=9", ""), "org=9");
+        assert_eq!(join_query(&endpoint, "org=10&a=1&org=11"), "a=1&org=9");
+        assert_eq!(join_query(&endpoint, ""), "org=9");
+        let plain = crate::config::Endpoint {
+            query: String::new(),
+            query_keys: vec![],
+            ..endpoint
+        };
+        assert_eq!(join_query(&plain, "a=1&org=2"), "a=1&org=2");
         assert_eq!(out.headers()[header::HOST], "edge:7001");
     }
 }

@@ -9,8 +9,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const LAB: &str = r#"{ kind = "none" }"#;
-
 /// Sends raw bytes and reads what comes back until the server closes (or 10 s).
 async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -22,8 +20,7 @@ async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn plain_http_gets_426() {
-    let edge = edge().await;
-    let proxy = proxy(&config_for(&edge.url(false), &[("lab", LAB)])).await;
+    let (edge, proxy) = lab("").await;
     let resp = raw(
         proxy.addr,
         b"GET /t/lab/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -53,8 +50,7 @@ async fn plain_http_gets_426() {
 
 #[tokio::test]
 async fn malformed_upgrades_are_refused() {
-    let edge = edge().await;
-    let proxy = proxy(&config_for(&edge.url(false), &[("lab", LAB)])).await;
+    let (edge, proxy) = lab("").await;
     let no_key = b"GET /t/lab/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
     assert!(raw(proxy.addr, no_key).await.starts_with("HTTP/1.1 400"));
     let old_version = b"GET /t/lab/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
@@ -73,12 +69,7 @@ async fn malformed_upgrades_are_refused() {
 
 #[tokio::test]
 async fn oversized_header_is_refused_without_harming_others() {
-    let edge = edge().await;
-    let proxy = proxy(&format!(
-        "[protection]\nmax_header_bytes = 8192\n{}",
-        config_for(&edge.url(false), &[("lab", LAB)])
-    ))
-    .await;
+    let (edge, proxy) = lab("[protection]\nmax_header_bytes = 8192\n").await;
     let mut live = connect_ok(&proxy.url("/t/lab/"), &[]).await;
     echo(&mut live, "before").await;
 
@@ -102,12 +93,8 @@ async fn oversized_header_is_refused_without_harming_others() {
 
 #[tokio::test]
 async fn slow_request_head_is_cut_off() {
-    let edge = edge().await;
-    let proxy = proxy(&format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\nheader_timeout = \"300ms\"\n{}",
-        config_for(&edge.url(false), &[("lab", LAB)])
-    ))
-    .await;
+    let (edge, proxy) =
+        lab("[listen]\naddress = \"127.0.0.1:0\"\nheader_timeout = \"300ms\"\n").await;
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     tcp.write_all(b"GET /t/lab/ HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -124,9 +111,10 @@ async fn slow_request_head_is_cut_off() {
     let read = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut out)).await;
     assert!(read.is_ok(), "a silent connection was never cut off");
     assert!(started.elapsed() < Duration::from_secs(5));
-    // Meanwhile a normal client is served.
+    // Meanwhile a normal client is served, and only it reached the edge.
     let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
     echo(&mut ws, "ok").await;
+    assert_eq!(edge.requests().len(), 1);
 }
 
 #[tokio::test]
@@ -135,12 +123,10 @@ async fn tls_listener_serves_wss() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
     std::fs::write(dir.path().join("key.pem"), &key).unwrap();
-    let edge = edge().await;
-    let proxy = proxy(&format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{}",
+    let (edge, proxy) = lab(&format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
         dir.path().join("cert.pem").display(),
         dir.path().join("key.pem").display(),
-        config_for(&edge.url(false), &[("lab", LAB)])
     ))
     .await;
 

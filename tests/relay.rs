@@ -11,8 +11,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
-const LAB: &str = r#"{ kind = "none" }"#;
-
 async fn next(ws: &mut Client) -> Message {
     tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
@@ -23,9 +21,9 @@ async fn next(ws: &mut Client) -> Message {
 
 #[tokio::test]
 async fn text_binary_large_and_ping_pass_both_ways() {
-    let edge = edge().await;
-    let proxy = proxy(&config_for(&edge.url(false), &[("lab", LAB)])).await;
+    let (edge, proxy) = lab("").await;
     let mut ws = connect_ok(&proxy.url("/t/lab/echo"), &[]).await;
+    assert_eq!(edge.requests()[0].target, "/echo");
 
     echo(&mut ws, "REGISTER sip:lab SIP/2.0").await;
 
@@ -54,8 +52,7 @@ async fn text_binary_large_and_ping_pass_both_ways() {
 
 #[tokio::test]
 async fn client_close_reaches_the_edge() {
-    let edge = edge().await;
-    let proxy = proxy(&config_for(&edge.url(false), &[("lab", LAB)])).await;
+    let (edge, proxy) = lab("").await;
     let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
     echo(&mut ws, "hello").await;
     assert_eq!(edge.live.load(Ordering::SeqCst), 1);
@@ -82,8 +79,7 @@ async fn client_close_reaches_the_edge() {
 
 #[tokio::test]
 async fn edge_close_and_edge_drop_reach_the_client() {
-    let edge = edge().await;
-    let proxy = proxy(&config_for(&edge.url(false), &[("lab", LAB)])).await;
+    let (edge, proxy) = lab("").await;
 
     let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
     ws.send(Message::text("close-me")).await.unwrap();
@@ -110,12 +106,16 @@ async fn edge_close_and_edge_drop_reach_the_client() {
         matches!(end, None | Some(Err(_))),
         "expected the end of the stream, got {end:?}"
     );
+    edge.wait_for("both edge sessions to end", |e| {
+        e.live.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    assert_eq!(edge.requests().len(), 2);
 }
 
 #[tokio::test]
 async fn client_reset_ends_the_edge_session() {
-    let edge = edge().await;
-    let proxy = proxy(&config_for(&edge.url(false), &[("lab", LAB)])).await;
+    let (edge, proxy) = lab("").await;
     let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
     echo(&mut ws, "hi").await;
     // Reset the client's connection: no close frame, no FIN, an RST.

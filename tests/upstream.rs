@@ -8,8 +8,6 @@ use std::time::Duration;
 use support::*;
 use tokio::net::TcpListener;
 
-const LAB: &str = r#"{ kind = "none" }"#;
-
 /// An address nothing listens on.
 async fn dead_addr() -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -19,7 +17,7 @@ async fn dead_addr() -> std::net::SocketAddr {
 #[tokio::test]
 async fn edge_down_gives_503_upstream_unavailable() {
     let dead = dead_addr().await;
-    let proxy = proxy(&config_for(&format!("ws://{dead}"), &[("lab", LAB)])).await;
+    let proxy = proxy(&config_for(&format!("ws://{dead}"), &[("lab", NO_AUTH)])).await;
     let resp = connect_refused(&proxy.url("/t/lab/"), &[]).await;
     assert_eq!(resp.status(), 503);
     assert_eq!(reason(&resp), "upstream-unavailable");
@@ -33,35 +31,25 @@ async fn edge_down_gives_503_upstream_unavailable() {
 
 #[tokio::test]
 async fn edge_refusals_are_not_passed_through_raw() {
-    let busy = edge_with(EdgeOptions {
-        refuse_with: Some(503),
-        ..Default::default()
-    })
-    .await;
-    let first = proxy(&config_for(&busy.url(false), &[("lab", LAB)])).await;
-    let resp = connect_refused(&first.url("/t/lab/"), &[]).await;
-    assert_eq!(
-        (resp.status().as_u16(), reason(&resp)),
-        (503, "upstream-unavailable")
-    );
-    // The edge's own Retry-After is honoured; its status is named, its body is not relayed.
-    assert_eq!(resp.headers()["retry-after"], "7");
-    assert_eq!(resp.headers()["x-sluice-upstream-status"], "503");
-    let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
-    assert!(!body.contains("refused by test edge"), "{body}");
-
-    let limited = edge_with(EdgeOptions {
-        refuse_with: Some(429),
-        ..Default::default()
-    })
-    .await;
-    let second = proxy(&config_for(&limited.url(false), &[("lab", LAB)])).await;
-    let resp = connect_refused(&second.url("/t/lab/"), &[]).await;
-    assert_eq!(
-        (resp.status().as_u16(), reason(&resp)),
-        (503, "edge-capacity")
-    );
-    assert_eq!(resp.headers()["retry-after"], "7");
+    // An edge 503 means that edge is unavailable; an edge 429 means the edge has no room.
+    for (status, expected) in [(503, "upstream-unavailable"), (429, "edge-capacity")] {
+        let refusing = edge_with(EdgeOptions {
+            refuse_with: Some(status),
+            ..Default::default()
+        })
+        .await;
+        let proxy = proxy(&config_for(&refusing.url(false), &[("lab", NO_AUTH)])).await;
+        let resp = connect_refused(&proxy.url("/t/lab/"), &[]).await;
+        assert_eq!((resp.status().as_u16(), reason(&resp)), (503, expected));
+        // The edge's own Retry-After is honoured; its status is named, its body is not.
+        assert_eq!(resp.headers()["retry-after"], "7");
+        assert_eq!(
+            resp.headers()["x-sluice-upstream-status"],
+            status.to_string().as_str()
+        );
+        let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+        assert!(!body.contains("refused by test edge"), "{body}");
+    }
 }
 
 #[tokio::test]
@@ -74,7 +62,7 @@ async fn endpoints_are_tried_in_turn() {
     .await;
     let live = edge().await;
     let config = format!(
-        "[upstream.groups.primary]\nendpoints = [\"ws://{dead}\", \"{}\", \"{}\"]\n[tenants.lab]\nauth = {LAB}\n",
+        "[upstream.groups.primary]\nendpoints = [\"ws://{dead}\", \"{}\", \"{}\"]\n[tenants.lab]\nauth = {NO_AUTH}\n",
         busy.url(false),
         live.url(false)
     );
@@ -94,8 +82,7 @@ async fn endpoints_are_tried_in_turn() {
 
 #[tokio::test]
 async fn forwarding_headers_are_added() {
-    let edge = edge().await;
-    let proxy = proxy(&config_for(&edge.url(false), &[("lab", LAB)])).await;
+    let (edge, proxy) = lab("").await;
 
     let (_ws, resp) = connect(&proxy.url("/t/lab/"), &[("x-forwarded-for", "203.0.113.9")])
         .await
@@ -134,7 +121,7 @@ async fn handshake_timeout_bounds_a_silent_edge() {
     });
     let proxy = proxy(&format!(
         "[upstream]\nhandshake_timeout = \"300ms\"\nretry_budget = \"1s\"\n{}",
-        config_for(&format!("ws://{addr}"), &[("lab", LAB)])
+        config_for(&format!("ws://{addr}"), &[("lab", NO_AUTH)])
     ))
     .await;
     let started = tokio::time::Instant::now();
@@ -162,7 +149,7 @@ async fn wss_upstream_is_verified_against_the_configured_ca() {
     let trusted = proxy(&format!(
         "[upstream]\nca_file = \"{}\"\n{}",
         ca_path.display(),
-        config_for(&edge.url(true), &[("lab", LAB)])
+        config_for(&edge.url(true), &[("lab", NO_AUTH)])
     ))
     .await;
     let mut ws = connect_ok(&trusted.url("/t/lab/tls"), &[]).await;
@@ -172,7 +159,7 @@ async fn wss_upstream_is_verified_against_the_configured_ca() {
     assert_eq!(edge.requests()[0].target, "/tls");
 
     // Without the CA the edge's certificate is not trusted: no session.
-    let untrusted = proxy(&config_for(&edge.url(true), &[("lab", LAB)])).await;
+    let untrusted = proxy(&config_for(&edge.url(true), &[("lab", NO_AUTH)])).await;
     let resp = connect_refused(&untrusted.url("/t/lab/tls"), &[]).await;
     assert_eq!(
         (resp.status().as_u16(), reason(&resp)),

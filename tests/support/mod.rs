@@ -317,6 +317,21 @@ pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>
     assert_eq!(got, Message::text(text));
 }
 
+/// `auth` of a tenant without credentials.
+pub const NO_AUTH: &str = r#"{ kind = "none" }"#;
+
+/// An echo edge and sluice in front of it with one tenant, `lab`, that needs no
+/// credential. `extra` is config text put first (e.g. a `[listen]` table).
+pub async fn lab(extra: &str) -> (Edge, Proxy) {
+    let edge = edge().await;
+    let config = format!(
+        "{extra}\n{}",
+        config_for(&edge.url(false), &[("lab", NO_AUTH)])
+    );
+    let proxy = proxy(&config).await;
+    (edge, proxy)
+}
+
 /// An upstream group and one tenant per `(name, auth)` pair, all on `edge_url`.
 pub fn config_for(edge_url: &str, tenants: &[(&str, &str)]) -> String {
     let mut text = format!("[upstream.groups.primary]\nendpoints = [\"{edge_url}\"]\n");
