@@ -195,10 +195,10 @@ pub fn describe(config: &Config, name: &str) -> String {
 /// Keys this version validates but does not act on yet; said by `check-config` and
 /// logged once by `run`, so nobody mistakes them for protection they do not give.
 pub const NOT_ENFORCED_YET: &str =
-    "this version validates but does not yet enforce the per-tenant \
-sessions/rate/burst/queue/weight limits, [edge], upstream retries and backoff \
-(retry_budget only caps the total handshake time), [protection] rate, pending and idle \
-limits, [admin] and [shutdown]";
+    "this version validates but does not yet enforce queue_mode = \"accept\" \
+(every tenant queues in hold mode), upstream retries and backoff (retry_budget only \
+caps the total handshake time), [protection] rate, pending and idle limits, [admin] \
+and [shutdown]";
 
 fn tenant_row(t: &Tenant) -> [String; 10] {
     let l = &t.limits;

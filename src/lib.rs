@@ -12,8 +12,8 @@
 //!    hyper under a header timeout and size limit.
 //! 2. [`tenant`]: resolve the tenant from the path prefix, a header or the Host.
 //! 3. [`auth`]: check the tenant's credential (none, API key, JWT) and strip it.
-//! 4. admission (per-tenant caps, rates and queues) sits between [`auth`] and
-//!    [`upstream`] in [`proxy::handle`].
+//! 4. [`admission`]: per-tenant session caps, handshake token buckets and bounded FIFO
+//!    queues, and the `[edge]` ceiling shared by weight; queued connects are paced out.
 //! 5. [`upstream`]: the WebSocket handshake to an endpoint of the tenant's group.
 //! 6. [`relay`]: a transparent byte tunnel that holds no buffer while idle.
 //! 7. [`release`]: the one place a session's end is observed.
@@ -25,6 +25,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod config;

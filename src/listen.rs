@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::proxy::{self, Shared};
 use crate::stream::Stream;
@@ -80,6 +81,7 @@ impl Server {
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
+                admission: Arc::new(Admission::new(&config)),
                 config: arc_swap::ArcSwap::from_pointee(config),
                 connector,
             }),
@@ -95,6 +97,11 @@ impl Server {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The admission state, to observe queues and sessions.
+    pub fn admission(&self) -> Arc<Admission> {
+        self.shared.admission.clone()
     }
 
     /// Accepts connections until `shutdown` completes. Live sessions run in their own

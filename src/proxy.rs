@@ -11,6 +11,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::parse::header_has_token;
 use crate::reject::{self, Reason, Rejection};
@@ -30,6 +31,8 @@ pub struct Shared {
     pub config: arc_swap::ArcSwap<Config>,
     /// Opens upstream WebSockets.
     pub connector: Connector,
+    /// Per-tenant and edge limits, queues and permits.
+    pub admission: Arc<Admission>,
 }
 
 /// Serves one request: a WebSocket upgrade is resolved, authenticated, connected
@@ -77,17 +80,28 @@ pub async fn handle(
         return Ok(refuse(&tenant.name, rejection, &request_id, info, None));
     }
 
-    // Step 4, admission, takes its place here: the permit it grants moves into the
-    // Session below and is released when the session ends.
-
-    // Step 5: upstream handshake. If the client goes away meanwhile, hyper drops this
-    // future; the guard still writes that connection's outcome line.
-    let gone = ClientGone {
+    // If the client goes away from here on until the 101, hyper drops this future; the
+    // guard still writes that connection's outcome line (and the queue ticket inside
+    // `admit` takes the client out of its queue).
+    let mut gone = ClientGone {
         tenant: &tenant.name,
         request_id: &request_id,
         client: info.addr,
-        armed: true,
+        stage: Some("queued"),
     };
+
+    // Step 4: admission. The permit moves into the Session below and is released when
+    // the session ends.
+    let admitted = match shared.admission.admit(&tenant.name).await {
+        Ok(a) => a,
+        Err(rejection) => {
+            gone.disarm();
+            return Ok(refuse(&tenant.name, rejection, &request_id, info, None));
+        }
+    };
+    gone.stage = Some("upstream-handshake");
+
+    // Step 5: upstream handshake.
     let upstream_req = upstream::build_request(
         &parts,
         &resolved.forward_path,
@@ -121,11 +135,13 @@ pub async fn handle(
     };
 
     gone.disarm();
+    let queue_wait_ms = admitted.waited.map(|w| w.as_millis() as u64);
     tracing::info!(
         target: "sluice::outcome",
         tenant = %tenant.name,
-        outcome = "admitted",
+        outcome = if queue_wait_ms.is_some() { "queued_admitted" } else { "admitted" },
         request_id,
+        queue_wait_ms,
         client = %info.addr,
         tenant_source = resolved.source.as_str(),
         endpoint = %connected.endpoint.url,
@@ -148,6 +164,7 @@ pub async fn handle(
     }
 
     let session = Session::start(
+        admitted.permit,
         tenant,
         request_id,
         info.addr,
@@ -180,30 +197,33 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// Writes the outcome line of a client that left while its upstream handshake ran.
+/// Writes the outcome line of a client that left while queued or while its upstream
+/// handshake ran.
 struct ClientGone<'a> {
     tenant: &'a str,
     request_id: &'a str,
     client: std::net::SocketAddr,
-    armed: bool,
+    /// Where the client was; `None` once the outcome is logged elsewhere.
+    stage: Option<&'static str>,
 }
 
 impl ClientGone<'_> {
     fn disarm(mut self) {
-        self.armed = false;
+        self.stage = None;
     }
 }
 
 impl Drop for ClientGone<'_> {
     fn drop(&mut self) {
-        if self.armed {
+        if let Some(stage) = self.stage {
             tracing::info!(
                 target: "sluice::outcome",
                 tenant = self.tenant,
                 outcome = "client-gone",
+                stage,
                 request_id = self.request_id,
                 client = %self.client,
-                "client left during the upstream handshake"
+                "client left before its connect was answered"
             );
         }
     }

@@ -11,12 +11,15 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::admission::Permit;
 use crate::config::Tenant;
 use crate::relay::RelayStats;
 
 /// A live proxied session.
 #[derive(Debug)]
 pub struct Session {
+    /// The admission permit: the session's slots, released when the session is dropped.
+    _permit: Permit,
     /// Its tenant.
     pub tenant: Arc<Tenant>,
     /// Request id, as sent upstream.
@@ -33,12 +36,14 @@ pub struct Session {
 impl Session {
     /// A session starting now.
     pub fn start(
+        permit: Permit,
         tenant: Arc<Tenant>,
         request_id: String,
         client: SocketAddr,
         endpoint: String,
     ) -> Self {
         Self {
+            _permit: permit,
             tenant,
             request_id,
             client,

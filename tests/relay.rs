@@ -141,7 +141,10 @@ async fn two_hundred_sessions_echo_at_once() {
         &[(
             "lab",
             r#"{ kind = "none" }
-max_sessions = 1000"#,
+max_sessions = 1000
+handshake_rate = 10000.0
+handshake_burst = 1000
+queue_depth = 1000"#,
         )],
     ))
     .await;

@@ -34,12 +34,30 @@ pub struct Recorded {
     pub target: String,
     /// Request headers.
     pub headers: HeaderMap,
+    /// When the edge received it.
+    pub at: tokio::time::Instant,
 }
 
 impl Recorded {
     /// Everything the edge saw, as one string (for "never seen" checks).
     pub fn dump(&self) -> String {
         format!("{} {:?}", self.target, self.headers)
+    }
+
+    /// The tenant sluice named in its identity header.
+    pub fn tenant(&self) -> &str {
+        self.headers
+            .get("x-tenant-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The value of query parameter `key` in the request target.
+    pub fn query(&self, key: &str) -> Option<String> {
+        let (_, query) = self.target.split_once('?')?;
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
     }
 }
 
@@ -61,6 +79,8 @@ pub struct Edge {
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     /// Sessions open right now.
     pub live: Arc<AtomicUsize>,
+    /// Most sessions ever open at once.
+    pub peak: Arc<AtomicUsize>,
     /// Close frames received from clients: (code, reason).
     pub closes: Arc<Mutex<Vec<(u16, String)>>>,
 }
@@ -101,6 +121,7 @@ pub async fn edge_with(options: EdgeOptions) -> Edge {
         addr: listener.local_addr().unwrap(),
         requests: Arc::default(),
         live: Arc::default(),
+        peak: Arc::default(),
         closes: Arc::default(),
     };
     let acceptor = options
@@ -145,6 +166,7 @@ async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(
         requests.lock().unwrap().push(Recorded {
             target: req.uri().to_string(),
             headers: req.headers().clone(),
+            at: tokio::time::Instant::now(),
         });
         if let Some(status) = options.refuse_with {
             let mut err = ErrorResponse::new(Some("refused by test edge".into()));
@@ -172,7 +194,8 @@ async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
         return;
     };
-    edge.live.fetch_add(1, Ordering::SeqCst);
+    let live = edge.live.fetch_add(1, Ordering::SeqCst) + 1;
+    edge.peak.fetch_max(live, Ordering::SeqCst);
     while let Some(msg) = ws.next().await {
         match msg {
             Ok(Message::Text(t)) if t.as_str() == "close-me" => {
@@ -213,6 +236,8 @@ async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(
 pub struct Proxy {
     /// Its listen address.
     pub addr: SocketAddr,
+    /// Its admission state.
+    pub admission: Arc<sluice::admission::Admission>,
 }
 
 impl Proxy {
@@ -237,8 +262,9 @@ pub async fn proxy_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
     let config = Config::parse(&text, &env).expect("test config is valid");
     let server = sluice::Server::bind(config).await.expect("sluice binds");
     let addr = server.local_addr();
+    let admission = server.admission();
     tokio::spawn(server.run(std::future::pending()));
-    Proxy { addr }
+    Proxy { addr, admission }
 }
 
 /// Starts sluice from config text.

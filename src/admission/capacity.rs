@@ -1,0 +1,228 @@
+//! The two kinds of capacity admission hands out: session slots and handshake tokens.
+//!
+//! This is the seam DESIGN.md asks for ("acquire a session slot, take a handshake
+//! token, release"): the scheduler in [`super`] touches capacity only through
+//! [`Slots::try_acquire`] / [`Slots::release`] and [`Tokens::try_take`] /
+//! [`Tokens::refund`] / [`Tokens::ready_at`]. Both are lock-free here (one atomic
+//! each); a shared backend for several replicas would implement the same operations.
+//!
+//! Tokens are a GCRA, the algorithm `governor` implements. `governor` itself cannot be
+//! used for this job: admission must take a tenant token and an edge token together
+//! or neither, and must hand back the token of a client that left between being chosen
+//! and being told, which needs `ready_at` (a peek) and `refund` — operations governor
+//! does not have. Its clock is also not tokio's, so the scheduler could not be tested
+//! under paused time.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Session slots: at most `cap` held at once.
+#[derive(Debug)]
+#[repr(C)] // hot fields first
+pub struct Slots {
+    live: AtomicU32,
+    cap: u32,
+    /// Set while the one task that may wait for a slot (a tenant's pump, the edge's
+    /// arbiter) waits; only then does a release signal `freed`, so the fast path pays
+    /// for no wake-up.
+    waiting: AtomicBool,
+    freed: Notify,
+}
+
+impl Slots {
+    /// `cap` slots, none held.
+    pub fn new(cap: u32) -> Self {
+        Self {
+            live: AtomicU32::new(0),
+            cap,
+            waiting: AtomicBool::new(false),
+            freed: Notify::new(),
+        }
+    }
+
+    /// Takes a slot if one is free.
+    pub fn try_acquire(&self) -> bool {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
+                (live < self.cap).then_some(live + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a slot back. Called exactly once per successful [`Self::try_acquire`], by
+    /// the RAII owner of the slot.
+    pub fn release(&self) {
+        // SeqCst pairs with `acquire`: either the waiter sees this release in its
+        // retry, or this release sees the waiter's flag and wakes it.
+        let before = self.live.fetch_sub(1, Ordering::SeqCst);
+        debug_assert!(before > 0, "slot released more often than acquired");
+        if self.waiting.load(Ordering::SeqCst) {
+            self.freed.notify_one();
+        }
+    }
+
+    /// Waits for a free slot and takes it. Only one task at a time may wait on a given
+    /// `Slots` (the tenant's pump, or the edge's arbiter).
+    pub async fn acquire(&self) {
+        if self.try_acquire() {
+            return;
+        }
+        self.waiting.store(true, Ordering::SeqCst);
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the retry, so a release between the retry and the
+            // await still wakes us.
+            freed.as_mut().enable();
+            if self.try_acquire() {
+                break;
+            }
+            freed.await;
+        }
+        self.waiting.store(false, Ordering::SeqCst);
+    }
+
+    /// Slots held now.
+    pub fn live(&self) -> u32 {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// The cap.
+    pub fn cap(&self) -> u32 {
+        self.cap
+    }
+}
+
+/// A token bucket as a GCRA ("generic cell rate algorithm"): `rate` tokens per second,
+/// at most `burst` at once. The whole state is one theoretical arrival time (TAT): a
+/// token may be taken at `now` when `TAT - now <= (burst - 1) · interval`, and taking
+/// it moves the TAT to `max(TAT, now) + interval`. Taken tokens are therefore spaced
+/// `interval` apart once the burst is spent: the pacing DESIGN.md asks for.
+#[derive(Debug)]
+#[repr(C)]
+pub struct Tokens {
+    /// Time zero of `tat`.
+    epoch: Instant,
+    /// Nanoseconds after `epoch`.
+    tat: AtomicU64,
+    /// Nanoseconds per token.
+    interval: u64,
+    /// `(burst - 1) · interval`.
+    tolerance: u64,
+}
+
+impl Tokens {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: u32) -> Self {
+        let interval = (1e9 / rate).round().clamp(1.0, u64::MAX as f64 / 4.0) as u64;
+        let tolerance = interval.saturating_mul(u64::from(burst.max(1) - 1));
+        Self {
+            epoch: Instant::now(),
+            tat: AtomicU64::new(0),
+            interval,
+            tolerance,
+        }
+    }
+
+    /// Time between tokens once the burst is spent.
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(self.interval)
+    }
+
+    /// Tokens per second.
+    pub fn rate(&self) -> f64 {
+        1e9 / self.interval as f64
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX / 2)
+    }
+
+    /// Takes a token at `now`, or says from when one can be taken.
+    pub fn try_take(&self, now: Instant) -> Result<(), Instant> {
+        let now = self.nanos(now);
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            if tat > now + self.tolerance {
+                return Err(self.epoch + Duration::from_nanos(tat - self.tolerance));
+            }
+            let next = tat.max(now) + self.interval;
+            match self
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(()),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    /// When the next token can be taken (`<= now` means now).
+    pub fn ready_at(&self) -> Instant {
+        let tat = self.tat.load(Ordering::Acquire);
+        self.epoch + Duration::from_nanos(tat.saturating_sub(self.tolerance))
+    }
+
+    /// Gives back a token taken by [`Self::try_take`] that was not used (its client
+    /// left before its handshake). The bucket is left as if it had not been taken.
+    pub fn refund(&self) {
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                Some(tat.saturating_sub(self.interval))
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_then_one_token_per_interval() {
+        let t = Tokens::new(20.0, 5);
+        let start = Instant::now();
+        for _ in 0..5 {
+            assert!(t.try_take(start).is_ok());
+        }
+        let ready = t.try_take(start).unwrap_err();
+        assert_eq!(ready - start, Duration::from_millis(50));
+        assert!(t.try_take(ready - Duration::from_millis(1)).is_err());
+        assert!(t.try_take(ready).is_ok());
+        assert_eq!(t.ready_at() - start, Duration::from_millis(100));
+        // Idle long enough, the burst is back, and no more than the burst.
+        let later = start + Duration::from_secs(10);
+        let taken = (0..10).filter(|_| t.try_take(later).is_ok()).count();
+        assert_eq!(taken, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refund_restores_the_token() {
+        let t = Tokens::new(10.0, 1);
+        let now = Instant::now();
+        assert!(t.try_take(now).is_ok());
+        assert!(t.try_take(now).is_err());
+        t.refund();
+        assert!(t.try_take(now).is_ok());
+        // A refund of a token taken long after an idle spell does not bank extra ones.
+        let later = now + Duration::from_secs(60);
+        assert!(t.try_take(later).is_ok());
+        t.refund();
+        assert!(t.try_take(later).is_ok());
+        assert!(t.try_take(later).is_err());
+    }
+
+    #[test]
+    fn slots_never_exceed_the_cap() {
+        let s = Slots::new(2);
+        assert!(s.try_acquire());
+        assert!(s.try_acquire());
+        assert!(!s.try_acquire());
+        s.release();
+        assert_eq!(s.live(), 1);
+        assert!(s.try_acquire());
+    }
+}

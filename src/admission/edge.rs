@@ -1,0 +1,178 @@
+//! The edge ceiling (`[edge]`), shared between tenants by weight.
+//!
+//! Each tenant with a queue has one pump asking for one turn at a time. Turns are
+//! handed out by start-time fair queueing (SFQ): a request gets the start tag
+//! `S = max(V, F_prev)` and finish tag `F = S + 1/weight`, where `F_prev` is the
+//! tenant's previous finish tag and `V` the start tag of the turn last granted; the
+//! request with the smallest finish tag goes next. Two backlogged tenants of weights 2
+//! and 1 therefore get turns 2:1, and a tenant arriving late starts at `V`, not behind
+//! the whole backlog of a flooding one. Inside a tenant, order is its FIFO queue.
+//!
+//! One arbiter task per edge runs while there are requests: it waits for an edge
+//! session slot and the next edge token (pacing at `handshake_rate`), then grants.
+//! The number of requests is at most the number of configured tenants.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::gate::{slot, try_token, Limit, Scope, Slot, Token};
+use crate::config::EdgeLimits;
+
+/// Virtual time units per unit of service at weight 1.
+const SCALE: u128 = 1 << 32;
+
+/// A granted turn: an edge session slot and an edge token.
+pub(crate) type Turn = (Slot<EdgeGate>, Token<EdgeGate>);
+
+#[derive(Debug)]
+struct Request {
+    start: u128,
+    weight: u32,
+    grant: oneshot::Sender<Turn>,
+}
+
+#[derive(Debug, Default)]
+struct Fair {
+    /// Virtual time: start tag of the last granted turn.
+    vtime: u128,
+    seq: u64,
+    /// By (finish tag, arrival): the next to serve first.
+    requests: BTreeMap<(u128, u64), Request>,
+    arbiter: bool,
+}
+
+/// The edge ceiling's state; what the fast path reads first.
+#[derive(Debug)]
+#[repr(C, align(64))]
+pub(crate) struct EdgeGate {
+    /// Number of pending requests, readable without the lock.
+    waiting: AtomicU32,
+    pub(crate) limit: Limit,
+    fair: Mutex<Fair>,
+    /// Sum of the weights of pending requests.
+    weight_sum: AtomicU64,
+    /// Whether the arbiter is waiting for an edge session to end (not for a token).
+    slot_bound: AtomicBool,
+}
+
+impl Scope for EdgeGate {
+    fn limit(&self) -> &Limit {
+        &self.limit
+    }
+}
+
+impl EdgeGate {
+    pub(crate) fn new(limits: &EdgeLimits) -> Self {
+        Self {
+            limit: Limit::new(
+                limits.max_sessions,
+                limits.handshake_rate,
+                limits.handshake_burst,
+            ),
+            fair: Mutex::default(),
+            waiting: AtomicU32::new(0),
+            weight_sum: AtomicU64::new(0),
+            slot_bound: AtomicBool::new(false),
+        }
+    }
+
+    /// Tenants waiting for a turn now.
+    pub(crate) fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Whether the ceiling on sessions (rather than on handshakes) holds tenants back.
+    pub(crate) fn slot_bound(&self) -> bool {
+        self.slot_bound.load(Ordering::Relaxed)
+    }
+
+    /// About how far apart this tenant's turns are while the edge is shared: the edge's
+    /// token interval scaled by the tenant's share of the waiting weight.
+    pub(crate) fn interval_for(&self, weight: u32) -> Duration {
+        let sum = self
+            .weight_sum
+            .load(Ordering::Relaxed)
+            .max(u64::from(weight));
+        self.limit
+            .tokens
+            .interval()
+            .mul_f64(sum as f64 / f64::from(weight.max(1)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Fair> {
+        self.fair.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for this tenant's next turn. `finish` is the tenant's own finish tag,
+    /// kept by its pump between calls. `None` when the arbiter went away (shutdown).
+    pub(crate) async fn turn(self: &Arc<Self>, weight: u32, finish: &mut u128) -> Option<Turn> {
+        let (tx, rx) = oneshot::channel();
+        let start_arbiter = {
+            let mut fair = self.lock();
+            let start = fair.vtime.max(*finish);
+            *finish = start + SCALE / u128::from(weight.max(1));
+            fair.seq += 1;
+            let seq = fair.seq;
+            fair.requests.insert(
+                (*finish, seq),
+                Request {
+                    start,
+                    weight,
+                    grant: tx,
+                },
+            );
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            self.weight_sum
+                .fetch_add(u64::from(weight), Ordering::Relaxed);
+            !std::mem::replace(&mut fair.arbiter, true)
+        };
+        if start_arbiter {
+            tokio::spawn(arbiter(self.clone()));
+        }
+        rx.await.ok()
+    }
+
+    /// Removes the next request by finish tag and advances virtual time to its start.
+    fn next(&self) -> Option<Request> {
+        let mut fair = self.lock();
+        let (_, request) = fair.requests.pop_first()?;
+        fair.vtime = request.start;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.weight_sum
+            .fetch_sub(u64::from(request.weight), Ordering::Relaxed);
+        Some(request)
+    }
+
+    fn keep_arbitrating(&self) -> bool {
+        let mut fair = self.lock();
+        if fair.requests.is_empty() {
+            fair.arbiter = false;
+        }
+        fair.arbiter
+    }
+}
+
+/// Grants turns at the edge while there are requests; at most one per edge.
+async fn arbiter(edge: Arc<EdgeGate>) {
+    while edge.keep_arbitrating() {
+        edge.slot_bound.store(true, Ordering::Relaxed);
+        let slot = slot(&edge).await;
+        edge.slot_bound.store(false, Ordering::Relaxed);
+        let token = loop {
+            let now = Instant::now();
+            if let Some(token) = try_token(&edge, now) {
+                break token;
+            }
+            tokio::time::sleep_until(edge.limit.tokens.ready_at()).await;
+        };
+        if let Some(request) = edge.next() {
+            // A pump never drops its request; if it did (shutdown), the turn goes back.
+            let _ = request.grant.send((slot, token));
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! One tenant's admission state, its FIFO queue, and the pump that releases the queue
+//! at the tenant's pace.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::capacity::{Slots, Tokens};
+use super::edge::EdgeGate;
+
+/// Session slots and handshake tokens of one scope (a tenant, or the edge). Kept
+/// inline in the scope's gate so that a decision touches one allocation per scope.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct Limit {
+    pub(crate) tokens: Tokens,
+    pub(crate) slots: Slots,
+}
+
+impl Limit {
+    pub(crate) fn new(max_sessions: u32, rate: f64, burst: u32) -> Self {
+        Self {
+            tokens: Tokens::new(rate, burst),
+            slots: Slots::new(max_sessions),
+        }
+    }
+}
+
+/// A gate with a [`Limit`]: a tenant's, or the edge's.
+pub(crate) trait Scope {
+    fn limit(&self) -> &Limit;
+}
+
+/// A slot now, if one is free.
+pub(crate) fn try_slot<S: Scope>(scope: &Arc<S>) -> Option<Slot<S>> {
+    scope
+        .limit()
+        .slots
+        .try_acquire()
+        .then(|| Slot(scope.clone()))
+}
+
+/// Waits for a free slot. Only one task per scope waits here (the tenant's pump or the
+/// edge's arbiter).
+pub(crate) async fn slot<S: Scope>(scope: &Arc<S>) -> Slot<S> {
+    scope.limit().slots.acquire().await;
+    Slot(scope.clone())
+}
+
+/// A token now, if one is ready.
+pub(crate) fn try_token<S: Scope>(scope: &Arc<S>, now: Instant) -> Option<Token<S>> {
+    scope.limit().tokens.try_take(now).ok().map(|()| Token {
+        scope: scope.clone(),
+        spent: false,
+    })
+}
+
+/// A held session slot; released when dropped, so exactly once.
+#[derive(Debug)]
+pub(crate) struct Slot<S: Scope>(Arc<S>);
+
+impl<S: Scope> Drop for Slot<S> {
+    fn drop(&mut self) {
+        self.0.limit().slots.release();
+    }
+}
+
+/// A taken handshake token; handed back when dropped unless [`Token::spend`] was
+/// called (its client was told to go ahead).
+#[derive(Debug)]
+pub(crate) struct Token<S: Scope> {
+    scope: Arc<S>,
+    spent: bool,
+}
+
+impl<S: Scope> Token<S> {
+    pub(crate) fn spend(mut self) {
+        self.spent = true;
+    }
+}
+
+impl<S: Scope> Drop for Token<S> {
+    fn drop(&mut self) {
+        if !self.spent {
+            self.scope.limit().tokens.refund();
+        }
+    }
+}
+
+/// What a queued client is waiting for right now: decides between `queue-*` (the
+/// tenant's own limits) and `edge-capacity` (the shared ceiling), and how long the
+/// `Retry-After` estimate is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Blocker {
+    /// A session of the tenant to end.
+    Slot = 0,
+    /// The tenant's next handshake token.
+    Token = 1,
+    /// Its turn at the edge ceiling.
+    Edge = 2,
+}
+
+/// The session slot, tokens and edge share reserved for the client at the head of a
+/// queue; it becomes the client's permit, or everything goes back if the client has
+/// left in the meantime.
+#[derive(Debug)]
+pub(crate) struct Reserved {
+    pub(crate) permit: super::Permit,
+    pub(crate) tenant_token: Token<TenantGate>,
+    pub(crate) edge_token: Option<Token<EdgeGate>>,
+}
+
+impl Reserved {
+    pub(crate) fn commit(self) -> super::Permit {
+        let Self {
+            permit,
+            tenant_token,
+            edge_token,
+        } = self;
+        tenant_token.spend();
+        if let Some(t) = edge_token {
+            t.spend();
+        }
+        permit
+    }
+}
+
+/// A queued client, as the queue holds it.
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    grant: oneshot::Sender<Reserved>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// FIFO, ids ascending.
+    waiters: VecDeque<Waiter>,
+    next_id: u64,
+    /// Whether a pump task is running for this tenant.
+    pump: bool,
+}
+
+/// One tenant's admission state. The fields a fast-path decision reads come first,
+/// in one cache line of their own.
+#[derive(Debug)]
+#[repr(C, align(64))]
+pub(crate) struct TenantGate {
+    /// `queue.waiters.len()`, readable without the lock.
+    queued: AtomicU32,
+    pub(crate) limit: Limit,
+    blocker: AtomicU8,
+    pub(crate) name: Arc<str>,
+    pub(crate) queue_depth: u32,
+    pub(crate) queue_timeout: Duration,
+    pub(crate) weight: u32,
+    queue: Mutex<Queue>,
+}
+
+impl Scope for TenantGate {
+    fn limit(&self) -> &Limit {
+        &self.limit
+    }
+}
+
+impl TenantGate {
+    pub(crate) fn new(name: &str, limits: &crate::config::Limits) -> Self {
+        Self {
+            name: name.into(),
+            limit: Limit::new(
+                limits.max_sessions,
+                limits.handshake_rate,
+                limits.handshake_burst,
+            ),
+            queue_depth: limits.queue_depth,
+            queue_timeout: limits.queue_timeout,
+            weight: limits.weight,
+            queue: Mutex::default(),
+            queued: AtomicU32::new(0),
+            blocker: AtomicU8::new(Blocker::Slot as u8),
+        }
+    }
+
+    /// Clients waiting in the queue now.
+    pub(crate) fn queued(&self) -> u32 {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn blocker(&self) -> Blocker {
+        match self.blocker.load(Ordering::Relaxed) {
+            0 => Blocker::Slot,
+            1 => Blocker::Token,
+            _ => Blocker::Edge,
+        }
+    }
+
+    fn set_blocker(&self, b: Blocker) {
+        self.blocker.store(b as u8, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // The queue is consistent at every unlock; a panic elsewhere cannot poison it
+        // half-updated, so a poisoned lock is still usable.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts a client at the back of the queue; `None` when the queue is full. Starts
+    /// the pump if none runs.
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        edge: Option<&Arc<EdgeGate>>,
+    ) -> Option<(u64, oneshot::Receiver<Reserved>)> {
+        let (tx, rx) = oneshot::channel();
+        let mut q = self.lock();
+        if q.waiters.len() >= self.queue_depth as usize {
+            return None;
+        }
+        let id = q.next_id;
+        q.next_id += 1;
+        q.waiters.push_back(Waiter { id, grant: tx });
+        self.queued.store(q.waiters.len() as u32, Ordering::Release);
+        let start_pump = !std::mem::replace(&mut q.pump, true);
+        drop(q);
+        if start_pump {
+            tokio::spawn(pump(self.clone(), edge.cloned()));
+        }
+        Some((id, rx))
+    }
+
+    /// Takes a client out of the queue (it left, or timed out). Returns how many were
+    /// ahead of it, or `None` when it is no longer queued (the pump already chose it).
+    pub(crate) fn leave(&self, id: u64) -> Option<usize> {
+        let mut q = self.lock();
+        let pos = q.waiters.binary_search_by_key(&id, |w| w.id).ok()?;
+        q.waiters.remove(pos);
+        self.queued.store(q.waiters.len() as u32, Ordering::Release);
+        Some(pos)
+    }
+
+    /// Whether the queue has a client; when it has none, the pump stops (under the
+    /// lock, so an enqueue either sees the pump running or starts a new one).
+    fn keep_pumping(&self) -> bool {
+        let mut q = self.lock();
+        if q.waiters.is_empty() {
+            q.pump = false;
+        }
+        q.pump
+    }
+
+    /// Gives `reserved` to the client at the head of the queue. If there is none, or it
+    /// left just now, `reserved` is dropped and everything in it goes back.
+    fn grant(&self, reserved: Reserved) {
+        let head = {
+            let mut q = self.lock();
+            let head = q.waiters.pop_front();
+            self.queued.store(q.waiters.len() as u32, Ordering::Release);
+            head
+        };
+        if let Some(head) = head {
+            let _ = head.grant.send(reserved);
+        }
+    }
+}
+
+/// Releases one tenant's queue: for the client at its head, a session slot, then the
+/// tenant's next token (which spaces releases `1/handshake_rate` apart), then a turn at
+/// the edge ceiling; the client is then told to go ahead. Runs while the queue has
+/// clients; at most one per tenant.
+async fn pump(gate: Arc<TenantGate>, edge: Option<Arc<EdgeGate>>) {
+    // Virtual finish time of this tenant's last turn at the edge (start-time fair
+    // queueing, see `edge`).
+    let mut finish = 0u128;
+    while gate.keep_pumping() {
+        gate.set_blocker(Blocker::Slot);
+        let slot = slot(&gate).await;
+        gate.set_blocker(Blocker::Token);
+        tokio::time::sleep_until(gate.limit.tokens.ready_at()).await;
+        let turn = match &edge {
+            Some(edge) => {
+                gate.set_blocker(Blocker::Edge);
+                match edge.turn(gate.weight, &mut finish).await {
+                    Some(turn) => Some(turn),
+                    // The arbiter is gone: the runtime is shutting down.
+                    None => return,
+                }
+            }
+            None => None,
+        };
+        // Only the pump takes this tenant's tokens while its queue is not empty, so the
+        // token seen ready above is still there, unless the queue emptied meanwhile and
+        // a new client took it directly: then start over (all of the above goes back).
+        let Some(token) = try_token(&gate, Instant::now()) else {
+            continue;
+        };
+        let (edge_slot, edge_token) = match turn {
+            Some((s, t)) => (Some(s), Some(t)),
+            None => (None, None),
+        };
+        gate.grant(Reserved {
+            permit: super::Permit {
+                _tenant: slot,
+                _edge: edge_slot,
+            },
+            tenant_token: token,
+            edge_token,
+        });
+    }
+}

@@ -1,0 +1,611 @@
+//! Step 4 of the flow: admission (DESIGN.md). Decides, per connect, whether it goes on
+//! now, waits in its tenant's queue, or is refused.
+//!
+//! Per tenant: a cap on live sessions (`max_sessions`), a GCRA token bucket on
+//! handshakes (`handshake_rate`, `handshake_burst`) and a bounded FIFO queue
+//! (`queue_depth`, `queue_timeout`). Above all tenants, optionally: the `[edge]` ceiling
+//! on sessions and handshakes, shared by `weight` between tenants with queued clients
+//! ([`edge`]).
+//!
+//! # How a connect is decided
+//!
+//! * **Fast path** ([`Admission::try_admit`]): when the tenant's queue is empty and no
+//!   tenant waits for the edge, take a tenant slot, an edge slot, a tenant token and an
+//!   edge token, each one atomic operation; if any is missing, give back what was taken
+//!   and queue. No lock is taken: the tenant is found in a concurrent map and its state
+//!   is atomics.
+//! * **Queue**: otherwise the client joins the back of its tenant's queue (or is
+//!   refused if the queue is full) and its request stays pending. A per-tenant pump
+//!   task releases the head when a slot and a token are both free (and the edge gives
+//!   the tenant its turn), so releases are spaced `1/handshake_rate` apart after the
+//!   burst, however spiky the arrivals.
+//! * A client that leaves while queued (its connection closes, hyper drops the request
+//!   future) is removed from the queue at once by its [`Ticket`]'s `Drop`. If the pump
+//!   had just chosen it, what was reserved for it goes back (slots released, tokens
+//!   refunded), so it takes nothing.
+//! * An admitted client holds a [`Permit`]: its tenant slot and edge slot, released
+//!   when the permit drops, exactly once, however the session ends.
+//!
+//! Memory: per tenant a fixed-size gate; per queued client one queue entry (16 bytes)
+//! and a oneshot channel. Queues are bounded by `queue_depth`, the edge's request list
+//! by the number of tenants; nothing is keyed by anything a client sends.
+//!
+//! The capacity primitives live in [`capacity`]: the seam for a shared backend.
+
+pub mod capacity;
+mod edge;
+mod gate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::reject::{Reason, Rejection};
+use edge::EdgeGate;
+use gate::{try_slot, Blocker, Slot, TenantGate};
+
+/// Admission state of every configured tenant and of the edge ceiling.
+#[derive(Debug)]
+pub struct Admission {
+    tenants: DashMap<String, Arc<TenantGate>>,
+    edge: Option<Arc<EdgeGate>>,
+}
+
+/// An admitted session's hold on capacity: its tenant's session slot and, with an
+/// `[edge]` ceiling, an edge session slot. Dropping it releases both.
+#[derive(Debug)]
+pub struct Permit {
+    _tenant: Slot<TenantGate>,
+    _edge: Option<Slot<EdgeGate>>,
+}
+
+/// A connect that may go on to the edge.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Held for the life of the session.
+    pub permit: Permit,
+    /// How long it waited in the queue; `None` when it did not queue.
+    pub waited: Option<Duration>,
+}
+
+/// A tenant's admission state, for status and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantLoad {
+    /// Session slots held: admitted sessions, plus one reserved for the head of the
+    /// queue while it waits for its token or its edge turn.
+    pub live: u32,
+    /// The tenant's `max_sessions`.
+    pub max_sessions: u32,
+    /// Clients in its queue.
+    pub queued: u32,
+}
+
+/// The edge ceiling's state, for status and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeLoad {
+    /// Edge session slots held.
+    pub live: u32,
+    /// `[edge] max_sessions`.
+    pub max_sessions: u32,
+    /// Tenants waiting for their turn at the edge.
+    pub waiting: u32,
+}
+
+impl Admission {
+    /// Admission for every tenant of `config` (and `_default` when configured).
+    pub fn new(config: &Config) -> Self {
+        let tenants = DashMap::new();
+        for tenant in config
+            .tenants
+            .values()
+            .chain(config.default_tenant.as_ref())
+        {
+            tenants.insert(
+                tenant.name.clone(),
+                Arc::new(TenantGate::new(&tenant.name, &tenant.limits)),
+            );
+        }
+        Self {
+            tenants,
+            edge: config.edge.as_ref().map(|e| Arc::new(EdgeGate::new(e))),
+        }
+    }
+
+    fn gate(&self, tenant: &str) -> Option<Arc<TenantGate>> {
+        self.tenants.get(tenant).map(|g| g.value().clone())
+    }
+
+    /// The fast path alone: admits now if the tenant has no queue and everything is
+    /// free, else `None` (nothing is held then).
+    pub fn try_admit(&self, tenant: &str) -> Option<Permit> {
+        let gate = self.tenants.get(tenant)?;
+        self.try_now(&gate, Instant::now())
+    }
+
+    fn try_now(&self, gate: &Arc<TenantGate>, now: Instant) -> Option<Permit> {
+        if gate.queued() > 0 {
+            return None;
+        }
+        let edge = match &self.edge {
+            Some(edge) if edge.waiting() > 0 => return None,
+            Some(edge) => Some(try_slot(edge)?),
+            None => None,
+        };
+        // Slots are RAII: returning early below releases them.
+        let tenant = try_slot(gate)?;
+        gate.limit.tokens.try_take(now).ok()?;
+        if let Some(edge) = &self.edge {
+            if edge.limit.tokens.try_take(now).is_err() {
+                gate.limit.tokens.refund();
+                return None;
+            }
+        }
+        Some(Permit {
+            _tenant: tenant,
+            _edge: edge,
+        })
+    }
+
+    /// Decides a connect for `tenant` (a name from the config): admits it now, or
+    /// queues it and waits until it is admitted or refused. Dropping the future while
+    /// queued takes the client out of the queue.
+    ///
+    /// # Errors
+    /// The [`Rejection`] to send: `queue-full` / `queue-timeout` when the tenant's own
+    /// limits hold it back, `edge-capacity` when the edge ceiling does, each with an
+    /// estimated `Retry-After`.
+    pub async fn admit(&self, tenant: &str) -> Result<Admitted, Rejection> {
+        let Some(gate) = self.gate(tenant) else {
+            return Err(Rejection::new(
+                Reason::TenantUnknown,
+                format!("tenant {tenant:?} is not configured"),
+            ));
+        };
+        let since = Instant::now();
+        if let Some(permit) = self.try_now(&gate, since) {
+            return Ok(Admitted {
+                permit,
+                waited: None,
+            });
+        }
+        let Some((id, mut grant)) = gate.enqueue(self.edge.as_ref()) else {
+            let queued = gate.queued();
+            return Err(self.refusal(&gate, queued, true));
+        };
+        let mut ticket = Ticket {
+            gate: &gate,
+            id,
+            queued: true,
+        };
+        let deadline = since + gate.queue_timeout;
+        let reserved = match tokio::time::timeout_at(deadline, &mut grant).await {
+            Ok(Ok(reserved)) => reserved,
+            Ok(Err(_)) => {
+                // The pump popped this client but its reservation was dropped: only
+                // when the runtime shuts down.
+                ticket.queued = false;
+                return Err(Rejection::new(Reason::Draining, "sluice is shutting down"));
+            }
+            Err(_) => match ticket.leave() {
+                Some(ahead) => return Err(self.refusal(&gate, ahead as u32, false)),
+                // Chosen at the last moment: take it.
+                None => match grant.try_recv() {
+                    Ok(reserved) => reserved,
+                    Err(_) => return Err(self.refusal(&gate, 0, false)),
+                },
+            },
+        };
+        ticket.queued = false;
+        Ok(Admitted {
+            permit: reserved.commit(),
+            waited: Some(since.elapsed()),
+        })
+    }
+
+    /// The refusal of a client of `gate` with `ahead` clients in front of it, for a
+    /// full queue (`full`) or a timeout.
+    fn refusal(&self, gate: &TenantGate, ahead: u32, full: bool) -> Rejection {
+        let cause = self.cause(gate);
+        let edge = self.edge.as_deref().filter(|_| cause == Blocker::Edge);
+        let (reason, detail) = match (edge, full) {
+            (Some(_), _) => (
+                Reason::EdgeCapacity,
+                format!(
+                    "the edge ceiling is in use by all tenants; tenant {} has {} queued (queue_depth {})",
+                    gate.name,
+                    gate.queued(),
+                    gate.queue_depth
+                ),
+            ),
+            (None, true) => (
+                Reason::QueueFull,
+                format!(
+                    "tenant {} has {} queued (queue_depth {}) and {} of {} sessions",
+                    gate.name,
+                    gate.queued(),
+                    gate.queue_depth,
+                    gate.limit.slots.live(),
+                    gate.limit.slots.cap()
+                ),
+            ),
+            (None, false) => (
+                Reason::QueueTimeout,
+                format!(
+                    "waited queue_timeout ({}) in tenant {}'s queue with {ahead} still ahead",
+                    humantime::format_duration(gate.queue_timeout),
+                    gate.name
+                ),
+            ),
+        };
+        Rejection::new(reason, detail).retry_after(retry_after(gate, cause, edge, ahead))
+    }
+
+    /// What holds `gate`'s clients back: what its pump waits for while it has a queue;
+    /// without one (a tenant with `queue_depth = 0`), whichever limit is exhausted now.
+    fn cause(&self, gate: &TenantGate) -> Blocker {
+        if gate.queued() > 0 {
+            gate.blocker()
+        } else if gate.limit.slots.live() >= gate.limit.slots.cap() {
+            Blocker::Slot
+        } else if gate.limit.tokens.ready_at() > Instant::now() || self.edge.is_none() {
+            Blocker::Token
+        } else {
+            Blocker::Edge
+        }
+    }
+
+    /// The admission state of `tenant`.
+    pub fn tenant_load(&self, tenant: &str) -> Option<TenantLoad> {
+        let gate = self.gate(tenant)?;
+        Some(TenantLoad {
+            live: gate.limit.slots.live(),
+            max_sessions: gate.limit.slots.cap(),
+            queued: gate.queued(),
+        })
+    }
+
+    /// The state of the edge ceiling, when there is one.
+    pub fn edge_load(&self) -> Option<EdgeLoad> {
+        let edge = self.edge.as_ref()?;
+        Some(EdgeLoad {
+            live: edge.limit.slots.live(),
+            max_sessions: edge.limit.slots.cap(),
+            waiting: edge.waiting(),
+        })
+    }
+}
+
+/// An honest estimate of when a refused client could get in: the clients ahead of it
+/// (plus itself) at the pace the queue moves, jittered by ±20 % so that refused clients
+/// do not return in lockstep.
+///
+/// The pace is the tenant's token interval, or its share of the edge's when the edge
+/// binds. When sessions rather than handshakes hold the queue (cap reached), nobody can
+/// know when calls end; the estimate is then `queue_timeout`, by which time every
+/// client now queued has been admitted or has given up.
+fn retry_after(gate: &TenantGate, cause: Blocker, edge: Option<&EdgeGate>, ahead: u32) -> Duration {
+    let base = match (cause, edge) {
+        (Blocker::Slot, _) => gate.queue_timeout,
+        (_, Some(edge)) if edge.slot_bound() => gate.queue_timeout,
+        (_, Some(edge)) => edge.interval_for(gate.weight) * (ahead + 1),
+        (_, None) => gate.limit.tokens.interval() * (ahead + 1),
+    };
+    base.mul_f64(rand::random_range(0.8..1.2))
+}
+
+/// A client's place in its tenant's queue; leaving the queue is its `Drop`.
+struct Ticket<'a> {
+    gate: &'a TenantGate,
+    id: u64,
+    queued: bool,
+}
+
+impl Ticket<'_> {
+    fn leave(&mut self) -> Option<usize> {
+        std::mem::replace(&mut self.queued, false)
+            .then(|| self.gate.leave(self.id))
+            .flatten()
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scheduler under tokio's paused clock: times are exact, so pacing, order and
+    //! shares are asserted without slack.
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn admission(text: &str) -> Arc<Admission> {
+        let text = format!("[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:9\"]\n{text}");
+        let config = Config::parse(&text, &HashMap::new()).expect("valid test config");
+        Arc::new(Admission::new(&config))
+    }
+
+    fn tenant(name: &str, limits: &str) -> String {
+        format!("[tenants.{name}]\nauth = {{ kind = \"none\" }}\n{limits}\n")
+    }
+
+    type Log = Arc<Mutex<Vec<(String, usize, Instant)>>>;
+
+    /// Spawns `n` connects of `tenant`, in order, each recording (tenant, index, time)
+    /// when admitted and ending its session at once.
+    fn spawn_connects(a: &Arc<Admission>, log: &Log, tenant: &str, n: usize) {
+        for i in 0..n {
+            let (a, log, tenant) = (a.clone(), log.clone(), tenant.to_owned());
+            tokio::spawn(async move {
+                let admitted = a.admit(&tenant).await.expect("admitted");
+                log.lock().unwrap().push((tenant, i, Instant::now()));
+                drop(admitted);
+            });
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spike_is_paced_at_the_token_rate_in_arrival_order() {
+        let a = admission(&tenant(
+            "t",
+            "handshake_rate = 20.0\nhandshake_burst = 5\nqueue_depth = 200\nqueue_timeout = \"60s\"",
+        ));
+        let log: Log = Arc::default();
+        let start = Instant::now();
+        spawn_connects(&a, &log, "t", 100);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 100);
+        let order: Vec<usize> = log.iter().map(|e| e.1).collect();
+        assert_eq!(order, (0..100).collect::<Vec<_>>(), "FIFO");
+        // The burst at once, then one every 50 ms exactly.
+        for (k, (_, _, at)) in log.iter().enumerate() {
+            let expected = Duration::from_millis(50 * (k.saturating_sub(4)) as u64);
+            assert_eq!(*at - start, expected, "admission {k}");
+        }
+        assert_eq!(a.tenant_load("t").unwrap().queued, 0);
+        assert_eq!(a.tenant_load("t").unwrap().live, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cap_holds_and_waiters_follow_in_order_as_sessions_end() {
+        let a = admission(&tenant(
+            "t",
+            "max_sessions = 3\nhandshake_rate = 1000.0\nhandshake_burst = 100",
+        ));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..8 {
+            let (a, tx) = (a.clone(), tx.clone());
+            tokio::spawn(async move {
+                let admitted = a.admit("t").await.expect("admitted");
+                tx.send((i, admitted)).unwrap();
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut held = Vec::new();
+        while let Ok(x) = rx.try_recv() {
+            held.push(x);
+        }
+        assert_eq!(held.iter().map(|h| h.0).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            a.tenant_load("t").unwrap(),
+            TenantLoad {
+                live: 3,
+                max_sessions: 3,
+                queued: 5
+            }
+        );
+        // Each end lets exactly the next one in.
+        for next in 3..8 {
+            held.remove(0);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let (i, admitted) = rx.try_recv().expect("the next waiter is admitted");
+            assert_eq!(i, next);
+            assert!(admitted.waited.is_some());
+            held.push((i, admitted));
+            assert!(rx.try_recv().is_err());
+        }
+        drop(held);
+        assert_eq!(a.tenant_load("t").unwrap().live, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_and_timeout_are_refused_with_an_estimate() {
+        let a = admission(&tenant(
+            "t",
+            "max_sessions = 1\nqueue_depth = 2\nqueue_timeout = \"5s\"",
+        ));
+        let held = a.admit("t").await.unwrap();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move { a.admit("t").await.map(|_| ()) })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let full = a.admit("t").await.unwrap_err();
+        assert_eq!(full.reason, Reason::QueueFull);
+        // Sessions, not the rate, hold the queue: the estimate is about queue_timeout.
+        let after = full.retry_after.unwrap();
+        assert!(
+            after >= Duration::from_secs(4) && after <= Duration::from_secs(6),
+            "{after:?}"
+        );
+        for w in waiters {
+            let refused = w.await.unwrap().unwrap_err();
+            assert_eq!(refused.reason, Reason::QueueTimeout);
+            assert!(refused.retry_after.is_some());
+        }
+        assert_eq!(a.tenant_load("t").unwrap().queued, 0);
+        drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_bound_estimates_grow_with_the_queue_ahead() {
+        let a = admission(&tenant(
+            "t",
+            "handshake_rate = 2.0\nhandshake_burst = 1\nqueue_depth = 10\nqueue_timeout = \"60s\"",
+        ));
+        let _first = a.admit("t").await.unwrap();
+        let waiters: Vec<_> = (0..10)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move { a.admit("t").await.map(|_| ()) })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let full = a.admit("t").await.unwrap_err();
+        assert_eq!(full.reason, Reason::QueueFull);
+        // 10 ahead + itself at 2/s: about 5.5 s, ±20 %.
+        let after = full.retry_after.unwrap().as_secs_f64();
+        assert!((4.4..=6.6).contains(&after), "{after}");
+        for w in waiters {
+            w.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clients_that_leave_the_queue_take_nothing() {
+        let a = admission(&tenant(
+            "t",
+            "handshake_rate = 1.0\nhandshake_burst = 1\nqueue_depth = 100\nqueue_timeout = \"60s\"",
+        ));
+        let start = Instant::now();
+        let first = a.admit("t").await.unwrap();
+        assert!(first.waited.is_none());
+        let waiters: Vec<_> = (0..50)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move { a.admit("t").await.map(|_| ()) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(a.tenant_load("t").unwrap().queued, 50);
+        for w in &waiters {
+            w.abort();
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(a.tenant_load("t").unwrap().queued, 0, "left at once");
+        // The next token is at 1 s; the pump wakes then, finds nobody, and gives back
+        // what it reserved. A new client gets exactly that one token.
+        tokio::time::sleep_until(start + Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+        let next = a.admit("t").await.unwrap();
+        assert_eq!(Instant::now() - start, Duration::from_secs(1));
+        drop(next);
+        let after = a.admit("t").await.unwrap();
+        assert_eq!(Instant::now() - start, Duration::from_secs(2));
+        assert!(after.waited.is_some());
+        drop((first, after));
+        assert_eq!(a.tenant_load("t").unwrap().live, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_tenant_is_not_starved_by_a_flooding_one() {
+        let limits = "handshake_rate = 1000.0\nhandshake_burst = 1000\nqueue_depth = 1000\nqueue_timeout = \"120s\"";
+        let a = admission(&format!(
+            "[edge]\nmax_sessions = 10000\nhandshake_rate = 20.0\nhandshake_burst = 1\n{}{}",
+            tenant("a", limits),
+            tenant("b", limits)
+        ));
+        let log: Log = Arc::default();
+        let start = Instant::now();
+        spawn_connects(&a, &log, "a", 400);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        spawn_connects(&a, &log, "b", 20);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 420);
+        let waits = |t: &str, from: Instant| {
+            let mut w: Vec<Duration> = log
+                .iter()
+                .filter(|e| e.0 == t)
+                .map(|e| e.2 - from)
+                .collect();
+            w.sort();
+            w
+        };
+        let (wa, wb) = (
+            waits("a", start),
+            waits("b", start + Duration::from_millis(500)),
+        );
+        // Turns alternate once b arrives: b's 20 are in within about 2 s (40 edge
+        // tokens), while a's backlog takes 21 s.
+        assert!(
+            *wb.last().unwrap() <= Duration::from_millis(2100),
+            "{:?}",
+            wb.last()
+        );
+        assert!(
+            wb[10] * 5 < wa[200],
+            "b median {:?}, a median {:?}",
+            wb[10],
+            wa[200]
+        );
+        // The edge never saw more than its rate.
+        let mut times: Vec<Instant> = log.iter().map(|e| e.2).collect();
+        times.sort();
+        for pair in times.windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_millis(50));
+        }
+        // FIFO inside each tenant.
+        for t in ["a", "b"] {
+            let order: Vec<usize> = log.iter().filter(|e| e.0 == t).map(|e| e.1).collect();
+            assert!(order.windows(2).all(|p| p[0] < p[1]), "{t} out of order");
+        }
+        assert_eq!(a.edge_load().unwrap().live, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_edge_ceiling_is_named_when_it_is_the_cause() {
+        let a = admission(&format!(
+            "[edge]\nhandshake_rate = 1.0\nhandshake_burst = 1\n{}{}",
+            tenant("busy", "queue_depth = 10\nqueue_timeout = \"3s\""),
+            tenant("direct", "queue_depth = 0")
+        ));
+        let first = a.admit("busy").await.unwrap();
+        let queued = {
+            let a = a.clone();
+            tokio::spawn(async move { a.admit("busy").await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(a.edge_load().unwrap().waiting, 1);
+        // A tenant without a queue, within its own limits, refused because the edge is
+        // spoken for: 503 edge-capacity, not 429.
+        let refused = a.admit("direct").await.unwrap_err();
+        assert_eq!(refused.reason, Reason::EdgeCapacity);
+        assert_eq!(
+            refused.reason.status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        // The queued one gets the edge's next token at 1 s.
+        queued.await.unwrap().unwrap();
+        drop(first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backlogged_tenants_share_the_edge_by_weight() {
+        let limits = "handshake_rate = 1000.0\nhandshake_burst = 1000\nqueue_depth = 1000\nqueue_timeout = \"120s\"";
+        let a = admission(&format!(
+            "[edge]\nhandshake_rate = 50.0\nhandshake_burst = 1\n{}weight = 2\n{}weight = 1\n",
+            tenant("heavy", limits),
+            tenant("light", limits)
+        ));
+        let log: Log = Arc::default();
+        spawn_connects(&a, &log, "heavy", 200);
+        spawn_connects(&a, &log, "light", 200);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let log = log.lock().unwrap();
+        // The first admission is the fast path; then both are backlogged.
+        let heavy = log[1..91].iter().filter(|e| e.0 == "heavy").count();
+        assert_eq!(heavy, 60, "2:1 of 90 turns");
+    }
+}
