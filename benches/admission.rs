@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice::admission::Admission;
+use sluice::metrics::Metrics;
 use sluice::Config;
 
 const TENANTS: usize = 10_000;
@@ -32,7 +33,10 @@ fn admission(edge: bool) -> (Arc<Admission>, Vec<String>) {
         text.push_str(&format!("[tenants.{name}]\nauth = {{ kind = \"none\" }}\n"));
     }
     let config = Config::parse(&text, &HashMap::new()).expect("bench config is valid");
-    (Arc::new(Admission::new(&config)), names)
+    (
+        Arc::new(Admission::new(&config, &Metrics::new(&config))),
+        names,
+    )
 }
 
 /// A cheap spread of tenant indices (no RNG in the measured loop).

@@ -18,6 +18,9 @@
 //! 6. [`relay`]: a transparent byte tunnel that holds no buffer while idle.
 //! 7. [`release`]: the one place a session's end is observed.
 //!
+//! [`metrics`] holds every Prometheus series and the status page's recent windows;
+//! [`admin`] serves them on the admin listener.
+//!
 //! [`proxy`] puts the steps in order; [`reject`] turns refusals into responses;
 //! [`config`] loads and validates the file; [`cli`] is the command line.
 
@@ -25,12 +28,14 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
 pub mod parse;
 pub mod proxy;
 pub mod reject;
@@ -55,7 +60,16 @@ pub use listen::{Server, StartError};
 /// # Errors
 /// [`StartError`] when the listener cannot be bound or TLS material is unusable.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let admin_addr = config.admin.address;
     let server = Server::bind(config).await?;
+    let admin = admin::Admin::bind(admin_addr, server.shared())
+        .await
+        .map_err(|source| StartError::AdminBind {
+            addr: admin_addr,
+            source,
+        })?;
+    let admin = tokio::spawn(admin.run(std::future::pending()));
     server.run(shutdown).await;
+    admin.abort();
     Ok(())
 }

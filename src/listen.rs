@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::Admission;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::{self, Shared};
 use crate::stream::Stream;
 use crate::tls::{self, TlsError};
@@ -32,6 +33,14 @@ pub enum StartError {
     /// The listen address could not be bound.
     #[error("cannot listen on {addr} (listen.address): {source}")]
     Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The admin address could not be bound.
+    #[error("cannot listen on {addr} (admin.address): {source}")]
+    AdminBind {
         /// The address.
         addr: SocketAddr,
         /// What the OS said.
@@ -74,6 +83,7 @@ impl Server {
             None => None,
         };
         let connector = Connector::new(tls::client_config(config.upstream.ca_file.as_deref())?);
+        let metrics = Arc::new(Metrics::new(&config));
         let addr = config.listen.address;
         let listener = TcpListener::bind(addr)
             .await
@@ -81,7 +91,8 @@ impl Server {
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
-                admission: Arc::new(Admission::new(&config)),
+                admission: Arc::new(Admission::new(&config, &metrics)),
+                metrics,
                 config: arc_swap::ArcSwap::from_pointee(config),
                 connector,
             }),
@@ -102,6 +113,12 @@ impl Server {
     /// The admission state, to observe queues and sessions.
     pub fn admission(&self) -> Arc<Admission> {
         self.shared.admission.clone()
+    }
+
+    /// What every connection shares (config, admission, metrics); the admin listener
+    /// serves from it.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// Accepts connections until `shutdown` completes. Live sessions run in their own

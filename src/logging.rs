@@ -16,3 +16,58 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// A budget for lines that a storm could repeat thousands of times a second (refusals,
+/// upstream failures): up to `burst` at once and `per_second` after that; lines over
+/// budget are counted, and the next line that may be written carries that count
+/// (`suppressed`), so nothing is lost from the totals and the log stays readable.
+#[derive(Debug)]
+pub struct LogBudget {
+    limiter: governor::DefaultDirectRateLimiter,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LogBudget {
+    /// A budget of `per_second` lines, bursts of `burst`.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let per_second = std::num::NonZeroU32::new(per_second.max(1)).expect("at least 1");
+        let burst = std::num::NonZeroU32::new(burst.max(1)).expect("at least 1");
+        Self {
+            limiter: governor::RateLimiter::direct(
+                governor::Quota::per_second(per_second).allow_burst(burst),
+            ),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines suppressed since the last one written)` when a line may be written
+    /// now; `None` (and the line is counted) when over budget.
+    pub fn spend(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        if self.limiter.check().is_ok() {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogBudget;
+
+    #[test]
+    fn a_storm_is_cut_to_the_burst_and_counted() {
+        let budget = LogBudget::new(1, 3);
+        let written: Vec<Option<u64>> = (0..10).map(|_| budget.spend()).collect();
+        assert_eq!(&written[..3], &[Some(0), Some(0), Some(0)]);
+        assert!(written[3..].iter().all(Option::is_none));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(
+            budget.spend(),
+            Some(7),
+            "the next line says how many were left out"
+        );
+    }
+}

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::admission::Admission;
 use crate::config::Config;
+use crate::metrics::{self, EdgeError, Metrics, Outcome, TenantMetrics};
 use crate::parse::header_has_token;
 use crate::reject::{self, Reason, Rejection};
 use crate::relay::{self, Leg};
@@ -33,6 +34,8 @@ pub struct Shared {
     pub connector: Connector,
     /// Per-tenant and edge limits, queues and permits.
     pub admission: Arc<Admission>,
+    /// Every metric, and the recent windows of the status page.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves one request: a WebSocket upgrade is resolved, authenticated, connected
@@ -68,23 +71,25 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => {
             let rejection = Rejection::new(Reason::TenantUnknown, e.to_string());
-            return Ok(refuse("_unknown", rejection, &request_id, info, None));
+            let tm = shared.metrics.tenant(metrics::UNKNOWN_TENANT);
+            return Ok(refuse(&tm, rejection, &request_id, info, None));
         }
     };
     let tenant = resolved.tenant.clone();
+    let tm = shared.metrics.tenant(&tenant.name);
 
     // Step 3: authentication.
     let credential = auth::extract(&parts);
     if let Err(e) = auth::authenticate(&tenant, credential.as_ref()) {
         let rejection = Rejection::new(Reason::Unauthorized, e.to_string());
-        return Ok(refuse(&tenant.name, rejection, &request_id, info, None));
+        return Ok(refuse(&tm, rejection, &request_id, info, None));
     }
 
     // If the client goes away from here on until the 101, hyper drops this future; the
     // guard still writes that connection's outcome line (and the queue ticket inside
     // `admit` takes the client out of its queue).
     let mut gone = ClientGone {
-        tenant: &tenant.name,
+        tenant: &tm,
         request_id: &request_id,
         client: info.addr,
         stage: Some("queued"),
@@ -96,7 +101,7 @@ pub async fn handle(
         Ok(a) => a,
         Err(rejection) => {
             gone.disarm();
-            return Ok(refuse(&tenant.name, rejection, &request_id, info, None));
+            return Ok(refuse(&tm, rejection, &request_id, info, None));
         }
     };
     gone.stage = Some("upstream-handshake");
@@ -109,6 +114,15 @@ pub async fn handle(
         &request_id,
         (&config.identity.header, &tenant.name),
     );
+    let mut observe = |attempt: upstream::Attempt<'_>| {
+        observe_attempt(
+            &shared.metrics,
+            &tm,
+            &tenant.group.name,
+            &request_id,
+            attempt,
+        );
+    };
     let connected = match shared
         .connector
         .connect(
@@ -116,30 +130,31 @@ pub async fn handle(
             &upstream_req,
             config.upstream.handshake_timeout,
             config.upstream.retry_budget,
+            &mut observe,
         )
         .await
     {
         Ok(c) => c,
         Err(failed) => {
             gone.disarm();
+            tm.upstream_retries(failed.attempts.len().saturating_sub(1) as u64);
             let rejection = upstream_rejection(&failed, &config);
-            log_upstream_failure(&tenant.name, &failed, &request_id);
-            return Ok(refuse(
-                &tenant.name,
-                rejection,
-                &request_id,
-                info,
-                Some(&failed),
-            ));
+            return Ok(refuse(&tm, rejection, &request_id, info, Some(&failed)));
         }
     };
 
     gone.disarm();
+    tm.upstream_retries(u64::from(connected.attempts.saturating_sub(1)));
+    let outcome = match admitted.waited {
+        Some(_) => Outcome::QueuedAdmitted,
+        None => Outcome::Admitted,
+    };
+    tm.outcome(outcome, admitted.waited);
     let queue_wait_ms = admitted.waited.map(|w| w.as_millis() as u64);
     tracing::info!(
         target: "sluice::outcome",
         tenant = %tenant.name,
-        outcome = if queue_wait_ms.is_some() { "queued_admitted" } else { "admitted" },
+        outcome = outcome.as_str(),
         request_id,
         queue_wait_ms,
         client = %info.addr,
@@ -165,6 +180,7 @@ pub async fn handle(
 
     let session = Session::start(
         admitted.permit,
+        tm.clone(),
         tenant,
         request_id,
         info.addr,
@@ -200,7 +216,7 @@ pub async fn handle(
 /// Writes the outcome line of a client that left while queued or while its upstream
 /// handshake ran.
 struct ClientGone<'a> {
-    tenant: &'a str,
+    tenant: &'a TenantMetrics,
     request_id: &'a str,
     client: std::net::SocketAddr,
     /// Where the client was; `None` once the outcome is logged elsewhere.
@@ -216,9 +232,10 @@ impl ClientGone<'_> {
 impl Drop for ClientGone<'_> {
     fn drop(&mut self) {
         if let Some(stage) = self.stage {
+            self.tenant.outcome(Outcome::ClientGone, None);
             tracing::info!(
                 target: "sluice::outcome",
-                tenant = self.tenant,
+                tenant = self.tenant.name,
                 outcome = "client-gone",
                 stage,
                 request_id = self.request_id,
@@ -229,25 +246,32 @@ impl Drop for ClientGone<'_> {
     }
 }
 
-/// Logs a refusal as one outcome line and builds its response.
+/// Counts a refusal, logs it as one outcome line (within the tenant's log budget: a
+/// storm is summarised by the `suppressed` count of the next line) and builds its
+/// response.
 fn refuse(
-    tenant: &str,
+    tm: &TenantMetrics,
     rejection: Rejection,
     request_id: &str,
     info: ClientInfo,
     failed: Option<&UpstreamFailed>,
 ) -> Response<Full<Bytes>> {
+    tm.outcome(Outcome::Refused(rejection.reason), None);
     let upstream_status = failed.and_then(|f| f.last()).map(AttemptError::label);
-    tracing::info!(
-        target: "sluice::outcome",
-        tenant,
-        outcome = rejection.reason.as_str(),
-        request_id,
-        client = %info.addr,
-        detail = %rejection.detail,
-        upstream_status = upstream_status.as_deref(),
-        "connect refused"
-    );
+    if let Some(suppressed) = tm.log_budget.spend() {
+        tracing::info!(
+            target: "sluice::outcome",
+            tenant = tm.name,
+            outcome = rejection.reason.as_str(),
+            request_id,
+            client = %info.addr,
+            detail = %rejection.detail,
+            upstream_status = upstream_status.as_deref(),
+            retry_after_s = rejection.retry_after_secs(),
+            suppressed,
+            "connect refused"
+        );
+    }
     let mut resp = rejection.into_response(request_id);
     if let Some(status) = upstream_status {
         if let Ok(v) = HeaderValue::from_str(&status) {
@@ -282,20 +306,47 @@ fn upstream_rejection(failed: &UpstreamFailed, config: &Config) -> Rejection {
     Rejection::new(reason, detail).retry_after(after)
 }
 
-fn log_upstream_failure(tenant: &str, failed: &UpstreamFailed, request_id: &str) {
-    for (endpoint, error) in &failed.attempts {
-        let trace_id = match error {
-            AttemptError::Status { trace_id, .. } => trace_id.as_deref(),
-            _ => None,
-        };
+/// Counts one upstream attempt (`sluice_upstream_responses_total`, the handshake
+/// histogram when the edge answered or timed out) and, when it failed, logs it (within
+/// the tenant's log budget) and keeps it for the status page.
+fn observe_attempt(
+    metrics: &Metrics,
+    tm: &TenantMetrics,
+    group: &str,
+    request_id: &str,
+    attempt: upstream::Attempt<'_>,
+) {
+    let status = attempt.label();
+    metrics.upstream_response(group, &status);
+    if attempt.answered() {
+        tm.upstream_handshake(attempt.took);
+    }
+    let Err(error) = attempt.result else {
+        return;
+    };
+    let trace_id = match error {
+        AttemptError::Status { trace_id, .. } => trace_id.clone(),
+        _ => None,
+    };
+    metrics.edge_error(EdgeError {
+        time: metrics::unix_now(),
+        tenant: tm.name.clone(),
+        group: group.to_owned(),
+        endpoint: attempt.endpoint.url.clone(),
+        status: status.clone(),
+        trace_id: trace_id.clone(),
+    });
+    if let Some(suppressed) = tm.log_budget.spend() {
         tracing::warn!(
             target: "sluice::upstream",
-            tenant,
+            tenant = tm.name,
             request_id,
-            endpoint = %endpoint,
-            status = %error.label(),
+            endpoint = %attempt.endpoint.url,
+            status,
             trace_id,
             error = %error,
+            took_ms = attempt.took.as_millis() as u64,
+            suppressed,
             "upstream handshake failed"
         );
     }

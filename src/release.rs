@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::admission::Permit;
 use crate::config::Tenant;
+use crate::metrics::TenantMetrics;
 use crate::relay::RelayStats;
 
 /// A live proxied session.
@@ -20,6 +21,8 @@ use crate::relay::RelayStats;
 pub struct Session {
     /// The admission permit: the session's slots, released when the session is dropped.
     _permit: Permit,
+    /// Its tenant's metrics: `sluice_sessions_active` counts it from start to end.
+    metrics: Arc<TenantMetrics>,
     /// Its tenant.
     pub tenant: Arc<Tenant>,
     /// Request id, as sent upstream.
@@ -37,13 +40,16 @@ impl Session {
     /// A session starting now.
     pub fn start(
         permit: Permit,
+        metrics: Arc<TenantMetrics>,
         tenant: Arc<Tenant>,
         request_id: String,
         client: SocketAddr,
         endpoint: String,
     ) -> Self {
+        metrics.sessions_active.inc();
         Self {
             _permit: permit,
+            metrics,
             tenant,
             request_id,
             client,
@@ -66,6 +72,12 @@ impl Session {
 
     fn finish(mut self, end: &str, stats: Option<RelayStats>, why: Option<&str>) {
         self.ended = true;
+        let duration = self.started.elapsed();
+        self.metrics.session_ended(
+            duration,
+            stats.map_or(0, |s| s.client_to_edge),
+            stats.map_or(0, |s| s.edge_to_client),
+        );
         tracing::info!(
             target: "sluice::session",
             tenant = %self.tenant.name,
@@ -74,7 +86,7 @@ impl Session {
             endpoint = %self.endpoint,
             end,
             why,
-            duration_ms = self.started.elapsed().as_millis() as u64,
+            duration_ms = duration.as_millis() as u64,
             client_to_edge = stats.map(|s| s.client_to_edge),
             edge_to_client = stats.map(|s| s.edge_to_client),
             "session ended"
@@ -84,6 +96,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.metrics.sessions_active.dec();
         if !self.ended {
             tracing::warn!(
                 target: "sluice::session",

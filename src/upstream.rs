@@ -126,6 +126,37 @@ impl AttemptError {
     }
 }
 
+/// One upstream handshake attempt, as reported to the observer of
+/// [`Connector::connect`] (metrics) when it ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// The endpoint tried.
+    pub endpoint: &'a Endpoint,
+    /// `Ok` for a `101`.
+    pub result: Result<(), &'a AttemptError>,
+    /// How long it took.
+    pub took: Duration,
+}
+
+impl Attempt<'_> {
+    /// The `status` label: `101`, the edge's status, `timeout` or `error`.
+    pub fn label(&self) -> String {
+        match self.result {
+            Ok(()) => "101".to_owned(),
+            Err(e) => e.label(),
+        }
+    }
+
+    /// Whether the edge answered (or the attempt timed out), so its time says something
+    /// about the edge's load; connect and TLS errors do not.
+    pub fn answered(&self) -> bool {
+        matches!(
+            self.result,
+            Ok(()) | Err(AttemptError::Status { .. } | AttemptError::Timeout(_))
+        )
+    }
+}
+
 /// No endpoint of the group could be used.
 #[derive(Debug)]
 pub struct UpstreamFailed {
@@ -187,6 +218,7 @@ impl Connector {
         req: &Request<()>,
         timeout: Duration,
         budget: Duration,
+        observe: &mut (dyn FnMut(Attempt<'_>) + Send),
     ) -> Result<Connected, UpstreamFailed> {
         let deadline = Instant::now() + budget;
         let n = group.endpoints.len();
@@ -200,19 +232,30 @@ impl Connector {
             }
             let limit = timeout.min(deadline - began);
             let result = tokio::time::timeout(limit, self.attempt(endpoint, req)).await;
+            let took = began.elapsed();
             let error = match result {
                 Ok(Ok((leg, headers))) => {
+                    observe(Attempt {
+                        endpoint,
+                        result: Ok(()),
+                        took,
+                    });
                     return Ok(Connected {
                         leg,
                         headers,
                         endpoint: endpoint.clone(),
-                        handshake: began.elapsed(),
+                        handshake: took,
                         attempts: attempts.len() as u32 + 1,
-                    })
+                    });
                 }
                 Ok(Err(e)) => e,
                 Err(_) => AttemptError::Timeout(limit),
             };
+            observe(Attempt {
+                endpoint,
+                result: Err(&error),
+                took,
+            });
             tracing::debug!(endpoint = %endpoint.url, error = %error, "upstream attempt failed");
             let next = error.try_next();
             attempts.push((endpoint.url.clone(), error));

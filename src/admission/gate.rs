@@ -160,6 +160,8 @@ pub(crate) struct TenantGate {
     pub(crate) queue_timeout: Duration,
     pub(crate) weight: u32,
     queue: Mutex<Queue>,
+    /// `sluice_queue_depth` of this tenant, set wherever `queued` changes.
+    depth_gauge: prometheus::IntGauge,
 }
 
 impl Scope for TenantGate {
@@ -169,7 +171,11 @@ impl Scope for TenantGate {
 }
 
 impl TenantGate {
-    pub(crate) fn new(name: &str, limits: &crate::config::Limits) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        limits: &crate::config::Limits,
+        depth_gauge: prometheus::IntGauge,
+    ) -> Self {
         Self {
             name: name.into(),
             limit: Limit::new(
@@ -181,6 +187,7 @@ impl TenantGate {
             queue_timeout: limits.queue_timeout,
             weight: limits.weight,
             queue: Mutex::default(),
+            depth_gauge,
             queued: AtomicU32::new(0),
             blocker: AtomicU8::new(Blocker::Slot as u8),
         }
@@ -197,6 +204,12 @@ impl TenantGate {
             1 => Blocker::Token,
             _ => Blocker::Edge,
         }
+    }
+
+    /// Publishes the queue length (called with the queue locked).
+    fn set_queued(&self, n: usize) {
+        self.queued.store(n as u32, Ordering::Release);
+        self.depth_gauge.set(n as i64);
     }
 
     fn set_blocker(&self, b: Blocker) {
@@ -223,7 +236,7 @@ impl TenantGate {
         let id = q.next_id;
         q.next_id += 1;
         q.waiters.push_back(Waiter { id, grant: tx });
-        self.queued.store(q.waiters.len() as u32, Ordering::Release);
+        self.set_queued(q.waiters.len());
         let start_pump = !std::mem::replace(&mut q.pump, true);
         drop(q);
         if start_pump {
@@ -238,7 +251,7 @@ impl TenantGate {
         let mut q = self.lock();
         let pos = q.waiters.binary_search_by_key(&id, |w| w.id).ok()?;
         q.waiters.remove(pos);
-        self.queued.store(q.waiters.len() as u32, Ordering::Release);
+        self.set_queued(q.waiters.len());
         Some(pos)
     }
 
@@ -258,7 +271,7 @@ impl TenantGate {
         let head = {
             let mut q = self.lock();
             let head = q.waiters.pop_front();
-            self.queued.store(q.waiters.len() as u32, Ordering::Release);
+            self.set_queued(q.waiters.len());
             head
         };
         if let Some(head) = head {

@@ -43,6 +43,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::reject::{Reason, Rejection};
 use edge::EdgeGate;
 use gate::{try_slot, Blocker, Slot, TenantGate};
@@ -95,8 +96,9 @@ pub struct EdgeLoad {
 }
 
 impl Admission {
-    /// Admission for every tenant of `config` (and `_default` when configured).
-    pub fn new(config: &Config) -> Self {
+    /// Admission for every tenant of `config` (and `_default` when configured); queue
+    /// depths are published to `metrics`.
+    pub fn new(config: &Config, metrics: &Metrics) -> Self {
         let tenants = DashMap::new();
         for tenant in config
             .tenants
@@ -105,7 +107,11 @@ impl Admission {
         {
             tenants.insert(
                 tenant.name.clone(),
-                Arc::new(TenantGate::new(&tenant.name, &tenant.limits)),
+                Arc::new(TenantGate::new(
+                    &tenant.name,
+                    &tenant.limits,
+                    metrics.tenant(&tenant.name).queue_depth.clone(),
+                )),
             );
         }
         Self {
@@ -330,7 +336,7 @@ mod tests {
     fn admission(text: &str) -> Arc<Admission> {
         let text = format!("[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:9\"]\n{text}");
         let config = Config::parse(&text, &HashMap::new()).expect("valid test config");
-        Arc::new(Admission::new(&config))
+        Arc::new(Admission::new(&config, &Metrics::new(&config)))
     }
 
     fn tenant(name: &str, limits: &str) -> String {

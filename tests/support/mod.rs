@@ -238,6 +238,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// Its admission state.
     pub admission: Arc<sluice::admission::Admission>,
+    /// Its admin listener's address.
+    pub admin: SocketAddr,
 }
 
 impl Proxy {
@@ -250,21 +252,33 @@ impl Proxy {
 /// Starts sluice from config text (its `[listen] address` is set to 127.0.0.1:0 when
 /// the text has no `[listen]` table) with `env` for overrides and secrets.
 pub async fn proxy_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
-    let text = if config.contains("[listen]") {
-        config.to_owned()
-    } else {
-        format!("[listen]\naddress = \"127.0.0.1:0\"\n{config}")
-    };
+    let mut text = config.to_owned();
+    if !text.contains("[listen]") {
+        text = format!("[listen]\naddress = \"127.0.0.1:0\"\n{text}");
+    }
+    if !text.contains("[admin]") {
+        text = format!("[admin]\naddress = \"127.0.0.1:0\"\n{text}");
+    }
     let env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let config = Config::parse(&text, &env).expect("test config is valid");
+    let config_admin = config.admin.address;
     let server = sluice::Server::bind(config).await.expect("sluice binds");
     let addr = server.local_addr();
     let admission = server.admission();
+    let admin = sluice::admin::Admin::bind(config_admin, server.shared())
+        .await
+        .expect("admin binds");
+    let admin_addr = admin.local_addr();
+    tokio::spawn(admin.run(std::future::pending()));
     tokio::spawn(server.run(std::future::pending()));
-    Proxy { addr, admission }
+    Proxy {
+        addr,
+        admission,
+        admin: admin_addr,
+    }
 }
 
 /// Starts sluice from config text.
@@ -420,4 +434,84 @@ pub fn client_tls(ca: &str) -> rustls::ClientConfig {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth()
+}
+
+/// `GET path` on the admin listener: (status, body).
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    admin_request(admin, "GET", path).await
+}
+
+/// A request without body on the admin listener: (status, body).
+pub async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(admin).await.unwrap();
+    tcp.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw))
+        .await
+        .expect("admin answered in time")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// A Prometheus text scrape, by series (`name{label="v",…}` as exposed, labels sorted
+/// by name).
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    /// The exposition text.
+    pub text: String,
+    series: HashMap<String, f64>,
+}
+
+impl Scrape {
+    /// Parses an exposition.
+    pub fn parse(text: &str) -> Self {
+        let series = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                (series.to_owned(), value.parse().unwrap())
+            })
+            .collect();
+        Self {
+            text: text.to_owned(),
+            series,
+        }
+    }
+
+    /// The value of `name` with exactly these labels (any order); 0 when absent.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut labels = labels.to_vec();
+        labels.sort();
+        let key = if labels.is_empty() {
+            name.to_owned()
+        } else {
+            let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{name}{{{}}}", inner.join(","))
+        };
+        self.series.get(&key).copied().unwrap_or(0.0)
+    }
+
+    /// Every metric family name exposed (with `_bucket`/`_sum`/`_count` series).
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        self.series
+            .keys()
+            .map(|s| s.split('{').next().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// Scrapes `/metrics`.
+pub async fn scrape(admin: SocketAddr) -> Scrape {
+    let (status, body) = admin_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    Scrape::parse(&body)
 }

@@ -1,0 +1,274 @@
+//! The admin listener (`admin.address`, separate from the proxy port): DESIGN.md's
+//! "Admin endpoints".
+//!
+//! | path | answer |
+//! | --- | --- |
+//! | `GET /metrics` | Prometheus text exposition ([`crate::metrics`]) |
+//! | `GET /healthz` | `200` while the process runs |
+//! | `GET /readyz` | `200` while the proxy accepts connects |
+//! | `GET /api/tenants` | JSON: per tenant its limits, live sessions, queue depth, outcome counts and the recent window; the edge ceiling; the last upstream errors |
+//! | `GET /` | the status page (`src/admin/status.html`, self-contained) |
+//! | `POST /-/reload` | `501` until hot reload exists |
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::metrics::{self, EdgeError, Outcome, RecentWindow};
+use crate::proxy::Shared;
+
+/// The status page, served from the binary.
+const STATUS_PAGE: &str = include_str!("admin/status.html");
+
+/// The admin listener, bound.
+#[derive(Debug)]
+pub struct Admin {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Admin {
+    /// Binds `addr`.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn bind(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self { listener, shared })
+    }
+
+    /// The address actually bound.
+    ///
+    /// # Panics
+    /// Never in practice: a bound listener has an address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tracing::info!(addr = %self.local_addr(), "admin listening");
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, _) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(crate::listen::ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| serve(req, shared.clone()));
+                let timeout = std::time::Duration::from_secs(10);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(timeout)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    }
+}
+
+async fn serve(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    let resp = match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/metrics") => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.render(),
+        ),
+        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") => text(StatusCode::OK, "ready\n"),
+        (&Method::GET | &Method::HEAD, "/api/tenants") => {
+            let body = serde_json::to_string_pretty(&status(&shared)).expect("status serialises");
+            respond(StatusCode::OK, "application/json", body)
+        }
+        (&Method::GET | &Method::HEAD, "/") => {
+            respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE)
+        }
+        (&Method::POST, "/-/reload") => text(
+            StatusCode::NOT_IMPLEMENTED,
+            "hot reload is not built yet: restart sluice to apply a new config\n",
+        ),
+        (_, "/metrics" | "/healthz" | "/readyz" | "/api/tenants" | "/" | "/-/reload") => {
+            let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            let allow = if path == "/-/reload" {
+                "POST"
+            } else {
+                "GET, HEAD"
+            };
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            resp
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /, /metrics, /healthz, /readyz, /api/tenants\n",
+        ),
+    };
+    Ok(resp)
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+/// `/api/tenants`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Unix time of this snapshot, seconds.
+    pub time: f64,
+    /// Upstream handshakes slower than this are dropped by the edge (the danger mark,
+    /// `upstream.handshake_timeout`), seconds.
+    pub danger_handshake_s: f64,
+    /// The `[edge]` ceiling, when configured.
+    pub edge: Option<EdgeStatus>,
+    /// Every tenant, `_default` and `_unknown` included, by name.
+    pub tenants: Vec<TenantStatus>,
+    /// The last upstream errors, newest first.
+    pub edge_errors: Vec<EdgeError>,
+}
+
+/// The edge ceiling in `/api/tenants`.
+#[derive(Debug, Serialize)]
+pub struct EdgeStatus {
+    /// `[edge] max_sessions`
+    pub max_sessions: u32,
+    /// `[edge] handshake_rate`
+    pub handshake_rate: f64,
+    /// `[edge] handshake_burst`
+    pub handshake_burst: u32,
+    /// Edge session slots held now.
+    pub live: u32,
+    /// Tenants waiting for their turn.
+    pub waiting: u32,
+}
+
+/// One tenant in `/api/tenants`.
+#[derive(Debug, Serialize)]
+pub struct TenantStatus {
+    /// Tenant label.
+    pub name: String,
+    /// Upstream group (none for `_unknown`).
+    pub group: Option<String>,
+    /// Effective limits (none for `_unknown`).
+    pub limits: Option<LimitsStatus>,
+    /// Live proxied sessions.
+    pub sessions_active: i64,
+    /// Clients in the queue.
+    pub queue_depth: i64,
+    /// Connects so far by outcome label.
+    pub outcomes: std::collections::BTreeMap<&'static str, u64>,
+    /// The last minute and the recent upstream handshake times.
+    pub recent: RecentWindow,
+}
+
+/// A tenant's effective limits in `/api/tenants`.
+#[derive(Debug, Serialize)]
+pub struct LimitsStatus {
+    /// `max_sessions`
+    pub max_sessions: u32,
+    /// `handshake_rate`
+    pub handshake_rate: f64,
+    /// `handshake_burst`
+    pub handshake_burst: u32,
+    /// `queue_depth`
+    pub queue_depth: u32,
+    /// `queue_timeout`, seconds
+    pub queue_timeout_s: f64,
+    /// `queue_mode`
+    pub queue_mode: &'static str,
+    /// `weight`
+    pub weight: u32,
+}
+
+/// The snapshot `/api/tenants` serves.
+pub fn status(shared: &Shared) -> Status {
+    let config: Arc<Config> = shared.config.load_full();
+    let mut tenants: Vec<TenantStatus> = shared
+        .metrics
+        .tenants()
+        .map(|tm| {
+            let limits = config
+                .tenants
+                .get(&tm.name)
+                .or(config.default_tenant.as_ref().filter(|d| d.name == tm.name))
+                .map(|t| {
+                    let l = &t.limits;
+                    LimitsStatus {
+                        max_sessions: l.max_sessions,
+                        handshake_rate: l.handshake_rate,
+                        handshake_burst: l.handshake_burst,
+                        queue_depth: l.queue_depth,
+                        queue_timeout_s: l.queue_timeout.as_secs_f64(),
+                        queue_mode: l.queue_mode.as_str(),
+                        weight: l.weight,
+                    }
+                });
+            TenantStatus {
+                name: tm.name.clone(),
+                group: tm.group.clone(),
+                limits,
+                sessions_active: tm.sessions_active.get(),
+                queue_depth: tm.queue_depth.get(),
+                outcomes: Outcome::ALL
+                    .iter()
+                    .map(|o| (o.as_str(), tm.outcome_count(*o)))
+                    .collect(),
+                recent: tm.recent_window(),
+            }
+        })
+        .collect();
+    tenants.sort_by(|a, b| a.name.cmp(&b.name));
+    Status {
+        time: metrics::unix_now(),
+        danger_handshake_s: config.upstream.handshake_timeout.as_secs_f64(),
+        edge: config.edge.as_ref().map(|e| {
+            let load = shared.admission.edge_load();
+            EdgeStatus {
+                max_sessions: e.max_sessions,
+                handshake_rate: e.handshake_rate,
+                handshake_burst: e.handshake_burst,
+                live: load.map_or(0, |l| l.live),
+                waiting: load.map_or(0, |l| l.waiting),
+            }
+        }),
+        tenants,
+        edge_errors: shared.metrics.edge_errors(),
+    }
+}

@@ -1,0 +1,591 @@
+//! Every metric of DESIGN.md's "Metrics" table, registered once, here.
+//!
+//! Each [`Metrics`] owns its own registry (tests run several sluices in one process).
+//! Per-tenant children are created when the config is loaded, so the hot path never
+//! looks a label up: it holds a [`TenantMetrics`] and bumps its counters where the event
+//! happens (admission, queue, upstream attempt, session end). Tenant labels come only
+//! from the config plus `_default` and `_unknown`; nothing a client sends becomes a
+//! label.
+//!
+//! Beside the Prometheus series, each tenant keeps a small recent window for the status
+//! page and `/api/tenants`: outcomes per second over the last minute and the last
+//! upstream handshake times, both fixed-size.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::time::Instant;
+
+use crate::config::{Config, Tenant};
+use crate::logging::LogBudget;
+use crate::reject::Reason;
+
+/// Tenant label of requests whose tenant is unknown.
+pub const UNKNOWN_TENANT: &str = "_unknown";
+
+/// Refusal and upstream-failure lines per tenant per second, beyond the burst.
+const LOG_LINES_PER_SECOND: u32 = 10;
+/// Refusal and upstream-failure lines per tenant at once.
+const LOG_LINES_BURST: u32 = 50;
+
+/// Queue waits: from a few milliseconds to the longest sensible `queue_timeout`.
+const QUEUE_WAIT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+/// Upstream handshakes: fine around the 1.5 s slow mark and the 3 s danger mark.
+const HANDSHAKE_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 10.0,
+];
+/// Sessions: calls and shifts, seconds to a working day.
+const SESSION_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+];
+
+/// How a connect ended: the `outcome` label of `sluice_connects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Went on at once and got its `101`.
+    Admitted,
+    /// Waited in the queue, then got its `101`.
+    QueuedAdmitted,
+    /// Refused for this reason.
+    Refused(Reason),
+    /// Hung up while queued or during the upstream handshake (an addition to DESIGN's
+    /// list: the clients whose patience ran out before sluice answered).
+    ClientGone,
+}
+
+impl Outcome {
+    /// Every outcome, in label order.
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Admitted,
+        Outcome::QueuedAdmitted,
+        Outcome::Refused(Reason::TenantUnknown),
+        Outcome::Refused(Reason::Unauthorized),
+        Outcome::Refused(Reason::QueueFull),
+        Outcome::Refused(Reason::QueueTimeout),
+        Outcome::Refused(Reason::EdgeCapacity),
+        Outcome::Refused(Reason::UpstreamUnavailable),
+        Outcome::Refused(Reason::Draining),
+        Outcome::ClientGone,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admitted => "admitted",
+            Self::QueuedAdmitted => "queued_admitted",
+            Self::Refused(r) => r.as_str(),
+            Self::ClientGone => "client-gone",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|o| *o == self)
+            .expect("every outcome is listed")
+    }
+
+    /// Which per-minute column of the status page it counts in.
+    fn class(self) -> Class {
+        match self {
+            Self::Admitted => Class::Admitted,
+            Self::QueuedAdmitted => Class::Queued,
+            Self::Refused(_) | Self::ClientGone => Class::Rejected,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Class {
+    Admitted = 0,
+    Queued = 1,
+    Rejected = 2,
+}
+
+/// The registry and every metric family.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    sessions_active: IntGaugeVec,
+    queue_depth: IntGaugeVec,
+    connects: IntCounterVec,
+    queue_wait: HistogramVec,
+    upstream_handshake: HistogramVec,
+    upstream_responses: IntCounterVec,
+    upstream_retries: IntCounterVec,
+    session_duration: HistogramVec,
+    relay_bytes: IntCounterVec,
+    tenant_limit: GaugeVec,
+    config_reloads: IntCounterVec,
+    tenants: HashMap<String, Arc<TenantMetrics>>,
+    /// The last upstream errors, newest last.
+    edge_errors: Mutex<VecDeque<EdgeError>>,
+}
+
+/// How many upstream errors the status page shows.
+pub const EDGE_ERRORS_KEPT: usize = 20;
+
+/// An upstream handshake that failed, for the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EdgeError {
+    /// Unix time, seconds.
+    pub time: f64,
+    /// Tenant whose client it was.
+    pub tenant: String,
+    /// Upstream group.
+    pub group: String,
+    /// Endpoint url.
+    pub endpoint: String,
+    /// `503`, `429`, `timeout`, `error`, …
+    pub status: String,
+    /// The edge's trace id, when it sent one.
+    pub trace_id: Option<String>,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+impl Metrics {
+    /// The metric families, and per-tenant children for every tenant of `config`
+    /// (plus `_default` when configured, and `_unknown`).
+    ///
+    /// # Panics
+    /// Never in practice: the names and labels below are valid and registered once.
+    pub fn new(config: &Config) -> Self {
+        let registry = Registry::new();
+        macro_rules! register {
+            ($metric:expr) => {{
+                let m = $metric.expect("valid metric definition");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric registered once");
+                m
+            }};
+        }
+        let sessions_active = register!(IntGaugeVec::new(
+            opts("sluice_sessions_active", "Live proxied sessions."),
+            &["tenant"]
+        ));
+        let queue_depth = register!(IntGaugeVec::new(
+            opts(
+                "sluice_queue_depth",
+                "Clients waiting in the tenant's queue."
+            ),
+            &["tenant"]
+        ));
+        let connects = register!(IntCounterVec::new(
+            opts(
+                "sluice_connects_total",
+                "Connects by how they ended: admitted, queued_admitted, or the rejection reason."
+            ),
+            &["tenant", "outcome"]
+        ));
+        let queue_wait = register!(HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_queue_wait_seconds",
+                "Time admitted clients waited in the queue."
+            )
+            .buckets(QUEUE_WAIT_BUCKETS.to_vec()),
+            &["tenant"]
+        ));
+        let upstream_handshake = register!(HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_upstream_handshake_seconds",
+                "Duration of upstream WebSocket handshakes that got an answer or timed out."
+            )
+            .buckets(HANDSHAKE_BUCKETS.to_vec()),
+            &["tenant", "group"]
+        ));
+        let upstream_responses = register!(IntCounterVec::new(
+            opts(
+                "sluice_upstream_responses_total",
+                "Upstream handshake attempts by answer: HTTP status, timeout or error."
+            ),
+            &["group", "status"]
+        ));
+        let upstream_retries = register!(IntCounterVec::new(
+            opts(
+                "sluice_upstream_retries_total",
+                "Upstream handshake attempts after a client's first."
+            ),
+            &["tenant"]
+        ));
+        let session_duration = register!(HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_session_duration_seconds",
+                "Duration of ended sessions."
+            )
+            .buckets(SESSION_BUCKETS.to_vec()),
+            &["tenant"]
+        ));
+        let relay_bytes = register!(IntCounterVec::new(
+            opts("sluice_relay_bytes_total", "Bytes relayed, by direction."),
+            &["tenant", "direction"]
+        ));
+        let tenant_limit = register!(GaugeVec::new(
+            opts("sluice_tenant_limit", "Configured limits of each tenant."),
+            &["tenant", "limit"]
+        ));
+        let config_reloads = register!(IntCounterVec::new(
+            opts("sluice_config_reloads_total", "Config reloads by result."),
+            &["result"]
+        ));
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        // The answers alerts watch exist from the start, so that the first 503 is an
+        // increase from 0 rather than a new series.
+        for group in config.upstream.groups.keys() {
+            for status in ["101", "429", "503", "timeout", "error"] {
+                upstream_responses.with_label_values(&[group, status]);
+            }
+        }
+        let mut metrics = Self {
+            registry,
+            sessions_active,
+            queue_depth,
+            connects,
+            queue_wait,
+            upstream_handshake,
+            upstream_responses,
+            upstream_retries,
+            session_duration,
+            relay_bytes,
+            tenant_limit,
+            config_reloads,
+            tenants: HashMap::new(),
+            edge_errors: Mutex::new(VecDeque::with_capacity(EDGE_ERRORS_KEPT)),
+        };
+        for tenant in config
+            .tenants
+            .values()
+            .chain(config.default_tenant.as_ref())
+        {
+            let t = metrics.tenant_children(&tenant.name, Some(tenant));
+            metrics.tenants.insert(tenant.name.clone(), Arc::new(t));
+        }
+        let unknown = metrics.tenant_children(UNKNOWN_TENANT, None);
+        metrics
+            .tenants
+            .insert(UNKNOWN_TENANT.to_owned(), Arc::new(unknown));
+        metrics
+    }
+
+    fn tenant_children(&self, name: &str, tenant: Option<&Tenant>) -> TenantMetrics {
+        let group = tenant.map(|t| t.group.name.as_str());
+        if let Some(t) = tenant {
+            let l = &t.limits;
+            for (limit, value) in [
+                ("max_sessions", f64::from(l.max_sessions)),
+                ("handshake_rate", l.handshake_rate),
+                ("handshake_burst", f64::from(l.handshake_burst)),
+                ("queue_depth", f64::from(l.queue_depth)),
+                ("queue_timeout_seconds", l.queue_timeout.as_secs_f64()),
+                ("weight", f64::from(l.weight)),
+            ] {
+                self.tenant_limit
+                    .with_label_values(&[name, limit])
+                    .set(value);
+            }
+        }
+        TenantMetrics {
+            name: name.to_owned(),
+            group: group.map(str::to_owned),
+            sessions_active: self.sessions_active.with_label_values(&[name]),
+            queue_depth: self.queue_depth.with_label_values(&[name]),
+            connects: Outcome::ALL.map(|o| self.connects.with_label_values(&[name, o.as_str()])),
+            queue_wait: self.queue_wait.with_label_values(&[name]),
+            upstream_handshake: group
+                .map(|g| self.upstream_handshake.with_label_values(&[name, g])),
+            upstream_retries: self.upstream_retries.with_label_values(&[name]),
+            session_duration: self.session_duration.with_label_values(&[name]),
+            bytes_client_to_edge: self
+                .relay_bytes
+                .with_label_values(&[name, "client_to_edge"]),
+            bytes_edge_to_client: self
+                .relay_bytes
+                .with_label_values(&[name, "edge_to_client"]),
+            recent: Mutex::default(),
+            log_budget: LogBudget::new(LOG_LINES_PER_SECOND, LOG_LINES_BURST),
+        }
+    }
+
+    /// The children of `tenant` (a configured name, `_default` or `_unknown`); those of
+    /// `_unknown` for any other name.
+    pub fn tenant(&self, tenant: &str) -> Arc<TenantMetrics> {
+        self.tenants
+            .get(tenant)
+            .or_else(|| self.tenants.get(UNKNOWN_TENANT))
+            .expect("_unknown is always registered")
+            .clone()
+    }
+
+    /// Every tenant's children, by name.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<TenantMetrics>> {
+        self.tenants.values()
+    }
+
+    /// Counts one upstream handshake answer (or timeout, or error) of `group`.
+    pub fn upstream_response(&self, group: &str, status: &str) {
+        self.upstream_responses
+            .with_label_values(&[group, status])
+            .inc();
+    }
+
+    /// Remembers a failed upstream handshake for the status page.
+    pub fn edge_error(&self, error: EdgeError) {
+        let mut list = self.edge_errors.lock().unwrap_or_else(|e| e.into_inner());
+        if list.len() == EDGE_ERRORS_KEPT {
+            list.pop_front();
+        }
+        list.push_back(error);
+    }
+
+    /// The last upstream errors, newest first.
+    pub fn edge_errors(&self) -> Vec<EdgeError> {
+        let list = self.edge_errors.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter().rev().cloned().collect()
+    }
+
+    /// Counts a config reload.
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into memory does not fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+/// One tenant's metric children and recent window.
+#[derive(Debug)]
+pub struct TenantMetrics {
+    /// The tenant label.
+    pub name: String,
+    /// Its upstream group (`None` for `_unknown`).
+    pub group: Option<String>,
+    /// `sluice_sessions_active`
+    pub sessions_active: IntGauge,
+    /// `sluice_queue_depth`
+    pub queue_depth: IntGauge,
+    connects: [IntCounter; Outcome::ALL.len()],
+    queue_wait: prometheus::Histogram,
+    upstream_handshake: Option<prometheus::Histogram>,
+    upstream_retries: IntCounter,
+    session_duration: prometheus::Histogram,
+    bytes_client_to_edge: IntCounter,
+    bytes_edge_to_client: IntCounter,
+    recent: Mutex<Recent>,
+    /// Budget for this tenant's refusal and upstream-failure log lines.
+    pub log_budget: LogBudget,
+}
+
+impl TenantMetrics {
+    /// Counts a connect's outcome (and, when admitted after queueing, its wait).
+    pub fn outcome(&self, outcome: Outcome, queue_wait: Option<Duration>) {
+        self.connects[outcome.index()].inc();
+        if let Some(wait) = queue_wait {
+            self.queue_wait.observe(wait.as_secs_f64());
+        }
+        self.recent().count(outcome.class());
+    }
+
+    /// The count of one outcome so far.
+    pub fn outcome_count(&self, outcome: Outcome) -> u64 {
+        self.connects[outcome.index()].get()
+    }
+
+    /// Records one upstream handshake's duration (answered or timed out).
+    pub fn upstream_handshake(&self, took: Duration) {
+        if let Some(h) = &self.upstream_handshake {
+            h.observe(took.as_secs_f64());
+        }
+        self.recent().handshake(took);
+    }
+
+    /// Counts upstream attempts beyond a client's first.
+    pub fn upstream_retries(&self, n: u64) {
+        self.upstream_retries.inc_by(n);
+    }
+
+    /// Records an ended session.
+    pub fn session_ended(&self, duration: Duration, client_to_edge: u64, edge_to_client: u64) {
+        self.session_duration.observe(duration.as_secs_f64());
+        self.bytes_client_to_edge.inc_by(client_to_edge);
+        self.bytes_edge_to_client.inc_by(edge_to_client);
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The recent window: outcomes in the last minute and handshake quantiles.
+    pub fn recent_window(&self) -> RecentWindow {
+        self.recent().window()
+    }
+}
+
+/// Seconds of per-second outcome counts kept.
+const MINUTE: usize = 60;
+/// Upstream handshake times kept for the recent quantiles.
+const HANDSHAKES_KEPT: usize = 512;
+/// Oldest handshake time used for the recent quantiles.
+const HANDSHAKE_WINDOW: Duration = Duration::from_secs(300);
+
+/// Fixed-size recent history of one tenant.
+#[derive(Debug)]
+struct Recent {
+    epoch: Instant,
+    /// Per second (slot = second % 60): (second, [admitted, queued, rejected]).
+    seconds: [(u64, [u32; 3]); MINUTE],
+    handshakes: VecDeque<(Instant, Duration)>,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            seconds: [(u64::MAX, [0; 3]); MINUTE],
+            handshakes: VecDeque::new(),
+        }
+    }
+}
+
+/// What `/api/tenants` and the status page show of the recent past.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RecentWindow {
+    /// Admitted at once in the last 60 s.
+    pub admitted_per_min: u32,
+    /// Admitted after queueing in the last 60 s.
+    pub queued_per_min: u32,
+    /// Refused (any reason) or gone in the last 60 s.
+    pub rejected_per_min: u32,
+    /// Median upstream handshake over the last 5 minutes (last 512), seconds.
+    pub handshake_p50: Option<f64>,
+    /// 99th percentile of the same.
+    pub handshake_p99: Option<f64>,
+    /// Handshakes in that window.
+    pub handshakes: usize,
+}
+
+impl Recent {
+    fn second(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    fn count(&mut self, class: Class) {
+        let now = self.second();
+        let slot = &mut self.seconds[(now % MINUTE as u64) as usize];
+        if slot.0 != now {
+            *slot = (now, [0; 3]);
+        }
+        slot.1[class as usize] += 1;
+    }
+
+    fn handshake(&mut self, took: Duration) {
+        if self.handshakes.len() == HANDSHAKES_KEPT {
+            self.handshakes.pop_front();
+        }
+        self.handshakes.push_back((Instant::now(), took));
+    }
+
+    fn window(&self) -> RecentWindow {
+        let now = self.second();
+        let mut sums = [0u32; 3];
+        for (second, counts) in &self.seconds {
+            if *second != u64::MAX && now.saturating_sub(*second) < MINUTE as u64 {
+                for (sum, c) in sums.iter_mut().zip(counts) {
+                    *sum += c;
+                }
+            }
+        }
+        let cutoff = Instant::now().checked_sub(HANDSHAKE_WINDOW);
+        let mut times: Vec<f64> = self
+            .handshakes
+            .iter()
+            .filter(|(at, _)| cutoff.is_none_or(|c| *at >= c))
+            .map(|(_, d)| d.as_secs_f64())
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let quantile = |q: f64| {
+            (!times.is_empty()).then(|| {
+                let rank = ((q * times.len() as f64).ceil() as usize).clamp(1, times.len());
+                times[rank - 1]
+            })
+        };
+        RecentWindow {
+            admitted_per_min: sums[0],
+            queued_per_min: sums[1],
+            rejected_per_min: sums[2],
+            handshake_p50: quantile(0.5),
+            handshake_p99: quantile(0.99),
+            handshakes: times.len(),
+        }
+    }
+}
+
+/// Unix time now, in seconds.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_recent_window_forgets_after_a_minute() {
+        let m = TenantMetrics::for_test();
+        m.outcome(Outcome::Admitted, None);
+        m.outcome(Outcome::QueuedAdmitted, Some(Duration::from_secs(2)));
+        m.outcome(Outcome::Refused(Reason::QueueFull), None);
+        for ms in [100, 200, 300, 4000] {
+            m.upstream_handshake(Duration::from_millis(ms));
+        }
+        let w = m.recent_window();
+        assert_eq!(
+            (w.admitted_per_min, w.queued_per_min, w.rejected_per_min),
+            (1, 1, 1)
+        );
+        assert_eq!(w.handshake_p50, Some(0.2));
+        assert_eq!(w.handshake_p99, Some(4.0));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let w = m.recent_window();
+        assert_eq!(
+            (w.admitted_per_min, w.queued_per_min, w.rejected_per_min),
+            (0, 0, 0)
+        );
+        assert_eq!(w.handshakes, 4, "handshakes stay for five minutes");
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(m.recent_window().handshake_p99, None);
+    }
+
+    impl TenantMetrics {
+        fn for_test() -> Self {
+            let config = crate::Config::parse(
+                "[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:9\"]\n[tenants.t]\nauth = { kind = \"none\" }\n",
+                &HashMap::new(),
+            )
+            .unwrap();
+            let m = Metrics::new(&config);
+            m.tenant_children("t", config.tenants.get("t").map(|t| &**t))
+        }
+    }
+}
