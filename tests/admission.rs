@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -390,7 +389,10 @@ async fn every_permit_comes_back_however_sessions_end() {
         t.live == 0 && t.queued == 0 && e.live == 0 && e.waiting == 0
     })
     .await;
-    assert!(edge.peak.load(std::sync::atomic::Ordering::SeqCst) <= CAP as usize);
+    // (The edge's own live count is not compared with the cap here: after a client
+    // reset sluice frees the slot as soon as it has closed the edge leg, which the edge
+    // may notice a moment after the next session arrived. The cap at the edge is
+    // asserted with clean closes in the concurrency test.)
     // The full cap is admittable again, and no more.
     let mut full = Vec::new();
     for _ in 0..CAP {
@@ -403,5 +405,4 @@ async fn every_permit_comes_back_however_sessions_end() {
     wait_until("the next one queued", || queued(&proxy, "lab") == 1).await;
     close(full.remove(0)).await;
     over.await.unwrap().expect("admitted once a session ended");
-    let _ = Arc::strong_count(&proxy.admission);
 }

@@ -30,6 +30,12 @@ pub struct Slots {
     /// for no wake-up.
     waiting: AtomicBool,
     freed: Notify,
+    /// Time zero of `last_release`.
+    epoch: Instant,
+    /// Nanoseconds after `epoch` of the last release, plus one (0: none yet).
+    last_release: AtomicU64,
+    /// Moving average of the time between releases, ns (0: fewer than two seen).
+    release_gap: AtomicU64,
 }
 
 impl Slots {
@@ -40,16 +46,34 @@ impl Slots {
             cap,
             waiting: AtomicBool::new(false),
             freed: Notify::new(),
+            epoch: Instant::now(),
+            last_release: AtomicU64::new(0),
+            release_gap: AtomicU64::new(0),
         }
     }
 
     /// Takes a slot if one is free.
     pub fn try_acquire(&self) -> bool {
+        // SeqCst even when it fails: a failed attempt is the load that must not be
+        // reordered before the waiter's flag store in `acquire`.
         self.live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |live| {
                 (live < self.cap).then_some(live + 1)
             })
             .is_ok()
+    }
+
+    /// About how long sessions take to free a slot, from the recent time between
+    /// releases (and at least the time since the last one); `None` before two were
+    /// seen.
+    pub fn release_interval(&self) -> Option<Duration> {
+        let gap = self.release_gap.load(Ordering::Relaxed);
+        let last = self.last_release.load(Ordering::Relaxed);
+        if gap == 0 || last == 0 {
+            return None;
+        }
+        let since = nanos_since(self.epoch).saturating_sub(last - 1);
+        Some(Duration::from_nanos(gap.max(since)))
     }
 
     /// Gives a slot back. Called exactly once per successful [`Self::try_acquire`], by
@@ -61,6 +85,16 @@ impl Slots {
         debug_assert!(before > 0, "slot released more often than acquired");
         if self.waiting.load(Ordering::SeqCst) {
             self.freed.notify_one();
+        }
+        // The release rate, for Retry-After estimates. Racing releases may lose an
+        // update of the average; it stays an average.
+        let now = nanos_since(self.epoch);
+        let prev = self.last_release.swap(now + 1, Ordering::Relaxed);
+        if prev != 0 {
+            let gap = now.saturating_sub(prev - 1);
+            let old = self.release_gap.load(Ordering::Relaxed);
+            let avg = if old == 0 { gap } else { (old * 7 + gap) / 8 };
+            self.release_gap.store(avg.max(1), Ordering::Relaxed);
         }
     }
 
@@ -141,8 +175,9 @@ impl Tokens {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX / 2)
     }
 
-    /// Takes a token at `now`, or says from when one can be taken.
-    pub fn try_take(&self, now: Instant) -> Result<(), Instant> {
+    /// Takes a token at `now`, or says from when one can be taken. `Ok` carries the
+    /// state it left, which [`Self::refund`] needs.
+    pub fn try_take(&self, now: Instant) -> Result<Taken, Instant> {
         let now = self.nanos(now);
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
@@ -154,7 +189,7 @@ impl Tokens {
                 .tat
                 .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(Taken(next)),
                 Err(actual) => tat = actual,
             }
         }
@@ -167,14 +202,27 @@ impl Tokens {
     }
 
     /// Gives back a token taken by [`Self::try_take`] that was not used (its client
-    /// left before its handshake). The bucket is left as if it had not been taken.
-    pub fn refund(&self) {
-        let _ = self
-            .tat
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                Some(tat.saturating_sub(self.interval))
-            });
+    /// left before its handshake): the bucket is left as if it had not been taken,
+    /// provided nobody took a token since. If someone did, the refund is dropped: a
+    /// lost token only slows the next client a little, while a late refund could let
+    /// one handshake more than the burst through.
+    pub fn refund(&self, taken: Taken) {
+        let _ = self.tat.compare_exchange(
+            taken.0,
+            taken.0 - self.interval,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
+}
+
+/// Proof of a token taken from [`Tokens`]: the state the take left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a taken token is spent, or refunded with it"]
+pub struct Taken(u64);
+
+fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
 }
 
 #[cfg(test)]
@@ -203,16 +251,44 @@ mod tests {
     async fn refund_restores_the_token() {
         let t = Tokens::new(10.0, 1);
         let now = Instant::now();
-        assert!(t.try_take(now).is_ok());
+        let taken = t.try_take(now).unwrap();
         assert!(t.try_take(now).is_err());
-        t.refund();
+        t.refund(taken);
         assert!(t.try_take(now).is_ok());
         // A refund of a token taken long after an idle spell does not bank extra ones.
         let later = now + Duration::from_secs(60);
-        assert!(t.try_take(later).is_ok());
-        t.refund();
+        let taken = t.try_take(later).unwrap();
+        t.refund(taken);
         assert!(t.try_take(later).is_ok());
         assert!(t.try_take(later).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_refund_never_lets_more_than_the_burst_through() {
+        let t = Tokens::new(10.0, 1);
+        let t0 = Instant::now();
+        let reserved = t.try_take(t0).unwrap(); // for a client that then leaves
+        let t1 = t0 + Duration::from_millis(100);
+        let _used = t.try_take(t1).unwrap(); // by the next client
+        t.refund(reserved); // too late: dropped
+        assert!(t.try_take(t1).is_err(), "burst 1: one handshake at t1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_release_interval_follows_how_fast_sessions_end() {
+        let s = Slots::new(10);
+        assert_eq!(s.release_interval(), None);
+        for _ in 0..3 {
+            assert!(s.try_acquire());
+        }
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(2)).await;
+            s.release();
+        }
+        assert_eq!(s.release_interval(), Some(Duration::from_secs(2)));
+        // Nothing ends for a while: the estimate grows with the silence.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(s.release_interval(), Some(Duration::from_secs(30)));
     }
 
     #[test]

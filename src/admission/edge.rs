@@ -1,12 +1,14 @@
 //! The edge ceiling (`[edge]`), shared between tenants by weight.
 //!
-//! Each tenant with a queue has one pump asking for one turn at a time. Turns are
-//! handed out by start-time fair queueing (SFQ): a request gets the start tag
-//! `S = max(V, F_prev)` and finish tag `F = S + 1/weight`, where `F_prev` is the
-//! tenant's previous finish tag and `V` the start tag of the turn last granted; the
-//! request with the smallest finish tag goes next. Two backlogged tenants of weights 2
-//! and 1 therefore get turns 2:1, and a tenant arriving late starts at `V`, not behind
-//! the whole backlog of a flooding one. Inside a tenant, order is its FIFO queue.
+//! Each tenant with a queue has one pump asking for one turn at a time. When nobody
+//! else waits and the edge has room, the pump takes its turn directly
+//! ([`EdgeGate::try_turn`]); otherwise turns are handed out by start-time fair queueing
+//! (SFQ): a request gets the start tag `S = max(V, F_prev)` and finish tag
+//! `F = S + 1/weight`, where `F_prev` is the tenant's previous finish tag and `V` the
+//! start tag of the turn last granted; the request with the smallest start tag goes
+//! next (so `V` never goes back). Two backlogged tenants of weights 2 and 1 therefore get
+//! turns 2:1, and a tenant arriving late starts at `V`, not behind the whole backlog of a
+//! flooding one. Inside a tenant, order is its FIFO queue.
 //!
 //! One arbiter task per edge runs while there are requests: it waits for an edge
 //! session slot and the next edge token (pacing at `handshake_rate`), then grants.
@@ -15,12 +17,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::gate::{slot, try_token, Limit, Scope, Slot, Token};
+use super::gate::{slot, try_slot, try_token, Limit, Scope, Slot, Token};
 use crate::config::EdgeLimits;
 
 /// Virtual time units per unit of service at weight 1.
@@ -31,9 +32,23 @@ pub(crate) type Turn = (Slot<EdgeGate>, Token<EdgeGate>);
 
 #[derive(Debug)]
 struct Request {
-    start: u128,
     weight: u32,
     grant: oneshot::Sender<Turn>,
+}
+
+/// A request in the map; withdrawn when dropped if the arbiter has not taken it.
+struct Pending<'a> {
+    edge: &'a EdgeGate,
+    key: (u128, u64),
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let mut fair = self.edge.lock();
+        if let Some(request) = fair.requests.remove(&self.key) {
+            self.edge.forget(&request);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -41,7 +56,7 @@ struct Fair {
     /// Virtual time: start tag of the last granted turn.
     vtime: u128,
     seq: u64,
-    /// By (finish tag, arrival): the next to serve first.
+    /// By (start tag, arrival): the next to serve first.
     requests: BTreeMap<(u128, u64), Request>,
     arbiter: bool,
 }
@@ -91,61 +106,71 @@ impl EdgeGate {
         self.slot_bound.load(Ordering::Relaxed)
     }
 
-    /// About how far apart this tenant's turns are while the edge is shared: the edge's
-    /// token interval scaled by the tenant's share of the waiting weight.
-    pub(crate) fn interval_for(&self, weight: u32) -> Duration {
+    /// How many of the edge's intervals pass between this tenant's turns while the
+    /// edge is shared: the waiting weight over the tenant's weight (at least 1).
+    pub(crate) fn share_of(&self, weight: u32) -> f64 {
         let sum = self
             .weight_sum
             .load(Ordering::Relaxed)
             .max(u64::from(weight));
-        self.limit
-            .tokens
-            .interval()
-            .mul_f64(sum as f64 / f64::from(weight.max(1)))
+        sum as f64 / f64::from(weight.max(1))
     }
 
     fn lock(&self) -> MutexGuard<'_, Fair> {
         self.fair.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for this tenant's next turn. `finish` is the tenant's own finish tag,
-    /// kept by its pump between calls. `None` when the arbiter went away (shutdown).
-    pub(crate) async fn turn(self: &Arc<Self>, weight: u32, finish: &mut u128) -> Option<Turn> {
+    /// A turn now, without queueing, when no tenant waits for one and the edge has a
+    /// slot and a token free.
+    pub(crate) fn try_turn(self: &Arc<Self>, now: Instant) -> Option<Turn> {
+        if self.waiting() > 0 {
+            return None;
+        }
+        let slot = try_slot(self)?;
+        let token = try_token(self, now)?;
+        Some((slot, token))
+    }
+
+    /// Waits for this tenant's next turn. `finish` is the tenant's finish tag after
+    /// its previous turn (kept by its pump); the new one comes back with the turn.
+    /// `None` when the arbiter went away (shutdown). Cancel-safe: dropping the future
+    /// withdraws the request, and a turn granted meanwhile goes back.
+    pub(crate) async fn turn(self: &Arc<Self>, weight: u32, finish: u128) -> Option<(Turn, u128)> {
         let (tx, rx) = oneshot::channel();
-        let start_arbiter = {
+        let (pending, new_finish, start_arbiter) = {
             let mut fair = self.lock();
-            let start = fair.vtime.max(*finish);
-            *finish = start + SCALE / u128::from(weight.max(1));
+            let start = fair.vtime.max(finish);
+            let new_finish = start + SCALE / u128::from(weight.max(1));
             fair.seq += 1;
-            let seq = fair.seq;
-            fair.requests.insert(
-                (*finish, seq),
-                Request {
-                    start,
-                    weight,
-                    grant: tx,
-                },
-            );
+            let key = (start, fair.seq);
+            fair.requests.insert(key, Request { weight, grant: tx });
             self.waiting.fetch_add(1, Ordering::AcqRel);
             self.weight_sum
                 .fetch_add(u64::from(weight), Ordering::Relaxed);
-            !std::mem::replace(&mut fair.arbiter, true)
+            let start_arbiter = !std::mem::replace(&mut fair.arbiter, true);
+            (Pending { edge: self, key }, new_finish, start_arbiter)
         };
         if start_arbiter {
             tokio::spawn(arbiter(self.clone()));
         }
-        rx.await.ok()
+        let turn = rx.await.ok();
+        drop(pending);
+        turn.map(|t| (t, new_finish))
     }
 
-    /// Removes the next request by finish tag and advances virtual time to its start.
+    /// Removes the request with the smallest start tag and advances virtual time to it.
     fn next(&self) -> Option<Request> {
         let mut fair = self.lock();
-        let (_, request) = fair.requests.pop_first()?;
-        fair.vtime = request.start;
+        let ((start, _), request) = fair.requests.pop_first()?;
+        fair.vtime = start;
+        self.forget(&request);
+        Some(request)
+    }
+
+    fn forget(&self, request: &Request) {
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         self.weight_sum
             .fetch_sub(u64::from(request.weight), Ordering::Relaxed);
-        Some(request)
     }
 
     fn keep_arbitrating(&self) -> bool {
@@ -160,9 +185,15 @@ impl EdgeGate {
 /// Grants turns at the edge while there are requests; at most one per edge.
 async fn arbiter(edge: Arc<EdgeGate>) {
     while edge.keep_arbitrating() {
-        edge.slot_bound.store(true, Ordering::Relaxed);
-        let slot = slot(&edge).await;
-        edge.slot_bound.store(false, Ordering::Relaxed);
+        let slot = match try_slot(&edge) {
+            Some(slot) => slot,
+            None => {
+                edge.slot_bound.store(true, Ordering::Relaxed);
+                let slot = slot(&edge).await;
+                edge.slot_bound.store(false, Ordering::Relaxed);
+                slot
+            }
+        };
         let token = loop {
             let now = Instant::now();
             if let Some(token) = try_token(&edge, now) {

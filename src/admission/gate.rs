@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::capacity::{Slots, Tokens};
+use super::capacity::{Slots, Taken, Tokens};
 use super::edge::EdgeGate;
 
 /// Session slots and handshake tokens of one scope (a tenant, or the edge). Kept
@@ -53,9 +53,9 @@ pub(crate) async fn slot<S: Scope>(scope: &Arc<S>) -> Slot<S> {
 
 /// A token now, if one is ready.
 pub(crate) fn try_token<S: Scope>(scope: &Arc<S>, now: Instant) -> Option<Token<S>> {
-    scope.limit().tokens.try_take(now).ok().map(|()| Token {
+    scope.limit().tokens.try_take(now).ok().map(|taken| Token {
         scope: scope.clone(),
-        spent: false,
+        taken: Some(taken),
     })
 }
 
@@ -74,19 +74,20 @@ impl<S: Scope> Drop for Slot<S> {
 #[derive(Debug)]
 pub(crate) struct Token<S: Scope> {
     scope: Arc<S>,
-    spent: bool,
+    /// `None` once spent.
+    taken: Option<Taken>,
 }
 
 impl<S: Scope> Token<S> {
     pub(crate) fn spend(mut self) {
-        self.spent = true;
+        self.taken = None;
     }
 }
 
 impl<S: Scope> Drop for Token<S> {
     fn drop(&mut self) {
-        if !self.spent {
-            self.scope.limit().tokens.refund();
+        if let Some(taken) = self.taken.take() {
+            self.scope.limit().tokens.refund(taken);
         }
     }
 }
@@ -162,6 +163,8 @@ pub(crate) struct TenantGate {
     queue: Mutex<Queue>,
     /// `sluice_queue_depth` of this tenant, set wherever `queued` changes.
     depth_gauge: prometheus::IntGauge,
+    /// Signalled when the last queued client leaves.
+    emptied: Notify,
 }
 
 impl Scope for TenantGate {
@@ -188,6 +191,7 @@ impl TenantGate {
             weight: limits.weight,
             queue: Mutex::default(),
             depth_gauge,
+            emptied: Notify::new(),
             queued: AtomicU32::new(0),
             blocker: AtomicU8::new(Blocker::Slot as u8),
         }
@@ -252,6 +256,10 @@ impl TenantGate {
         let pos = q.waiters.binary_search_by_key(&id, |w| w.id).ok()?;
         q.waiters.remove(pos);
         self.set_queued(q.waiters.len());
+        if q.waiters.is_empty() {
+            // The pump stops reserving for a head that is no longer there.
+            self.emptied.notify_waiters();
+        }
         Some(pos)
     }
 
@@ -283,44 +291,75 @@ impl TenantGate {
 /// Releases one tenant's queue: for the client at its head, a session slot, then the
 /// tenant's next token (which spaces releases `1/handshake_rate` apart), then a turn at
 /// the edge ceiling; the client is then told to go ahead. Runs while the queue has
-/// clients; at most one per tenant.
+/// clients; at most one per tenant. When the last queued client leaves, whatever was
+/// reserved for the head goes back at once and the pump stops.
 async fn pump(gate: Arc<TenantGate>, edge: Option<Arc<EdgeGate>>) {
     // Virtual finish time of this tenant's last turn at the edge (start-time fair
     // queueing, see `edge`).
     let mut finish = 0u128;
     while gate.keep_pumping() {
-        gate.set_blocker(Blocker::Slot);
-        let slot = slot(&gate).await;
-        gate.set_blocker(Blocker::Token);
-        tokio::time::sleep_until(gate.limit.tokens.ready_at()).await;
-        let turn = match &edge {
-            Some(edge) => {
-                gate.set_blocker(Blocker::Edge);
-                match edge.turn(gate.weight, &mut finish).await {
-                    Some(turn) => Some(turn),
-                    // The arbiter is gone: the runtime is shutting down.
-                    None => return,
-                }
-            }
-            None => None,
-        };
-        // Only the pump takes this tenant's tokens while its queue is not empty, so the
-        // token seen ready above is still there, unless the queue emptied meanwhile and
-        // a new client took it directly: then start over (all of the above goes back).
-        let Some(token) = try_token(&gate, Instant::now()) else {
+        // Created before the check, so a `leave` that empties the queue after the check
+        // still wakes the select below.
+        let emptied = gate.emptied.notified();
+        if gate.queued() == 0 {
             continue;
+        }
+        let reserved = tokio::select! {
+            r = reserve(&gate, edge.as_ref(), finish) => r,
+            () = emptied => continue,
         };
-        let (edge_slot, edge_token) = match turn {
-            Some((s, t)) => (Some(s), Some(t)),
-            None => (None, None),
+        let Some((reserved, new_finish)) = reserved else {
+            // The arbiter is gone: the runtime is shutting down.
+            return;
         };
-        gate.grant(Reserved {
+        finish = new_finish;
+        if let Some(reserved) = reserved {
+            gate.grant(reserved);
+        }
+    }
+}
+
+/// What the head of `gate`'s queue needs: `Some((None, _))` when the token seen ready
+/// was taken by a new client meanwhile (the queue emptied and refilled): try again.
+async fn reserve(
+    gate: &Arc<TenantGate>,
+    edge: Option<&Arc<EdgeGate>>,
+    finish: u128,
+) -> Option<(Option<Reserved>, u128)> {
+    gate.set_blocker(Blocker::Slot);
+    let slot = slot(gate).await;
+    gate.set_blocker(Blocker::Token);
+    tokio::time::sleep_until(gate.limit.tokens.ready_at()).await;
+    let (turn, finish) = match edge {
+        Some(edge) => match edge.try_turn(Instant::now()) {
+            Some(turn) => (Some(turn), finish),
+            None => {
+                gate.set_blocker(Blocker::Edge);
+                let (turn, finish) = edge.turn(gate.weight, finish).await?;
+                (Some(turn), finish)
+            }
+        },
+        None => (None, finish),
+    };
+    // Only the pump takes this tenant's tokens while its queue is not empty, so the
+    // token seen ready above is still there, unless the queue emptied meanwhile and a
+    // new client took it directly: then everything above goes back.
+    let Some(token) = try_token(gate, Instant::now()) else {
+        return Some((None, finish));
+    };
+    let (edge_slot, edge_token) = match turn {
+        Some((s, t)) => (Some(s), Some(t)),
+        None => (None, None),
+    };
+    Some((
+        Some(Reserved {
             permit: super::Permit {
                 _tenant: slot,
                 _edge: edge_slot,
             },
             tenant_token: token,
             edge_token,
-        });
-    }
+        }),
+        finish,
+    ))
 }

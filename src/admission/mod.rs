@@ -142,10 +142,10 @@ impl Admission {
         };
         // Slots are RAII: returning early below releases them.
         let tenant = try_slot(gate)?;
-        gate.limit.tokens.try_take(now).ok()?;
+        let taken = gate.limit.tokens.try_take(now).ok()?;
         if let Some(edge) = &self.edge {
             if edge.limit.tokens.try_take(now).is_err() {
-                gate.limit.tokens.refund();
+                gate.limit.tokens.refund(taken);
                 return None;
             }
         }
@@ -285,20 +285,33 @@ impl Admission {
 }
 
 /// An honest estimate of when a refused client could get in: the clients ahead of it
-/// (plus itself) at the pace the queue moves, jittered by ±20 % so that refused clients
-/// do not return in lockstep.
+/// (plus itself) times the interval at which the queue moves, jittered by ±20 % so that
+/// refused clients do not return in lockstep.
 ///
-/// The pace is the tenant's token interval, or its share of the edge's when the edge
-/// binds. When sessions rather than handshakes hold the queue (cap reached), nobody can
-/// know when calls end; the estimate is then `queue_timeout`, by which time every
-/// client now queued has been admitted or has given up.
+/// The interval is the tenant's token interval, or its weighted share of the edge's when
+/// the edge binds; when sessions rather than handshakes hold the queue (a cap reached),
+/// it is the recent time between session ends of that scope. The estimate is capped at
+/// `queue_timeout` (by then everyone now queued has been admitted or has given up, so
+/// there is room), which is also the answer before any session has ended.
 fn retry_after(gate: &TenantGate, cause: Blocker, edge: Option<&EdgeGate>, ahead: u32) -> Duration {
-    let base = match (cause, edge) {
-        (Blocker::Slot, _) => gate.queue_timeout,
-        (_, Some(edge)) if edge.slot_bound() => gate.queue_timeout,
-        (_, Some(edge)) => edge.interval_for(gate.weight) * (ahead + 1),
-        (_, None) => gate.limit.tokens.interval() * (ahead + 1),
+    let interval = match (cause, edge) {
+        (Blocker::Slot, _) => gate.limit.slots.release_interval(),
+        (_, Some(edge)) if edge.slot_bound() => edge
+            .limit
+            .slots
+            .release_interval()
+            .map(|i| i.mul_f64(edge.share_of(gate.weight))),
+        (_, Some(edge)) => Some(
+            edge.limit
+                .tokens
+                .interval()
+                .mul_f64(edge.share_of(gate.weight)),
+        ),
+        (_, None) => Some(gate.limit.tokens.interval()),
     };
+    let base = interval
+        .and_then(|i| i.checked_mul(ahead + 1))
+        .map_or(gate.queue_timeout, |w| w.min(gate.queue_timeout));
     base.mul_f64(rand::random_range(0.8..1.2))
 }
 
@@ -595,6 +608,66 @@ mod tests {
         // The queued one gets the edge's next token at 1 s.
         queued.await.unwrap().unwrap();
         drop(first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_whose_clients_all_leave_gives_back_its_edge_turn_at_once() {
+        let limits = "handshake_rate = 1000.0\nhandshake_burst = 1000\nqueue_depth = 1000\nqueue_timeout = \"120s\"";
+        let a = admission(&format!(
+            "[edge]\nhandshake_rate = 10.0\nhandshake_burst = 1\n{}{}",
+            tenant("a", limits),
+            tenant("b", limits)
+        ));
+        let log: Log = Arc::default();
+        let start = Instant::now();
+        spawn_connects(&a, &log, "a", 10);
+        tokio::task::yield_now().await;
+        let b = {
+            let a = a.clone();
+            tokio::spawn(async move { a.admit("b").await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(a.edge_load().unwrap().waiting, 2, "a and b wait for turns");
+        b.abort();
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        let load = a.tenant_load("b").unwrap();
+        assert_eq!((load.queued, load.live), (0, 0), "b holds nothing");
+        assert_eq!(a.edge_load().unwrap().waiting, 1, "b's turn withdrawn");
+        // a's ten go at the edge's pace with no turn lost to b.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let last = log.lock().unwrap().iter().map(|e| e.2).max().unwrap();
+        assert_eq!(last - start, Duration::from_millis(900));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_bound_estimate_follows_how_fast_sessions_end() {
+        let a = admission(&tenant(
+            "t",
+            "max_sessions = 1\nqueue_depth = 3\nqueue_timeout = \"60s\"",
+        ));
+        // Sessions end one every 2 s.
+        for _ in 0..3 {
+            let s = a.admit("t").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(s);
+        }
+        let _held = a.admit("t").await.unwrap();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move { a.admit("t").await.map(|_| ()) })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let full = a.admit("t").await.unwrap_err();
+        assert_eq!(full.reason, Reason::QueueFull);
+        // 3 ahead + itself, one per 2 s: about 8 s, not the 60 s queue_timeout.
+        let after = full.retry_after.unwrap().as_secs_f64();
+        assert!((6.4..=9.6).contains(&after), "{after}");
+        for w in waiters {
+            w.abort();
+        }
     }
 
     #[tokio::test(start_paused = true)]
