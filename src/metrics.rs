@@ -453,7 +453,8 @@ struct Recent {
     epoch: Instant,
     /// Per second (slot = second % 60): (second, [admitted, queued, rejected]).
     seconds: [(u64, [u32; 3]); MINUTE],
-    handshakes: VecDeque<(Instant, Duration)>,
+    /// (second after `epoch`, handshake time in seconds): 8 bytes each.
+    handshakes: VecDeque<(u32, f32)>,
 }
 
 impl Default for Recent {
@@ -475,7 +476,7 @@ pub struct RecentWindow {
     pub queued_per_min: u32,
     /// Refused (any reason) or gone in the last 60 s.
     pub rejected_per_min: u32,
-    /// Median upstream handshake over the last 5 minutes (last 512), seconds.
+    /// Median upstream handshake over the last 5 minutes (at most the last 512), seconds.
     pub handshake_p50: Option<f64>,
     /// 99th percentile of the same.
     pub handshake_p99: Option<f64>,
@@ -501,7 +502,8 @@ impl Recent {
         if self.handshakes.len() == HANDSHAKES_KEPT {
             self.handshakes.pop_front();
         }
-        self.handshakes.push_back((Instant::now(), took));
+        let second = u32::try_from(self.second()).unwrap_or(u32::MAX);
+        self.handshakes.push_back((second, took.as_secs_f32()));
     }
 
     fn window(&self) -> RecentWindow {
@@ -514,12 +516,13 @@ impl Recent {
                 }
             }
         }
-        let cutoff = Instant::now().checked_sub(HANDSHAKE_WINDOW);
+        let cutoff = now.saturating_sub(HANDSHAKE_WINDOW.as_secs());
         let mut times: Vec<f64> = self
             .handshakes
             .iter()
-            .filter(|(at, _)| cutoff.is_none_or(|c| *at >= c))
-            .map(|(_, d)| d.as_secs_f64())
+            .filter(|(at, _)| u64::from(*at) >= cutoff)
+            // Kept as f32: back to whole microseconds.
+            .map(|(_, d)| (f64::from(*d) * 1e6).round() / 1e6)
             .collect();
         times.sort_by(f64::total_cmp);
         let quantile = |q: f64| {

@@ -25,18 +25,28 @@ use tokio::time::Instant;
 pub struct Slots {
     live: AtomicU32,
     cap: u32,
+    /// Releases so far, wrapping (on the hot cache line, which `release` holds
+    /// exclusively anyway; 32 bits keep the hot fields of a tenant in one line).
+    released: AtomicU32,
     /// Set while the one task that may wait for a slot (a tenant's pump, the edge's
     /// arbiter) waits; only then does a release signal `freed`, so the fast path pays
     /// for no wake-up.
     waiting: AtomicBool,
     freed: Notify,
-    /// Time zero of `last_release`.
-    epoch: Instant,
-    /// Nanoseconds after `epoch` of the last release, plus one (0: none yet).
-    last_release: AtomicU64,
-    /// Moving average of the time between releases, ns (0: fewer than two seen).
-    release_gap: AtomicU64,
+    /// Windows over `released` for the release rate; only read on the refusal path.
+    windows: std::sync::Mutex<ReleaseWindows>,
 }
+
+/// Two consecutive windows of releases: the one running and the one before.
+#[derive(Debug)]
+struct ReleaseWindows {
+    start: Instant,
+    count_at_start: u32,
+    previous: Option<(Duration, u32)>,
+}
+
+/// Length of a release-rate window.
+const RELEASE_WINDOW: Duration = Duration::from_secs(60);
 
 impl Slots {
     /// `cap` slots, none held.
@@ -45,10 +55,13 @@ impl Slots {
             live: AtomicU32::new(0),
             cap,
             waiting: AtomicBool::new(false),
+            released: AtomicU32::new(0),
             freed: Notify::new(),
-            epoch: Instant::now(),
-            last_release: AtomicU64::new(0),
-            release_gap: AtomicU64::new(0),
+            windows: std::sync::Mutex::new(ReleaseWindows {
+                start: Instant::now(),
+                count_at_start: 0,
+                previous: None,
+            }),
         }
     }
 
@@ -63,17 +76,25 @@ impl Slots {
             .is_ok()
     }
 
-    /// About how long sessions take to free a slot, from the recent time between
-    /// releases (and at least the time since the last one); `None` before two were
-    /// seen.
+    /// About how long sessions take to free a slot: the time between releases over
+    /// the last one to two minutes (counting the silence since, so it grows while
+    /// nothing ends); `None` before any release.
     pub fn release_interval(&self) -> Option<Duration> {
-        let gap = self.release_gap.load(Ordering::Relaxed);
-        let last = self.last_release.load(Ordering::Relaxed);
-        if gap == 0 || last == 0 {
-            return None;
+        let now = Instant::now();
+        let count = self.released.load(Ordering::Relaxed);
+        let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut elapsed = now.saturating_duration_since(w.start);
+        if elapsed >= RELEASE_WINDOW {
+            w.previous = Some((elapsed, count.wrapping_sub(w.count_at_start)));
+            w.start = now;
+            w.count_at_start = count;
+            elapsed = Duration::ZERO;
         }
-        let since = nanos_since(self.epoch).saturating_sub(last - 1);
-        Some(Duration::from_nanos(gap.max(since)))
+        let (prev_time, prev_count) = w.previous.unwrap_or_default();
+        let releases = count
+            .wrapping_sub(w.count_at_start)
+            .saturating_add(prev_count);
+        (releases > 0).then(|| (elapsed + prev_time) / releases)
     }
 
     /// Gives a slot back. Called exactly once per successful [`Self::try_acquire`], by
@@ -83,18 +104,9 @@ impl Slots {
         // retry, or this release sees the waiter's flag and wakes it.
         let before = self.live.fetch_sub(1, Ordering::SeqCst);
         debug_assert!(before > 0, "slot released more often than acquired");
+        self.released.fetch_add(1, Ordering::Relaxed);
         if self.waiting.load(Ordering::SeqCst) {
             self.freed.notify_one();
-        }
-        // The release rate, for Retry-After estimates. Racing releases may lose an
-        // update of the average; it stays an average.
-        let now = nanos_since(self.epoch);
-        let prev = self.last_release.swap(now + 1, Ordering::Relaxed);
-        if prev != 0 {
-            let gap = now.saturating_sub(prev - 1);
-            let old = self.release_gap.load(Ordering::Relaxed);
-            let avg = if old == 0 { gap } else { (old * 7 + gap) / 8 };
-            self.release_gap.store(avg.max(1), Ordering::Relaxed);
         }
     }
 
@@ -221,10 +233,6 @@ impl Tokens {
 #[must_use = "a taken token is spent, or refunded with it"]
 pub struct Taken(u64);
 
-fn nanos_since(epoch: Instant) -> u64 {
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,7 +296,12 @@ mod tests {
         assert_eq!(s.release_interval(), Some(Duration::from_secs(2)));
         // Nothing ends for a while: the estimate grows with the silence.
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert_eq!(s.release_interval(), Some(Duration::from_secs(30)));
+        assert_eq!(s.release_interval(), Some(Duration::from_secs(12)));
+        // A new window: the last one still counts, then it is forgotten.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(s.release_interval(), Some(Duration::from_secs(22)));
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert_eq!(s.release_interval(), None);
     }
 
     #[test]

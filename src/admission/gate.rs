@@ -41,14 +41,14 @@ pub(crate) fn try_slot<S: Scope>(scope: &Arc<S>) -> Option<Slot<S>> {
         .limit()
         .slots
         .try_acquire()
-        .then(|| Slot(scope.clone()))
+        .then(|| Slot(Some(scope.clone())))
 }
 
 /// Waits for a free slot. Only one task per scope waits here (the tenant's pump or the
 /// edge's arbiter).
 pub(crate) async fn slot<S: Scope>(scope: &Arc<S>) -> Slot<S> {
     scope.limit().slots.acquire().await;
-    Slot(scope.clone())
+    Slot(Some(scope.clone()))
 }
 
 /// A token now, if one is ready.
@@ -59,13 +59,25 @@ pub(crate) fn try_token<S: Scope>(scope: &Arc<S>, now: Instant) -> Option<Token<
     })
 }
 
-/// A held session slot; released when dropped, so exactly once.
+/// A held session slot; released when dropped, so exactly once, unless handed on to
+/// a [`Permit`](super::Permit) by [`Slot::into_permit_part`].
 #[derive(Debug)]
-pub(crate) struct Slot<S: Scope>(Arc<S>);
+pub(crate) struct Slot<S: Scope>(Option<Arc<S>>);
+
+impl<S: Scope> Slot<S> {
+    /// Gives up the guard without releasing: the caller's permit now owns the slot.
+    pub(crate) fn into_permit_part(mut self) -> Arc<S> {
+        self.0
+            .take()
+            .expect("a slot guard holds its scope until dropped")
+    }
+}
 
 impl<S: Scope> Drop for Slot<S> {
     fn drop(&mut self) {
-        self.0.limit().slots.release();
+        if let Some(scope) = self.0.take() {
+            scope.limit().slots.release();
+        }
     }
 }
 
@@ -165,6 +177,9 @@ pub(crate) struct TenantGate {
     depth_gauge: prometheus::IntGauge,
     /// Signalled when the last queued client leaves.
     emptied: Notify,
+    /// The edge ceiling (the same one as [`super::Admission`]'s), so that a permit
+    /// releases its edge slot through its tenant without holding the edge itself.
+    pub(crate) edge: Option<Arc<EdgeGate>>,
 }
 
 impl Scope for TenantGate {
@@ -177,6 +192,7 @@ impl TenantGate {
     pub(crate) fn new(
         name: &str,
         limits: &crate::config::Limits,
+        edge: Option<Arc<EdgeGate>>,
         depth_gauge: prometheus::IntGauge,
     ) -> Self {
         Self {
@@ -192,6 +208,7 @@ impl TenantGate {
             queue: Mutex::default(),
             depth_gauge,
             emptied: Notify::new(),
+            edge,
             queued: AtomicU32::new(0),
             blocker: AtomicU8::new(Blocker::Slot as u8),
         }
@@ -354,12 +371,33 @@ async fn reserve(
     Some((
         Some(Reserved {
             permit: super::Permit {
-                _tenant: slot,
-                _edge: edge_slot,
+                gate: slot.into_permit_part(),
+                edge: edge_slot.map(Slot::into_permit_part).is_some(),
             },
             tenant_token: token,
             edge_token,
         }),
         finish,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a configured tenant and a queued client cost, and that the fields of a
+    /// fast-path decision share a cache line (`docs/benchmarks.md`).
+    #[test]
+    fn tenant_state_is_small_and_its_hot_fields_share_a_line() {
+        let gate = std::mem::size_of::<TenantGate>();
+        let waiter = std::mem::size_of::<Waiter>();
+        eprintln!("TenantGate: {gate} bytes, queue entry: {waiter} bytes");
+        assert!(gate <= 512, "{gate}");
+        assert_eq!(waiter, 16);
+        // queued, then the token bucket and the slot counters, in the first 64 bytes.
+        let limit = std::mem::offset_of!(TenantGate, limit);
+        let slots = limit + std::mem::offset_of!(Limit, slots);
+        assert_eq!(std::mem::offset_of!(TenantGate, queued), 0);
+        assert!(slots + 13 <= 64, "slot counters end at {}", slots + 13);
+    }
 }

@@ -46,7 +46,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::reject::{Reason, Rejection};
 use edge::EdgeGate;
-use gate::{try_slot, Blocker, Slot, TenantGate};
+use gate::{Blocker, TenantGate};
 
 /// Admission state of every configured tenant and of the edge ceiling.
 #[derive(Debug)]
@@ -56,11 +56,23 @@ pub struct Admission {
 }
 
 /// An admitted session's hold on capacity: its tenant's session slot and, with an
-/// `[edge]` ceiling, an edge session slot. Dropping it releases both.
+/// `[edge]` ceiling, an edge session slot. Dropping it releases both, so exactly once.
 #[derive(Debug)]
 pub struct Permit {
-    _tenant: Slot<TenantGate>,
-    _edge: Option<Slot<EdgeGate>>,
+    gate: Arc<TenantGate>,
+    /// Whether it holds an edge slot (of `gate.edge`).
+    edge: bool,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.gate.limit.slots.release();
+        if self.edge {
+            if let Some(edge) = &self.gate.edge {
+                edge.limit.slots.release();
+            }
+        }
+    }
 }
 
 /// A connect that may go on to the edge.
@@ -99,6 +111,7 @@ impl Admission {
     /// Admission for every tenant of `config` (and `_default` when configured); queue
     /// depths are published to `metrics`.
     pub fn new(config: &Config, metrics: &Metrics) -> Self {
+        let edge = config.edge.as_ref().map(|e| Arc::new(EdgeGate::new(e)));
         let tenants = DashMap::new();
         for tenant in config
             .tenants
@@ -110,14 +123,12 @@ impl Admission {
                 Arc::new(TenantGate::new(
                     &tenant.name,
                     &tenant.limits,
+                    edge.clone(),
                     metrics.tenant(&tenant.name).queue_depth.clone(),
                 )),
             );
         }
-        Self {
-            tenants,
-            edge: config.edge.as_ref().map(|e| Arc::new(EdgeGate::new(e))),
-        }
+        Self { tenants, edge }
     }
 
     fn gate(&self, tenant: &str) -> Option<Arc<TenantGate>> {
@@ -132,16 +143,23 @@ impl Admission {
     }
 
     fn try_now(&self, gate: &Arc<TenantGate>, now: Instant) -> Option<Permit> {
-        if gate.queued() > 0 {
+        if gate.queued() > 0 || self.edge.as_ref().is_some_and(|e| e.waiting() > 0) {
             return None;
         }
-        let edge = match &self.edge {
-            Some(edge) if edge.waiting() > 0 => return None,
-            Some(edge) => Some(try_slot(edge)?),
-            None => None,
+        if !gate.limit.slots.try_acquire() {
+            return None;
+        }
+        // From here the permit owns what it holds: returning early releases it.
+        let mut permit = Permit {
+            gate: gate.clone(),
+            edge: false,
         };
-        // Slots are RAII: returning early below releases them.
-        let tenant = try_slot(gate)?;
+        if let Some(edge) = &self.edge {
+            if !edge.limit.slots.try_acquire() {
+                return None;
+            }
+            permit.edge = true;
+        }
         let taken = gate.limit.tokens.try_take(now).ok()?;
         if let Some(edge) = &self.edge {
             if edge.limit.tokens.try_take(now).is_err() {
@@ -149,10 +167,7 @@ impl Admission {
                 return None;
             }
         }
-        Some(Permit {
-            _tenant: tenant,
-            _edge: edge,
-        })
+        Some(permit)
     }
 
     /// Decides a connect for `tenant` (a name from the config): admits it now, or
