@@ -1,4 +1,5 @@
-//! The command line: `sluice run`, `sluice check-config`, and the shared logging flags.
+//! The command line: `sluice run`, `check-config`, `edge-sim`, `spike`, `demo`, and the
+//! shared logging flags.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -56,12 +57,85 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Run an edge simulator: a WebSocket server with a cloud edge's limits.
+    ///
+    /// Per organisation (header x-tenant-id, else query parameter `org`) it caps live
+    /// sessions and handshakes per second; above all it caps sessions and models the
+    /// node's CPU: latency climbs past 85 % of `--capacity`, handshakes beyond it get
+    /// 503 with Retry-After and x-trace-id, handshakes slower than `--drop-after` are
+    /// dropped. Every handshake beyond its limits counts as a violation. Counters as
+    /// JSON at GET /stats.
+    EdgeSim(crate::tools::edge_sim::SimConfig),
+    /// Fire a softphone spike: N phones over T tenants, with a ramp-up, a hold time and a
+    /// retry policy; prints an aggregate report per tenant.
+    Spike(crate::tools::spike::SpikeConfig),
+    /// Show the field problem and its cure: a spike of softphones straight at an edge
+    /// simulator with naive retries, then the same spike through sluice; prints both
+    /// side by side.
+    Demo(crate::tools::demo::DemoConfig),
+}
+
+/// A multi-thread runtime, or the reason it could not start.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|e| {
+        eprintln!("cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::EdgeSim(config) => {
+            crate::logging::init(cli.log_format);
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(crate::tools::edge_sim::run(
+                config,
+                crate::signals::terminate(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("edge-sim: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Spike(config) => {
+            crate::logging::init_with(cli.log_format, "warn");
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(crate::tools::spike::run_spike(&config)) {
+                Ok(report) => {
+                    if config.json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&report).expect("serialises")
+                        );
+                    } else {
+                        print!("{}", crate::tools::spike::render(&report));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("spike: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo(config) => {
+            crate::logging::init_with(cli.log_format, "warn");
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            rt.block_on(demo(config))
+        }
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 print!("{}", describe(&config, &file.display().to_string()));
@@ -100,6 +174,44 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+async fn demo(config: crate::tools::demo::DemoConfig) -> ExitCode {
+    use crate::tools::demo;
+    let quiet = config.json;
+    let progress = |line: &str| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    };
+    let (report, running) = match demo::run_demo(&config, progress).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if config.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serialises")
+        );
+    } else {
+        print!("{}", demo::render_report(&report));
+    }
+    if let Some(running) = running {
+        eprintln!(
+            "\nsluice: ws://{}/t/<tenant>/   status page: http://{}/   metrics: http://{}/metrics\n\
+             edge simulator: {}   counters: http://{}/stats\nCtrl-C stops.",
+            running.proxy,
+            running.admin,
+            running.admin,
+            running.edge.url(),
+            running.edge.addr()
+        );
+        crate::signals::terminate().await;
+    }
+    ExitCode::SUCCESS
 }
 
 /// The effective configuration as `check-config` prints it.

@@ -21,6 +21,8 @@
 //! [`metrics`] holds every Prometheus series and the status page's recent windows;
 //! [`admin`] serves them on the admin listener.
 //!
+//! [`tools`] holds the edge simulator, the spike generator and the demo.
+//!
 //! [`proxy`] puts the steps in order; [`reject`] turns refusals into responses;
 //! [`config`] loads and validates the file; [`cli`] is the command line.
 
@@ -45,6 +47,7 @@ pub mod signals;
 pub mod stream;
 pub mod tenant;
 pub mod tls;
+pub mod tools;
 pub mod upstream;
 
 #[cfg(test)]

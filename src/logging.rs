@@ -7,7 +7,13 @@ use crate::cli::LogFormat;
 
 /// Installs the global subscriber. A second call (as in tests) is a no-op.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with(format, "info");
+}
+
+/// Installs the global subscriber with `default` as the filter when `RUST_LOG` is not
+/// set (the tools use `warn`: their report is the output).
+pub fn init_with(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

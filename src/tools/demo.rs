@@ -1,0 +1,393 @@
+//! `sluice demo`: the field problem and its cure, side by side, in one process.
+//!
+//! 1. An edge simulator with limits in the spirit of the field reports (an organisation
+//!    capped at 50 sessions and 10 handshakes/s) takes a spike of 200 softphones over
+//!    three tenants **directly**, with the naive client's immediate retries.
+//! 2. A fresh simulator with the same limits takes the same spike **through sluice**,
+//!    configured a little under those limits (80 % of each rate, burst 1, so that no
+//!    one-second window can exceed the edge's count; the edge's session cap as the
+//!    tenant cap; a queue that holds every phone, shorter than the phones' patience).
+//!
+//! The table compares what the edge suffered (handshakes, violations, 503s, drops) and
+//! what the phones got (connected, time until the last one connected, handshake times).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::edge_sim::{EdgeSim, SimConfig, SimStats};
+use super::spike::{render, run_spike, secs, RetryPolicy, SpikeConfig, SpikeReport, TenantVia};
+use crate::Config;
+
+/// Tenant names of the demo, in order.
+const NAMES: &[&str] = &["acme", "globex", "initech", "umbrella", "hooli", "vandelay"];
+
+/// `sluice demo --help`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoConfig {
+    /// Softphones in the spike.
+    #[arg(long, default_value_t = 200)]
+    pub phones: usize,
+    /// Tenants (organisations) they belong to, at most 6.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=6))]
+    pub tenants: u8,
+    /// The edge's live-session cap per organisation.
+    #[arg(long, default_value_t = 50)]
+    pub org_max_sessions: u32,
+    /// The edge's handshakes per organisation per second.
+    #[arg(long, default_value_t = 10)]
+    pub org_handshake_rate: u32,
+    /// The edge node's handshake capacity per second.
+    #[arg(long, default_value_t = 100)]
+    pub capacity: u32,
+    /// How long each phone keeps its session.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+    /// How long a phone keeps trying before it gives up.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub give_up: Duration,
+    /// A phone's patience for one handshake (the Genesys streaming client waits 15 s).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub patience: Duration,
+    /// Most attempts of one naive phone.
+    #[arg(long, default_value_t = 100)]
+    pub max_attempts: u32,
+    /// Print the numbers as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep sluice and the simulator running afterwards (Ctrl-C stops), so the status
+    /// page can be opened.
+    #[arg(long)]
+    pub serve: bool,
+    /// sluice's proxy address with `--serve`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// sluice's admin address (status page, metrics) with `--serve`.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            phones: 200,
+            tenants: 3,
+            org_max_sessions: 50,
+            org_handshake_rate: 10,
+            capacity: 100,
+            hold: Duration::from_secs(3),
+            give_up: Duration::from_secs(20),
+            patience: Duration::from_secs(15),
+            max_attempts: 100,
+            json: false,
+            serve: false,
+            listen: "127.0.0.1:8080".parse().expect("valid"),
+            admin: "127.0.0.1:9090".parse().expect("valid"),
+        }
+    }
+}
+
+/// One side of the comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    /// What the phones saw.
+    pub phones: SpikeReport,
+    /// What the edge saw.
+    pub edge: SimStats,
+}
+
+/// What `demo --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    /// The spike straight at the edge, naive retries.
+    pub direct: Phase,
+    /// The same spike through sluice.
+    pub sluice: Phase,
+    /// The sluice config used (TOML).
+    pub sluice_config: String,
+}
+
+fn sim_config(c: &DemoConfig) -> SimConfig {
+    SimConfig {
+        org_max_sessions: c.org_max_sessions,
+        org_handshake_rate: c.org_handshake_rate,
+        capacity: c.capacity,
+        ..SimConfig::default()
+    }
+}
+
+fn spike_config(c: &DemoConfig, url: String, via: TenantVia) -> SpikeConfig {
+    SpikeConfig {
+        url,
+        phones: c.phones,
+        tenants: NAMES[..usize::from(c.tenants)]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        tenant_via: via,
+        hold: c.hold,
+        retry: RetryPolicy::Immediate,
+        max_attempts: c.max_attempts,
+        give_up: c.give_up,
+        handshake_timeout: c.patience,
+        ..SpikeConfig::default()
+    }
+}
+
+/// sluice's config for the demo: limits a little under the edge's.
+pub fn sluice_config(
+    c: &DemoConfig,
+    edge_url: &str,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> String {
+    // 80 % of the edge's rates, burst 1: at most 1 + 0.8·r handshakes in any second.
+    let rate = (f64::from(c.org_handshake_rate) * 0.8).max(0.1);
+    let edge_rate = (f64::from(c.capacity) * 0.8).max(0.1);
+    // Queued phones are answered before their patience runs out.
+    let queue_timeout = c
+        .patience
+        .saturating_sub(Duration::from_secs(1))
+        .max(Duration::from_secs(1));
+    let mut text = format!(
+        "# generated by `sluice demo`\n\
+         [listen]\naddress = \"{listen}\"\n\
+         [admin]\naddress = \"{admin}\"\n\
+         [edge]\nmax_sessions = 1000\nhandshake_rate = {edge_rate:.1}\nhandshake_burst = 1\n\
+         [upstream.groups.primary]\nendpoints = [\"{edge_url}\"]\n\
+         [defaults]\nmax_sessions = {}\nhandshake_rate = {rate:.1}\nhandshake_burst = 1\n\
+         queue_depth = {}\nqueue_timeout = \"{}\"\n",
+        c.org_max_sessions,
+        c.phones.max(1),
+        humantime::format_duration(queue_timeout),
+    );
+    for name in &NAMES[..usize::from(c.tenants)] {
+        let _ = write!(text, "[tenants.{name}]\nauth = {{ kind = \"none\" }}\n");
+    }
+    text
+}
+
+/// Runs both phases. With `serve`, sluice and the second simulator keep running until
+/// `shutdown` completes (the report is printed before).
+///
+/// # Errors
+/// When a listener cannot be bound or a spike cannot start.
+pub async fn run_demo(
+    c: &DemoConfig,
+    progress: impl Fn(&str),
+) -> Result<(DemoReport, Option<Running>), String> {
+    progress(&format!(
+        "1/2: {} phones over {} tenants straight at the edge (each organisation: {} sessions, {} handshakes/s), retrying at once",
+        c.phones, c.tenants, c.org_max_sessions, c.org_handshake_rate
+    ));
+    let sim = EdgeSim::start(sim_config(c))
+        .await
+        .map_err(|e| format!("edge simulator: {e}"))?;
+    let spike = spike_config(c, sim.url(), TenantVia::Header);
+    let direct = Phase {
+        phones: run_spike(&spike).await?,
+        edge: sim.stats(),
+    };
+
+    progress("2/2: the same spike through sluice");
+    let sim = EdgeSim::start(sim_config(c))
+        .await
+        .map_err(|e| format!("edge simulator: {e}"))?;
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("valid");
+    let (listen, admin) = if c.serve {
+        (c.listen, c.admin)
+    } else {
+        (any, any)
+    };
+    let text = sluice_config(c, &sim.url(), listen, admin);
+    let config = Config::parse(&text, &HashMap::new()).map_err(|e| format!("demo config: {e}"))?;
+    let server = crate::Server::bind(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin = crate::admin::Admin::bind(admin, server.shared())
+        .await
+        .map_err(|e| format!("admin listener on {admin}: {e}"))?;
+    let proxy = server.local_addr();
+    let admin_addr = admin.local_addr();
+    let shared = server.shared();
+    let tasks = vec![
+        tokio::spawn(server.run(std::future::pending())),
+        tokio::spawn(admin.run(std::future::pending())),
+    ];
+    let spike = spike_config(c, format!("ws://{proxy}"), TenantVia::Path);
+    let phones = run_spike(&spike).await?;
+    // Let the last relays see their ends (a few seconds at most) before counting.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while sim.stats().live > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while tokio::time::Instant::now() < deadline
+        && NAMES[..usize::from(c.tenants)]
+            .iter()
+            .any(|t| shared.admission.tenant_load(t).is_some_and(|l| l.live > 0))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let through = Phase {
+        phones,
+        edge: sim.stats(),
+    };
+    let running = Running {
+        proxy,
+        admin: admin_addr,
+        edge: sim,
+        tasks,
+    };
+    let report = DemoReport {
+        direct,
+        sluice: through,
+        sluice_config: text,
+    };
+    Ok((report, c.serve.then_some(running)))
+}
+
+/// sluice and the simulator left running by `--serve`.
+#[derive(Debug)]
+pub struct Running {
+    /// sluice's proxy address.
+    pub proxy: SocketAddr,
+    /// sluice's admin address.
+    pub admin: SocketAddr,
+    /// The simulator behind it.
+    pub edge: EdgeSim,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn connected_line(p: &SpikeReport) -> String {
+    format!("{} / {}", p.total.connected, p.phones)
+}
+
+fn all_connected(p: &SpikeReport) -> String {
+    if p.total.connected == p.phones {
+        secs(p.total.last_connected_s)
+    } else {
+        format!("never ({} gave up)", p.phones - p.total.connected)
+    }
+}
+
+/// The side-by-side table.
+pub fn render_table(r: &DemoReport) -> String {
+    let (d, s) = (&r.direct, &r.sluice);
+    let rows: Vec<(&str, String, String)> = vec![
+        (
+            "phones connected",
+            connected_line(&d.phones),
+            connected_line(&s.phones),
+        ),
+        (
+            "time until all connected",
+            all_connected(&d.phones),
+            all_connected(&s.phones),
+        ),
+        (
+            "handshakes the edge received",
+            d.edge.handshakes.to_string(),
+            s.edge.handshakes.to_string(),
+        ),
+        (
+            "edge violations (beyond its limits)",
+            d.edge.violations.to_string(),
+            s.edge.violations.to_string(),
+        ),
+        (
+            "  refused by the edge (503)",
+            d.edge.rejected.to_string(),
+            s.edge.rejected.to_string(),
+        ),
+        (
+            "  dropped by the edge (too slow)",
+            d.edge.dropped.to_string(),
+            s.edge.dropped.to_string(),
+        ),
+        (
+            "connect attempts by the phones",
+            d.phones.total.attempts.to_string(),
+            s.phones.total.attempts.to_string(),
+        ),
+        (
+            "phone handshake p50 / p99",
+            format!(
+                "{} / {}",
+                secs(d.phones.total.handshake.p50),
+                secs(d.phones.total.handshake.p99)
+            ),
+            format!(
+                "{} / {}",
+                secs(s.phones.total.handshake.p50),
+                secs(s.phones.total.handshake.p99)
+            ),
+        ),
+        (
+            "edge handshake latency p50 / p99",
+            format!(
+                "{} / {}",
+                secs(d.edge.handshake_p50),
+                secs(d.edge.handshake_p99)
+            ),
+            format!(
+                "{} / {}",
+                secs(s.edge.handshake_p50),
+                secs(s.edge.handshake_p99)
+            ),
+        ),
+        (
+            "most sessions of one organisation",
+            d.edge
+                .orgs
+                .values()
+                .map(|o| o.peak)
+                .max()
+                .unwrap_or(0)
+                .to_string(),
+            s.edge
+                .orgs
+                .values()
+                .map(|o| o.peak)
+                .max()
+                .unwrap_or(0)
+                .to_string(),
+        ),
+    ];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<38} {:>26} {:>26}",
+        "", "direct, naive retries", "through sluice"
+    );
+    for (label, a, b) in rows {
+        let _ = writeln!(out, "{label:<38} {a:>26} {b:>26}");
+    }
+    let _ = writeln!(
+        out,
+        "\nphone handshake: the successful attempt, as the phone timed it (through sluice it includes the wait in sluice's queue)."
+    );
+    out
+}
+
+/// The full human report: the table, then each phase's aggregate.
+pub fn render_report(r: &DemoReport) -> String {
+    let mut out = render_table(r);
+    let _ = write!(
+        out,
+        "\ndirect:\n{}\nthrough sluice:\n{}",
+        render(&r.direct.phones),
+        render(&r.sluice.phones)
+    );
+    out
+}

@@ -1,0 +1,582 @@
+//! `sluice edge-sim`: a WebSocket server that behaves like a capacity-limited cloud
+//! edge, to reproduce the field problem on a laptop.
+//!
+//! Per organisation (from a header, default `x-tenant-id`, else the query parameter
+//! `org`, else `default`) it caps live sessions and handshakes per second (a sliding
+//! one-second window: the 11th handshake inside a second at 10/s is refused). Above all
+//! organisations it caps live sessions, and models the node's CPU: the handshakes of
+//! the last second against its `capacity`. Below 85 % of capacity a handshake takes
+//! `base_latency`; above, latency climbs steeply toward the 3 s mark; a handshake that
+//! would take longer than `drop_after` is dropped unanswered after that time; beyond
+//! capacity, handshakes are refused. Every refusal is a `503` (configurable) with
+//! `Retry-After` and an `x-trace-id`, and counts as a **violation**: a handshake the
+//! edge received beyond its own limits.
+//!
+//! Sessions speak `echo`, or `sip`: REGISTER → 200, INVITE → 100/180/200, BYE → 200,
+//! OPTIONS → 200. `GET /stats` serves the counters as JSON ([`SimStats`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// What a session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionMode {
+    /// Every text or binary message is sent back.
+    Echo,
+    /// A minimal SIP registrar and call peer.
+    Sip,
+}
+
+/// The simulator's limits and behaviour (`sluice edge-sim --help`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimConfig {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub listen: SocketAddr,
+    /// Live sessions per organisation.
+    #[arg(long, default_value_t = 50)]
+    pub org_max_sessions: u32,
+    /// Handshakes per organisation in any one-second window.
+    #[arg(long, default_value_t = 10)]
+    pub org_handshake_rate: u32,
+    /// Live sessions across all organisations.
+    #[arg(long, default_value_t = 1000)]
+    pub max_sessions: u32,
+    /// Handshakes per second the node can process; latency climbs above 85 % of it and
+    /// handshakes beyond it are refused.
+    #[arg(long, default_value_t = 100)]
+    pub capacity: u32,
+    /// Handshake latency of an unloaded node.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub base_latency: Duration,
+    /// Handshakes that would take longer are dropped unanswered after this long.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub drop_after: Duration,
+    /// Status of a refusal (503 as the field sees it, or 429).
+    #[arg(long, default_value_t = 503)]
+    pub reject_status: u16,
+    /// Header naming the organisation (sluice's `tenant_identity.header`).
+    #[arg(long, default_value = "x-tenant-id")]
+    pub org_header: String,
+    /// What sessions speak.
+    #[arg(long, value_enum, default_value_t = SessionMode::Echo)]
+    pub mode: SessionMode,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            org_max_sessions: 50,
+            org_handshake_rate: 10,
+            max_sessions: 1000,
+            capacity: 100,
+            base_latency: Duration::from_millis(20),
+            drop_after: Duration::from_secs(3),
+            reject_status: 503,
+            org_header: "x-tenant-id".to_owned(),
+            mode: SessionMode::Echo,
+        }
+    }
+}
+
+/// Counters of one organisation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OrgStats {
+    /// Handshakes received.
+    pub handshakes: u64,
+    /// Answered `101`.
+    pub accepted: u64,
+    /// Refused (each is a violation).
+    pub rejected: u64,
+    /// Dropped unanswered (too slow).
+    pub dropped: u64,
+    /// Live sessions now.
+    pub live: u32,
+    /// Most live sessions at once.
+    pub peak: u32,
+}
+
+/// What `GET /stats` answers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SimStats {
+    /// Handshakes received.
+    pub handshakes: u64,
+    /// Answered `101`.
+    pub accepted: u64,
+    /// Refused with the reject status.
+    pub rejected: u64,
+    /// Dropped unanswered after `drop_after`.
+    pub dropped: u64,
+    /// Handshakes received beyond the simulator's own limits (refused or dropped).
+    pub violations: u64,
+    /// Violations by limit: `org-rate`, `org-sessions`, `sessions`, `capacity`, `slow`.
+    pub violations_by_limit: BTreeMap<String, u64>,
+    /// Live sessions now.
+    pub live: u32,
+    /// Most live sessions at once.
+    pub peak: u32,
+    /// Median latency of answered handshakes, seconds.
+    pub handshake_p50: Option<f64>,
+    /// 99th percentile of the same.
+    pub handshake_p99: Option<f64>,
+    /// Per organisation.
+    pub orgs: BTreeMap<String, OrgStats>,
+}
+
+/// Handshake latencies kept for the quantiles.
+const LATENCIES_KEPT: usize = 100_000;
+/// Organisations tracked; more names share one `other` entry (bounded memory).
+const MAX_ORGS: usize = 1000;
+
+#[derive(Debug, Default)]
+struct Org {
+    stats: OrgStats,
+    window: VecDeque<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    stats: SimStats,
+    orgs: HashMap<String, Org>,
+    window: VecDeque<Instant>,
+    latencies: VecDeque<f64>,
+}
+
+#[derive(Debug)]
+struct Sim {
+    config: SimConfig,
+    state: Mutex<State>,
+}
+
+/// A running simulator.
+#[derive(Debug, Clone)]
+pub struct EdgeSim {
+    addr: SocketAddr,
+    sim: Arc<Sim>,
+}
+
+enum Decision {
+    Refuse(&'static str),
+    Accept { latency: Duration },
+}
+
+impl EdgeSim {
+    /// Binds `config.listen` and serves in the background.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start(config: SimConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let sim = Arc::new(Sim {
+            config,
+            state: Mutex::default(),
+        });
+        let s = sim.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let sim = s.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| serve(req, sim.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, sim })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://addr`.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> SimStats {
+        self.sim.stats()
+    }
+}
+
+impl Sim {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stats(&self) -> SimStats {
+        let state = self.lock();
+        let mut stats = state.stats.clone();
+        let mut l: Vec<f64> = state.latencies.iter().copied().collect();
+        l.sort_by(f64::total_cmp);
+        let q = |q: f64| {
+            (!l.is_empty()).then(|| l[((q * l.len() as f64).ceil() as usize).clamp(1, l.len()) - 1])
+        };
+        stats.handshake_p50 = q(0.5);
+        stats.handshake_p99 = q(0.99);
+        stats.orgs = state
+            .orgs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.stats.clone()))
+            .collect();
+        stats
+    }
+
+    /// Decides a handshake of `org` arriving now; an accepted one holds its session
+    /// (counted live) from here.
+    fn decide(&self, org: &str) -> Decision {
+        let c = &self.config;
+        let now = Instant::now();
+        let second_ago = now.checked_sub(Duration::from_secs(1));
+        let prune = |w: &mut VecDeque<Instant>| {
+            while w
+                .front()
+                .is_some_and(|t| second_ago.is_some_and(|s| *t <= s))
+            {
+                w.pop_front();
+            }
+        };
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.stats.handshakes += 1;
+        prune(&mut state.window);
+        state.window.push_back(now);
+        let load = state.window.len() as f64 / f64::from(c.capacity.max(1));
+        let key = if state.orgs.contains_key(org) || state.orgs.len() < MAX_ORGS {
+            org
+        } else {
+            "other"
+        };
+        let o = state.orgs.entry(key.to_owned()).or_default();
+        o.stats.handshakes += 1;
+        prune(&mut o.window);
+        let refused = if state.stats.live >= c.max_sessions {
+            Some("sessions")
+        } else if load > 1.0 {
+            Some("capacity")
+        } else if o.window.len() >= c.org_handshake_rate as usize {
+            Some("org-rate")
+        } else if o.stats.live >= c.org_max_sessions {
+            Some("org-sessions")
+        } else {
+            None
+        };
+        if let Some(limit) = refused {
+            o.stats.rejected += 1;
+            state.stats.rejected += 1;
+            state.stats.violations += 1;
+            *state
+                .stats
+                .violations_by_limit
+                .entry(limit.to_owned())
+                .or_default() += 1;
+            return Decision::Refuse(limit);
+        }
+        o.window.push_back(now);
+        o.stats.live += 1;
+        o.stats.peak = o.stats.peak.max(o.stats.live);
+        state.stats.live += 1;
+        state.stats.peak = state.stats.peak.max(state.stats.live);
+        // Latency climbs steeply once the node is past 85 % of its capacity.
+        let over = ((load - 0.85) / 0.15).max(0.0);
+        let latency = c.base_latency + c.drop_after.mul_f64(over * over);
+        Decision::Accept { latency }
+    }
+
+    /// The end of a session held by `decide` (or of one dropped before its `101`).
+    fn end(&self, org: &str, outcome: End) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.stats.live -= 1;
+        let key = if state.orgs.contains_key(org) {
+            org
+        } else {
+            "other"
+        };
+        if let Some(o) = state.orgs.get_mut(key) {
+            o.stats.live -= 1;
+            if outcome == End::Dropped {
+                o.stats.dropped += 1;
+            }
+        }
+        if outcome == End::Dropped {
+            state.stats.dropped += 1;
+            state.stats.violations += 1;
+            *state
+                .stats
+                .violations_by_limit
+                .entry("slow".to_owned())
+                .or_default() += 1;
+        }
+    }
+
+    fn accepted(&self, org: &str, latency: Duration) {
+        let mut state = self.lock();
+        state.stats.accepted += 1;
+        if state.latencies.len() == LATENCIES_KEPT {
+            state.latencies.pop_front();
+        }
+        state.latencies.push_back(latency.as_secs_f64());
+        let key = if state.orgs.contains_key(org) {
+            org
+        } else {
+            "other"
+        };
+        if let Some(o) = state.orgs.get_mut(key) {
+            o.stats.accepted += 1;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Closed,
+    Dropped,
+}
+
+/// Holds a session's place in the counters; gives it back once, when dropped.
+struct Held {
+    sim: Arc<Sim>,
+    org: String,
+    end: End,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.sim.end(&self.org, self.end);
+    }
+}
+
+fn org_of<B>(req: &Request<B>, header_name: &str) -> String {
+    let from_header = req
+        .headers()
+        .get(header_name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let from_query = || {
+        req.uri().query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "org")
+                .map(|(_, v)| v.into_owned())
+        })
+    };
+    from_header
+        .or_else(from_query)
+        .filter(|o| !o.is_empty() && o.len() <= 64)
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn serve(
+    mut req: Request<Incoming>,
+    sim: Arc<Sim>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let Some(key) = key else {
+        if req.uri().path() == "/stats" {
+            let body = serde_json::to_string_pretty(&sim.stats()).expect("stats serialise");
+            let mut resp = respond(StatusCode::OK, body);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Ok(resp);
+        }
+        return Ok(respond(
+            StatusCode::NOT_FOUND,
+            "edge-sim: WebSocket upgrades, or GET /stats\n",
+        ));
+    };
+    let org = org_of(&req, &sim.config.org_header);
+    match sim.decide(&org) {
+        Decision::Refuse(limit) => {
+            let status = StatusCode::from_u16(sim.config.reject_status)
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut resp = respond(status, format!("edge-sim: over the {limit} limit\n"));
+            let headers = resp.headers_mut();
+            let retry = if limit.ends_with("sessions") {
+                "5"
+            } else {
+                "1"
+            };
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(retry));
+            let trace = format!("{:016x}", rand::random::<u64>());
+            headers.insert(
+                "x-trace-id",
+                HeaderValue::from_str(&trace).expect("hex is a valid header value"),
+            );
+            Ok(resp)
+        }
+        Decision::Accept { latency } => {
+            let mut held = Held {
+                sim: sim.clone(),
+                org: org.clone(),
+                end: End::Closed,
+            };
+            if latency >= sim.config.drop_after {
+                tokio::time::sleep(sim.config.drop_after).await;
+                held.end = End::Dropped;
+                // An error closes the connection without an answer.
+                return Err(std::io::Error::other("handshake too slow: dropped"));
+            }
+            tokio::time::sleep(latency).await;
+            sim.accepted(&org, latency);
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let mode = sim.config.mode;
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                session(ws, mode).await;
+                drop(held);
+            });
+            let mut resp = respond(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+            let headers = resp.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(
+                header::SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+                    .expect("base64 is a valid header value"),
+            );
+            Ok(resp)
+        }
+    }
+}
+
+async fn session<S>(mut ws: WebSocketStream<S>, mode: SessionMode)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(Ok(msg)) = ws.next().await {
+        let replies = match (&msg, mode) {
+            (Message::Text(t), SessionMode::Sip) => sip_replies(t.as_str()),
+            (Message::Text(_) | Message::Binary(_), SessionMode::Echo) => vec![msg.clone()],
+            (Message::Close(_), _) => break,
+            _ => Vec::new(),
+        };
+        for reply in replies {
+            if ws.send(reply).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+/// The answers of a SIP peer to one request (none to responses and ACK).
+pub fn sip_replies(request: &str) -> Vec<Message> {
+    let mut lines = request.split("\r\n");
+    let Some(first) = lines.next() else {
+        return Vec::new();
+    };
+    let method = first.split(' ').next().unwrap_or("");
+    if method.starts_with("SIP/") || method == "ACK" || method.is_empty() {
+        return Vec::new();
+    }
+    let copied: Vec<&str> = lines
+        .take_while(|l| !l.is_empty())
+        .filter(|l| {
+            let name = l
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            matches!(
+                name.as_str(),
+                "via" | "v" | "from" | "f" | "to" | "t" | "call-id" | "i" | "cseq"
+            )
+        })
+        .collect();
+    let response = |code: &str| {
+        let mut r = format!("SIP/2.0 {code}\r\n");
+        for h in &copied {
+            r.push_str(h);
+            let lower = h.to_ascii_lowercase();
+            if (lower.starts_with("to:") || lower.starts_with("t:")) && !lower.contains("tag=") {
+                r.push_str(";tag=edgesim");
+            }
+            r.push_str("\r\n");
+        }
+        r.push_str("Content-Length: 0\r\n\r\n");
+        Message::text(r)
+    };
+    match method {
+        "INVITE" => vec![
+            response("100 Trying"),
+            response("180 Ringing"),
+            response("200 OK"),
+        ],
+        "REGISTER" | "BYE" | "OPTIONS" | "CANCEL" => vec![response("200 OK")],
+        _ => vec![response("405 Method Not Allowed")],
+    }
+}
+
+/// `sluice edge-sim`: runs until `shutdown` completes.
+///
+/// # Errors
+/// When the listen address cannot be bound.
+pub async fn run(
+    config: SimConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let sim = EdgeSim::start(config.clone()).await?;
+    tracing::info!(
+        addr = %sim.addr(),
+        org_max_sessions = config.org_max_sessions,
+        org_handshake_rate = config.org_handshake_rate,
+        capacity = config.capacity,
+        mode = ?config.mode,
+        "edge simulator listening; counters at http://{}/stats",
+        sim.addr()
+    );
+    shutdown.await;
+    let stats = sim.stats();
+    tracing::info!(
+        handshakes = stats.handshakes,
+        accepted = stats.accepted,
+        violations = stats.violations,
+        "edge simulator stopped"
+    );
+    Ok(())
+}

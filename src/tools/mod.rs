@@ -1,0 +1,7 @@
+//! The tools that reproduce the field problem (DESIGN.md "Command line"): an edge
+//! simulator ([`edge_sim`]), a softphone spike generator ([`spike`]), and the demo that
+//! runs a spike against the simulator directly and through sluice ([`demo`]).
+
+pub mod demo;
+pub mod edge_sim;
+pub mod spike;

@@ -1,0 +1,241 @@
+//! The field-problem tools: the edge simulator enforces its own limits and counts what
+//! went beyond them, `spike` reports what the simulator recorded, and `demo --json`
+//! shows violations directly and none through sluice.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use sluice::tools::edge_sim::{EdgeSim, SessionMode, SimConfig};
+use sluice::tools::spike::{run_spike, RetryPolicy, SpikeConfig, TenantVia};
+use support::connect;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn sim(config: SimConfig) -> EdgeSim {
+    EdgeSim::start(SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..config
+    })
+    .await
+    .unwrap()
+}
+
+const ORG: (&str, &str) = ("x-tenant-id", "acme");
+
+#[tokio::test]
+async fn the_simulator_refuses_the_eleventh_handshake_in_a_second_at_10_per_second() {
+    let sim = sim(SimConfig {
+        org_handshake_rate: 10,
+        ..SimConfig::default()
+    })
+    .await;
+    let url = format!("{}/", sim.url());
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let (ws, _) = connect(&url, &[ORG]).await.expect("within the rate");
+        open.push(ws);
+    }
+    let refused = match connect(&url, &[ORG]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp,
+        other => panic!("the 11th was not refused: {:?}", other.map(|_| ())),
+    };
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert!(refused.headers().contains_key("x-trace-id"));
+    // Another organisation has its own window.
+    let (other, _) = connect(&url, &[("x-tenant-id", "globex")])
+        .await
+        .expect("globex");
+    let stats = sim.stats();
+    assert_eq!(
+        (stats.handshakes, stats.accepted, stats.rejected),
+        (12, 11, 1)
+    );
+    assert_eq!(stats.violations, 1);
+    assert_eq!(stats.violations_by_limit["org-rate"], 1);
+    assert_eq!(stats.orgs["acme"].live, 10);
+    drop((open, other));
+}
+
+#[tokio::test]
+async fn the_simulator_caps_sessions_per_organisation_and_serves_its_counters() {
+    let sim = sim(SimConfig {
+        org_max_sessions: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    let url = format!("{}/", sim.url());
+    let (a, _) = connect(&url, &[ORG]).await.unwrap();
+    let (b, _) = connect(&url, &[ORG]).await.unwrap();
+    let third = connect(&url, &[ORG]).await;
+    assert!(
+        matches!(third, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 503)
+    );
+    // A session that ends gives its place back.
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sim.stats().orgs["acme"].live > 1 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (c, _) = connect(&url, &[ORG]).await.expect("room again");
+    // GET /stats, as an operator would read it.
+    let (status, body) = support::admin_get(sim.addr(), "/stats").await;
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["violations_by_limit"]["org-sessions"], 1);
+    assert_eq!(stats["orgs"]["acme"]["peak"], 2);
+    drop((b, c));
+}
+
+#[tokio::test]
+async fn a_node_at_capacity_slows_then_drops_then_refuses() {
+    let sim = sim(SimConfig {
+        capacity: 10,
+        org_handshake_rate: 100,
+        drop_after: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await;
+    let url = format!("{}/", sim.url());
+    let (mut answers, mut open) = (Vec::new(), Vec::new());
+    for _ in 0..11 {
+        let started = tokio::time::Instant::now();
+        let result = connect(&url, &[ORG]).await;
+        let answer = match &result {
+            Ok(_) => "101".to_owned(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16().to_string(),
+            Err(_) => "dropped".to_owned(),
+        };
+        answers.push((answer, started.elapsed()));
+        open.extend(result.ok());
+    }
+    // 1–9: fine, though slower past 85 % of capacity; 10: at capacity, dropped after
+    // 300 ms; 11: beyond capacity, refused.
+    assert!(answers[..9].iter().all(|(a, _)| a == "101"), "{answers:?}");
+    assert!(
+        answers[8].1 > answers[0].1,
+        "latency climbs near capacity: {answers:?}"
+    );
+    assert_eq!(answers[9].0, "dropped");
+    assert!(answers[9].1 >= Duration::from_millis(300));
+    assert_eq!(answers[10].0, "503");
+    let stats = sim.stats();
+    assert_eq!((stats.dropped, stats.rejected, stats.violations), (1, 1, 2));
+    assert_eq!(stats.violations_by_limit["capacity"], 1);
+    assert_eq!(stats.violations_by_limit["slow"], 1);
+    drop(open);
+}
+
+#[tokio::test]
+async fn sip_sessions_answer_register_invite_and_bye() {
+    let sim = sim(SimConfig {
+        mode: SessionMode::Sip,
+        ..SimConfig::default()
+    })
+    .await;
+    let (mut ws, _) = connect(&format!("{}/", sim.url()), &[ORG]).await.unwrap();
+    let request = |method: &str| {
+        format!(
+            "{method} sip:bob@edge.invalid SIP/2.0\r\nVia: SIP/2.0/WSS phone.invalid;branch=z9hG4bK1\r\n\
+             From: <sip:alice@edge.invalid>;tag=1\r\nTo: <sip:bob@edge.invalid>\r\nCall-ID: c1\r\n\
+             CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let next = async |ws: &mut support::Client| match ws.next().await {
+        Some(Ok(Message::Text(t))) => t.to_string(),
+        other => panic!("{other:?}"),
+    };
+    ws.send(Message::text(request("REGISTER"))).await.unwrap();
+    let ok = next(&mut ws).await;
+    assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+    assert!(
+        ok.contains("Call-ID: c1")
+            && ok.contains("CSeq: 1 REGISTER")
+            && ok.contains(";tag=edgesim")
+    );
+    ws.send(Message::text(request("INVITE"))).await.unwrap();
+    for code in ["100 Trying", "180 Ringing", "200 OK"] {
+        assert!(next(&mut ws).await.starts_with(&format!("SIP/2.0 {code}")));
+    }
+    ws.send(Message::text(request("BYE"))).await.unwrap();
+    assert!(next(&mut ws).await.starts_with("SIP/2.0 200 OK"));
+}
+
+#[tokio::test]
+async fn spike_reports_what_the_simulator_recorded() {
+    let sim = sim(SimConfig {
+        org_handshake_rate: 10,
+        ..SimConfig::default()
+    })
+    .await;
+    let report = run_spike(&SpikeConfig {
+        url: sim.url(),
+        phones: 15,
+        tenants: vec!["acme".into()],
+        tenant_via: TenantVia::Header,
+        hold: Duration::from_millis(200),
+        retry: RetryPolicy::None,
+        ..SpikeConfig::default()
+    })
+    .await
+    .unwrap();
+    let stats = sim.stats();
+    let t = &report.total;
+    assert_eq!(t.connected as u64, stats.accepted);
+    assert_eq!(t.answers.get("101").copied().unwrap_or(0), stats.accepted);
+    assert_eq!(t.answers.get("503").copied().unwrap_or(0), stats.rejected);
+    assert_eq!(t.attempts, stats.handshakes);
+    assert_eq!((t.connected, t.failed.get("503").copied()), (10, Some(5)));
+    assert!(t.handshake.p50.is_some() && t.last_connected_s.is_some());
+}
+
+#[tokio::test]
+async fn demo_shows_violations_directly_and_none_through_sluice() {
+    let out = tokio::task::spawn_blocking(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "demo",
+                "--json",
+                "--phones",
+                "24",
+                "--org-max-sessions",
+                "4",
+                "--org-handshake-rate",
+                "4",
+                "--hold",
+                "300ms",
+                "--give-up",
+                "5s",
+                "--max-attempts",
+                "20",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let direct = &report["direct"];
+    let through = &report["sluice"];
+    assert!(
+        direct["edge"]["violations"].as_u64().unwrap() > 0,
+        "{direct}"
+    );
+    assert_eq!(through["edge"]["violations"], 0, "{through}");
+    assert_eq!(through["phones"]["total"]["connected"], 24);
+    assert_eq!(through["edge"]["accepted"], 24);
+    // What the phones were told agrees with what the edge recorded, on both sides.
+    for phase in [direct, through] {
+        assert_eq!(
+            phase["phones"]["total"]["attempts"], phase["edge"]["handshakes"],
+            "{phase}"
+        );
+    }
+}
