@@ -69,7 +69,10 @@ async fn main() {
     std::fs::write(
         &config,
         format!(
-            "[listen]\naddress = \"127.0.0.1:{port}\"\n[upstream.groups.primary]\nendpoints = [\"ws://{edge_addr}\"]\n[tenants.lab]\nmax_sessions = 100000\nauth = {{ kind = \"none\" }}\n"
+            "[listen]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [upstream.groups.primary]\nendpoints = [\"ws://{edge_addr}\"]\n\
+             [tenants.lab]\nmax_sessions = 100000\nhandshake_rate = 100000.0\nhandshake_burst = 10000\n\
+             auth = {{ kind = \"none\" }}\n"
         ),
     )
     .unwrap();
@@ -125,7 +128,7 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let after = rss_kib(pid);
     child.kill().ok();
     child.wait().ok();

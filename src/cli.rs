@@ -309,8 +309,8 @@ pub fn describe(config: &Config, name: &str) -> String {
 pub const NOT_ENFORCED_YET: &str =
     "this version validates but does not yet enforce queue_mode = \"accept\" \
 (every tenant queues in hold mode), upstream retries and backoff (retry_budget only \
-caps the total handshake time), [protection] rate, pending and idle limits, [admin] \
-and [shutdown]";
+caps the total handshake time), [protection] rate, pending and idle limits, and \
+[shutdown] (no drain yet: SIGTERM stops at once)";
 
 fn tenant_row(t: &Tenant) -> [String; 10] {
     let l = &t.limits;

@@ -7,6 +7,7 @@
 //! `Drop` if the task is cancelled or panics.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -15,6 +16,10 @@ use crate::admission::Permit;
 use crate::config::Tenant;
 use crate::metrics::TenantMetrics;
 use crate::relay::RelayStats;
+
+/// Sessions ended in this process so far (every server in it). The binary watches it to
+/// hand freed memory back to the OS after many sessions ended.
+pub static SESSIONS_ENDED: AtomicU64 = AtomicU64::new(0);
 
 /// A live proxied session.
 #[derive(Debug)]
@@ -97,6 +102,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.metrics.sessions_active.dec();
+        SESSIONS_ENDED.fetch_add(1, Ordering::Relaxed);
         if !self.ended {
             tracing::warn!(
                 target: "sluice::session",
