@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, Shared};
 use crate::stream::Stream;
 use crate::tls::{self, TlsError};
-use crate::upstream::{ClientInfo, Connector};
+use crate::upstream::{ClientInfo, Connector, Pools};
 
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -92,6 +92,7 @@ impl Server {
             listener,
             shared: Arc::new(Shared {
                 admission: Arc::new(Admission::new(&config, &metrics)),
+                pools: Pools::new(&config),
                 metrics,
                 config: arc_swap::ArcSwap::from_pointee(config),
                 connector,

@@ -19,7 +19,9 @@ use crate::reject::{self, Reason, Rejection};
 use crate::relay::{self, Leg};
 use crate::release::Session;
 use crate::stream::Stream;
-use crate::upstream::{self, AttemptError, ClientInfo, Connector, UpstreamFailed};
+use crate::upstream::{
+    self, AttemptError, ClientInfo, Connector, Pools, RetryPolicy, UpstreamFailed,
+};
 use crate::{auth, tenant};
 
 /// Longest `X-Request-Id` kept from a client; longer or odd ones are replaced.
@@ -34,6 +36,8 @@ pub struct Shared {
     pub connector: Connector,
     /// Per-tenant and edge limits, queues and permits.
     pub admission: Arc<Admission>,
+    /// Each upstream group's endpoint state: sessions, circuits, pauses.
+    pub pools: Pools,
     /// Every metric, and the recent windows of the status page.
     pub metrics: Arc<Metrics>,
 }
@@ -123,14 +127,28 @@ pub async fn handle(
             attempt,
         );
     };
+    let Some(pool) = shared.pools.get(&tenant.group.name) else {
+        gone.disarm();
+        let rejection = Rejection::new(
+            Reason::UpstreamUnavailable,
+            format!(
+                "upstream group {} has no pool (config changed?)",
+                tenant.group.name
+            ),
+        )
+        .retry_after(config.upstream.handshake_timeout);
+        return Ok(refuse(&tm, rejection, &request_id, info, None));
+    };
+    let admission = &shared.admission;
     let connected = match shared
         .connector
         .connect(
             &tenant.group,
+            &pool,
             &upstream_req,
-            config.upstream.handshake_timeout,
-            config.upstream.retry_budget,
+            &RetryPolicy::of(&config.upstream),
             &mut observe,
+            |deadline| admission.retry_token(deadline),
         )
         .await
     {
@@ -138,7 +156,7 @@ pub async fn handle(
         Err(failed) => {
             gone.disarm();
             tm.upstream_retries(failed.attempts.len().saturating_sub(1) as u64);
-            let rejection = upstream_rejection(&failed, &config);
+            let rejection = upstream_rejection(&failed, &config, &tenant.group.name);
             return Ok(refuse(&tm, rejection, &request_id, info, Some(&failed)));
         }
     };
@@ -179,7 +197,7 @@ pub async fn handle(
     }
 
     let session = Session::start(
-        admitted.permit,
+        (admitted.permit, connected.lease),
         tm.clone(),
         tenant,
         request_id,
@@ -281,27 +299,49 @@ fn refuse(
     resp
 }
 
-/// What the client is told when no endpoint could be used. An upstream `429` means the
-/// edge's room for this tenant is used up: `edge-capacity`. Anything else:
-/// `upstream-unavailable`. `Retry-After` is the edge's own when it sent one, else about
+/// What the client is told when no endpoint could be used. An edge that answered `429`
+/// or `503` (or paused the whole group) has no room: `edge-capacity`. No answer
+/// (connect errors, timeouts, open circuits) or any other status:
+/// `upstream-unavailable`. `Retry-After` is the edge's
+/// own or the pause's remaining time when there is one (whichever is later), else about
 /// one handshake timeout, jittered so refused clients do not return in lockstep.
-fn upstream_rejection(failed: &UpstreamFailed, config: &Config) -> Rejection {
+fn upstream_rejection(failed: &UpstreamFailed, config: &Config, group: &str) -> Rejection {
+    let now = tokio::time::Instant::now();
+    let blocked_for = failed
+        .blocked
+        .map(|b| b.until.saturating_duration_since(now));
+    let paused = failed.blocked.is_some_and(|b| b.paused);
     let reason = match failed.last() {
-        Some(AttemptError::Status { status, .. }) if *status == StatusCode::TOO_MANY_REQUESTS => {
+        Some(AttemptError::Status { status, .. })
+            if *status == StatusCode::TOO_MANY_REQUESTS
+                || *status == StatusCode::SERVICE_UNAVAILABLE =>
+        {
             Reason::EdgeCapacity
         }
+        _ if paused => Reason::EdgeCapacity,
         _ => Reason::UpstreamUnavailable,
     };
-    let after = failed.upstream_retry_after().unwrap_or_else(|| {
-        let base = config.upstream.handshake_timeout;
-        base.mul_f64(rand::random_range(0.5..1.5))
-    });
-    let detail = match failed.last() {
-        Some(e) => format!(
-            "no upstream endpoint accepted the connection ({} tried, last: {e})",
+    // The edge's own word is passed on as it is; only sluice's own guess is jittered.
+    let known = failed.upstream_retry_after().max(blocked_for);
+    let after = match known {
+        Some(d) if !d.is_zero() => d,
+        _ => config
+            .upstream
+            .handshake_timeout
+            .mul_f64(rand::random_range(0.5..1.5)),
+    };
+    let detail = match (failed.last(), failed.blocked) {
+        (Some(e), _) => format!(
+            "no upstream endpoint of group {group} accepted the connection ({} attempts, last: {e})",
             failed.attempts.len()
         ),
-        None => "no upstream endpoint configured".to_owned(),
+        (None, Some(b)) if b.paused => format!(
+            "the edge paused every endpoint of group {group} (Retry-After) beyond the retry budget"
+        ),
+        (None, Some(_)) => format!(
+            "every endpoint of group {group} is failing (circuits open); not trying until they cool down"
+        ),
+        (None, None) => format!("no upstream endpoint of group {group} could be tried"),
     };
     Rejection::new(reason, detail).retry_after(after)
 }

@@ -16,6 +16,7 @@ use crate::admission::Permit;
 use crate::config::Tenant;
 use crate::metrics::TenantMetrics;
 use crate::relay::RelayStats;
+use crate::upstream::Lease;
 
 /// Sessions ended in this process so far (every server in it). The binary watches it to
 /// hand freed memory back to the OS after many sessions ended.
@@ -24,8 +25,9 @@ pub static SESSIONS_ENDED: AtomicU64 = AtomicU64::new(0);
 /// A live proxied session.
 #[derive(Debug)]
 pub struct Session {
-    /// The admission permit: the session's slots, released when the session is dropped.
-    _permit: Permit,
+    /// The admission permit (the session's slots) and its place on its endpoint, both
+    /// released when the session is dropped.
+    _holds: (Permit, Lease),
     /// Its tenant's metrics: `sluice_sessions_active` counts it from start to end.
     metrics: Arc<TenantMetrics>,
     /// Its tenant.
@@ -44,7 +46,7 @@ pub struct Session {
 impl Session {
     /// A session starting now.
     pub fn start(
-        permit: Permit,
+        holds: (Permit, Lease),
         metrics: Arc<TenantMetrics>,
         tenant: Arc<Tenant>,
         request_id: String,
@@ -53,7 +55,7 @@ impl Session {
     ) -> Self {
         metrics.sessions_active.inc();
         Self {
-            _permit: permit,
+            _holds: holds,
             metrics,
             tenant,
             request_id,

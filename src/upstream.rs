@@ -4,11 +4,10 @@
 //! `/t/{tenant}` prefix and every credential carrier removed, hop-by-hop headers dropped,
 //! `Sec-WebSocket-Key/Version/Protocol/Extensions` kept unchanged so subprotocols and
 //! extensions are negotiated end to end, and `X-Forwarded-For`, `Forwarded`,
-//! `X-Forwarded-Proto` and `X-Request-Id` added. [`Connector::connect`] then tries the
-//! group's endpoints in turn, each within `handshake_timeout`, over `ws://` or `wss://`.
-//!
-//! Retries with backoff, circuit breaking and `Retry-After` pauses belong to the upstream
-//! resilience work; this module tries each endpoint once, in turn.
+//! `X-Forwarded-Proto` and `X-Request-Id` added. [`Connector::connect`] then picks an
+//! endpoint of the group ([`pool`]: fewest sessions, circuit breakers, pauses the edge
+//! asked for), performs the handshake within `handshake_timeout` over `ws://` or
+//! `wss://`, and retries with exponential backoff and full jitter inside `retry_budget`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,11 +23,14 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+pub mod pool;
+
 use crate::auth;
 use crate::config::{Endpoint, Group};
 use crate::parse::{header_tokens, query_pairs_except};
 use crate::relay::Leg;
 use crate::stream::Stream;
+pub use pool::{Choice, Lease, Pool, Pools};
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -71,6 +73,9 @@ pub struct Connected {
     pub handshake: Duration,
     /// Attempts made, including the successful one.
     pub attempts: u32,
+    /// The session's place on its endpoint (for "fewest sessions" choice); held for the
+    /// session's life.
+    pub lease: Lease,
 }
 
 /// Why one attempt failed.
@@ -116,6 +121,22 @@ impl AttemptError {
         }
     }
 
+    /// What the attempt says about its endpoint.
+    fn pool_outcome(&self) -> pool::Outcome {
+        match self {
+            Self::Status {
+                status,
+                retry_after: Some(after),
+                ..
+            } if *status == StatusCode::SERVICE_UNAVAILABLE => pool::Outcome::Pause(*after),
+            Self::Status { status, .. } if matches!(status.as_u16(), 502..=504) => {
+                pool::Outcome::Failure
+            }
+            Self::Status { .. } => pool::Outcome::Answered,
+            _ => pool::Outcome::Failure,
+        }
+    }
+
     /// Short label for logs and metrics: the status code, `timeout` or `error`.
     pub fn label(&self) -> String {
         match self {
@@ -157,11 +178,48 @@ impl Attempt<'_> {
     }
 }
 
+/// How [`Connector::connect`] retries.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Time for one attempt (`upstream.handshake_timeout`).
+    pub timeout: Duration,
+    /// Time for all attempts of one client (`upstream.retry_budget`).
+    pub budget: Duration,
+    /// First backoff step.
+    pub backoff_base: Duration,
+    /// Largest backoff step.
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    /// The policy of `[upstream]`.
+    pub fn of(config: &crate::config::Upstream) -> Self {
+        Self {
+            timeout: config.handshake_timeout,
+            budget: config.retry_budget,
+            backoff_base: config.backoff_base,
+            backoff_max: config.backoff_max,
+        }
+    }
+}
+
+/// Why no endpoint could even be tried.
+#[derive(Debug, Clone, Copy)]
+pub struct Blocked {
+    /// When the first endpoint becomes usable again.
+    pub until: Instant,
+    /// Whether the edge asked for the pause (`503` + `Retry-After`); else circuits are
+    /// open.
+    pub paused: bool,
+}
+
 /// No endpoint of the group could be used.
 #[derive(Debug)]
 pub struct UpstreamFailed {
     /// Every attempt, in order, with its endpoint url.
     pub attempts: Vec<(String, AttemptError)>,
+    /// Set when the last word was that every endpoint is paused or open.
+    pub blocked: Option<Blocked>,
 }
 
 impl UpstreamFailed {
@@ -204,37 +262,87 @@ impl Connector {
         }
     }
 
-    /// Tries the group's endpoints in turn, starting at a random one so that load
-    /// spreads, until one completes the WebSocket handshake. Each attempt gets `timeout`;
-    /// all of them together at most `budget`. `req` is the request from
-    /// [`build_request`]; its target is appended to each endpoint's path.
+    /// Opens the upstream WebSocket for one client: picks an endpoint of the group
+    /// ([`Pool::choose`]: fewest sessions, circuits and pauses respected), tries it within
+    /// `policy.timeout`, and on a connect error, a timeout or a 502/503/504 tries again,
+    /// another endpoint first, after an exponential backoff with full jitter, until
+    /// `policy.budget` is spent. Before every attempt after the first, `before_retry`
+    /// is awaited (it takes an edge handshake token: retries count against the edge's
+    /// rate). `req` is the request from [`build_request`]; its target is appended to
+    /// each endpoint's path. Every attempt is reported to `observe` as it ends.
     ///
     /// # Errors
-    /// [`UpstreamFailed`] with every attempt when none succeeded, or when an endpoint
-    /// answered with a status another endpoint would answer too.
-    pub async fn connect(
+    /// [`UpstreamFailed`] with every attempt when none succeeded within the budget, an
+    /// endpoint answered with a status another would answer too, or every endpoint is
+    /// paused or has its circuit open for longer than the budget.
+    pub async fn connect<F, Fut>(
         &self,
         group: &Group,
+        pool: &Arc<Pool>,
         req: &Request<()>,
-        timeout: Duration,
-        budget: Duration,
+        policy: &RetryPolicy,
         observe: &mut (dyn FnMut(Attempt<'_>) + Send),
-    ) -> Result<Connected, UpstreamFailed> {
-        let deadline = Instant::now() + budget;
-        let n = group.endpoints.len();
-        let start = if n > 1 { rand::random_range(0..n) } else { 0 };
+        mut before_retry: F,
+    ) -> Result<Connected, UpstreamFailed>
+    where
+        F: FnMut(Instant) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + policy.budget;
+        let mut tried = vec![false; group.endpoints.len()];
         let mut attempts = Vec::new();
-        for i in 0..n {
-            let endpoint = &group.endpoints[(start + i) % n];
+        let mut blocked = None;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let (index, probe) = match pool.choose(now, &tried) {
+                Choice::Use { index, probe } => (index, probe),
+                Choice::Blocked { until, paused } => {
+                    // A paused edge is waited for within the budget; open circuits are
+                    // not (a down endpoint costs no waiting).
+                    blocked = Some(Blocked { until, paused });
+                    if paused && until < deadline {
+                        tokio::time::sleep_until(until).await;
+                        continue;
+                    }
+                    break;
+                }
+            };
+            blocked = None;
+            if !attempts.is_empty() {
+                // Backoff with full jitter, then an edge token.
+                let step = policy
+                    .backoff_base
+                    .saturating_mul(1 << (attempts.len() - 1).min(16))
+                    .min(policy.backoff_max);
+                let pause = step.mul_f64(rand::random::<f64>());
+                if now + pause >= deadline {
+                    if probe {
+                        pool.record(index, true, pool::Outcome::Answered, now);
+                    }
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                if !before_retry(deadline).await {
+                    if probe {
+                        pool.record(index, true, pool::Outcome::Answered, Instant::now());
+                    }
+                    break;
+                }
+            }
+            let endpoint = &group.endpoints[index];
             let began = Instant::now();
             if began >= deadline {
                 break;
             }
-            let limit = timeout.min(deadline - began);
+            let limit = policy.timeout.min(deadline - began);
             let result = tokio::time::timeout(limit, self.attempt(endpoint, req)).await;
             let took = began.elapsed();
             let error = match result {
                 Ok(Ok((leg, headers))) => {
+                    pool.record(index, probe, pool::Outcome::Success, Instant::now());
                     observe(Attempt {
                         endpoint,
                         result: Ok(()),
@@ -246,6 +354,7 @@ impl Connector {
                         endpoint: endpoint.clone(),
                         handshake: took,
                         attempts: attempts.len() as u32 + 1,
+                        lease: pool.lease(index),
                     });
                 }
                 Ok(Err(e)) => e,
@@ -257,13 +366,15 @@ impl Connector {
                 took,
             });
             tracing::debug!(endpoint = %endpoint.url, error = %error, "upstream attempt failed");
-            let next = error.try_next();
+            pool.record(index, probe, error.pool_outcome(), Instant::now());
+            tried[index] = true;
+            let retry = error.try_next();
             attempts.push((endpoint.url.clone(), error));
-            if !next {
+            if !retry {
                 break;
             }
         }
-        Err(UpstreamFailed { attempts })
+        Err(UpstreamFailed { attempts, blocked })
     }
 
     async fn attempt(

@@ -43,6 +43,8 @@ async fn a_scripted_sequence_shows_exactly_in_metrics_and_the_api() {
     let hash = hex::encode(Sha256::digest(KEY.as_bytes()));
     let proxy = proxy(&format!(
         r#"
+[upstream]
+retry_budget = "3s"
 [upstream.groups.primary]
 endpoints = ["{}"]
 [upstream.groups.down]
@@ -101,8 +103,10 @@ upstream_group = "down"
     assert_eq!(reason(&resp), "unauthorized");
     let resp = connect_refused(&proxy.url("/t/nobody/"), &[]).await;
     assert_eq!(reason(&resp), "tenant-unknown");
+    // The edge answers 503 with Retry-After: 7, longer than the retry budget: one
+    // attempt, and the client is told the edge has no room.
     let resp = connect_refused(&proxy.url("/t/broken/"), &[]).await;
-    assert_eq!(reason(&resp), "upstream-unavailable");
+    assert_eq!(reason(&resp), "edge-capacity");
     // 3 sessions end; the 3 queued are admitted.
     for ws in held.drain(..3) {
         close(ws).await;
@@ -123,7 +127,7 @@ upstream_group = "down"
     assert_eq!(connects("acme", "queue-full"), 2.0);
     assert_eq!(connects("acme", "unauthorized"), 1.0);
     assert_eq!(connects("_unknown", "tenant-unknown"), 1.0);
-    assert_eq!(connects("broken", "upstream-unavailable"), 1.0);
+    assert_eq!(connects("broken", "edge-capacity"), 1.0);
     assert_eq!(connects("acme", "queue-timeout"), 0.0);
     assert_eq!(
         m.get(
@@ -227,7 +231,7 @@ upstream_group = "down"
     assert_eq!(acme["recent"]["handshakes"], 10);
     assert!(acme["recent"]["handshake_p99"].as_f64().unwrap() < 3.0);
     assert_eq!(tenant("_unknown")["outcomes"]["tenant-unknown"], 1);
-    assert_eq!(tenant("broken")["outcomes"]["upstream-unavailable"], 1);
+    assert_eq!(tenant("broken")["outcomes"]["edge-capacity"], 1);
     let errors = api["edge_errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0]["status"], "503");

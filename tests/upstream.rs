@@ -31,14 +31,24 @@ async fn edge_down_gives_503_upstream_unavailable() {
 
 #[tokio::test]
 async fn edge_refusals_are_not_passed_through_raw() {
-    // An edge 503 means that edge is unavailable; an edge 429 means the edge has no room.
-    for (status, expected) in [(503, "upstream-unavailable"), (429, "edge-capacity")] {
+    // An edge that answers 503 or 429 has no room: edge-capacity (a 502 would be
+    // upstream-unavailable). The edge's Retry-After (7 s) is longer than the retry
+    // budget here, so there is one attempt.
+    for (status, expected) in [
+        (503, "edge-capacity"),
+        (429, "edge-capacity"),
+        (502, "upstream-unavailable"),
+    ] {
         let refusing = edge_with(EdgeOptions {
             refuse_with: Some(status),
             ..Default::default()
         })
         .await;
-        let proxy = proxy(&config_for(&refusing.url(false), &[("lab", NO_AUTH)])).await;
+        let config = format!(
+            "[upstream]\nretry_budget = \"3s\"\n{}",
+            config_for(&refusing.url(false), &[("lab", NO_AUTH)])
+        );
+        let proxy = proxy(&config).await;
         let resp = connect_refused(&proxy.url("/t/lab/"), &[]).await;
         assert_eq!((resp.status().as_u16(), reason(&resp)), (503, expected));
         // The edge's own Retry-After is honoured; its status is named, its body is not.

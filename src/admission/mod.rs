@@ -278,6 +278,25 @@ impl Admission {
         }
     }
 
+    /// Waits for an edge handshake token for an upstream retry: every attempt counts
+    /// against the edge's rate, not only a client's first. `false` when none comes
+    /// before `deadline`. Without an `[edge]` ceiling, `true` at once.
+    pub async fn retry_token(&self, deadline: Instant) -> bool {
+        let Some(edge) = &self.edge else {
+            return true;
+        };
+        loop {
+            if edge.limit.tokens.try_take(Instant::now()).is_ok() {
+                return true;
+            }
+            let ready = edge.limit.tokens.ready_at();
+            if ready >= deadline {
+                return false;
+            }
+            tokio::time::sleep_until(ready).await;
+        }
+    }
+
     /// The admission state of `tenant`.
     pub fn tenant_load(&self, tenant: &str) -> Option<TenantLoad> {
         let gate = self.gate(tenant)?;

@@ -4,9 +4,11 @@
 //!    capped at 50 sessions and 10 handshakes/s) takes a spike of 200 softphones over
 //!    three tenants **directly**, with the naive client's immediate retries.
 //! 2. A fresh simulator with the same limits takes the same spike **through sluice**,
-//!    configured a little under those limits (80 % of each rate, burst 1, so that no
-//!    one-second window can exceed the edge's count; the edge's session cap as the
-//!    tenant cap; a queue that holds every phone, shorter than the phones' patience).
+//!    configured a little under those limits (by default 80 % of each rate with burst
+//!    1, so that a one-second window at the edge exceeds its count only if a handshake
+//!    is delayed a quarter of a second more than the next on its way there; the edge's
+//!    session cap as the tenant cap; a queue that holds every phone, shorter than the
+//!    phones' patience).
 //!
 //! The table compares what the edge suffered (handshakes, violations, 503s, drops) and
 //! what the phones got (connected, time until the last one connected, handshake times).
@@ -55,6 +57,12 @@ pub struct DemoConfig {
     /// Most attempts of one naive phone.
     #[arg(long, default_value_t = 100)]
     pub max_attempts: u32,
+    /// sluice's handshake rates as a fraction of the edge's (burst 1). The edge counts
+    /// arrivals in any one-second window; at a fraction f, a violation needs one
+    /// handshake delayed by (1/f − 1) s relative to the next on its way to the edge
+    /// (0.25 s at 0.8, 1 s at 0.5).
+    #[arg(long, default_value_t = 0.8)]
+    pub rate_fraction: f64,
     /// Print the numbers as JSON instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -82,6 +90,7 @@ impl Default for DemoConfig {
             give_up: Duration::from_secs(20),
             patience: Duration::from_secs(15),
             max_attempts: 100,
+            rate_fraction: 0.8,
             json: false,
             serve: false,
             listen: "127.0.0.1:8080".parse().expect("valid"),
@@ -144,9 +153,11 @@ pub fn sluice_config(
     listen: SocketAddr,
     admin: SocketAddr,
 ) -> String {
-    // 80 % of the edge's rates, burst 1: at most 1 + 0.8·r handshakes in any second.
-    let rate = (f64::from(c.org_handshake_rate) * 0.8).max(0.1);
-    let edge_rate = (f64::from(c.capacity) * 0.8).max(0.1);
+    // A fraction of the edge's rates, burst 1: at most 1 + f·r handshakes leave sluice
+    // in any second.
+    let f = c.rate_fraction.clamp(0.05, 1.0);
+    let rate = (f64::from(c.org_handshake_rate) * f).max(0.1);
+    let edge_rate = (f64::from(c.capacity) * f).max(0.1);
     // Queued phones are answered before their patience runs out.
     let queue_timeout = c
         .patience

@@ -64,8 +64,12 @@ impl Recorded {
 /// How the edge answers handshakes.
 #[derive(Debug, Clone, Default)]
 pub struct EdgeOptions {
-    /// Refuse every handshake with this status (and `Retry-After: 7`, `x-trace-id: trace-1`).
+    /// Refuse handshakes with this status (and `Retry-After`, `x-trace-id: trace-1`).
     pub refuse_with: Option<u16>,
+    /// Refuse only this many first handshakes (all when `None`).
+    pub refuse_first: Option<usize>,
+    /// The `Retry-After` of refusals in seconds (7 when `None`).
+    pub retry_after: Option<u64>,
     /// TLS: certificate chain and key, PEM.
     pub tls: Option<(String, String)>,
 }
@@ -168,11 +172,16 @@ async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(
             headers: req.headers().clone(),
             at: tokio::time::Instant::now(),
         });
-        if let Some(status) = options.refuse_with {
+        let nth = requests.lock().unwrap().len();
+        let refuse = options
+            .refuse_with
+            .filter(|_| options.refuse_first.is_none_or(|first| nth <= first));
+        if let Some(status) = refuse {
             let mut err = ErrorResponse::new(Some("refused by test edge".into()));
             *err.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            let after = options.retry_after.unwrap_or(7).to_string();
             err.headers_mut()
-                .insert("retry-after", "7".parse().unwrap());
+                .insert("retry-after", after.parse().unwrap());
             err.headers_mut()
                 .insert("x-trace-id", "trace-1".parse().unwrap());
             return Err(err);

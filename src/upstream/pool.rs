@@ -1,0 +1,357 @@
+//! The live state of each upstream group's endpoints: sessions on each, circuit
+//! breakers, and pauses asked for by the edge (`503` + `Retry-After`).
+//!
+//! Choosing an endpoint ([`Pool::choose`]): among endpoints that are neither paused nor
+//! behind an open circuit, the one with the fewest live sessions, ties broken
+//! round-robin; endpoints not yet tried by this client first. A circuit opens after
+//! [`CIRCUIT_FAILURES`] consecutive failures (connect error, timeout, 502/503/504
+//! without `Retry-After`) and stays open for [`CIRCUIT_COOLDOWN`]; then exactly one
+//! client's attempt is let through as a probe, and its result closes or reopens it.
+//! Groups have separate pools: one group's failures never touch another's.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::Config;
+
+/// Consecutive failures that open an endpoint's circuit.
+pub const CIRCUIT_FAILURES: u32 = 3;
+/// How long an open circuit keeps its endpoint out before a probe.
+pub const CIRCUIT_COOLDOWN: Duration = Duration::from_secs(5);
+/// How long a client looks again later while another's probe decides a circuit.
+const PROBE_WAIT: Duration = Duration::from_millis(100);
+
+/// Every group's pool, by group name.
+#[derive(Debug, Default)]
+pub struct Pools {
+    groups: HashMap<String, Arc<Pool>>,
+}
+
+impl Pools {
+    /// A pool per group of `config`.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            groups: config
+                .upstream
+                .groups
+                .iter()
+                .map(|(name, g)| (name.clone(), Arc::new(Pool::new(g.endpoints.len()))))
+                .collect(),
+        }
+    }
+
+    /// The pool of `group` (a configured group name).
+    pub fn get(&self, group: &str) -> Option<Arc<Pool>> {
+        self.groups.get(group).cloned()
+    }
+}
+
+/// One endpoint's state. Times are nanoseconds after the pool's epoch; 0 is "not set".
+#[derive(Debug, Default)]
+struct EndpointState {
+    live: AtomicU32,
+    failures: AtomicU32,
+    open_until: AtomicU64,
+    probing: AtomicBool,
+    paused_until: AtomicU64,
+}
+
+/// The endpoints of one group.
+#[derive(Debug)]
+pub struct Pool {
+    epoch: Instant,
+    endpoints: Vec<EndpointState>,
+    next: AtomicUsize,
+}
+
+/// What [`Pool::choose`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Try endpoint `index`; `probe` when it is the one attempt through a half-open
+    /// circuit.
+    Use {
+        /// Index in the group's endpoint list.
+        index: usize,
+        /// Whether this attempt is the circuit's probe.
+        probe: bool,
+    },
+    /// Every endpoint is paused or has its circuit open until at least this time.
+    Blocked {
+        /// When the first becomes usable again.
+        until: Instant,
+        /// Whether that is the end of an edge-requested pause (else a circuit's
+        /// cool-down).
+        paused: bool,
+    },
+}
+
+/// How an attempt on an endpoint ended, for its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `101`.
+    Success,
+    /// Connect error, timeout, 502/503/504: the endpoint counts as failing.
+    Failure,
+    /// The edge asked for a pause (`503` + `Retry-After`).
+    Pause(Duration),
+    /// Any other answer: the endpoint is alive; nothing changes.
+    Answered,
+}
+
+/// A session's place on its endpoint: counted live until dropped.
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.endpoints[self.index]
+            .live
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Pool {
+    /// A pool of `n` endpoints, all closed and unpaused.
+    pub fn new(n: usize) -> Self {
+        Self {
+            epoch: Instant::now(),
+            endpoints: (0..n).map(|_| EndpointState::default()).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX / 2)
+            .max(1)
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    /// Picks the endpoint for the next attempt; `tried[i]` marks endpoints this client
+    /// already tried (tried last, when another is usable).
+    pub fn choose(&self, now: Instant, tried: &[bool]) -> Choice {
+        let now_ns = self.nanos(now);
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(bool, u32, usize, bool)> = None; // (tried, live, index, probe)
+        let mut blocked: Option<(u64, bool)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let e = &self.endpoints[i];
+            let paused = e.paused_until.load(Ordering::Acquire);
+            if paused > now_ns {
+                blocked = Some(earliest(blocked, (paused, true)));
+                continue;
+            }
+            let open = e.open_until.load(Ordering::Acquire);
+            let probe = open != 0;
+            if probe && (open > now_ns || e.probing.load(Ordering::Acquire)) {
+                // Open; or half-open with its probe under way, which will soon decide.
+                let until = if open > now_ns {
+                    open
+                } else {
+                    now_ns + PROBE_WAIT.as_nanos() as u64
+                };
+                blocked = Some(earliest(blocked, (until, false)));
+                continue;
+            }
+            let key = (
+                tried.get(i).copied().unwrap_or(false),
+                e.live.load(Ordering::Acquire),
+                i,
+                probe,
+            );
+            if best.is_none_or(|b| (key.0, key.1) < (b.0, b.1)) {
+                best = Some(key);
+            }
+        }
+        match best {
+            Some((_, _, index, true)) => {
+                // Only one client probes a half-open circuit.
+                if self.endpoints[index]
+                    .probing
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    Choice::Use { index, probe: true }
+                } else {
+                    Choice::Blocked {
+                        until: now + PROBE_WAIT,
+                        paused: false,
+                    }
+                }
+            }
+            Some((_, _, index, false)) => Choice::Use {
+                index,
+                probe: false,
+            },
+            None => {
+                let (until, paused) = blocked.unwrap_or((now_ns, false));
+                Choice::Blocked {
+                    until: self.instant(until),
+                    paused,
+                }
+            }
+        }
+    }
+
+    /// Records how an attempt on endpoint `index` ended.
+    pub fn record(&self, index: usize, probe: bool, outcome: Outcome, now: Instant) {
+        let e = &self.endpoints[index];
+        match outcome {
+            Outcome::Success | Outcome::Answered => {
+                e.failures.store(0, Ordering::Release);
+                e.open_until.store(0, Ordering::Release);
+            }
+            Outcome::Pause(d) => {
+                let until = self.nanos(now + d);
+                e.paused_until.fetch_max(until, Ordering::AcqRel);
+                e.open_until.store(0, Ordering::Release);
+            }
+            Outcome::Failure => {
+                let failures = e.failures.fetch_add(1, Ordering::AcqRel) + 1;
+                if probe || failures >= CIRCUIT_FAILURES {
+                    e.open_until
+                        .store(self.nanos(now + CIRCUIT_COOLDOWN), Ordering::Release);
+                }
+            }
+        }
+        if probe {
+            e.probing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Counts a session on endpoint `index` until the lease is dropped.
+    pub fn lease(self: &Arc<Self>, index: usize) -> Lease {
+        self.endpoints[index].live.fetch_add(1, Ordering::AcqRel);
+        Lease {
+            pool: self.clone(),
+            index,
+        }
+    }
+
+    /// Live sessions on endpoint `index`.
+    pub fn live(&self, index: usize) -> u32 {
+        self.endpoints[index].live.load(Ordering::Acquire)
+    }
+
+    /// Whether endpoint `index`'s circuit is open (or half-open) now.
+    pub fn circuit_open(&self, index: usize) -> bool {
+        self.endpoints[index].open_until.load(Ordering::Acquire) != 0
+    }
+}
+
+fn earliest(current: Option<(u64, bool)>, candidate: (u64, bool)) -> (u64, bool) {
+    match current {
+        Some(c) if c.0 <= candidate.0 => c,
+        _ => candidate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn use_index(c: Choice) -> usize {
+        match c {
+            Choice::Use { index, .. } => index,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_endpoint_with_fewest_sessions_goes_first_ties_in_turn() {
+        let pool = Arc::new(Pool::new(3));
+        let now = Instant::now();
+        let _a = pool.lease(0);
+        let _b = pool.lease(0);
+        let _c = pool.lease(1);
+        assert_eq!(use_index(pool.choose(now, &[false; 3])), 2);
+        let _d = pool.lease(2);
+        // 1 and 2 tie at one session each; round-robin alternates.
+        let picks: Vec<usize> = (0..4)
+            .map(|_| use_index(pool.choose(now, &[false; 3])))
+            .collect();
+        assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
+        // An endpoint this client already tried goes last.
+        assert_eq!(use_index(pool.choose(now, &[false, true, true])), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_circuit_opens_after_failures_and_one_probe_decides() {
+        let pool = Pool::new(2);
+        let now = Instant::now();
+        for _ in 0..CIRCUIT_FAILURES {
+            pool.record(0, false, Outcome::Failure, now);
+        }
+        assert!(pool.circuit_open(0));
+        for _ in 0..5 {
+            assert_eq!(
+                use_index(pool.choose(now, &[false; 2])),
+                1,
+                "skipped while open"
+            );
+        }
+        // After the cool-down, exactly one probe.
+        let later = now + CIRCUIT_COOLDOWN;
+        let first = pool.choose(later, &[false, true]);
+        assert_eq!(
+            first,
+            Choice::Use {
+                index: 0,
+                probe: true
+            }
+        );
+        assert!(matches!(
+            pool.choose(later, &[false, true]),
+            Choice::Use { index: 1, .. }
+        ));
+        pool.record(0, true, Outcome::Success, later);
+        assert!(!pool.circuit_open(0));
+        // A failed probe reopens it for another cool-down.
+        for _ in 0..CIRCUIT_FAILURES {
+            pool.record(0, false, Outcome::Failure, later);
+        }
+        let again = later + CIRCUIT_COOLDOWN;
+        assert_eq!(
+            pool.choose(again, &[false, true]),
+            Choice::Use {
+                index: 0,
+                probe: true
+            }
+        );
+        pool.record(0, true, Outcome::Failure, again);
+        assert!(matches!(
+            pool.choose(again, &[false, true]),
+            Choice::Use { index: 1, .. }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_blocks_until_it_ends() {
+        let pool = Pool::new(1);
+        let now = Instant::now();
+        pool.record(0, false, Outcome::Pause(Duration::from_secs(2)), now);
+        assert_eq!(
+            pool.choose(now, &[false]),
+            Choice::Blocked {
+                until: now + Duration::from_secs(2),
+                paused: true
+            }
+        );
+        assert_eq!(
+            use_index(pool.choose(now + Duration::from_secs(2), &[false])),
+            0
+        );
+    }
+}

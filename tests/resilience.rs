@@ -1,0 +1,175 @@
+//! Upstream resilience against real edges on loopback (DESIGN.md flow step 5): retries
+//! with backoff inside the budget, circuit breaking, the edge's `Retry-After` obeyed.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{
+    config_for, connect_ok, connect_refused, echo, edge, edge_with, proxy, reason, EdgeOptions,
+    NO_AUTH,
+};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+/// An endpoint that accepts TCP and hangs up at once, counting the connections.
+async fn broken_endpoint() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            drop(tcp);
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_cut_off_by_its_circuit_and_costs_nothing_after() {
+    let (broken, hits) = broken_endpoint().await;
+    let live = edge().await;
+    let proxy = proxy(&format!(
+        "[upstream.groups.primary]\nendpoints = [\"ws://{broken}\", \"{}\"]\n\
+         [tenants.lab]\nauth = {NO_AUTH}\nhandshake_rate = 1000.0\nhandshake_burst = 100\n",
+        live.url(false)
+    ))
+    .await;
+    let mut slow = 0;
+    for i in 0..30 {
+        let started = Instant::now();
+        let mut ws = connect_ok(&proxy.url(&format!("/t/lab/{i}")), &[]).await;
+        echo(&mut ws, "through").await;
+        // After the circuit opened (three failures), nobody waits for the broken one.
+        if i >= 10 && started.elapsed() > Duration::from_millis(500) {
+            slow += 1;
+        }
+    }
+    assert_eq!(
+        live.requests().len(),
+        30,
+        "every client connected to the live edge"
+    );
+    let tried = hits.load(Ordering::SeqCst);
+    assert!(
+        (3..=4).contains(&tried),
+        "the broken endpoint was tried {tried} times (3 failures open its circuit)"
+    );
+    assert_eq!(slow, 0, "clients after the circuit opened did not wait");
+}
+
+#[tokio::test]
+async fn a_pause_the_edge_asks_for_is_obeyed_and_clients_still_connect() {
+    let edge = edge_with(EdgeOptions {
+        refuse_with: Some(503),
+        refuse_first: Some(1),
+        retry_after: Some(2),
+        ..EdgeOptions::default()
+    })
+    .await;
+    let proxy = proxy(&config_for(&edge.url(false), &[("lab", NO_AUTH)])).await;
+    let url = proxy.url("/t/lab/");
+    let started = Instant::now();
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { connect_ok(&url, &[]).await }
+    });
+    edge.wait_for("the first handshake", |e| !e.requests().is_empty())
+        .await;
+    // Others arrive during the pause: they wait for it too.
+    let later: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { connect_ok(&url, &[]).await })
+        })
+        .collect();
+    let mut sessions = vec![first.await.unwrap()];
+    for t in later {
+        sessions.push(t.await.unwrap());
+    }
+    let requests = edge.requests();
+    assert_eq!(requests.len(), 5, "one refused, then four admitted");
+    let quiet = requests[1].at - requests[0].at;
+    assert!(
+        quiet >= Duration::from_millis(1900),
+        "a handshake reached the paused edge after {quiet:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "within the retry budget"
+    );
+}
+
+#[tokio::test]
+async fn a_pause_longer_than_the_budget_is_one_refusal_with_its_retry_after() {
+    let edge = edge_with(EdgeOptions {
+        refuse_with: Some(503),
+        retry_after: Some(30),
+        ..EdgeOptions::default()
+    })
+    .await;
+    let proxy = proxy(&format!(
+        "[upstream]\nhandshake_timeout = \"1s\"\nretry_budget = \"2s\"\n{}",
+        config_for(&edge.url(false), &[("lab", NO_AUTH)])
+    ))
+    .await;
+    let resp = connect_refused(&proxy.url("/t/lab/"), &[]).await;
+    assert_eq!(
+        (resp.status().as_u16(), reason(&resp)),
+        (503, "edge-capacity")
+    );
+    assert_eq!(resp.headers()["retry-after"], "30");
+    // While paused, a new client is refused at once without reaching the edge, told
+    // how long the pause still lasts.
+    let started = Instant::now();
+    let resp = connect_refused(&proxy.url("/t/lab/"), &[]).await;
+    assert_eq!(reason(&resp), "edge-capacity");
+    let after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((28..=30).contains(&after), "{after}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(edge.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn an_edge_that_never_answers_is_retried_within_the_budget_then_refused_once() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let proxy = proxy(&format!(
+        "[upstream]\nhandshake_timeout = \"300ms\"\nretry_budget = \"2s\"\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n{}",
+        config_for(&format!("ws://{addr}"), &[("lab", NO_AUTH)])
+    ))
+    .await;
+    let started = Instant::now();
+    let resp = connect_refused(&proxy.url("/t/lab/"), &[]).await;
+    let took = started.elapsed();
+    assert_eq!(
+        (resp.status().as_u16(), reason(&resp)),
+        (503, "upstream-unavailable")
+    );
+    assert!(resp.headers().contains_key("retry-after"));
+    let attempts = accepted.load(Ordering::SeqCst);
+    // Three timeouts open the circuit; the client is then refused without waiting out
+    // the rest of its budget.
+    assert_eq!(attempts, 3, "attempts made");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
