@@ -34,7 +34,11 @@ fn admission(edge: bool) -> (Arc<Admission>, Vec<String>) {
     }
     let config = Config::parse(&text, &HashMap::new()).expect("bench config is valid");
     (
-        Arc::new(Admission::new(&config, &Metrics::new(&config))),
+        Arc::new(Admission::new(
+            &config,
+            &Metrics::new(&config),
+            &sluice::upstream::Pools::new(&config),
+        )),
         names,
     )
 }

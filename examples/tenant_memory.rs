@@ -64,7 +64,7 @@ fn main() {
     let start = in_use();
     let metrics = Metrics::new(&config);
     let with_metrics = in_use();
-    let admission = Admission::new(&config, &metrics);
+    let admission = Admission::new(&config, &metrics, &sluice::upstream::Pools::new(&config));
     let with_admission = in_use();
     let per = |bytes: i64| bytes as f64 / n as f64;
     println!("tenants: {n}");

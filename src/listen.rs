@@ -84,6 +84,7 @@ impl Server {
         };
         let connector = Connector::new(tls::client_config(config.upstream.ca_file.as_deref())?);
         let metrics = Arc::new(Metrics::new(&config));
+        let pools = Pools::new(&config);
         let addr = config.listen.address;
         let listener = TcpListener::bind(addr)
             .await
@@ -91,8 +92,8 @@ impl Server {
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
-                admission: Arc::new(Admission::new(&config, &metrics)),
-                pools: Pools::new(&config),
+                admission: Arc::new(Admission::new(&config, &metrics, &pools)),
+                pools,
                 metrics,
                 config: arc_swap::ArcSwap::from_pointee(config),
                 connector,

@@ -24,6 +24,9 @@ use crate::upstream::{
 };
 use crate::{auth, tenant};
 
+/// How long a tenant is held back after an edge `429` that named no `Retry-After`.
+pub const TENANT_PAUSE_WITHOUT_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Longest `X-Request-Id` kept from a client; longer or odd ones are replaced.
 pub const MAX_REQUEST_ID: usize = 128;
 
@@ -126,6 +129,20 @@ pub async fn handle(
             &request_id,
             attempt,
         );
+        // An edge 429 is about this tenant: hold its clients back for the time asked.
+        if let Err(AttemptError::Status {
+            status,
+            retry_after,
+            ..
+        }) = attempt.result
+        {
+            if *status == StatusCode::TOO_MANY_REQUESTS {
+                shared.admission.pause_tenant(
+                    &tenant.name,
+                    retry_after.unwrap_or(TENANT_PAUSE_WITHOUT_RETRY_AFTER),
+                );
+            }
+        }
     };
     let Some(pool) = shared.pools.get(&tenant.group.name) else {
         gone.disarm();

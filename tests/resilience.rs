@@ -173,3 +173,50 @@ async fn an_edge_that_never_answers_is_retried_within_the_budget_then_refused_on
         "{took:?}"
     );
 }
+
+#[tokio::test]
+async fn an_edge_429_for_one_tenant_pauses_it_and_not_the_other() {
+    let edge = edge_with(EdgeOptions {
+        refuse_with: Some(429),
+        refuse_tenant: Some("noisy".into()),
+        retry_after: Some(2),
+        ..EdgeOptions::default()
+    })
+    .await;
+    let proxy = proxy(&format!(
+        "[upstream]\nhandshake_timeout = \"1s\"\nretry_budget = \"1s\"\n{}",
+        config_for(&edge.url(false), &[("noisy", NO_AUTH), ("quiet", NO_AUTH)])
+    ))
+    .await;
+    let resp = connect_refused(&proxy.url("/t/noisy/"), &[]).await;
+    assert_eq!(reason(&resp), "edge-capacity");
+    let paused_at = Instant::now();
+    // noisy is paused: its next client waits in the queue and is not sent meanwhile;
+    // quiet, on the same edge, is not slowed.
+    let waiting = tokio::spawn({
+        let url = proxy.url("/t/noisy/");
+        async move { support::connect(&url, &[]).await.map(|_| ()) }
+    });
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut ws = connect_ok(&proxy.url("/t/quiet/"), &[]).await;
+        echo(&mut ws, "hi").await;
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    // The waiting client reaches the edge (and is refused again) once the pause is over,
+    // not before.
+    let result = waiting.await.unwrap();
+    assert!(result.is_err());
+    let seen: Vec<Instant> = edge
+        .requests()
+        .iter()
+        .filter(|r| r.tenant() == "noisy")
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(seen.len(), 2, "one refused, one after the pause");
+    assert!(
+        seen[1] - paused_at >= Duration::from_millis(1900),
+        "a noisy handshake reached the edge {:?} into its 2 s pause",
+        seen[1] - paused_at
+    );
+}

@@ -2,7 +2,7 @@
 //! at the tenant's pace.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::capacity::{Slots, Taken, Tokens};
 use super::edge::EdgeGate;
+use crate::upstream::Pool;
 
 /// Session slots and handshake tokens of one scope (a tenant, or the edge). Kept
 /// inline in the scope's gate so that a decision touches one allocation per scope.
@@ -180,6 +181,14 @@ pub(crate) struct TenantGate {
     /// The edge ceiling (the same one as [`super::Admission`]'s), so that a permit
     /// releases its edge slot through its tenant without holding the edge itself.
     pub(crate) edge: Option<Arc<EdgeGate>>,
+    /// The tenant's upstream group: while the edge has paused all of it, none of this
+    /// tenant's clients is sent.
+    pool: Option<Arc<Pool>>,
+    /// Time zero of `paused_until`.
+    epoch: Instant,
+    /// Nanoseconds after `epoch` until which the edge asked (`429` + `Retry-After`)
+    /// that this tenant send nothing; 0: not paused.
+    paused_until: AtomicU64,
 }
 
 impl Scope for TenantGate {
@@ -193,6 +202,7 @@ impl TenantGate {
         name: &str,
         limits: &crate::config::Limits,
         edge: Option<Arc<EdgeGate>>,
+        pool: Option<Arc<Pool>>,
         depth_gauge: prometheus::IntGauge,
     ) -> Self {
         Self {
@@ -209,9 +219,32 @@ impl TenantGate {
             depth_gauge,
             emptied: Notify::new(),
             edge,
+            pool,
+            epoch: Instant::now(),
+            paused_until: AtomicU64::new(0),
             queued: AtomicU32::new(0),
             blocker: AtomicU8::new(Blocker::Slot as u8),
         }
+    }
+
+    /// Holds this tenant's clients back until `until` (the edge answered `429` with a
+    /// `Retry-After`).
+    pub(crate) fn pause(&self, until: Instant) {
+        let nanos = u64::try_from(until.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX / 2)
+            .max(1);
+        self.paused_until.fetch_max(nanos, Ordering::AcqRel);
+    }
+
+    /// Until when none of this tenant's clients may be sent: its own pause or its whole
+    /// group's, whichever ends later; `None` when neither holds now.
+    pub(crate) fn paused(&self, now: Instant) -> Option<Instant> {
+        let own = self.paused_until.load(Ordering::Acquire);
+        let own = (own != 0)
+            .then(|| self.epoch + std::time::Duration::from_nanos(own))
+            .filter(|t| *t > now);
+        let group = self.pool.as_ref().and_then(|p| p.paused_until(now));
+        own.max(group)
     }
 
     /// Clients waiting in the queue now.
@@ -347,6 +380,11 @@ async fn reserve(
     let slot = slot(gate).await;
     gate.set_blocker(Blocker::Token);
     tokio::time::sleep_until(gate.limit.tokens.ready_at()).await;
+    // While the edge has paused this tenant or its whole group, nobody is sent.
+    while let Some(until) = gate.paused(Instant::now()) {
+        gate.set_blocker(Blocker::Edge);
+        tokio::time::sleep_until(until).await;
+    }
     let (turn, finish) = match edge {
         Some(edge) => match edge.try_turn(Instant::now()) {
             Some(turn) => (Some(turn), finish),

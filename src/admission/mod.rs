@@ -45,6 +45,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::reject::{Reason, Rejection};
+use crate::upstream::Pools;
 use edge::EdgeGate;
 use gate::{Blocker, TenantGate};
 
@@ -109,8 +110,9 @@ pub struct EdgeLoad {
 
 impl Admission {
     /// Admission for every tenant of `config` (and `_default` when configured); queue
-    /// depths are published to `metrics`.
-    pub fn new(config: &Config, metrics: &Metrics) -> Self {
+    /// depths are published to `metrics`; a tenant's clients are held back while the
+    /// edge has paused all of its group in `pools`.
+    pub fn new(config: &Config, metrics: &Metrics, pools: &Pools) -> Self {
         let edge = config.edge.as_ref().map(|e| Arc::new(EdgeGate::new(e)));
         let tenants = DashMap::new();
         for tenant in config
@@ -124,6 +126,7 @@ impl Admission {
                     &tenant.name,
                     &tenant.limits,
                     edge.clone(),
+                    pools.get(&tenant.group.name),
                     metrics.tenant(&tenant.name).queue_depth.clone(),
                 )),
             );
@@ -143,7 +146,10 @@ impl Admission {
     }
 
     fn try_now(&self, gate: &Arc<TenantGate>, now: Instant) -> Option<Permit> {
-        if gate.queued() > 0 || self.edge.as_ref().is_some_and(|e| e.waiting() > 0) {
+        if gate.queued() > 0
+            || self.edge.as_ref().is_some_and(|e| e.waiting() > 0)
+            || gate.paused(now).is_some()
+        {
             return None;
         }
         if !gate.limit.slots.try_acquire() {
@@ -192,6 +198,14 @@ impl Admission {
                 waited: None,
             });
         }
+        // Paused by the edge beyond this client's whole wait: no point queueing.
+        if gate
+            .paused(since)
+            .is_some_and(|until| until >= since + gate.queue_timeout)
+        {
+            let queued = gate.queued();
+            return Err(self.refusal(&gate, queued, false));
+        }
         let Some((id, mut grant)) = gate.enqueue(self.edge.as_ref()) else {
             let queued = gate.queued();
             return Err(self.refusal(&gate, queued, true));
@@ -230,8 +244,17 @@ impl Admission {
     /// full queue (`full`) or a timeout.
     fn refusal(&self, gate: &TenantGate, ahead: u32, full: bool) -> Rejection {
         let cause = self.cause(gate);
+        let paused = gate.paused(Instant::now());
         let edge = self.edge.as_deref().filter(|_| cause == Blocker::Edge);
         let (reason, detail) = match (edge, full) {
+            _ if paused.is_some() => (
+                Reason::EdgeCapacity,
+                format!(
+                    "the edge asked for a pause (Retry-After) for tenant {} or its upstream group; {} queued",
+                    gate.name,
+                    gate.queued()
+                ),
+            ),
             (Some(_), _) => (
                 Reason::EdgeCapacity,
                 format!(
@@ -261,13 +284,20 @@ impl Admission {
                 ),
             ),
         };
-        Rejection::new(reason, detail).retry_after(retry_after(gate, cause, edge, ahead))
+        let mut after = retry_after(gate, cause, edge, ahead);
+        if let Some(until) = paused {
+            // Never sooner than the pause ends.
+            after = after.max(until.saturating_duration_since(Instant::now()));
+        }
+        Rejection::new(reason, detail).retry_after(after)
     }
 
     /// What holds `gate`'s clients back: what its pump waits for while it has a queue;
     /// without one (a tenant with `queue_depth = 0`), whichever limit is exhausted now.
     fn cause(&self, gate: &TenantGate) -> Blocker {
-        if gate.queued() > 0 {
+        if gate.paused(Instant::now()).is_some() {
+            Blocker::Edge
+        } else if gate.queued() > 0 {
             gate.blocker()
         } else if gate.limit.slots.live() >= gate.limit.slots.cap() {
             Blocker::Slot
@@ -275,6 +305,14 @@ impl Admission {
             Blocker::Token
         } else {
             Blocker::Edge
+        }
+    }
+
+    /// Holds `tenant`'s clients back for `after`: the edge answered one of them `429`
+    /// with this `Retry-After`. Queued clients wait; refusals meanwhile say so.
+    pub fn pause_tenant(&self, tenant: &str, after: Duration) {
+        if let Some(gate) = self.gate(tenant) {
+            gate.pause(Instant::now() + after);
         }
     }
 
@@ -383,7 +421,11 @@ mod tests {
     fn admission(text: &str) -> Arc<Admission> {
         let text = format!("[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:9\"]\n{text}");
         let config = Config::parse(&text, &HashMap::new()).expect("valid test config");
-        Arc::new(Admission::new(&config, &Metrics::new(&config)))
+        Arc::new(Admission::new(
+            &config,
+            &Metrics::new(&config),
+            &Pools::new(&config),
+        ))
     }
 
     fn tenant(name: &str, limits: &str) -> String {

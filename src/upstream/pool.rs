@@ -240,6 +240,21 @@ impl Pool {
         }
     }
 
+    /// When every endpoint of the group is paused by the edge: the end of the earliest
+    /// pause (no client can be sent before). `None` when one is not paused.
+    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
+        let now_ns = self.nanos(now);
+        let mut earliest = u64::MAX;
+        for e in &self.endpoints {
+            let until = e.paused_until.load(Ordering::Acquire);
+            if until <= now_ns {
+                return None;
+            }
+            earliest = earliest.min(until);
+        }
+        (earliest != u64::MAX).then(|| self.instant(earliest))
+    }
+
     /// Live sessions on endpoint `index`.
     pub fn live(&self, index: usize) -> u32 {
         self.endpoints[index].live.load(Ordering::Acquire)

@@ -68,6 +68,8 @@ pub struct EdgeOptions {
     pub refuse_with: Option<u16>,
     /// Refuse only this many first handshakes (all when `None`).
     pub refuse_first: Option<usize>,
+    /// Refuse only handshakes whose `x-tenant-id` is this tenant (all when `None`).
+    pub refuse_tenant: Option<String>,
     /// The `Retry-After` of refusals in seconds (7 when `None`).
     pub retry_after: Option<u64>,
     /// TLS: certificate chain and key, PEM.
@@ -173,9 +175,15 @@ async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(
             at: tokio::time::Instant::now(),
         });
         let nth = requests.lock().unwrap().len();
+        let tenant = req
+            .headers()
+            .get("x-tenant-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let refuse = options
             .refuse_with
-            .filter(|_| options.refuse_first.is_none_or(|first| nth <= first));
+            .filter(|_| options.refuse_first.is_none_or(|first| nth <= first))
+            .filter(|_| options.refuse_tenant.as_deref().is_none_or(|t| t == tenant));
         if let Some(status) = refuse {
             let mut err = ErrorResponse::new(Some("refused by test edge".into()));
             *err.status_mut() = http::StatusCode::from_u16(status).unwrap();
