@@ -177,6 +177,8 @@ pub struct EdgeStatus {
     pub live: u32,
     /// Tenants waiting for their turn.
     pub waiting: u32,
+    /// Handshakes per second allowed now (adaptive).
+    pub effective_handshake_rate: Option<f64>,
 }
 
 /// One tenant in `/api/tenants`.
@@ -192,6 +194,9 @@ pub struct TenantStatus {
     pub sessions_active: i64,
     /// Clients in the queue.
     pub queue_depth: i64,
+    /// Handshakes per second allowed now (the adaptive rate; the configured one while
+    /// the edge is healthy).
+    pub effective_handshake_rate: f64,
     /// Connects so far by outcome label.
     pub outcomes: std::collections::BTreeMap<&'static str, u64>,
     /// The last minute and the recent upstream handshake times.
@@ -246,6 +251,7 @@ pub fn status(shared: &Shared) -> Status {
                 limits,
                 sessions_active: tm.sessions_active.get(),
                 queue_depth: tm.queue_depth.get(),
+                effective_handshake_rate: tm.effective_rate.get(),
                 outcomes: Outcome::ALL
                     .iter()
                     .map(|o| (o.as_str(), tm.outcome_count(*o)))
@@ -266,6 +272,7 @@ pub fn status(shared: &Shared) -> Status {
                 handshake_burst: e.handshake_burst,
                 live: load.map_or(0, |l| l.live),
                 waiting: load.map_or(0, |l| l.waiting),
+                effective_handshake_rate: shared.metrics.edge_rate().map(|g| g.get()),
             }
         }),
         tenants,

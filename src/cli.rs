@@ -308,9 +308,8 @@ pub fn describe(config: &Config, name: &str) -> String {
 /// logged once by `run`, so nobody mistakes them for protection they do not give.
 pub const NOT_ENFORCED_YET: &str =
     "this version validates but does not yet enforce queue_mode = \"accept\" \
-(every tenant queues in hold mode), upstream.slow_handshake and upstream.adaptive (no \
-adaptive rate yet), [protection] rate, pending and idle limits, and [shutdown] (no \
-drain yet: SIGTERM stops at once)";
+(every tenant queues in hold mode), [protection] rate, pending and idle limits, and \
+[shutdown] (no drain yet: SIGTERM stops at once)";
 
 fn tenant_row(t: &Tenant) -> [String; 10] {
     let l = &t.limits;

@@ -48,6 +48,10 @@ pub const DEFAULT_HANDSHAKE_BURST: u32 = 5;
 pub const DEFAULT_QUEUE_DEPTH: u32 = 200;
 /// Default longest wait in a tenant's queue.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default multiplier of the effective handshake rate on a sign of edge trouble.
+pub const DEFAULT_ADAPTIVE_FACTOR: f64 = 0.5;
+/// Default lowest effective handshake rate, as a fraction of the configured one.
+pub const DEFAULT_ADAPTIVE_FLOOR: f64 = 0.1;
 /// Default weight of a tenant when the edge ceiling is shared.
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Default unauthenticated attempts per second per client IP.
@@ -235,6 +239,10 @@ pub struct Upstream {
     pub slow_handshake: Duration,
     /// AIMD on the handshake rate.
     pub adaptive: bool,
+    /// What a sign of trouble multiplies the effective rate by (0 < f < 1).
+    pub adaptive_factor: f64,
+    /// Lowest effective rate, as a fraction of the configured one (0 < f ≤ 1).
+    pub adaptive_floor: f64,
     /// Extra CA (PEM) trusted for `wss://` endpoints, beside the webpki roots.
     pub ca_file: Option<PathBuf>,
     /// Groups by name.
@@ -786,6 +794,23 @@ impl Validator {
         }
     }
 
+    /// A fraction in (0, 1), or (0, 1] with `one_ok`.
+    fn fraction(&mut self, key: &str, value: Option<f64>, default: f64, one_ok: bool) -> f64 {
+        match value {
+            None => default,
+            Some(f) if f.is_finite() && f > 0.0 && (f < 1.0 || (one_ok && f == 1.0)) => f,
+            Some(f) => {
+                let range = if one_ok {
+                    "above 0 and at most 1"
+                } else {
+                    "between 0 and 1 (exclusive)"
+                };
+                self.fail(key, format!("must be a fraction {range}, got {f}"));
+                default
+            }
+        }
+    }
+
     fn max_header_bytes(&mut self, value: Option<i64>) -> usize {
         let key = "protection.max_header_bytes";
         match value {
@@ -964,6 +989,18 @@ impl Validator {
             file.slow_handshake,
             DEFAULT_SLOW_HANDSHAKE,
         );
+        let adaptive_factor = self.fraction(
+            "upstream.adaptive_factor",
+            file.adaptive_factor,
+            DEFAULT_ADAPTIVE_FACTOR,
+            false,
+        );
+        let adaptive_floor = self.fraction(
+            "upstream.adaptive_floor",
+            file.adaptive_floor,
+            DEFAULT_ADAPTIVE_FLOOR,
+            true,
+        );
         Upstream {
             default_group,
             handshake_timeout,
@@ -972,6 +1009,8 @@ impl Validator {
             backoff_max,
             slow_handshake,
             adaptive: file.adaptive.unwrap_or(true),
+            adaptive_factor,
+            adaptive_floor,
             ca_file: file.ca_file,
             groups,
         }

@@ -92,7 +92,11 @@ impl Server {
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
-                admission: Arc::new(Admission::new(&config, &metrics, &pools)),
+                admission: {
+                    let admission = Arc::new(Admission::new(&config, &metrics, &pools));
+                    admission.spawn_recovery();
+                    admission
+                },
                 pools,
                 metrics,
                 config: arc_swap::ArcSwap::from_pointee(config),

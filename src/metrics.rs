@@ -27,6 +27,8 @@ use crate::reject::Reason;
 
 /// Tenant label of requests whose tenant is unknown.
 pub const UNKNOWN_TENANT: &str = "_unknown";
+/// Tenant label of the `[edge]` ceiling's effective handshake rate.
+pub const EDGE_LABEL: &str = "_edge";
 
 /// Refusal and upstream-failure lines per tenant per second, beyond the burst.
 const LOG_LINES_PER_SECOND: u32 = 10;
@@ -124,6 +126,8 @@ pub struct Metrics {
     relay_bytes: IntCounterVec,
     tenant_limit: GaugeVec,
     config_reloads: IntCounterVec,
+    effective_rate: GaugeVec,
+    edge_rate: Option<prometheus::Gauge>,
     tenants: HashMap<String, Arc<TenantMetrics>>,
     /// The last upstream errors, newest last.
     edge_errors: Mutex<VecDeque<EdgeError>>,
@@ -241,6 +245,17 @@ impl Metrics {
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
+        let effective_rate = register!(GaugeVec::new(
+            opts(
+                "sluice_effective_handshake_rate",
+                "Handshake rate sluice allows now, per second, after adapting to the edge (tenant _edge: the [edge] ceiling)."
+            ),
+            &["tenant"]
+        ));
+        let edge_rate = config
+            .edge
+            .as_ref()
+            .map(|_| effective_rate.with_label_values(&[EDGE_LABEL]));
         // The answers alerts watch exist from the start, so that the first 503 is an
         // increase from 0 rather than a new series.
         for group in config.upstream.groups.keys() {
@@ -261,6 +276,8 @@ impl Metrics {
             relay_bytes,
             tenant_limit,
             config_reloads,
+            effective_rate,
+            edge_rate,
             tenants: HashMap::new(),
             edge_errors: Mutex::new(VecDeque::with_capacity(EDGE_ERRORS_KEPT)),
         };
@@ -313,6 +330,7 @@ impl Metrics {
             bytes_edge_to_client: self
                 .relay_bytes
                 .with_label_values(&[name, "edge_to_client"]),
+            effective_rate: self.effective_rate.with_label_values(&[name]),
             recent: Mutex::default(),
             log_budget: LogBudget::new(LOG_LINES_PER_SECOND, LOG_LINES_BURST),
         }
@@ -331,6 +349,11 @@ impl Metrics {
     /// Every tenant's children, by name.
     pub fn tenants(&self) -> impl Iterator<Item = &Arc<TenantMetrics>> {
         self.tenants.values()
+    }
+
+    /// `sluice_effective_handshake_rate{tenant="_edge"}`, when there is an `[edge]`.
+    pub fn edge_rate(&self) -> Option<prometheus::Gauge> {
+        self.edge_rate.clone()
     }
 
     /// Counts one upstream handshake answer (or timeout, or error) of `group`.
@@ -383,6 +406,8 @@ pub struct TenantMetrics {
     pub sessions_active: IntGauge,
     /// `sluice_queue_depth`
     pub queue_depth: IntGauge,
+    /// `sluice_effective_handshake_rate`
+    pub effective_rate: prometheus::Gauge,
     connects: [IntCounter; Outcome::ALL.len()],
     queue_wait: prometheus::Histogram,
     upstream_handshake: Option<prometheus::Histogram>,

@@ -129,6 +129,17 @@ pub async fn handle(
             &request_id,
             attempt,
         );
+        // Signs of an edge in trouble slow this tenant and the edge ceiling down.
+        let slow = attempt.result.is_ok() && attempt.took > config.upstream.slow_handshake;
+        let refused = matches!(
+            attempt.result,
+            Err(AttemptError::Status { status, .. })
+                if *status == StatusCode::SERVICE_UNAVAILABLE
+                    || *status == StatusCode::TOO_MANY_REQUESTS
+        );
+        if slow || refused || matches!(attempt.result, Err(AttemptError::Timeout(_))) {
+            shared.admission.upstream_trouble(&tenant.name);
+        }
         // An edge 429 is about this tenant: hold its clients back for the time asked.
         if let Err(AttemptError::Status {
             status,

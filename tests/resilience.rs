@@ -220,3 +220,48 @@ async fn an_edge_429_for_one_tenant_pauses_it_and_not_the_other() {
         seen[1] - paused_at
     );
 }
+
+#[tokio::test]
+async fn a_slowing_edge_lowers_the_rate_before_any_refusal_and_it_recovers() {
+    let delay = Arc::new(std::sync::atomic::AtomicU64::new(300));
+    let edge = edge_with(EdgeOptions {
+        delay_ms: Some(delay.clone()),
+        ..EdgeOptions::default()
+    })
+    .await;
+    let proxy = proxy(&format!(
+        "[upstream]\nslow_handshake = \"150ms\"\n{}\nhandshake_rate = 20.0\nhandshake_burst = 5\n",
+        config_for(&edge.url(false), &[("lab", NO_AUTH)])
+    ))
+    .await;
+    let rate = |p: &support::Proxy| p.admission.effective_rate("lab").unwrap();
+    assert_eq!(rate(&proxy), 20.0);
+    // Handshakes take 300 ms, over slow_handshake: the rate halves, once a second.
+    for _ in 0..2 {
+        let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+        echo(&mut ws, "slow").await;
+    }
+    let lowered = rate(&proxy);
+    assert!((5.0..20.0).contains(&lowered), "{lowered}");
+    let gauge = support::scrape(proxy.admin)
+        .await
+        .get("sluice_effective_handshake_rate", &[("tenant", "lab")]);
+    assert_eq!(gauge, lowered);
+    // No refusal happened: the edge never answered anything but 101.
+    assert!(edge.requests().len() >= 2);
+    // The edge is fast again: a tenth of the rate comes back each clean second.
+    delay.store(0, Ordering::SeqCst);
+    let started = Instant::now();
+    while rate(&proxy) < 20.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "stuck at {}",
+            rate(&proxy)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "recovers step by step"
+    );
+}

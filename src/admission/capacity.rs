@@ -154,33 +154,52 @@ pub struct Tokens {
     epoch: Instant,
     /// Nanoseconds after `epoch`.
     tat: AtomicU64,
-    /// Nanoseconds per token.
-    interval: u64,
+    /// Nanoseconds per token (changed by the adaptive rate).
+    interval: AtomicU64,
     /// `(burst - 1) · interval`.
-    tolerance: u64,
+    tolerance: AtomicU64,
 }
 
 impl Tokens {
     /// A full bucket.
     pub fn new(rate: f64, burst: u32) -> Self {
-        let interval = (1e9 / rate).round().clamp(1.0, u64::MAX as f64 / 4.0) as u64;
-        let tolerance = interval.saturating_mul(u64::from(burst.max(1) - 1));
+        let (interval, tolerance) = Self::params(rate, burst);
         Self {
             epoch: Instant::now(),
             tat: AtomicU64::new(0),
-            interval,
-            tolerance,
+            interval: AtomicU64::new(interval),
+            tolerance: AtomicU64::new(tolerance),
         }
+    }
+
+    fn params(rate: f64, burst: u32) -> (u64, u64) {
+        let interval = (1e9 / rate).round().clamp(1.0, u64::MAX as f64 / 4.0) as u64;
+        (
+            interval,
+            interval.saturating_mul(u64::from(burst.max(1) - 1)),
+        )
+    }
+
+    /// Changes the rate (the burst stays); tokens already taken keep their spacing.
+    pub fn set_rate(&self, rate: f64) {
+        // The burst is not stored: it is tolerance / interval + 1 (kept out of the
+        // tenant's hot cache line).
+        let burst = self.tolerance.load(Ordering::Relaxed)
+            / self.interval.load(Ordering::Relaxed).max(1)
+            + 1;
+        let (interval, tolerance) = Self::params(rate, u32::try_from(burst).unwrap_or(u32::MAX));
+        self.interval.store(interval, Ordering::Relaxed);
+        self.tolerance.store(tolerance, Ordering::Relaxed);
     }
 
     /// Time between tokens once the burst is spent.
     pub fn interval(&self) -> Duration {
-        Duration::from_nanos(self.interval)
+        Duration::from_nanos(self.interval.load(Ordering::Relaxed))
     }
 
     /// Tokens per second.
     pub fn rate(&self) -> f64 {
-        1e9 / self.interval as f64
+        1e9 / self.interval.load(Ordering::Relaxed) as f64
     }
 
     fn nanos(&self, at: Instant) -> u64 {
@@ -191,17 +210,19 @@ impl Tokens {
     /// state it left, which [`Self::refund`] needs.
     pub fn try_take(&self, now: Instant) -> Result<Taken, Instant> {
         let now = self.nanos(now);
+        let interval = self.interval.load(Ordering::Relaxed);
+        let tolerance = self.tolerance.load(Ordering::Relaxed);
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
-            if tat > now + self.tolerance {
-                return Err(self.epoch + Duration::from_nanos(tat - self.tolerance));
+            if tat > now + tolerance {
+                return Err(self.epoch + Duration::from_nanos(tat - tolerance));
             }
-            let next = tat.max(now) + self.interval;
+            let next = tat.max(now) + interval;
             match self
                 .tat
                 .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Ok(Taken(next)),
+                Ok(_) => return Ok(Taken(next, interval)),
                 Err(actual) => tat = actual,
             }
         }
@@ -210,7 +231,8 @@ impl Tokens {
     /// When the next token can be taken (`<= now` means now).
     pub fn ready_at(&self) -> Instant {
         let tat = self.tat.load(Ordering::Acquire);
-        self.epoch + Duration::from_nanos(tat.saturating_sub(self.tolerance))
+        self.epoch
+            + Duration::from_nanos(tat.saturating_sub(self.tolerance.load(Ordering::Relaxed)))
     }
 
     /// Gives back a token taken by [`Self::try_take`] that was not used (its client
@@ -221,17 +243,18 @@ impl Tokens {
     pub fn refund(&self, taken: Taken) {
         let _ = self.tat.compare_exchange(
             taken.0,
-            taken.0 - self.interval,
+            taken.0 - taken.1,
             Ordering::AcqRel,
             Ordering::Acquire,
         );
     }
 }
 
-/// Proof of a token taken from [`Tokens`]: the state the take left.
+/// Proof of a token taken from [`Tokens`]: the state the take left, and the interval
+/// it added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a taken token is spent, or refunded with it"]
-pub struct Taken(u64);
+pub struct Taken(u64, u64);
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::adaptive::Adaptive;
 use super::gate::{slot, try_slot, try_token, Limit, Scope, Slot, Token};
 use crate::config::EdgeLimits;
 
@@ -73,6 +74,8 @@ pub(crate) struct EdgeGate {
     weight_sum: AtomicU64,
     /// Whether the arbiter is waiting for an edge session to end (not for a token).
     slot_bound: AtomicBool,
+    /// The adaptive handshake rate of the ceiling.
+    pub(crate) adaptive: Adaptive,
 }
 
 impl Scope for EdgeGate {
@@ -82,7 +85,7 @@ impl Scope for EdgeGate {
 }
 
 impl EdgeGate {
-    pub(crate) fn new(limits: &EdgeLimits) -> Self {
+    pub(crate) fn new(limits: &EdgeLimits, gauge: prometheus::Gauge) -> Self {
         Self {
             limit: Limit::new(
                 limits.max_sessions,
@@ -93,6 +96,7 @@ impl EdgeGate {
             waiting: AtomicU32::new(0),
             weight_sum: AtomicU64::new(0),
             slot_bound: AtomicBool::new(false),
+            adaptive: Adaptive::new(limits.handshake_rate, gauge),
         }
     }
 

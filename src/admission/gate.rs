@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
+use super::adaptive::Adaptive;
 use super::capacity::{Slots, Taken, Tokens};
 use super::edge::EdgeGate;
 use crate::upstream::Pool;
@@ -176,6 +177,8 @@ pub(crate) struct TenantGate {
     queue: Mutex<Queue>,
     /// `sluice_queue_depth` of this tenant, set wherever `queued` changes.
     depth_gauge: prometheus::IntGauge,
+    /// The adaptive handshake rate.
+    pub(crate) adaptive: Adaptive,
     /// Signalled when the last queued client leaves.
     emptied: Notify,
     /// The edge ceiling (the same one as [`super::Admission`]'s), so that a permit
@@ -203,7 +206,7 @@ impl TenantGate {
         limits: &crate::config::Limits,
         edge: Option<Arc<EdgeGate>>,
         pool: Option<Arc<Pool>>,
-        depth_gauge: prometheus::IntGauge,
+        metrics: &crate::metrics::TenantMetrics,
     ) -> Self {
         Self {
             name: name.into(),
@@ -216,7 +219,8 @@ impl TenantGate {
             queue_timeout: limits.queue_timeout,
             weight: limits.weight,
             queue: Mutex::default(),
-            depth_gauge,
+            depth_gauge: metrics.queue_depth.clone(),
+            adaptive: Adaptive::new(limits.handshake_rate, metrics.effective_rate.clone()),
             emptied: Notify::new(),
             edge,
             pool,

@@ -32,6 +32,7 @@
 //!
 //! The capacity primitives live in [`capacity`]: the seam for a shared backend.
 
+pub mod adaptive;
 pub mod capacity;
 mod edge;
 mod gate;
@@ -54,6 +55,7 @@ use gate::{Blocker, TenantGate};
 pub struct Admission {
     tenants: DashMap<String, Arc<TenantGate>>,
     edge: Option<Arc<EdgeGate>>,
+    policy: adaptive::Policy,
 }
 
 /// An admitted session's hold on capacity: its tenant's session slot and, with an
@@ -113,7 +115,12 @@ impl Admission {
     /// depths are published to `metrics`; a tenant's clients are held back while the
     /// edge has paused all of its group in `pools`.
     pub fn new(config: &Config, metrics: &Metrics, pools: &Pools) -> Self {
-        let edge = config.edge.as_ref().map(|e| Arc::new(EdgeGate::new(e)));
+        let edge = config.edge.as_ref().map(|e| {
+            let gauge = metrics.edge_rate().unwrap_or_else(|| {
+                prometheus::Gauge::new("sluice_unregistered", "edge rate").expect("valid")
+            });
+            Arc::new(EdgeGate::new(e, gauge))
+        });
         let tenants = DashMap::new();
         for tenant in config
             .tenants
@@ -127,11 +134,20 @@ impl Admission {
                     &tenant.limits,
                     edge.clone(),
                     pools.get(&tenant.group.name),
-                    metrics.tenant(&tenant.name).queue_depth.clone(),
+                    &metrics.tenant(&tenant.name),
                 )),
             );
         }
-        Self { tenants, edge }
+        let policy = adaptive::Policy {
+            enabled: config.upstream.adaptive,
+            factor: config.upstream.adaptive_factor,
+            floor: config.upstream.adaptive_floor,
+        };
+        Self {
+            tenants,
+            edge,
+            policy,
+        }
     }
 
     fn gate(&self, tenant: &str) -> Option<Arc<TenantGate>> {
@@ -306,6 +322,50 @@ impl Admission {
         } else {
             Blocker::Edge
         }
+    }
+
+    /// A sign of edge trouble on a handshake of `tenant` (a `503` or `429`, a timeout, a
+    /// handshake slower than `slow_handshake`): the adaptive rates of the tenant and of
+    /// the edge ceiling step down ([`adaptive`]).
+    pub fn upstream_trouble(&self, tenant: &str) {
+        let now = Instant::now();
+        if let Some(gate) = self.gate(tenant) {
+            gate.adaptive.trouble(&gate.limit.tokens, self.policy, now);
+        }
+        if let Some(edge) = &self.edge {
+            edge.adaptive.trouble(&edge.limit.tokens, self.policy, now);
+        }
+    }
+
+    /// The effective handshake rate of `tenant` now.
+    pub fn effective_rate(&self, tenant: &str) -> Option<f64> {
+        self.gate(tenant).map(|g| g.adaptive.effective())
+    }
+
+    /// Starts the task that steps adapted rates back up after clean seconds. It ends by
+    /// itself when the admission state is dropped.
+    pub fn spawn_recovery(self: &Arc<Self>) {
+        if !self.policy.enabled {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(adaptive::CLEAN_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(admission) = weak.upgrade() else {
+                    return;
+                };
+                let now = Instant::now();
+                for gate in &admission.tenants {
+                    gate.adaptive.recover(&gate.limit.tokens, now);
+                }
+                if let Some(edge) = &admission.edge {
+                    edge.adaptive.recover(&edge.limit.tokens, now);
+                }
+            }
+        });
     }
 
     /// Holds `tenant`'s clients back for `after`: the edge answered one of them `429`

@@ -96,6 +96,8 @@ pub struct UpstreamFile {
     #[serde(with = "humantime_serde")]
     pub slow_handshake: Option<Duration>,
     pub adaptive: Option<bool>,
+    pub adaptive_factor: Option<f64>,
+    pub adaptive_floor: Option<f64>,
     pub ca_file: Option<PathBuf>,
     pub groups: BTreeMap<String, GroupFile>,
 }

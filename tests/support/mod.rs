@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,6 +72,8 @@ pub struct EdgeOptions {
     pub refuse_tenant: Option<String>,
     /// The `Retry-After` of refusals in seconds (7 when `None`).
     pub retry_after: Option<u64>,
+    /// Milliseconds every handshake waits before it is read (changeable while running).
+    pub delay_ms: Option<Arc<AtomicU64>>,
     /// TLS: certificate chain and key, PEM.
     pub tls: Option<(String, String)>,
 }
@@ -144,6 +146,10 @@ pub async fn edge_with(options: EdgeOptions) -> Edge {
             let options = options.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                if let Some(delay) = &options.delay_ms {
+                    let ms = delay.load(Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
                 match acceptor {
                     Some(a) => {
                         if let Ok(tls) = a.accept(tcp).await {
