@@ -195,7 +195,7 @@ impl Metrics {
         let queue_wait = register!(HistogramVec::new(
             HistogramOpts::new(
                 "sluice_queue_wait_seconds",
-                "Time admitted clients waited in the queue."
+                "Time clients waited in the queue, however they left it (admitted, timed out, gone)."
             )
             .buckets(QUEUE_WAIT_BUCKETS.to_vec()),
             &["tenant"]
@@ -333,6 +333,7 @@ impl Metrics {
             effective_rate: self.effective_rate.with_label_values(&[name]),
             recent: Mutex::default(),
             log_budget: LogBudget::new(LOG_LINES_PER_SECOND, LOG_LINES_BURST),
+            upstream_log_budget: LogBudget::new(LOG_LINES_PER_SECOND, LOG_LINES_BURST),
         }
     }
 
@@ -416,18 +417,22 @@ pub struct TenantMetrics {
     bytes_client_to_edge: IntCounter,
     bytes_edge_to_client: IntCounter,
     recent: Mutex<Recent>,
-    /// Budget for this tenant's refusal and upstream-failure log lines.
+    /// Budget for this tenant's refusal and client-gone log lines.
     pub log_budget: LogBudget,
+    /// Budget for this tenant's upstream-failure log lines.
+    pub upstream_log_budget: LogBudget,
 }
 
 impl TenantMetrics {
-    /// Counts a connect's outcome (and, when admitted after queueing, its wait).
-    pub fn outcome(&self, outcome: Outcome, queue_wait: Option<Duration>) {
+    /// Counts a connect's outcome.
+    pub fn outcome(&self, outcome: Outcome) {
         self.connects[outcome.index()].inc();
-        if let Some(wait) = queue_wait {
-            self.queue_wait.observe(wait.as_secs_f64());
-        }
         self.recent().count(outcome.class());
+    }
+
+    /// Records how long a client waited in the queue, whichever way it left it.
+    pub fn queue_wait(&self, waited: Duration) {
+        self.queue_wait.observe(waited.as_secs_f64());
     }
 
     /// The count of one outcome so far.
@@ -581,9 +586,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_recent_window_forgets_after_a_minute() {
         let m = TenantMetrics::for_test();
-        m.outcome(Outcome::Admitted, None);
-        m.outcome(Outcome::QueuedAdmitted, Some(Duration::from_secs(2)));
-        m.outcome(Outcome::Refused(Reason::QueueFull), None);
+        m.outcome(Outcome::Admitted);
+        m.outcome(Outcome::QueuedAdmitted);
+        m.outcome(Outcome::Refused(Reason::QueueFull));
         for ms in [100, 200, 300, 4000] {
             m.upstream_handshake(Duration::from_millis(ms));
         }

@@ -100,6 +100,7 @@ pub async fn handle(
         request_id: &request_id,
         client: info.addr,
         stage: Some("queued"),
+        since: tokio::time::Instant::now(),
     };
 
     // Step 4: admission. The permit moves into the Session below and is released when
@@ -112,6 +113,9 @@ pub async fn handle(
         }
     };
     gone.stage = Some("upstream-handshake");
+    if let Some(waited) = admitted.waited {
+        tm.queue_wait(waited);
+    }
 
     // Step 5: upstream handshake.
     let upstream_req = upstream::build_request(
@@ -195,7 +199,7 @@ pub async fn handle(
         Some(_) => Outcome::QueuedAdmitted,
         None => Outcome::Admitted,
     };
-    tm.outcome(outcome, admitted.waited);
+    tm.outcome(outcome);
     let queue_wait_ms = admitted.waited.map(|w| w.as_millis() as u64);
     tracing::info!(
         target: "sluice::outcome",
@@ -267,6 +271,8 @@ struct ClientGone<'a> {
     client: std::net::SocketAddr,
     /// Where the client was; `None` once the outcome is logged elsewhere.
     stage: Option<&'static str>,
+    /// When it started to wait for admission.
+    since: tokio::time::Instant,
 }
 
 impl ClientGone<'_> {
@@ -278,16 +284,25 @@ impl ClientGone<'_> {
 impl Drop for ClientGone<'_> {
     fn drop(&mut self) {
         if let Some(stage) = self.stage {
-            self.tenant.outcome(Outcome::ClientGone, None);
-            tracing::info!(
-                target: "sluice::outcome",
-                tenant = self.tenant.name,
-                outcome = "client-gone",
-                stage,
-                request_id = self.request_id,
-                client = %self.client,
-                "client left before its connect was answered"
-            );
+            self.tenant.outcome(Outcome::ClientGone);
+            let queued = stage == "queued";
+            let waited = self.since.elapsed();
+            if queued {
+                self.tenant.queue_wait(waited);
+            }
+            if let Some(suppressed) = self.tenant.log_budget.spend() {
+                tracing::info!(
+                    target: "sluice::outcome",
+                    tenant = self.tenant.name,
+                    outcome = "client-gone",
+                    stage,
+                    queue_wait_ms = queued.then_some(waited.as_millis() as u64),
+                    request_id = self.request_id,
+                    client = %self.client,
+                    suppressed,
+                    "client left before its connect was answered"
+                );
+            }
         }
     }
 }
@@ -302,7 +317,10 @@ fn refuse(
     info: ClientInfo,
     failed: Option<&UpstreamFailed>,
 ) -> Response<Full<Bytes>> {
-    tm.outcome(Outcome::Refused(rejection.reason), None);
+    tm.outcome(Outcome::Refused(rejection.reason));
+    if let Some(waited) = rejection.waited {
+        tm.queue_wait(waited);
+    }
     let upstream_status = failed.and_then(|f| f.last()).map(AttemptError::label);
     if let Some(suppressed) = tm.log_budget.spend() {
         tracing::info!(
@@ -314,6 +332,7 @@ fn refuse(
             detail = %rejection.detail,
             upstream_status = upstream_status.as_deref(),
             retry_after_s = rejection.retry_after_secs(),
+            queue_wait_ms = rejection.waited.map(|w| w.as_millis() as u64),
             suppressed,
             "connect refused"
         );
@@ -404,7 +423,7 @@ fn observe_attempt(
         status: status.clone(),
         trace_id: trace_id.clone(),
     });
-    if let Some(suppressed) = tm.log_budget.spend() {
+    if let Some(suppressed) = tm.upstream_log_budget.spend() {
         tracing::warn!(
             target: "sluice::upstream",
             tenant = tm.name,

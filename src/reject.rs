@@ -75,6 +75,9 @@ pub struct Rejection {
     pub retry_after: Option<Duration>,
     /// One line for the body and the log; never contains a credential.
     pub detail: String,
+    /// How long the client waited in its tenant's queue before this refusal, when it
+    /// queued.
+    pub waited: Option<Duration>,
 }
 
 impl Rejection {
@@ -84,6 +87,7 @@ impl Rejection {
             reason,
             retry_after: None,
             detail: detail.into(),
+            waited: None,
         }
     }
 

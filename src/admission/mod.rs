@@ -240,14 +240,25 @@ impl Admission {
                 ticket.queued = false;
                 return Err(Rejection::new(Reason::Draining, "sluice is shutting down"));
             }
-            Err(_) => match ticket.leave() {
-                Some(ahead) => return Err(self.refusal(&gate, ahead as u32, false)),
-                // Chosen at the last moment: take it.
-                None => match grant.try_recv() {
-                    Ok(reserved) => reserved,
-                    Err(_) => return Err(self.refusal(&gate, 0, false)),
-                },
-            },
+            Err(_) => {
+                let waited = Some(since.elapsed());
+                match ticket.leave() {
+                    Some(ahead) => {
+                        let mut refusal = self.refusal(&gate, ahead as u32, false);
+                        refusal.waited = waited;
+                        return Err(refusal);
+                    }
+                    // Chosen at the last moment: take it.
+                    None => match grant.try_recv() {
+                        Ok(reserved) => reserved,
+                        Err(_) => {
+                            let mut refusal = self.refusal(&gate, 0, false);
+                            refusal.waited = waited;
+                            return Err(refusal);
+                        }
+                    },
+                }
+            }
         };
         ticket.queued = false;
         Ok(Admitted {
@@ -598,6 +609,8 @@ mod tests {
             let refused = w.await.unwrap().unwrap_err();
             assert_eq!(refused.reason, Reason::QueueTimeout);
             assert!(refused.retry_after.is_some());
+            // The wait is reported, for sluice_queue_wait_seconds and the log line.
+            assert_eq!(refused.waited, Some(Duration::from_secs(5)));
         }
         assert_eq!(a.tenant_load("t").unwrap().queued, 0);
         drop(held);

@@ -54,8 +54,8 @@ pub struct DemoConfig {
     /// A phone's patience for one handshake (the Genesys streaming client waits 15 s).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub patience: Duration,
-    /// Most attempts of one naive phone.
-    #[arg(long, default_value_t = 100)]
+    /// Most attempts of one naive phone (it also gives up after `--give-up`).
+    #[arg(long, default_value_t = 1000)]
     pub max_attempts: u32,
     /// sluice's handshake rates as a fraction of the edge's (burst 1). The edge counts
     /// arrivals in any one-second window; at a fraction f, a violation needs one
@@ -89,7 +89,7 @@ impl Default for DemoConfig {
             hold: Duration::from_secs(3),
             give_up: Duration::from_secs(20),
             patience: Duration::from_secs(15),
-            max_attempts: 100,
+            max_attempts: 1000,
             rate_fraction: 0.8,
             json: false,
             serve: false,

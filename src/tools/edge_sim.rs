@@ -62,7 +62,7 @@ pub struct SimConfig {
     pub max_sessions: u32,
     /// Handshakes per second the node can process; latency climbs above 85 % of it and
     /// handshakes beyond it are refused.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub capacity: u32,
     /// Handshake latency of an unloaded node.
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
@@ -70,8 +70,8 @@ pub struct SimConfig {
     /// Handshakes that would take longer are dropped unanswered after this long.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub drop_after: Duration,
-    /// Status of a refusal (503 as the field sees it, or 429).
-    #[arg(long, default_value_t = 503)]
+    /// Status of a refusal (503 as the field sees it, or 429; 400–599).
+    #[arg(long, default_value_t = 503, value_parser = clap::value_parser!(u16).range(400..=599))]
     pub reject_status: u16,
     /// Header naming the organisation (sluice's `tenant_identity.header`).
     #[arg(long, default_value = "x-tenant-id")]
@@ -236,20 +236,24 @@ impl Sim {
     }
 
     fn stats(&self) -> SimStats {
-        let state = self.lock();
-        let mut stats = state.stats.clone();
-        let mut l: Vec<f64> = state.latencies.iter().copied().collect();
+        let (mut stats, mut l, orgs) = {
+            let state = self.lock();
+            let orgs: BTreeMap<String, OrgStats> = state
+                .orgs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.stats.clone()))
+                .collect();
+            let l: Vec<f64> = state.latencies.iter().copied().collect();
+            (state.stats.clone(), l, orgs)
+        };
+        // Sorted outside the lock: handshakes keep being decided meanwhile.
         l.sort_by(f64::total_cmp);
         let q = |q: f64| {
             (!l.is_empty()).then(|| l[((q * l.len() as f64).ceil() as usize).clamp(1, l.len()) - 1])
         };
         stats.handshake_p50 = q(0.5);
         stats.handshake_p99 = q(0.99);
-        stats.orgs = state
-            .orgs
-            .iter()
-            .map(|(k, v)| (k.clone(), v.stats.clone()))
-            .collect();
+        stats.orgs = orgs;
         stats
     }
 
@@ -466,8 +470,7 @@ async fn serve(
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
                         .await;
-                session(ws, mode).await;
-                drop(held);
+                session(ws, mode, held).await;
             });
             let mut resp = respond(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
             let headers = resp.headers_mut();
@@ -483,10 +486,15 @@ async fn serve(
     }
 }
 
-async fn session<S>(mut ws: WebSocketStream<S>, mode: SessionMode)
+/// Serves one session. Its place in the counters (`held`) is given back as soon as the
+/// client's close arrives or the connection ends, before the socket closes: whoever
+/// sees the end (sluice) may send the next handshake at once without finding the
+/// session still counted.
+async fn session<S>(mut ws: WebSocketStream<S>, mode: SessionMode, held: Held)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let mut held = Some(held);
     while let Some(Ok(msg)) = ws.next().await {
         let replies = match (&msg, mode) {
             (Message::Text(t), SessionMode::Sip) => sip_replies(t.as_str()),
@@ -500,6 +508,7 @@ where
             }
         }
     }
+    drop(held.take());
     let _ = ws.close(None).await;
 }
 

@@ -20,13 +20,18 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+/// The pause of the naive client (`--retry immediate`) before it tries again: short
+/// and fixed, whatever the edge said.
+pub const IMMEDIATE_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// How a phone retries a failed connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RetryPolicy {
     /// Give up after the first failure.
     None,
-    /// Try again at once: the naive client that makes a 503 storm worse.
+    /// Try again after a fixed 50 ms, ignoring Retry-After: the naive client that makes a
+    /// 503 storm worse.
     Immediate,
     /// Exponential backoff with full jitter.
     Backoff,
@@ -384,8 +389,8 @@ async fn phone(
             }
             tokio::time::sleep(pause).await;
         } else {
-            // The naive client: again at once (yielding so other tasks run).
-            tokio::task::yield_now().await;
+            // The naive client: again after a fixed short pause, whatever it was told.
+            tokio::time::sleep(IMMEDIATE_RETRY_PAUSE).await;
         }
     }
 }

@@ -510,7 +510,11 @@ impl Scrape {
         }
     }
 
-    /// The value of `name` with exactly these labels (any order); 0 when absent.
+    /// The value of `name` with exactly these labels (any order).
+    ///
+    /// # Panics
+    /// When the scrape has no such series: sluice creates every series a test reads when
+    /// it starts, so a missing one is a bug, not a zero.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let mut labels = labels.to_vec();
         labels.sort();
@@ -520,7 +524,10 @@ impl Scrape {
             let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
             format!("{name}{{{}}}", inner.join(","))
         };
-        self.series.get(&key).copied().unwrap_or(0.0)
+        self.series
+            .get(&key)
+            .copied()
+            .unwrap_or_else(|| panic!("no series {key} in the scrape"))
     }
 
     /// Every metric family name exposed (with `_bucket`/`_sum`/`_count` series).
