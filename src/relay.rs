@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::stream::Stream;
@@ -228,11 +228,26 @@ async fn pump_plain(src: &TcpStream, dst: &TcpStream, count: &mut u64) -> DirEnd
             return DirEnd::Read(e);
         }
         let step = SCRATCH.with_borrow_mut(|buf| {
-            let n = match src.try_read(buf) {
-                Ok(0) => return Ok(Step::Eof),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
-                Err(e) => return Err(DirEnd::Read(e)),
+            // A read shorter than the buffer emptied the socket: tell tokio so (a
+            // WouldBlock from `try_io` clears the readiness), instead of learning it from
+            // one more read that fails with EAGAIN. If data arrived meanwhile, tokio keeps
+            // the readiness set, so nothing is missed.
+            let mut got = None;
+            let read = src.try_io(Interest::READABLE, || {
+                let n = src.try_read(buf)?;
+                got = Some(n);
+                if n > 0 && n < buf.len() {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
+                }
+            });
+            let n = match (got, read) {
+                (Some(0), _) => return Ok(Step::Eof),
+                (Some(n), _) => n,
+                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
+                (None, Err(e)) => return Err(DirEnd::Read(e)),
+                (None, Ok(_)) => unreachable!("a successful read sets `got`"),
             };
             match dst.try_write(&buf[..n]) {
                 Ok(m) if m == n => Ok(Step::Done(n)),

@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# sluice against HAProxy and NGINX (and a direct connection), side by side.
+#
+#   bash bench/run.sh            full run (7 interleaved repetitions, about 15 minutes);
+#                                writes bench/RESULTS.md and bench/results/<time>/
+#   bash bench/run.sh --quick    smoke run (1 repetition, short windows, 1,000 idle
+#                                sessions, about a minute after the build); writes only
+#                                bench/results/<time>-quick/
+#   bash bench/run.sh --reps 3   another number of repetitions
+#   bash bench/run.sh --report bench/results/<time>
+#                                rebuild that run's RESULTS.md from its runs.jsonl
+#
+# What it does: builds sluice and examples/wsbench in release mode; installs haproxy,
+# nginx and perf (Debian linux-perf) when missing; writes the configs from
+# bench/{sluice.toml,haproxy.cfg,nginx.conf} into a temporary directory; starts the echo
+# server (the upstream of every target), sluice, HAProxy and NGINX on 127.0.0.1; then,
+# for each repetition and each scenario, runs it against every target in turn (the
+# order rotates each repetition); finally prints medians (wsbench report).
+#
+# Scenarios (1 KiB text frames, all on loopback):
+#   rtt         one connection, sequential frames: latency p50/p99
+#   load        100 connections, one frame in flight each: round trips/s and the proxy's
+#               CPU time (user+system, /proc/PID/stat; NGINX: its workers summed) per
+#               round trip; syscalls and context switches per round trip with perf
+#   idle        9,000 idle sessions: RSS growth per session, RSS after all close
+#               (each proxy is restarted just before, so it starts from a fresh heap)
+#   handshakes  connect + close cycles, 50 at a time: handshakes/s (sluice's
+#               admission is on, with limits that never bind)
+#
+# Environment: BENCH_PORT_BASE (default 17000; uses BASE..BASE+4), CARGO_TARGET_DIR,
+# BENCH_NICE (default -10: as root, the benchmark's processes get this priority, so
+# other work on a shared machine disturbs it less; 0 = leave priorities alone).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+QUICK=0
+REPS=7
+REPORT_ONLY=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1; REPS=1 ;;
+        --reps) REPS=$2; shift ;;
+        --report) REPORT_ONLY=$2; shift ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$QUICK" = 1 ]; then
+    RTT_FRAMES=2000; LOAD_WARM=0.5; LOAD_SECS=2; PERF_SECS=1
+    IDLE_CONNS=1000; IDLE_HOLD=1; IDLE_SETTLE=1; IDLE_AFTER=2
+    HS_COUNT=500
+else
+    RTT_FRAMES=20000; LOAD_WARM=2; LOAD_SECS=10; PERF_SECS=3
+    IDLE_CONNS=9000; IDLE_HOLD=3; IDLE_SETTLE=2; IDLE_AFTER=5
+    HS_COUNT=5000
+fi
+LOAD_CONNS=100
+HS_CONC=50
+SIZE=1024
+
+# A proxied session holds two descriptors in the proxy; 9,000 sessions need 18,000.
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" -lt 20000 ] && [ "$QUICK" = 0 ]; then
+    echo "warning: open files limited to $(ulimit -n); 9,000 idle sessions may fail" >&2
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+
+# --- tools ----------------------------------------------------------------------------
+PATH=$PATH:/usr/sbin:/sbin   # haproxy and nginx live in /usr/sbin
+missing=()
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v nginx >/dev/null || missing+=(nginx)
+command -v perf >/dev/null || missing+=(linux-perf)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y "${missing[@]}" >/dev/null \
+        || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y "${missing[@]}" >/dev/null; } \
+        || echo "warning: could not install ${missing[*]}" >&2
+fi
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+echo "== cargo build --release --bin sluice --example wsbench"
+cargo build --release --bin sluice --example wsbench
+SLUICE=$CARGO_TARGET_DIR/release/sluice
+W=$CARGO_TARGET_DIR/release/examples/wsbench
+
+# RESULTS.md of a results directory: its meta.md, the tables, its commands.md. A full
+# run's also becomes bench/RESULTS.md.
+assemble() {
+    local dir=$1 table
+    table=$("$W" report --input "$dir/runs.jsonl")
+    echo
+    echo "$table"
+    { cat "$dir/meta.md"; echo; echo "$table"; echo; cat "$dir/commands.md"; } >"$dir/RESULTS.md"
+    case "$dir" in
+        *-quick|*-quick/) echo "== wrote $dir/RESULTS.md (quick run: bench/RESULTS.md left as it is)" ;;
+        *) cp "$dir/RESULTS.md" bench/RESULTS.md; echo "== wrote bench/RESULTS.md and $dir/" ;;
+    esac
+}
+if [ -n "$REPORT_ONLY" ]; then
+    assemble "${REPORT_ONLY%/}"
+    exit 0
+fi
+
+# perf: the tracepoint and software event we count (a VM without a PMU has no
+# `instructions` but still has these).
+PERF_ARGS=()
+perf_probe=$(perf stat -x, -e raw_syscalls:sys_enter,context-switches true 2>&1 >/dev/null || true)
+if grep -q '^[0-9][0-9]*,.*raw_syscalls:sys_enter' <<<"$perf_probe"; then
+    PERF_ARGS=(--perf --perf-secs "$PERF_SECS")
+    PERF_NOTE="perf stat -e raw_syscalls:sys_enter,context-switches (own ${PERF_SECS} s window after the CPU window)"
+else
+    PERF_NOTE="perf unavailable: syscall and context-switch columns skipped"
+fi
+echo "== $PERF_NOTE"
+
+# Everything started here is stopped on exit, by its own pid.
+declare -A PID=()
+ECHO_PID=""
+TMP=""
+
+cleanup() {
+    for t in "${!PID[@]}"; do stop_target "$t"; done
+    if [ -n "$ECHO_PID" ]; then kill "$ECHO_PID" 2>/dev/null || true; wait "$ECHO_PID" 2>/dev/null || true; fi
+    if [ -n "$TMP" ]; then rm -rf "$TMP"; fi
+    if [ -n "${AUTOGROUP_NICE:-}" ]; then echo "$AUTOGROUP_NICE" >/proc/self/autogroup 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Priority on a shared machine. With autogroup scheduling (the default on desktops and
+# many VMs) a task's nice only counts inside its session's group, so the group's nice is
+# set too. Every process of the benchmark inherits it: no target is favoured.
+NICE=${BENCH_NICE:--10}
+PRIO_NOTE="priorities left alone"
+if [ "$NICE" != 0 ] && [ "$(id -u)" -eq 0 ]; then
+    renice -n "$NICE" -p $$ >/dev/null 2>&1 && PRIO_NOTE="benchmark processes at nice $NICE"
+    # The group is the caller's session: its nice is given back on exit (cleanup).
+    if [ -w /proc/self/autogroup ]; then
+        AUTOGROUP_NICE=$(sed -n 's/.* nice //p' /proc/self/autogroup)
+        if echo "$NICE" >/proc/self/autogroup 2>/dev/null; then
+            PRIO_NOTE="$PRIO_NOTE (and their autogroup)"
+        else
+            AUTOGROUP_NICE=""
+        fi
+    fi
+fi
+echo "== $PRIO_NOTE"
+
+# --- ports, configs ---------------------------------------------------------------------
+BASE=${BENCH_PORT_BASE:-17000}
+ECHO_PORT=$BASE; SLUICE_PORT=$((BASE + 1)); SLUICE_ADMIN_PORT=$((BASE + 2))
+HAPROXY_PORT=$((BASE + 3)); NGINX_PORT=$((BASE + 4))
+for p in $ECHO_PORT $SLUICE_PORT $SLUICE_ADMIN_PORT $HAPROXY_PORT $NGINX_PORT; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+        echo "port $p is in use; set BENCH_PORT_BASE" >&2
+        exit 1
+    fi
+done
+
+TMP=$(mktemp -d /tmp/sluice-bench.XXXXXX)
+mkdir -p "$TMP/nginx-tmp"
+chmod 755 "$TMP"
+render() {
+    sed -e "s|@ECHO_PORT@|$ECHO_PORT|g" -e "s|@SLUICE_PORT@|$SLUICE_PORT|g" \
+        -e "s|@SLUICE_ADMIN_PORT@|$SLUICE_ADMIN_PORT|g" -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" \
+        -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@DIR@|$TMP|g" "bench/$1" >"$TMP/$1"
+}
+render sluice.toml
+render haproxy.cfg
+render nginx.conf
+"$SLUICE" check-config "$TMP/sluice.toml" >/dev/null
+haproxy -c -q -f "$TMP/haproxy.cfg"
+nginx -t -q -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log"
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=bench/results/$STAMP
+[ "$QUICK" = 1 ] && OUT=$OUT-quick
+mkdir -p "$OUT"
+RUNS=$OUT/runs.jsonl
+LOG=$OUT/run.log
+CMDS=$OUT/commands.txt
+: >"$RUNS"
+: >"$CMDS"
+
+# --- processes --------------------------------------------------------------------------
+
+wait_port() {
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
+
+start_target() {
+    case "$1" in
+        sluice)
+            RUST_LOG=warn "$SLUICE" run --config "$TMP/sluice.toml" 2>>"$OUT/sluice.log" &
+            PID[sluice]=$!; wait_port "$SLUICE_PORT" ;;
+        haproxy)
+            haproxy -db -f "$TMP/haproxy.cfg" >>"$OUT/haproxy.log" 2>&1 &
+            PID[haproxy]=$!; wait_port "$HAPROXY_PORT" ;;
+        nginx)
+            nginx -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log" >>"$OUT/nginx.log" 2>&1 &
+            PID[nginx]=$!; wait_port "$NGINX_PORT"
+            for _ in $(seq 100); do
+                [ "$(ps -o pid= --ppid "${PID[nginx]}" | wc -l)" -ge 2 ] && break
+                sleep 0.05
+            done ;;
+    esac
+}
+
+stop_target() {
+    local p=${PID[$1]:-}
+    [ -n "$p" ] || return 0
+    kill "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    unset "PID[$1]"
+}
+
+# The processes whose CPU and memory count: sluice, HAProxy, NGINX's workers.
+measured_pids() {
+    case "$1" in
+        direct) echo "" ;;
+        nginx) ps -o pid= --ppid "${PID[nginx]}" | tr -d ' ' | paste -sd, ;;
+        *) echo "${PID[$1]}" ;;
+    esac
+}
+
+url_of() {
+    local port
+    case "$1" in
+        direct) port=$ECHO_PORT ;; sluice) port=$SLUICE_PORT ;;
+        haproxy) port=$HAPROXY_PORT ;; nginx) port=$NGINX_PORT ;;
+    esac
+    echo "ws://127.0.0.1:$port/t/bench/echo"
+}
+
+"$W" echo --listen "127.0.0.1:$ECHO_PORT" 2>>"$OUT/echo.log" &
+ECHO_PID=$!
+wait_port "$ECHO_PORT"
+for t in sluice haproxy nginx; do start_target "$t"; done
+
+# One measurement: appends wsbench's JSON line to runs.jsonl; a failed run is recorded
+# (with "error") and the benchmark goes on.
+run() {
+    local target=$1 rep=$2 scenario=$3
+    shift 3
+    local pids
+    pids=$(measured_pids "$target")
+    local cmd=("$W" "$scenario" --url "$(url_of "$target")" "$@")
+    if [ -n "$pids" ] && [ "$scenario" != rtt ]; then cmd+=(--pids "$pids"); fi
+    [ "$rep" = 1 ] && echo "${cmd[*]}" >>"$CMDS"
+    local line
+    line=$(timeout 300 "${cmd[@]}" --tag "target=$target" --tag "rep=$rep" 2>>"$LOG") || true
+    [ -n "$line" ] || line="{\"target\":\"$target\",\"rep\":$rep,\"scenario\":\"$scenario\",\"error\":\"no output\"}"
+    echo "$line" >>"$RUNS"
+    printf '  %-8s %s\n' "$target" "$line"
+}
+
+TARGETS=(direct sluice haproxy nginx)
+START=$(date +%s)
+for rep in $(seq "$REPS"); do
+    # Rotate the order each repetition so no target always runs first or last.
+    order=()
+    for i in 0 1 2 3; do order+=("${TARGETS[$(((i + rep - 1) % 4))]}"); done
+    echo "== repetition $rep/$REPS (order: ${order[*]})"
+    for scenario in rtt load idle handshakes; do
+        for t in "${order[@]}"; do
+            case $scenario in
+                rtt) run "$t" "$rep" rtt --frames "$RTT_FRAMES" --size "$SIZE" ;;
+                load) run "$t" "$rep" load --conns "$LOAD_CONNS" --seconds "$LOAD_SECS" \
+                    --warmup-secs "$LOAD_WARM" --size "$SIZE" --echo-pid "$ECHO_PID" \
+                    ${PERF_ARGS[@]+"${PERF_ARGS[@]}"} ;;
+                idle)
+                    [ "$t" = direct ] && continue   # no proxy to measure
+                    stop_target "$t"; start_target "$t"
+                    run "$t" "$rep" idle --conns "$IDLE_CONNS" --hold-secs "$IDLE_HOLD" \
+                        --settle-secs "$IDLE_SETTLE" --after-secs "$IDLE_AFTER" ;;
+                handshakes) run "$t" "$rep" handshakes --count "$HS_COUNT" --concurrency "$HS_CONC" ;;
+            esac
+            sleep 1
+        done
+    done
+done
+ELAPSED=$(($(date +%s) - START))
+
+# --- report -------------------------------------------------------------------------------
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+show() { echo "${1#"$ROOT"/}"; }   # paths inside the repository, relative to it
+{
+    echo "# sluice benchmarks: against HAProxy and NGINX"
+    echo
+    echo "Run $STAMP ($([ "$QUICK" = 1 ] && echo "QUICK smoke run, not for comparison" || echo "full run"), $REPS repetitions, ${ELAPSED} s):"
+    echo "$(nproc) cores ($cpu), Linux $(uname -r), open files $(ulimit -n);"
+    echo "sluice $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)'),"
+    echo "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | sed 's/.*: //'), $(rustc -V 2>/dev/null)."
+    echo "Client, echo server and proxy share these cores; the client and the echo server run"
+    echo "one tokio worker each, sluice its default (one per core), HAProxy 2 threads,"
+    echo "NGINX 2 worker processes; $PRIO_NOTE. $PERF_NOTE."
+    echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg). Method and reading: bench/README.md."
+} >"$OUT/meta.md"
+{
+    echo "## Commands"
+    echo
+    echo "Entry point: \`bash bench/run.sh\` (\`--quick\` for a smoke run). Settings of this run:"
+    echo "rtt $RTT_FRAMES frames; load $LOAD_CONNS connections, ${LOAD_WARM} s warm-up, ${LOAD_SECS} s CPU window;"
+    echo "idle $IDLE_CONNS sessions opened 200 at a time, ${IDLE_SETTLE} s settle, ${IDLE_HOLD} s hold, ${IDLE_AFTER} s after close;"
+    echo "handshakes $HS_COUNT cycles, $HS_CONC at a time; frames of $SIZE bytes."
+    echo
+    echo '```sh'
+    echo "# servers (configs rendered from bench/ into a temporary directory \$TMP)"
+    echo "$(show "$W") echo --listen 127.0.0.1:$ECHO_PORT"
+    echo "RUST_LOG=warn $(show "$SLUICE") run --config \$TMP/sluice.toml"
+    echo "haproxy -db -f \$TMP/haproxy.cfg"
+    echo "nginx -p \$TMP -c \$TMP/nginx.conf -e \$TMP/nginx-error.log"
+    echo "# measurements of repetition 1 (later ones differ only in pids); each also gets"
+    echo "# --tag target=NAME --tag rep=N, and idle restarts the proxy first"
+    sed "s|$ROOT/||g" "$CMDS"
+    echo "# medians and ratios"
+    echo "$(show "$W") report --input $RUNS"
+    echo '```'
+} >"$OUT/commands.md"
+assemble "$OUT"
