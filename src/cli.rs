@@ -129,7 +129,9 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Demo(config) => {
-            crate::logging::init_with(cli.log_format, "warn");
+            // The report is the output; sluice's own warnings (the outage's 503s) would
+            // only interleave with it. RUST_LOG brings them back.
+            crate::logging::init_with(cli.log_format, "error");
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(code) => return code,

@@ -229,13 +229,17 @@ async fn demo_shows_violations_directly_and_none_through_sluice() {
                 "--hold",
                 "300ms",
                 "--give-up",
-                "5s",
+                "12s",
                 "--max-attempts",
                 "20",
                 // Half the edge's rate: a violation would need one handshake delayed a
                 // whole second more than the next, even on a loaded machine.
                 "--rate-fraction",
                 "0.5",
+                "--outage",
+                "1s",
+                "--outage-at",
+                "1s",
             ])
             .output()
             .unwrap()
@@ -257,11 +261,25 @@ async fn demo_shows_violations_directly_and_none_through_sluice() {
     assert_eq!(through["edge"]["violations"], 0, "{through}");
     assert_eq!(through["phones"]["total"]["connected"], 24);
     assert_eq!(through["edge"]["accepted"], 24);
-    // What the phones were told agrees with what the edge recorded, on both sides.
-    for phase in [direct, through] {
-        assert_eq!(
-            phase["phones"]["total"]["attempts"], phase["edge"]["handshakes"],
-            "{phase}"
-        );
-    }
+    // The edge's one-second outage: the naive phones storm it, sluice sends at most one
+    // handshake per in-flight connect before it obeys the Retry-After.
+    let storm = direct["edge"]["refused_outage"].as_u64().unwrap();
+    let through_outage = through["edge"]["refused_outage"].as_u64().unwrap();
+    assert!(storm >= 10, "direct phones sent {storm} during the outage");
+    assert!(
+        through_outage <= 3,
+        "sluice sent {through_outage} during the outage"
+    );
+    // What the phones were told agrees with what the edge recorded: directly, attempt
+    // for attempt; through sluice, every refused handshake was sluice's own retry.
+    assert_eq!(
+        direct["phones"]["total"]["attempts"], direct["edge"]["handshakes"],
+        "{direct}"
+    );
+    let edge = &through["edge"];
+    assert_eq!(
+        edge["handshakes"].as_u64().unwrap(),
+        edge["accepted"].as_u64().unwrap() + edge["rejected"].as_u64().unwrap(),
+        "{through}"
+    );
 }

@@ -10,8 +10,13 @@
 //!    session cap as the tenant cap; a queue that holds every phone, shorter than the
 //!    phones' patience).
 //!
-//! The table compares what the edge suffered (handshakes, violations, 503s, drops) and
-//! what the phones got (connected, time until the last one connected, handshake times).
+//! In each phase the edge also goes down for `--outage` (2 s), `--outage-at` (2 s) into
+//! the spike, answering `503` with the time left as `Retry-After`: the naive phones
+//! storm it, sluice obeys the pause and holds its queue.
+//!
+//! The table compares what the edge suffered (handshakes, violations, 503s, drops,
+//! handshakes during the outage) and what the phones got (connected, time until the last
+//! one connected, handshake times).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -63,6 +68,12 @@ pub struct DemoConfig {
     /// (0.25 s at 0.8, 1 s at 0.5).
     #[arg(long, default_value_t = 0.8)]
     pub rate_fraction: f64,
+    /// Take the edge down for this long in each phase (0: no outage).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub outage: Duration,
+    /// When the outage starts, after the spike.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub outage_at: Duration,
     /// Print the numbers as JSON instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +102,8 @@ impl Default for DemoConfig {
             patience: Duration::from_secs(15),
             max_attempts: 1000,
             rate_fraction: 0.8,
+            outage: Duration::from_secs(2),
+            outage_at: Duration::from_secs(2),
             json: false,
             serve: false,
             listen: "127.0.0.1:8080".parse().expect("valid"),
@@ -198,10 +211,12 @@ pub async fn run_demo(
         .await
         .map_err(|e| format!("edge simulator: {e}"))?;
     let spike = spike_config(c, sim.url(), TenantVia::Header);
+    let outage = schedule_outage(c, &sim);
     let direct = Phase {
         phones: run_spike(&spike).await?,
         edge: sim.stats(),
     };
+    outage.abort();
 
     progress("2/2: the same spike through sluice");
     let sim = EdgeSim::start(sim_config(c))
@@ -229,7 +244,9 @@ pub async fn run_demo(
         tokio::spawn(admin.run(std::future::pending())),
     ];
     let spike = spike_config(c, format!("ws://{proxy}"), TenantVia::Path);
+    let outage = schedule_outage(c, &sim);
     let phones = run_spike(&spike).await?;
+    outage.abort();
     // Let the last relays see their ends (a few seconds at most) before counting.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
     while sim.stats().live > 0 && tokio::time::Instant::now() < deadline {
@@ -280,6 +297,18 @@ impl Drop for Running {
     }
 }
 
+/// Takes `sim` down for `c.outage`, `c.outage_at` from now.
+fn schedule_outage(c: &DemoConfig, sim: &EdgeSim) -> tokio::task::JoinHandle<()> {
+    let (at, outage, sim) = (c.outage_at, c.outage, sim.clone());
+    tokio::spawn(async move {
+        if outage.is_zero() {
+            return;
+        }
+        tokio::time::sleep(at).await;
+        sim.outage(outage);
+    })
+}
+
 fn connected_line(p: &SpikeReport) -> String {
     format!("{} / {}", p.total.connected, p.phones)
 }
@@ -325,6 +354,11 @@ pub fn render_table(r: &DemoReport) -> String {
             "  dropped by the edge (too slow)",
             d.edge.dropped.to_string(),
             s.edge.dropped.to_string(),
+        ),
+        (
+            "handshakes during the edge's outage",
+            d.edge.refused_outage.to_string(),
+            s.edge.refused_outage.to_string(),
         ),
         (
             "connect attempts by the phones",

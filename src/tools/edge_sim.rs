@@ -128,6 +128,9 @@ pub struct SimStats {
     pub dropped: u64,
     /// Handshakes received beyond the simulator's own limits (refused or dropped).
     pub violations: u64,
+    /// Handshakes refused because the edge was down (an outage), not counted as
+    /// violations.
+    pub refused_outage: u64,
     /// Violations by limit: `org-rate`, `org-sessions`, `sessions`, `capacity`, `slow`.
     pub violations_by_limit: BTreeMap<String, u64>,
     /// Live sessions now.
@@ -156,6 +159,8 @@ struct Org {
 #[derive(Debug, Default)]
 struct State {
     stats: SimStats,
+    /// Refusing everything until then (an outage).
+    down_until: Option<Instant>,
     orgs: HashMap<String, Org>,
     window: VecDeque<Instant>,
     latencies: VecDeque<f64>,
@@ -175,8 +180,11 @@ pub struct EdgeSim {
 }
 
 enum Decision {
-    Refuse(&'static str),
-    Accept { latency: Duration },
+    /// Over this limit; come back after this many seconds.
+    Refuse(&'static str, u64),
+    Accept {
+        latency: Duration,
+    },
 }
 
 impl EdgeSim {
@@ -228,6 +236,12 @@ impl EdgeSim {
     pub fn stats(&self) -> SimStats {
         self.sim.stats()
     }
+
+    /// Takes the edge down for `duration` from now: every handshake is answered with the
+    /// reject status and a `Retry-After` naming the time left.
+    pub fn outage(&self, duration: Duration) {
+        self.sim.lock().down_until = Some(Instant::now() + duration);
+    }
 }
 
 impl Sim {
@@ -274,6 +288,15 @@ impl Sim {
         let mut state = self.lock();
         let state = &mut *state;
         state.stats.handshakes += 1;
+        // Down for maintenance: every handshake is refused until it is back up, and
+        // told when that is. These are not violations: the clients could not know.
+        if let Some(until) = state.down_until.filter(|u| *u > now) {
+            state.stats.refused_outage += 1;
+            state.stats.rejected += 1;
+            let left = until.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            return Decision::Refuse("outage", secs.max(1));
+        }
         prune(&mut state.window);
         state.window.push_back(now);
         let load = state.window.len() as f64 / f64::from(c.capacity.max(1));
@@ -305,7 +328,8 @@ impl Sim {
                 .violations_by_limit
                 .entry(limit.to_owned())
                 .or_default() += 1;
-            return Decision::Refuse(limit);
+            let retry = if limit.ends_with("sessions") { 5 } else { 1 };
+            return Decision::Refuse(limit, retry);
         }
         o.window.push_back(now);
         o.stats.live += 1;
@@ -429,17 +453,12 @@ async fn serve(
     };
     let org = org_of(&req, &sim.config.org_header);
     match sim.decide(&org) {
-        Decision::Refuse(limit) => {
+        Decision::Refuse(limit, retry) => {
             let status = StatusCode::from_u16(sim.config.reject_status)
                 .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             let mut resp = respond(status, format!("edge-sim: over the {limit} limit\n"));
             let headers = resp.headers_mut();
-            let retry = if limit.ends_with("sessions") {
-                "5"
-            } else {
-                "1"
-            };
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(retry));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
             let trace = format!("{:016x}", rand::random::<u64>());
             headers.insert(
                 "x-trace-id",
