@@ -178,6 +178,15 @@ impl Attempt<'_> {
     }
 }
 
+/// Records an attempt's outcome, through the probe guard when it was the probe.
+fn record(pool: &Pool, index: usize, probe: Option<pool::ProbeGuard>, outcome: pool::Outcome) {
+    let now = Instant::now();
+    match probe {
+        Some(guard) => guard.record(outcome, now),
+        None => pool.record(index, false, outcome, now),
+    }
+}
+
 /// How [`Connector::connect`] retries.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -311,6 +320,8 @@ impl Connector {
                 }
             };
             blocked = None;
+            // Frees the circuit's probe if this attempt never reports.
+            let mut probe_guard = probe.then(|| pool.probe_guard(index));
             if !attempts.is_empty() {
                 // Backoff with full jitter, then an edge token.
                 let step = policy
@@ -319,16 +330,10 @@ impl Connector {
                     .min(policy.backoff_max);
                 let pause = step.mul_f64(rand::random::<f64>());
                 if now + pause >= deadline {
-                    if probe {
-                        pool.record(index, true, pool::Outcome::Answered, now);
-                    }
                     break;
                 }
                 tokio::time::sleep(pause).await;
                 if !before_retry(deadline).await {
-                    if probe {
-                        pool.record(index, true, pool::Outcome::Answered, Instant::now());
-                    }
                     break;
                 }
             }
@@ -342,7 +347,7 @@ impl Connector {
             let took = began.elapsed();
             let error = match result {
                 Ok(Ok((leg, headers))) => {
-                    pool.record(index, probe, pool::Outcome::Success, Instant::now());
+                    record(pool, index, probe_guard.take(), pool::Outcome::Success);
                     observe(Attempt {
                         endpoint,
                         result: Ok(()),
@@ -366,7 +371,7 @@ impl Connector {
                 took,
             });
             tracing::debug!(endpoint = %endpoint.url, error = %error, "upstream attempt failed");
-            pool.record(index, probe, error.pool_outcome(), Instant::now());
+            record(pool, index, probe_guard.take(), error.pool_outcome());
             tried[index] = true;
             let retry = error.try_next();
             attempts.push((endpoint.url.clone(), error));

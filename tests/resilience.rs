@@ -265,3 +265,35 @@ async fn a_slowing_edge_lowers_the_rate_before_any_refusal_and_it_recovers() {
         "recovers step by step"
     );
 }
+
+#[tokio::test]
+async fn one_groups_paused_edge_does_not_hold_back_another_groups_tenants() {
+    let down = edge_with(EdgeOptions {
+        refuse_with: Some(503),
+        retry_after: Some(30),
+        ..EdgeOptions::default()
+    })
+    .await;
+    let up = edge().await;
+    let proxy = proxy(&format!(
+        "[upstream]\nhandshake_timeout = \"1s\"\nretry_budget = \"2s\"\n\
+         [upstream.groups.primary]\nendpoints = [\"{}\"]\n\
+         [upstream.groups.dedicated]\nendpoints = [\"{}\"]\n\
+         [tenants.stuck]\nauth = {NO_AUTH}\n\
+         [tenants.own]\nauth = {NO_AUTH}\nupstream_group = \"dedicated\"\n",
+        down.url(false),
+        up.url(false)
+    ))
+    .await;
+    let resp = connect_refused(&proxy.url("/t/stuck/"), &[]).await;
+    assert_eq!(reason(&resp), "edge-capacity");
+    // The primary group is paused for 30 s; the dedicated group's tenant goes through.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut ws = connect_ok(&proxy.url("/t/own/"), &[]).await;
+        echo(&mut ws, "own edge").await;
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    assert_eq!(up.requests().len(), 3);
+    assert_eq!(down.requests().len(), 1);
+}

@@ -102,6 +102,32 @@ pub enum Outcome {
     Answered,
 }
 
+/// See [`Pool::probe_guard`].
+#[derive(Debug)]
+pub struct ProbeGuard {
+    pool: Arc<Pool>,
+    index: usize,
+    done: bool,
+}
+
+impl ProbeGuard {
+    /// Records the probe's outcome (which closes or reopens the circuit).
+    pub fn record(mut self, outcome: Outcome, now: Instant) {
+        self.done = true;
+        self.pool.record(self.index, true, outcome, now);
+    }
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.pool.endpoints[self.index]
+                .probing
+                .store(false, Ordering::Release);
+        }
+    }
+}
+
 /// A session's place on its endpoint: counted live until dropped.
 #[derive(Debug)]
 pub struct Lease {
@@ -208,6 +234,12 @@ impl Pool {
     /// Records how an attempt on endpoint `index` ended.
     pub fn record(&self, index: usize, probe: bool, outcome: Outcome, now: Instant) {
         let e = &self.endpoints[index];
+        // Failures of attempts that started before a probe was chosen must not decide
+        // the probe's circuit; only the probe's own outcome does.
+        if !probe && e.probing.load(Ordering::Acquire) && outcome == Outcome::Failure {
+            e.failures.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
         match outcome {
             Outcome::Success | Outcome::Answered => {
                 e.failures.store(0, Ordering::Release);
@@ -228,6 +260,17 @@ impl Pool {
         }
         if probe {
             e.probing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Holds the probe of endpoint `index`'s half-open circuit for one attempt. If the
+    /// attempt never reports (its client hung up, the budget ran out first), dropping
+    /// the guard lets the next client probe; the circuit itself is left as it was.
+    pub fn probe_guard(self: &Arc<Self>, index: usize) -> ProbeGuard {
+        ProbeGuard {
+            pool: self.clone(),
+            index,
+            done: false,
         }
     }
 
@@ -350,6 +393,38 @@ mod tests {
             pool.choose(again, &[false, true]),
             Choice::Use { index: 1, .. }
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_whose_client_left_frees_the_circuit_for_the_next_probe() {
+        let pool = Arc::new(Pool::new(1));
+        let now = Instant::now();
+        for _ in 0..CIRCUIT_FAILURES {
+            pool.record(0, false, Outcome::Failure, now);
+        }
+        let later = now + CIRCUIT_COOLDOWN;
+        assert_eq!(
+            pool.choose(later, &[false]),
+            Choice::Use {
+                index: 0,
+                probe: true
+            }
+        );
+        let guard = pool.probe_guard(0);
+        assert!(matches!(
+            pool.choose(later, &[false]),
+            Choice::Blocked { .. }
+        ));
+        drop(guard); // the probing client hung up mid-attempt
+        assert_eq!(
+            pool.choose(later, &[false]),
+            Choice::Use {
+                index: 0,
+                probe: true
+            }
+        );
+        pool.probe_guard(0).record(Outcome::Success, later);
+        assert!(!pool.circuit_open(0));
     }
 
     #[tokio::test(start_paused = true)]
