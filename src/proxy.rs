@@ -180,7 +180,7 @@ pub async fn handle(
             &upstream_req,
             &RetryPolicy::of(&config.upstream),
             &mut observe,
-            |deadline| admission.retry_token(deadline),
+            |deadline| admission.retry_token(&tenant.name, deadline),
         )
         .await
     {

@@ -128,7 +128,9 @@ impl AttemptError {
                 status,
                 retry_after: Some(after),
                 ..
-            } if *status == StatusCode::SERVICE_UNAVAILABLE => pool::Outcome::Pause(*after),
+            } if *status == StatusCode::SERVICE_UNAVAILABLE && !after.is_zero() => {
+                pool::Outcome::Pause(*after)
+            }
             Self::Status { status, .. } if matches!(status.as_u16(), 502..=504) => {
                 pool::Outcome::Failure
             }

@@ -246,7 +246,11 @@ async fn a_slowing_edge_lowers_the_rate_before_any_refusal_and_it_recovers() {
     let gauge = support::scrape(proxy.admin)
         .await
         .get("sluice_effective_handshake_rate", &[("tenant", "lab")]);
-    assert_eq!(gauge, lowered);
+    // (A recovery tick may have come in between on a slow machine.)
+    assert!(
+        (lowered..20.0).contains(&gauge),
+        "gauge {gauge}, lowered {lowered}"
+    );
     // No refusal happened: the edge never answered anything but 101.
     assert!(edge.requests().len() >= 2);
     // The edge is fast again: a tenth of the rate comes back each clean second.

@@ -34,6 +34,8 @@ pub struct Policy {
 #[derive(Debug)]
 pub(crate) struct Adaptive {
     configured: f64,
+    /// The bucket's burst, unchanged by adaptation.
+    burst: u32,
     /// `f64` bits of the effective rate.
     current: AtomicU64,
     epoch: Instant,
@@ -45,10 +47,11 @@ pub(crate) struct Adaptive {
 }
 
 impl Adaptive {
-    pub(crate) fn new(configured: f64, gauge: prometheus::Gauge) -> Self {
+    pub(crate) fn new(configured: f64, burst: u32, gauge: prometheus::Gauge) -> Self {
         gauge.set(configured);
         Self {
             configured,
+            burst,
             current: AtomicU64::new(configured.to_bits()),
             epoch: Instant::now(),
             last_trouble: AtomicU64::new(0),
@@ -67,10 +70,18 @@ impl Adaptive {
         f64::from_bits(self.current.load(Ordering::Relaxed))
     }
 
-    fn set(&self, rate: f64, tokens: &Tokens) {
-        self.current.store(rate.to_bits(), Ordering::Relaxed);
-        tokens.set_rate(rate);
-        self.gauge.set(rate);
+    /// Moves the effective rate by `f` (a compare-and-swap loop, so concurrent
+    /// decreases and recoveries never overwrite each other) and applies it.
+    fn update(&self, tokens: &Tokens, f: impl Fn(f64) -> f64) {
+        let mut applied = self.effective();
+        let _ = self
+            .current
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                applied = f(f64::from_bits(bits));
+                Some(applied.to_bits())
+            });
+        tokens.set_rate(applied, self.burst);
+        self.gauge.set(applied);
     }
 
     /// A sign of trouble at the edge.
@@ -81,7 +92,8 @@ impl Adaptive {
         let now_ns = self.nanos(now);
         self.last_trouble.store(now_ns, Ordering::Relaxed);
         let last = self.last_decrease.load(Ordering::Relaxed);
-        if last != 0 && now_ns - last < CLEAN_PERIOD.as_nanos() as u64 {
+        // Saturating: another task may have stored a slightly later time.
+        if last != 0 && now_ns.saturating_sub(last) < CLEAN_PERIOD.as_nanos() as u64 {
             return;
         }
         if self
@@ -92,8 +104,7 @@ impl Adaptive {
             return; // another trouble report decreased it just now
         }
         let floor = self.configured * policy.floor;
-        let rate = (self.effective() * policy.factor).max(floor);
-        self.set(rate, tokens);
+        self.update(tokens, |rate| (rate * policy.factor).max(floor));
     }
 
     /// Called about once a second: after a clean second, a step back up.
@@ -103,11 +114,11 @@ impl Adaptive {
             return;
         }
         let last = self.last_trouble.load(Ordering::Relaxed);
-        if last != 0 && self.nanos(now) - last < CLEAN_PERIOD.as_nanos() as u64 {
+        if last != 0 && self.nanos(now).saturating_sub(last) < CLEAN_PERIOD.as_nanos() as u64 {
             return;
         }
-        let rate = (current + self.configured * RECOVERY_STEP).min(self.configured);
-        self.set(rate, tokens);
+        let step = self.configured * RECOVERY_STEP;
+        self.update(tokens, |rate| (rate + step).min(self.configured));
     }
 }
 
@@ -123,7 +134,7 @@ mod tests {
             floor: 0.1,
         };
         let tokens = Tokens::new(100.0, 1);
-        let a = Adaptive::new(100.0, prometheus::Gauge::new("g", "g").unwrap());
+        let a = Adaptive::new(100.0, 1, prometheus::Gauge::new("g", "g").unwrap());
         let t0 = Instant::now();
         a.trouble(&tokens, policy, t0);
         a.trouble(&tokens, policy, t0 + Duration::from_millis(500));
@@ -143,6 +154,10 @@ mod tests {
         }
         assert_eq!(a.effective(), 100.0);
         assert_eq!(a.gauge.get(), 100.0);
+        // A time stored by another task a moment later than this one's `now` is fine.
+        a.trouble(&tokens, policy, t1 + Duration::from_secs(20));
+        a.recover(&tokens, t1 + Duration::from_secs(19));
+        a.trouble(&tokens, policy, t1 + Duration::from_secs(19));
     }
 
     #[tokio::test(start_paused = true)]
@@ -153,7 +168,7 @@ mod tests {
             floor: 0.1,
         };
         let tokens = Tokens::new(10.0, 1);
-        let a = Adaptive::new(10.0, prometheus::Gauge::new("g", "g").unwrap());
+        let a = Adaptive::new(10.0, 1, prometheus::Gauge::new("g", "g").unwrap());
         a.trouble(&tokens, policy, Instant::now());
         assert_eq!(a.effective(), 10.0);
     }

@@ -180,14 +180,11 @@ impl Tokens {
         )
     }
 
-    /// Changes the rate (the burst stays); tokens already taken keep their spacing.
-    pub fn set_rate(&self, rate: f64) {
-        // The burst is not stored: it is tolerance / interval + 1 (kept out of the
-        // tenant's hot cache line).
-        let burst = self.tolerance.load(Ordering::Relaxed)
-            / self.interval.load(Ordering::Relaxed).max(1)
-            + 1;
-        let (interval, tolerance) = Self::params(rate, u32::try_from(burst).unwrap_or(u32::MAX));
+    /// Changes the rate (with the bucket's `burst`, which the caller keeps: it is not
+    /// stored here, to keep a tenant's hot fields in one cache line); tokens already
+    /// taken keep their spacing.
+    pub fn set_rate(&self, rate: f64, burst: u32) {
+        let (interval, tolerance) = Self::params(rate, burst);
         self.interval.store(interval, Ordering::Relaxed);
         self.tolerance.store(tolerance, Ordering::Relaxed);
     }

@@ -96,7 +96,7 @@ impl EdgeGate {
             waiting: AtomicU32::new(0),
             weight_sum: AtomicU64::new(0),
             slot_bound: AtomicBool::new(false),
-            adaptive: Adaptive::new(limits.handshake_rate, gauge),
+            adaptive: Adaptive::new(limits.handshake_rate, limits.handshake_burst, gauge),
         }
     }
 

@@ -220,7 +220,11 @@ impl TenantGate {
             weight: limits.weight,
             queue: Mutex::default(),
             depth_gauge: metrics.queue_depth.clone(),
-            adaptive: Adaptive::new(limits.handshake_rate, metrics.effective_rate.clone()),
+            adaptive: Adaptive::new(
+                limits.handshake_rate,
+                limits.handshake_burst,
+                metrics.effective_rate.clone(),
+            ),
             emptied: Notify::new(),
             edge,
             pool,
@@ -400,6 +404,11 @@ async fn reserve(
         },
         None => (None, finish),
     };
+    // A pause that began while this waited for its turn holds the client back too:
+    // everything reserved goes back and the pump starts over.
+    if gate.paused(Instant::now()).is_some() {
+        return Some((None, finish));
+    }
     // Only the pump takes this tenant's tokens while its queue is not empty, so the
     // token seen ready above is still there, unless the queue emptied meanwhile and a
     // new client took it directly: then everything above goes back.

@@ -387,15 +387,29 @@ impl Admission {
         }
     }
 
-    /// Waits for an edge handshake token for an upstream retry: every attempt counts
-    /// against the edge's rate, not only a client's first. `false` when none comes
-    /// before `deadline`. Without an `[edge]` ceiling, `true` at once.
-    pub async fn retry_token(&self, deadline: Instant) -> bool {
+    /// Before an upstream retry of a client of `tenant`: waits out a pause the edge
+    /// asked for (the tenant's or its group's), then takes an edge handshake token, since
+    /// every attempt counts against the edge's rate, not only a client's first. `false`
+    /// when that cannot happen before `deadline`. Without an `[edge]` ceiling, no token
+    /// is needed.
+    pub async fn retry_token(&self, tenant: &str, deadline: Instant) -> bool {
+        if let Some(gate) = self.gate(tenant) {
+            while let Some(until) = gate.paused(Instant::now()) {
+                if until >= deadline {
+                    return false;
+                }
+                tokio::time::sleep_until(until).await;
+            }
+        }
         let Some(edge) = &self.edge else {
             return true;
         };
         loop {
-            if edge.limit.tokens.try_take(Instant::now()).is_ok() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            if edge.limit.tokens.try_take(now).is_ok() {
                 return true;
             }
             let ready = edge.limit.tokens.ready_at();

@@ -166,13 +166,54 @@ impl Pool {
     /// Picks the endpoint for the next attempt; `tried[i]` marks endpoints this client
     /// already tried (tried last, when another is usable).
     pub fn choose(&self, now: Instant, tried: &[bool]) -> Choice {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let (best, blocked) = self.best(now, tried, start, None);
+        let (index, probe) = match best {
+            Some(b) => b,
+            None => {
+                let (until, paused) = blocked.unwrap_or((self.nanos(now), false));
+                return Choice::Blocked {
+                    until: self.instant(until),
+                    paused,
+                };
+            }
+        };
+        if !probe {
+            return Choice::Use { index, probe };
+        }
+        // Only one client probes a half-open circuit; one that loses the race takes the
+        // next best endpoint if there is one.
+        if self.endpoints[index]
+            .probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return Choice::Use { index, probe: true };
+        }
+        match self.best(now, tried, start, Some(index)).0 {
+            Some((other, false)) => Choice::Use {
+                index: other,
+                probe: false,
+            },
+            _ => Choice::Blocked {
+                until: now + PROBE_WAIT,
+                paused: false,
+            },
+        }
+    }
+
+    /// The best usable endpoint (index, whether it would be a probe) and, when none is,
+    /// the earliest time one becomes usable and whether that ends a pause.
+    fn best(&self, now: Instant, tried: &[bool], start: usize, skip: Option<usize>) -> Best {
         let now_ns = self.nanos(now);
         let n = self.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<(bool, u32, usize, bool)> = None; // (tried, live, index, probe)
         let mut blocked: Option<(u64, bool)> = None;
         for k in 0..n {
             let i = (start + k) % n;
+            if skip == Some(i) {
+                continue;
+            }
             let e = &self.endpoints[i];
             let paused = e.paused_until.load(Ordering::Acquire);
             if paused > now_ns {
@@ -201,34 +242,7 @@ impl Pool {
                 best = Some(key);
             }
         }
-        match best {
-            Some((_, _, index, true)) => {
-                // Only one client probes a half-open circuit.
-                if self.endpoints[index]
-                    .probing
-                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    Choice::Use { index, probe: true }
-                } else {
-                    Choice::Blocked {
-                        until: now + PROBE_WAIT,
-                        paused: false,
-                    }
-                }
-            }
-            Some((_, _, index, false)) => Choice::Use {
-                index,
-                probe: false,
-            },
-            None => {
-                let (until, paused) = blocked.unwrap_or((now_ns, false));
-                Choice::Blocked {
-                    until: self.instant(until),
-                    paused,
-                }
-            }
-        }
+        (best.map(|(_, _, i, probe)| (i, probe)), blocked)
     }
 
     /// Records how an attempt on endpoint `index` ended.
@@ -308,6 +322,10 @@ impl Pool {
         self.endpoints[index].open_until.load(Ordering::Acquire) != 0
     }
 }
+
+/// What [`Pool::best`] found: the endpoint to use (index, whether as the circuit's
+/// probe), else when the first becomes usable (nanoseconds) and whether a pause ends then.
+type Best = (Option<(usize, bool)>, Option<(u64, bool)>);
 
 fn earliest(current: Option<(u64, bool)>, candidate: (u64, bool)) -> (u64, bool) {
     match current {
