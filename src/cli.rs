@@ -75,12 +75,27 @@ pub enum Command {
     Demo(crate::tools::demo::DemoConfig),
 }
 
-/// A multi-thread runtime, or the reason it could not start.
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Runtime::new().map_err(|e| {
-        eprintln!("cannot start the runtime: {e}");
-        ExitCode::FAILURE
-    })
+/// Runs `job` on a multi-thread runtime; its exit code, or failure when the runtime
+/// cannot start.
+fn block_on(job: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(job),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit code of a result; an error is printed after `what: `.
+fn exit<T>(what: &str, result: Result<T, impl std::fmt::Display>) -> ExitCode {
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Parses the command line and runs it.
@@ -89,54 +104,20 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::EdgeSim(config) => {
             crate::logging::init(cli.log_format);
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(crate::tools::edge_sim::run(
-                config,
-                crate::signals::terminate(),
-            )) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("edge-sim: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on(async {
+                let result = crate::tools::edge_sim::run(config, crate::signals::terminate()).await;
+                exit("edge-sim", result)
+            })
         }
         Command::Spike(config) => {
             crate::logging::init_with(cli.log_format, "warn");
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(crate::tools::spike::run_spike(&config)) {
-                Ok(report) => {
-                    if config.json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&report).expect("serialises")
-                        );
-                    } else {
-                        print!("{}", crate::tools::spike::render(&report));
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("spike: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on(spike(config))
         }
         Command::Demo(config) => {
             // The report is the output; sluice's own warnings (the outage's 503s) would
             // only interleave with it. RUST_LOG brings them back.
             crate::logging::init_with(cli.log_format, "error");
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            rt.block_on(demo(config))
+            block_on(demo(config))
         }
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
@@ -159,23 +140,35 @@ pub fn main() -> ExitCode {
                 }
             };
             tracing::warn!("{NOT_ENFORCED_YET}");
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(crate::run(config, crate::signals::terminate())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
+            block_on(async {
+                let result = crate::run(config, crate::signals::terminate()).await;
+                if let Err(e) = &result {
                     tracing::error!("{e}");
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
                 }
-            }
+                exit("error", result)
+            })
         }
     }
+}
+
+async fn spike(config: crate::tools::spike::SpikeConfig) -> ExitCode {
+    let report = match crate::tools::spike::run_spike(&config).await {
+        Ok(r) => r,
+        Err(e) => return exit("spike", Err::<(), _>(e)),
+    };
+    if config.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serialises")
+        );
+    } else {
+        print!("{}", crate::tools::spike::render(&report));
+    }
+    if report.total.connected == 0 && report.phones > 0 {
+        eprintln!("spike: no phone connected (is {} reachable?)", config.url);
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 async fn demo(config: crate::tools::demo::DemoConfig) -> ExitCode {

@@ -125,7 +125,6 @@ pub struct Metrics {
     session_duration: HistogramVec,
     relay_bytes: IntCounterVec,
     tenant_limit: GaugeVec,
-    config_reloads: IntCounterVec,
     effective_rate: GaugeVec,
     edge_rate: Option<prometheus::Gauge>,
     tenants: HashMap<String, Arc<TenantMetrics>>,
@@ -242,6 +241,7 @@ impl Metrics {
             opts("sluice_config_reloads_total", "Config reloads by result."),
             &["result"]
         ));
+        // Registered with both results at 0; counted once reload exists (issue 8).
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
@@ -275,7 +275,6 @@ impl Metrics {
             session_duration,
             relay_bytes,
             tenant_limit,
-            config_reloads,
             effective_rate,
             edge_rate,
             tenants: HashMap::new(),
@@ -377,13 +376,6 @@ impl Metrics {
     pub fn edge_errors(&self) -> Vec<EdgeError> {
         let list = self.edge_errors.lock().unwrap_or_else(|e| e.into_inner());
         list.iter().rev().cloned().collect()
-    }
-
-    /// Counts a config reload.
-    pub fn config_reload(&self, ok: bool) {
-        self.config_reloads
-            .with_label_values(&[if ok { "ok" } else { "error" }])
-            .inc();
     }
 
     /// The Prometheus text exposition.
@@ -555,21 +547,21 @@ impl Recent {
             .map(|(_, d)| (f64::from(*d) * 1e6).round() / 1e6)
             .collect();
         times.sort_by(f64::total_cmp);
-        let quantile = |q: f64| {
-            (!times.is_empty()).then(|| {
-                let rank = ((q * times.len() as f64).ceil() as usize).clamp(1, times.len());
-                times[rank - 1]
-            })
-        };
         RecentWindow {
             admitted_per_min: sums[0],
             queued_per_min: sums[1],
             rejected_per_min: sums[2],
-            handshake_p50: quantile(0.5),
-            handshake_p99: quantile(0.99),
+            handshake_p50: quantile(&times, 0.5),
+            handshake_p99: quantile(&times, 0.99),
             handshakes: times.len(),
         }
     }
+}
+
+/// The `q` quantile (nearest rank) of ascending `sorted` values; `None` when empty.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    let n = sorted.len();
+    (n > 0).then(|| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
 }
 
 /// Unix time now, in seconds.

@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::{connect, connect_ok, proxy, reason, Client, Edge, Proxy};
+use support::{close, connect, connect_ok, proxy, reason, wait_until, Client, Edge, Proxy};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -35,15 +35,6 @@ async fn setup(extra: &str, tenants: &[(&str, &str)]) -> (Edge, Proxy) {
     (edge, proxy)
 }
 
-/// Polls `cond` every 2 ms for up to 20 s.
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 fn queued(proxy: &Proxy, tenant: &str) -> u32 {
     proxy.admission.tenant_load(tenant).unwrap().queued
 }
@@ -62,18 +53,12 @@ async fn arrive_in_order(
     for i in 0..n {
         let url = proxy.url(&format!("/t/{tenant}/?i={i}"));
         tasks.push(tokio::spawn(async move { connect_ok(&url, &[]).await }));
-        wait_until("the client to arrive", || {
+        wait_until("the client to arrive", async || {
             edge.requests().len() - before + queued(proxy, tenant) as usize > i
         })
         .await;
     }
     tasks
-}
-
-/// Closes a client's session cleanly and its connection.
-async fn close(mut ws: Client) {
-    ws.close(None).await.unwrap();
-    while ws.next().await.is_some() {}
 }
 
 /// The `i` of each handshake the edge saw, in order of arrival.
@@ -215,21 +200,21 @@ async fn clients_that_hang_up_while_queued_leave_at_once_and_take_nothing() {
         .unwrap();
         hangers.push(tcp);
     }
-    wait_until("50 queued", || queued(&proxy, "lab") == 50).await;
+    wait_until("50 queued", async || queued(&proxy, "lab") == 50).await;
     drop(hangers);
     let hung_up = Instant::now();
-    wait_until("the queue to empty", || queued(&proxy, "lab") == 0).await;
+    wait_until("the queue to empty", async || queued(&proxy, "lab") == 0).await;
+    // sluice notices each hang-up as soon as its socket reports it; the bound is only
+    // generous for a loaded machine.
     assert!(
-        hung_up.elapsed() < Duration::from_secs(2),
+        hung_up.elapsed() < Duration::from_secs(1),
         "{:?}",
         hung_up.elapsed()
     );
+    // Nothing is held for them: the holder's slot is the only one taken.
+    assert_eq!(proxy.admission.tenant_load("lab").unwrap().live, 1);
     // The slot frees; the next real client goes straight in.
     close(holder).await;
-    wait_until("the slot back", || {
-        proxy.admission.tenant_load("lab").unwrap().live == 0
-    })
-    .await;
     let started = Instant::now();
     let mut next = connect_ok(&proxy.url("/t/lab/?i=1"), &[]).await;
     assert!(started.elapsed() < Duration::from_secs(1));
@@ -321,7 +306,7 @@ async fn backlogged_tenants_share_the_edge_ceiling_by_weight() {
     }
     // While both are backlogged (heavy's 120 take 180 turns at 2:1), count the 150 turns
     // after the first few, which raced the queue.
-    wait_until("150 turns", || edge.requests().len() >= 160).await;
+    wait_until("150 turns", async || edge.requests().len() >= 160).await;
     let turns: Vec<String> = edge.requests()[10..160]
         .iter()
         .map(|r| r.tenant().to_owned())
@@ -383,7 +368,7 @@ async fn every_permit_comes_back_however_sessions_end() {
         s.await.unwrap();
     }
     assert_eq!(edge.requests().len(), 1000);
-    wait_until("every permit back", || {
+    wait_until("every permit back", async || {
         let t = proxy.admission.tenant_load("lab").unwrap();
         let e = proxy.admission.edge_load().unwrap();
         t.live == 0 && t.queued == 0 && e.live == 0 && e.waiting == 0
@@ -402,7 +387,7 @@ async fn every_permit_comes_back_however_sessions_end() {
         let url = url.clone();
         async move { connect(&url, &[]).await.map(|_| ()) }
     });
-    wait_until("the next one queued", || queued(&proxy, "lab") == 1).await;
+    wait_until("the next one queued", async || queued(&proxy, "lab") == 1).await;
     close(full.remove(0)).await;
     over.await.unwrap().expect("admitted once a session ended");
 }

@@ -4,33 +4,14 @@
 
 mod support;
 
-use std::time::Duration;
-
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use support::{
-    admin_get, admin_request, connect_ok, connect_refused, echo, edge, edge_with, proxy, reason,
-    scrape, Client, EdgeOptions,
+    admin_get, admin_request, close, connect_ok, connect_refused, echo, edge, edge_with, proxy,
+    reason, scrape, wait_until, EdgeOptions,
 };
 
 const KEY: &str = "acme-key";
 const AUTH: &[(&str, &str)] = &[("authorization", "Bearer acme-key")];
-
-async fn close(mut ws: Client) {
-    ws.close(None).await.unwrap();
-    while ws.next().await.is_some() {}
-}
-
-async fn wait_until(what: &str, cond: impl AsyncFn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[tokio::test]
 async fn a_scripted_sequence_shows_exactly_in_metrics_and_the_api() {

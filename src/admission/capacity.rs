@@ -194,11 +194,6 @@ impl Tokens {
         Duration::from_nanos(self.interval.load(Ordering::Relaxed))
     }
 
-    /// Tokens per second.
-    pub fn rate(&self) -> f64 {
-        1e9 / self.interval.load(Ordering::Relaxed) as f64
-    }
-
     fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX / 2)
     }

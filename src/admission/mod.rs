@@ -519,6 +519,21 @@ mod tests {
 
     type Log = Arc<Mutex<Vec<(String, usize, Instant)>>>;
 
+    /// `n` connects of `tenant`, each a task that ends with its admission's result (a
+    /// permit is dropped at once).
+    fn spawn_waiters(
+        a: &Arc<Admission>,
+        tenant: &str,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<(), Rejection>>> {
+        (0..n)
+            .map(|_| {
+                let (a, tenant) = (a.clone(), tenant.to_owned());
+                tokio::spawn(async move { a.admit(&tenant).await.map(|_| ()) })
+            })
+            .collect()
+    }
+
     /// Spawns `n` connects of `tenant`, in order, each recording (tenant, index, time)
     /// when admitted and ending its session at once.
     fn spawn_connects(a: &Arc<Admission>, log: &Log, tenant: &str, n: usize) {
@@ -604,12 +619,7 @@ mod tests {
             "max_sessions = 1\nqueue_depth = 2\nqueue_timeout = \"5s\"",
         ));
         let held = a.admit("t").await.unwrap();
-        let waiters: Vec<_> = (0..2)
-            .map(|_| {
-                let a = a.clone();
-                tokio::spawn(async move { a.admit("t").await.map(|_| ()) })
-            })
-            .collect();
+        let waiters: Vec<_> = spawn_waiters(&a, "t", 2);
         tokio::task::yield_now().await;
         let full = a.admit("t").await.unwrap_err();
         assert_eq!(full.reason, Reason::QueueFull);
@@ -637,12 +647,7 @@ mod tests {
             "handshake_rate = 2.0\nhandshake_burst = 1\nqueue_depth = 10\nqueue_timeout = \"60s\"",
         ));
         let _first = a.admit("t").await.unwrap();
-        let waiters: Vec<_> = (0..10)
-            .map(|_| {
-                let a = a.clone();
-                tokio::spawn(async move { a.admit("t").await.map(|_| ()) })
-            })
-            .collect();
+        let waiters: Vec<_> = spawn_waiters(&a, "t", 10);
         tokio::task::yield_now().await;
         let full = a.admit("t").await.unwrap_err();
         assert_eq!(full.reason, Reason::QueueFull);
@@ -663,12 +668,7 @@ mod tests {
         let start = Instant::now();
         let first = a.admit("t").await.unwrap();
         assert!(first.waited.is_none());
-        let waiters: Vec<_> = (0..50)
-            .map(|_| {
-                let a = a.clone();
-                tokio::spawn(async move { a.admit("t").await.map(|_| ()) })
-            })
-            .collect();
+        let waiters: Vec<_> = spawn_waiters(&a, "t", 50);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(a.tenant_load("t").unwrap().queued, 50);
         for w in &waiters {
@@ -816,12 +816,7 @@ mod tests {
             drop(s);
         }
         let _held = a.admit("t").await.unwrap();
-        let waiters: Vec<_> = (0..3)
-            .map(|_| {
-                let a = a.clone();
-                tokio::spawn(async move { a.admit("t").await.map(|_| ()) })
-            })
-            .collect();
+        let waiters: Vec<_> = spawn_waiters(&a, "t", 3);
         tokio::task::yield_now().await;
         let full = a.admit("t").await.unwrap_err();
         assert_eq!(full.reason, Reason::QueueFull);

@@ -309,6 +309,10 @@ fn schedule_outage(c: &DemoConfig, sim: &EdgeSim) -> tokio::task::JoinHandle<()>
     })
 }
 
+fn p50_p99(p50: Option<f64>, p99: Option<f64>) -> String {
+    format!("{} / {}", secs(p50), secs(p99))
+}
+
 fn connected_line(p: &SpikeReport) -> String {
     format!("{} / {}", p.total.connected, p.phones)
 }
@@ -323,92 +327,45 @@ fn all_connected(p: &SpikeReport) -> String {
 
 /// The side-by-side table.
 pub fn render_table(r: &DemoReport) -> String {
-    let (d, s) = (&r.direct, &r.sluice);
-    let rows: Vec<(&str, String, String)> = vec![
-        (
-            "phones connected",
-            connected_line(&d.phones),
-            connected_line(&s.phones),
-        ),
-        (
-            "time until all connected",
-            all_connected(&d.phones),
-            all_connected(&s.phones),
-        ),
-        (
-            "handshakes the edge received",
-            d.edge.handshakes.to_string(),
-            s.edge.handshakes.to_string(),
-        ),
-        (
-            "edge violations (beyond its limits)",
-            d.edge.violations.to_string(),
-            s.edge.violations.to_string(),
-        ),
-        (
-            "  refused by the edge (503)",
-            d.edge.rejected.to_string(),
-            s.edge.rejected.to_string(),
-        ),
-        (
-            "  dropped by the edge (too slow)",
-            d.edge.dropped.to_string(),
-            s.edge.dropped.to_string(),
-        ),
-        (
-            "handshakes during the edge's outage",
-            d.edge.refused_outage.to_string(),
-            s.edge.refused_outage.to_string(),
-        ),
-        (
-            "connect attempts by the phones",
-            d.phones.total.attempts.to_string(),
-            s.phones.total.attempts.to_string(),
-        ),
-        (
-            "phone handshake p50 / p99",
-            format!(
-                "{} / {}",
-                secs(d.phones.total.handshake.p50),
-                secs(d.phones.total.handshake.p99)
-            ),
-            format!(
-                "{} / {}",
-                secs(s.phones.total.handshake.p50),
-                secs(s.phones.total.handshake.p99)
-            ),
-        ),
-        (
-            "edge handshake latency p50 / p99",
-            format!(
-                "{} / {}",
-                secs(d.edge.handshake_p50),
-                secs(d.edge.handshake_p99)
-            ),
-            format!(
-                "{} / {}",
-                secs(s.edge.handshake_p50),
-                secs(s.edge.handshake_p99)
-            ),
-        ),
-        (
-            "most sessions of one organisation",
-            d.edge
+    type Figure = fn(&Phase) -> String;
+    let figures: [(&str, Figure); 11] = [
+        ("phones connected", |p| connected_line(&p.phones)),
+        ("time until all connected", |p| all_connected(&p.phones)),
+        ("handshakes the edge received", |p| {
+            p.edge.handshakes.to_string()
+        }),
+        ("edge violations (beyond its limits)", |p| {
+            p.edge.violations.to_string()
+        }),
+        ("  refused by the edge (503)", |p| {
+            p.edge.rejected.to_string()
+        }),
+        ("  dropped by the edge (too slow)", |p| {
+            p.edge.dropped.to_string()
+        }),
+        ("handshakes during the edge's outage", |p| {
+            p.edge.refused_outage.to_string()
+        }),
+        ("connect attempts by the phones", |p| {
+            p.phones.total.attempts.to_string()
+        }),
+        ("phone handshake p50 / p99", |p| {
+            p50_p99(p.phones.total.handshake.p50, p.phones.total.handshake.p99)
+        }),
+        ("edge handshake latency p50 / p99", |p| {
+            p50_p99(p.edge.handshake_p50, p.edge.handshake_p99)
+        }),
+        ("most sessions of one organisation", |p| {
+            p.edge
                 .orgs
                 .values()
                 .map(|o| o.peak)
                 .max()
                 .unwrap_or(0)
-                .to_string(),
-            s.edge
-                .orgs
-                .values()
-                .map(|o| o.peak)
-                .max()
-                .unwrap_or(0)
-                .to_string(),
-        ),
+                .to_string()
+        }),
     ];
+    let rows = figures.map(|(label, f)| (label, f(&r.direct), f(&r.sluice)));
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -29,6 +29,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
+
+use crate::metrics::quantile;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -262,11 +264,8 @@ impl Sim {
         };
         // Sorted outside the lock: handshakes keep being decided meanwhile.
         l.sort_by(f64::total_cmp);
-        let q = |q: f64| {
-            (!l.is_empty()).then(|| l[((q * l.len() as f64).ceil() as usize).clamp(1, l.len()) - 1])
-        };
-        stats.handshake_p50 = q(0.5);
-        stats.handshake_p99 = q(0.99);
+        stats.handshake_p50 = quantile(&l, 0.5);
+        stats.handshake_p99 = quantile(&l, 0.99);
         stats.orgs = orgs;
         stats
     }

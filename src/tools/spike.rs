@@ -17,6 +17,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::time::Instant;
+
+use crate::metrics::quantile;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -155,13 +157,10 @@ pub struct Quantiles {
 impl Quantiles {
     fn of(mut v: Vec<f64>) -> Self {
         v.sort_by(f64::total_cmp);
-        let q = |q: f64| {
-            (!v.is_empty()).then(|| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1])
-        };
         Self {
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
+            p50: quantile(&v, 0.5),
+            p90: quantile(&v, 0.9),
+            p99: quantile(&v, 0.99),
             max: v.last().copied(),
         }
     }

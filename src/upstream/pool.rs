@@ -312,11 +312,6 @@ impl Pool {
         (earliest != u64::MAX).then(|| self.instant(earliest))
     }
 
-    /// Live sessions on endpoint `index`.
-    pub fn live(&self, index: usize) -> u32 {
-        self.endpoints[index].live.load(Ordering::Acquire)
-    }
-
     /// Whether endpoint `index`'s circuit is open (or half-open) now.
     pub fn circuit_open(&self, index: usize) -> bool {
         self.endpoints[index].open_until.load(Ordering::Acquire) != 0

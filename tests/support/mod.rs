@@ -369,6 +369,24 @@ fn describe(e: &tokio_tungstenite::tungstenite::Error) -> String {
     }
 }
 
+/// Closes a client's session cleanly, then its connection.
+pub async fn close(mut ws: Client) {
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+}
+
+/// Polls `cond` every 5 ms until it holds; fails the test after 20 s.
+pub async fn wait_until(what: &str, cond: impl AsyncFn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Sends a text message and expects it echoed.
 pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, text: &str) {
     ws.send(Message::text(text)).await.unwrap();
