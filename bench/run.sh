@@ -17,6 +17,10 @@
 # for each repetition and each scenario, runs it against every target in turn (the
 # order rotates each repetition); finally prints medians (wsbench report).
 #
+# Targets: direct (no proxy), sluice (a hold-mode tenant: the byte tunnel),
+# sluice-accept (the same process, an accept-mode tenant: sluice's message relay),
+# HAProxy, NGINX.
+#
 # Scenarios (1 KiB text frames, all on loopback):
 #   rtt         one connection, sequential frames: latency p50/p99
 #   load        100 connections, one frame in flight each: round trips/s and the proxy's
@@ -201,8 +205,11 @@ wait_port() {
     return 1
 }
 
+# sluice-accept is the sluice process too (its accept-mode tenant).
+proc_of() { if [ "$1" = sluice-accept ]; then echo sluice; else echo "$1"; fi; }
+
 start_target() {
-    case "$1" in
+    case "$(proc_of "$1")" in
         sluice)
             RUST_LOG=warn "$SLUICE" run --config "$TMP/sluice.toml" 2>>"$OUT/sluice.log" &
             PID[sluice]=$!; wait_port "$SLUICE_PORT" ;;
@@ -220,11 +227,13 @@ start_target() {
 }
 
 stop_target() {
-    local p=${PID[$1]:-}
+    local t
+    t=$(proc_of "$1")
+    local p=${PID[$t]:-}
     [ -n "$p" ] || return 0
     kill "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
-    unset "PID[$1]"
+    unset "PID[$t]"
 }
 
 # The processes whose CPU and memory count: sluice, HAProxy, NGINX's workers.
@@ -232,17 +241,18 @@ measured_pids() {
     case "$1" in
         direct) echo "" ;;
         nginx) ps -o pid= --ppid "${PID[nginx]}" | tr -d ' ' | paste -sd, ;;
-        *) echo "${PID[$1]}" ;;
+        *) echo "${PID[$(proc_of "$1")]}" ;;
     esac
 }
 
 url_of() {
-    local port
+    local port tenant=bench
     case "$1" in
         direct) port=$ECHO_PORT ;; sluice) port=$SLUICE_PORT ;;
+        sluice-accept) port=$SLUICE_PORT; tenant=bench_accept ;;
         haproxy) port=$HAPROXY_PORT ;; nginx) port=$NGINX_PORT ;;
     esac
-    echo "ws://127.0.0.1:$port/t/bench/echo"
+    echo "ws://127.0.0.1:$port/t/$tenant/echo"
 }
 
 "$W" echo --listen "127.0.0.1:$ECHO_PORT" 2>>"$OUT/echo.log" &
@@ -264,15 +274,16 @@ run() {
     line=$(timeout 300 "${cmd[@]}" --tag "target=$target" --tag "rep=$rep" 2>>"$LOG") || true
     [ -n "$line" ] || line="{\"target\":\"$target\",\"rep\":$rep,\"scenario\":\"$scenario\",\"error\":\"no output\"}"
     echo "$line" >>"$RUNS"
-    printf '  %-8s %s\n' "$target" "$line"
+    printf '  %-13s %s\n' "$target" "$line"
 }
 
-TARGETS=(direct sluice haproxy nginx)
+TARGETS=(direct sluice sluice-accept haproxy nginx)
 START=$(date +%s)
 for rep in $(seq "$REPS"); do
     # Rotate the order each repetition so no target always runs first or last.
     order=()
-    for i in 0 1 2 3; do order+=("${TARGETS[$(((i + rep - 1) % 4))]}"); done
+    n=${#TARGETS[@]}
+    for i in $(seq 0 $((n - 1))); do order+=("${TARGETS[$(((i + rep - 1) % n))]}"); done
     echo "== repetition $rep/$REPS (order: ${order[*]})"
     for scenario in rtt load idle handshakes; do
         for t in "${order[@]}"; do

@@ -937,7 +937,7 @@ async fn handshakes(
 // ---------------------------------------------------------------------------------------
 // report
 
-const TARGETS: [&str; 4] = ["direct", "sluice", "haproxy", "nginx"];
+const TARGETS: [&str; 5] = ["direct", "sluice", "sluice-accept", "haproxy", "nginx"];
 
 fn report(input: &std::path::Path) {
     let text = std::fs::read_to_string(input)
@@ -1066,9 +1066,9 @@ fn report(input: &std::path::Path) {
 
     // Ratios within each repetition: the two proxies ran minutes apart, not hours, so
     // these cancel much of what the machine did meanwhile.
-    let paired = |s: &str, f: &str, other: &str| -> String {
+    let paired_of = |who: &str, s: &str, f: &str, other: &str| -> String {
         let key = |t: &str| (t.to_string(), s.to_string(), f.to_string());
-        let (Some(a), Some(b)) = (by_rep.get(&key("sluice")), by_rep.get(&key(other))) else {
+        let (Some(a), Some(b)) = (by_rep.get(&key(who)), by_rep.get(&key(other))) else {
             return "—".into();
         };
         let mut r: Vec<f64> = a
@@ -1087,6 +1087,7 @@ fn report(input: &std::path::Path) {
         };
         format!("{med:.2}× ({:.2}–{:.2})", r[0], r[n - 1])
     };
+    let paired = |s: &str, f: &str, other: &str| paired_of("sluice", s, f, other);
     println!("\nsluice ÷ the other proxy within each repetition: median (min–max):\n");
     println!("| figure | sluice ÷ NGINX | sluice ÷ HAProxy |");
     println!("|---|---|---|");
@@ -1165,6 +1166,40 @@ fn report(input: &std::path::Path) {
         cell("haproxy", "idle", "returned_pct", 0),
         cell("nginx", "idle", "returned_pct", 0),
         verdict(sr.map(|r| r >= 90.0))
+    );
+
+    // Issue 7: what accept mode's message relay costs against hold mode's tunnel.
+    println!(
+        "\nAims (issue 7), sluice-accept (message relay) against sluice (hold-mode tunnel):\n"
+    );
+    println!(
+        "| aim | sluice-accept | sluice | sluice-accept ÷ sluice within each repetition | met |"
+    );
+    println!("|---|---|---|---|---|");
+    let (ac, hc) = (
+        median("sluice-accept", "load", "cpu_us_per_rt"),
+        s("load", "cpu_us_per_rt"),
+    );
+    println!(
+        "| CPU per round trip ≤ 1.4 × hold | {} µs | {} µs | {} | {} |",
+        cell("sluice-accept", "load", "cpu_us_per_rt", 2),
+        cell("sluice", "load", "cpu_us_per_rt", 2),
+        paired_of("sluice-accept", "load", "cpu_us_per_rt", "sluice"),
+        verdict(ac.zip(hc).map(|(a, b)| a <= 1.4 * b))
+    );
+    let am = median("sluice-accept", "idle", "kb_per_session");
+    println!(
+        "| idle memory < 16 KB per session | {} KB | {} KB | {} | {} |",
+        cell("sluice-accept", "idle", "kb_per_session", 2),
+        cell("sluice", "idle", "kb_per_session", 2),
+        paired_of("sluice-accept", "idle", "kb_per_session", "sluice"),
+        verdict(am.map(|a| a < 16.0))
+    );
+    println!(
+        "| (for reading) RTT p99 | {} µs | {} µs | {} | — |",
+        cell("sluice-accept", "rtt", "p99_us", 1),
+        cell("sluice", "rtt", "p99_us", 1),
+        paired_of("sluice-accept", "rtt", "p99_us", "sluice"),
     );
     if !errors.is_empty() {
         println!("\nFailed runs (left out of the medians): {errors:?}");

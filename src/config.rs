@@ -68,6 +68,14 @@ pub const MIN_MAX_HEADER_BYTES: usize = 8_192;
 pub const MAX_MAX_HEADER_BYTES: usize = 1 << 20;
 /// Default time live sessions get to end by themselves on shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default largest WebSocket message (and frame) relayed in `accept` mode.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 2 << 20;
+/// Largest accepted `accept.max_message_bytes`.
+pub const MAX_MAX_MESSAGE_BYTES: u32 = 64 << 20;
+/// Default bytes of messages an `accept`-mode client may send while queued.
+pub const DEFAULT_HELD_BYTES: u32 = 64 << 10;
+/// Default number of messages an `accept`-mode client may send while queued.
+pub const DEFAULT_HELD_MESSAGES: u32 = 64;
 /// Keys (or last parts of keys) whose values are lists; from the environment they are
 /// written comma-separated, e.g. `SLUICE__UPSTREAM__GROUPS__PRIMARY__ENDPOINTS=ws://a:1,ws://b:1`.
 const LIST_KEYS: [&str; 4] = ["sources", "subprotocols", "endpoints", "key_sha256"];
@@ -134,6 +142,8 @@ pub struct Config {
     pub protection: Protection,
     /// `[shutdown]`
     pub shutdown: Shutdown,
+    /// `[accept]`: the message relay of `accept`-mode tenants.
+    pub accept: Accept,
     /// Configured tenants by name.
     pub tenants: BTreeMap<String, Arc<Tenant>>,
     /// The shared `_default` tenant for unknown names, when `unknown = "default"`.
@@ -418,6 +428,27 @@ pub struct Shutdown {
     pub drain_timeout: Duration,
 }
 
+/// `[accept]`: limits of the message relay used by `accept`-mode tenants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accept {
+    /// Largest message, and largest single frame, either leg may send.
+    pub max_message_bytes: u32,
+    /// Bytes of messages a client may send while it is queued.
+    pub held_bytes: u32,
+    /// Messages a client may send while it is queued.
+    pub held_messages: u32,
+}
+
+impl Default for Accept {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            held_bytes: DEFAULT_HELD_BYTES,
+            held_messages: DEFAULT_HELD_MESSAGES,
+        }
+    }
+}
+
 // === impl Config ===
 
 impl Config {
@@ -573,6 +604,8 @@ impl Config {
             drain_timeout: file.shutdown.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
         };
 
+        let accept = v.accept(&file.accept);
+
         let mut tenants = BTreeMap::new();
         for (name, tenant) in &file.tenants {
             let prefix = format!("tenants.{name}");
@@ -641,6 +674,7 @@ impl Config {
                 defaults,
                 protection,
                 shutdown,
+                accept,
                 tenants,
                 default_tenant,
             })
@@ -827,6 +861,34 @@ impl Validator {
                     DEFAULT_MAX_HEADER_BYTES
                 }
             },
+        }
+    }
+
+    fn accept(&mut self, file: &file::AcceptFile) -> Accept {
+        let max_message_bytes = self.positive_u32(
+            "accept.max_message_bytes",
+            file.max_message_bytes,
+            DEFAULT_MAX_MESSAGE_BYTES,
+        );
+        let max_message_bytes = if max_message_bytes > MAX_MAX_MESSAGE_BYTES {
+            self.fail(
+                "accept.max_message_bytes",
+                format!(
+                    "must be at most {MAX_MAX_MESSAGE_BYTES} (64 MiB), got {max_message_bytes}"
+                ),
+            );
+            DEFAULT_MAX_MESSAGE_BYTES
+        } else {
+            max_message_bytes
+        };
+        Accept {
+            max_message_bytes,
+            held_bytes: self.positive_u32("accept.held_bytes", file.held_bytes, DEFAULT_HELD_BYTES),
+            held_messages: self.positive_u32(
+                "accept.held_messages",
+                file.held_messages,
+                DEFAULT_HELD_MESSAGES,
+            ),
         }
     }
 

@@ -30,6 +30,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod accept;
 pub mod admin;
 pub mod admission;
 pub mod auth;

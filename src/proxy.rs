@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::admission::Admission;
 use crate::config::Config;
+use crate::config::{QueueMode, Tenant};
 use crate::metrics::{self, EdgeError, Metrics, Outcome, TenantMetrics};
 use crate::parse::header_has_token;
 use crate::reject::{self, Reason, Rejection};
@@ -20,9 +21,9 @@ use crate::relay::{self, Leg};
 use crate::release::Session;
 use crate::stream::Stream;
 use crate::upstream::{
-    self, AttemptError, ClientInfo, Connector, Pools, RetryPolicy, UpstreamFailed,
+    self, AttemptError, ClientInfo, Connected, Connector, Pools, RetryPolicy, UpstreamFailed,
 };
-use crate::{auth, tenant};
+use crate::{accept, auth, tenant};
 
 /// How long a tenant is held back after an edge `429` that named no `Retry-After`.
 pub const TENANT_PAUSE_WITHOUT_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -92,16 +93,44 @@ pub async fn handle(
         return Ok(refuse(&tm, rejection, &request_id, info, None));
     }
 
+    // `accept` mode: answer 101 now and queue behind it (see crate::accept).
+    if tenant.limits.queue_mode == QueueMode::Accept {
+        let protocol = match accept::choose_subprotocol(&tenant.limits.subprotocols, &parts) {
+            Ok(p) => p,
+            Err(detail) => {
+                tracing::debug!(client = %info.addr, request_id, tenant = %tenant.name, detail, "no acceptable subprotocol");
+                return Ok(reject::bad_request(&detail, &request_id));
+            }
+        };
+        let mut upstream_req = upstream::build_request(
+            &parts,
+            &resolved.forward_path,
+            info,
+            &request_id,
+            (&config.identity.header, &tenant.name),
+        );
+        let key = accept::own_handshake(&mut upstream_req, protocol.as_deref());
+        let resp = accept::switching_protocols(&parts, protocol.as_deref(), &request_id);
+        let pending = accept::Pending {
+            shared: shared.clone(),
+            config,
+            tenant,
+            tm,
+            request_id,
+            info,
+            upstream_req,
+            key,
+            protocol,
+            tenant_source: resolved.source.as_str(),
+        };
+        tokio::spawn(accept::serve(pending, on_upgrade));
+        return Ok(resp);
+    }
+
     // If the client goes away from here on until the 101, hyper drops this future; the
     // guard still writes that connection's outcome line (and the queue ticket inside
     // `admit` takes the client out of its queue).
-    let mut gone = ClientGone {
-        tenant: &tm,
-        request_id: &request_id,
-        client: info.addr,
-        stage: Some("queued"),
-        since: tokio::time::Instant::now(),
-    };
+    let mut gone = ClientGone::new(&tm, &request_id, info.addr);
 
     // Step 4: admission. The permit moves into the Session below and is released when
     // the session ends.
@@ -125,94 +154,23 @@ pub async fn handle(
         &request_id,
         (&config.identity.header, &tenant.name),
     );
-    let mut observe = |attempt: upstream::Attempt<'_>| {
-        observe_attempt(
-            &shared.metrics,
-            &tm,
-            &tenant.group.name,
-            &request_id,
-            attempt,
-        );
-        // Signs of an edge in trouble slow this tenant and the edge ceiling down.
-        let slow = attempt.result.is_ok() && attempt.took > config.upstream.slow_handshake;
-        let refused = matches!(
-            attempt.result,
-            Err(AttemptError::Status { status, .. })
-                if *status == StatusCode::SERVICE_UNAVAILABLE
-                    || *status == StatusCode::TOO_MANY_REQUESTS
-        );
-        if slow || refused || matches!(attempt.result, Err(AttemptError::Timeout(_))) {
-            shared.admission.upstream_trouble(&tenant.name);
-        }
-        // An edge 429 is about this tenant: hold its clients back for the time asked.
-        if let Err(AttemptError::Status {
-            status,
-            retry_after,
-            ..
-        }) = attempt.result
-        {
-            if *status == StatusCode::TOO_MANY_REQUESTS {
-                shared.admission.pause_tenant(
-                    &tenant.name,
-                    retry_after.unwrap_or(TENANT_PAUSE_WITHOUT_RETRY_AFTER),
-                );
+    let connected =
+        match connect_upstream(&shared, &config, &tenant, &tm, &request_id, &upstream_req).await {
+            Ok(c) => c,
+            Err((rejection, failed)) => {
+                gone.disarm();
+                return Ok(refuse(&tm, rejection, &request_id, info, failed.as_ref()));
             }
-        }
-    };
-    let Some(pool) = shared.pools.get(&tenant.group.name) else {
-        gone.disarm();
-        let rejection = Rejection::new(
-            Reason::UpstreamUnavailable,
-            format!(
-                "upstream group {} has no pool (config changed?)",
-                tenant.group.name
-            ),
-        )
-        .retry_after(config.upstream.handshake_timeout);
-        return Ok(refuse(&tm, rejection, &request_id, info, None));
-    };
-    let admission = &shared.admission;
-    let connected = match shared
-        .connector
-        .connect(
-            &tenant.group,
-            &pool,
-            &upstream_req,
-            &RetryPolicy::of(&config.upstream),
-            &mut observe,
-            |deadline| admission.retry_token(&tenant.name, deadline),
-        )
-        .await
-    {
-        Ok(c) => c,
-        Err(failed) => {
-            gone.disarm();
-            tm.upstream_retries(failed.attempts.len().saturating_sub(1) as u64);
-            let rejection = upstream_rejection(&failed, &config, &tenant.group.name);
-            return Ok(refuse(&tm, rejection, &request_id, info, Some(&failed)));
-        }
-    };
-
+        };
     gone.disarm();
-    tm.upstream_retries(u64::from(connected.attempts.saturating_sub(1)));
-    let outcome = match admitted.waited {
-        Some(_) => Outcome::QueuedAdmitted,
-        None => Outcome::Admitted,
-    };
-    tm.outcome(outcome);
-    let queue_wait_ms = admitted.waited.map(|w| w.as_millis() as u64);
-    tracing::info!(
-        target: "sluice::outcome",
-        tenant = %tenant.name,
-        outcome = outcome.as_str(),
-        request_id,
-        queue_wait_ms,
-        client = %info.addr,
-        tenant_source = resolved.source.as_str(),
-        endpoint = %connected.endpoint.url,
-        handshake_ms = connected.handshake.as_millis() as u64,
-        attempts = connected.attempts,
-        "connect admitted"
+    record_admitted(
+        &tm,
+        &tenant,
+        &request_id,
+        info,
+        resolved.source.as_str(),
+        admitted.waited,
+        &connected,
     );
 
     // Step 6: answer 101 with the upstream's handshake headers, then relay.
@@ -263,20 +221,145 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// Step 5 for an admitted client: opens its upstream WebSocket under the group's
+/// retry policy, feeding every attempt to the metrics, the log and the adaptive rate
+/// (slow handshakes, 503s, 429s and timeouts slow the tenant and the edge down; a 429
+/// pauses the tenant for the time asked).
+///
+/// # Errors
+/// The rejection for the client, with the attempts when there were any.
+pub(crate) async fn connect_upstream(
+    shared: &Shared,
+    config: &Config,
+    tenant: &Tenant,
+    tm: &TenantMetrics,
+    request_id: &str,
+    upstream_req: &Request<()>,
+) -> Result<Connected, (Rejection, Option<UpstreamFailed>)> {
+    let mut observe = |attempt: upstream::Attempt<'_>| {
+        observe_attempt(&shared.metrics, tm, &tenant.group.name, request_id, attempt);
+        // Signs of an edge in trouble slow this tenant and the edge ceiling down.
+        let slow = attempt.result.is_ok() && attempt.took > config.upstream.slow_handshake;
+        let refused = matches!(
+            attempt.result,
+            Err(AttemptError::Status { status, .. })
+                if *status == StatusCode::SERVICE_UNAVAILABLE
+                    || *status == StatusCode::TOO_MANY_REQUESTS
+        );
+        if slow || refused || matches!(attempt.result, Err(AttemptError::Timeout(_))) {
+            shared.admission.upstream_trouble(&tenant.name);
+        }
+        // An edge 429 is about this tenant: hold its clients back for the time asked.
+        if let Err(AttemptError::Status {
+            status,
+            retry_after,
+            ..
+        }) = attempt.result
+        {
+            if *status == StatusCode::TOO_MANY_REQUESTS {
+                shared.admission.pause_tenant(
+                    &tenant.name,
+                    retry_after.unwrap_or(TENANT_PAUSE_WITHOUT_RETRY_AFTER),
+                );
+            }
+        }
+    };
+    let Some(pool) = shared.pools.get(&tenant.group.name) else {
+        let rejection = Rejection::new(
+            Reason::UpstreamUnavailable,
+            format!(
+                "upstream group {} has no pool (config changed?)",
+                tenant.group.name
+            ),
+        )
+        .retry_after(config.upstream.handshake_timeout);
+        return Err((rejection, None));
+    };
+    let admission = &shared.admission;
+    match shared
+        .connector
+        .connect(
+            &tenant.group,
+            &pool,
+            upstream_req,
+            &RetryPolicy::of(&config.upstream),
+            &mut observe,
+            |deadline| admission.retry_token(&tenant.name, deadline),
+        )
+        .await
+    {
+        Ok(connected) => {
+            tm.upstream_retries(u64::from(connected.attempts.saturating_sub(1)));
+            Ok(connected)
+        }
+        Err(failed) => {
+            tm.upstream_retries(failed.attempts.len().saturating_sub(1) as u64);
+            let rejection = upstream_rejection(&failed, config, &tenant.group.name);
+            Err((rejection, Some(failed)))
+        }
+    }
+}
+
+/// Counts an admitted connect and writes its outcome line.
+pub(crate) fn record_admitted(
+    tm: &TenantMetrics,
+    tenant: &Tenant,
+    request_id: &str,
+    info: ClientInfo,
+    tenant_source: &str,
+    waited: Option<std::time::Duration>,
+    connected: &Connected,
+) {
+    let outcome = match waited {
+        Some(_) => Outcome::QueuedAdmitted,
+        None => Outcome::Admitted,
+    };
+    tm.outcome(outcome);
+    tracing::info!(
+        target: "sluice::outcome",
+        tenant = %tenant.name,
+        outcome = outcome.as_str(),
+        request_id,
+        queue_wait_ms = waited.map(|w| w.as_millis() as u64),
+        client = %info.addr,
+        tenant_source,
+        endpoint = %connected.endpoint.url,
+        handshake_ms = connected.handshake.as_millis() as u64,
+        attempts = connected.attempts,
+        "connect admitted"
+    );
+}
+
 /// Writes the outcome line of a client that left while queued or while its upstream
-/// handshake ran.
-struct ClientGone<'a> {
+/// handshake ran (when dropped armed).
+pub(crate) struct ClientGone<'a> {
     tenant: &'a TenantMetrics,
     request_id: &'a str,
     client: std::net::SocketAddr,
-    /// Where the client was; `None` once the outcome is logged elsewhere.
-    stage: Option<&'static str>,
+    /// Where the client is; `None` once the outcome is logged elsewhere.
+    pub(crate) stage: Option<&'static str>,
     /// When it started to wait for admission.
     since: tokio::time::Instant,
 }
 
-impl ClientGone<'_> {
-    fn disarm(mut self) {
+impl<'a> ClientGone<'a> {
+    /// Armed, at stage `queued`, from now.
+    pub(crate) fn new(
+        tenant: &'a TenantMetrics,
+        request_id: &'a str,
+        client: std::net::SocketAddr,
+    ) -> Self {
+        Self {
+            tenant,
+            request_id,
+            client,
+            stage: Some("queued"),
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The outcome is written elsewhere.
+    pub(crate) fn disarm(mut self) {
         self.stage = None;
     }
 }
@@ -317,6 +400,25 @@ fn refuse(
     info: ClientInfo,
     failed: Option<&UpstreamFailed>,
 ) -> Response<Full<Bytes>> {
+    let upstream_status = record_refusal(tm, &rejection, request_id, info, failed);
+    let mut resp = rejection.into_response(request_id);
+    if let Some(status) = upstream_status {
+        if let Ok(v) = HeaderValue::from_str(&status) {
+            resp.headers_mut().insert("x-sluice-upstream-status", v);
+        }
+    }
+    resp
+}
+
+/// Counts a refusal (and the queue wait before it) and logs its outcome line within
+/// the tenant's log budget. Returns the last upstream status, when there was an attempt.
+pub(crate) fn record_refusal(
+    tm: &TenantMetrics,
+    rejection: &Rejection,
+    request_id: &str,
+    info: ClientInfo,
+    failed: Option<&UpstreamFailed>,
+) -> Option<String> {
     tm.outcome(Outcome::Refused(rejection.reason));
     if let Some(waited) = rejection.waited {
         tm.queue_wait(waited);
@@ -337,13 +439,7 @@ fn refuse(
             "connect refused"
         );
     }
-    let mut resp = rejection.into_response(request_id);
-    if let Some(status) = upstream_status {
-        if let Ok(v) = HeaderValue::from_str(&status) {
-            resp.headers_mut().insert("x-sluice-upstream-status", v);
-        }
-    }
-    resp
+    upstream_status
 }
 
 /// What the client is told when no endpoint could be used. An edge that answered `429`

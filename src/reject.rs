@@ -2,13 +2,16 @@
 //! responses (DESIGN.md, "Rejections").
 //!
 //! In `hold` mode a rejection is an HTTP status with a short plain-text body, the
-//! `x-sluice-reason` header and, for the 429/503 rows, a `Retry-After` in seconds.
+//! `x-sluice-reason` header and, for the 429/503 rows, a `Retry-After` in seconds. In
+//! `accept` mode the same rejection is a close frame ([`Rejection::close_code`],
+//! [`Rejection::close_reason`]).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Header naming the reason of a rejection.
 pub const REASON_HEADER: &str = "x-sluice-reason";
@@ -64,6 +67,19 @@ impl Reason {
     pub fn has_retry_after(self) -> bool {
         !matches!(self, Self::TenantUnknown | Self::Unauthorized)
     }
+
+    /// The close code in `accept` mode: `1013 Try Again Later` for the 429/503 rows,
+    /// `1008 Policy Violation` for 401/403, `1001 Going Away` for `draining`.
+    pub fn close_code(self) -> CloseCode {
+        match self {
+            Self::TenantUnknown | Self::Unauthorized => CloseCode::Policy,
+            Self::Draining => CloseCode::Away,
+            Self::QueueFull
+            | Self::QueueTimeout
+            | Self::EdgeCapacity
+            | Self::UpstreamUnavailable => CloseCode::Again,
+        }
+    }
 }
 
 /// A refusal, with what the client is told.
@@ -102,6 +118,20 @@ impl Rejection {
         let after = self.retry_after.filter(|_| self.reason.has_retry_after())?;
         let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
         Some(secs.max(1))
+    }
+
+    /// The close code in `accept` mode.
+    pub fn close_code(&self) -> CloseCode {
+        self.reason.close_code()
+    }
+
+    /// The close reason in `accept` mode: `"<reason>; retry-after=<seconds>"`, or only the
+    /// reason when it carries no delay.
+    pub fn close_reason(&self) -> String {
+        match self.retry_after_secs() {
+            Some(secs) => format!("{}; retry-after={secs}", self.reason.as_str()),
+            None => self.reason.as_str().to_owned(),
+        }
     }
 
     /// The `hold`-mode HTTP response.

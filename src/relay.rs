@@ -71,6 +71,8 @@ pub enum End {
     EdgeError(io::ErrorKind),
     /// One side closed and the other did not finish within [`HALF_CLOSE_LINGER`].
     LingerTimeout,
+    /// sluice closed the session itself (shutdown, a revoked credential).
+    Stopped,
 }
 
 impl End {
@@ -82,6 +84,7 @@ impl End {
             Self::ClientError(_) => "client_error",
             Self::EdgeError(_) => "edge_error",
             Self::LingerTimeout => "linger_timeout",
+            Self::Stopped => "stopped",
         }
     }
 }

@@ -24,6 +24,7 @@ pub struct FileConfig {
     pub defaults: LimitsFile,
     pub protection: ProtectionFile,
     pub shutdown: ShutdownFile,
+    pub accept: AcceptFile,
     pub tenants: BTreeMap<String, TenantFile>,
 }
 
@@ -184,4 +185,12 @@ pub struct ProtectionFile {
 pub struct ShutdownFile {
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcceptFile {
+    pub max_message_bytes: Option<i64>,
+    pub held_bytes: Option<i64>,
+    pub held_messages: Option<i64>,
 }

@@ -4,8 +4,10 @@
 //! The edge is a real tokio-tungstenite server. It records every handshake request it
 //! receives (request target and headers), counts live sessions, records the close frames
 //! clients send it, and takes its script from the messages it receives:
-//! `"close-me"` makes it close the session with 1000 "bye", `"drop-me"` makes it drop
-//! the TCP connection without a close frame; anything else is echoed.
+//! `"close-me"` makes it close the session with 1000 "bye", `"close-with CODE REASON"`
+//! with that code and reason, `"drop-me"` makes it drop the TCP connection without a
+//! close frame; anything else is echoed. Every data message and ping it receives is
+//! recorded, in order, with its arrival time.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -91,9 +93,25 @@ pub struct Edge {
     pub peak: Arc<AtomicUsize>,
     /// Close frames received from clients: (code, reason).
     pub closes: Arc<Mutex<Vec<(u16, String)>>>,
+    /// Data messages and pings received, in order, with their arrival times.
+    pub messages: Arc<Mutex<Vec<(Message, tokio::time::Instant)>>>,
 }
 
 impl Edge {
+    /// The data messages received so far, as text (binary ones lossily), in order.
+    pub fn texts(&self) -> Vec<String> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(m, _)| match m {
+                Message::Text(t) => Some(t.to_string()),
+                Message::Binary(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// `ws://127.0.0.1:port`, or `wss://` with TLS.
     pub fn url(&self, tls: bool) -> String {
         format!("{}://{}", if tls { "wss" } else { "ws" }, self.addr)
@@ -131,6 +149,7 @@ pub async fn edge_with(options: EdgeOptions) -> Edge {
         live: Arc::default(),
         peak: Arc::default(),
         closes: Arc::default(),
+        messages: Arc::default(),
     };
     let acceptor = options
         .tls
@@ -220,6 +239,12 @@ async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(
     let live = edge.live.fetch_add(1, Ordering::SeqCst) + 1;
     edge.peak.fetch_max(live, Ordering::SeqCst);
     while let Some(msg) = ws.next().await {
+        if let Ok(m @ (Message::Text(_) | Message::Binary(_) | Message::Ping(_))) = &msg {
+            edge.messages
+                .lock()
+                .unwrap()
+                .push((m.clone(), tokio::time::Instant::now()));
+        }
         match msg {
             Ok(Message::Text(t)) if t.as_str() == "close-me" => {
                 let _ = ws
@@ -229,6 +254,19 @@ async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(
                     }))
                     .await;
                 // Let the closing handshake complete.
+                while let Some(Ok(_)) = ws.next().await {}
+                break;
+            }
+            Ok(Message::Text(t)) if t.as_str().starts_with("close-with ") => {
+                let mut words = t.as_str()["close-with ".len()..].splitn(2, ' ');
+                let code: u16 = words.next().unwrap().parse().unwrap();
+                let reason = words.next().unwrap_or("").to_owned();
+                let _ = ws
+                    .close(Some(CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.into(),
+                    }))
+                    .await;
                 while let Some(Ok(_)) = ws.next().await {}
                 break;
             }

@@ -1,0 +1,774 @@
+//! Steps 4 and 6 of the flow in `accept` mode (DESIGN.md): sluice answers the client's
+//! upgrade itself, holds its messages while it waits in the queue, and then relays
+//! WebSocket *messages* between two WebSocket connections of its own.
+//!
+//! Why the mode exists: in a browser a refused handshake surfaces as close code 1006
+//! with no reason and feeds the tab's reconnect throttle, and a held-open upgrade blocks
+//! the browser's other sockets to the same host. Answering `101` at once and refusing
+//! with a close frame (`1013` and `"<reason>; retry-after=<s>"`) explains every refusal
+//! to JavaScript and lets a browser queue for as long as the tenant's `queue_timeout`.
+//!
+//! # One session, in order
+//!
+//! 1. [`choose_subprotocol`]: the first subprotocol the client offered that the tenant
+//!    lists (credential entries `access_token.*` are never candidates, so never echoed);
+//!    an offer of only unlisted ones is a `400` before any upgrade.
+//! 2. [`switching_protocols`]: the `101`, with no `Sec-WebSocket-Extensions`
+//!    (`permessage-deflate` is declined: neither leg implements it).
+//! 3. [`serve`] (a task of its own): the client's messages are kept in a [`Held`] buffer
+//!    (bounded in bytes and messages, `[accept]`) while admission runs and then while the
+//!    upstream handshake runs; pings are answered by sluice. A client that overflows it
+//!    is closed with `1008`; one that leaves frees its place in the queue at once.
+//! 4. A refusal is a close frame ([`Rejection::close_code`], [`Rejection::close_reason`]),
+//!    counted and logged exactly as in `hold` mode.
+//! 5. Admitted: the upstream handshake is sluice's own (a fresh key, the chosen
+//!    subprotocol only, no extensions) and is checked ([`check_edge_handshake`]); an edge
+//!    that does not take the subprotocol closes the client with `1011`. The held
+//!    messages go first, then [`relay`] moves messages both ways.
+//!
+//! # Cost
+//!
+//! tokio-tungstenite's defaults (128 KiB read buffers, zero-filled before each read, and
+//! an unbounded write buffer) cost about 257 KB per idle session. [`ws_config`] uses
+//! [`READ_BUFFER`]-byte read buffers, writes each message as it is sent (no write
+//! buffering), bounds the write buffer, and limits frames and messages to
+//! `accept.max_message_bytes`. Figures are in `docs/benchmarks.md`.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream as _, StreamExt};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::auth;
+use crate::config::{self, Config, Tenant};
+use crate::metrics::TenantMetrics;
+use crate::proxy::{self, ClientGone, Shared};
+use crate::reject::{self, Reason, Rejection};
+use crate::relay::{End, Leg, RelayStats};
+use crate::release::Session;
+use crate::stream::Stream;
+use crate::upstream::{ClientInfo, Connected};
+
+/// Read buffer of each leg, allocated when the leg is set up and kept for its life: most
+/// of an idle session's memory. Signaling messages are small; a larger one is read in
+/// pieces of this size into a buffer grown for it.
+pub const READ_BUFFER: usize = 4096;
+/// How long a closing handshake may take before the connection is dropped.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest close reason a frame can carry (125-byte control payload minus the code).
+pub const MAX_CLOSE_REASON: usize = 123;
+/// Messages one direction of the relay moves before letting the other have a turn.
+const TURN: usize = 32;
+
+/// A WebSocket connection on either leg.
+pub type Ws = WebSocketStream<Stream>;
+
+/// The tungstenite configuration of both legs (see the module docs, "Cost").
+pub fn ws_config(limits: &config::Accept) -> WebSocketConfig {
+    let max = limits.max_message_bytes as usize;
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        // One message in flight plus control frames (a pong, a close) queued beside it.
+        .max_write_buffer_size(max + 4096)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+/// The subprotocol sluice answers with: the first one the client offered that `listed`
+/// holds; `None` when the client offered none.
+///
+/// # Errors
+/// The client offered subprotocols and none of them is listed (with an empty list,
+/// none is): the `400` detail. An offer of only credential entries is refused too:
+/// browsers and most client libraries fail a handshake whose answer names none of the
+/// offered subprotocols, and sluice never echoes a credential.
+pub fn choose_subprotocol(listed: &[String], parts: &Parts) -> Result<Option<String>, String> {
+    let mut any = false;
+    let mut offered = Vec::new();
+    for p in auth::subprotocols(parts) {
+        any = true;
+        if !p.starts_with(auth::SUBPROTOCOL_PREFIX) {
+            offered.push(p);
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    if let Some(p) = offered.iter().find(|p| listed.iter().any(|l| l == *p)) {
+        return Ok(Some((*p).to_owned()));
+    }
+    let accepted = if listed.is_empty() {
+        "none (offer no subprotocol)".to_owned()
+    } else {
+        listed.join(", ")
+    };
+    Err(if offered.is_empty() {
+        format!(
+            "the only subprotocol offered is a credential, which sluice never echoes, and a client fails a handshake that names none of its offers; offer one of these as well: {accepted}"
+        )
+    } else {
+        format!(
+            "none of the offered subprotocols ({}) is accepted for this tenant; accepted: {accepted}",
+            offered.join(", ")
+        )
+    })
+}
+
+/// The `101` sluice answers itself: the accept key of the client's, the chosen
+/// subprotocol, and no extensions.
+pub fn switching_protocols(
+    client: &Parts,
+    protocol: Option<&str>,
+    request_id: &str,
+) -> Response<Full<Bytes>> {
+    let key = client
+        .headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map_or(&[][..], HeaderValue::as_bytes);
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key)) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(v) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(reject::REQUEST_ID_HEADER, v);
+    }
+    resp
+}
+
+/// Makes the upstream request sluice's own handshake: a fresh key, only the chosen
+/// subprotocol, no extensions. Returns the key, to check the edge's answer with.
+pub fn own_handshake(req: &mut Request<()>, protocol: Option<&str>) -> String {
+    let key = generate_key();
+    let headers = req.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&key) {
+        headers.insert(header::SEC_WEBSOCKET_KEY, v);
+    }
+    headers.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if let Some(v) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+    }
+    key
+}
+
+/// Checks the edge's `101` against the handshake sluice sent (RFC 6455 §4.1): the
+/// accept key, the subprotocol asked for and nothing else, no extension.
+///
+/// # Errors
+/// What is wrong, for the `1011` close reason and the log.
+pub fn check_edge_handshake(
+    headers: &HeaderMap,
+    key: &str,
+    protocol: Option<&str>,
+) -> Result<(), String> {
+    let accept = headers
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .map(HeaderValue::as_bytes);
+    if accept != Some(derive_accept_key(key.as_bytes()).as_bytes()) {
+        return Err("the edge's Sec-WebSocket-Accept does not match".into());
+    }
+    let answered = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    match (protocol, answered) {
+        (Some(asked), Some(got)) if asked == got => {}
+        (Some(asked), None) => {
+            return Err(format!("the edge did not accept subprotocol {asked:?}"));
+        }
+        (_, Some(got)) if protocol.is_none_or(|asked| asked != got) => {
+            return Err(format!(
+                "the edge chose subprotocol {got:?}, which was not asked for"
+            ));
+        }
+        _ => {}
+    }
+    if headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+        return Err("the edge answered with an extension that was not offered".into());
+    }
+    Ok(())
+}
+
+/// A close frame with `reason` cut to what a frame can carry.
+pub fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame {
+        code,
+        reason: reason[..end].to_owned().into(),
+    }
+}
+
+/// Everything [`serve`] needs of the request, owned by its task.
+#[derive(Debug)]
+pub struct Pending {
+    /// What every connection shares.
+    pub shared: Arc<Shared>,
+    /// The config the request was resolved under.
+    pub config: Arc<Config>,
+    /// The tenant, authenticated.
+    pub tenant: Arc<Tenant>,
+    /// Its metrics.
+    pub tm: Arc<TenantMetrics>,
+    /// The request id.
+    pub request_id: String,
+    /// Where the client connects from.
+    pub info: ClientInfo,
+    /// The upstream request, with sluice's own key ([`own_handshake`]).
+    pub upstream_req: Request<()>,
+    /// That key.
+    pub key: String,
+    /// The subprotocol answered to the client and asked of the edge.
+    pub protocol: Option<String>,
+    /// How the tenant was found, for the outcome line.
+    pub tenant_source: &'static str,
+}
+
+/// Messages a queued client sent, in order, within `[accept]`'s bounds.
+#[derive(Debug)]
+pub struct Held {
+    messages: VecDeque<Message>,
+    bytes: usize,
+    max_bytes: usize,
+    max_messages: usize,
+}
+
+/// A held buffer would exceed its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+impl Held {
+    /// An empty buffer with the bounds of `[accept]`.
+    pub fn new(limits: &config::Accept) -> Self {
+        Self {
+            messages: VecDeque::new(),
+            bytes: 0,
+            max_bytes: limits.held_bytes as usize,
+            max_messages: limits.held_messages as usize,
+        }
+    }
+
+    /// Keeps a message.
+    ///
+    /// # Errors
+    /// [`Overflow`] when it would take the buffer past either bound.
+    pub fn push(&mut self, message: Message) -> Result<(), Overflow> {
+        let bytes = self.bytes + message.len();
+        if bytes > self.max_bytes || self.messages.len() >= self.max_messages {
+            return Err(Overflow);
+        }
+        self.bytes = bytes;
+        self.messages.push_back(message);
+        Ok(())
+    }
+
+    /// The messages, in the order they came.
+    pub fn into_messages(self) -> VecDeque<Message> {
+        self.messages
+    }
+}
+
+/// Why a queued client's wait ended early.
+#[derive(Debug)]
+enum Left {
+    /// It closed (a close frame or end of stream) or its connection failed.
+    Gone,
+    /// It sent more than the held buffer takes.
+    Overflow,
+}
+
+/// Runs `work` while reading the queued client: data messages go to `held`, pings are
+/// answered (by tungstenite, on the next read), everything else is dropped.
+async fn while_queued<T>(
+    client: &mut Ws,
+    held: &mut Held,
+    work: impl Future<Output = T>,
+) -> Result<T, Left> {
+    let mut work = pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Ok(out),
+            msg = client.next() => match msg {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    held.push(m).map_err(|Overflow| Left::Overflow)?;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(Left::Gone),
+            },
+        }
+    }
+}
+
+/// Sends a close frame and waits (within [`CLOSE_TIMEOUT`]) for the peer's answer and
+/// the end of its stream, dropping anything else it sends.
+async fn close_and_wait(ws: &mut Ws, frame: Option<CloseFrame>) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if ws.send(Message::Close(frame)).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+/// The client's connection after the `101`, as a WebSocket.
+async fn client_ws(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    config: WebSocketConfig,
+) -> Result<Ws, String> {
+    let upgraded = on_upgrade.await.map_err(|e| e.to_string())?;
+    let parts = upgraded
+        .downcast::<TokioIo<Stream>>()
+        .map_err(|_| "client connection of unexpected type".to_owned())?;
+    Ok(WebSocketStream::from_partially_read(
+        parts.io.into_inner(),
+        parts.read_buf.to_vec(),
+        Role::Server,
+        Some(config),
+    )
+    .await)
+}
+
+/// The session task of one `accept`-mode client, from its `101` to the end of its relay.
+pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
+    let ws_config = ws_config(&p.config.accept);
+    // Counts and logs `client-gone` if the client leaves before it is answered.
+    let mut gone = ClientGone::new(&p.tm, &p.request_id, p.info.addr);
+    let mut client = match client_ws(on_upgrade, ws_config).await {
+        Ok(ws) => ws,
+        Err(error) => {
+            tracing::debug!(request_id = %p.request_id, %error, "upgrade failed");
+            return;
+        }
+    };
+    let mut held = Held::new(&p.config.accept);
+    let name = &p.tenant.name;
+
+    // Step 4: admission, while the client's messages are held.
+    let admitted = match while_queued(&mut client, &mut held, p.shared.admission.admit(name)).await
+    {
+        Ok(Ok(admitted)) => admitted,
+        Ok(Err(rejection)) => {
+            gone.disarm();
+            return refuse(&p, &mut client, rejection, None).await;
+        }
+        Err(left) => {
+            // The guard counts `client-gone` now, not after the closing handshake.
+            drop(gone);
+            return leave(&p, &mut client, left).await;
+        }
+    };
+    gone.stage = Some("upstream-handshake");
+    if let Some(waited) = admitted.waited {
+        p.tm.queue_wait(waited);
+    }
+
+    // Step 5: the upstream handshake, still holding.
+    let connect = proxy::connect_upstream(
+        &p.shared,
+        &p.config,
+        &p.tenant,
+        &p.tm,
+        &p.request_id,
+        &p.upstream_req,
+    );
+    let connected = match while_queued(&mut client, &mut held, connect).await {
+        Ok(Ok(connected)) => connected,
+        Ok(Err((rejection, failed))) => {
+            gone.disarm();
+            return refuse(&p, &mut client, rejection, failed.as_ref()).await;
+        }
+        Err(left) => {
+            // The guard counts `client-gone` now, not after the closing handshake.
+            drop(gone);
+            return leave(&p, &mut client, left).await;
+        }
+    };
+    gone.disarm();
+    if let Err(detail) = check_edge_handshake(&connected.headers, &p.key, p.protocol.as_deref()) {
+        let rejection = Rejection::new(Reason::UpstreamUnavailable, detail.clone());
+        proxy::record_refusal(&p.tm, &rejection, &p.request_id, p.info, None);
+        let reason = format!("{}; {detail}", Reason::UpstreamUnavailable.as_str());
+        close_and_wait(&mut client, Some(close_frame(CloseCode::Error, &reason))).await;
+        return;
+    }
+    proxy::record_admitted(
+        &p.tm,
+        &p.tenant,
+        &p.request_id,
+        p.info,
+        p.tenant_source,
+        admitted.waited,
+        &connected,
+    );
+
+    let Connected {
+        leg,
+        endpoint,
+        lease,
+        ..
+    } = connected;
+    let session = Session::start(
+        (admitted.permit, lease),
+        p.tm.clone(),
+        p.tenant.clone(),
+        p.request_id.clone(),
+        p.info.addr,
+        endpoint.url.clone(),
+    );
+    let edge = edge_ws(leg, ws_config).await;
+    // Free what is no longer needed before a possibly long relay.
+    let held = held.into_messages();
+    drop(p);
+    let stats = relay(client, edge, held, std::future::pending()).await;
+    // Step 7: release.
+    session.end(stats);
+}
+
+/// The upstream connection as a WebSocket.
+async fn edge_ws(leg: Leg, config: WebSocketConfig) -> Ws {
+    WebSocketStream::from_partially_read(leg.stream, leg.early.to_vec(), Role::Client, Some(config))
+        .await
+}
+
+/// Counts and logs a refusal as in `hold` mode, then tells the client with a close frame.
+async fn refuse(
+    p: &Pending,
+    client: &mut Ws,
+    rejection: Rejection,
+    failed: Option<&crate::upstream::UpstreamFailed>,
+) {
+    proxy::record_refusal(&p.tm, &rejection, &p.request_id, p.info, failed);
+    let frame = close_frame(rejection.close_code(), &rejection.close_reason());
+    close_and_wait(client, Some(frame)).await;
+}
+
+/// A queued client left (the `client-gone` line is written by the guard) or overflowed
+/// its held buffer (told with `1008` first).
+async fn leave(p: &Pending, client: &mut Ws, left: Left) {
+    match left {
+        Left::Gone => {
+            // Answer a close frame (tungstenite queued the reply; reading sends it).
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                while let Some(Ok(_)) = client.next().await {}
+            })
+            .await;
+        }
+        Left::Overflow => {
+            let limits = &p.config.accept;
+            let reason = format!(
+                "held-buffer-full; more than {} messages or {} bytes sent before admission",
+                limits.held_messages, limits.held_bytes
+            );
+            tracing::info!(
+                target: "sluice::outcome",
+                tenant = p.tm.name,
+                request_id = p.request_id,
+                client = %p.info.addr,
+                "closing a queued client that overflowed its held-message buffer"
+            );
+            close_and_wait(client, Some(close_frame(CloseCode::Policy, &reason))).await;
+        }
+    }
+}
+
+/// One direction of the message relay.
+#[derive(Debug, Default)]
+struct Dir {
+    /// Messages read and not yet handed to the other leg (the held ones, at first).
+    queue: VecDeque<Message>,
+    /// Something was written since the last flush.
+    dirty: bool,
+    /// Payload bytes moved.
+    bytes: u64,
+}
+
+/// How one direction stopped.
+#[derive(Debug)]
+enum DirEnd {
+    /// The source sent a close frame (its reply is queued by tungstenite).
+    Closed(Option<CloseFrame>),
+    /// The source's stream ended or failed without a close frame.
+    Read(WsError),
+    /// Writing to the other leg failed.
+    Write(WsError),
+}
+
+/// Moves messages from `src` to `dst` until `src` closes or either fails.
+fn poll_dir(cx: &mut Context<'_>, src: &mut Ws, dst: &mut Ws, dir: &mut Dir) -> Poll<DirEnd> {
+    for _ in 0..TURN {
+        while !dir.queue.is_empty() {
+            match Pin::new(&mut *dst).poll_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let Some(msg) = dir.queue.pop_front() else {
+                break;
+            };
+            dir.bytes += msg.len() as u64;
+            if let Err(e) = Pin::new(&mut *dst).start_send(msg) {
+                return Poll::Ready(DirEnd::Write(e));
+            }
+            dir.dirty = true;
+        }
+        match Pin::new(&mut *src).poll_next(cx) {
+            Poll::Ready(Some(Ok(Message::Close(frame)))) => {
+                return Poll::Ready(DirEnd::Closed(frame));
+            }
+            Poll::Ready(Some(Ok(Message::Frame(_)))) => {}
+            Poll::Ready(Some(Ok(msg))) => dir.queue.push_back(msg),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(DirEnd::Read(e)),
+            Poll::Ready(None) => return Poll::Ready(DirEnd::Read(WsError::ConnectionClosed)),
+            Poll::Pending => {
+                if dir.dirty {
+                    match Pin::new(&mut *dst).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => dir.dirty = false,
+                        Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
+                        Poll::Pending => {}
+                    }
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+    // A long run of messages: let the other direction (and other tasks) have a turn.
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+/// Which leg ended the session, and how.
+enum Ending {
+    Client(DirEnd),
+    Edge(DirEnd),
+    /// Told to stop (shutdown, revocation): the code and reason for the client.
+    Stop(CloseCode, String),
+}
+
+/// The `io::ErrorKind` a WebSocket error stands for, for [`End`].
+fn kind(e: &WsError) -> io::ErrorKind {
+    match e {
+        WsError::Io(e) => e.kind(),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => io::ErrorKind::UnexpectedEof,
+        _ => io::ErrorKind::InvalidData,
+    }
+}
+
+/// The close frame telling a peer that its *own* message or frame broke the rules.
+fn fault_frame(e: &WsError) -> Option<CloseFrame> {
+    match e {
+        WsError::Capacity(c) => Some(close_frame(CloseCode::Size, &c.to_string())),
+        WsError::Protocol(p) => Some(close_frame(CloseCode::Protocol, &p.to_string())),
+        WsError::Utf8(_) => Some(close_frame(
+            CloseCode::Invalid,
+            "invalid UTF-8 in a text message",
+        )),
+        _ => None,
+    }
+}
+
+/// Relays messages both ways (held ones first, to the edge) until a leg closes or fails
+/// or `stop` resolves; then completes the closing handshakes within [`CLOSE_TIMEOUT`].
+///
+/// A close frame is passed on with its code and reason. A leg that fails without one
+/// gets the other a close of its own: `1001` to the edge when the client went away,
+/// `1011` to the client when the edge did; a leg that broke the protocol or a size limit
+/// is told so (`1002`, `1007`, `1009`). `stop` closes the client with its code and
+/// reason and the edge with `1001`.
+pub async fn relay(
+    mut client: Ws,
+    mut edge: Ws,
+    held: VecDeque<Message>,
+    stop: impl Future<Output = (CloseCode, String)>,
+) -> RelayStats {
+    let mut up = Dir {
+        queue: held,
+        ..Dir::default()
+    };
+    let mut down = Dir::default();
+    let mut stop = pin!(stop);
+    let ending = poll_fn(|cx| {
+        if let Poll::Ready((code, reason)) = stop.as_mut().poll(cx) {
+            return Poll::Ready(Ending::Stop(code, reason));
+        }
+        if let Poll::Ready(end) = poll_dir(cx, &mut client, &mut edge, &mut up) {
+            return Poll::Ready(Ending::Client(end));
+        }
+        if let Poll::Ready(end) = poll_dir(cx, &mut edge, &mut client, &mut down) {
+            return Poll::Ready(Ending::Edge(end));
+        }
+        Poll::Pending
+    })
+    .await;
+
+    let end = match ending {
+        Ending::Client(DirEnd::Closed(frame)) => {
+            tokio::join!(drain(&mut client), close_and_wait(&mut edge, frame));
+            End::ClientClosed
+        }
+        Ending::Edge(DirEnd::Closed(frame)) => {
+            tokio::join!(drain(&mut edge), close_and_wait(&mut client, frame));
+            End::EdgeClosed
+        }
+        Ending::Client(DirEnd::Read(e)) | Ending::Edge(DirEnd::Write(e)) => {
+            let to_client = fault_frame(&e);
+            let to_edge = close_frame(CloseCode::Away, "client went away");
+            tokio::join!(close_and_wait(&mut edge, Some(to_edge)), async {
+                if to_client.is_some() {
+                    close_and_wait(&mut client, to_client).await;
+                }
+            });
+            End::ClientError(kind(&e))
+        }
+        Ending::Edge(DirEnd::Read(e)) | Ending::Client(DirEnd::Write(e)) => {
+            let to_edge = fault_frame(&e);
+            let to_client = close_frame(CloseCode::Error, "edge connection lost");
+            tokio::join!(close_and_wait(&mut client, Some(to_client)), async {
+                if to_edge.is_some() {
+                    close_and_wait(&mut edge, to_edge).await;
+                }
+            });
+            End::EdgeError(kind(&e))
+        }
+        Ending::Stop(code, reason) => {
+            tokio::join!(
+                close_and_wait(&mut client, Some(close_frame(code, &reason))),
+                close_and_wait(&mut edge, Some(close_frame(CloseCode::Away, &reason)))
+            );
+            End::Stopped
+        }
+    };
+    RelayStats {
+        client_to_edge: up.bytes,
+        edge_to_client: down.bytes,
+        end,
+    }
+}
+
+/// Reads a leg that sent its close frame until its stream ends, which sends the reply
+/// tungstenite queued.
+async fn drain(ws: &mut Ws) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(protocols: &str) -> Parts {
+        let req = Request::builder()
+            .header(header::SEC_WEBSOCKET_PROTOCOL, protocols)
+            .body(())
+            .unwrap();
+        req.into_parts().0
+    }
+
+    #[test]
+    fn subprotocol_is_the_first_offered_that_is_listed() {
+        let listed = vec!["sip".to_owned(), "v2".to_owned()];
+        let choose = |offer| choose_subprotocol(&listed, &parts(offer));
+        assert_eq!(choose("v2, sip").unwrap().as_deref(), Some("v2"));
+        assert_eq!(choose("x, sip").unwrap().as_deref(), Some("sip"));
+        // A credential entry is never a candidate, so never echoed.
+        assert_eq!(
+            choose("access_token.sip, sip").unwrap().as_deref(),
+            Some("sip")
+        );
+        let err = choose("access_token.abc").unwrap_err();
+        assert!(err.contains("credential") && !err.contains("abc"), "{err}");
+        let err = choose("x, y").unwrap_err();
+        assert!(err.contains("x, y") && err.contains("sip, v2"), "{err}");
+        // A tenant listing none takes clients that offer none.
+        let none = Request::new(()).into_parts().0;
+        assert_eq!(choose_subprotocol(&[], &none).unwrap(), None);
+        assert_eq!(choose_subprotocol(&listed, &none).unwrap(), None);
+        assert!(choose_subprotocol(&[], &parts("sip")).is_err());
+    }
+
+    #[test]
+    fn edge_handshake_is_checked() {
+        let key = generate_key();
+        let mut ok = HeaderMap::new();
+        ok.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()).parse().unwrap(),
+        );
+        assert!(check_edge_handshake(&ok, &key, None).is_ok());
+        assert!(check_edge_handshake(&ok, &key, Some("sip"))
+            .unwrap_err()
+            .contains("did not accept subprotocol \"sip\""));
+        assert!(check_edge_handshake(&ok, &generate_key(), None).is_err());
+        let mut sip = ok.clone();
+        sip.insert(header::SEC_WEBSOCKET_PROTOCOL, "sip".parse().unwrap());
+        assert!(check_edge_handshake(&sip, &key, Some("sip")).is_ok());
+        assert!(check_edge_handshake(&sip, &key, None).is_err());
+        assert!(check_edge_handshake(&sip, &key, Some("v2")).is_err());
+        let mut deflate = ok;
+        deflate.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            "permessage-deflate".parse().unwrap(),
+        );
+        assert!(check_edge_handshake(&deflate, &key, None).is_err());
+    }
+
+    #[test]
+    fn close_reasons_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(100);
+        let frame = close_frame(CloseCode::Again, &long);
+        assert!(frame.reason.len() <= MAX_CLOSE_REASON);
+        assert_eq!(frame.reason.len(), 122);
+    }
+
+    #[test]
+    fn held_buffer_is_bounded_in_bytes_and_messages() {
+        let limits = config::Accept {
+            max_message_bytes: 1 << 20,
+            held_bytes: 10,
+            held_messages: 3,
+        };
+        let mut held = Held::new(&limits);
+        assert!(held.push(Message::text("12345")).is_ok());
+        assert!(held.push(Message::text("12345")).is_ok());
+        assert_eq!(held.push(Message::text("1")), Err(Overflow));
+        let mut held = Held::new(&limits);
+        for _ in 0..3 {
+            held.push(Message::text("")).unwrap();
+        }
+        assert_eq!(held.push(Message::text("")), Err(Overflow));
+        assert_eq!(held.into_messages().len(), 3);
+    }
+}

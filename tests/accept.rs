@@ -1,0 +1,453 @@
+//! `queue_mode = "accept"`: sluice answers `101` itself, holds a queued client's
+//! messages, explains refusals with close frames, and relays messages both ways. Real
+//! tokio-tungstenite clients, a real tokio-tungstenite edge, sluice on 127.0.0.1.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use support::{
+    config_for, connect, connect_ok, connect_refused, edge, edge_with, proxy, scrape, wait_until,
+    Client, Edge, EdgeOptions, Proxy, NO_AUTH,
+};
+
+/// One `accept`-mode tenant `lab` with `limits` (TOML lines of `[tenants.lab]`) and
+/// `extra` config text (other tables), in front of `edge`.
+async fn accept_lab(edge: &Edge, limits: &str, extra: &str) -> Proxy {
+    let config = format!(
+        "{extra}\n{}queue_mode = \"accept\"\n{limits}\n",
+        config_for(&edge.url(false), &[("lab", NO_AUTH)])
+    );
+    proxy(&config).await
+}
+
+/// The next message within 10 s (`None` when the stream ended).
+async fn next(ws: &mut Client) -> Option<Message> {
+    tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message in time")
+        .map(|r| r.expect("no error"))
+}
+
+/// Reads until the close frame and returns it.
+async fn close_frame(ws: &mut Client) -> CloseFrame {
+    loop {
+        match next(ws).await {
+            Some(Message::Close(Some(frame))) => return frame,
+            Some(Message::Close(None)) => panic!("close without a code"),
+            Some(_) => {}
+            None => panic!("stream ended without a close frame"),
+        }
+    }
+}
+
+/// `"<reason>; retry-after=<seconds>"` parsed.
+fn parse_retry(reason: &str) -> (&str, u64) {
+    let (what, after) = reason
+        .split_once("; retry-after=")
+        .expect("reason; retry-after=N");
+    (what, after.parse().expect("whole seconds"))
+}
+
+fn queued(proxy: &Proxy) -> u32 {
+    proxy.admission.tenant_load("lab").unwrap().queued
+}
+
+#[tokio::test]
+async fn a_queued_client_gets_101_and_its_messages_reach_the_edge_in_order_once_admitted() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "max_sessions = 1", "").await;
+    let url = proxy.url("/t/lab/");
+    let mut first = connect_ok(&url, &[]).await;
+    support::echo(&mut first, "first").await;
+
+    // The tenant is at its cap, yet the second client's upgrade is answered at once.
+    let mut second = connect_ok(&url, &[]).await;
+    wait_until("the second client to be queued", async || {
+        queued(&proxy) == 1
+    })
+    .await;
+    for m in ["one", "two", "three"] {
+        second.send(Message::text(m)).await.unwrap();
+    }
+    // While queued, nothing reaches the edge: one handshake there, one message.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(edge.requests().len(), 1);
+    assert_eq!(edge.texts(), ["first"]);
+
+    let released = tokio::time::Instant::now();
+    support::close(first).await;
+    edge.wait_for("the held messages", |e| e.texts().len() == 4)
+        .await;
+    assert_eq!(edge.texts(), ["first", "one", "two", "three"]);
+    // They were sent right after admission, not with the next message.
+    let last_at = edge.messages.lock().unwrap()[3].1;
+    assert!(last_at >= released);
+    // And the edge's echoes come back in order.
+    for m in ["one", "two", "three"] {
+        assert_eq!(next(&mut second).await, Some(Message::text(m)));
+    }
+    support::echo(&mut second, "after").await;
+
+    let scrape = scrape(proxy.admin).await;
+    let outcome = |o| {
+        scrape.get(
+            "sluice_connects_total",
+            &[("tenant", "lab"), ("outcome", o)],
+        )
+    };
+    assert_eq!(outcome("admitted"), 1.0);
+    assert_eq!(outcome("queued_admitted"), 1.0);
+    support::close(second).await;
+}
+
+#[tokio::test]
+async fn a_queued_client_is_answered_pings_by_sluice() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "max_sessions = 1", "").await;
+    let url = proxy.url("/t/lab/");
+    let _first = connect_ok(&url, &[]).await;
+    let mut second = connect_ok(&url, &[]).await;
+    wait_until("queued", async || queued(&proxy) == 1).await;
+    second
+        .send(Message::Ping("are you there".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut second).await,
+        Some(Message::Pong("are you there".into()))
+    );
+    // The ping was not held for the edge.
+    assert_eq!(queued(&proxy), 1);
+}
+
+#[tokio::test]
+async fn the_subprotocol_is_chosen_from_the_tenants_list_and_credentials_are_never_echoed() {
+    let edge = edge().await;
+    let key = "k-123";
+    let hash = hex::encode(Sha256::digest(key.as_bytes()));
+    let config = format!(
+        "{}[tenants.keyed]\nqueue_mode = \"accept\"\nsubprotocols = [\"v2\", \"sip\"]\nauth = {{ kind = \"api-key\", key_sha256 = [\"{hash}\"] }}\n\
+         [tenants.plain]\nqueue_mode = \"accept\"\nsubprotocols = []\nauth = {NO_AUTH}\n",
+        config_for(&edge.url(false), &[])
+    );
+    let proxy = proxy(&config).await;
+    let keyed = proxy.url("/t/keyed/");
+
+    // The first offered that is listed; the credential entry is neither echoed nor sent on.
+    let protocols = format!("access_token.{key}, sip, v2");
+    let (mut ws, resp) = connect(&keyed, &[("sec-websocket-protocol", &protocols)])
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "sip");
+    support::echo(&mut ws, "hello").await;
+    let seen = edge.requests().pop().unwrap();
+    assert_eq!(seen.headers["sec-websocket-protocol"], "sip");
+    assert!(!seen.dump().contains(key), "{}", seen.dump());
+
+    // permessage-deflate is declined on both legs.
+    let (_ws, resp) = connect(
+        &keyed,
+        &[
+            ("sec-websocket-protocol", &protocols),
+            (
+                "sec-websocket-extensions",
+                "permessage-deflate; client_max_window_bits",
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(resp.headers().get("sec-websocket-extensions").is_none());
+    edge.wait_for("second handshake", |e| e.requests().len() == 2)
+        .await;
+    assert!(edge.requests()[1]
+        .headers
+        .get("sec-websocket-extensions")
+        .is_none());
+
+    // Only unlisted ones: 400 before any upgrade.
+    let protocols = format!("access_token.{key}, mqtt");
+    let resp = connect_refused(&keyed, &[("sec-websocket-protocol", &protocols)]).await;
+    assert_eq!(resp.status(), 400);
+    let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+    assert!(body.contains("mqtt") && !body.contains(key), "{body}");
+
+    // A tenant listing none takes clients that offer none, and asks the edge for none.
+    let resp = connect_refused(
+        &proxy.url("/t/plain/"),
+        &[("sec-websocket-protocol", "x-custom")],
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let (mut ws, resp) = connect(&proxy.url("/t/plain/"), &[]).await.unwrap();
+    assert!(resp.headers().get("sec-websocket-protocol").is_none());
+    support::echo(&mut ws, "plain").await;
+    assert!(edge
+        .requests()
+        .pop()
+        .unwrap()
+        .headers
+        .get("sec-websocket-protocol")
+        .is_none());
+}
+
+#[tokio::test]
+async fn an_edge_that_does_not_take_the_subprotocol_closes_the_client_with_1011() {
+    let edge = edge().await; // it accepts only "sip"
+    let proxy = accept_lab(&edge, "subprotocols = [\"v2\"]", "").await;
+    let (mut ws, resp) = connect(&proxy.url("/t/lab/"), &[("sec-websocket-protocol", "v2")])
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "v2");
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Error);
+    assert!(
+        frame.reason.contains("upstream-unavailable") && frame.reason.contains("\"v2\""),
+        "{}",
+        frame.reason
+    );
+    let scrape = scrape(proxy.admin).await;
+    assert_eq!(
+        scrape.get(
+            "sluice_connects_total",
+            &[("tenant", "lab"), ("outcome", "upstream-unavailable")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        scrape.get("sluice_sessions_active", &[("tenant", "lab")]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn overflowing_the_held_buffer_closes_with_1008_and_frees_the_place() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "max_sessions = 1", "[accept]\nheld_messages = 2\n").await;
+    let url = proxy.url("/t/lab/");
+    let _first = connect_ok(&url, &[]).await;
+    let mut second = connect_ok(&url, &[]).await;
+    wait_until("queued", async || queued(&proxy) == 1).await;
+    for m in ["a", "b", "c"] {
+        second.send(Message::text(m)).await.unwrap();
+    }
+    let frame = close_frame(&mut second).await;
+    assert_eq!(frame.code, CloseCode::Policy);
+    assert!(
+        frame.reason.starts_with("held-buffer-full"),
+        "{}",
+        frame.reason
+    );
+    assert_eq!(queued(&proxy), 0);
+    assert_eq!(edge.texts(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn the_held_buffer_is_bounded_in_bytes_too() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "max_sessions = 1", "[accept]\nheld_bytes = 1000\n").await;
+    let url = proxy.url("/t/lab/");
+    let _first = connect_ok(&url, &[]).await;
+    let mut second = connect_ok(&url, &[]).await;
+    wait_until("queued", async || queued(&proxy) == 1).await;
+    second.send(Message::binary(vec![7u8; 600])).await.unwrap();
+    second.send(Message::binary(vec![7u8; 600])).await.unwrap();
+    assert_eq!(close_frame(&mut second).await.code, CloseCode::Policy);
+}
+
+#[tokio::test]
+async fn a_queue_timeout_is_a_1013_close_with_a_parseable_retry_after() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "max_sessions = 1\nqueue_timeout = \"300ms\"", "").await;
+    let url = proxy.url("/t/lab/");
+    let _first = connect_ok(&url, &[]).await;
+    let mut second = connect_ok(&url, &[]).await;
+    let frame = close_frame(&mut second).await;
+    assert_eq!(frame.code, CloseCode::Again);
+    let (reason, after) = parse_retry(&frame.reason);
+    assert_eq!(reason, "queue-timeout");
+    assert!(after >= 1);
+    // Counted as in hold mode.
+    let scrape = scrape(proxy.admin).await;
+    assert_eq!(
+        scrape.get(
+            "sluice_connects_total",
+            &[("tenant", "lab"), ("outcome", "queue-timeout")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_is_a_1013_close() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "max_sessions = 1\nqueue_depth = 1", "").await;
+    let url = proxy.url("/t/lab/");
+    let _first = connect_ok(&url, &[]).await;
+    let _second = connect_ok(&url, &[]).await;
+    wait_until("queued", async || queued(&proxy) == 1).await;
+    let mut third = connect_ok(&url, &[]).await;
+    let frame = close_frame(&mut third).await;
+    assert_eq!(frame.code, CloseCode::Again);
+    assert_eq!(parse_retry(&frame.reason).0, "queue-full");
+}
+
+#[tokio::test]
+async fn an_edge_that_refuses_the_upgrade_gives_1013_upstream_unavailable_after_the_budget() {
+    let edge = edge_with(EdgeOptions {
+        refuse_with: Some(502),
+        ..EdgeOptions::default()
+    })
+    .await;
+    let extra = "[upstream]\nhandshake_timeout = \"300ms\"\nretry_budget = \"800ms\"\nbackoff_base = \"50ms\"\nbackoff_max = \"100ms\"\nadaptive = false\n";
+    let proxy = accept_lab(&edge, "", extra).await;
+    let began = tokio::time::Instant::now();
+    let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Again);
+    let (reason, after) = parse_retry(&frame.reason);
+    assert_eq!(reason, "upstream-unavailable");
+    assert!(after >= 1);
+    // It was retried (until the endpoint's circuit opened) within the budget first.
+    assert!(
+        edge.requests().len() >= 2,
+        "{} attempts",
+        edge.requests().len()
+    );
+    assert!(began.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn close_codes_and_reasons_pass_both_ways() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "", "").await;
+    let url = proxy.url("/t/lab/");
+
+    // Client to edge.
+    let mut ws = connect_ok(&url, &[]).await;
+    support::echo(&mut ws, "hi").await;
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "client says bye".into(),
+    }))
+    .await
+    .unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    edge.wait_for("the close", |e| !e.closes.lock().unwrap().is_empty())
+        .await;
+    assert_eq!(
+        edge.closes.lock().unwrap()[0],
+        (4000, "client says bye".to_owned())
+    );
+
+    // Edge to client.
+    let mut ws = connect_ok(&url, &[]).await;
+    ws.send(Message::text("close-with 4001 edge says bye"))
+        .await
+        .unwrap();
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(
+        (u16::from(frame.code), frame.reason.as_str()),
+        (4001, "edge says bye")
+    );
+
+    // An edge that drops its connection without a close: 1011 for the client.
+    let mut ws = connect_ok(&url, &[]).await;
+    ws.send(Message::text("drop-me")).await.unwrap();
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Error);
+    wait_until("every session to end", async || {
+        proxy.admission.tenant_load("lab").unwrap().live == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn large_and_fragmented_messages_arrive_whole_and_pings_pass() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "", "").await;
+    let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+
+    // 1 MiB in one message.
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    match next(&mut ws).await {
+        Some(Message::Binary(got)) => assert!(got == big, "1 MiB changed on the way"),
+        other => panic!("expected the binary echo, got {other:?}"),
+    }
+
+    // One text message in three frames.
+    let parts = ["frag", "ment", "ed"];
+    for (i, part) in parts.iter().enumerate() {
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let frame = Frame::message(part.as_bytes().to_vec(), opcode, i == parts.len() - 1);
+        ws.send(Message::Frame(frame)).await.unwrap();
+    }
+    assert_eq!(next(&mut ws).await, Some(Message::text("fragmented")));
+    assert_eq!(edge.texts().last().map(String::as_str), Some("fragmented"));
+
+    // A ping from the client reaches the edge.
+    ws.send(Message::Ping("p1".into())).await.unwrap();
+    edge.wait_for("the ping", |e| {
+        e.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(m, _)| *m == Message::Ping("p1".into()))
+    })
+    .await;
+    support::close(ws).await;
+}
+
+#[tokio::test]
+async fn a_message_over_the_limit_closes_with_1009() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "", "[accept]\nmax_message_bytes = 1000\n").await;
+    let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+    support::echo(&mut ws, "small").await;
+    ws.send(Message::binary(vec![1u8; 2000])).await.unwrap();
+    assert_eq!(close_frame(&mut ws).await.code, CloseCode::Size);
+    edge.wait_for("the edge told", |e| !e.closes.lock().unwrap().is_empty())
+        .await;
+    assert_eq!(edge.closes.lock().unwrap()[0].0, 1001);
+}
+
+#[tokio::test]
+async fn a_queued_client_that_leaves_frees_its_place_at_once() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "max_sessions = 1\nqueue_depth = 1", "").await;
+    let url = proxy.url("/t/lab/");
+    let first = connect_ok(&url, &[]).await;
+    let second = connect_ok(&url, &[]).await;
+    wait_until("queued", async || queued(&proxy) == 1).await;
+    drop(second); // TCP gone, no close frame
+    wait_until("the place freed", async || queued(&proxy) == 0).await;
+
+    // The next one takes the place (no queue-full) and gets the session when it frees.
+    let mut third = connect_ok(&url, &[]).await;
+    wait_until("queued", async || queued(&proxy) == 1).await;
+    support::close(first).await;
+    support::echo(&mut third, "mine now").await;
+    let scrape = scrape(proxy.admin).await;
+    assert_eq!(
+        scrape.get(
+            "sluice_connects_total",
+            &[("tenant", "lab"), ("outcome", "client-gone")]
+        ),
+        1.0
+    );
+    // The edge never saw the client that left.
+    assert_eq!(edge.requests().len(), 2);
+}
