@@ -7,7 +7,8 @@
 //!
 //! ```sh
 //! cargo build --release --bins --examples
-//! target/release/examples/idle_memory 5000
+//! target/release/examples/idle_memory 5000          # hold mode (the byte tunnel)
+//! target/release/examples/idle_memory 5000 accept   # accept mode (the message relay)
 //! ```
 //!
 //! Each session costs two file descriptors in sluice and two here (client and edge);
@@ -35,6 +36,11 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(2000);
+    let mode = std::env::args().nth(2).unwrap_or_else(|| "hold".into());
+    assert!(
+        mode == "hold" || mode == "accept",
+        "mode is hold or accept, not {mode}"
+    );
 
     // The edge: echo, counting live sessions.
     let edge = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -72,7 +78,7 @@ async fn main() {
             "[listen]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
              [upstream.groups.primary]\nendpoints = [\"ws://{edge_addr}\"]\n\
              [tenants.lab]\nmax_sessions = 100000\nhandshake_rate = 100000.0\nhandshake_burst = 10000\n\
-             auth = {{ kind = \"none\" }}\n"
+             queue_mode = \"{mode}\"\nsubprotocols = []\nauth = {{ kind = \"none\" }}\n"
         ),
     )
     .unwrap();
@@ -135,7 +141,7 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     let per = (idle.saturating_sub(before)) as f64 * 1024.0 / n as f64;
-    println!("sessions            {n}");
+    println!("sessions            {n} ({mode} mode)");
     println!("sluice RSS before   {before} KiB");
     println!("sluice RSS idle     {idle} KiB");
     println!("sluice RSS after    {after} KiB (all closed)");

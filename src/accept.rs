@@ -448,12 +448,14 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
         endpoint.url.clone(),
     );
     let edge = edge_ws(leg, ws_config).await;
-    // Free what is no longer needed before a possibly long relay.
     let held = held.into_messages();
-    drop(p);
-    let stats = relay(client, edge, held, std::future::pending()).await;
-    // Step 7: release.
-    session.end(stats);
+    // The relay gets a task of its own: this one's future is sized for the admission
+    // and upstream handshake futures it held, far more than an idle session needs.
+    tokio::spawn(async move {
+        let stats = relay(client, edge, held, std::future::pending()).await;
+        // Step 7: release.
+        session.end(stats);
+    });
 }
 
 /// The upstream connection as a WebSocket.

@@ -271,6 +271,27 @@ pub fn describe(config: &Config, name: &str) -> String {
         let urls: Vec<&str> = group.endpoints.iter().map(|e| e.url.as_str()).collect();
         let _ = writeln!(out, "  group {}: {}", group.name, urls.join(", "));
     }
+    let accepting: Vec<String> = config
+        .tenants
+        .values()
+        .chain(config.default_tenant.as_ref())
+        .filter(|t| t.limits.queue_mode == crate::config::QueueMode::Accept)
+        .map(|t| match t.limits.subprotocols.as_slice() {
+            [] => format!("{} (no subprotocol)", t.name),
+            list => format!("{} ({})", t.name, list.join(", ")),
+        })
+        .collect();
+    if !accepting.is_empty() {
+        let a = &config.accept;
+        let _ = writeln!(
+            out,
+            "accept mode: {}; messages up to {} bytes; held while queued: up to {} messages, {} bytes",
+            accepting.join(", "),
+            a.max_message_bytes,
+            a.held_messages,
+            a.held_bytes
+        );
+    }
     let _ = writeln!(out);
     let header = [
         "tenant", "sessions", "rate/s", "burst", "queue", "timeout", "mode", "weight", "group",
@@ -302,9 +323,8 @@ pub fn describe(config: &Config, name: &str) -> String {
 /// Keys this version validates but does not act on yet; said by `check-config` and
 /// logged once by `run`, so nobody mistakes them for protection they do not give.
 pub const NOT_ENFORCED_YET: &str =
-    "this version validates but does not yet enforce queue_mode = \"accept\" \
-(every tenant queues in hold mode), [protection] rate, pending and idle limits, and \
-[shutdown] (no drain yet: SIGTERM stops at once)";
+    "this version validates but does not yet enforce [protection] rate, pending and \
+idle limits, and [shutdown] (no drain yet: SIGTERM stops at once)";
 
 fn tenant_row(t: &Tenant) -> [String; 10] {
     let l = &t.limits;

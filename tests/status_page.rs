@@ -8,23 +8,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{connect_ok, edge, proxy, Proxy};
-
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|name| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join(name))
-                    .find(|p| p.is_file())
-            })
-        })
-}
+use support::{chromium, connect_ok, edge, proxy, Proxy};
 
 /// Runs headless Chromium on the status page with `args`; its stdout.
 async fn run_chromium(browser: &Path, proxy: &Proxy, args: &[String]) -> String {

@@ -601,3 +601,16 @@ pub async fn scrape(admin: SocketAddr) -> Scrape {
     assert_eq!(status, 200);
     Scrape::parse(&body)
 }
+
+/// The Chromium binary on `PATH`, if any (`.ci/run` installs Debian's `chromium`).
+pub fn chromium() -> Option<std::path::PathBuf> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+        })
+}
