@@ -38,6 +38,7 @@ use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -56,12 +57,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::auth;
+use crate::auth::{self, Credential};
 use crate::config::{self, Config, Tenant};
+use crate::control::{SessionStop, Stop};
 use crate::metrics::TenantMetrics;
 use crate::proxy::{self, ClientGone, Shared};
 use crate::reject::{self, Reason, Rejection};
-use crate::relay::{End, Leg, RelayStats};
+use crate::relay::{self, End, Leg, Moved, RelayStats};
 use crate::release::Session;
 use crate::stream::Stream;
 use crate::upstream::{ClientInfo, Connected};
@@ -253,6 +255,9 @@ pub struct Pending {
     pub protocol: Option<String>,
     /// How the tenant was found, for the outcome line.
     pub tenant_source: &'static str,
+    /// The credential the client authenticated with, kept for the session so that a
+    /// reload that revokes it closes the session (`1008`).
+    pub credential: Option<Credential>,
 }
 
 /// Messages a queued client sent, in order, within `[accept]`'s bounds.
@@ -441,6 +446,7 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
     } = connected;
     let session = Session::start(
         (admitted.permit, lease),
+        &p.shared.control,
         p.tm.clone(),
         p.tenant.clone(),
         p.request_id.clone(),
@@ -449,10 +455,17 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
     );
     let edge = edge_ws(leg, ws_config).await;
     let held = held.into_messages();
+    let stop = SessionStop::new(
+        &p.shared.control,
+        p.shared.config.clone(),
+        p.tenant.clone(),
+        p.credential,
+    );
     // The relay gets a task of its own: this one's future is sized for the admission
     // and upstream handshake futures it held, far more than an idle session needs.
     tokio::spawn(async move {
-        let stats = relay(client, edge, held, std::future::pending()).await;
+        let moved = Moved::default();
+        let stats = relay(client, edge, held, &moved, stop.wait(&moved)).await;
         // Step 7: release.
         session.end(stats);
     });
@@ -506,14 +519,14 @@ async fn leave(p: &Pending, client: &mut Ws, left: Left) {
 }
 
 /// One direction of the message relay.
-#[derive(Debug, Default)]
-struct Dir {
+#[derive(Debug)]
+struct Dir<'a> {
     /// Messages read and not yet handed to the other leg (the held ones, at first).
     queue: VecDeque<Message>,
     /// Something was written since the last flush.
     dirty: bool,
     /// Payload bytes moved.
-    bytes: u64,
+    bytes: &'a AtomicU64,
 }
 
 /// How one direction stopped.
@@ -528,7 +541,7 @@ enum DirEnd {
 }
 
 /// Moves messages from `src` to `dst` until `src` closes or either fails.
-fn poll_dir(cx: &mut Context<'_>, src: &mut Ws, dst: &mut Ws, dir: &mut Dir) -> Poll<DirEnd> {
+fn poll_dir(cx: &mut Context<'_>, src: &mut Ws, dst: &mut Ws, dir: &mut Dir<'_>) -> Poll<DirEnd> {
     for _ in 0..TURN {
         while !dir.queue.is_empty() {
             match Pin::new(&mut *dst).poll_ready(cx) {
@@ -539,7 +552,7 @@ fn poll_dir(cx: &mut Context<'_>, src: &mut Ws, dst: &mut Ws, dir: &mut Dir) -> 
             let Some(msg) = dir.queue.pop_front() else {
                 break;
             };
-            dir.bytes += msg.len() as u64;
+            relay::count(dir.bytes, msg.len() as u64);
             if let Err(e) = Pin::new(&mut *dst).start_send(msg) {
                 return Poll::Ready(DirEnd::Write(e));
             }
@@ -574,8 +587,8 @@ fn poll_dir(cx: &mut Context<'_>, src: &mut Ws, dst: &mut Ws, dir: &mut Dir) -> 
 enum Ending {
     Client(DirEnd),
     Edge(DirEnd),
-    /// Told to stop (shutdown, revocation): the code and reason for the client.
-    Stop(CloseCode, String),
+    /// sluice ends the session (shutdown, a revoked credential, a limit).
+    Stop(Stop),
 }
 
 /// The `io::ErrorKind` a WebSocket error stands for, for [`End`].
@@ -612,17 +625,23 @@ pub async fn relay(
     mut client: Ws,
     mut edge: Ws,
     held: VecDeque<Message>,
-    stop: impl Future<Output = (CloseCode, String)>,
+    moved: &Moved,
+    stop: impl Future<Output = Stop>,
 ) -> RelayStats {
     let mut up = Dir {
         queue: held,
-        ..Dir::default()
+        dirty: false,
+        bytes: &moved.client_to_edge,
     };
-    let mut down = Dir::default();
+    let mut down = Dir {
+        queue: VecDeque::new(),
+        dirty: false,
+        bytes: &moved.edge_to_client,
+    };
     let mut stop = pin!(stop);
     let ending = poll_fn(|cx| {
-        if let Poll::Ready((code, reason)) = stop.as_mut().poll(cx) {
-            return Poll::Ready(Ending::Stop(code, reason));
+        if let Poll::Ready(stop) = stop.as_mut().poll(cx) {
+            return Poll::Ready(Ending::Stop(stop));
         }
         if let Poll::Ready(end) = poll_dir(cx, &mut client, &mut edge, &mut up) {
             return Poll::Ready(Ending::Client(end));
@@ -663,19 +682,15 @@ pub async fn relay(
             });
             End::EdgeError(kind(&e))
         }
-        Ending::Stop(code, reason) => {
+        Ending::Stop(stop) => {
             tokio::join!(
-                close_and_wait(&mut client, Some(close_frame(code, &reason))),
-                close_and_wait(&mut edge, Some(close_frame(CloseCode::Away, &reason)))
+                close_and_wait(&mut client, Some(close_frame(stop.code, stop.reason))),
+                close_and_wait(&mut edge, Some(close_frame(CloseCode::Away, stop.reason)))
             );
-            End::Stopped
+            End::Stopped(stop.reason)
         }
     };
-    RelayStats {
-        client_to_edge: up.bytes,
-        edge_to_client: down.bytes,
-        end,
-    }
+    moved.stats(end)
 }
 
 /// Reads a leg that sent its close frame until its stream ends, which sends the reply

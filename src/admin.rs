@@ -5,10 +5,10 @@
 //! | --- | --- |
 //! | `GET /metrics` | Prometheus text exposition ([`crate::metrics`]) |
 //! | `GET /healthz` | `200` while the process runs |
-//! | `GET /readyz` | `200` while the proxy accepts connects |
+//! | `GET /readyz` | `200` while the proxy accepts connects, `503` while it drains |
 //! | `GET /api/tenants` | JSON: per tenant its limits, live sessions, queue depth, outcome counts and the recent window; the edge ceiling; the last upstream errors |
 //! | `GET /` | the status page (`src/admin/status.html`, self-contained) |
-//! | `POST /-/reload` | `501` until hot reload exists |
+//! | `POST /-/reload` | re-read the config file ([`crate::reload`]): `200` with what changed, `422` with every invalid key when refused |
 
 use std::convert::Infallible;
 use std::io;
@@ -100,7 +100,13 @@ async fn serve(
             shared.metrics.render(),
         ),
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") => text(StatusCode::OK, "ready\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") => {
+            if shared.control.draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
         (&Method::GET | &Method::HEAD, "/api/tenants") => {
             let body = serde_json::to_string_pretty(&status(&shared)).expect("status serialises");
             respond(StatusCode::OK, "application/json", body)
@@ -108,10 +114,17 @@ async fn serve(
         (&Method::GET | &Method::HEAD, "/") => {
             respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE)
         }
-        (&Method::POST, "/-/reload") => text(
-            StatusCode::NOT_IMPLEMENTED,
-            "hot reload is not built yet: restart sluice to apply a new config\n",
-        ),
+        (&Method::POST, "/-/reload") => {
+            let s = shared.clone();
+            match tokio::task::spawn_blocking(move || crate::reload::from_file(&s)).await {
+                Ok(Ok(applied)) => text(StatusCode::OK, format!("{applied}\n")),
+                Ok(Err(e)) => text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("reload refused, the config in force keeps running:\n{e}\n"),
+                ),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload failed\n"),
+            }
+        }
         (_, "/metrics" | "/healthz" | "/readyz" | "/api/tenants" | "/" | "/-/reload") => {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             let allow = if path == "/-/reload" {
@@ -144,7 +157,7 @@ fn respond(
     resp
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     respond(status, "text/plain; charset=utf-8", body)
 }
 
@@ -228,6 +241,7 @@ pub fn status(shared: &Shared) -> Status {
     let mut tenants: Vec<TenantStatus> = shared
         .metrics
         .tenants()
+        .into_iter()
         .map(|tm| {
             let limits = config
                 .tenants

@@ -146,6 +146,25 @@ pub fn authenticate(tenant: &Tenant, credential: Option<&Credential>) -> Result<
     }
 }
 
+/// Whether a credential that authenticated a live session is still good under
+/// `tenant`'s (possibly reloaded) auth: as [`authenticate`], except that a JWT's `exp`
+/// is not checked — a token that merely expired during the session is not revoked; a
+/// key removed from the config, a changed secret or a changed auth kind is.
+///
+/// # Errors
+/// [`Unauthorized`] with what is wrong now.
+pub fn still_authorised(
+    tenant: &Tenant,
+    credential: Option<&Credential>,
+) -> Result<(), Unauthorized> {
+    match (&tenant.auth, credential) {
+        (Auth::Jwt { secret, .. }, Some(c)) if c.token.len() <= MAX_CREDENTIAL_LEN => {
+            check_jwt_with(&tenant.name, secret, &c.token, &VALIDATION_IGNORING_EXP)
+        }
+        _ => authenticate(tenant, credential),
+    }
+}
+
 fn check_api_key(hashes: &[[u8; 32]], key: &str) -> Result<(), Unauthorized> {
     let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     // Compare against every hash, without an early exit, in constant time each.
@@ -178,10 +197,25 @@ static VALIDATION: LazyLock<Validation> = LazyLock::new(|| {
     validation
 });
 
+/// [`VALIDATION`] without the `exp` check, for sessions already admitted.
+static VALIDATION_IGNORING_EXP: LazyLock<Validation> = LazyLock::new(|| {
+    let mut validation = VALIDATION.clone();
+    validation.validate_exp = false;
+    validation
+});
+
 fn check_jwt(tenant: &str, secret: &[u8], token: &str) -> Result<(), Unauthorized> {
-    let data =
-        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &VALIDATION)
-            .map_err(|e| Unauthorized::InvalidJwt(jwt_error(&e)))?;
+    check_jwt_with(tenant, secret, token, &VALIDATION)
+}
+
+fn check_jwt_with(
+    tenant: &str,
+    secret: &[u8],
+    token: &str,
+    validation: &Validation,
+) -> Result<(), Unauthorized> {
+    let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), validation)
+        .map_err(|e| Unauthorized::InvalidJwt(jwt_error(&e)))?;
     // Tenant names are matched case-insensitively everywhere.
     if data.claims.tenant.eq_ignore_ascii_case(tenant) {
         Ok(())

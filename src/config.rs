@@ -148,6 +148,8 @@ pub struct Config {
     pub tenants: BTreeMap<String, Arc<Tenant>>,
     /// The shared `_default` tenant for unknown names, when `unknown = "default"`.
     pub default_tenant: Option<Arc<Tenant>>,
+    /// The file it was loaded from ([`Config::load`]); a reload reads it again.
+    pub source: Option<PathBuf>,
 }
 
 /// `[listen]`
@@ -175,6 +177,8 @@ pub struct TlsFiles {
 pub struct Admin {
     /// Admin listen address.
     pub address: SocketAddr,
+    /// Whether a non-loopback `address` is allowed (`admin.allow_public`).
+    pub allow_public: bool,
 }
 
 /// `[tenant_identity]`
@@ -464,7 +468,9 @@ impl Config {
         })?;
         let env: HashMap<String, String> = std::env::vars().collect();
         let base = path.parent().unwrap_or_else(|| Path::new(""));
-        Self::parse_in(&text, &env, base)
+        let mut config = Self::parse_in(&text, &env, base)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parse and validate config text; `env` supplies `SLUICE__…` overrides and the
@@ -562,7 +568,18 @@ impl Config {
                 file.admin.address.as_deref(),
                 DEFAULT_ADMIN_ADDRESS,
             ),
+            allow_public: file.admin.allow_public.unwrap_or(false),
         };
+        // The admin listener has no authentication: metrics, tenant names and reload.
+        if !admin.address.ip().is_loopback() && !admin.allow_public {
+            v.fail(
+                "admin.address",
+                format!(
+                    "{} is not a loopback address, and the admin listener (metrics, tenant status, reload) has no authentication; bind it to 127.0.0.1, or set admin.allow_public = true when a firewall or network policy guards it",
+                    admin.address
+                ),
+            );
+        }
 
         let identity = v.identity(file.tenant_identity);
 
@@ -677,6 +694,7 @@ impl Config {
                 accept,
                 tenants,
                 default_tenant,
+                source: None,
             })
         } else {
             Err(ConfigError::Invalid(v.errors))

@@ -36,14 +36,17 @@ pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod parse;
+pub mod protect;
 pub mod proxy;
 pub mod reject;
 pub mod relay;
 pub mod release;
+pub mod reload;
 pub mod signals;
 pub mod stream;
 pub mod tenant;
@@ -59,21 +62,34 @@ use std::future::Future;
 pub use config::Config;
 pub use listen::{Server, StartError};
 
-/// Binds the proxy and serves until `shutdown` completes.
+/// Binds the proxy and the admin listener, serves (reloading the config on SIGHUP)
+/// until `shutdown` completes, then drains ([`control::drain`]) and returns.
 ///
 /// # Errors
 /// [`StartError`] when the listener cannot be bound or TLS material is unusable.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let admin_addr = config.admin.address;
     let server = Server::bind(config).await?;
-    let admin = admin::Admin::bind(admin_addr, server.shared())
+    let shared = server.shared();
+    let admin = admin::Admin::bind(admin_addr, shared.clone())
         .await
         .map_err(|source| StartError::AdminBind {
             addr: admin_addr,
             source,
         })?;
+    // The admin listener keeps serving during the drain: /readyz says 503.
     let admin = tokio::spawn(admin.run(std::future::pending()));
-    server.run(shutdown).await;
+    let hangups = tokio::spawn(signals::reload_on_hangup(shared.clone()));
+    let ready = shared.clone();
+    server
+        .run(async move {
+            shutdown.await;
+            // Not ready from the first moment, before the listener closes.
+            ready.control.begin_drain();
+        })
+        .await;
+    control::drain(&shared).await;
+    hangups.abort();
     admin.abort();
     Ok(())
 }

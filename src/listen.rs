@@ -55,14 +55,13 @@ pub enum StartError {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
-    tls: Option<TlsAcceptor>,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("addr", &self.listener.local_addr().ok())
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.shared.tls.load().is_some())
             .finish()
     }
 }
@@ -76,13 +75,13 @@ impl Server {
     /// [`StartError`] when the address cannot be bound or a TLS file is unusable.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let tls = match &config.listen.tls {
-            Some(files) => Some(TlsAcceptor::from(tls::server_config(
-                &files.cert,
-                &files.key,
-            )?)),
+            Some(files) => Some(tls::server_config(&files.cert, &files.key)?),
             None => None,
         };
         let connector = Connector::new(tls::client_config(config.upstream.ca_file.as_deref())?);
+        let preauth = Arc::new(crate::protect::Preauth::new(&config.protection));
+        preauth.spawn_cleanup();
+        let pending = crate::protect::Pending::new(&config.protection);
         let metrics = Arc::new(Metrics::new(&config));
         let pools = Pools::new(&config);
         let addr = config.listen.address;
@@ -99,10 +98,13 @@ impl Server {
                 },
                 pools,
                 metrics,
-                config: arc_swap::ArcSwap::from_pointee(config),
-                connector,
+                config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
+                control: Arc::new(crate::control::Control::new()),
+                connector: arc_swap::ArcSwap::from_pointee(connector),
+                tls: arc_swap::ArcSwapOption::new(tls),
+                preauth,
+                pending,
             }),
-            tls,
         })
     }
 
@@ -132,7 +134,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tracing::info!(
             addr = %self.local_addr(),
-            tls = self.tls.is_some(),
+            tls = self.shared.tls.load().is_some(),
             "proxy listening"
         );
         tokio::pin!(shutdown);
@@ -143,9 +145,13 @@ impl Server {
             };
             match accepted {
                 Ok((tcp, addr)) => {
+                    let Some(place) = self.shared.pending.try_enter() else {
+                        overloaded(&tcp, addr);
+                        continue;
+                    };
                     let shared = self.shared.clone();
-                    let tls = self.tls.clone();
-                    tokio::spawn(serve_connection(tcp, addr, tls, shared));
+                    let tls = shared.tls.load_full().map(TlsAcceptor::from);
+                    tokio::spawn(serve_connection(tcp, addr, tls, shared, place));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -158,11 +164,23 @@ impl Server {
     }
 }
 
+/// Answer to a connection over `protection.max_pending_handshakes`: written without
+/// waiting (whatever the socket takes), then the connection is closed.
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-sluice-reason: overloaded\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+fn overloaded(tcp: &TcpStream, addr: SocketAddr) {
+    let _ = tcp.try_write(OVERLOADED);
+    tracing::debug!(client = %addr, "refused: max_pending_handshakes connections are in their HTTP phase");
+}
+
+/// Serves one connection; `place` (its share of `max_pending_handshakes`) is held until
+/// its HTTP phase ends: the `101` hands the connection over, or it closes.
 async fn serve_connection(
     tcp: TcpStream,
     addr: SocketAddr,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
+    place: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = tcp.set_nodelay(true);
     let (header_timeout, max_header_bytes) = {
@@ -200,4 +218,5 @@ async fn serve_connection(
     if let Err(e) = conn.await {
         tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
     }
+    drop(place);
 }

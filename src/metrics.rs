@@ -64,7 +64,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Admitted,
         Outcome::QueuedAdmitted,
         Outcome::Refused(Reason::TenantUnknown),
@@ -74,6 +74,7 @@ impl Outcome {
         Outcome::Refused(Reason::EdgeCapacity),
         Outcome::Refused(Reason::UpstreamUnavailable),
         Outcome::Refused(Reason::Draining),
+        Outcome::Refused(Reason::TooManyAttempts),
         Outcome::ClientGone,
     ];
 
@@ -125,9 +126,11 @@ pub struct Metrics {
     session_duration: HistogramVec,
     relay_bytes: IntCounterVec,
     tenant_limit: GaugeVec,
+    config_reloads: IntCounterVec,
     effective_rate: GaugeVec,
     edge_rate: Option<prometheus::Gauge>,
-    tenants: HashMap<String, Arc<TenantMetrics>>,
+    /// Per-tenant children by name; replaced whole by a reload.
+    tenants: arc_swap::ArcSwap<HashMap<String, Arc<TenantMetrics>>>,
     /// The last upstream errors, newest last.
     edge_errors: Mutex<VecDeque<EdgeError>>,
 }
@@ -241,7 +244,7 @@ impl Metrics {
             opts("sluice_config_reloads_total", "Config reloads by result."),
             &["result"]
         ));
-        // Registered with both results at 0; counted once reload exists (issue 8).
+        // Both results exist from the start, at 0.
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
@@ -263,7 +266,7 @@ impl Metrics {
                 upstream_responses.with_label_values(&[group, status]);
             }
         }
-        let mut metrics = Self {
+        let metrics = Self {
             registry,
             sessions_active,
             queue_depth,
@@ -275,42 +278,72 @@ impl Metrics {
             session_duration,
             relay_bytes,
             tenant_limit,
+            config_reloads,
             effective_rate,
             edge_rate,
-            tenants: HashMap::new(),
+            tenants: arc_swap::ArcSwap::default(),
             edge_errors: Mutex::new(VecDeque::with_capacity(EDGE_ERRORS_KEPT)),
         };
+        metrics.reconcile(config);
+        metrics
+    }
+
+    /// The per-tenant children for `config`'s tenants (a reload): a tenant that stays
+    /// in the same group keeps its children (limit gauges updated); a new one, or one
+    /// moved to another group, gets new ones; a removed one leaves the map (its live
+    /// sessions keep updating the children they hold).
+    pub fn reconcile(&self, config: &Config) {
+        let old = self.tenants.load_full();
+        let mut map = HashMap::new();
         for tenant in config
             .tenants
             .values()
             .chain(config.default_tenant.as_ref())
         {
-            let t = metrics.tenant_children(&tenant.name, Some(tenant));
-            metrics.tenants.insert(tenant.name.clone(), Arc::new(t));
+            let children = match old.get(&tenant.name) {
+                Some(t) if t.group.as_deref() == Some(tenant.group.name.as_str()) => {
+                    self.set_limits(&tenant.name, tenant);
+                    t.clone()
+                }
+                _ => Arc::new(self.tenant_children(&tenant.name, Some(tenant))),
+            };
+            map.insert(tenant.name.clone(), children);
         }
-        let unknown = metrics.tenant_children(UNKNOWN_TENANT, None);
-        metrics
-            .tenants
-            .insert(UNKNOWN_TENANT.to_owned(), Arc::new(unknown));
-        metrics
+        let unknown = old
+            .get(UNKNOWN_TENANT)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(self.tenant_children(UNKNOWN_TENANT, None)));
+        map.insert(UNKNOWN_TENANT.to_owned(), unknown);
+        self.tenants.store(Arc::new(map));
+    }
+
+    /// Counts a reload: `ok` or `error`.
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    fn set_limits(&self, name: &str, t: &Tenant) {
+        let l = &t.limits;
+        for (limit, value) in [
+            ("max_sessions", f64::from(l.max_sessions)),
+            ("handshake_rate", l.handshake_rate),
+            ("handshake_burst", f64::from(l.handshake_burst)),
+            ("queue_depth", f64::from(l.queue_depth)),
+            ("queue_timeout_seconds", l.queue_timeout.as_secs_f64()),
+            ("weight", f64::from(l.weight)),
+        ] {
+            self.tenant_limit
+                .with_label_values(&[name, limit])
+                .set(value);
+        }
     }
 
     fn tenant_children(&self, name: &str, tenant: Option<&Tenant>) -> TenantMetrics {
         let group = tenant.map(|t| t.group.name.as_str());
         if let Some(t) = tenant {
-            let l = &t.limits;
-            for (limit, value) in [
-                ("max_sessions", f64::from(l.max_sessions)),
-                ("handshake_rate", l.handshake_rate),
-                ("handshake_burst", f64::from(l.handshake_burst)),
-                ("queue_depth", f64::from(l.queue_depth)),
-                ("queue_timeout_seconds", l.queue_timeout.as_secs_f64()),
-                ("weight", f64::from(l.weight)),
-            ] {
-                self.tenant_limit
-                    .with_label_values(&[name, limit])
-                    .set(value);
-            }
+            self.set_limits(name, t);
         }
         TenantMetrics {
             name: name.to_owned(),
@@ -339,16 +372,16 @@ impl Metrics {
     /// The children of `tenant` (a configured name, `_default` or `_unknown`); those of
     /// `_unknown` for any other name.
     pub fn tenant(&self, tenant: &str) -> Arc<TenantMetrics> {
-        self.tenants
-            .get(tenant)
-            .or_else(|| self.tenants.get(UNKNOWN_TENANT))
+        let map = self.tenants.load();
+        map.get(tenant)
+            .or_else(|| map.get(UNKNOWN_TENANT))
             .expect("_unknown is always registered")
             .clone()
     }
 
-    /// Every tenant's children, by name.
-    pub fn tenants(&self) -> impl Iterator<Item = &Arc<TenantMetrics>> {
-        self.tenants.values()
+    /// Every tenant's children (of the config in force, plus `_unknown`).
+    pub fn tenants(&self) -> Vec<Arc<TenantMetrics>> {
+        self.tenants.load().values().cloned().collect()
     }
 
     /// `sluice_effective_handshake_rate{tenant="_edge"}`, when there is an `[edge]`.

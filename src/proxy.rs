@@ -14,10 +14,11 @@ use hyper_util::rt::TokioIo;
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::config::{QueueMode, Tenant};
+use crate::control::{Control, SessionStop};
 use crate::metrics::{self, EdgeError, Metrics, Outcome, TenantMetrics};
 use crate::parse::header_has_token;
 use crate::reject::{self, Reason, Rejection};
-use crate::relay::{self, Leg};
+use crate::relay::{self, Leg, Moved};
 use crate::release::Session;
 use crate::stream::Stream;
 use crate::upstream::{
@@ -35,11 +36,19 @@ pub const MAX_REQUEST_ID: usize = 128;
 #[derive(Debug)]
 pub struct Shared {
     /// The config in force; swapped whole on reload.
-    pub config: arc_swap::ArcSwap<Config>,
-    /// Opens upstream WebSockets.
-    pub connector: Connector,
+    pub config: Arc<arc_swap::ArcSwap<Config>>,
+    /// Drain state, reload notices, the count of live sessions.
+    pub control: Arc<Control>,
+    /// Opens upstream WebSockets (replaced by a reload: its CA file may change).
+    pub connector: arc_swap::ArcSwap<Connector>,
+    /// The listener's TLS config, when TLS is on (re-read by a reload).
+    pub tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
     /// Per-tenant and edge limits, queues and permits.
     pub admission: Arc<Admission>,
+    /// The per-IP limiter on unauthenticated attempts.
+    pub preauth: Arc<crate::protect::Preauth>,
+    /// The cap on connections in their HTTP phase.
+    pub pending: crate::protect::Pending,
     /// Each upstream group's endpoint state: sessions, circuits, pauses.
     pub pools: Pools,
     /// Every metric, and the recent windows of the status page.
@@ -55,8 +64,22 @@ pub async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let request_id = request_id(req.headers());
 
+    // Step 3 comes first in part: an IP that used up its unauthenticated attempts is
+    // refused before anything of its request is looked at.
+    let ip = info.addr.ip();
+    if let Some(left) = shared.preauth.blocked(ip) {
+        let rejection = Rejection::new(
+            Reason::TooManyAttempts,
+            "too many unauthenticated attempts from this address",
+        )
+        .retry_after(left);
+        let tm = shared.metrics.tenant(metrics::UNKNOWN_TENANT);
+        return Ok(refuse(&tm, rejection, &request_id, info, None));
+    }
+
     // Step 1 (rest): only WebSocket upgrades are served.
     if !is_websocket_upgrade(&req) {
+        shared.preauth.failed(ip);
         tracing::debug!(client = %info.addr, request_id, method = %req.method(), "not a WebSocket upgrade");
         return Ok(reject::upgrade_required(
             "sluice only serves WebSocket upgrades (GET with Upgrade: websocket)",
@@ -64,6 +87,7 @@ pub async fn handle(
         ));
     }
     if let Err(bad) = check_handshake(&req) {
+        shared.preauth.failed(ip);
         tracing::debug!(client = %info.addr, request_id, detail = bad.detail(), "malformed WebSocket upgrade");
         return Ok(match bad {
             BadUpgrade::Version => reject::upgrade_required(bad.detail(), &request_id),
@@ -78,6 +102,7 @@ pub async fn handle(
     let resolved = match tenant::resolve(&config, &parts) {
         Ok(r) => r,
         Err(e) => {
+            shared.preauth.failed(ip);
             let rejection = Rejection::new(Reason::TenantUnknown, e.to_string());
             let tm = shared.metrics.tenant(metrics::UNKNOWN_TENANT);
             return Ok(refuse(&tm, rejection, &request_id, info, None));
@@ -89,7 +114,15 @@ pub async fn handle(
     // Step 3: authentication.
     let credential = auth::extract(&parts);
     if let Err(e) = auth::authenticate(&tenant, credential.as_ref()) {
+        shared.preauth.failed(ip);
         let rejection = Rejection::new(Reason::Unauthorized, e.to_string());
+        return Ok(refuse(&tm, rejection, &request_id, info, None));
+    }
+
+    // Draining: no new sessions (the load balancer sends the client elsewhere).
+    if shared.control.draining() {
+        let rejection = Rejection::new(Reason::Draining, "sluice is shutting down")
+            .retry_after(crate::admission::DRAINING_RETRY_AFTER);
         return Ok(refuse(&tm, rejection, &request_id, info, None));
     }
 
@@ -111,6 +144,8 @@ pub async fn handle(
         );
         let key = accept::own_handshake(&mut upstream_req, protocol.as_deref());
         let resp = accept::switching_protocols(&parts, protocol.as_deref(), &request_id);
+        // Kept for the session only when there is something a reload could revoke.
+        let credential = credential.filter(|_| !matches!(tenant.auth, crate::config::Auth::None));
         let pending = accept::Pending {
             shared: shared.clone(),
             config,
@@ -122,6 +157,7 @@ pub async fn handle(
             key,
             protocol,
             tenant_source: resolved.source.as_str(),
+            credential,
         };
         tokio::spawn(accept::serve(pending, on_upgrade));
         return Ok(resp);
@@ -188,13 +224,15 @@ pub async fn handle(
 
     let session = Session::start(
         (admitted.permit, connected.lease),
+        &shared.control,
         tm.clone(),
-        tenant,
+        tenant.clone(),
         request_id,
         info.addr,
         connected.endpoint.url.clone(),
     );
     let edge = connected.leg;
+    let stop = SessionStop::new(&shared.control, shared.config.clone(), tenant, None);
     tokio::spawn(async move {
         let client = match on_upgrade.await {
             Ok(upgraded) => match upgraded.downcast::<TokioIo<Stream>>() {
@@ -214,7 +252,8 @@ pub async fn handle(
                 return;
             }
         };
-        let stats = relay::relay(client, edge).await;
+        let moved = Moved::default();
+        let stats = relay::relay(client, edge, &moved, stop.wait(&moved)).await;
         // Step 7: release.
         session.end(stats);
     });
@@ -276,8 +315,8 @@ pub(crate) async fn connect_upstream(
         return Err((rejection, None));
     };
     let admission = &shared.admission;
-    match shared
-        .connector
+    let connector = shared.connector.load_full();
+    match connector
         .connect(
             &tenant.group,
             &pool,

@@ -35,6 +35,9 @@ pub enum Reason {
     UpstreamUnavailable,
     /// Shutting down: 503.
     Draining,
+    /// Too many unauthenticated attempts from the client's IP
+    /// (`protection.preauth_rate_per_ip`): 429.
+    TooManyAttempts,
 }
 
 impl Reason {
@@ -48,6 +51,7 @@ impl Reason {
             Self::EdgeCapacity => "edge-capacity",
             Self::UpstreamUnavailable => "upstream-unavailable",
             Self::Draining => "draining",
+            Self::TooManyAttempts => "too-many-attempts",
         }
     }
 
@@ -56,7 +60,9 @@ impl Reason {
         match self {
             Self::TenantUnknown => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::QueueFull | Self::QueueTimeout => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueFull | Self::QueueTimeout | Self::TooManyAttempts => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::EdgeCapacity | Self::UpstreamUnavailable | Self::Draining => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -72,7 +78,7 @@ impl Reason {
     /// `1008 Policy Violation` for 401/403, `1001 Going Away` for `draining`.
     pub fn close_code(self) -> CloseCode {
         match self {
-            Self::TenantUnknown | Self::Unauthorized => CloseCode::Policy,
+            Self::TenantUnknown | Self::Unauthorized | Self::TooManyAttempts => CloseCode::Policy,
             Self::Draining => CloseCode::Away,
             Self::QueueFull
             | Self::QueueTimeout

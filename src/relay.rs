@@ -30,6 +30,7 @@ use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::control::Stop;
 use crate::stream::Stream;
 
 /// How long the other direction may go on after one leg has ended its stream.
@@ -71,8 +73,8 @@ pub enum End {
     EdgeError(io::ErrorKind),
     /// One side closed and the other did not finish within [`HALF_CLOSE_LINGER`].
     LingerTimeout,
-    /// sluice closed the session itself (shutdown, a revoked credential).
-    Stopped,
+    /// sluice ended the session itself, for this reason ([`Stop::reason`]).
+    Stopped(&'static str),
 }
 
 impl End {
@@ -84,7 +86,7 @@ impl End {
             Self::ClientError(_) => "client_error",
             Self::EdgeError(_) => "edge_error",
             Self::LingerTimeout => "linger_timeout",
-            Self::Stopped => "stopped",
+            Self::Stopped(_) => "stopped",
         }
     }
 }
@@ -111,45 +113,84 @@ enum DirEnd {
     Write(io::Error),
 }
 
-/// Relays both ways until the session ends.
-pub async fn relay(mut client: Leg, mut edge: Leg) -> RelayStats {
-    let mut c2e = 0u64;
-    let mut e2c = 0u64;
-    let end = match forward_early(&mut client, &mut edge, &mut c2e, &mut e2c).await {
-        Err(end) => end,
-        Ok(()) => match (client.stream, edge.stream) {
-            (Stream::Plain(c), Stream::Plain(e)) => relay_plain(&c, &e, &mut c2e, &mut e2c).await,
-            (c, e) => relay_generic(c, e, &mut c2e, &mut e2c).await,
-        },
-    };
-    RelayStats {
-        client_to_edge: c2e,
-        edge_to_client: e2c,
-        end,
+/// Bytes a session moved each way so far: the relay adds, the idle timer
+/// ([`crate::control::SessionStop`]) and the session's end read.
+#[derive(Debug, Default)]
+pub struct Moved {
+    /// Client to edge.
+    pub client_to_edge: AtomicU64,
+    /// Edge to client.
+    pub edge_to_client: AtomicU64,
+}
+
+impl Moved {
+    /// Both ways together.
+    pub fn total(&self) -> u64 {
+        self.client_to_edge
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.edge_to_client.load(Ordering::Relaxed))
     }
+
+    /// The figures of a session that ended `end`.
+    pub fn stats(&self, end: End) -> RelayStats {
+        RelayStats {
+            client_to_edge: self.client_to_edge.load(Ordering::Relaxed),
+            edge_to_client: self.edge_to_client.load(Ordering::Relaxed),
+            end,
+        }
+    }
+}
+
+/// Adds `n` to a direction's count. Each direction has one writer, so a plain load and
+/// store (no locked instruction) is exact.
+pub fn count(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+/// Relays both ways until the session ends, or `stop` completes (then both connections
+/// are closed: the tunnel does not know where frames begin, so it cannot send a close
+/// frame).
+pub async fn relay(
+    mut client: Leg,
+    mut edge: Leg,
+    moved: &Moved,
+    stop: impl Future<Output = Stop>,
+) -> RelayStats {
+    let tunnel = async {
+        match forward_early(&mut client, &mut edge, moved).await {
+            Err(end) => end,
+            Ok(()) => match (client.stream, edge.stream) {
+                (Stream::Plain(c), Stream::Plain(e)) => relay_plain(&c, &e, moved).await,
+                (c, e) => relay_generic(c, e, moved).await,
+            },
+        }
+    };
+    let end = tokio::select! {
+        end = tunnel => end,
+        stop = stop => End::Stopped(stop.reason),
+    };
+    moved.stats(end)
 }
 
 /// Writes each leg's early bytes (read past the handshake) to the other leg, and frees
 /// them.
-async fn forward_early(
-    client: &mut Leg,
-    edge: &mut Leg,
-    c2e: &mut u64,
-    e2c: &mut u64,
-) -> Result<(), End> {
+async fn forward_early(client: &mut Leg, edge: &mut Leg, moved: &Moved) -> Result<(), End> {
     let early = std::mem::take(&mut client.early);
     if !early.is_empty() {
         write_flush(&mut edge.stream, &early)
             .await
             .map_err(|e| End::EdgeError(e.kind()))?;
-        *c2e += early.len() as u64;
+        count(&moved.client_to_edge, early.len() as u64);
     }
     let early = std::mem::take(&mut edge.early);
     if !early.is_empty() {
         write_flush(&mut client.stream, &early)
             .await
             .map_err(|e| End::ClientError(e.kind()))?;
-        *e2c += early.len() as u64;
+        count(&moved.edge_to_client, early.len() as u64);
     }
     Ok(())
 }
@@ -197,10 +238,10 @@ async fn run_both(
     }
 }
 
-async fn relay_plain(client: &TcpStream, edge: &TcpStream, c2e: &mut u64, e2c: &mut u64) -> End {
+async fn relay_plain(client: &TcpStream, edge: &TcpStream, moved: &Moved) -> End {
     run_both(
-        pump_plain(client, edge, c2e),
-        pump_plain(edge, client, e2c),
+        pump_plain(client, edge, &moved.client_to_edge),
+        pump_plain(edge, client, &moved.edge_to_client),
         || shutdown_write(edge),
         || shutdown_write(client),
     )
@@ -225,7 +266,7 @@ enum Step {
 }
 
 /// One direction over plain TCP: readiness, then read and write without awaiting.
-async fn pump_plain(src: &TcpStream, dst: &TcpStream, count: &mut u64) -> DirEnd {
+async fn pump_plain(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> DirEnd {
     loop {
         if let Err(e) = src.readable().await {
             return DirEnd::Read(e);
@@ -265,12 +306,12 @@ async fn pump_plain(src: &TcpStream, dst: &TcpStream, count: &mut u64) -> DirEnd
             Err(end) => return end,
             Ok(Step::Again) => {}
             Ok(Step::Eof) => return DirEnd::Eof,
-            Ok(Step::Done(n)) => *count += n as u64,
+            Ok(Step::Done(n)) => count(moved, n as u64),
             Ok(Step::Partial(n, rest)) => {
                 if let Err(e) = write_all_ready(dst, &rest).await {
                     return DirEnd::Write(e);
                 }
-                *count += n as u64;
+                count(moved, n as u64);
             }
         }
     }
@@ -289,14 +330,14 @@ async fn write_all_ready(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-async fn relay_generic(client: Stream, edge: Stream, c2e: &mut u64, e2c: &mut u64) -> End {
+async fn relay_generic(client: Stream, edge: Stream, moved: &Moved) -> End {
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut edge_r, mut edge_w) = tokio::io::split(edge);
     // The shutdown of a TLS write side sends close_notify, which needs an await, so the
     // pump that ended does it itself (bounded by the linger).
     run_both(
-        pump_generic(&mut client_r, &mut edge_w, c2e),
-        pump_generic(&mut edge_r, &mut client_w, e2c),
+        pump_generic(&mut client_r, &mut edge_w, &moved.client_to_edge),
+        pump_generic(&mut edge_r, &mut client_w, &moved.edge_to_client),
         || {},
         || {},
     )
@@ -321,14 +362,14 @@ struct Backlog {
 /// the per-thread scratch buffer and writes it on at once; only what the destination
 /// cannot take yet moves to the heap. On end of stream the destination's write side is
 /// shut down (TLS `close_notify`), within [`HALF_CLOSE_LINGER`].
-async fn pump_generic<R, W>(src: &mut R, dst: &mut W, count: &mut u64) -> DirEnd
+async fn pump_generic<R, W>(src: &mut R, dst: &mut W, moved: &AtomicU64) -> DirEnd
 where
     R: tokio::io::AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut backlog = Backlog::default();
     let end =
-        std::future::poll_fn(|cx| poll_pump(cx, &mut *src, &mut *dst, &mut backlog, count)).await;
+        std::future::poll_fn(|cx| poll_pump(cx, &mut *src, &mut *dst, &mut backlog, moved)).await;
     if matches!(end, DirEnd::Eof) {
         let _ = tokio::time::timeout(HALF_CLOSE_LINGER, dst.shutdown()).await;
     }
@@ -340,7 +381,7 @@ fn poll_pump<R, W>(
     src: &mut R,
     dst: &mut W,
     backlog: &mut Backlog,
-    count: &mut u64,
+    moved: &AtomicU64,
 ) -> Poll<DirEnd>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -395,7 +436,7 @@ where
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(end)) => return Poll::Ready(end),
             Poll::Ready(Ok((n, rest))) => {
-                *count += n as u64;
+                count(moved, n as u64);
                 backlog.rest = rest;
                 backlog.flush = true;
             }

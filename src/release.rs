@@ -14,8 +14,9 @@ use tokio::time::Instant;
 
 use crate::admission::Permit;
 use crate::config::Tenant;
+use crate::control::{Control, SessionCount};
 use crate::metrics::TenantMetrics;
-use crate::relay::RelayStats;
+use crate::relay::{End, RelayStats};
 use crate::upstream::Lease;
 
 /// Sessions ended in this process so far (every server in it). The binary watches it to
@@ -41,12 +42,15 @@ pub struct Session {
     /// When the relay began.
     pub started: Instant,
     ended: bool,
+    /// Its place in the server's count of live sessions (what the drain waits for).
+    _count: SessionCount,
 }
 
 impl Session {
     /// A session starting now.
     pub fn start(
         holds: (Permit, Lease),
+        control: &Arc<Control>,
         metrics: Arc<TenantMetrics>,
         tenant: Arc<Tenant>,
         request_id: String,
@@ -63,12 +67,17 @@ impl Session {
             endpoint,
             started: Instant::now(),
             ended: false,
+            _count: control.session(),
         }
     }
 
     /// Ends the session after its relay returned.
     pub fn end(self, stats: RelayStats) {
-        self.finish(stats.end.as_str(), Some(stats), None);
+        let why = match stats.end {
+            End::Stopped(reason) => Some(reason),
+            _ => None,
+        };
+        self.finish(stats.end.as_str(), Some(stats), why);
     }
 
     /// Ends a session whose relay never started (the client left before its upgrade

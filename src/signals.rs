@@ -1,4 +1,5 @@
-//! Process signals: SIGTERM and SIGINT (Ctrl-C) stop the proxy.
+//! Process signals: SIGTERM and SIGINT (Ctrl-C) drain and stop the proxy; SIGHUP
+//! reloads its config.
 
 /// Completes on the first SIGTERM or SIGINT.
 pub async fn terminate() {
@@ -21,5 +22,31 @@ pub async fn terminate() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Reloads the config ([`crate::reload::from_file`]) on every SIGHUP, forever.
+pub async fn reload_on_hangup(shared: std::sync::Arc<crate::proxy::Shared>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the config");
+            let s = shared.clone();
+            // Errors are logged and counted by the reload itself.
+            let _ = tokio::task::spawn_blocking(move || crate::reload::from_file(&s)).await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = shared;
+        std::future::pending::<()>().await;
     }
 }

@@ -256,7 +256,11 @@ async fn the_admin_listener_answers_its_paths_and_only_those() {
         !page.contains("http://") && !page.contains("https://"),
         "self-contained"
     );
-    assert_eq!(admin_request(admin, "POST", "/-/reload").await.0, 501);
+    // Started from config text, not a file: nothing to re-read (tests/reload.rs has
+    // the file-backed reloads).
+    let (status, body) = admin_request(admin, "POST", "/-/reload").await;
+    assert_eq!(status, 422);
+    assert!(body.contains("not started from a config file"), "{body}");
     assert_eq!(admin_request(admin, "GET", "/-/reload").await.0, 405);
     assert_eq!(admin_request(admin, "DELETE", "/metrics").await.0, 405);
     assert_eq!(admin_get(admin, "/nope").await.0, 404);

@@ -55,7 +55,7 @@ async fn finish(task: tokio::task::JoinHandle<RelayStats>) -> RelayStats {
 async fn plain_client_close_counts_bytes_and_ends_clean() {
     let (mut client, client_side) = pair().await;
     let (edge_side, mut edge) = pair().await;
-    let task = tokio::spawn(relay(
+    let task = tokio::spawn(relay_all(
         leg(Stream::Plain(client_side)),
         leg(Stream::Plain(edge_side)),
     ));
@@ -87,7 +87,7 @@ async fn early_bytes_go_first_and_a_reset_is_an_error() {
         stream: Stream::Plain(client_side),
         early: Bytes::from_static(b"early"),
     };
-    let task = tokio::spawn(relay(client_leg, leg(Stream::Plain(edge_side))));
+    let task = tokio::spawn(relay_all(client_leg, leg(Stream::Plain(edge_side))));
     assert_eq!(read_exact(&mut edge, 5).await, b"early");
     socket2::SockRef::from(&client)
         .set_linger(Some(Duration::ZERO))
@@ -112,7 +112,7 @@ async fn tls_edge_that_closes_without_close_notify_ends_clean() {
         tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(edge_tcp)
     );
     let mut edge = edge.unwrap();
-    let task = tokio::spawn(relay(
+    let task = tokio::spawn(relay_all(
         leg(Stream::Plain(client_side)),
         leg(Stream::ClientTls(Box::new(to_edge.unwrap()))),
     ));
@@ -130,4 +130,10 @@ async fn tls_edge_that_closes_without_close_notify_ends_clean() {
     let stats = finish(task).await;
     assert_eq!(stats.end, End::EdgeClosed, "{stats:?}");
     assert_eq!((stats.client_to_edge, stats.edge_to_client), (200_000, 4));
+}
+
+/// The relay until the session ends by itself (nothing stops it from outside).
+async fn relay_all(client: Leg, edge: Leg) -> sluice::relay::RelayStats {
+    let moved = sluice::relay::Moved::default();
+    relay(client, edge, &moved, std::future::pending()).await
 }

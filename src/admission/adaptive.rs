@@ -7,7 +7,7 @@
 //! trouble adds back a tenth of the configured rate, up to the configured rate. So
 //! sluice slows down before the edge starts refusing, and recovers step by step.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -33,9 +33,10 @@ pub struct Policy {
 /// One scope's effective rate.
 #[derive(Debug)]
 pub(crate) struct Adaptive {
-    configured: f64,
-    /// The bucket's burst, unchanged by adaptation.
-    burst: u32,
+    /// `f64` bits of the configured rate (changed by a reload).
+    configured: AtomicU64,
+    /// The bucket's burst, unchanged by adaptation (changed by a reload).
+    burst: AtomicU32,
     /// `f64` bits of the effective rate.
     current: AtomicU64,
     epoch: Instant,
@@ -50,8 +51,8 @@ impl Adaptive {
     pub(crate) fn new(configured: f64, burst: u32, gauge: prometheus::Gauge) -> Self {
         gauge.set(configured);
         Self {
-            configured,
-            burst,
+            configured: AtomicU64::new(configured.to_bits()),
+            burst: AtomicU32::new(burst),
             current: AtomicU64::new(configured.to_bits()),
             epoch: Instant::now(),
             last_trouble: AtomicU64::new(0),
@@ -63,6 +64,18 @@ impl Adaptive {
     fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX / 2)
             + 1
+    }
+
+    fn configured(&self) -> f64 {
+        f64::from_bits(self.configured.load(Ordering::Relaxed))
+    }
+
+    /// New configured rate and burst (a reload): the effective rate starts over from
+    /// the configured one.
+    pub(crate) fn reconfigure(&self, tokens: &Tokens, rate: f64, burst: u32) {
+        self.configured.store(rate.to_bits(), Ordering::Relaxed);
+        self.burst.store(burst, Ordering::Relaxed);
+        self.update(tokens, |_| rate);
     }
 
     /// The effective rate now.
@@ -80,7 +93,7 @@ impl Adaptive {
                 applied = f(f64::from_bits(bits));
                 Some(applied.to_bits())
             });
-        tokens.set_rate(applied, self.burst);
+        tokens.set_rate(applied, self.burst.load(Ordering::Relaxed));
         self.gauge.set(applied);
     }
 
@@ -103,22 +116,23 @@ impl Adaptive {
         {
             return; // another trouble report decreased it just now
         }
-        let floor = self.configured * policy.floor;
+        let floor = self.configured() * policy.floor;
         self.update(tokens, |rate| (rate * policy.factor).max(floor));
     }
 
     /// Called about once a second: after a clean second, a step back up.
     pub(crate) fn recover(&self, tokens: &Tokens, now: Instant) {
         let current = self.effective();
-        if current >= self.configured {
+        let configured = self.configured();
+        if current >= configured {
             return;
         }
         let last = self.last_trouble.load(Ordering::Relaxed);
         if last != 0 && self.nanos(now).saturating_sub(last) < CLEAN_PERIOD.as_nanos() as u64 {
             return;
         }
-        let step = self.configured * RECOVERY_STEP;
-        self.update(tokens, |rate| (rate + step).min(self.configured));
+        let step = configured * RECOVERY_STEP;
+        self.update(tokens, |rate| (rate + step).min(configured));
     }
 }
 

@@ -24,7 +24,8 @@ use tokio::time::Instant;
 #[repr(C)] // hot fields first
 pub struct Slots {
     live: AtomicU32,
-    cap: u32,
+    /// Changed by a reload: a lower cap only holds new sessions back.
+    cap: AtomicU32,
     /// Releases so far, wrapping (on the hot cache line, which `release` holds
     /// exclusively anyway; 32 bits keep the hot fields of a tenant in one line).
     released: AtomicU32,
@@ -53,7 +54,7 @@ impl Slots {
     pub fn new(cap: u32) -> Self {
         Self {
             live: AtomicU32::new(0),
-            cap,
+            cap: AtomicU32::new(cap),
             waiting: AtomicBool::new(false),
             released: AtomicU32::new(0),
             freed: Notify::new(),
@@ -71,7 +72,7 @@ impl Slots {
         // reordered before the waiter's flag store in `acquire`.
         self.live
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |live| {
-                (live < self.cap).then_some(live + 1)
+                (live < self.cap.load(Ordering::Relaxed)).then_some(live + 1)
             })
             .is_ok()
     }
@@ -138,7 +139,16 @@ impl Slots {
 
     /// The cap.
     pub fn cap(&self) -> u32 {
-        self.cap
+        self.cap.load(Ordering::Relaxed)
+    }
+
+    /// Changes the cap (a reload). Sessions over a lowered cap go on; new ones wait until
+    /// enough have ended. A raised cap wakes the waiting task, which takes a slot at once.
+    pub fn set_cap(&self, cap: u32) {
+        self.cap.store(cap, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) {
+            self.freed.notify_one();
+        }
     }
 }
 
@@ -225,6 +235,11 @@ impl Tokens {
         let tat = self.tat.load(Ordering::Acquire);
         self.epoch
             + Duration::from_nanos(tat.saturating_sub(self.tolerance.load(Ordering::Relaxed)))
+    }
+
+    /// Whether the bucket is full again at `now` (every token back).
+    pub fn full(&self, now: Instant) -> bool {
+        self.tat.load(Ordering::Acquire) <= self.nanos(now)
     }
 
     /// Gives back a token taken by [`Self::try_take`] that was not used (its client

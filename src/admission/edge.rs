@@ -85,6 +85,16 @@ impl Scope for EdgeGate {
 }
 
 impl EdgeGate {
+    /// Applies reloaded `[edge]` limits; slots held over a lowered cap are kept.
+    pub(crate) fn reconfigure(&self, limits: &EdgeLimits) {
+        self.adaptive.reconfigure(
+            &self.limit.tokens,
+            limits.handshake_rate,
+            limits.handshake_burst,
+        );
+        self.limit.slots.set_cap(limits.max_sessions);
+    }
+
     pub(crate) fn new(limits: &EdgeLimits, gauge: prometheus::Gauge) -> Self {
         Self {
             limit: Limit::new(

@@ -106,6 +106,20 @@ impl<S: Scope> Drop for Token<S> {
     }
 }
 
+/// Why a tenant's queue was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Closed {
+    /// The server is draining.
+    Draining = 1,
+    /// A reload removed the tenant.
+    Removed = 2,
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// What a queued client is waiting for right now: decides between `queue-*` (the
 /// tenant's own limits) and `edge-capacity` (the shared ceiling), and how long the
 /// `Retry-After` estimate is.
@@ -171,9 +185,12 @@ pub(crate) struct TenantGate {
     pub(crate) limit: Limit,
     blocker: AtomicU8,
     pub(crate) name: Arc<str>,
-    pub(crate) queue_depth: u32,
-    pub(crate) queue_timeout: Duration,
-    pub(crate) weight: u32,
+    /// `queue_depth`, `queue_timeout` (nanoseconds) and `weight`: changed by a reload.
+    queue_depth: AtomicU32,
+    queue_timeout: AtomicU64,
+    weight: AtomicU32,
+    /// Why the queue takes nobody any more ([`Closed`]), as its `u8`; 0: open.
+    closed: AtomicU8,
     queue: Mutex<Queue>,
     /// `sluice_queue_depth` of this tenant, set wherever `queued` changes.
     depth_gauge: prometheus::IntGauge,
@@ -185,8 +202,9 @@ pub(crate) struct TenantGate {
     /// releases its edge slot through its tenant without holding the edge itself.
     pub(crate) edge: Option<Arc<EdgeGate>>,
     /// The tenant's upstream group: while the edge has paused all of it, none of this
-    /// tenant's clients is sent.
-    pool: Option<Arc<Pool>>,
+    /// tenant's clients is sent. Swapped when a reload moves the tenant or rebuilds its
+    /// group.
+    pool: arc_swap::ArcSwapOption<Pool>,
     /// Time zero of `paused_until`.
     epoch: Instant,
     /// Nanoseconds after `epoch` until which the edge asked (`429` + `Retry-After`)
@@ -215,9 +233,10 @@ impl TenantGate {
                 limits.handshake_rate,
                 limits.handshake_burst,
             ),
-            queue_depth: limits.queue_depth,
-            queue_timeout: limits.queue_timeout,
-            weight: limits.weight,
+            queue_depth: AtomicU32::new(limits.queue_depth),
+            queue_timeout: AtomicU64::new(duration_nanos(limits.queue_timeout)),
+            weight: AtomicU32::new(limits.weight),
+            closed: AtomicU8::new(0),
             queue: Mutex::default(),
             depth_gauge: metrics.queue_depth.clone(),
             adaptive: Adaptive::new(
@@ -227,7 +246,7 @@ impl TenantGate {
             ),
             emptied: Notify::new(),
             edge,
-            pool,
+            pool: arc_swap::ArcSwapOption::new(pool),
             epoch: Instant::now(),
             paused_until: AtomicU64::new(0),
             queued: AtomicU32::new(0),
@@ -251,8 +270,64 @@ impl TenantGate {
         let own = (own != 0)
             .then(|| self.epoch + std::time::Duration::from_nanos(own))
             .filter(|t| *t > now);
-        let group = self.pool.as_ref().and_then(|p| p.paused_until(now));
+        let group = self.pool.load().as_ref().and_then(|p| p.paused_until(now));
         own.max(group)
+    }
+
+    /// The tenant's queue depth.
+    pub(crate) fn queue_depth(&self) -> u32 {
+        self.queue_depth.load(Ordering::Relaxed)
+    }
+
+    /// The tenant's longest wait in the queue.
+    pub(crate) fn queue_timeout(&self) -> Duration {
+        Duration::from_nanos(self.queue_timeout.load(Ordering::Relaxed))
+    }
+
+    /// The tenant's weight at the edge ceiling.
+    pub(crate) fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Applies a reloaded tenant's limits and group. Live sessions over a lowered cap go
+    /// on; a raised cap or rate lets the pump release queued clients at once.
+    pub(crate) fn reconfigure(&self, limits: &crate::config::Limits, pool: Option<Arc<Pool>>) {
+        self.queue_depth
+            .store(limits.queue_depth, Ordering::Relaxed);
+        self.queue_timeout
+            .store(duration_nanos(limits.queue_timeout), Ordering::Relaxed);
+        self.weight.store(limits.weight, Ordering::Relaxed);
+        self.adaptive.reconfigure(
+            &self.limit.tokens,
+            limits.handshake_rate,
+            limits.handshake_burst,
+        );
+        self.pool.store(pool);
+        self.limit.slots.set_cap(limits.max_sessions);
+    }
+
+    /// Why the queue takes nobody any more, if it does not.
+    pub(crate) fn closed(&self) -> Option<Closed> {
+        match self.closed.load(Ordering::Acquire) {
+            1 => Some(Closed::Draining),
+            2 => Some(Closed::Removed),
+            _ => None,
+        }
+    }
+
+    /// Refuses every queued client and every later one: their `admit` calls return
+    /// the refusal for `why`.
+    pub(crate) fn close(&self, why: Closed) {
+        let waiters = {
+            let mut q = self.lock();
+            self.closed.store(why as u8, Ordering::Release);
+            let waiters = std::mem::take(&mut q.waiters);
+            self.set_queued(0);
+            self.emptied.notify_waiters();
+            waiters
+        };
+        // Dropping a waiter's sender tells its client (outside the lock).
+        drop(waiters);
     }
 
     /// Clients waiting in the queue now.
@@ -292,7 +367,7 @@ impl TenantGate {
     ) -> Option<(u64, oneshot::Receiver<Reserved>)> {
         let (tx, rx) = oneshot::channel();
         let mut q = self.lock();
-        if q.waiters.len() >= self.queue_depth as usize {
+        if q.waiters.len() >= self.queue_depth() as usize || self.closed().is_some() {
             return None;
         }
         let id = q.next_id;
@@ -398,7 +473,7 @@ async fn reserve(
             Some(turn) => (Some(turn), finish),
             None => {
                 gate.set_blocker(Blocker::Edge);
-                let (turn, finish) = edge.turn(gate.weight, finish).await?;
+                let (turn, finish) = edge.turn(gate.weight(), finish).await?;
                 (Some(turn), finish)
             }
         },

@@ -48,7 +48,23 @@ use crate::metrics::Metrics;
 use crate::reject::{Reason, Rejection};
 use crate::upstream::Pools;
 use edge::EdgeGate;
-use gate::{Blocker, TenantGate};
+use gate::{Blocker, Closed, TenantGate};
+
+/// `Retry-After` of a client refused because sluice is draining: time for the load
+/// balancer to send it to another replica.
+pub const DRAINING_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// The refusal of a client whose tenant's queue is closed.
+fn closed_rejection(why: Closed, tenant: &str) -> Rejection {
+    match why {
+        Closed::Draining => Rejection::new(Reason::Draining, "sluice is shutting down")
+            .retry_after(DRAINING_RETRY_AFTER),
+        Closed::Removed => Rejection::new(
+            Reason::TenantUnknown,
+            format!("tenant {tenant:?} was removed by a config reload"),
+        ),
+    }
+}
 
 /// Admission state of every configured tenant and of the edge ceiling.
 #[derive(Debug)]
@@ -207,6 +223,9 @@ impl Admission {
                 format!("tenant {tenant:?} is not configured"),
             ));
         };
+        if let Some(why) = gate.closed() {
+            return Err(closed_rejection(why, tenant));
+        }
         let since = Instant::now();
         if let Some(permit) = self.try_now(&gate, since) {
             return Ok(Admitted {
@@ -217,12 +236,15 @@ impl Admission {
         // Paused by the edge beyond this client's whole wait: no point queueing.
         if gate
             .paused(since)
-            .is_some_and(|until| until >= since + gate.queue_timeout)
+            .is_some_and(|until| until >= since + gate.queue_timeout())
         {
             let queued = gate.queued();
             return Err(self.refusal(&gate, queued, false));
         }
         let Some((id, mut grant)) = gate.enqueue(self.edge.as_ref()) else {
+            if let Some(why) = gate.closed() {
+                return Err(closed_rejection(why, tenant));
+            }
             let queued = gate.queued();
             return Err(self.refusal(&gate, queued, true));
         };
@@ -231,14 +253,17 @@ impl Admission {
             id,
             queued: true,
         };
-        let deadline = since + gate.queue_timeout;
+        let deadline = since + gate.queue_timeout();
         let reserved = match tokio::time::timeout_at(deadline, &mut grant).await {
             Ok(Ok(reserved)) => reserved,
             Ok(Err(_)) => {
-                // The pump popped this client but its reservation was dropped: only
-                // when the runtime shuts down.
+                // Its queue was closed (drain, tenant removed), or the pump popped this
+                // client but its reservation was dropped (the runtime shuts down).
                 ticket.queued = false;
-                return Err(Rejection::new(Reason::Draining, "sluice is shutting down"));
+                let mut refusal =
+                    closed_rejection(gate.closed().unwrap_or(Closed::Draining), tenant);
+                refusal.waited = Some(since.elapsed());
+                return Err(refusal);
             }
             Err(_) => {
                 let waited = Some(since.elapsed());
@@ -288,7 +313,7 @@ impl Admission {
                     "the edge ceiling is in use by all tenants; tenant {} has {} queued (queue_depth {})",
                     gate.name,
                     gate.queued(),
-                    gate.queue_depth
+                    gate.queue_depth()
                 ),
             ),
             (None, true) => (
@@ -297,7 +322,7 @@ impl Admission {
                     "tenant {} has {} queued (queue_depth {}) and {} of {} sessions",
                     gate.name,
                     gate.queued(),
-                    gate.queue_depth,
+                    gate.queue_depth(),
                     gate.limit.slots.live(),
                     gate.limit.slots.cap()
                 ),
@@ -306,7 +331,7 @@ impl Admission {
                 Reason::QueueTimeout,
                 format!(
                     "waited queue_timeout ({}) in tenant {}'s queue with {ahead} still ahead",
-                    humantime::format_duration(gate.queue_timeout),
+                    humantime::format_duration(gate.queue_timeout()),
                     gate.name
                 ),
             ),
@@ -346,6 +371,67 @@ impl Admission {
         if let Some(edge) = &self.edge {
             edge.adaptive.trouble(&edge.limit.tokens, self.policy, now);
         }
+    }
+
+    /// Starts the drain: every queued client is refused with `draining`, and so is every
+    /// later connect.
+    pub fn drain(&self) {
+        for gate in &self.tenants {
+            gate.close(Closed::Draining);
+        }
+    }
+
+    /// Applies a reloaded config: tenants that stay get their new limits in place (their
+    /// live sessions and queued clients are kept; a lower cap only holds new sessions
+    /// back), new tenants get a gate, removed tenants stop being admitted (their queued
+    /// clients are refused, their live sessions go on). The `[edge]` ceiling's limits
+    /// change in place; adding or removing the section takes a restart (returned as a
+    /// warning).
+    pub fn reconcile(&self, config: &Config, metrics: &Metrics, pools: &Pools) -> Option<String> {
+        let mut warning = None;
+        match (&self.edge, &config.edge) {
+            (Some(edge), Some(limits)) => edge.reconfigure(limits),
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                warning = Some(
+                    "adding or removing the [edge] section takes a restart; the ceiling in force is kept".to_owned(),
+                );
+            }
+        }
+        let wanted: Vec<&Arc<crate::config::Tenant>> = config
+            .tenants
+            .values()
+            .chain(config.default_tenant.as_ref())
+            .collect();
+        for tenant in &wanted {
+            let pool = pools.get(&tenant.group.name);
+            if let Some(gate) = self.gate(&tenant.name) {
+                gate.reconfigure(&tenant.limits, pool);
+            } else {
+                self.tenants.insert(
+                    tenant.name.clone(),
+                    Arc::new(TenantGate::new(
+                        &tenant.name,
+                        &tenant.limits,
+                        self.edge.clone(),
+                        pool,
+                        &metrics.tenant(&tenant.name),
+                    )),
+                );
+            }
+        }
+        let removed: Vec<String> = self
+            .tenants
+            .iter()
+            .filter(|g| !wanted.iter().any(|t| t.name == *g.key()))
+            .map(|g| g.key().clone())
+            .collect();
+        for name in removed {
+            if let Some((_, gate)) = self.tenants.remove(&name) {
+                gate.close(Closed::Removed);
+            }
+        }
+        warning
     }
 
     /// The effective handshake rate of `tenant` now.
@@ -457,18 +543,18 @@ fn retry_after(gate: &TenantGate, cause: Blocker, edge: Option<&EdgeGate>, ahead
             .limit
             .slots
             .release_interval()
-            .map(|i| i.mul_f64(edge.share_of(gate.weight))),
+            .map(|i| i.mul_f64(edge.share_of(gate.weight()))),
         (_, Some(edge)) => Some(
             edge.limit
                 .tokens
                 .interval()
-                .mul_f64(edge.share_of(gate.weight)),
+                .mul_f64(edge.share_of(gate.weight())),
         ),
         (_, None) => Some(gate.limit.tokens.interval()),
     };
     let base = interval
         .and_then(|i| i.checked_mul(ahead + 1))
-        .map_or(gate.queue_timeout, |w| w.min(gate.queue_timeout));
+        .map_or(gate.queue_timeout(), |w| w.min(gate.queue_timeout()));
     base.mul_f64(rand::random_range(0.8..1.2))
 }
 

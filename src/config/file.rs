@@ -63,6 +63,7 @@ pub struct ListenFile {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminFile {
     pub address: Option<String>,
+    pub allow_public: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

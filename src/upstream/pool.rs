@@ -25,28 +25,51 @@ pub const CIRCUIT_COOLDOWN: Duration = Duration::from_secs(5);
 /// How long a client looks again later while another's probe decides a circuit.
 const PROBE_WAIT: Duration = Duration::from_millis(100);
 
+/// A group's endpoint urls, and the pool built for them.
+type GroupPool = (Vec<String>, Arc<Pool>);
+
 /// Every group's pool, by group name.
 #[derive(Debug, Default)]
 pub struct Pools {
-    groups: HashMap<String, Arc<Pool>>,
+    /// By group name, with the endpoint urls the pool was built for; replaced whole by a
+    /// reload.
+    groups: arc_swap::ArcSwap<HashMap<String, GroupPool>>,
 }
 
 impl Pools {
     /// A pool per group of `config`.
     pub fn new(config: &Config) -> Self {
-        Self {
-            groups: config
-                .upstream
-                .groups
-                .iter()
-                .map(|(name, g)| (name.clone(), Arc::new(Pool::new(g.endpoints.len()))))
-                .collect(),
-        }
+        let pools = Self {
+            groups: arc_swap::ArcSwap::default(),
+        };
+        pools.reconcile(config);
+        pools
+    }
+
+    /// The pools for a reloaded `config`: a group whose endpoint list is unchanged keeps
+    /// its pool (session counts, circuits, pauses); a new or changed group gets a fresh
+    /// one. Sessions on a replaced pool keep it until they end.
+    pub fn reconcile(&self, config: &Config) {
+        let old = self.groups.load_full();
+        let groups = config
+            .upstream
+            .groups
+            .iter()
+            .map(|(name, g)| {
+                let urls: Vec<String> = g.endpoints.iter().map(|e| e.url.clone()).collect();
+                let pool = match old.get(name) {
+                    Some((was, pool)) if *was == urls => pool.clone(),
+                    _ => Arc::new(Pool::new(urls.len())),
+                };
+                (name.clone(), (urls, pool))
+            })
+            .collect();
+        self.groups.store(Arc::new(groups));
     }
 
     /// The pool of `group` (a configured group name).
     pub fn get(&self, group: &str) -> Option<Arc<Pool>> {
-        self.groups.get(group).cloned()
+        self.groups.load().get(group).map(|(_, p)| p.clone())
     }
 }
 

@@ -342,6 +342,56 @@ pub async fn proxy_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
     }
 }
 
+/// Starts sluice from a config file (so that `POST /-/reload` re-reads it), with
+/// `[listen]`/`[admin]` on 127.0.0.1:0 unless the file says otherwise.
+pub async fn proxy_from_file(path: &std::path::Path) -> Proxy {
+    let config = Config::load(path).expect("test config file is valid");
+    let config_admin = config.admin.address;
+    let server = sluice::Server::bind(config).await.expect("sluice binds");
+    let addr = server.local_addr();
+    let admission = server.admission();
+    let admin = sluice::admin::Admin::bind(config_admin, server.shared())
+        .await
+        .expect("admin binds");
+    let admin_addr = admin.local_addr();
+    tokio::spawn(admin.run(std::future::pending()));
+    tokio::spawn(server.run(std::future::pending()));
+    Proxy {
+        addr,
+        admission,
+        admin: admin_addr,
+    }
+}
+
+/// Opens a WebSocket from source address `from` (another loopback address, e.g.
+/// 127.0.0.2: Linux routes all of 127/8 to lo).
+pub async fn connect_from(
+    from: std::net::IpAddr,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Client, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        let name = http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        req.headers_mut().append(name, v.parse().unwrap());
+    }
+    let host = req.uri().host().unwrap().to_owned();
+    let port = req.uri().port_u16().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let tcp = socket
+        .connect(format!("{host}:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp)),
+    )
+    .await
+    .expect("handshake finished in time")
+}
+
 /// Starts sluice from config text.
 pub async fn proxy(config: &str) -> Proxy {
     proxy_with_env(config, &[]).await

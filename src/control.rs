@@ -1,0 +1,292 @@
+//! The process's life beside the flow: graceful drain, hot-reload notices, and what
+//! ends a live session early (DESIGN.md: "SIGTERM drains", "hot reload",
+//! `[protection] idle_timeout / max_session`).
+//!
+//! [`Control`] is shared by every connection. Its state is a `watch` channel, so a live
+//! session holds one receiver (a pointer and a version) and wakes only when something
+//! changes: a reload, the start of the drain, or the drain's deadline. [`SessionStop`]
+//! turns those, plus the session's own idle and lifetime limits, into the one future
+//! the relays race against.
+//!
+//! # Drain (SIGTERM / SIGINT)
+//!
+//! 1. [`Control::begin_drain`]: `/readyz` answers `503`, new upgrades are refused with
+//!    `draining`, queued clients are refused with `draining` (admission empties the
+//!    queues), the listener stops accepting.
+//! 2. Live sessions get `shutdown.drain_timeout` to end by themselves
+//!    ([`Control::wait_sessions`]).
+//! 3. [`Control::close_sessions`]: the rest are closed — `accept` mode with close
+//!    `1001`, `hold` mode by closing both connections (the byte tunnel does not track
+//!    frame boundaries) — and the process exits 0.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::auth::{self, Credential};
+use crate::config::{Config, Tenant};
+use crate::relay::Moved;
+
+/// What every live session watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct State {
+    /// Set when the drain begins: no new connects.
+    pub draining: bool,
+    /// Set when the drain's time is up: close every live session now.
+    pub closing: bool,
+    /// Bumped by every applied reload.
+    pub generation: u64,
+}
+
+/// Drain state, reload notices and the count of live sessions.
+#[derive(Debug)]
+pub struct Control {
+    state: watch::Sender<State>,
+    sessions: AtomicUsize,
+    none_left: Notify,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Control {
+    /// Serving, no session yet.
+    pub fn new() -> Self {
+        Self {
+            state: watch::Sender::new(State::default()),
+            sessions: AtomicUsize::new(0),
+            none_left: Notify::new(),
+        }
+    }
+
+    /// The state now.
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// Whether the drain has begun.
+    pub fn draining(&self) -> bool {
+        self.state.borrow().draining
+    }
+
+    /// Starts the drain (idempotent).
+    pub fn begin_drain(&self) {
+        self.state
+            .send_if_modified(|s| !std::mem::replace(&mut s.draining, true));
+    }
+
+    /// Tells every live session to close now.
+    pub fn close_sessions(&self) {
+        self.state.send_modify(|s| {
+            s.draining = true;
+            s.closing = true;
+        });
+    }
+
+    /// Tells live sessions that a new config is in force.
+    pub fn reloaded(&self) {
+        self.state.send_modify(|s| s.generation += 1);
+    }
+
+    /// Live sessions now.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+
+    /// Counts a live session until the guard drops.
+    pub fn session(self: &Arc<Self>) -> SessionCount {
+        self.sessions.fetch_add(1, Ordering::AcqRel);
+        SessionCount(self.clone())
+    }
+
+    /// Waits until no session is live, or `timeout` passed; whether none is left.
+    pub async fn wait_sessions(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.none_left.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.sessions() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.sessions() == 0;
+            }
+        }
+    }
+
+    /// A receiver of the state, for a session's [`SessionStop`].
+    pub fn watch(&self) -> watch::Receiver<State> {
+        self.state.subscribe()
+    }
+}
+
+/// One live session in [`Control`]'s count.
+#[derive(Debug)]
+pub struct SessionCount(Arc<Control>);
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        if self.0.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
+}
+
+/// Why sluice ends a live session itself, with the close code for an `accept`-mode
+/// client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// The close code (`1001` for shutdown and limits, `1008` for a revoked credential).
+    pub code: CloseCode,
+    /// The close reason and log word: `shutdown`, `idle-timeout`, `max-session`,
+    /// `credential-revoked`.
+    pub reason: &'static str,
+}
+
+/// What may end one live session early.
+#[derive(Debug)]
+pub struct SessionStop {
+    watch: watch::Receiver<State>,
+    config: Arc<arc_swap::ArcSwap<Config>>,
+    tenant: Arc<Tenant>,
+    /// Kept for `accept` mode, to re-check on reload; `None` in `hold` mode (nothing is
+    /// closed there on revocation) or when the tenant needs none.
+    credential: Option<Credential>,
+    idle: Option<Duration>,
+    end_by: Option<Instant>,
+}
+
+impl SessionStop {
+    /// For a session of `tenant` starting now, under the `[protection]` limits in force.
+    pub fn new(
+        control: &Control,
+        config: Arc<arc_swap::ArcSwap<Config>>,
+        tenant: Arc<Tenant>,
+        credential: Option<Credential>,
+    ) -> Self {
+        let (idle, max) = {
+            let c = config.load();
+            (c.protection.idle_timeout, c.protection.max_session)
+        };
+        Self {
+            watch: control.watch(),
+            config,
+            tenant,
+            credential,
+            idle,
+            end_by: max.map(|m| Instant::now() + m),
+        }
+    }
+
+    /// Whether the state in force now ends the session.
+    fn check(&mut self) -> Option<Stop> {
+        let state = *self.watch.borrow_and_update();
+        if state.closing {
+            return Some(Stop {
+                code: CloseCode::Away,
+                reason: "shutdown",
+            });
+        }
+        let credential = self.credential.as_ref()?;
+        let config = self.config.load();
+        // A tenant removed by a reload keeps its live sessions.
+        let tenant = config.tenants.get(&self.tenant.name)?;
+        if auth::still_authorised(tenant, Some(credential)).is_err() {
+            return Some(Stop {
+                code: CloseCode::Policy,
+                reason: "credential-revoked",
+            });
+        }
+        None
+    }
+
+    /// Completes when the session must end: the drain's deadline, a reload that revoked
+    /// its credential (`accept` mode), no byte moved for `idle_timeout`, or
+    /// `max_session` reached.
+    pub async fn wait(mut self, activity: &Moved) -> Stop {
+        if let Some(stop) = self.check() {
+            return stop;
+        }
+        let mut seen = activity.total();
+        let mut idle_at = self.idle.map(|d| Instant::now() + d);
+        loop {
+            let deadline = match (idle_at, self.end_by) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = self.watch.changed() => {
+                    if changed.is_err() {
+                        // The control is gone: the server is being torn down.
+                        return Stop { code: CloseCode::Away, reason: "shutdown" };
+                    }
+                    if let Some(stop) = self.check() {
+                        return stop;
+                    }
+                }
+                () = timer => {
+                    let now = Instant::now();
+                    if self.end_by.is_some_and(|end| now >= end) {
+                        return Stop { code: CloseCode::Away, reason: "max-session" };
+                    }
+                    if let (Some(idle), Some(_)) = (self.idle, idle_at) {
+                        let moved = activity.total();
+                        if moved == seen {
+                            return Stop { code: CloseCode::Away, reason: "idle-timeout" };
+                        }
+                        seen = moved;
+                        idle_at = Some(now + idle);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// After the drain's deadline, how long closed sessions get to finish their closing
+/// handshakes before the process exits anyway.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// The drain, once the listener has stopped accepting: refuses queued and new connects
+/// with `draining`, gives live sessions `shutdown.drain_timeout` to end, then closes the
+/// rest and waits (at most [`CLOSE_GRACE`]) for them to finish closing.
+pub async fn drain(shared: &crate::proxy::Shared) {
+    let timeout = shared.config.load().shutdown.drain_timeout;
+    shared.control.begin_drain();
+    shared.admission.drain();
+    let live = shared.control.sessions();
+    tracing::info!(
+        live_sessions = live,
+        drain_timeout_s = timeout.as_secs_f64(),
+        "draining: new and queued connects are refused; live sessions may end on their own"
+    );
+    if shared.control.wait_sessions(timeout).await {
+        tracing::info!("drain done: every session ended on its own");
+        return;
+    }
+    tracing::info!(
+        live_sessions = shared.control.sessions(),
+        "drain timeout: closing the remaining sessions"
+    );
+    shared.control.close_sessions();
+    if !shared.control.wait_sessions(CLOSE_GRACE).await {
+        tracing::warn!(
+            live_sessions = shared.control.sessions(),
+            "sessions still closing after the grace period; exiting anyway"
+        );
+    }
+}

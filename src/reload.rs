@@ -1,0 +1,180 @@
+//! Hot reload (DESIGN.md: "config — load, validate, hot reload"): on SIGHUP or
+//! `POST /-/reload` the config file is read and validated whole; an invalid one is
+//! refused (logged with every key and reason, `sluice_config_reloads_total{result="error"}`)
+//! and the config in force keeps running. A valid one is applied:
+//!
+//! - the listener's TLS certificate and key are read again (new connections use them);
+//!   the `wss://` client's CA file too;
+//! - metrics children, upstream pools and admission gates are reconciled in place
+//!   ([`crate::metrics::Metrics::reconcile`], [`crate::upstream::Pools::reconcile`],
+//!   [`crate::admission::Admission::reconcile`]): changed limits apply to new
+//!   admissions at once, a lowered cap never ends a live session, a raised one lets
+//!   queued clients in at once; removed tenants stop being admitted while their live
+//!   sessions go on;
+//! - the config is swapped in one store, then live sessions are told
+//!   ([`crate::control::Control::reloaded`]): an `accept`-mode session whose credential
+//!   the new config no longer accepts is closed with `1008`.
+//!
+//! No live session is dropped by a reload. What cannot change without a restart
+//! (`listen.address`, `admin.address`, adding or removing `[edge]`) is kept as it is
+//! and named in a warning.
+
+use std::sync::{Mutex, PoisonError};
+
+use crate::config::{Config, ConfigError};
+use crate::proxy::Shared;
+use crate::tls::{self, TlsError};
+use crate::upstream::Connector;
+
+/// Why a reload was refused; the config in force keeps running.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The server was started from config text, not a file.
+    #[error("nothing to reload: sluice was not started from a config file")]
+    NoFile,
+    /// The file is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A TLS file named by the new config is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// A reload that was applied.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Tenants added by this reload.
+    pub added: Vec<String>,
+    /// Tenants removed by this reload.
+    pub removed: Vec<String>,
+    /// What was kept as it was because it needs a restart.
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "config reloaded; tenants added: [{}], removed: [{}]",
+            self.added.join(", "),
+            self.removed.join(", ")
+        )?;
+        for w in &self.warnings {
+            write!(f, "; warning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One reload at a time.
+static RELOADING: Mutex<()> = Mutex::new(());
+
+/// Reads the file the config in force came from and applies it ([`apply`]).
+///
+/// # Errors
+/// [`ReloadError`]: nothing was changed.
+pub fn from_file(shared: &Shared) -> Result<Applied, ReloadError> {
+    let _one = RELOADING.lock().unwrap_or_else(PoisonError::into_inner);
+    let result = shared
+        .config
+        .load()
+        .source
+        .clone()
+        .ok_or(ReloadError::NoFile)
+        .and_then(|path| Ok(Config::load(&path)?))
+        .and_then(|config| apply_locked(shared, config));
+    report(shared, &result);
+    result
+}
+
+/// Applies `config`, already validated, to a running server.
+///
+/// # Errors
+/// [`ReloadError`] when a TLS file it names is unusable: nothing was changed.
+pub fn apply(shared: &Shared, config: Config) -> Result<Applied, ReloadError> {
+    let _one = RELOADING.lock().unwrap_or_else(PoisonError::into_inner);
+    let result = apply_locked(shared, config);
+    report(shared, &result);
+    result
+}
+
+fn report(shared: &Shared, result: &Result<Applied, ReloadError>) {
+    shared.metrics.config_reload(result.is_ok());
+    match result {
+        Ok(applied) => {
+            for w in &applied.warnings {
+                tracing::warn!(target: "sluice::reload", "{w}");
+            }
+            tracing::info!(
+                target: "sluice::reload",
+                added = ?applied.added,
+                removed = ?applied.removed,
+                "config reloaded"
+            );
+        }
+        Err(e) => {
+            tracing::error!(
+                target: "sluice::reload",
+                "config reload refused, the config in force keeps running:\n{e}"
+            );
+        }
+    }
+}
+
+fn apply_locked(shared: &Shared, config: Config) -> Result<Applied, ReloadError> {
+    let old = shared.config.load_full();
+    // Everything that can fail comes first, so a failure changes nothing.
+    let tls = match &config.listen.tls {
+        Some(files) => Some(tls::server_config(&files.cert, &files.key)?),
+        None => None,
+    };
+    let connector = Connector::new(tls::client_config(config.upstream.ca_file.as_deref())?);
+
+    let mut applied = Applied::default();
+    if config.listen.address != old.listen.address {
+        applied.warnings.push(format!(
+            "listen.address changed to {} but takes a restart; still listening on {}",
+            config.listen.address, old.listen.address
+        ));
+    }
+    if config.admin.address != old.admin.address {
+        applied.warnings.push(format!(
+            "admin.address changed to {} but takes a restart; still on {}",
+            config.admin.address, old.admin.address
+        ));
+    }
+    let names = |c: &Config| -> Vec<String> {
+        c.tenants
+            .keys()
+            .cloned()
+            .chain(c.default_tenant.as_ref().map(|t| t.name.clone()))
+            .collect()
+    };
+    let (before, after) = (names(&old), names(&config));
+    applied.added = after
+        .iter()
+        .filter(|n| !before.contains(n))
+        .cloned()
+        .collect();
+    applied.removed = before
+        .iter()
+        .filter(|n| !after.contains(n))
+        .cloned()
+        .collect();
+
+    shared.metrics.reconcile(&config);
+    shared.pools.reconcile(&config);
+    if let Some(w) = shared
+        .admission
+        .reconcile(&config, &shared.metrics, &shared.pools)
+    {
+        applied.warnings.push(w);
+    }
+    shared.preauth.reconfigure(&config.protection);
+    shared.pending.reconfigure(&config.protection);
+    shared.tls.store(tls);
+    shared.connector.store(std::sync::Arc::new(connector));
+    shared.config.store(std::sync::Arc::new(config));
+    shared.control.reloaded();
+    Ok(applied)
+}

@@ -1,0 +1,159 @@
+//! The real binary under signals: SIGHUP reloads; SIGTERM drains — `/readyz` turns 503
+//! at once, new connects are refused, sessions that end before `drain_timeout` end
+//! cleanly, the rest are closed (1001 in `accept` mode), and the process exits 0. Its
+//! log, captured whole, never contains a credential.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use support::{admin_get, connect, connect_ok, echo, edge, wait_until, Client};
+
+const KEY: &str = "drain-test-api-key-7f3a9c";
+const WRONG_KEY: &str = "wrong-test-api-key-0b1d2e";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// Reads until the stream ends; the close frame, if one came.
+async fn until_end(ws: &mut Client) -> Option<(CloseCode, String)> {
+    let mut close = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+            Err(_) => panic!("the session was not ended"),
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                close = Some((f.code, f.reason.to_string()));
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => return close,
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_0_and_sighup_reloads() {
+    let edge = edge().await;
+    let (port, admin_port) = (free_port(), free_port());
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.toml");
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(KEY.as_bytes()))
+    };
+    let config = |cap: u32| {
+        format!(
+            "[listen]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"{admin}\"\n\
+             [shutdown]\ndrain_timeout = \"2s\"\n\
+             [upstream.groups.primary]\nendpoints = [\"{}\"]\n\
+             [tenants.acc]\nqueue_mode = \"accept\"\nmax_sessions = {cap}\nauth = {{ kind = \"api-key\", key_sha256 = [\"{hash}\"] }}\n\
+             [tenants.hld]\nauth = {{ kind = \"none\" }}\n",
+            edge.url(false)
+        )
+    };
+    std::fs::write(&file, config(10)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
+    wait_until("sluice to be ready", async || {
+        tokio::net::TcpStream::connect(admin).await.is_ok()
+            && admin_get(admin, "/readyz").await.0 == 200
+    })
+    .await;
+
+    let url = |t: &str| format!("ws://127.0.0.1:{port}/t/{t}/");
+    let bearer = format!("Bearer {KEY}");
+    let mut ends_itself = connect_ok(&url("acc"), &[("authorization", &bearer)]).await;
+    let mut left_open = connect_ok(&format!("{}?access_token={KEY}", url("acc")), &[]).await;
+    let mut tunnel = connect_ok(&url("hld"), &[]).await;
+    echo(&mut left_open, "open").await;
+    echo(&mut tunnel, "open").await;
+    // Failed attempts carry credentials too.
+    let wrong = format!("Bearer {WRONG_KEY}");
+    assert!(connect(&url("acc"), &[("authorization", &wrong)])
+        .await
+        .is_err());
+    let protocols = format!("sip, access_token.{WRONG_KEY}");
+    assert!(
+        connect(&url("acc"), &[("sec-websocket-protocol", &protocols)])
+            .await
+            .is_err()
+    );
+
+    // SIGHUP: the file is read again.
+    std::fs::write(&file, config(20)).unwrap();
+    signal(pid, "HUP");
+    wait_until("the reload", async || {
+        let (_, text) = admin_get(admin, "/metrics").await;
+        text.contains("sluice_config_reloads_total{result=\"ok\"} 1")
+            && text.contains("sluice_tenant_limit{limit=\"max_sessions\",tenant=\"acc\"} 20")
+    })
+    .await;
+
+    // SIGTERM: not ready at once, no new sessions.
+    signal(pid, "TERM");
+    wait_until("readyz 503", async || {
+        admin_get(admin, "/readyz").await.0 == 503
+    })
+    .await;
+    match connect(&url("hld"), &[]).await {
+        Ok(_) => panic!("a new session was admitted while draining"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            assert_eq!(support::reason(&resp), "draining");
+        }
+        Err(_) => {} // the listener is already closed
+    }
+    // A session that ends within drain_timeout ends cleanly.
+    echo(&mut ends_itself, "bye soon").await;
+    ends_itself.close(None).await.unwrap();
+    assert_eq!(until_end(&mut ends_itself).await, None);
+    // The others are closed after it: 1001 in accept mode, the tunnel is cut.
+    let (code, why) = until_end(&mut left_open).await.expect("a close frame");
+    assert_eq!((code, why.as_str()), (CloseCode::Away, "shutdown"));
+    assert_eq!(until_end(&mut tunnel).await, None);
+
+    let out = tokio::time::timeout(Duration::from_secs(20), output)
+        .await
+        .expect("sluice exited")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("drain timeout"), "{log}");
+    assert!(log.contains("config reloaded"), "{log}");
+    for secret in [KEY, WRONG_KEY] {
+        assert!(!log.contains(secret), "a credential is in the log:\n{log}");
+    }
+    // The edge saw every session closed.
+    wait_until("the edge's sessions to end", async || {
+        edge.live.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
+}

@@ -1,0 +1,296 @@
+//! `[protection]`: the per-IP limiter on unauthenticated attempts, the cap on
+//! connections in their HTTP phase, huge heads, idle and lifetime limits on sessions,
+//! and the admin listener kept off public addresses.
+
+mod support;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error, Message};
+
+use support::{
+    config_for, connect_from, connect_ok, echo, edge, proxy, reason, scrape, Client, NO_AUTH,
+};
+
+const KEY: &str = "protection-test-key";
+
+#[tokio::test]
+async fn unauthenticated_attempts_from_one_ip_are_throttled_without_slowing_another_ip() {
+    let edge = edge().await;
+    let hash = hex::encode(Sha256::digest(KEY.as_bytes()));
+    let config = format!(
+        "[protection]\npreauth_rate_per_ip = 5.0\npreauth_burst_per_ip = 20\n{}",
+        config_for(
+            &edge.url(false),
+            &[(
+                "acme",
+                &format!("{{ kind = \"api-key\", key_sha256 = [\"{hash}\"] }}")
+            )]
+        )
+    );
+    let proxy = proxy(&config).await;
+    let url = proxy.url("/t/acme/");
+    let attacker: IpAddr = "127.0.0.2".parse().unwrap();
+    let fleet: IpAddr = "127.0.0.1".parse().unwrap();
+
+    // 500 bad credentials from one address, while the fleet connects from another.
+    let attack = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let (mut unauthorized, mut throttled) = (0, 0);
+            for i in 0..500 {
+                let bad = format!("Bearer wrong-{i}");
+                match connect_from(attacker, &url, &[("authorization", &bad)]).await {
+                    Err(Error::Http(resp)) => match (resp.status().as_u16(), reason(&resp)) {
+                        (401, "unauthorized") => unauthorized += 1,
+                        (429, "too-many-attempts") => {
+                            assert!(resp.headers().contains_key("retry-after"));
+                            throttled += 1;
+                        }
+                        other => panic!("unexpected refusal {other:?}"),
+                    },
+                    other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+                }
+            }
+            (unauthorized, throttled)
+        })
+    };
+    let bearer = format!("Bearer {KEY}");
+    let mut fleet_sessions = Vec::new();
+    for _ in 0..20 {
+        let (mut ws, _) = connect_from(fleet, &url, &[("authorization", &bearer)])
+            .await
+            .expect("the fleet's clients are not throttled");
+        echo(&mut ws, "hello").await;
+        fleet_sessions.push(ws);
+    }
+    let (unauthorized, throttled) = attack.await.unwrap();
+    assert_eq!(unauthorized + throttled, 500);
+    // The burst, plus what the rate refilled while the attack ran (it takes seconds at
+    // most here; 200 would need 36 s).
+    assert!(
+        (20..200).contains(&unauthorized),
+        "{unauthorized} got through to auth"
+    );
+    assert!(throttled > 300, "only {throttled} throttled");
+    let scrape = scrape(proxy.admin).await;
+    assert_eq!(
+        scrape.get(
+            "sluice_connects_total",
+            &[("tenant", "_unknown"), ("outcome", "too-many-attempts")]
+        ),
+        f64::from(throttled)
+    );
+    assert_eq!(edge.requests().len(), 20);
+}
+
+#[tokio::test]
+async fn an_ip_out_of_attempts_is_refused_before_its_credential_is_looked_at() {
+    let edge = edge().await;
+    let hash = hex::encode(Sha256::digest(KEY.as_bytes()));
+    let config = format!(
+        "[protection]\npreauth_rate_per_ip = 0.1\npreauth_burst_per_ip = 3\n{}",
+        config_for(
+            &edge.url(false),
+            &[(
+                "acme",
+                &format!("{{ kind = \"api-key\", key_sha256 = [\"{hash}\"] }}")
+            )]
+        )
+    );
+    let proxy = proxy(&config).await;
+    let url = proxy.url("/t/acme/");
+    let from: IpAddr = "127.0.0.3".parse().unwrap();
+    let status = async |auth: &str| match connect_from(from, &url, &[("authorization", auth)]).await
+    {
+        Err(Error::Http(resp)) => (resp.status().as_u16(), reason(&resp).to_owned()),
+        Ok(_) => (101, String::new()),
+        Err(e) => panic!("{e}"),
+    };
+    // A good credential spends nothing.
+    assert_eq!(status(&format!("Bearer {KEY}")).await.0, 101);
+    for _ in 0..3 {
+        assert_eq!(
+            status("Bearer nope").await,
+            (401, "unauthorized".to_owned())
+        );
+    }
+    // The bucket is empty (next token in 10 s): even the good credential is refused,
+    // and so is a request for a tenant that does not exist.
+    assert_eq!(
+        status(&format!("Bearer {KEY}")).await,
+        (429, "too-many-attempts".to_owned())
+    );
+    let resp = support::connect_refused(&proxy.url("/t/nobody/"), &[]).await;
+    assert_eq!(
+        reason(&resp),
+        "tenant-unknown",
+        "another address is not affected"
+    );
+    assert_eq!(edge.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn connections_past_the_pending_cap_get_503_and_others_are_served_after() {
+    let edge = edge().await;
+    let config = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\nheader_timeout = \"30s\"\n[protection]\nmax_pending_handshakes = 2\n{}",
+        config_for(&edge.url(false), &[("lab", NO_AUTH)])
+    );
+    let proxy = proxy(&config).await;
+    // Two connections that never finish their request head hold both places.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        tcp.write_all(b"GET /t/lab/ HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        stalled.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), third.read_to_string(&mut answer))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("x-sluice-reason: overloaded"), "{answer}");
+
+    // One stalled connection goes away: its place is free again.
+    drop(stalled.pop());
+    let mut ws = None;
+    for _ in 0..100 {
+        if let Ok((w, _)) = support::connect(&proxy.url("/t/lab/"), &[]).await {
+            ws = Some(w);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    echo(&mut ws.expect("served once a place freed"), "in").await;
+}
+
+#[tokio::test]
+async fn a_one_mebibyte_head_is_refused_and_others_are_served() {
+    let (edge, proxy) = support::lab("").await;
+    let mut live = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "GET /t/lab/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(1 << 20)
+    );
+    let (mut rd, mut wr) = tcp.split();
+    // sluice answers after max_header_bytes and closes; the rest may not be taken.
+    let (_, answer) = tokio::join!(wr.write_all(head.as_bytes()), async {
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut answer)).await;
+        answer
+    });
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{:?}",
+        answer.lines().next()
+    );
+    echo(&mut live, "unharmed").await;
+    let mut fresh = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+    echo(&mut fresh, "fresh").await;
+    assert_eq!(edge.requests().len(), 2);
+}
+
+/// Reads until the session ends; its close frame, if any.
+async fn ended(ws: &mut Client) -> Option<(CloseCode, String)> {
+    let mut close = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Err(_) => panic!("the session was not ended"),
+            Ok(Some(Ok(Message::Close(Some(f))))) => close = Some((f.code, f.reason.to_string())),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => return close,
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_sessions_are_closed_and_busy_ones_are_not() {
+    let edge = edge().await;
+    let config = format!(
+        "[protection]\nidle_timeout = \"300ms\"\n{}[tenants.acc]\nqueue_mode = \"accept\"\nauth = {NO_AUTH}\n",
+        config_for(&edge.url(false), &[("lab", NO_AUTH)])
+    );
+    let proxy = proxy(&config).await;
+    let mut idle_hold = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+    let mut idle_accept = connect_ok(&proxy.url("/t/acc/"), &[]).await;
+    let mut busy = connect_ok(&proxy.url("/t/acc/"), &[]).await;
+    let began = tokio::time::Instant::now();
+    let keep_busy = tokio::spawn(async move {
+        for i in 0..12 {
+            echo(&mut busy, &format!("tick {i}")).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        busy
+    });
+    assert_eq!(
+        ended(&mut idle_accept).await,
+        Some((CloseCode::Away, "idle-timeout".to_owned()))
+    );
+    assert_eq!(ended(&mut idle_hold).await, None, "the tunnel is cut");
+    assert!(began.elapsed() >= Duration::from_millis(300));
+    // 1.2 s of traffic every 100 ms: never idle for 300 ms.
+    let mut busy = keep_busy.await.unwrap();
+    echo(&mut busy, "still here").await;
+}
+
+#[tokio::test]
+async fn sessions_end_at_max_session_however_busy() {
+    let edge = edge().await;
+    let config = format!(
+        "[protection]\nmax_session = \"500ms\"\n{}[tenants.acc]\nqueue_mode = \"accept\"\nauth = {NO_AUTH}\n",
+        config_for(&edge.url(false), &[("lab", NO_AUTH)])
+    );
+    let proxy = proxy(&config).await;
+    let mut ws = connect_ok(&proxy.url("/t/acc/"), &[]).await;
+    let began = tokio::time::Instant::now();
+    let close = loop {
+        // The last send may fail: the session is ending.
+        let _ = ws.send(Message::text("ping")).await;
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => break Some((f.code, f.reason.to_string())),
+            Ok(Some(Ok(_))) => {}
+            _ => break None,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(close, Some((CloseCode::Away, "max-session".to_owned())));
+    assert!(began.elapsed() >= Duration::from_millis(450));
+}
+
+#[test]
+fn the_admin_listener_refuses_a_public_address_without_the_flag() {
+    let env = std::collections::HashMap::new();
+    let base = "[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:1\"]\n[tenants.lab]\nauth = { kind = \"none\" }\n";
+    let err = sluice::Config::parse(
+        &format!("[admin]\naddress = \"0.0.0.0:9090\"\n{base}"),
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("admin.address") && err.contains("allow_public"),
+        "{err}"
+    );
+    let ok = sluice::Config::parse(
+        &format!("[admin]\naddress = \"0.0.0.0:9090\"\nallow_public = true\n{base}"),
+        &env,
+    );
+    assert!(ok.is_ok());
+    assert!(
+        sluice::Config::parse(&format!("[admin]\naddress = \"[::1]:9090\"\n{base}"), &env).is_ok()
+    );
+}
