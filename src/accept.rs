@@ -464,8 +464,11 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
     // The relay gets a task of its own: this one's future is sized for the admission
     // and upstream handshake futures it held, far more than an idle session needs.
     tokio::spawn(async move {
+        // The legs stay here and the relay borrows them: moved into its future they
+        // would take their room twice in this task.
+        let (mut client, mut edge) = (client, edge);
         let moved = Moved::default();
-        let stats = relay(client, edge, held, &moved, stop.wait(&moved)).await;
+        let stats = relay(&mut client, &mut edge, held, &moved, stop.wait(&moved)).await;
         // Step 7: release.
         session.end(stats);
     });
@@ -622,8 +625,8 @@ fn fault_frame(e: &WsError) -> Option<CloseFrame> {
 /// is told so (`1002`, `1007`, `1009`). `stop` closes the client with its code and
 /// reason and the edge with `1001`.
 pub async fn relay(
-    mut client: Ws,
-    mut edge: Ws,
+    client: &mut Ws,
+    edge: &mut Ws,
     held: VecDeque<Message>,
     moved: &Moved,
     stop: impl Future<Output = Stop>,
@@ -643,10 +646,10 @@ pub async fn relay(
         if let Poll::Ready(stop) = stop.as_mut().poll(cx) {
             return Poll::Ready(Ending::Stop(stop));
         }
-        if let Poll::Ready(end) = poll_dir(cx, &mut client, &mut edge, &mut up) {
+        if let Poll::Ready(end) = poll_dir(cx, client, edge, &mut up) {
             return Poll::Ready(Ending::Client(end));
         }
-        if let Poll::Ready(end) = poll_dir(cx, &mut edge, &mut client, &mut down) {
+        if let Poll::Ready(end) = poll_dir(cx, edge, client, &mut down) {
             return Poll::Ready(Ending::Edge(end));
         }
         Poll::Pending
@@ -655,19 +658,19 @@ pub async fn relay(
 
     let end = match ending {
         Ending::Client(DirEnd::Closed(frame)) => {
-            tokio::join!(drain(&mut client), close_and_wait(&mut edge, frame));
+            tokio::join!(drain(client), close_and_wait(edge, frame));
             End::ClientClosed
         }
         Ending::Edge(DirEnd::Closed(frame)) => {
-            tokio::join!(drain(&mut edge), close_and_wait(&mut client, frame));
+            tokio::join!(drain(edge), close_and_wait(client, frame));
             End::EdgeClosed
         }
         Ending::Client(DirEnd::Read(e)) | Ending::Edge(DirEnd::Write(e)) => {
             let to_client = fault_frame(&e);
             let to_edge = close_frame(CloseCode::Away, "client went away");
-            tokio::join!(close_and_wait(&mut edge, Some(to_edge)), async {
+            tokio::join!(close_and_wait(edge, Some(to_edge)), async {
                 if to_client.is_some() {
-                    close_and_wait(&mut client, to_client).await;
+                    close_and_wait(client, to_client).await;
                 }
             });
             End::ClientError(kind(&e))
@@ -675,17 +678,17 @@ pub async fn relay(
         Ending::Edge(DirEnd::Read(e)) | Ending::Client(DirEnd::Write(e)) => {
             let to_edge = fault_frame(&e);
             let to_client = close_frame(CloseCode::Error, "edge connection lost");
-            tokio::join!(close_and_wait(&mut client, Some(to_client)), async {
+            tokio::join!(close_and_wait(client, Some(to_client)), async {
                 if to_edge.is_some() {
-                    close_and_wait(&mut edge, to_edge).await;
+                    close_and_wait(edge, to_edge).await;
                 }
             });
             End::EdgeError(kind(&e))
         }
         Ending::Stop(stop) => {
             tokio::join!(
-                close_and_wait(&mut client, Some(close_frame(stop.code, stop.reason))),
-                close_and_wait(&mut edge, Some(close_frame(CloseCode::Away, stop.reason)))
+                close_and_wait(client, Some(close_frame(stop.code, stop.reason))),
+                close_and_wait(edge, Some(close_frame(CloseCode::Away, stop.reason)))
             );
             End::Stopped(stop.reason)
         }

@@ -215,6 +215,26 @@ impl SessionStop {
         if let Some(stop) = self.check() {
             return stop;
         }
+        if self.idle.is_none() && self.end_by.is_none() {
+            // The common case, kept small: every idle session holds this future.
+            loop {
+                if self.watch.changed().await.is_err() {
+                    // The control is gone: the server is being torn down.
+                    return Stop {
+                        code: CloseCode::Away,
+                        reason: "shutdown",
+                    };
+                }
+                if let Some(stop) = self.check() {
+                    return stop;
+                }
+            }
+        }
+        // With timers (their state is large): on the heap, only when configured.
+        Box::pin(self.wait_timed(activity)).await
+    }
+
+    async fn wait_timed(mut self, activity: &Moved) -> Stop {
         let mut seen = activity.total();
         let mut idle_at = self.idle.map(|d| Instant::now() + d);
         loop {

@@ -1,9 +1,31 @@
 //! The `sluice` binary: parses the command line and runs it (see [`sluice::cli`]).
 
 fn main() -> std::process::ExitCode {
+    #[cfg(unix)]
+    raise_open_files_limit();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     trim::start();
     sluice::cli::main()
+}
+
+/// Each proxied session needs two file descriptors, and container runtimes often start
+/// processes with a soft limit of 1024 (about 500 sessions) under a much higher hard
+/// limit. Raise the soft limit to the hard one, as servers such as NGINX and HAProxy do;
+/// the hard limit itself stays the operator's (systemd `LimitNOFILE`, `--ulimit`).
+#[cfg(unix)]
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// glibc's malloc keeps the memory of ended sessions in its arenas, so after a reconnect

@@ -31,7 +31,7 @@ use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -164,7 +164,8 @@ pub async fn relay(
             Err(end) => end,
             Ok(()) => match (client.stream, edge.stream) {
                 (Stream::Plain(c), Stream::Plain(e)) => relay_plain(&c, &e, moved).await,
-                (c, e) => relay_generic(c, e, moved).await,
+                // On the heap: its state is large and only TLS sessions need it.
+                (c, e) => Box::pin(relay_generic(c, e, moved)).await,
             },
         }
     };
@@ -238,14 +239,52 @@ async fn run_both(
     }
 }
 
+/// Both directions over plain TCP in one small poll loop. Readiness is polled with
+/// `poll_read_ready`/`poll_write_ready`, which keep the task's waker in the socket's own
+/// slot (each socket-and-direction pair has one poller here), so an idle session holds
+/// no waiter node and no timer: its whole relay state is two [`PlainDir`]s.
 async fn relay_plain(client: &TcpStream, edge: &TcpStream, moved: &Moved) -> End {
-    run_both(
-        pump_plain(client, edge, &moved.client_to_edge),
-        pump_plain(edge, client, &moved.edge_to_client),
-        || shutdown_write(edge),
-        || shutdown_write(client),
-    )
-    .await
+    let mut c2e = PlainDir::default();
+    let mut e2c = PlainDir::default();
+    let (from_client, how) = std::future::poll_fn(|cx| {
+        if let Poll::Ready(how) = c2e.poll(cx, client, edge, &moved.client_to_edge) {
+            return Poll::Ready((true, how));
+        }
+        if let Poll::Ready(how) = e2c.poll(cx, edge, client, &moved.edge_to_client) {
+            return Poll::Ready((false, how));
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Err(end) = first_end(from_client, how) {
+        return end;
+    }
+    // One side ended its stream: pass the end on, and give the other direction
+    // HALF_CLOSE_LINGER to finish (the WebSocket closing handshake).
+    let (clean, rest) = if from_client {
+        shutdown_write(edge);
+        let rest = tokio::time::timeout(
+            HALF_CLOSE_LINGER,
+            std::future::poll_fn(|cx| e2c.poll(cx, edge, client, &moved.edge_to_client)),
+        )
+        .await;
+        (End::ClientClosed, rest)
+    } else {
+        shutdown_write(client);
+        let rest = tokio::time::timeout(
+            HALF_CLOSE_LINGER,
+            std::future::poll_fn(|cx| c2e.poll(cx, client, edge, &moved.client_to_edge)),
+        )
+        .await;
+        (End::EdgeClosed, rest)
+    };
+    match rest {
+        Err(_) => End::LingerTimeout,
+        Ok(how) => match first_end(!from_client, how) {
+            Ok(()) => clean,
+            Err(end) => end,
+        },
+    }
 }
 
 fn shutdown_write(s: &TcpStream) {
@@ -265,69 +304,91 @@ enum Step {
     Partial(usize, Vec<u8>),
 }
 
-/// One direction over plain TCP: readiness, then read and write without awaiting.
-async fn pump_plain(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> DirEnd {
-    loop {
-        if let Err(e) = src.readable().await {
-            return DirEnd::Read(e);
-        }
-        let step = SCRATCH.with_borrow_mut(|buf| {
-            // A read shorter than the buffer emptied the socket: tell tokio so (a
-            // WouldBlock from `try_io` clears the readiness), instead of learning it from
-            // one more read that fails with EAGAIN. If data arrived meanwhile, tokio keeps
-            // the readiness set, so nothing is missed.
-            let mut got = None;
-            let read = src.try_io(Interest::READABLE, || {
-                let n = src.try_read(buf)?;
-                got = Some(n);
-                if n > 0 && n < buf.len() {
-                    Err(io::ErrorKind::WouldBlock.into())
-                } else {
-                    Ok(n)
+/// One direction over plain TCP: bytes read but not yet written (only while the
+/// destination is full; that direction reads nothing more meanwhile, which is the
+/// backpressure), and how many of them are written.
+#[derive(Default)]
+struct PlainDir {
+    /// The unwritten rest, how much of it is written, and the whole read it came from.
+    backlog: Option<(Vec<u8>, usize, usize)>,
+}
+
+impl PlainDir {
+    /// Readiness, then read into the per-thread scratch buffer and write on at once,
+    /// until the source has nothing more (`Pending`) or the direction ends.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        moved: &AtomicU64,
+    ) -> Poll<DirEnd> {
+        loop {
+            if let Some((rest, written, read)) = &mut self.backlog {
+                while *written < rest.len() {
+                    if let Err(e) = ready!(dst.poll_write_ready(cx)) {
+                        return Poll::Ready(DirEnd::Write(e));
+                    }
+                    match dst.try_write(&rest[*written..]) {
+                        Ok(0) => {
+                            return Poll::Ready(DirEnd::Write(io::ErrorKind::WriteZero.into()))
+                        }
+                        Ok(n) => *written += n,
+                        // try_write cleared the readiness: the next poll waits for it.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(DirEnd::Write(e)),
+                    }
                 }
-            });
-            let n = match (got, read) {
-                (Some(0), _) => return Ok(Step::Eof),
-                (Some(n), _) => n,
-                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
-                (None, Err(e)) => return Err(DirEnd::Read(e)),
-                (None, Ok(_)) => unreachable!("a successful read sets `got`"),
-            };
-            match dst.try_write(&buf[..n]) {
-                Ok(m) if m == n => Ok(Step::Done(n)),
-                Ok(m) => Ok(Step::Partial(n, buf[m..n].to_vec())),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    Ok(Step::Partial(n, buf[..n].to_vec()))
-                }
-                Err(e) => Err(DirEnd::Write(e)),
+                count(moved, *read as u64);
+                self.backlog = None;
             }
-        });
-        match step {
-            Err(end) => return end,
-            Ok(Step::Again) => {}
-            Ok(Step::Eof) => return DirEnd::Eof,
-            Ok(Step::Done(n)) => count(moved, n as u64),
-            Ok(Step::Partial(n, rest)) => {
-                if let Err(e) = write_all_ready(dst, &rest).await {
-                    return DirEnd::Write(e);
-                }
-                count(moved, n as u64);
+            if let Err(e) = ready!(src.poll_read_ready(cx)) {
+                return Poll::Ready(DirEnd::Read(e));
+            }
+            match read_and_write(src, dst) {
+                Err(end) => return Poll::Ready(end),
+                Ok(Step::Again) => {}
+                Ok(Step::Eof) => return Poll::Ready(DirEnd::Eof),
+                Ok(Step::Done(n)) => count(moved, n as u64),
+                Ok(Step::Partial(n, rest)) => self.backlog = Some((rest, 0, n)),
             }
         }
     }
 }
 
-async fn write_all_ready(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        dst.writable().await?;
-        match dst.try_write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+/// One read into the per-thread scratch buffer and one write of it, without waiting.
+fn read_and_write(src: &TcpStream, dst: &TcpStream) -> Result<Step, DirEnd> {
+    SCRATCH.with_borrow_mut(|buf| {
+        // A read shorter than the buffer emptied the socket: tell tokio so (a WouldBlock
+        // from `try_io` clears the readiness), instead of learning it from one more read
+        // that fails with EAGAIN. If data arrived meanwhile, tokio keeps the readiness
+        // set, so nothing is missed.
+        let mut got = None;
+        let read = src.try_io(Interest::READABLE, || {
+            let n = src.try_read(buf)?;
+            got = Some(n);
+            if n > 0 && n < buf.len() {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        let n = match (got, read) {
+            (Some(0), _) => return Ok(Step::Eof),
+            (Some(n), _) => n,
+            (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
+            (None, Err(e)) => return Err(DirEnd::Read(e)),
+            (None, Ok(_)) => unreachable!("a successful read sets `got`"),
+        };
+        match dst.try_write(&buf[..n]) {
+            Ok(m) if m == n => Ok(Step::Done(n)),
+            Ok(m) => Ok(Step::Partial(n, buf[m..n].to_vec())),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Ok(Step::Partial(n, buf[..n].to_vec()))
+            }
+            Err(e) => Err(DirEnd::Write(e)),
         }
-    }
-    Ok(())
+    })
 }
 
 async fn relay_generic(client: Stream, edge: Stream, moved: &Moved) -> End {
@@ -441,5 +502,29 @@ where
                 backlog.flush = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle plain-TCP session's whole relay state lives in this future (and the
+    /// task around it): it stays small. The TLS arm is boxed, the stop signal's timers
+    /// too (`docs/benchmarks.md`: bytes per idle session).
+    #[tokio::test]
+    async fn the_relay_of_an_idle_session_is_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (b, _) = listener.accept().await.unwrap();
+        let moved = Moved::default();
+        let leg = |s| Leg {
+            stream: Stream::Plain(s),
+            early: Bytes::new(),
+        };
+        let relay = relay(leg(a), leg(b), &moved, std::future::pending());
+        let size = std::mem::size_of_val(&relay);
+        eprintln!("relay future: {size} bytes");
+        assert!(size <= 1024, "{size}");
     }
 }
