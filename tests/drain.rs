@@ -87,6 +87,16 @@ async fn sigterm_drains_and_exits_0_and_sighup_reloads() {
     })
     .await;
 
+    // `sluice health` (the container HEALTHCHECK) sees it alive and ready.
+    let health = |path: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["health", "--admin", &admin.to_string(), "--path", path])
+            .output()
+            .unwrap()
+    };
+    assert!(health("/healthz").status.success());
+    assert!(health("/readyz").status.success());
+
     let url = |t: &str| format!("ws://127.0.0.1:{port}/t/{t}/");
     let bearer = format!("Bearer {KEY}");
     let mut ends_itself = connect_ok(&url("acc"), &[("authorization", &bearer)]).await;
@@ -122,6 +132,10 @@ async fn sigterm_drains_and_exits_0_and_sighup_reloads() {
         admin_get(admin, "/readyz").await.0 == 503
     })
     .await;
+    let not_ready = health("/readyz");
+    assert_eq!(not_ready.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&not_ready.stderr).contains("503"));
+    assert!(health("/healthz").status.success(), "alive while draining");
     match connect(&url("hld"), &[]).await {
         Ok(_) => panic!("a new session was admitted while draining"),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
