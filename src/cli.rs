@@ -306,6 +306,22 @@ pub fn describe(config: &Config, name: &str) -> String {
             let _ = writeln!(out, "edge ceiling: none");
         }
     }
+    let p = &config.protection;
+    let off = |d: Option<std::time::Duration>| {
+        d.map_or("off".to_owned(), |d| {
+            humantime::format_duration(d).to_string()
+        })
+    };
+    let _ = writeln!(
+        out,
+        "protection: {}/s unauthenticated attempts per IP (burst {}), {} pending handshakes, idle timeout {}, max session {}; drain {}",
+        p.preauth_rate_per_ip,
+        p.preauth_burst_per_ip,
+        p.max_pending_handshakes,
+        off(p.idle_timeout),
+        off(p.max_session),
+        humantime::format_duration(config.shutdown.drain_timeout)
+    );
     let u = &config.upstream;
     let _ = writeln!(
         out,

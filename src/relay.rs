@@ -515,7 +515,9 @@ mod tests {
     #[tokio::test]
     async fn the_relay_of_an_idle_session_is_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (b, _) = listener.accept().await.unwrap();
         let moved = Moved::default();
         let leg = |s| Leg {
