@@ -59,7 +59,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::{self, Credential};
 use crate::config::{self, Config, Tenant};
-use crate::control::{SessionStop, Stop};
+use crate::control::{Control, SessionCount, SessionStop, Stop};
 use crate::metrics::TenantMetrics;
 use crate::proxy::{self, ClientGone, Shared};
 use crate::reject::{self, Reason, Rejection};
@@ -258,6 +258,8 @@ pub struct Pending {
     /// The credential the client authenticated with, kept for the session so that a
     /// reload that revokes it closes the session (`1008`).
     pub credential: Option<Credential>,
+    /// Counts this connect in the drain's wait until it is answered.
+    pub inflight: SessionCount,
 }
 
 /// Messages a queued client sent, in order, within `[accept]`'s bounds.
@@ -307,6 +309,8 @@ impl Held {
 /// Why a queued client's wait ended early.
 #[derive(Debug)]
 enum Left {
+    /// The drain's deadline came: sluice closes it (`1001 draining`).
+    Closing,
     /// It closed (a close frame or end of stream) or its connection failed.
     Gone,
     /// It sent more than the held buffer takes.
@@ -314,17 +318,21 @@ enum Left {
 }
 
 /// Runs `work` while reading the queued client: data messages go to `held`, pings are
-/// answered (by tungstenite, on the next read), everything else is dropped.
+/// answered (by tungstenite, on the next read), everything else is dropped. Gives up at
+/// the drain's deadline.
 async fn while_queued<T>(
     client: &mut Ws,
     held: &mut Held,
+    control: &Control,
     work: impl Future<Output = T>,
 ) -> Result<T, Left> {
     let mut work = pin!(work);
+    let mut closing = pin!(control.closed());
     loop {
         tokio::select! {
             biased;
             out = &mut work => return Ok(out),
+            () = &mut closing => return Err(Left::Closing),
             msg = client.next() => match msg {
                 Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
                     held.push(m).map_err(|Overflow| Left::Overflow)?;
@@ -381,12 +389,17 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
     let name = &p.tenant.name;
 
     // Step 4: admission, while the client's messages are held.
-    let admitted = match while_queued(&mut client, &mut held, p.shared.admission.admit(name)).await
-    {
+    let control = &p.shared.control;
+    let admission = p.shared.admission.admit(name);
+    let admitted = match while_queued(&mut client, &mut held, control, admission).await {
         Ok(Ok(admitted)) => admitted,
         Ok(Err(rejection)) => {
             gone.disarm();
             return refuse(&p, &mut client, rejection, None).await;
+        }
+        Err(Left::Closing) => {
+            gone.disarm();
+            return refuse(&p, &mut client, proxy::draining(), None).await;
         }
         Err(left) => {
             // The guard counts `client-gone` now, not after the closing handshake.
@@ -408,13 +421,21 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
         &p.request_id,
         &p.upstream_req,
     );
-    let connected = match while_queued(&mut client, &mut held, connect).await {
+    let connected = match while_queued(&mut client, &mut held, control, connect).await {
         Ok(Ok(connected)) => connected,
         Ok(Err((rejection, failed))) => {
             gone.disarm();
+            // The slot is free before the closing handshake, which may take a while.
+            drop(admitted);
             return refuse(&p, &mut client, rejection, failed.as_ref()).await;
         }
+        Err(Left::Closing) => {
+            gone.disarm();
+            drop(admitted);
+            return refuse(&p, &mut client, proxy::draining(), None).await;
+        }
         Err(left) => {
+            drop(admitted);
             // The guard counts `client-gone` now, not after the closing handshake.
             drop(gone);
             return leave(&p, &mut client, left).await;
@@ -425,7 +446,18 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
         let rejection = Rejection::new(Reason::UpstreamUnavailable, detail.clone());
         proxy::record_refusal(&p.tm, &rejection, &p.request_id, p.info, None);
         let reason = format!("{}; {detail}", Reason::UpstreamUnavailable.as_str());
-        close_and_wait(&mut client, Some(close_frame(CloseCode::Error, &reason))).await;
+        // Free the slot and the endpoint's place first; both legs are closed properly.
+        drop(admitted);
+        let Connected { leg, lease, .. } = connected;
+        drop(lease);
+        let mut edge = edge_ws(leg, ws_config).await;
+        tokio::join!(
+            close_and_wait(&mut client, Some(close_frame(CloseCode::Error, &reason))),
+            close_and_wait(
+                &mut edge,
+                Some(close_frame(CloseCode::Normal, "subprotocol not accepted"))
+            )
+        );
         return;
     }
     proxy::record_admitted(
@@ -496,6 +528,7 @@ async fn refuse(
 /// its held buffer (told with `1008` first).
 async fn leave(p: &Pending, client: &mut Ws, left: Left) {
     match left {
+        Left::Closing => unreachable!("handled by the caller"),
         Left::Gone => {
             // Answer a close frame (tungstenite queued the reply; reading sends it).
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -642,15 +675,21 @@ pub async fn relay(
         bytes: &moved.edge_to_client,
     };
     let mut stop = pin!(stop);
+    let mut edge_first = false;
     let ending = poll_fn(|cx| {
         if let Poll::Ready(stop) = stop.as_mut().poll(cx) {
             return Poll::Ready(Ending::Stop(stop));
         }
-        if let Poll::Ready(end) = poll_dir(cx, client, edge, &mut up) {
-            return Poll::Ready(Ending::Client(end));
-        }
-        if let Poll::Ready(end) = poll_dir(cx, edge, client, &mut down) {
-            return Poll::Ready(Ending::Edge(end));
+        // Which direction goes first alternates (fairness under a one-sided flood).
+        edge_first = !edge_first;
+        for edge_turn in [edge_first, !edge_first] {
+            if edge_turn {
+                if let Poll::Ready(end) = poll_dir(cx, edge, client, &mut down) {
+                    return Poll::Ready(Ending::Edge(end));
+                }
+            } else if let Poll::Ready(end) = poll_dir(cx, client, edge, &mut up) {
+                return Poll::Ready(Ending::Client(end));
+            }
         }
         Poll::Pending
     })

@@ -128,6 +128,13 @@ pub fn extract(req: &Parts) -> Option<Credential> {
         })
 }
 
+impl Unauthorized {
+    /// Whether the only thing wrong is a JWT's `exp`.
+    pub fn is_expiry(&self) -> bool {
+        matches!(self, Self::InvalidJwt(why) if why == "expired")
+    }
+}
+
 /// Checks a credential against the tenant's auth.
 ///
 /// # Errors

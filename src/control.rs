@@ -100,7 +100,8 @@ impl Control {
         self.sessions.load(Ordering::Acquire)
     }
 
-    /// Counts a live session until the guard drops.
+    /// Counts a live session — or a connect being served (queued, in its upstream
+    /// handshake, being refused), which the drain waits for too — until the guard drops.
     pub fn session(self: &Arc<Self>) -> SessionCount {
         self.sessions.fetch_add(1, Ordering::AcqRel);
         SessionCount(self.clone())
@@ -120,6 +121,13 @@ impl Control {
                 return self.sessions() == 0;
             }
         }
+    }
+
+    /// Completes once live sessions are told to close (the drain's deadline).
+    pub async fn closed(&self) {
+        let mut watch = self.state.subscribe();
+        // Only fails when the sender is gone, which it is not while `self` lives.
+        let _ = watch.wait_for(|s| s.closing).await;
     }
 
     /// A receiver of the state, for a session's [`SessionStop`].
@@ -288,13 +296,12 @@ pub async fn drain(shared: &crate::proxy::Shared) {
     let timeout = shared.config.load().shutdown.drain_timeout;
     shared.control.begin_drain();
     shared.admission.drain();
-    let live = shared.control.sessions();
     tracing::info!(
-        live_sessions = live,
+        live_sessions = shared.control.sessions(),
         drain_timeout_s = timeout.as_secs_f64(),
         "draining: new and queued connects are refused; live sessions may end on their own"
     );
-    if shared.control.wait_sessions(timeout).await {
+    if idle(shared, timeout).await {
         tracing::info!("drain done: every session ended on its own");
         return;
     }
@@ -303,10 +310,32 @@ pub async fn drain(shared: &crate::proxy::Shared) {
         "drain timeout: closing the remaining sessions"
     );
     shared.control.close_sessions();
-    if !shared.control.wait_sessions(CLOSE_GRACE).await {
+    if !idle(shared, CLOSE_GRACE).await {
         tracing::warn!(
             live_sessions = shared.control.sessions(),
-            "sessions still closing after the grace period; exiting anyway"
+            pending_connections = shared.pending.in_use(),
+            "sessions or connections still closing after the grace period; exiting anyway"
         );
     }
+}
+
+/// Waits (at most `timeout`) until no session or connect is being served and no
+/// connection is in its HTTP phase (a refusal still being written); whether that came.
+async fn idle(shared: &crate::proxy::Shared, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    if !shared.control.wait_sessions(timeout).await {
+        return false;
+    }
+    // HTTP-phase connections are few by now (the listener is closed, every answer is
+    // a refusal): look every 20 ms.
+    while shared.pending.in_use() > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shared
+        .control
+        .wait_sessions(deadline.saturating_duration_since(Instant::now()))
+        .await
 }

@@ -169,8 +169,16 @@ impl Server {
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-sluice-reason: overloaded\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 fn overloaded(tcp: &TcpStream, addr: SocketAddr) {
+    static BUDGET: std::sync::LazyLock<crate::logging::LogBudget> =
+        std::sync::LazyLock::new(|| crate::logging::LogBudget::new(1, 5));
     let _ = tcp.try_write(OVERLOADED);
-    tracing::debug!(client = %addr, "refused: max_pending_handshakes connections are in their HTTP phase");
+    if let Some(suppressed) = BUDGET.spend() {
+        tracing::warn!(
+            client = %addr,
+            suppressed,
+            "connection refused (503 overloaded): protection.max_pending_handshakes connections are in their HTTP phase"
+        );
+    }
 }
 
 /// Serves one connection; `place` (its share of `max_pending_handshakes`) is held until

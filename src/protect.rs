@@ -37,6 +37,21 @@ pub const CLEANUP_PERIOD: Duration = Duration::from_secs(10);
 /// cleanup makes room (only addresses that failed recently are tracked).
 pub const MAX_TRACKED: usize = 100_000;
 
+/// The address a client's attempts are counted under: its IPv4 address, or the /64 of
+/// its IPv6 address (one host usually has a whole /64 to pick addresses from).
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let net = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(net))
+            }
+        },
+    }
+}
+
 /// The per-IP limiter on unauthenticated attempts: a GCRA bucket per address that
 /// failed recently (the admission's own [`Tokens`], which, unlike governor's limiter,
 /// can say when the next token is due without taking one: an address is refused as
@@ -71,13 +86,14 @@ impl Preauth {
 
     /// How long `ip` is still refused, if its bucket is empty.
     pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        let ready = self.buckets.get(&ip)?.ready_at();
+        let ready = self.buckets.get(&key(ip))?.ready_at();
         let left = ready.saturating_duration_since(Instant::now());
         (!left.is_zero()).then_some(left)
     }
 
     /// Counts an unauthenticated attempt of `ip` (takes a token from its bucket).
     pub fn failed(&self, ip: IpAddr) {
+        let ip = key(ip);
         let now = Instant::now();
         if let Some(bucket) = self.buckets.get(&ip) {
             let _ = bucket.try_take(now);

@@ -114,24 +114,40 @@ pub async fn handle(
     // Step 3: authentication.
     let credential = auth::extract(&parts);
     if let Err(e) = auth::authenticate(&tenant, credential.as_ref()) {
-        shared.preauth.failed(ip);
+        // A token that merely expired proves it was issued: not a guess. Counting it
+        // would let a NAT'd fleet retrying stale tokens lock out its own valid agents.
+        if !e.is_expiry() {
+            shared.preauth.failed(ip);
+        }
         let rejection = Rejection::new(Reason::Unauthorized, e.to_string());
         return Ok(refuse(&tm, rejection, &request_id, info, None));
     }
 
     // Draining: no new sessions (the load balancer sends the client elsewhere).
     if shared.control.draining() {
-        let rejection = Rejection::new(Reason::Draining, "sluice is shutting down")
-            .retry_after(crate::admission::DRAINING_RETRY_AFTER);
-        return Ok(refuse(&tm, rejection, &request_id, info, None));
+        return Ok(refuse(&tm, draining(), &request_id, info, None));
     }
+    // From here the drain waits for this connect (until its session starts or its
+    // answer is given).
+    let inflight = shared.control.session();
 
     // `accept` mode: answer 101 now and queue behind it (see crate::accept).
     if tenant.limits.queue_mode == QueueMode::Accept {
         let protocol = match accept::choose_subprotocol(&tenant.limits.subprotocols, &parts) {
             Ok(p) => p,
             Err(detail) => {
-                tracing::debug!(client = %info.addr, request_id, tenant = %tenant.name, detail, "no acceptable subprotocol");
+                // Loud: a wrong `subprotocols` list refuses a whole tenant's clients.
+                if let Some(suppressed) = tm.log_budget.spend() {
+                    tracing::warn!(
+                        target: "sluice::outcome",
+                        client = %info.addr,
+                        request_id,
+                        tenant = %tenant.name,
+                        detail,
+                        suppressed,
+                        "connect refused (400): no acceptable subprotocol"
+                    );
+                }
                 return Ok(reject::bad_request(&detail, &request_id));
             }
         };
@@ -158,6 +174,7 @@ pub async fn handle(
             protocol,
             tenant_source: resolved.source.as_str(),
             credential,
+            inflight,
         };
         tokio::spawn(accept::serve(pending, on_upgrade));
         return Ok(resp);
@@ -190,14 +207,18 @@ pub async fn handle(
         &request_id,
         (&config.identity.header, &tenant.name),
     );
-    let connected =
-        match connect_upstream(&shared, &config, &tenant, &tm, &request_id, &upstream_req).await {
-            Ok(c) => c,
-            Err((rejection, failed)) => {
-                gone.disarm();
-                return Ok(refuse(&tm, rejection, &request_id, info, failed.as_ref()));
-            }
-        };
+    // At the drain's deadline a handshake still under way is given up.
+    let connect = connect_upstream(&shared, &config, &tenant, &tm, &request_id, &upstream_req);
+    let connected = match tokio::select! {
+        r = connect => r,
+        () = shared.control.closed() => Err((draining(), None)),
+    } {
+        Ok(c) => c,
+        Err((rejection, failed)) => {
+            gone.disarm();
+            return Ok(refuse(&tm, rejection, &request_id, info, failed.as_ref()));
+        }
+    };
     gone.disarm();
     record_admitted(
         &tm,
@@ -260,6 +281,12 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// The refusal of a connect while sluice drains.
+pub(crate) fn draining() -> Rejection {
+    Rejection::new(Reason::Draining, "sluice is shutting down")
+        .retry_after(crate::admission::DRAINING_RETRY_AFTER)
+}
+
 /// Step 5 for an admitted client: opens its upstream WebSocket under the group's
 /// retry policy, feeding every attempt to the metrics, the log and the adaptive rate
 /// (slow handshakes, 503s, 429s and timeouts slow the tenant and the edge down; a 429
@@ -303,7 +330,9 @@ pub(crate) async fn connect_upstream(
             }
         }
     };
-    let Some(pool) = shared.pools.get(&tenant.group.name) else {
+    // The group as it is now, with its pool: a reload since this request was resolved
+    // may have changed its endpoints.
+    let Some((group, pool)) = shared.pools.group(&tenant.group.name) else {
         let rejection = Rejection::new(
             Reason::UpstreamUnavailable,
             format!(
@@ -318,7 +347,7 @@ pub(crate) async fn connect_upstream(
     let connector = shared.connector.load_full();
     match connector
         .connect(
-            &tenant.group,
+            &group,
             &pool,
             upstream_req,
             &RetryPolicy::of(&config.upstream),

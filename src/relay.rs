@@ -246,12 +246,19 @@ async fn run_both(
 async fn relay_plain(client: &TcpStream, edge: &TcpStream, moved: &Moved) -> End {
     let mut c2e = PlainDir::default();
     let mut e2c = PlainDir::default();
+    // Which direction goes first alternates, so that one side's bulk flow cannot spend
+    // the task's whole cooperative budget before the other is looked at.
+    let mut edge_first = false;
     let (from_client, how) = std::future::poll_fn(|cx| {
-        if let Poll::Ready(how) = c2e.poll(cx, client, edge, &moved.client_to_edge) {
-            return Poll::Ready((true, how));
-        }
-        if let Poll::Ready(how) = e2c.poll(cx, edge, client, &moved.edge_to_client) {
-            return Poll::Ready((false, how));
+        edge_first = !edge_first;
+        for edge_turn in [edge_first, !edge_first] {
+            if edge_turn {
+                if let Poll::Ready(how) = e2c.poll(cx, edge, client, &moved.edge_to_client) {
+                    return Poll::Ready((false, how));
+                }
+            } else if let Poll::Ready(how) = c2e.poll(cx, client, edge, &moved.client_to_edge) {
+                return Poll::Ready((true, how));
+            }
         }
         Poll::Pending
     })

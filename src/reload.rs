@@ -143,6 +143,21 @@ fn apply_locked(shared: &Shared, config: Config) -> Result<Applied, ReloadError>
             config.admin.address, old.admin.address
         ));
     }
+    let (a, b) = (&old.upstream, &config.upstream);
+    if (a.adaptive, a.adaptive_factor, a.adaptive_floor)
+        != (b.adaptive, b.adaptive_factor, b.adaptive_floor)
+    {
+        applied.warnings.push(
+            "upstream.adaptive, adaptive_factor and adaptive_floor take a restart; the values in force are kept".to_owned(),
+        );
+    }
+    let p = (&old.protection, &config.protection);
+    if (p.0.idle_timeout, p.0.max_session) != (p.1.idle_timeout, p.1.max_session) {
+        applied.warnings.push(
+            "protection.idle_timeout and max_session apply to sessions that start from now on"
+                .to_owned(),
+        );
+    }
     let names = |c: &Config| -> Vec<String> {
         c.tenants
             .keys()

@@ -13,7 +13,12 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use support::{admin_get, connect, connect_ok, echo, edge, wait_until, Client};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use support::{
+    admin_get, connect, connect_ok, echo, edge, edge_with, wait_until, Client, EdgeOptions,
+};
 
 const KEY: &str = "drain-test-api-key-7f3a9c";
 const WRONG_KEY: &str = "wrong-test-api-key-0b1d2e";
@@ -170,4 +175,71 @@ async fn sigterm_drains_and_exits_0_and_sighup_reloads() {
         edge.live.load(std::sync::atomic::Ordering::SeqCst) == 0
     })
     .await;
+}
+
+/// SIGTERM while an `accept`-mode client (already answered `101`) is in its upstream
+/// handshake and no session is live yet: the drain waits for it, and the client gets
+/// its session and then a close frame, not a dead connection (found in review: the
+/// process exited under it).
+#[tokio::test]
+async fn sigterm_during_an_upstream_handshake_still_closes_the_accept_client() {
+    let delay = Arc::new(AtomicU64::new(2_000));
+    let edge = edge_with(EdgeOptions {
+        delay_ms: Some(delay),
+        ..EdgeOptions::default()
+    })
+    .await;
+    let (port, admin_port) = (free_port(), free_port());
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"{admin}\"\n\
+             [shutdown]\ndrain_timeout = \"4s\"\n\
+             [upstream.groups.primary]\nendpoints = [\"{}\"]\n\
+             [tenants.acc]\nqueue_mode = \"accept\"\nsubprotocols = []\nauth = {{ kind = \"none\" }}\n",
+            edge.url(false)
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
+    wait_until("sluice to be ready", async || {
+        tokio::net::TcpStream::connect(admin).await.is_ok()
+    })
+    .await;
+
+    // 101 at once; the edge takes 2 s to answer sluice's own handshake.
+    let mut ws = connect_ok(&format!("ws://127.0.0.1:{port}/t/acc/"), &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(pid, "TERM");
+
+    let mut close = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+            Err(_) => panic!("never ended"),
+            Ok(Some(Ok(Message::Close(f)))) => close = Some(f),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => break,
+        }
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), output)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        close.is_some(),
+        "the accept-mode client got no close frame: the process exited under it"
+    );
 }

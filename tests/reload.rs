@@ -231,6 +231,23 @@ async fn a_removed_tenant_keeps_its_live_sessions_but_is_no_longer_admitted() {
     );
     let mut other = connect_ok(&proxy.url("/t/other/"), &[]).await;
     echo(&mut other, "other is fine").await;
+
+    // Back again (cap 1): its live session still counts, so a new client waits.
+    write_config(&file, &edge, both);
+    assert_eq!(reload(&proxy).await.0, 200);
+    let u = url.clone();
+    let waiting = tokio::spawn(async move { connect_ok(&u, &[]).await });
+    wait_until("queued behind the old session", async || {
+        queued(&proxy, "lab") == 1
+    })
+    .await;
+    assert_eq!(live(&proxy, "lab"), 1);
+    support::close(live_one).await;
+    let mut admitted = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("admitted once the old session ended")
+        .unwrap();
+    echo(&mut admitted, "back").await;
 }
 
 #[tokio::test]
@@ -349,4 +366,99 @@ async fn a_reload_reads_the_certificate_again() {
         .await
         .expect("still the second certificate");
     echo(&mut again, "three").await;
+}
+
+fn write_endpoints(path: &Path, endpoints: &[&Edge], rest: &str) {
+    let urls: Vec<String> = endpoints
+        .iter()
+        .map(|e| format!("\"{}\"", e.url(false)))
+        .collect();
+    std::fs::write(
+        path,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [upstream.groups.primary]\nendpoints = [{}]\n{rest}",
+            urls.join(", ")
+        ),
+    )
+    .unwrap();
+}
+
+/// A reload that adds an endpoint to a group while clients are queued: the queued
+/// clients' requests were resolved under the old config, yet they are connected with
+/// the group and pool in force (found in review: they used the old group's endpoint
+/// list with the new pool's indexes, and panicked).
+#[tokio::test]
+async fn queued_clients_survive_a_reload_that_adds_an_endpoint() {
+    let (edge1, edge2) = (edge().await, edge().await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.toml");
+    let tenant = |cap: u32| {
+        format!(
+            "[tenants.lab]\nauth = {{ kind = \"none\" }}\nmax_sessions = {cap}\n\
+             handshake_rate = 1000.0\nhandshake_burst = 100\nqueue_timeout = \"30s\"\n"
+        )
+    };
+    write_endpoints(&file, &[&edge1], &tenant(1));
+    let proxy = proxy_from_file(&file).await;
+    let url = proxy.url("/t/lab/");
+    let mut first = connect_ok(&url, &[]).await;
+    echo(&mut first, "hi").await;
+
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { support::connect(&url, &[]).await.map(|(ws, _)| ws) })
+        })
+        .collect();
+    let admission = proxy.admission.clone();
+    wait_until("two clients to queue", async || {
+        admission.tenant_load("lab").unwrap().queued == 2
+    })
+    .await;
+
+    // Same group, one more endpoint, and room for the queued clients.
+    write_endpoints(&file, &[&edge1, &edge2], &tenant(3));
+    let (status, body) = admin_request(proxy.admin, "POST", "/-/reload").await;
+    assert_eq!(status, 200, "{body}");
+
+    for q in queued {
+        let result = tokio::time::timeout(Duration::from_secs(10), q)
+            .await
+            .expect("answered in time");
+        match result {
+            Ok(Ok(mut ws)) => echo(&mut ws, "queued, then admitted").await,
+            Ok(Err(e)) => panic!("a queued client was dropped by the reload: {e}"),
+            Err(join) => panic!("client task failed: {join}"),
+        }
+    }
+}
+
+/// A reload that changes nothing keeps the adaptive back-off: an operator who reloads
+/// during an edge brownout must not send the whole fleet back at full rate (found in
+/// review).
+#[tokio::test]
+async fn a_reload_of_the_same_config_keeps_the_adaptive_back_off() {
+    let text = "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+                [edge]\nmax_sessions = 100\nhandshake_rate = 50.0\nhandshake_burst = 5\n\
+                [upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:9\"]\n\
+                [tenants.lab]\nauth = { kind = \"none\" }\nhandshake_rate = 20.0\n";
+    let env = std::collections::HashMap::new();
+    let config = sluice::Config::parse(text, &env).unwrap();
+    let metrics = sluice::metrics::Metrics::new(&config);
+    let pools = sluice::upstream::Pools::new(&config);
+    let admission = sluice::admission::Admission::new(&config, &metrics, &pools);
+    admission.upstream_trouble("lab");
+    let backed_off = admission.effective_rate("lab").unwrap();
+    assert!(backed_off < 20.0, "{backed_off}");
+
+    let same = sluice::Config::parse(text, &env).unwrap();
+    metrics.reconcile(&same);
+    pools.reconcile(&same);
+    admission.reconcile(&same, &metrics, &pools);
+    assert_eq!(
+        admission.effective_rate("lab").unwrap(),
+        backed_off,
+        "a reload that changed nothing reset the adaptive rate"
+    );
 }

@@ -70,12 +70,17 @@ impl Adaptive {
         f64::from_bits(self.configured.load(Ordering::Relaxed))
     }
 
-    /// New configured rate and burst (a reload): the effective rate starts over from
-    /// the configured one.
+    /// New configured rate and burst (a reload). Unchanged values change nothing (a
+    /// reload during an edge brownout keeps the back-off); a changed rate scales the
+    /// effective one by the same factor, so a backed-off scope stays backed off.
     pub(crate) fn reconfigure(&self, tokens: &Tokens, rate: f64, burst: u32) {
+        let old = self.configured();
+        let old_burst = self.burst.swap(burst, Ordering::Relaxed);
+        if old == rate && old_burst == burst {
+            return;
+        }
         self.configured.store(rate.to_bits(), Ordering::Relaxed);
-        self.burst.store(burst, Ordering::Relaxed);
-        self.update(tokens, |_| rate);
+        self.update(tokens, |current| (current * rate / old).min(rate));
     }
 
     /// The effective rate now.

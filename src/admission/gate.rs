@@ -315,6 +315,12 @@ impl TenantGate {
         }
     }
 
+    /// Takes clients again (a reload brought a removed tenant back).
+    pub(crate) fn reopen(&self) {
+        let _q = self.lock();
+        self.closed.store(0, Ordering::Release);
+    }
+
     /// Refuses every queued client and every later one: their `admit` calls return
     /// the refusal for `why`.
     pub(crate) fn close(&self, why: Closed) {

@@ -384,7 +384,8 @@ impl Admission {
     /// Applies a reloaded config: tenants that stay get their new limits in place (their
     /// live sessions and queued clients are kept; a lower cap only holds new sessions
     /// back), new tenants get a gate, removed tenants stop being admitted (their queued
-    /// clients are refused, their live sessions go on). The `[edge]` ceiling's limits
+    /// clients are refused, their live sessions go on; their gate is kept, closed, and
+    /// reopened if they come back). The `[edge]` ceiling's limits
     /// change in place; adding or removing the section takes a restart (returned as a
     /// warning).
     pub fn reconcile(&self, config: &Config, metrics: &Metrics, pools: &Pools) -> Option<String> {
@@ -406,6 +407,11 @@ impl Admission {
         for tenant in &wanted {
             let pool = pools.get(&tenant.group.name);
             if let Some(gate) = self.gate(&tenant.name) {
+                // A tenant removed by an earlier reload keeps its gate (its live
+                // sessions still count against it) and is taken back here.
+                if gate.closed() == Some(Closed::Removed) {
+                    gate.reopen();
+                }
                 gate.reconfigure(&tenant.limits, pool);
             } else {
                 self.tenants.insert(
@@ -420,14 +426,10 @@ impl Admission {
                 );
             }
         }
-        let removed: Vec<String> = self
-            .tenants
-            .iter()
-            .filter(|g| !wanted.iter().any(|t| t.name == *g.key()))
-            .map(|g| g.key().clone())
-            .collect();
-        for name in removed {
-            if let Some((_, gate)) = self.tenants.remove(&name) {
+        // Removed tenants' gates stay, closed: their live sessions hold permits on them,
+        // and if the tenant comes back it must count those.
+        for gate in &self.tenants {
+            if !wanted.iter().any(|t| t.name == *gate.key()) && gate.closed().is_none() {
                 gate.close(Closed::Removed);
             }
         }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, Group};
 
 /// Consecutive failures that open an endpoint's circuit.
 pub const CIRCUIT_FAILURES: u32 = 3;
@@ -25,8 +25,8 @@ pub const CIRCUIT_COOLDOWN: Duration = Duration::from_secs(5);
 /// How long a client looks again later while another's probe decides a circuit.
 const PROBE_WAIT: Duration = Duration::from_millis(100);
 
-/// A group's endpoint urls, and the pool built for them.
-type GroupPool = (Vec<String>, Arc<Pool>);
+/// A group as configured, and the pool built for its endpoints (same indexes).
+type GroupPool = (Arc<Group>, Arc<Pool>);
 
 /// Every group's pool, by group name.
 #[derive(Debug, Default)]
@@ -56,12 +56,11 @@ impl Pools {
             .groups
             .iter()
             .map(|(name, g)| {
-                let urls: Vec<String> = g.endpoints.iter().map(|e| e.url.clone()).collect();
                 let pool = match old.get(name) {
-                    Some((was, pool)) if *was == urls => pool.clone(),
-                    _ => Arc::new(Pool::new(urls.len())),
+                    Some((was, pool)) if was.endpoints == g.endpoints => pool.clone(),
+                    _ => Arc::new(Pool::new(g.endpoints.len())),
                 };
-                (name.clone(), (urls, pool))
+                (name.clone(), (g.clone(), pool))
             })
             .collect();
         self.groups.store(Arc::new(groups));
@@ -70,6 +69,13 @@ impl Pools {
     /// The pool of `group` (a configured group name).
     pub fn get(&self, group: &str) -> Option<Arc<Pool>> {
         self.groups.load().get(group).map(|(_, p)| p.clone())
+    }
+
+    /// The group in force under `name` and its pool, from one snapshot: the pool's
+    /// endpoint indexes are the group's (a reload may have changed the endpoints since
+    /// a queued client's request was resolved).
+    pub fn group(&self, name: &str) -> Option<GroupPool> {
+        self.groups.load().get(name).cloned()
     }
 }
 
