@@ -72,7 +72,7 @@ impl Slots {
         // reordered before the waiter's flag store in `acquire`.
         self.live
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |live| {
-                (live < self.cap.load(Ordering::Relaxed)).then_some(live + 1)
+                (live < self.cap.load(Ordering::SeqCst)).then_some(live + 1)
             })
             .is_ok()
     }
