@@ -128,7 +128,7 @@ fn jwt_is_genuine(token: &str, secret: &[u8], tenant: &str) -> bool {
         return false;
     };
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
-    mac.update(token[..h.len() + 1 + p.len()].as_bytes());
+    mac.update(&token.as_bytes()[..h.len() + 1 + p.len()]);
     if mac.verify_slice(&sig).is_err() {
         return false;
     }
