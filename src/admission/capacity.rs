@@ -193,10 +193,38 @@ impl Tokens {
     /// Changes the rate (with the bucket's `burst`, which the caller keeps: it is not
     /// stored here, to keep a tenant's hot fields in one cache line); tokens already
     /// taken keep their spacing.
+    ///
+    /// The backlog (how far the TAT is ahead of now) is rescaled by the same factor as
+    /// the interval, so the bucket is exactly as full as before: a lower rate must not
+    /// turn an emptied bucket partly full again (a larger tolerance over the same
+    /// backlog would), which would let handshakes through at once just when the edge
+    /// signals trouble (found by the property tests, docs/fuzzing.md).
     pub fn set_rate(&self, rate: f64, burst: u32) {
         let (interval, tolerance) = Self::params(rate, burst);
-        self.interval.store(interval, Ordering::Relaxed);
-        self.tolerance.store(tolerance, Ordering::Relaxed);
+        let old = self.interval.load(Ordering::Relaxed);
+        let rescale = || {
+            let now = self.nanos(Instant::now());
+            let _ = self
+                .tat
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                    (tat > now).then(|| {
+                        let backlog =
+                            u128::from(tat - now) * u128::from(interval) / u128::from(old.max(1));
+                        now.saturating_add(u64::try_from(backlog).unwrap_or(u64::MAX / 4))
+                    })
+                });
+        };
+        // Whichever order is conservative meanwhile: a slower rate grows the backlog
+        // before the tolerance, a faster one shrinks the tolerance before the backlog.
+        if interval >= old {
+            rescale();
+            self.interval.store(interval, Ordering::Relaxed);
+            self.tolerance.store(tolerance, Ordering::Relaxed);
+        } else {
+            self.interval.store(interval, Ordering::Relaxed);
+            self.tolerance.store(tolerance, Ordering::Relaxed);
+            rescale();
+        }
     }
 
     /// Time between tokens once the burst is spent.

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::adaptive::Adaptive;
@@ -48,6 +48,10 @@ impl Drop for Pending<'_> {
         let mut fair = self.edge.lock();
         if let Some(request) = fair.requests.remove(&self.key) {
             self.edge.forget(&request);
+            if fair.requests.is_empty() {
+                // The arbiter may hold a slot for nobody while it waits for a token.
+                self.edge.withdrawn.notify_waiters();
+            }
         }
     }
 }
@@ -74,6 +78,8 @@ pub(crate) struct EdgeGate {
     weight_sum: AtomicU64,
     /// Whether the arbiter is waiting for an edge session to end (not for a token).
     slot_bound: AtomicBool,
+    /// Signalled when the last pending request is withdrawn.
+    withdrawn: Notify,
     /// The adaptive handshake rate of the ceiling.
     pub(crate) adaptive: Adaptive,
 }
@@ -106,6 +112,7 @@ impl EdgeGate {
             waiting: AtomicU32::new(0),
             weight_sum: AtomicU64::new(0),
             slot_bound: AtomicBool::new(false),
+            withdrawn: Notify::new(),
             adaptive: Adaptive::new(limits.handshake_rate, limits.handshake_burst, gauge),
         }
     }
@@ -209,11 +216,26 @@ async fn arbiter(edge: Arc<EdgeGate>) {
             }
         };
         let token = loop {
+            // Registered before the check, so a withdrawal after it still wakes us.
+            let withdrawn = edge.withdrawn.notified();
+            tokio::pin!(withdrawn);
+            withdrawn.as_mut().enable();
+            if edge.waiting() == 0 {
+                // Everyone withdrew: the slot goes back now, not at the next token.
+                break None;
+            }
             let now = Instant::now();
             if let Some(token) = try_token(&edge, now) {
-                break token;
+                break Some(token);
             }
-            tokio::time::sleep_until(edge.limit.tokens.ready_at()).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(edge.limit.tokens.ready_at()) => {}
+                () = &mut withdrawn => {}
+            }
+        };
+        let Some(token) = token else {
+            drop(slot);
+            continue;
         };
         if let Some(request) = edge.next() {
             // A pump never drops its request; if it did (shutdown), the turn goes back.
