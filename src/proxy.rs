@@ -675,6 +675,11 @@ fn check_handshake<B>(req: &Request<B>) -> Result<(), BadUpgrade> {
             "a WebSocket upgrade carries no body (Content-Length / Transfer-Encoding)",
         ));
     }
+    // Only a path (origin form, or absolute form's path) names what to open upstream;
+    // `GET host:80` and `GET *` do not.
+    if !req.uri().path().starts_with('/') {
+        return Err(Malformed("request target is not a path"));
+    }
     // Dot segments could walk out of the endpoint's path prefix.
     if has_dot_segment(req.uri().path()) {
         return Err(Malformed("path contains a . or .. segment"));

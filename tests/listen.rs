@@ -64,6 +64,12 @@ async fn malformed_upgrades_are_refused() {
     assert!(raw(proxy.addr, b"\x16\x03\x01garbage\r\n\r\n")
         .await
         .starts_with("HTTP/1.1 400"));
+    // Targets that are not a path (authority and asterisk forms) name nothing to open.
+    for target in ["lab.example:80", "*"] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-tenant-id: lab\r\n\r\n");
+        let resp = raw(proxy.addr, req.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{target}: {resp}");
+    }
     assert!(edge.requests().is_empty());
 }
 

@@ -462,3 +462,29 @@ async fn a_reload_of_the_same_config_keeps_the_adaptive_back_off() {
         "a reload that changed nothing reset the adaptive rate"
     );
 }
+
+#[tokio::test]
+async fn a_raised_rate_releases_a_client_waiting_for_a_token_at_once() {
+    let edge = edge().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.toml");
+    let tenant = |rate: &str| {
+        format!("[tenants.lab]\nauth = {{ kind = \"none\" }}\nhandshake_rate = {rate}\nhandshake_burst = 1\nqueue_timeout = \"60s\"\n")
+    };
+    // One handshake per 30 s: the second client would wait about 30 s.
+    write_config(&file, &edge, &tenant("0.0333"));
+    let proxy = proxy_from_file(&file).await;
+    let url = proxy.url("/t/lab/");
+    let _first = connect_ok(&url, &[]).await;
+    let u = url.clone();
+    let waiting = tokio::spawn(async move { connect_ok(&u, &[]).await });
+    wait_until("queued", async || queued(&proxy, "lab") == 1).await;
+
+    write_config(&file, &edge, &tenant("100.0"));
+    assert_eq!(reload(&proxy).await.0, 200);
+    let mut second = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("released well before the old rate's 30 s")
+        .unwrap();
+    echo(&mut second, "in").await;
+}

@@ -198,6 +198,8 @@ pub(crate) struct TenantGate {
     pub(crate) adaptive: Adaptive,
     /// Signalled when the last queued client leaves.
     emptied: Notify,
+    /// Signalled by a reload: a raised rate may make the next token due sooner.
+    reconfigured: Notify,
     /// The edge ceiling (the same one as [`super::Admission`]'s), so that a permit
     /// releases its edge slot through its tenant without holding the edge itself.
     pub(crate) edge: Option<Arc<EdgeGate>>,
@@ -245,6 +247,7 @@ impl TenantGate {
                 metrics.effective_rate.clone(),
             ),
             emptied: Notify::new(),
+            reconfigured: Notify::new(),
             edge,
             pool: arc_swap::ArcSwapOption::new(pool),
             epoch: Instant::now(),
@@ -304,6 +307,7 @@ impl TenantGate {
         );
         self.pool.store(pool);
         self.limit.slots.set_cap(limits.max_sessions);
+        self.reconfigured.notify_waiters();
     }
 
     /// Why the queue takes nobody any more, if it does not.
@@ -468,7 +472,12 @@ async fn reserve(
     gate.set_blocker(Blocker::Slot);
     let slot = slot(gate).await;
     gate.set_blocker(Blocker::Token);
-    tokio::time::sleep_until(gate.limit.tokens.ready_at()).await;
+    // Until the next token; a reload that raised the rate wakes this early (the token is
+    // then taken below if it is due, or the pump starts over).
+    tokio::select! {
+        () = tokio::time::sleep_until(gate.limit.tokens.ready_at()) => {}
+        () = gate.reconfigured.notified() => {}
+    }
     // While the edge has paused this tenant or its whole group, nobody is sent.
     while let Some(until) = gate.paused(Instant::now()) {
         gate.set_blocker(Blocker::Edge);
