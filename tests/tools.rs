@@ -265,7 +265,12 @@ async fn demo_shows_violations_directly_and_none_through_sluice() {
     // handshake per in-flight connect before it obeys the Retry-After.
     let storm = direct["edge"]["refused_outage"].as_u64().unwrap();
     let through_outage = through["edge"]["refused_outage"].as_u64().unwrap();
-    assert!(storm >= 10, "direct phones sent {storm} during the outage");
+    // (How many naive retries land in the 1 s window varies with the machine's load:
+    // 9 to dozens seen; the contrast with sluice's at most 3 is what matters.)
+    assert!(
+        storm >= 6 && storm >= 2 * through_outage,
+        "direct phones sent {storm} during the outage, sluice {through_outage}"
+    );
     assert!(
         through_outage <= 3,
         "sluice sent {through_outage} during the outage"
