@@ -19,6 +19,7 @@
 //!    `1001`, `hold` mode by closing both connections (the byte tunnel does not track
 //!    frame boundaries) — and the process exits 0.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,9 @@ pub struct State {
 #[derive(Debug)]
 pub struct Control {
     state: watch::Sender<State>,
+    /// Bumped before every change of `state` is sent: a live session's stop future is
+    /// polled only when this moved (see [`SessionStop::wait`]).
+    epoch: std::sync::atomic::AtomicU64,
     sessions: AtomicUsize,
     none_left: Notify,
 }
@@ -61,6 +65,7 @@ impl Control {
     pub fn new() -> Self {
         Self {
             state: watch::Sender::new(State::default()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
             sessions: AtomicUsize::new(0),
             none_left: Notify::new(),
         }
@@ -78,12 +83,22 @@ impl Control {
 
     /// Starts the drain (idempotent).
     pub fn begin_drain(&self) {
+        self.bump();
         self.state
             .send_if_modified(|s| !std::mem::replace(&mut s.draining, true));
     }
 
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// Tells every live session to close now.
     pub fn close_sessions(&self) {
+        self.bump();
         self.state.send_modify(|s| {
             s.draining = true;
             s.closing = true;
@@ -92,6 +107,7 @@ impl Control {
 
     /// Tells live sessions that a new config is in force.
     pub fn reloaded(&self) {
+        self.bump();
         self.state.send_modify(|s| s.generation += 1);
     }
 
@@ -163,6 +179,7 @@ pub struct Stop {
 #[derive(Debug)]
 pub struct SessionStop {
     watch: watch::Receiver<State>,
+    control: Arc<Control>,
     config: Arc<arc_swap::ArcSwap<Config>>,
     tenant: Arc<Tenant>,
     /// Kept for `accept` mode, to re-check on reload; `None` in `hold` mode (nothing is
@@ -175,7 +192,7 @@ pub struct SessionStop {
 impl SessionStop {
     /// For a session of `tenant` starting now, under the `[protection]` limits in force.
     pub fn new(
-        control: &Control,
+        control: &Arc<Control>,
         config: Arc<arc_swap::ArcSwap<Config>>,
         tenant: Arc<Tenant>,
         credential: Option<Credential>,
@@ -186,6 +203,7 @@ impl SessionStop {
         };
         Self {
             watch: control.watch(),
+            control: control.clone(),
             config,
             tenant,
             credential,
@@ -224,9 +242,28 @@ impl SessionStop {
             return stop;
         }
         if self.idle.is_none() && self.end_by.is_none() {
-            // The common case, kept small: every idle session holds this future.
+            // The common case, kept small: every idle session holds this future, and
+            // the relay polls it on each of its wake-ups. Polling a registered `watch`
+            // waiter takes a lock shared with other sessions, so it is polled only when
+            // the control's epoch moved (a change is always bumped before it is sent,
+            // and the waiter registered on the first poll wakes this task).
+            let control = self.control.clone();
             loop {
-                if self.watch.changed().await.is_err() {
+                let changed = {
+                    let changed = self.watch.changed();
+                    tokio::pin!(changed);
+                    let mut seen = None;
+                    std::future::poll_fn(|cx| {
+                        let epoch = control.epoch();
+                        if seen == Some(epoch) {
+                            return std::task::Poll::Pending;
+                        }
+                        seen = Some(epoch);
+                        changed.as_mut().poll(cx)
+                    })
+                    .await
+                };
+                if changed.is_err() {
                     // The control is gone: the server is being torn down.
                     return Stop {
                         code: CloseCode::Away,

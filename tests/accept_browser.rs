@@ -106,14 +106,7 @@ attempt("free", "{base}/t/free/");
 
     let profile = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(&browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        ])
+        .args(support::CHROMIUM_FLAGS)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("http://{page_addr}/"))
         .stdout(Stdio::null())

@@ -39,6 +39,33 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success());
 }
 
+/// Starts the binary on `file` (JSON logs at debug, captured) and waits until its admin
+/// listener says ready; its pid and a handle on its exit and output.
+async fn run_sluice(
+    file: &std::path::Path,
+    admin: SocketAddr,
+) -> (
+    u32,
+    tokio::task::JoinHandle<std::io::Result<std::process::Output>>,
+) {
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(file)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
+    wait_until("sluice to be ready", async || {
+        tokio::net::TcpStream::connect(admin).await.is_ok()
+            && admin_get(admin, "/readyz").await.0 == 200
+    })
+    .await;
+    (pid, output)
+}
+
 /// Reads until the stream ends; the close frame, if one came.
 async fn until_end(ws: &mut Client) -> Option<(CloseCode, String)> {
     let mut close = None;
@@ -76,21 +103,7 @@ async fn sigterm_drains_and_exits_0_and_sighup_reloads() {
         )
     };
     std::fs::write(&file, config(10)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&file)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
-    wait_until("sluice to be ready", async || {
-        tokio::net::TcpStream::connect(admin).await.is_ok()
-            && admin_get(admin, "/readyz").await.0 == 200
-    })
-    .await;
+    let (pid, output) = run_sluice(&file, admin).await;
 
     // `sluice health` (the container HEALTHCHECK) sees it alive and ready.
     let health = |path: &str| {
@@ -204,19 +217,7 @@ async fn sigterm_during_an_upstream_handshake_still_closes_the_accept_client() {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--config"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
-    wait_until("sluice to be ready", async || {
-        tokio::net::TcpStream::connect(admin).await.is_ok()
-    })
-    .await;
+    let (pid, output) = run_sluice(&file, admin).await;
 
     // 101 at once; the edge takes 2 s to answer sluice's own handshake.
     let mut ws = connect_ok(&format!("ws://127.0.0.1:{port}/t/acc/"), &[]).await;

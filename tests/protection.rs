@@ -20,21 +20,23 @@ use support::{
 
 const KEY: &str = "protection-test-key";
 
-#[tokio::test]
-async fn unauthenticated_attempts_from_one_ip_are_throttled_without_slowing_another_ip() {
+/// An edge and sluice with one api-key tenant `acme` (key [`KEY`]) and this per-IP
+/// limiter on unauthenticated attempts.
+async fn keyed_lab(rate: f64, burst: u32) -> (support::Edge, support::Proxy) {
     let edge = edge().await;
     let hash = hex::encode(Sha256::digest(KEY.as_bytes()));
+    let auth = format!("{{ kind = \"api-key\", key_sha256 = [\"{hash}\"] }}");
     let config = format!(
-        "[protection]\npreauth_rate_per_ip = 5.0\npreauth_burst_per_ip = 20\n{}",
-        config_for(
-            &edge.url(false),
-            &[(
-                "acme",
-                &format!("{{ kind = \"api-key\", key_sha256 = [\"{hash}\"] }}")
-            )]
-        )
+        "[protection]\npreauth_rate_per_ip = {rate:?}\npreauth_burst_per_ip = {burst}\n{}",
+        config_for(&edge.url(false), &[("acme", &auth)])
     );
     let proxy = proxy(&config).await;
+    (edge, proxy)
+}
+
+#[tokio::test]
+async fn unauthenticated_attempts_from_one_ip_are_throttled_without_slowing_another_ip() {
+    let (edge, proxy) = keyed_lab(5.0, 20).await;
     let url = proxy.url("/t/acme/");
     let attacker: IpAddr = "127.0.0.2".parse().unwrap();
     let fleet: IpAddr = "127.0.0.1".parse().unwrap();
@@ -92,19 +94,7 @@ async fn unauthenticated_attempts_from_one_ip_are_throttled_without_slowing_anot
 
 #[tokio::test]
 async fn an_ip_out_of_attempts_is_refused_before_its_credential_is_looked_at() {
-    let edge = edge().await;
-    let hash = hex::encode(Sha256::digest(KEY.as_bytes()));
-    let config = format!(
-        "[protection]\npreauth_rate_per_ip = 0.1\npreauth_burst_per_ip = 3\n{}",
-        config_for(
-            &edge.url(false),
-            &[(
-                "acme",
-                &format!("{{ kind = \"api-key\", key_sha256 = [\"{hash}\"] }}")
-            )]
-        )
-    );
-    let proxy = proxy(&config).await;
+    let (edge, proxy) = keyed_lab(0.1, 3).await;
     let url = proxy.url("/t/acme/");
     let from: IpAddr = "127.0.0.3".parse().unwrap();
     let status = async |auth: &str| match connect_from(from, &url, &[("authorization", auth)]).await

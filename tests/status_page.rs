@@ -18,20 +18,12 @@ use support::{chromium, connect_ok, edge, proxy, Proxy};
 async fn run_chromium(browser: &Path, proxy: &Proxy, args: &[String]) -> String {
     let profile = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(browser);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-extensions",
-        // Nothing but loopback resolves: the page must need nothing from elsewhere.
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    cmd.args(support::CHROMIUM_FLAGS)
         // Let the page's script fetch /api/tenants and render before the dump.
-        "--virtual-time-budget=5000",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
-    .args(args)
-    .arg(format!("http://{}/", proxy.admin));
+        .arg("--virtual-time-budget=5000")
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(format!("http://{}/", proxy.admin));
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::task::spawn_blocking(move || cmd.output()),

@@ -324,28 +324,16 @@ pub async fn proxy_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let config = Config::parse(&text, &env).expect("test config is valid");
-    let config_admin = config.admin.address;
-    let server = sluice::Server::bind(config).await.expect("sluice binds");
-    let addr = server.local_addr();
-    let admission = server.admission();
-    let admin = sluice::admin::Admin::bind(config_admin, server.shared())
-        .await
-        .expect("admin binds");
-    let admin_addr = admin.local_addr();
-    tokio::spawn(admin.run(std::future::pending()));
-    tokio::spawn(server.run(std::future::pending()));
-    Proxy {
-        addr,
-        admission,
-        admin: admin_addr,
-    }
+    start(Config::parse(&text, &env).expect("test config is valid")).await
 }
 
-/// Starts sluice from a config file (so that `POST /-/reload` re-reads it), with
-/// `[listen]`/`[admin]` on 127.0.0.1:0 unless the file says otherwise.
+/// Starts sluice from a config file (so that `POST /-/reload` re-reads it).
 pub async fn proxy_from_file(path: &std::path::Path) -> Proxy {
-    let config = Config::load(path).expect("test config file is valid");
+    start(Config::load(path).expect("test config file is valid")).await
+}
+
+/// Binds the proxy and its admin listener and serves both in the background.
+async fn start(config: Config) -> Proxy {
     let config_admin = config.admin.address;
     let server = sluice::Server::bind(config).await.expect("sluice binds");
     let addr = server.local_addr();
@@ -664,3 +652,18 @@ pub fn chromium() -> Option<std::path::PathBuf> {
             })
         })
 }
+
+/// Flags for headless Chromium in tests: no sandbox or GPU, no background traffic, and
+/// nothing but loopback resolves (a page must need nothing from elsewhere).
+pub const CHROMIUM_FLAGS: [&str; 10] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-extensions",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+];
