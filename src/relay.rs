@@ -268,23 +268,30 @@ async fn relay_plain(client: &TcpStream, edge: &TcpStream, moved: &Moved) -> End
     }
     // One side ended its stream: pass the end on, and give the other direction
     // HALF_CLOSE_LINGER to finish (the WebSocket closing handshake).
-    let (clean, rest) = if from_client {
+    let (clean, dir, src, dst, count) = if from_client {
         shutdown_write(edge);
-        let rest = tokio::time::timeout(
-            HALF_CLOSE_LINGER,
-            std::future::poll_fn(|cx| e2c.poll(cx, edge, client, &moved.edge_to_client)),
+        (
+            End::ClientClosed,
+            &mut e2c,
+            edge,
+            client,
+            &moved.edge_to_client,
         )
-        .await;
-        (End::ClientClosed, rest)
     } else {
         shutdown_write(client);
-        let rest = tokio::time::timeout(
-            HALF_CLOSE_LINGER,
-            std::future::poll_fn(|cx| c2e.poll(cx, client, edge, &moved.client_to_edge)),
+        (
+            End::EdgeClosed,
+            &mut c2e,
+            client,
+            edge,
+            &moved.client_to_edge,
         )
-        .await;
-        (End::EdgeClosed, rest)
     };
+    let rest = tokio::time::timeout(
+        HALF_CLOSE_LINGER,
+        std::future::poll_fn(|cx| dir.poll(cx, src, dst, count)),
+    )
+    .await;
     match rest {
         Err(_) => End::LingerTimeout,
         Ok(how) => match first_end(!from_client, how) {

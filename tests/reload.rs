@@ -37,6 +37,22 @@ async fn reload(proxy: &Proxy) -> (u16, String) {
     admin_request(proxy.admin, "POST", "/-/reload").await
 }
 
+/// A client of `url` connecting in the background, once it waits in `tenant`'s queue.
+async fn queue_behind(proxy: &Proxy, url: &str) -> tokio::task::JoinHandle<support::Client> {
+    let url = url.to_owned();
+    let waiting = tokio::spawn(async move { connect_ok(&url, &[]).await });
+    wait_until("the client to queue", async || queued(proxy, "lab") == 1).await;
+    waiting
+}
+
+/// The queued client's session, admitted within 10 s.
+async fn admitted(waiting: tokio::task::JoinHandle<support::Client>, why: &str) -> support::Client {
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("not admitted in time: {why}"))
+        .unwrap()
+}
+
 fn live(proxy: &Proxy, tenant: &str) -> u32 {
     proxy.admission.tenant_load(tenant).unwrap().live
 }
@@ -75,11 +91,7 @@ async fn a_lower_cap_keeps_all_live_sessions_and_admits_no_new_one_until_they_fa
     assert_eq!(live(&proxy, "lab"), 20);
 
     // A new client waits while 20, then 10, sessions are live (10 is not under 10)…
-    let waiting = tokio::spawn(async move { connect_ok(&url, &[]).await });
-    wait_until("the new client to queue", async || {
-        queued(&proxy, "lab") == 1
-    })
-    .await;
+    let waiting = queue_behind(&proxy, &url).await;
     for ws in sessions.drain(..10) {
         support::close(ws).await;
     }
@@ -92,11 +104,8 @@ async fn a_lower_cap_keeps_all_live_sessions_and_admits_no_new_one_until_they_fa
     );
     // …and is admitted as soon as one more ends.
     support::close(sessions.pop().unwrap()).await;
-    let mut admitted = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("admitted once under the cap")
-        .unwrap();
-    echo(&mut admitted, "in").await;
+    let mut newcomer = admitted(waiting, "one more session ended").await;
+    echo(&mut newcomer, "in").await;
     assert_eq!(edge.requests().len(), 21);
     let scrape = scrape(proxy.admin).await;
     assert_eq!(
@@ -124,16 +133,11 @@ async fn a_raised_cap_admits_queued_clients_at_once() {
     let proxy = proxy_from_file(&file).await;
     let url = proxy.url("/t/lab/");
     let _first = connect_ok(&url, &[]).await;
-    let u = url.clone();
-    let waiting = tokio::spawn(async move { connect_ok(&u, &[]).await });
-    wait_until("queued", async || queued(&proxy, "lab") == 1).await;
+    let waiting = queue_behind(&proxy, &url).await;
 
     write_config(&file, &edge, &tenant(2));
     assert_eq!(reload(&proxy).await.0, 200);
-    let mut second = tokio::time::timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("admitted when the cap rose")
-        .unwrap();
+    let mut second = admitted(waiting, "the cap rose").await;
     echo(&mut second, "in").await;
 }
 
@@ -235,19 +239,11 @@ async fn a_removed_tenant_keeps_its_live_sessions_but_is_no_longer_admitted() {
     // Back again (cap 1): its live session still counts, so a new client waits.
     write_config(&file, &edge, both);
     assert_eq!(reload(&proxy).await.0, 200);
-    let u = url.clone();
-    let waiting = tokio::spawn(async move { connect_ok(&u, &[]).await });
-    wait_until("queued behind the old session", async || {
-        queued(&proxy, "lab") == 1
-    })
-    .await;
+    let waiting = queue_behind(&proxy, &url).await;
     assert_eq!(live(&proxy, "lab"), 1);
     support::close(live_one).await;
-    let mut admitted = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("admitted once the old session ended")
-        .unwrap();
-    echo(&mut admitted, "back").await;
+    let mut back = admitted(waiting, "the old session ended").await;
+    echo(&mut back, "back").await;
 }
 
 #[tokio::test]
@@ -476,15 +472,10 @@ async fn a_raised_rate_releases_a_client_waiting_for_a_token_at_once() {
     let proxy = proxy_from_file(&file).await;
     let url = proxy.url("/t/lab/");
     let _first = connect_ok(&url, &[]).await;
-    let u = url.clone();
-    let waiting = tokio::spawn(async move { connect_ok(&u, &[]).await });
-    wait_until("queued", async || queued(&proxy, "lab") == 1).await;
+    let waiting = queue_behind(&proxy, &url).await;
 
     write_config(&file, &edge, &tenant("100.0"));
     assert_eq!(reload(&proxy).await.0, 200);
-    let mut second = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("released well before the old rate's 30 s")
-        .unwrap();
+    let mut second = admitted(waiting, "well before the old rate's 30 s").await;
     echo(&mut second, "in").await;
 }
