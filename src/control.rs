@@ -15,9 +15,9 @@
 //!    queues), the listener stops accepting.
 //! 2. Live sessions get `shutdown.drain_timeout` to end by themselves
 //!    ([`Control::wait_sessions`]).
-//! 3. [`Control::close_sessions`]: the rest are closed — `accept` mode with close
-//!    `1001`, `hold` mode by closing both connections (the byte tunnel does not track
-//!    frame boundaries) — and the process exits 0.
+//! 3. [`Control::close_sessions`]: the rest are closed with close `1001` — in `hold`
+//!    mode a frame sluice injects where the tunnel is between frames
+//!    ([`crate::relay::relay`]) — and the process exits 0.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

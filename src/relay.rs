@@ -4,9 +4,9 @@
 //! # Memory per idle session
 //!
 //! A fleet holds tens of thousands of mostly idle sessions, so an idle session holds no
-//! buffer. When both legs are plain TCP, each direction waits for *readiness*
-//! ([`TcpStream::readable`]), then reads into a per-thread scratch buffer and writes it
-//! straight to the other leg with `try_write`, all without an `.await` in between. Only
+//! buffer. When both legs are plain TCP, one poll loop waits for *readiness* of both
+//! directions (`poll_read_ready`), then reads into a per-thread scratch buffer and writes
+//! it straight to the other leg with `try_write`. Only
 //! when the other leg cannot take all of it does the rest move to a heap buffer, which is
 //! freed as soon as it has been written (and while it exists that direction reads no
 //! more, so it is also the backpressure). An idle session is two sockets and a small
@@ -22,8 +22,12 @@
 //!
 //! End of stream on one leg is passed on as a write shutdown (TCP FIN) of the other, and
 //! the other direction gets [`HALF_CLOSE_LINGER`] to finish (the WebSocket closing
-//! handshake). An error on either leg ends both at once. [`relay`] returns a
-//! [`RelayStats`]: the one place where a session's end is observed.
+//! handshake). An error on either leg ends both at once. When sluice ends a session
+//! itself (drain, idle timeout, `max_session`), the plain-TCP tunnel, which follows
+//! WebSocket frame boundaries as the bytes pass ([`Frames`]: headers parsed, payloads
+//! skipped), injects a close frame (`1001`) towards each peer whose stream is between
+//! frames, then closes both connections. [`relay`] returns a [`RelayStats`]: the one
+//! place where a session's end is observed.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -150,28 +154,36 @@ pub fn count(counter: &AtomicU64, n: u64) {
     );
 }
 
-/// Relays both ways until the session ends, or `stop` completes (then both connections
-/// are closed: the tunnel does not know where frames begin, so it cannot send a close
-/// frame).
+/// Relays both ways until the session ends, or `stop` completes. Then, over plain TCP,
+/// each peer whose direction is between two WebSocket frames gets a close frame (`1001`
+/// and the stop's reason; masked towards the edge, as a client's must be) before both
+/// connections are closed; a direction in the middle of a frame, and TLS legs, are only
+/// closed.
 pub async fn relay(
     mut client: Leg,
     mut edge: Leg,
     moved: &Moved,
     stop: impl Future<Output = Stop>,
 ) -> RelayStats {
-    let tunnel = async {
-        match forward_early(&mut client, &mut edge, moved).await {
-            Err(end) => end,
-            Ok(()) => match (client.stream, edge.stream) {
-                (Stream::Plain(c), Stream::Plain(e)) => relay_plain(&c, &e, moved).await,
-                // On the heap: its state is large and only TLS sessions need it.
-                (c, e) => Box::pin(relay_generic(c, e, moved)).await,
-            },
-        }
-    };
-    let end = tokio::select! {
-        end = tunnel => end,
-        stop = stop => End::Stopped(stop.reason),
+    let mut c2e = PlainDir::default();
+    let mut e2c = PlainDir::default();
+    c2e.frames.feed(&client.early);
+    e2c.frames.feed(&edge.early);
+    let end = match forward_early(&mut client, &mut edge, moved).await {
+        Err(end) => end,
+        Ok(()) => match (client.stream, edge.stream) {
+            (Stream::Plain(c), Stream::Plain(e)) => {
+                relay_plain(&c, &e, moved, (&mut c2e, &mut e2c), stop).await
+            }
+            // On the heap: its state is large and only TLS sessions need it.
+            (c, e) => {
+                let generic = Box::pin(relay_generic(c, e, moved));
+                tokio::select! {
+                    end = generic => end,
+                    stop = stop => End::Stopped(stop.reason),
+                }
+            }
+        },
     };
     moved.stats(end)
 }
@@ -243,26 +255,49 @@ async fn run_both(
 /// `poll_read_ready`/`poll_write_ready`, which keep the task's waker in the socket's own
 /// slot (each socket-and-direction pair has one poller here), so an idle session holds
 /// no waiter node and no timer: its whole relay state is two [`PlainDir`]s.
-async fn relay_plain(client: &TcpStream, edge: &TcpStream, moved: &Moved) -> End {
-    let mut c2e = PlainDir::default();
-    let mut e2c = PlainDir::default();
+async fn relay_plain(
+    client: &TcpStream,
+    edge: &TcpStream,
+    moved: &Moved,
+    (c2e, e2c): (&mut PlainDir, &mut PlainDir),
+    stop: impl Future<Output = Stop>,
+) -> End {
+    let mut stop = std::pin::pin!(stop);
     // Which direction goes first alternates, so that one side's bulk flow cannot spend
     // the task's whole cooperative budget before the other is looked at.
     let mut edge_first = false;
-    let (from_client, how) = std::future::poll_fn(|cx| {
+    let first = std::future::poll_fn(|cx| {
+        if let Poll::Ready(stop) = stop.as_mut().poll(cx) {
+            return Poll::Ready(Err(stop));
+        }
         edge_first = !edge_first;
         for edge_turn in [edge_first, !edge_first] {
             if edge_turn {
                 if let Poll::Ready(how) = e2c.poll(cx, edge, client, &moved.edge_to_client) {
-                    return Poll::Ready((false, how));
+                    return Poll::Ready(Ok((false, how)));
                 }
             } else if let Poll::Ready(how) = c2e.poll(cx, client, edge, &moved.client_to_edge) {
-                return Poll::Ready((true, how));
+                return Poll::Ready(Ok((true, how)));
             }
         }
         Poll::Pending
     })
     .await;
+    let (from_client, how) = match first {
+        Ok(first) => first,
+        Err(stop) => {
+            // Told to stop: a close frame to each peer whose stream is between frames.
+            if e2c.between_frames() {
+                let _ = client.try_write(&close_frame(&stop, None));
+            }
+            if c2e.between_frames() {
+                let _ = edge.try_write(&close_frame(&stop, Some(rand::random())));
+            }
+            shutdown_write(client);
+            shutdown_write(edge);
+            return End::Stopped(stop.reason);
+        }
+    };
     if let Err(end) = first_end(from_client, how) {
         return end;
     }
@@ -270,22 +305,10 @@ async fn relay_plain(client: &TcpStream, edge: &TcpStream, moved: &Moved) -> End
     // HALF_CLOSE_LINGER to finish (the WebSocket closing handshake).
     let (clean, dir, src, dst, count) = if from_client {
         shutdown_write(edge);
-        (
-            End::ClientClosed,
-            &mut e2c,
-            edge,
-            client,
-            &moved.edge_to_client,
-        )
+        (End::ClientClosed, e2c, edge, client, &moved.edge_to_client)
     } else {
         shutdown_write(client);
-        (
-            End::EdgeClosed,
-            &mut c2e,
-            client,
-            edge,
-            &moved.client_to_edge,
-        )
+        (End::EdgeClosed, c2e, client, edge, &moved.client_to_edge)
     };
     let rest = tokio::time::timeout(
         HALF_CLOSE_LINGER,
@@ -325,6 +348,85 @@ enum Step {
 struct PlainDir {
     /// The unwritten rest, how much of it is written, and the whole read it came from.
     backlog: Option<(Vec<u8>, usize, usize)>,
+    /// Where the WebSocket frames of this direction begin and end.
+    frames: Frames,
+}
+
+impl PlainDir {
+    /// Whether everything read was written and it ended at a frame's end: a close frame
+    /// may go in now.
+    fn between_frames(&self) -> bool {
+        self.backlog.is_none() && self.frames.at_boundary()
+    }
+}
+
+/// Follows WebSocket frame boundaries in a byte stream (RFC 6455 §5.2): the header of
+/// the frame being read, then how much of its payload is still to come. Headers are
+/// read byte by byte (at most 14); payloads are skipped whole.
+#[derive(Debug, Default)]
+struct Frames {
+    head: [u8; 14],
+    have: u8,
+    need: u8,
+    remaining: u64,
+}
+
+impl Frames {
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.remaining == 0
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let skip = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.remaining -= skip as u64;
+                data = &data[skip..];
+                continue;
+            }
+            self.head[usize::from(self.have)] = data[0];
+            self.have += 1;
+            data = &data[1..];
+            if self.have == 2 {
+                let ext = match self.head[1] & 0x7f {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                };
+                let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
+                self.need = 2 + ext + mask;
+            }
+            if self.have >= 2 && self.have == self.need {
+                let h = &self.head;
+                self.remaining = match h[1] & 0x7f {
+                    126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+                    127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                    n => u64::from(n),
+                };
+                self.have = 0;
+                self.need = 0;
+            }
+        }
+    }
+}
+
+/// A close frame with `stop`'s code and reason; masked with `mask` (towards the edge,
+/// as a client's frames must be), or not (towards the client).
+fn close_frame(stop: &Stop, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut payload = u16::from(stop.code).to_be_bytes().to_vec();
+    payload.extend_from_slice(&stop.reason.as_bytes()[..stop.reason.len().min(123)]);
+    let mut frame = vec![0x88, payload.len() as u8];
+    if let Some(mask) = mask {
+        frame[1] |= 0x80;
+        frame.extend_from_slice(&mask);
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+    }
+    frame.extend_from_slice(&payload);
+    frame
 }
 
 impl PlainDir {
@@ -359,7 +461,7 @@ impl PlainDir {
             if let Err(e) = ready!(src.poll_read_ready(cx)) {
                 return Poll::Ready(DirEnd::Read(e));
             }
-            match read_and_write(src, dst) {
+            match read_and_write(src, dst, &mut self.frames) {
                 Err(end) => return Poll::Ready(end),
                 Ok(Step::Again) => {}
                 Ok(Step::Eof) => return Poll::Ready(DirEnd::Eof),
@@ -371,7 +473,7 @@ impl PlainDir {
 }
 
 /// One read into the per-thread scratch buffer and one write of it, without waiting.
-fn read_and_write(src: &TcpStream, dst: &TcpStream) -> Result<Step, DirEnd> {
+fn read_and_write(src: &TcpStream, dst: &TcpStream, frames: &mut Frames) -> Result<Step, DirEnd> {
     SCRATCH.with_borrow_mut(|buf| {
         // A read shorter than the buffer emptied the socket: tell tokio so (a WouldBlock
         // from `try_io` clears the readiness), instead of learning it from one more read
@@ -394,6 +496,7 @@ fn read_and_write(src: &TcpStream, dst: &TcpStream) -> Result<Step, DirEnd> {
             (None, Err(e)) => return Err(DirEnd::Read(e)),
             (None, Ok(_)) => unreachable!("a successful read sets `got`"),
         };
+        frames.feed(&buf[..n]);
         match dst.try_write(&buf[..n]) {
             Ok(m) if m == n => Ok(Step::Done(n)),
             Ok(m) => Ok(Step::Partial(n, buf[m..n].to_vec())),
@@ -522,6 +625,50 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_boundaries_are_followed_across_reads() {
+        let mut f = Frames::default();
+        assert!(f.at_boundary());
+        // A masked text frame of 5 bytes, split in three reads.
+        let frame = [0x81, 0x85, 1, 2, 3, 4, b'h', b'e', b'l', b'l', b'o'];
+        f.feed(&frame[..1]);
+        assert!(!f.at_boundary());
+        f.feed(&frame[1..7]);
+        assert!(!f.at_boundary());
+        f.feed(&frame[7..]);
+        assert!(f.at_boundary());
+        // 16-bit and 64-bit lengths, unmasked, then an empty ping, in one read.
+        let mut bytes = vec![0x82, 126, 0x01, 0x00];
+        bytes.extend(std::iter::repeat_n(0u8, 256));
+        bytes.extend([0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        bytes.extend(std::iter::repeat_n(0u8, 65536));
+        bytes.extend([0x89, 0x00]);
+        f.feed(&bytes[..bytes.len() - 1]);
+        assert!(!f.at_boundary());
+        f.feed(&bytes[bytes.len() - 1..]);
+        assert!(f.at_boundary());
+    }
+
+    #[test]
+    fn injected_close_frames_are_well_formed() {
+        let stop = Stop {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away,
+            reason: "shutdown",
+        };
+        assert_eq!(
+            close_frame(&stop, None),
+            [&[0x88, 10, 0x03, 0xe9][..], b"shutdown"].concat()
+        );
+        let masked = close_frame(&stop, Some([1, 2, 3, 4]));
+        assert_eq!(&masked[..6], &[0x88, 0x80 | 10, 1, 2, 3, 4]);
+        let unmasked: Vec<u8> = masked[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4])
+            .collect();
+        assert_eq!(unmasked, [&[0x03, 0xe9][..], b"shutdown"].concat());
+    }
 
     /// An idle plain-TCP session's whole relay state lives in this future (and the
     /// task around it): it stays small. The TLS arm is boxed, the stop signal's timers

@@ -166,10 +166,14 @@ async fn sigterm_drains_and_exits_0_and_sighup_reloads() {
     echo(&mut ends_itself, "bye soon").await;
     ends_itself.close(None).await.unwrap();
     assert_eq!(until_end(&mut ends_itself).await, None);
-    // The others are closed after it: 1001 in accept mode, the tunnel is cut.
+    // The others are closed after it with 1001.
     let (code, why) = until_end(&mut left_open).await.expect("a close frame");
     assert_eq!((code, why.as_str()), (CloseCode::Away, "shutdown"));
-    assert_eq!(until_end(&mut tunnel).await, None);
+    // The tunnel was between frames both ways: both peers get a close frame too.
+    let (code, why) = until_end(&mut tunnel)
+        .await
+        .expect("a close frame in the tunnel");
+    assert_eq!((code, why.as_str()), (CloseCode::Away, "shutdown"));
 
     let out = tokio::time::timeout(Duration::from_secs(20), output)
         .await
@@ -188,6 +192,14 @@ async fn sigterm_drains_and_exits_0_and_sighup_reloads() {
         edge.live.load(std::sync::atomic::Ordering::SeqCst) == 0
     })
     .await;
+    // …with a close frame from each: the accept relay's and the tunnel's injected one
+    // (masked, or the edge would have failed the connection instead).
+    let closes = edge.closes.lock().unwrap().clone();
+    let shutdowns = closes
+        .iter()
+        .filter(|c| **c == (1001, "shutdown".to_owned()))
+        .count();
+    assert_eq!(shutdowns, 2, "{closes:?}");
 }
 
 /// SIGTERM while an `accept`-mode client (already answered `101`) is in its upstream
