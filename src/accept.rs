@@ -397,15 +397,7 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
             gone.disarm();
             return refuse(&p, &mut client, rejection, None).await;
         }
-        Err(Left::Closing) => {
-            gone.disarm();
-            return refuse(&p, &mut client, proxy::draining(), None).await;
-        }
-        Err(left) => {
-            // The guard counts `client-gone` now, not after the closing handshake.
-            drop(gone);
-            return leave(&p, &mut client, left).await;
-        }
+        Err(left) => return leave(&p, &mut client, left, gone).await,
     };
     gone.stage = Some("upstream-handshake");
     if let Some(waited) = admitted.waited {
@@ -429,16 +421,9 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
             drop(admitted);
             return refuse(&p, &mut client, rejection, failed.as_ref()).await;
         }
-        Err(Left::Closing) => {
-            gone.disarm();
-            drop(admitted);
-            return refuse(&p, &mut client, proxy::draining(), None).await;
-        }
         Err(left) => {
             drop(admitted);
-            // The guard counts `client-gone` now, not after the closing handshake.
-            drop(gone);
-            return leave(&p, &mut client, left).await;
+            return leave(&p, &mut client, left, gone).await;
         }
     };
     gone.disarm();
@@ -524,19 +509,23 @@ async fn refuse(
     close_and_wait(client, Some(frame)).await;
 }
 
-/// A queued client left (the `client-gone` line is written by the guard) or overflowed
-/// its held buffer (told with `1008` first).
-async fn leave(p: &Pending, client: &mut Ws, left: Left) {
+/// A queued client's wait that ended early: at the drain's deadline it is refused
+/// (`1001 draining`); one that left is counted `client-gone` by `gone` (now, not after
+/// the closing handshake) and its close answered; one that overflowed its held buffer
+/// is counted the same and told `1008`.
+async fn leave(p: &Pending, client: &mut Ws, left: Left, gone: ClientGone<'_>) {
     match left {
-        Left::Closing => unreachable!("handled by the caller"),
+        Left::Closing => {
+            gone.disarm();
+            refuse(p, client, Rejection::draining(), None).await;
+        }
         Left::Gone => {
-            // Answer a close frame (tungstenite queued the reply; reading sends it).
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                while let Some(Ok(_)) = client.next().await {}
-            })
-            .await;
+            drop(gone);
+            // tungstenite queued the reply to its close frame; reading sends it.
+            drain(client).await;
         }
         Left::Overflow => {
+            drop(gone);
             let limits = &p.config.accept;
             let reason = format!(
                 "held-buffer-full; more than {} messages or {} bytes sent before admission",

@@ -71,11 +71,6 @@ impl Control {
         }
     }
 
-    /// The state now.
-    pub fn state(&self) -> State {
-        *self.state.borrow()
-    }
-
     /// Whether the drain has begun.
     pub fn draining(&self) -> bool {
         self.state.borrow().draining

@@ -110,11 +110,6 @@ impl Preauth {
         let _ = bucket.try_take(now);
     }
 
-    /// Addresses tracked now (for tests and status).
-    pub fn tracked(&self) -> usize {
-        self.buckets.len()
-    }
-
     /// Every [`CLEANUP_PERIOD`], forgets addresses whose buckets are full again; runs
     /// until the limiter is dropped.
     pub fn spawn_cleanup(self: &Arc<Self>) {

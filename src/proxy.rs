@@ -125,7 +125,7 @@ pub async fn handle(
 
     // Draining: no new sessions (the load balancer sends the client elsewhere).
     if shared.control.draining() {
-        return Ok(refuse(&tm, draining(), &request_id, info, None));
+        return Ok(refuse(&tm, Rejection::draining(), &request_id, info, None));
     }
     // From here the drain waits for this connect (until its session starts or its
     // answer is given).
@@ -211,7 +211,7 @@ pub async fn handle(
     let connect = connect_upstream(&shared, &config, &tenant, &tm, &request_id, &upstream_req);
     let connected = match tokio::select! {
         r = connect => r,
-        () = shared.control.closed() => Err((draining(), None)),
+        () = shared.control.closed() => Err((Rejection::draining(), None)),
     } {
         Ok(c) => c,
         Err((rejection, failed)) => {
@@ -279,12 +279,6 @@ pub async fn handle(
         session.end(stats);
     });
     Ok(resp)
-}
-
-/// The refusal of a connect while sluice drains.
-pub(crate) fn draining() -> Rejection {
-    Rejection::new(Reason::Draining, "sluice is shutting down")
-        .retry_after(crate::admission::DRAINING_RETRY_AFTER)
 }
 
 /// Step 5 for an admitted client: opens its upstream WebSocket under the group's

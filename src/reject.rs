@@ -13,6 +13,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+/// `Retry-After` of a client refused because sluice is draining.
+pub const DRAINING_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 /// Header naming the reason of a rejection.
 pub const REASON_HEADER: &str = "x-sluice-reason";
 /// Header echoing the request id to the client.
@@ -111,6 +114,12 @@ impl Rejection {
             detail: detail.into(),
             waited: None,
         }
+    }
+
+    /// The refusal of a connect while sluice drains: `Retry-After` gives the load
+    /// balancer time to send the client to another replica.
+    pub fn draining() -> Self {
+        Self::new(Reason::Draining, "sluice is shutting down").retry_after(DRAINING_RETRY_AFTER)
     }
 
     /// Adds a `Retry-After`.

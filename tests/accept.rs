@@ -97,14 +97,8 @@ async fn a_queued_client_gets_101_and_its_messages_reach_the_edge_in_order_once_
     support::echo(&mut second, "after").await;
 
     let scrape = scrape(proxy.admin).await;
-    let outcome = |o| {
-        scrape.get(
-            "sluice_connects_total",
-            &[("tenant", "lab"), ("outcome", o)],
-        )
-    };
-    assert_eq!(outcome("admitted"), 1.0);
-    assert_eq!(outcome("queued_admitted"), 1.0);
+    assert_eq!(scrape.connects("lab", "admitted"), 1.0);
+    assert_eq!(scrape.connects("lab", "queued_admitted"), 1.0);
     support::close(second).await;
 }
 
@@ -215,13 +209,7 @@ async fn an_edge_that_does_not_take_the_subprotocol_closes_the_client_with_1011(
         frame.reason
     );
     let scrape = scrape(proxy.admin).await;
-    assert_eq!(
-        scrape.get(
-            "sluice_connects_total",
-            &[("tenant", "lab"), ("outcome", "upstream-unavailable")]
-        ),
-        1.0
-    );
+    assert_eq!(scrape.connects("lab", "upstream-unavailable"), 1.0);
     assert_eq!(
         scrape.get("sluice_sessions_active", &[("tenant", "lab")]),
         0.0
@@ -277,13 +265,7 @@ async fn a_queue_timeout_is_a_1013_close_with_a_parseable_retry_after() {
     assert!(after >= 1);
     // Counted as in hold mode.
     let scrape = scrape(proxy.admin).await;
-    assert_eq!(
-        scrape.get(
-            "sluice_connects_total",
-            &[("tenant", "lab"), ("outcome", "queue-timeout")]
-        ),
-        1.0
-    );
+    assert_eq!(scrape.connects("lab", "queue-timeout"), 1.0);
 }
 
 #[tokio::test]
@@ -441,13 +423,7 @@ async fn a_queued_client_that_leaves_frees_its_place_at_once() {
     support::close(first).await;
     support::echo(&mut third, "mine now").await;
     let scrape = scrape(proxy.admin).await;
-    assert_eq!(
-        scrape.get(
-            "sluice_connects_total",
-            &[("tenant", "lab"), ("outcome", "client-gone")]
-        ),
-        1.0
-    );
+    assert_eq!(scrape.connects("lab", "client-gone"), 1.0);
     // The edge never saw the client that left.
     assert_eq!(edge.requests().len(), 2);
 }

@@ -16,9 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use support::{
-    admin_get, connect, connect_ok, echo, edge, edge_with, wait_until, Client, EdgeOptions,
-};
+use support::{admin_get, connect, connect_ok, echo, edge, edge_with, wait_until, EdgeOptions};
 
 const KEY: &str = "drain-test-api-key-7f3a9c";
 const WRONG_KEY: &str = "wrong-test-api-key-0b1d2e";
@@ -64,21 +62,6 @@ async fn run_sluice(
     })
     .await;
     (pid, output)
-}
-
-/// Reads until the stream ends; the close frame, if one came.
-async fn until_end(ws: &mut Client) -> Option<(CloseCode, String)> {
-    let mut close = None;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
-            Err(_) => panic!("the session was not ended"),
-            Ok(Some(Ok(Message::Close(Some(f))))) => {
-                close = Some((f.code, f.reason.to_string()));
-            }
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(_)) | None) => return close,
-        }
-    }
 }
 
 #[tokio::test]
@@ -165,12 +148,12 @@ async fn sigterm_drains_and_exits_0_and_sighup_reloads() {
     // A session that ends within drain_timeout ends cleanly.
     echo(&mut ends_itself, "bye soon").await;
     ends_itself.close(None).await.unwrap();
-    assert_eq!(until_end(&mut ends_itself).await, None);
+    assert_eq!(support::ended(&mut ends_itself).await, None);
     // The others are closed after it with 1001.
-    let (code, why) = until_end(&mut left_open).await.expect("a close frame");
+    let (code, why) = support::ended(&mut left_open).await.expect("a close frame");
     assert_eq!((code, why.as_str()), (CloseCode::Away, "shutdown"));
     // The tunnel was between frames both ways: both peers get a close frame too.
-    let (code, why) = until_end(&mut tunnel)
+    let (code, why) = support::ended(&mut tunnel)
         .await
         .expect("a close frame in the tunnel");
     assert_eq!((code, why.as_str()), (CloseCode::Away, "shutdown"));

@@ -14,9 +14,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error, Message};
 
-use support::{
-    config_for, connect_from, connect_ok, echo, edge, proxy, reason, scrape, Client, NO_AUTH,
-};
+use support::{config_for, connect_from, connect_ok, echo, edge, proxy, reason, scrape, NO_AUTH};
 
 const KEY: &str = "protection-test-key";
 
@@ -83,10 +81,7 @@ async fn unauthenticated_attempts_from_one_ip_are_throttled_without_slowing_anot
     assert!(throttled > 300, "only {throttled} throttled");
     let scrape = scrape(proxy.admin).await;
     assert_eq!(
-        scrape.get(
-            "sluice_connects_total",
-            &[("tenant", "_unknown"), ("outcome", "too-many-attempts")]
-        ),
+        scrape.connects("_unknown", "too-many-attempts"),
         f64::from(throttled)
     );
     assert_eq!(edge.requests().len(), 20);
@@ -194,19 +189,6 @@ async fn a_one_mebibyte_head_is_refused_and_others_are_served() {
     assert_eq!(edge.requests().len(), 2);
 }
 
-/// Reads until the session ends; its close frame, if any.
-async fn ended(ws: &mut Client) -> Option<(CloseCode, String)> {
-    let mut close = None;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Err(_) => panic!("the session was not ended"),
-            Ok(Some(Ok(Message::Close(Some(f))))) => close = Some((f.code, f.reason.to_string())),
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(_)) | None) => return close,
-        }
-    }
-}
-
 #[tokio::test]
 async fn idle_sessions_are_closed_and_busy_ones_are_not() {
     let edge = edge().await;
@@ -227,12 +209,12 @@ async fn idle_sessions_are_closed_and_busy_ones_are_not() {
         busy
     });
     assert_eq!(
-        ended(&mut idle_accept).await,
+        support::ended(&mut idle_accept).await,
         Some((CloseCode::Away, "idle-timeout".to_owned()))
     );
     // The tunnel is between frames: it gets a close frame too.
     assert_eq!(
-        ended(&mut idle_hold).await,
+        support::ended(&mut idle_hold).await,
         Some((CloseCode::Away, "idle-timeout".to_owned()))
     );
     assert!(began.elapsed() >= Duration::from_millis(300));

@@ -50,15 +50,10 @@ use crate::upstream::Pools;
 use edge::EdgeGate;
 use gate::{Blocker, Closed, TenantGate};
 
-/// `Retry-After` of a client refused because sluice is draining: time for the load
-/// balancer to send it to another replica.
-pub const DRAINING_RETRY_AFTER: Duration = Duration::from_secs(2);
-
 /// The refusal of a client whose tenant's queue is closed.
 fn closed_rejection(why: Closed, tenant: &str) -> Rejection {
     match why {
-        Closed::Draining => Rejection::new(Reason::Draining, "sluice is shutting down")
-            .retry_after(DRAINING_RETRY_AFTER),
+        Closed::Draining => Rejection::draining(),
         Closed::Removed => Rejection::new(
             Reason::TenantUnknown,
             format!("tenant {tenant:?} was removed by a config reload"),

@@ -358,12 +358,7 @@ pub async fn connect_from(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<(Client, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = url.into_client_request().unwrap();
-    for (k, v) in headers {
-        let name = http::HeaderName::from_bytes(k.as_bytes()).unwrap();
-        req.headers_mut().append(name, v.parse().unwrap());
-    }
+    let req = client_request(url, headers);
     let host = req.uri().host().unwrap().to_owned();
     let port = req.uri().port_u16().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -388,11 +383,11 @@ pub async fn proxy(config: &str) -> Proxy {
 /// A client WebSocket through sluice.
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Opens a WebSocket to `url` with extra headers. `Err` carries the HTTP refusal.
-pub async fn connect(
+/// The upgrade request for `url` with extra headers (a `Host` replaces the derived one).
+fn client_request(
     url: &str,
     headers: &[(&str, &str)],
-) -> Result<(Client, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = url.into_client_request().unwrap();
     for (k, v) in headers {
@@ -403,6 +398,15 @@ pub async fn connect(
             req.headers_mut().append(name, v.parse().unwrap());
         }
     }
+    req
+}
+
+/// Opens a WebSocket to `url` with extra headers. `Err` carries the HTTP refusal.
+pub async fn connect(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Client, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
+    let req = client_request(url, headers);
     tokio::time::timeout(
         Duration::from_secs(20),
         tokio_tungstenite::connect_async(req),
@@ -449,6 +453,20 @@ fn describe(e: &tokio_tungstenite::tungstenite::Error) -> String {
 pub async fn close(mut ws: Client) {
     ws.close(None).await.unwrap();
     while ws.next().await.is_some() {}
+}
+
+/// Reads until the session ends (within 15 s, else the test fails); the close frame's
+/// code and reason, if one came.
+pub async fn ended(ws: &mut Client) -> Option<(CloseCode, String)> {
+    let mut close = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+            Err(_) => panic!("the session was not ended"),
+            Ok(Some(Ok(Message::Close(Some(f))))) => close = Some((f.code, f.reason.to_string())),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => return close,
+        }
+    }
 }
 
 /// Polls `cond` every 5 ms until it holds; fails the test after 20 s.
@@ -602,6 +620,13 @@ impl Scrape {
             text: text.to_owned(),
             series,
         }
+    }
+    /// `sluice_connects_total{tenant, outcome}`.
+    pub fn connects(&self, tenant: &str, outcome: &str) -> f64 {
+        self.get(
+            "sluice_connects_total",
+            &[("tenant", tenant), ("outcome", outcome)],
+        )
     }
 
     /// The value of `name` with exactly these labels (any order).
