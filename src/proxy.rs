@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::config::{QueueMode, Tenant};
 use crate::control::{Control, SessionStop};
 use crate::metrics::{self, EdgeError, Metrics, Outcome, TenantMetrics};
-use crate::parse::header_has_token;
+use crate::parse::{header_has_token, header_tokens};
 use crate::reject::{self, Reason, Rejection};
 use crate::relay::{self, Leg, Moved};
 use crate::release::Session;
@@ -678,6 +678,23 @@ fn check_handshake<B>(req: &Request<B>) -> Result<(), BadUpgrade> {
     if has_dot_segment(req.uri().path()) {
         return Err(Malformed("path contains a . or .. segment"));
     }
+    // Two keys or two versions: which one the edge reads is anyone's guess (and the
+    // second version would be forwarded unchecked).
+    for name in [&header::SEC_WEBSOCKET_KEY, &header::SEC_WEBSOCKET_VERSION] {
+        if req.headers().get_all(name).iter().count() > 1 {
+            return Err(Malformed(
+                "more than one Sec-WebSocket-Key or Sec-WebSocket-Version header",
+            ));
+        }
+    }
+    // Headers named in Connection are hop-by-hop and would be dropped on the way to the
+    // edge: naming one the upgrade itself needs (the key, the version, the Host…) would
+    // send the edge a broken upgrade that the client caused.
+    if header_tokens(req.headers(), &header::CONNECTION).any(names_upgrade_header) {
+        return Err(Malformed(
+            "Connection names a header the upgrade needs (Host or Sec-WebSocket-*)",
+        ));
+    }
     let version = req.headers().get(header::SEC_WEBSOCKET_VERSION);
     if version.is_none_or(|v| v.as_bytes() != b"13") {
         return Err(BadUpgrade::Version);
@@ -690,9 +707,40 @@ fn check_handshake<B>(req: &Request<B>) -> Result<(), BadUpgrade> {
     Ok(())
 }
 
+/// Whether a `Connection` token names a header the upgrade cannot do without: `Host`
+/// and every `Sec-WebSocket-*` header. (`Upgrade` itself belongs there.)
+fn names_upgrade_header(token: &str) -> bool {
+    const PREFIX: &str = "sec-websocket-";
+    token.eq_ignore_ascii_case("host")
+        || token
+            .get(..PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::has_dot_segment;
+    use super::{has_dot_segment, names_upgrade_header};
+
+    #[test]
+    fn connection_may_not_name_what_the_upgrade_needs() {
+        for bad in [
+            "Host",
+            "sec-websocket-key",
+            "Sec-WebSocket-Version",
+            "SEC-WEBSOCKET-PROTOCOL",
+        ] {
+            assert!(names_upgrade_header(bad), "{bad}");
+        }
+        for ok in [
+            "Upgrade",
+            "keep-alive",
+            "x-hop",
+            "sec-websocket",
+            "hostname",
+        ] {
+            assert!(!names_upgrade_header(ok), "{ok}");
+        }
+    }
 
     #[test]
     fn dot_segments_are_found_however_encoded() {

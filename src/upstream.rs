@@ -506,6 +506,29 @@ const DROPPED: [HeaderName; 11] = [
     header::HOST,
 ];
 
+/// `X-Real-IP`: set by sluice to the client's address, like `X-Forwarded-For`.
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Forwarding headers a client might set to lie to an edge that trusts them; sluice
+/// removes them all. It sets `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and
+/// `X-Real-IP` itself from what it saw; the rest name things (another client address,
+/// the host or port the client reached) that only a proxy in front of sluice could
+/// vouch for, and sluice has no list of trusted proxies.
+pub const CLIENT_FORWARDING: [&str; 12] = [
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-server",
+];
+
 /// Rebuilds the client's upgrade request for the upstream (without endpoint-specific
 /// parts: see [`Connector::connect`]).
 ///
@@ -513,8 +536,10 @@ const DROPPED: [HeaderName; 11] = [
 /// `access_token`; `Sec-WebSocket-Protocol` loses `access_token.*` entries; a Bearer
 /// `Authorization` is dropped. `identity` is the tenant header and the resolved tenant:
 /// whatever the client sent in that header is replaced, so the edge always sees the
-/// tenant sluice authenticated. `X-Forwarded-For` and `Forwarded` are set from the
-/// client's address, not appended to: a client cannot choose what the edge sees.
+/// tenant sluice authenticated. `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and
+/// `X-Real-IP` are set from the client's address, not appended to, and the other
+/// forwarding headers a client could set ([`CLIENT_FORWARDING`]) are removed: a client
+/// cannot choose what the edge sees.
 pub fn build_request(
     client: &Parts,
     forward_path: &str,
@@ -544,7 +569,9 @@ pub fn build_request(
             || named.contains(name)
             || name == identity.0
             || name == X_FORWARDED_FOR
+            || name == X_REAL_IP
             || name == header::FORWARDED
+            || CLIENT_FORWARDING.contains(&name.as_str())
             || name == header::SEC_WEBSOCKET_PROTOCOL
             || name == REQUEST_ID
             || (name == header::AUTHORIZATION && auth::is_bearer(value))
@@ -566,7 +593,8 @@ pub fn build_request(
     }
     let ip = info.addr.ip();
     if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-        headers.insert(X_FORWARDED_FOR, v);
+        headers.insert(X_FORWARDED_FOR, v.clone());
+        headers.insert(X_REAL_IP, v);
     }
     let proto = if info.tls { "https" } else { "http" };
     let for_node = match ip {
@@ -637,6 +665,10 @@ mod tests {
                 ("x-forwarded-for", "10.0.0.1"),
                 ("x-tenant-id", "globex"),
                 ("forwarded", "for=10.0.0.1"),
+                ("x-real-ip", "10.0.0.1"),
+                ("true-client-ip", "10.0.0.1"),
+                ("x-forwarded-host", "admin.internal"),
+                ("x-forwarded-proto", "https"),
                 ("origin", "https://app.example"),
             ],
         );
@@ -655,6 +687,16 @@ mod tests {
         assert_eq!(h[header::SEC_WEBSOCKET_KEY], "dGhlIHNhbXBsZSBub25jZQ==");
         assert_eq!(h[header::SEC_WEBSOCKET_EXTENSIONS], "permessage-deflate");
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(
+            h.get_all(X_REAL_IP).iter().collect::<Vec<_>>(),
+            ["192.0.2.7"]
+        );
+        assert_eq!(
+            h.get_all("x-forwarded-proto").iter().collect::<Vec<_>>(),
+            ["http"]
+        );
+        assert!(h.get("true-client-ip").is_none());
+        assert!(h.get("x-forwarded-host").is_none());
         assert_eq!(
             h.get_all("x-tenant-id").iter().collect::<Vec<_>>(),
             ["acme"]
