@@ -250,3 +250,42 @@ async fn edge_sees_the_resolved_tenant_not_the_clients_claim() {
     let values: Vec<_> = seen[0].headers.get_all("x-tenant-id").iter().collect();
     assert_eq!(values, ["initech"]);
 }
+
+#[tokio::test]
+async fn accept_mode_refuses_credentials_before_any_upgrade() {
+    // DESIGN.md and the README: tenant and credential refusals are HTTP answers in both
+    // queue modes; an unauthenticated client never gets a WebSocket.
+    let edge = edge().await;
+    let hash = hex::encode(Sha256::digest(GLOBEX_KEY.as_bytes()));
+    let config = format!(
+        r#"
+[protection]
+preauth_rate_per_ip = 0.5
+preauth_burst_per_ip = 3
+[upstream.groups.primary]
+endpoints = ["{}"]
+[tenants.globex]
+queue_mode = "accept"
+subprotocols = ["sip"]
+auth = {{ kind = "api-key", key_sha256 = ["{hash}"] }}
+"#,
+        edge.url(false)
+    );
+    let proxy = proxy(&config).await;
+    let sip = ("sec-websocket-protocol", "sip");
+
+    let wrong = connect_refused(&proxy.url("/t/globex/?access_token=guess"), &[sip]).await;
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(reason(&wrong), "unauthorized");
+    let missing = connect_refused(&proxy.url("/t/globex/"), &[sip]).await;
+    assert_eq!(missing.status(), 401);
+    let unknown = connect_refused(&proxy.url("/t/nobody/"), &[sip]).await;
+    assert_eq!(unknown.status(), 403);
+    assert_eq!(reason(&unknown), "tenant-unknown");
+    // Three failed attempts spent the address's burst: the per-IP limiter refuses the
+    // next guess before its credential is even looked at.
+    let limited = connect_refused(&proxy.url("/t/globex/?access_token=guess2"), &[sip]).await;
+    assert_eq!(limited.status(), 429);
+    assert_eq!(reason(&limited), "too-many-attempts");
+    assert!(edge.requests().is_empty());
+}
