@@ -1,8 +1,12 @@
 //! Step 1 of the flow: accept TCP (TLS optional) and read the HTTP/1.1 request head with
 //! hyper, within `listen.header_timeout` and `protection.max_header_bytes`.
 //!
-//! A head larger than the limit is answered `431` by hyper; a client that does not
-//! finish its head (or TLS handshake) in time is disconnected. Neither affects any other
+//! `header_timeout` is one budget from the TCP accept: the TLS handshake and the request
+//! head together (hyper's header read timeout gets what the handshake left). It ends
+//! once the head is read: a `hold`-mode request waiting in its tenant's queue is not
+//! cut by it. Every answer but the `101` closes the connection, so there is one head per
+//! connection. A head larger than the limit is answered `431` by hyper; a client that
+//! does not finish TLS and its head in time is disconnected. Neither affects any other
 //! connection: each runs in its own task.
 
 use std::future::Future;
@@ -14,6 +18,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::Admission;
@@ -145,13 +150,14 @@ impl Server {
             };
             match accepted {
                 Ok((tcp, addr)) => {
+                    let accepted = Instant::now();
                     let Some(place) = self.shared.pending.try_enter() else {
                         overloaded(&tcp, addr);
                         continue;
                     };
                     let shared = self.shared.clone();
                     let tls = shared.tls.load_full().map(TlsAcceptor::from);
-                    tokio::spawn(serve_connection(tcp, addr, tls, shared, place));
+                    tokio::spawn(serve_connection(tcp, addr, accepted, tls, shared, place));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -186,6 +192,7 @@ fn overloaded(tcp: &TcpStream, addr: SocketAddr) {
 async fn serve_connection(
     tcp: TcpStream,
     addr: SocketAddr,
+    accepted: Instant,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     place: tokio::sync::OwnedSemaphorePermit,
@@ -198,9 +205,11 @@ async fn serve_connection(
             config.protection.max_header_bytes,
         )
     };
+    // One budget for TLS and the request head, from the TCP accept.
+    let deadline = accepted + header_timeout;
     let stream = match tls {
         None => Stream::Plain(tcp),
-        Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
             Ok(Ok(s)) => Stream::ServerTls(Box::new(s)),
             Ok(Err(e)) => {
                 tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
@@ -212,14 +221,22 @@ async fn serve_connection(
             }
         },
     };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        tracing::debug!(client = %addr, "TLS handshake took the whole header timeout");
+        return;
+    }
     let info = ClientInfo {
         addr,
         tls: matches!(stream, Stream::ServerTls(_)),
     };
     let service = service_fn(move |req| proxy::handle(req, shared.clone(), info));
+    // hyper's header read timeout starts as the connection is first polled (now) and
+    // stops once the head is read; the next head would get it anew, but every answer
+    // but the 101 closes the connection.
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(left)
         .max_buf_size(max_header_bytes)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
