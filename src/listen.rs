@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::protect::{Full, Place};
 use crate::proxy::{self, Shared};
 use crate::stream::Stream;
 use crate::tls::{self, TlsError};
@@ -151,9 +152,12 @@ impl Server {
             match accepted {
                 Ok((tcp, addr)) => {
                     let accepted = Instant::now();
-                    let Some(place) = self.shared.pending.try_enter() else {
-                        overloaded(&tcp, addr);
-                        continue;
+                    let place = match self.shared.pending.try_enter(addr.ip()) {
+                        Ok(place) => place,
+                        Err(full) => {
+                            overloaded(&tcp, addr, full);
+                            continue;
+                        }
                     };
                     let shared = self.shared.clone();
                     let tls = shared.tls.load_full().map(TlsAcceptor::from);
@@ -170,32 +174,53 @@ impl Server {
     }
 }
 
-/// Answer to a connection over `protection.max_pending_handshakes`: written without
-/// waiting (whatever the socket takes), then the connection is closed.
+/// Answer to a connection over `protection.max_pending_handshakes` (or over
+/// `max_pending_per_ip` from its address): written without waiting (whatever the socket
+/// takes), then the connection is closed. Both caps answer the same: nothing of the
+/// request is read, so no tenant is known (a `429` would say "your tenant's quota"), and
+/// a client that retries after `Retry-After` finds room once its own idle connections
+/// are cut at `listen.header_timeout`.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-sluice-reason: overloaded\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-fn overloaded(tcp: &TcpStream, addr: SocketAddr) {
-    static BUDGET: std::sync::LazyLock<crate::logging::LogBudget> =
+fn overloaded(tcp: &TcpStream, addr: SocketAddr, full: Full) {
+    // One budget each: a flood from one address does not hide that the global cap binds.
+    static ALL: std::sync::LazyLock<crate::logging::LogBudget> =
+        std::sync::LazyLock::new(|| crate::logging::LogBudget::new(1, 5));
+    static ADDRESS: std::sync::LazyLock<crate::logging::LogBudget> =
         std::sync::LazyLock::new(|| crate::logging::LogBudget::new(1, 5));
     let _ = tcp.try_write(OVERLOADED);
-    if let Some(suppressed) = BUDGET.spend() {
-        tracing::warn!(
-            client = %addr,
-            suppressed,
-            "connection refused (503 overloaded): protection.max_pending_handshakes connections are in their HTTP phase"
-        );
+    match full {
+        Full::All => {
+            if let Some(suppressed) = ALL.spend() {
+                tracing::warn!(
+                    client = %addr,
+                    suppressed,
+                    "connection refused (503 overloaded): protection.max_pending_handshakes connections are in their HTTP phase"
+                );
+            }
+        }
+        Full::Address => {
+            if let Some(suppressed) = ADDRESS.spend() {
+                tracing::warn!(
+                    client = %addr,
+                    suppressed,
+                    "connection refused (503 overloaded): protection.max_pending_per_ip connections from this address are in their HTTP phase"
+                );
+            }
+        }
     }
 }
 
-/// Serves one connection; `place` (its share of `max_pending_handshakes`) is held until
-/// its HTTP phase ends: the `101` hands the connection over, or it closes.
+/// Serves one connection; `place` (its share of `max_pending_handshakes` and of its
+/// address's `max_pending_per_ip`) is held until its HTTP phase ends: the `101` hands
+/// the connection over, or it closes.
 async fn serve_connection(
     tcp: TcpStream,
     addr: SocketAddr,
     accepted: Instant,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
-    place: tokio::sync::OwnedSemaphorePermit,
+    place: Place,
 ) {
     let _ = tcp.set_nodelay(true);
     let (header_timeout, max_header_bytes) = {
