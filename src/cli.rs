@@ -323,7 +323,7 @@ pub fn describe(config: &Config, name: &str) -> String {
     };
     let _ = writeln!(
         out,
-        "protection: {}/s unauthenticated attempts per IP (burst {}), {} pending handshakes ({per_ip}), idle timeout {}, max session {}; drain {}",
+        "protection: {}/s unauthenticated attempts per IP (burst {}), {} pending handshakes, {per_ip}, idle timeout {}, max session {}; drain {}",
         p.preauth_rate_per_ip,
         p.preauth_burst_per_ip,
         p.max_pending_handshakes,

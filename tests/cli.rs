@@ -38,7 +38,7 @@ fn shipped_example_configs_are_valid() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("10000 pending handshakes (32 per address)"),
+        stdout.contains("10000 pending handshakes, 32 per address,"),
         "{stdout}"
     );
     let acme = stdout.lines().find(|l| l.starts_with("acme ")).unwrap();
