@@ -312,9 +312,18 @@ pub fn describe(config: &Config, name: &str) -> String {
             humantime::format_duration(d).to_string()
         })
     };
+    // Accepted above the global cap, where it cannot bind: say so.
+    let per_ip = if p.max_pending_per_ip < p.max_pending_handshakes {
+        format!("{} per address", p.max_pending_per_ip)
+    } else {
+        format!(
+            "{} per address (no effect: not below max_pending_handshakes)",
+            p.max_pending_per_ip
+        )
+    };
     let _ = writeln!(
         out,
-        "protection: {}/s unauthenticated attempts per IP (burst {}), {} pending handshakes, idle timeout {}, max session {}; drain {}",
+        "protection: {}/s unauthenticated attempts per IP (burst {}), {} pending handshakes, {per_ip}, idle timeout {}, max session {}; drain {}",
         p.preauth_rate_per_ip,
         p.preauth_burst_per_ip,
         p.max_pending_handshakes,

@@ -60,6 +60,8 @@ pub const DEFAULT_PREAUTH_RATE_PER_IP: f64 = 5.0;
 pub const DEFAULT_PREAUTH_BURST_PER_IP: u32 = 20;
 /// Default cap on connections still in their HTTP phase.
 pub const DEFAULT_MAX_PENDING_HANDSHAKES: u32 = 10_000;
+/// Default cap on connections still in their HTTP phase from one client address.
+pub const DEFAULT_MAX_PENDING_PER_IP: u32 = 32;
 /// Default limit on the size of a request head.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16_384;
 /// hyper refuses read buffers smaller than this, so it is the floor of `max_header_bytes`.
@@ -417,6 +419,9 @@ pub struct Protection {
     pub preauth_burst_per_ip: u32,
     /// Connections still in their HTTP phase, all together.
     pub max_pending_handshakes: u32,
+    /// Of those, from one client address (IPv6: per /64). Above `max_pending_handshakes`
+    /// it is accepted and has no effect.
+    pub max_pending_per_ip: u32,
     /// Largest request head.
     pub max_header_bytes: usize,
     /// Close a session with no traffic for this long.
@@ -607,6 +612,11 @@ impl Config {
                 "protection.max_pending_handshakes",
                 file.protection.max_pending_handshakes,
                 DEFAULT_MAX_PENDING_HANDSHAKES,
+            ),
+            max_pending_per_ip: v.positive_u32(
+                "protection.max_pending_per_ip",
+                file.protection.max_pending_per_ip,
+                DEFAULT_MAX_PENDING_PER_IP,
             ),
             max_header_bytes: v.max_header_bytes(file.protection.max_header_bytes),
             idle_timeout: v.optional_positive_duration(
@@ -1498,6 +1508,22 @@ auth = { kind = "jwt", secret_env = "SLUICE_TEST_UNSET_SECRET" }
         assert_eq!(e.path_prefix, "");
         assert!(parse_endpoint("http://x").is_err());
         assert!(parse_endpoint("ws://user:pw@x").is_err());
+    }
+
+    #[test]
+    fn max_pending_per_ip_defaults_to_32_and_refuses_0() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.protection.max_pending_per_ip, DEFAULT_MAX_PENDING_PER_IP);
+        assert_eq!(c.protection.max_pending_per_ip, 32);
+        let keys = invalid_keys(&format!("[protection]\nmax_pending_per_ip = 0\n{MINIMAL}"));
+        assert_eq!(keys, vec!["protection.max_pending_per_ip"]);
+        // Above the global cap it cannot bind, and is accepted (`check-config` says so):
+        // a reload that lowers only the global cap must not be refused for it.
+        let c = parse(&format!(
+            "[protection]\nmax_pending_handshakes = 2\nmax_pending_per_ip = 40\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.protection.max_pending_per_ip, 40);
     }
 
     #[test]

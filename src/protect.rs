@@ -8,16 +8,19 @@
 //!   `429 too-many-attempts` before the tenant is even resolved, until a token is due. Clients that authenticate spend nothing, so a fleet behind one NAT
 //!   address is not slowed by its own successful connects, and another IP is never
 //!   affected.
-//! - [`Pending`]: a global cap on connections still in their HTTP phase
-//!   (`max_pending_handshakes`): past it, a new connection gets a bare `503` and is
-//!   closed before anything is read.
+//! - [`Pending`]: caps on connections still in their HTTP phase, all together
+//!   (`max_pending_handshakes`) and from one address (`max_pending_per_ip`, IPv6 per
+//!   /64): past either, a new connection gets a bare `503` and is closed before
+//!   anything is read.
 //!
 //! Header-read timeout and header size (slowloris, huge heads) are hyper's
 //! (`listen.header_timeout`, `protection.max_header_bytes`, see [`crate::listen`]).
 //!
 //! Memory is bounded: the limiter keeps one bucket (40 bytes) per address that failed
 //! recently, forgets those whose bucket is full again every [`CLEANUP_PERIOD`], and
-//! tracks at most [`MAX_TRACKED`] addresses.
+//! tracks at most [`MAX_TRACKED`] addresses. The pending caps keep one count per
+//! address with a connection in its HTTP phase now, so never more than
+//! `max_pending_handshakes` of them.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -130,27 +133,99 @@ impl Preauth {
     }
 }
 
-/// The cap on connections in their HTTP phase (TLS handshake, request head, and in
-/// `hold` mode the queue wait and upstream handshake, until the `101`).
+/// The caps on connections in their HTTP phase (TLS handshake, request head, and in
+/// `hold` mode the queue wait and upstream handshake, until the `101`): all together
+/// (`max_pending_handshakes`) and from one address (`max_pending_per_ip`, counted under
+/// [`key`]: IPv6 per /64).
+///
+/// The per-address counts live in a map that holds only addresses with a connection in
+/// its HTTP phase now (an address is removed when its count drops to 0), and each count
+/// is backed by a place of the global cap: the map never holds more addresses than
+/// there are connections in their HTTP phase.
 #[derive(Debug)]
 pub struct Pending {
     permits: Arc<Semaphore>,
     /// The cap in force (a reload adds or forgets permits to reach a new one).
     cap: AtomicU32,
+    per_ip: Arc<PerIp>,
+}
+
+/// Connections in their HTTP phase per address, and the cap on them.
+#[derive(Debug)]
+struct PerIp {
+    counts: DashMap<IpAddr, u32>,
+    cap: AtomicU32,
+}
+
+/// Why [`Pending::try_enter`] found no place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// `max_pending_handshakes` connections are in their HTTP phase.
+    All,
+    /// `max_pending_per_ip` connections from this address are.
+    Address,
+}
+
+/// A connection's place in its HTTP phase: its share of `max_pending_handshakes` and of
+/// its address's `max_pending_per_ip`. Both are given back, once, when it is dropped.
+#[derive(Debug)]
+pub struct Place {
+    _permit: OwnedSemaphorePermit,
+    per_ip: Arc<PerIp>,
+    key: IpAddr,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let dashmap::Entry::Occupied(mut count) = self.per_ip.counts.entry(self.key) {
+            if *count.get() <= 1 {
+                count.remove();
+            } else {
+                *count.get_mut() -= 1;
+            }
+        }
+    }
 }
 
 impl Pending {
-    /// `max_pending_handshakes` permits.
+    /// `max_pending_handshakes` places, at most `max_pending_per_ip` of them per address.
     pub fn new(p: &Protection) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(p.max_pending_handshakes as usize)),
             cap: AtomicU32::new(p.max_pending_handshakes),
+            per_ip: Arc::new(PerIp {
+                counts: DashMap::new(),
+                cap: AtomicU32::new(p.max_pending_per_ip),
+            }),
         }
     }
 
-    /// A place for a new connection, if one is free.
-    pub fn try_enter(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().ok()
+    /// A place for a new connection from `ip`, if one is free both in all and for its
+    /// address.
+    ///
+    /// # Errors
+    /// [`Full`]: which cap is reached.
+    pub fn try_enter(&self, ip: IpAddr) -> Result<Place, Full> {
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Full::All)?;
+        let key = key(ip);
+        let cap = self.per_ip.cap.load(Ordering::Relaxed);
+        match self.per_ip.counts.entry(key) {
+            dashmap::Entry::Occupied(mut count) if *count.get() < cap => *count.get_mut() += 1,
+            dashmap::Entry::Vacant(slot) if cap > 0 => {
+                slot.insert(1);
+            }
+            // The permit goes back as it is dropped here.
+            _ => return Err(Full::Address),
+        }
+        Ok(Place {
+            _permit: permit,
+            per_ip: self.per_ip.clone(),
+            key,
+        })
     }
 
     /// Connections in their HTTP phase now.
@@ -158,9 +233,17 @@ impl Pending {
         (self.cap.load(Ordering::Relaxed) as usize).saturating_sub(self.permits.available_permits())
     }
 
-    /// Applies a reloaded `max_pending_handshakes`. A lower cap takes effect as places
-    /// free up; connections already in are not cut.
+    /// Addresses with a connection in its HTTP phase now.
+    pub fn addresses(&self) -> usize {
+        self.per_ip.counts.len()
+    }
+
+    /// Applies reloaded `max_pending_handshakes` and `max_pending_per_ip`. A lower cap
+    /// takes effect as places free up; connections already in are not cut.
     pub fn reconfigure(&self, p: &Protection) {
+        self.per_ip
+            .cap
+            .store(p.max_pending_per_ip, Ordering::Relaxed);
         let new = p.max_pending_handshakes;
         let old = self.cap.swap(new, Ordering::Relaxed);
         if new > old {
@@ -178,5 +261,80 @@ impl Pending {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn protection(all: u32, per_ip: u32) -> Protection {
+        let text = format!(
+            "[protection]\nmax_pending_handshakes = {all}\nmax_pending_per_ip = {per_ip}\n[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:1\"]\n[tenants.a]\nauth = {{ kind = \"none\" }}\n"
+        );
+        crate::Config::parse(&text, &std::collections::HashMap::new())
+            .unwrap()
+            .protection
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_address_gets_its_share_and_gives_it_back_once() {
+        let pending = Pending::new(&protection(10, 2));
+        let a = pending.try_enter(ip("192.0.2.1")).unwrap();
+        let b = pending.try_enter(ip("192.0.2.1")).unwrap();
+        assert_eq!(
+            pending.try_enter(ip("192.0.2.1")).unwrap_err(),
+            Full::Address
+        );
+        // The refusal took nothing.
+        assert_eq!(pending.in_use(), 2);
+        let other = pending.try_enter(ip("192.0.2.2")).unwrap();
+        assert_eq!((pending.in_use(), pending.addresses()), (3, 2));
+        drop(a);
+        let c = pending.try_enter(ip("192.0.2.1")).unwrap();
+        drop((b, c, other));
+        // Every count back to 0: no address is kept.
+        assert_eq!((pending.in_use(), pending.addresses()), (0, 0));
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+        let pending = Pending::new(&protection(10, 2));
+        let _a = pending.try_enter(ip("2001:db8:1:2::1")).unwrap();
+        let _b = pending.try_enter(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert_eq!(
+            pending.try_enter(ip("2001:db8:1:2::77")).unwrap_err(),
+            Full::Address
+        );
+        let _c = pending.try_enter(ip("2001:db8:1:3::1")).unwrap();
+        let _d = pending.try_enter(ip("192.0.2.7")).unwrap();
+        let _e = pending.try_enter(ip("::ffff:192.0.2.7")).unwrap();
+        assert_eq!(
+            pending.try_enter(ip("192.0.2.7")).unwrap_err(),
+            Full::Address
+        );
+        assert_eq!(pending.addresses(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_global_cap_binds_first_and_a_reload_applies_both() {
+        let pending = Pending::new(&protection(2, 5));
+        let a = pending.try_enter(ip("192.0.2.1")).unwrap();
+        let _b = pending.try_enter(ip("192.0.2.2")).unwrap();
+        assert_eq!(pending.try_enter(ip("192.0.2.3")).unwrap_err(), Full::All);
+        assert_eq!(pending.addresses(), 2);
+        pending.reconfigure(&protection(4, 1));
+        // Already in are not cut; the address at its new cap is refused.
+        assert_eq!(
+            pending.try_enter(ip("192.0.2.1")).unwrap_err(),
+            Full::Address
+        );
+        let _c = pending.try_enter(ip("192.0.2.3")).unwrap();
+        drop(a);
+        let _d = pending.try_enter(ip("192.0.2.1")).unwrap();
     }
 }

@@ -159,3 +159,141 @@ async fn tls_listener_serves_wss() {
     assert!(!resp.starts_with("HTTP/1.1 101"));
     assert_eq!(edge.requests().len(), 1);
 }
+
+/// An edge and a TLS sluice in front of it (tenant `lab`; `extra` config text put
+/// first, after the `[listen]` table); the client TLS config trusting its CA.
+async fn tls_lab(extra: &str) -> (Edge, Proxy, Arc<rustls::ClientConfig>) {
+    let (ca, cert, key) = test_ca();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+    // The files are read at start; the directory may go.
+    let lab = lab(&format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{extra}",
+        dir.path().join("cert.pem").display(),
+        dir.path().join("key.pem").display(),
+    ))
+    .await;
+    (lab.0, lab.1, Arc::new(client_tls(&ca)))
+}
+
+/// TCP to sluice; after `pause`, the TLS handshake.
+async fn tls_connect(
+    proxy: &Proxy,
+    client: &Arc<rustls::ClientConfig>,
+    pause: Duration,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(pause).await;
+    tokio_rustls::TlsConnector::from(client.clone())
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+/// A WebSocket over TLS to `/t/lab/`, the TLS handshake begun after `pause`.
+async fn wss(
+    proxy: &Proxy,
+    client: &Arc<rustls::ClientConfig>,
+    pause: Duration,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let tls = tls_connect(proxy, client, pause).await;
+    let url = format!("wss://127.0.0.1:{}/t/lab/", proxy.addr.port());
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio_tungstenite::client_async(url, tls),
+    )
+    .await
+    .expect("answered in time")
+    .map(|(ws, _)| ws)
+}
+
+#[tokio::test]
+async fn tls_and_the_request_head_share_one_header_timeout() {
+    let budget = Duration::from_millis(1500);
+    let (edge, proxy, client) = tls_lab("header_timeout = \"1500ms\"\n").await;
+    let tls_time = Duration::from_millis(1200);
+
+    // A slowloris over TLS: the handshake takes 1.2 s of the 1.5 s budget, then the
+    // head comes a byte every 50 ms and never ends. Before the fix it had the whole
+    // budget again after the handshake (cut at 2.7 s).
+    let began = tokio::time::Instant::now();
+    let mut tls = tls_connect(&proxy, &client, tls_time).await;
+    let head = format!(
+        "GET /t/lab/ HTTP/1.1\r\nHost: x\r\nX-Slow: {}",
+        "a".repeat(1000)
+    );
+    let mut sent = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let cut = loop {
+        let mut buf = [0u8; 512];
+        tokio::select! {
+            read = tls.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break began.elapsed(),
+                Ok(_) => {}
+            },
+            _ = tick.tick() => {
+                assert!(sent < head.len(), "never cut off");
+                if tls.write_all(&head.as_bytes()[sent..=sent]).await.is_err()
+                    || tls.flush().await.is_err()
+                {
+                    break began.elapsed();
+                }
+                sent += 1;
+            }
+        }
+    };
+    assert!(sent > 0, "the head had begun");
+    assert!(
+        cut < budget.mul_f64(1.5),
+        "cut after {cut:?}: TLS and the head got more than one budget of {budget:?}"
+    );
+    assert!(
+        cut >= budget.mul_f64(0.8),
+        "cut after {cut:?}, before the budget of {budget:?}"
+    );
+
+    // A handshake as slow that sends its head at once is within the budget: served.
+    let mut ws = wss(&proxy, &client, tls_time)
+        .await
+        .expect("a slow handshake within the budget is served");
+    echo(&mut ws, "slow tls").await;
+    // And so is a fast client.
+    let mut ws = wss(&proxy, &client, Duration::ZERO)
+        .await
+        .expect("a fast client is served");
+    echo(&mut ws, "fast").await;
+    assert_eq!(edge.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_queued_hold_client_over_tls_is_not_cut_by_the_header_timeout() {
+    let (_edge, proxy, client) = tls_lab(
+        "header_timeout = \"300ms\"\n[defaults]\nmax_sessions = 1\nqueue_timeout = \"30s\"\n",
+    )
+    .await;
+    let mut first = wss(&proxy, &client, Duration::ZERO).await.unwrap();
+    let waiting = {
+        let (proxy, client) = (proxy.clone(), client.clone());
+        // The TLS handshake takes most of the budget too.
+        tokio::spawn(async move { wss(&proxy, &client, Duration::from_millis(200)).await })
+    };
+    wait_until("the second client to queue", async || {
+        proxy.admission.tenant_load("lab").unwrap().queued == 1
+    })
+    .await;
+    // Queued (its head was read) for several budgets: still waiting, not cut.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!waiting.is_finished(), "the queued client was answered");
+    assert_eq!(proxy.admission.tenant_load("lab").unwrap().queued, 1);
+    first.close(None).await.unwrap();
+    let mut second = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("admitted once the session ended")
+        .unwrap()
+        .expect("served after its wait in the queue");
+    echo(&mut second, "after the queue").await;
+}

@@ -14,7 +14,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error, Message};
 
-use support::{config_for, connect_from, connect_ok, echo, edge, proxy, reason, scrape, NO_AUTH};
+use support::{
+    config_for, connect_from, connect_ok, echo, edge, proxy, reason, scrape, wait_until, NO_AUTH,
+};
 
 const KEY: &str = "protection-test-key";
 
@@ -269,4 +271,98 @@ fn the_admin_listener_refuses_a_public_address_without_the_flag() {
     assert!(
         sluice::Config::parse(&format!("[admin]\naddress = \"[::1]:9090\"\n{base}"), &env).is_ok()
     );
+}
+
+/// Connects from `from` and reads what sluice writes before it closes (within 10 s:
+/// the header timeout of these tests is 30 s, so an answer means one given at once).
+async fn raw_answer_from(from: IpAddr, addr: std::net::SocketAddr) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut answer))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    answer
+}
+
+/// A session from `from` to `url`, retried while sluice answers `503 overloaded` (a
+/// place is given back just after the connection that held it ends).
+async fn served_from(from: IpAddr, url: &str) -> support::Client {
+    for _ in 0..250 {
+        match connect_from(from, url, &[]).await {
+            Ok((ws, _)) => return ws,
+            Err(Error::Http(resp)) if reason(&resp) == "overloaded" => {}
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{from} was not served once a place was given back");
+}
+
+#[tokio::test]
+async fn idle_sockets_from_one_address_take_only_its_share_of_pending_places() {
+    let edge = edge().await;
+    let config = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\nheader_timeout = \"30s\"\n[protection]\nmax_pending_handshakes = 64\nmax_pending_per_ip = 4\n{}[tenants.one]\nauth = {NO_AUTH}\nmax_sessions = 1\nqueue_timeout = \"30s\"\n",
+        config_for(&edge.url(false), &[("lab", NO_AUTH)])
+    );
+    let proxy = proxy(&config).await;
+    let (flooder, other): (IpAddr, IpAddr) =
+        ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+    let overloaded = |answer: &str| {
+        answer.starts_with("HTTP/1.1 503") && answer.contains("x-sluice-reason: overloaded")
+    };
+
+    // Four idle sockets take the address's four places (sluice accepts in order: they
+    // are counted before the fifth).
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let answer = raw_answer_from(flooder, proxy.addr).await;
+    assert!(overloaded(&answer), "{answer}");
+    // Another address has its own places, and 60 of the 64 are free.
+    let mut ws = connect_from(other, &proxy.url("/t/lab/"), &[])
+        .await
+        .expect("another address is served")
+        .0;
+    echo(&mut ws, "other").await;
+
+    // One idle socket goes away: its place is given back, once.
+    drop(idle.pop());
+    let mut ws = served_from(flooder, &proxy.url("/t/lab/")).await;
+    echo(&mut ws, "freed").await;
+    // A session is past its HTTP phase: three idle sockets hold three places.
+
+    // In hold mode the queue wait is part of the HTTP phase: a client queued behind
+    // tenant one's only session holds the fourth place.
+    let mut holder = connect_from(other, &proxy.url("/t/one/"), &[])
+        .await
+        .expect("tenant one's session")
+        .0;
+    let waiting = {
+        let url = proxy.url("/t/one/");
+        tokio::spawn(async move { connect_from(flooder, &url, &[]).await })
+    };
+    wait_until("the client to queue", async || {
+        proxy.admission.tenant_load("one").unwrap().queued == 1
+    })
+    .await;
+    let answer = raw_answer_from(flooder, proxy.addr).await;
+    assert!(overloaded(&answer), "the queued client counts: {answer}");
+
+    // Admitted (101): the queued client gives its place back.
+    holder.close(None).await.unwrap();
+    let mut queued = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("admitted in time")
+        .unwrap()
+        .expect("admitted")
+        .0;
+    echo(&mut queued, "admitted").await;
+    let mut ws = served_from(flooder, &proxy.url("/t/lab/")).await;
+    echo(&mut ws, "after the 101").await;
+    drop(idle);
 }

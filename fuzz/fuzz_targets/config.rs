@@ -78,6 +78,7 @@ fn check(config: &Config) {
     let p = &config.protection;
     assert!(p.preauth_rate_per_ip.is_finite() && p.preauth_rate_per_ip > 0.0);
     assert!(p.preauth_burst_per_ip >= 1 && p.max_pending_handshakes >= 1);
+    assert!(p.max_pending_per_ip >= 1);
     assert!((MIN_MAX_HEADER_BYTES..=MAX_MAX_HEADER_BYTES).contains(&p.max_header_bytes));
     assert!(p.idle_timeout.is_none_or(|d| !d.is_zero()));
     assert!(p.max_session.is_none_or(|d| !d.is_zero()));

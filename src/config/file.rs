@@ -174,6 +174,7 @@ pub struct ProtectionFile {
     pub preauth_rate_per_ip: Option<f64>,
     pub preauth_burst_per_ip: Option<i64>,
     pub max_pending_handshakes: Option<i64>,
+    pub max_pending_per_ip: Option<i64>,
     pub max_header_bytes: Option<i64>,
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
