@@ -255,7 +255,8 @@ async fn serve_connection(
         addr,
         tls: matches!(stream, Stream::ServerTls(_)),
     };
-    let service = service_fn(move |req| proxy::handle(req, shared.clone(), info));
+    let share = place.address_share();
+    let service = service_fn(move |req| proxy::handle(req, shared.clone(), info, share.clone()));
     // hyper's header read timeout starts as the connection is first polled (now) and
     // stops once the head is read; the next head would get it anew, but every answer
     // but the 101 closes the connection.

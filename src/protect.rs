@@ -9,9 +9,12 @@
 //!   address is not slowed by its own successful connects, and another IP is never
 //!   affected.
 //! - [`Pending`]: caps on connections still in their HTTP phase, all together
-//!   (`max_pending_handshakes`) and from one address (`max_pending_per_ip`, IPv6 per
-//!   /64): past either, a new connection gets a bare `503` and is closed before
-//!   anything is read.
+//!   (`max_pending_handshakes`) and, once half of those places are taken, from one
+//!   address: at most `max_pending_per_ip` connections not yet authenticated (IPv6 per
+//!   /64). Past either, a new connection gets a bare `503` and is closed before
+//!   anything is read. One address's idle sockets cannot take the whole pool, while a
+//!   burst from one NAT address is served when there is room and its authenticated
+//!   clients queue under their tenant's limits.
 //!
 //! Header-read timeout and header size (slowloris, huge heads) are hyper's
 //! (`listen.header_timeout`, `protection.max_header_bytes`, see [`crate::listen`]).
@@ -135,8 +138,9 @@ impl Preauth {
 
 /// The caps on connections in their HTTP phase (TLS handshake, request head, and in
 /// `hold` mode the queue wait and upstream handshake, until the `101`): all together
-/// (`max_pending_handshakes`) and from one address (`max_pending_per_ip`, counted under
-/// [`key`]: IPv6 per /64).
+/// (`max_pending_handshakes`) and, under pressure, per address: the connections from
+/// one address (counted under [`key`]: IPv6 per /64) that are not yet authenticated
+/// (`max_pending_per_ip`; see [`AddressShare`] and [`Pending::under_pressure`]).
 ///
 /// The per-address counts live in a map that holds only addresses with a connection in
 /// its HTTP phase now (an address is removed when its count drops to 0), and each count
@@ -166,17 +170,44 @@ pub enum Full {
     Address,
 }
 
-/// A connection's place in its HTTP phase: its share of `max_pending_handshakes` and of
-/// its address's `max_pending_per_ip`. Both are given back, once, when it is dropped.
+/// A connection's place in its HTTP phase: its share of `max_pending_handshakes` (given
+/// back when the place is dropped) and of its address's `max_pending_per_ip` (given
+/// back when its request is authenticated, or with the place, whichever comes first).
 #[derive(Debug)]
 pub struct Place {
     _permit: OwnedSemaphorePermit,
-    per_ip: Arc<PerIp>,
-    key: IpAddr,
+    share: Arc<AddressShare>,
 }
 
-impl Drop for Place {
-    fn drop(&mut self) {
+impl Place {
+    /// The connection's share of its address's `max_pending_per_ip`, for the request's
+    /// handler to give back once the request is authenticated.
+    pub fn address_share(&self) -> Arc<AddressShare> {
+        self.share.clone()
+    }
+}
+
+/// One connection's count in its address's `max_pending_per_ip`, given back exactly
+/// once: by [`AddressShare::release`] or when the last handle to it is dropped.
+///
+/// The cap is on connections *not yet authenticated*: idle or slow sockets from one
+/// address cannot fill the pending pool, while a fleet behind one NAT address whose
+/// authenticated clients wait in their tenant's queue (`hold` mode) is bounded by its
+/// tenant's `queue_depth` instead, as the per-IP limiter spares clients that
+/// authenticate.
+#[derive(Debug)]
+pub struct AddressShare {
+    per_ip: Arc<PerIp>,
+    key: IpAddr,
+    held: std::sync::atomic::AtomicBool,
+}
+
+impl AddressShare {
+    /// Gives the count back (once; later calls do nothing).
+    pub fn release(&self) {
+        if !self.held.swap(false, Ordering::AcqRel) {
+            return;
+        }
         if let dashmap::Entry::Occupied(mut count) = self.per_ip.counts.entry(self.key) {
             if *count.get() <= 1 {
                 count.remove();
@@ -184,6 +215,12 @@ impl Drop for Place {
                 *count.get_mut() -= 1;
             }
         }
+    }
+}
+
+impl Drop for AddressShare {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -200,8 +237,8 @@ impl Pending {
         }
     }
 
-    /// A place for a new connection from `ip`, if one is free both in all and for its
-    /// address.
+    /// A place for a new connection from `ip`, if one is free in all and, while the
+    /// pool is under pressure ([`Pending::under_pressure`]), for its address.
     ///
     /// # Errors
     /// [`Full`]: which cap is reached.
@@ -213,19 +250,37 @@ impl Pending {
             .map_err(|_| Full::All)?;
         let key = key(ip);
         let cap = self.per_ip.cap.load(Ordering::Relaxed);
+        let pressed = self.under_pressure();
         match self.per_ip.counts.entry(key) {
-            dashmap::Entry::Occupied(mut count) if *count.get() < cap => *count.get_mut() += 1,
-            dashmap::Entry::Vacant(slot) if cap > 0 => {
+            dashmap::Entry::Occupied(count) if pressed && *count.get() >= cap => {
+                // The permit goes back as it is dropped here.
+                drop(count);
+                return Err(Full::Address);
+            }
+            dashmap::Entry::Occupied(mut count) => *count.get_mut() += 1,
+            dashmap::Entry::Vacant(slot) => {
                 slot.insert(1);
             }
-            // The permit goes back as it is dropped here.
-            _ => return Err(Full::Address),
         }
         Ok(Place {
             _permit: permit,
-            per_ip: self.per_ip.clone(),
-            key,
+            share: Arc::new(AddressShare {
+                per_ip: self.per_ip.clone(),
+                key,
+                held: std::sync::atomic::AtomicBool::new(true),
+            }),
         })
+    }
+
+    /// Whether half of `max_pending_handshakes` places or more are taken: from then on
+    /// an address gets no place beyond its `max_pending_per_ip` not-yet-authenticated
+    /// connections. Below it the per-address cap does not bind, so a burst of connects
+    /// from one NAT address (a whole office at shift start, whose heads sluice has not
+    /// read yet) is not refused while there is room for everyone; at it, one address
+    /// cannot take the rest of the pool, and other addresses keep at least the other
+    /// half (less the shares of other such addresses).
+    pub fn under_pressure(&self) -> bool {
+        self.in_use() * 2 >= self.cap.load(Ordering::Relaxed) as usize
     }
 
     /// Connections in their HTTP phase now.
@@ -283,7 +338,8 @@ mod tests {
 
     #[test]
     fn an_address_gets_its_share_and_gives_it_back_once() {
-        let pending = Pending::new(&protection(10, 2));
+        // Four places: from two taken on, the pool is under pressure.
+        let pending = Pending::new(&protection(4, 2));
         let a = pending.try_enter(ip("192.0.2.1")).unwrap();
         let b = pending.try_enter(ip("192.0.2.1")).unwrap();
         assert_eq!(
@@ -302,8 +358,53 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+    fn an_authenticated_connection_gives_its_address_share_back_and_keeps_its_place() {
+        let pending = Pending::new(&protection(4, 1));
+        let a = pending.try_enter(ip("192.0.2.1")).unwrap();
+        let _b = pending.try_enter(ip("192.0.2.2")).unwrap();
+        assert_eq!(
+            pending.try_enter(ip("192.0.2.1")).unwrap_err(),
+            Full::Address
+        );
+        let share = a.address_share();
+        share.release();
+        share.release(); // once only
+        assert_eq!((pending.in_use(), pending.addresses()), (2, 1));
+        let c = pending.try_enter(ip("192.0.2.1")).unwrap();
+        drop((a, share));
+        assert_eq!((pending.in_use(), pending.addresses()), (2, 2));
+        drop(c);
+        assert_eq!(pending.addresses(), 1);
+    }
+
+    #[test]
+    fn below_half_the_pool_an_address_is_not_held_to_its_share() {
+        // Ten places: a burst of four from one address (a NAT'd office), twice its
+        // share, is served; with the fifth place the pool is under pressure and that
+        // address gets no more.
         let pending = Pending::new(&protection(10, 2));
+        let burst: Vec<_> = (0..4)
+            .map(|_| pending.try_enter(ip("192.0.2.1")).unwrap())
+            .collect();
+        assert_eq!(
+            pending.try_enter(ip("192.0.2.1")).unwrap_err(),
+            Full::Address
+        );
+        // Another address still has its share of the other half.
+        let _other = pending.try_enter(ip("192.0.2.2")).unwrap();
+        let _other2 = pending.try_enter(ip("192.0.2.2")).unwrap();
+        assert_eq!(
+            pending.try_enter(ip("192.0.2.2")).unwrap_err(),
+            Full::Address
+        );
+        drop(burst);
+        assert_eq!(pending.addresses(), 1);
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+        // Six places: under pressure from three taken on.
+        let pending = Pending::new(&protection(6, 2));
         let _a = pending.try_enter(ip("2001:db8:1:2::1")).unwrap();
         let _b = pending.try_enter(ip("2001:db8:1:2:ffff::9")).unwrap();
         assert_eq!(

@@ -56,11 +56,14 @@ pub struct Shared {
 }
 
 /// Serves one request: a WebSocket upgrade is resolved, authenticated, connected
-/// upstream and relayed; anything else gets its refusal.
+/// upstream and relayed; anything else gets its refusal. `address_share` (the
+/// connection's count in `protection.max_pending_per_ip`) is given back once the request
+/// is authenticated.
 pub async fn handle(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
     info: ClientInfo,
+    address_share: Arc<crate::protect::AddressShare>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let request_id = request_id(req.headers());
 
@@ -122,6 +125,9 @@ pub async fn handle(
         let rejection = Rejection::new(Reason::Unauthorized, e.to_string());
         return Ok(refuse(&tm, rejection, &request_id, info, None));
     }
+    // Authenticated: from here the tenant's own limits bound this client, not its
+    // address's share of the pending places (a fleet behind one NAT address queues).
+    address_share.release();
 
     // Draining: no new sessions (the load balancer sends the client elsewhere).
     if shared.control.draining() {

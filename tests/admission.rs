@@ -20,14 +20,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// An edge and sluice with `tenants` (name, limit lines), no credentials; `extra` is
 /// config text such as an `[edge]` table.
-///
-/// Every client here comes from 127.0.0.1 and stands for a fleet: hundreds may queue
-/// at once in `hold` mode, so the per-address cap on pending connections
-/// (`protection.max_pending_per_ip`, 32 by default) is lifted.
 async fn setup(extra: &str, tenants: &[(&str, &str)]) -> (Edge, Proxy) {
     let edge = support::edge().await;
     let mut text = format!(
-        "{extra}\n[protection]\nmax_pending_per_ip = 100000\n[upstream.groups.primary]\nendpoints = [\"{}\"]\n",
+        "{extra}\n[upstream.groups.primary]\nendpoints = [\"{}\"]\n",
         edge.url(false)
     );
     for (name, limits) in tenants {

@@ -301,11 +301,20 @@ async fn served_from(from: IpAddr, url: &str) -> support::Client {
     panic!("{from} was not served once a place was given back");
 }
 
+/// An idle socket from `from`: connected, nothing sent.
+async fn idle_from(from: IpAddr, addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
 #[tokio::test]
-async fn idle_sockets_from_one_address_take_only_its_share_of_pending_places() {
+async fn idle_sockets_from_one_address_cannot_take_the_pending_pool() {
+    // Eight places; from four taken on, an address gets at most two not yet
+    // authenticated.
     let edge = edge().await;
     let config = format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\nheader_timeout = \"30s\"\n[protection]\nmax_pending_handshakes = 64\nmax_pending_per_ip = 4\n{}[tenants.one]\nauth = {NO_AUTH}\nmax_sessions = 1\nqueue_timeout = \"30s\"\n",
+        "[listen]\naddress = \"127.0.0.1:0\"\nheader_timeout = \"30s\"\n[protection]\nmax_pending_handshakes = 8\nmax_pending_per_ip = 2\n{}[tenants.one]\nauth = {NO_AUTH}\nmax_sessions = 1\nqueue_timeout = \"30s\"\n",
         config_for(&edge.url(false), &[("lab", NO_AUTH)])
     );
     let proxy = proxy(&config).await;
@@ -315,54 +324,75 @@ async fn idle_sockets_from_one_address_take_only_its_share_of_pending_places() {
         answer.starts_with("HTTP/1.1 503") && answer.contains("x-sluice-reason: overloaded")
     };
 
-    // Four idle sockets take the address's four places (sluice accepts in order: they
-    // are counted before the fifth).
+    // The attack: idle sockets from one address. Below half the pool they are
+    // let in (three: sluice accepts in order, so they are counted before the next);
+    // the fourth would make it half, and the address already has more than its two.
     let mut idle = Vec::new();
-    for _ in 0..4 {
-        idle.push(TcpStream::connect(proxy.addr).await.unwrap());
+    for _ in 0..3 {
+        idle.push(idle_from(flooder, proxy.addr).await);
     }
     let answer = raw_answer_from(flooder, proxy.addr).await;
     assert!(overloaded(&answer), "{answer}");
-    // Another address has its own places, and 60 of the 64 are free.
+    assert_eq!(
+        proxy.shared.pending.in_use(),
+        3,
+        "the refusal took no place"
+    );
+    // Another address has its own share of the rest.
     let mut ws = connect_from(other, &proxy.url("/t/lab/"), &[])
         .await
         .expect("another address is served")
         .0;
     echo(&mut ws, "other").await;
 
-    // One idle socket goes away: its place is given back, once.
+    // One idle socket goes away: its place and its share are given back, once.
     drop(idle.pop());
     let mut ws = served_from(flooder, &proxy.url("/t/lab/")).await;
     echo(&mut ws, "freed").await;
-    // A session is past its HTTP phase: three idle sockets hold three places.
+    drop(idle);
+    wait_until("the idle sockets' places back", async || {
+        proxy.shared.pending.in_use() == 0
+    })
+    .await;
 
-    // In hold mode the queue wait is part of the HTTP phase: a client queued behind
-    // tenant one's only session holds the fourth place.
+    // A fleet behind one address: its clients authenticate and queue (hold mode: each
+    // holds a pending place), and once authenticated they no longer count against the
+    // address's share, so more of them queue than the share allows.
     let mut holder = connect_from(other, &proxy.url("/t/one/"), &[])
         .await
         .expect("tenant one's session")
         .0;
-    let waiting = {
+    let mut waiting = Vec::new();
+    for n in 1..=4 {
         let url = proxy.url("/t/one/");
-        tokio::spawn(async move { connect_from(flooder, &url, &[]).await })
-    };
-    wait_until("the client to queue", async || {
-        proxy.admission.tenant_load("one").unwrap().queued == 1
-    })
-    .await;
+        waiting.push(tokio::spawn(async move {
+            connect_from(flooder, &url, &[]).await
+        }));
+        wait_until("the client to queue", async || {
+            proxy.admission.tenant_load("one").unwrap().queued == n
+        })
+        .await;
+    }
+    // Four of eight places are taken: the pool is under pressure, yet the address's
+    // share is whole: two idle sockets get in, the third is refused.
+    let _idle = [
+        idle_from(flooder, proxy.addr).await,
+        idle_from(flooder, proxy.addr).await,
+    ];
     let answer = raw_answer_from(flooder, proxy.addr).await;
-    assert!(overloaded(&answer), "the queued client counts: {answer}");
+    assert!(overloaded(&answer), "{answer}");
+    assert_eq!(proxy.admission.tenant_load("one").unwrap().queued, 4);
 
-    // Admitted (101): the queued client gives its place back.
+    // Admitted (101): a queued client gives its place back.
     holder.close(None).await.unwrap();
-    let mut queued = tokio::time::timeout(Duration::from_secs(10), waiting)
+    let mut first = tokio::time::timeout(Duration::from_secs(10), waiting.remove(0))
         .await
         .expect("admitted in time")
         .unwrap()
         .expect("admitted")
         .0;
-    echo(&mut queued, "admitted").await;
-    let mut ws = served_from(flooder, &proxy.url("/t/lab/")).await;
-    echo(&mut ws, "after the 101").await;
-    drop(idle);
+    echo(&mut first, "admitted").await;
+    for w in waiting {
+        w.abort();
+    }
 }

@@ -136,20 +136,16 @@ async fn client_reset_ends_the_edge_session() {
 async fn two_hundred_sessions_echo_at_once() {
     const N: usize = 200;
     let edge = edge().await;
-    // All 200 come from 127.0.0.1 at once: lift the per-address pending cap (32).
-    let proxy = proxy(&format!(
-        "[protection]\nmax_pending_per_ip = 1000\n{}",
-        config_for(
-            &edge.url(false),
-            &[(
-                "lab",
-                r#"{ kind = "none" }
+    let proxy = proxy(&config_for(
+        &edge.url(false),
+        &[(
+            "lab",
+            r#"{ kind = "none" }
 max_sessions = 1000
 handshake_rate = 10000.0
 handshake_burst = 1000
 queue_depth = 1000"#,
-            )],
-        )
+        )],
     ))
     .await;
     let mut tasks = Vec::new();

@@ -301,6 +301,8 @@ pub struct Proxy {
     pub admission: Arc<sluice::admission::Admission>,
     /// Its admin listener's address.
     pub admin: SocketAddr,
+    /// What its connections share (config, pending places, metrics).
+    pub shared: Arc<sluice::proxy::Shared>,
 }
 
 impl Proxy {
@@ -338,7 +340,8 @@ async fn start(config: Config) -> Proxy {
     let server = sluice::Server::bind(config).await.expect("sluice binds");
     let addr = server.local_addr();
     let admission = server.admission();
-    let admin = sluice::admin::Admin::bind(config_admin, server.shared())
+    let shared = server.shared();
+    let admin = sluice::admin::Admin::bind(config_admin, shared.clone())
         .await
         .expect("admin binds");
     let admin_addr = admin.local_addr();
@@ -348,6 +351,7 @@ async fn start(config: Config) -> Proxy {
         addr,
         admission,
         admin: admin_addr,
+        shared,
     }
 }
 
