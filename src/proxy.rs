@@ -284,7 +284,7 @@ pub async fn handle(
 /// Step 5 for an admitted client: opens its upstream WebSocket under the group's
 /// retry policy, feeding every attempt to the metrics, the log and the adaptive rate
 /// (slow handshakes, 503s, 429s and timeouts slow the tenant and the edge down; a 429
-/// pauses the tenant for the time asked).
+/// pauses the tenant for the time asked, at most `upstream.max_pause`).
 ///
 /// # Errors
 /// The rejection for the client, with the attempts when there were any.
@@ -306,7 +306,11 @@ pub(crate) async fn connect_upstream(
                 if *status == StatusCode::SERVICE_UNAVAILABLE
                     || *status == StatusCode::TOO_MANY_REQUESTS
         );
-        if slow || refused || matches!(attempt.result, Err(AttemptError::Timeout(_))) {
+        let timeout = matches!(
+            attempt.result,
+            Err(AttemptError::Timeout(_) | AttemptError::ConnectTimeout(_))
+        );
+        if slow || refused || timeout {
             shared.admission.upstream_trouble(&tenant.name);
         }
         // An edge 429 is about this tenant: hold its clients back for the time asked.
@@ -343,6 +347,7 @@ pub(crate) async fn connect_upstream(
         .connect(
             &group,
             &pool,
+            &tenant.name,
             upstream_req,
             &RetryPolicy::of(&config.upstream),
             &mut observe,
