@@ -283,7 +283,8 @@ pub async fn handle(
 
 /// Step 5 for an admitted client: opens its upstream WebSocket under the group's
 /// retry policy, feeding every attempt to the metrics, the log and the adaptive rate
-/// (slow handshakes, 503s, 429s and timeouts slow the tenant and the edge down; a 429
+/// (slow handshakes, 503s, 429s and timeouts slow the tenant down, and the edge ceiling
+/// when they cannot depend on this request or another tenant sees them too; a 429
 /// pauses the tenant for the time asked, at most `upstream.max_pause`).
 ///
 /// # Errors
@@ -298,7 +299,8 @@ pub(crate) async fn connect_upstream(
 ) -> Result<Connected, (Rejection, Option<UpstreamFailed>)> {
     let mut observe = |attempt: upstream::Attempt<'_>| {
         observe_attempt(&shared.metrics, tm, &tenant.group.name, request_id, attempt);
-        // Signs of an edge in trouble slow this tenant and the edge ceiling down.
+        // Signs of an edge in trouble slow this tenant down, and the edge ceiling when
+        // they cannot depend on this tenant's request (or another tenant sees them too).
         let slow = attempt.result.is_ok() && attempt.took > config.upstream.slow_handshake;
         let refused = matches!(
             attempt.result,
@@ -311,7 +313,12 @@ pub(crate) async fn connect_upstream(
             Err(AttemptError::Timeout(_) | AttemptError::ConnectTimeout(_))
         );
         if slow || refused || timeout {
-            shared.admission.upstream_trouble(&tenant.name);
+            // A slow 101 may be the path's doing as much as a refusal.
+            let request_level = match attempt.result {
+                Ok(()) => true,
+                Err(e) => e.request_level(),
+            };
+            shared.admission.upstream_trouble(&tenant.name, request_level);
         }
         // An edge 429 is about this tenant: hold its clients back for the time asked.
         if let Err(AttemptError::Status {
