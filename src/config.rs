@@ -1461,7 +1461,11 @@ auth = { kind = "jwt", secret_env = "SLUICE_TEST_UNSET_SECRET" }
             Duration::from_secs(90)
         );
         for bad in ["0s", "25h"] {
-            assert_eq!(invalid_keys(&with(bad)), vec!["upstream.max_pause"], "{bad}");
+            assert_eq!(
+                invalid_keys(&with(bad)),
+                vec!["upstream.max_pause"],
+                "{bad}"
+            );
         }
         let err = parse(&with("0s")).unwrap_err().to_string();
         assert!(err.contains("upstream.max_pause"), "{err}");

@@ -318,7 +318,9 @@ pub(crate) async fn connect_upstream(
                 Ok(()) => true,
                 Err(e) => e.request_level(),
             };
-            shared.admission.upstream_trouble(&tenant.name, request_level);
+            shared
+                .admission
+                .upstream_trouble(&tenant.name, request_level);
         }
         // An edge 429 is about this tenant: hold its clients back for the time asked.
         if let Err(AttemptError::Status {

@@ -212,11 +212,9 @@ impl Attempt<'_> {
         matches!(
             self.result,
             Ok(())
-                | Err(
-                    AttemptError::Status { .. }
-                        | AttemptError::Timeout(_)
-                        | AttemptError::ConnectTimeout(_)
-                )
+                | Err(AttemptError::Status { .. }
+                    | AttemptError::Timeout(_)
+                    | AttemptError::ConnectTimeout(_))
         )
     }
 }

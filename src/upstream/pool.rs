@@ -774,7 +774,13 @@ mod tests {
         assert_eq!(use_index(pool.choose("c", now, &NONE)), 1, "c skips it too");
         // The same when the other's evidence is one recent failure, not a circuit.
         fail(&pool, 1, "b", 1, now);
-        fail(&pool, 1, "a", CIRCUIT_FAILURES, now + Duration::from_secs(1));
+        fail(
+            &pool,
+            1,
+            "a",
+            CIRCUIT_FAILURES,
+            now + Duration::from_secs(1),
+        );
         assert!(pool.circuit_open(1));
         // A failure older than the cool-down is no evidence.
         let fresh = Pool::new(1);
