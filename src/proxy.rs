@@ -332,7 +332,9 @@ pub(crate) async fn connect_upstream(
             if *status == StatusCode::TOO_MANY_REQUESTS {
                 shared.admission.pause_tenant(
                     &tenant.name,
-                    retry_after.unwrap_or(TENANT_PAUSE_WITHOUT_RETRY_AFTER),
+                    retry_after
+                        .unwrap_or(TENANT_PAUSE_WITHOUT_RETRY_AFTER)
+                        .min(config.upstream.max_pause),
                 );
             }
         }

@@ -37,6 +37,10 @@ fn shipped_example_configs_are_valid() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("upstream: handshake timeout 3s, retry budget 10s, max pause 5m,"),
+        "{stdout}"
+    );
     let acme = stdout.lines().find(|l| l.starts_with("acme ")).unwrap();
     let cells: Vec<&str> = acme.split_whitespace().collect();
     assert_eq!(
