@@ -557,10 +557,10 @@ fn upstream_rejection(failed: &UpstreamFailed, config: &Config, group: &str) -> 
             failed.attempts.len()
         ),
         (None, Some(b)) if b.paused => format!(
-            "the edge paused every endpoint of group {group} (Retry-After) beyond the retry budget"
+            "the edge paused every endpoint of group {group} (Retry-After), for every tenant or for this one, beyond the retry budget"
         ),
         (None, Some(_)) => format!(
-            "every endpoint of group {group} is failing (circuits open); not trying until they cool down"
+            "every endpoint of group {group} is failing, for every tenant or for this one (circuits open); not trying until they cool down"
         ),
         (None, None) => format!("no upstream endpoint of group {group} could be tried"),
     };

@@ -23,15 +23,17 @@
 //! - [`Outcome::Pause`] — `503` + `Retry-After`: the tenant's own pause on the endpoint.
 //!
 //! **Escalation: when several tenants draw the same answer.** When a tenant's own
-//! circuit on an endpoint opens and another tenant has evidence against the same
-//! endpoint (its own circuit there is open, or its last attempt there failed less than
-//! [`CIRCUIT_COOLDOWN`] ago), the endpoint's shared circuit opens too, for everyone.
+//! circuit on an endpoint opens (or reopens) while another tenant's own circuit on the
+//! same endpoint is open, the endpoint's shared circuit opens too, for everyone.
 //! Likewise a pause: when a tenant is told to pause on an endpoint on which another
 //! tenant's own pause is still running, the endpoint is paused for everyone until the
 //! earlier of the two ends (the time both tenants were told to wait). So one tenant,
 //! whatever path it asks for, can only ever shut itself out; two tenants seeing the same
-//! trouble are believed. A shared circuit's probe that fails for its request alone (and
-//! no other tenant has evidence) closes the shared circuit: the endpoint answered.
+//! trouble are believed. The second tenant needs the same evidence as the first (its own
+//! circuit open, not one failure): else a tenant refused on its own path could turn any
+//! single transient failure of another into a cool-down for the whole group. A shared
+//! circuit's probe that fails for its request alone (no other tenant's circuit open
+//! there) closes the shared circuit: the endpoint answered.
 //!
 //! The per-tenant state is kept only for tenants with something to remember, keyed by
 //! tenant name (names come from the config only); a reload drops the state of tenants
@@ -49,8 +51,7 @@ use crate::config::{Config, Group};
 
 /// Consecutive failures that open an endpoint's circuit (shared or a tenant's own).
 pub const CIRCUIT_FAILURES: u32 = 3;
-/// How long an open circuit keeps its endpoint out before a probe; also how recent
-/// another tenant's failure must be to count as evidence for escalation.
+/// How long an open circuit keeps its endpoint out before a probe.
 pub const CIRCUIT_COOLDOWN: Duration = Duration::from_secs(5);
 /// How long a client looks again later while another's probe decides a circuit.
 const PROBE_WAIT: Duration = Duration::from_millis(100);
@@ -135,8 +136,6 @@ struct EndpointState {
 struct Own {
     /// Request-level failures in a row.
     failures: u32,
-    /// When the last of them happened.
-    last_failure: u64,
     /// The tenant's own circuit on the endpoint: open until then, half-open after
     /// (while `failures` stays at or above [`CIRCUIT_FAILURES`]).
     open_until: u64,
@@ -145,14 +144,6 @@ struct Own {
 }
 
 impl Own {
-    /// Whether this tenant counts as having seen trouble on the endpoint at `now`:
-    /// its own circuit is open, or its last attempt failed within the cool-down.
-    fn evidence(&self, now: u64) -> bool {
-        self.open_until > now
-            || (self.failures > 0
-                && now.saturating_sub(self.last_failure) < CIRCUIT_COOLDOWN.as_nanos() as u64)
-    }
-
     /// Nothing left to remember at `now`.
     fn clear(&self, now: u64) -> bool {
         self.failures == 0 && self.open_until <= now && self.paused_until <= now
@@ -418,12 +409,11 @@ impl Pool {
             Outcome::RequestFailure => {
                 let escalate = self.update_own(tenant, index, |own, others| {
                     own.failures = own.failures.saturating_add(1);
-                    own.last_failure = now_ns;
                     if own.failures < CIRCUIT_FAILURES {
                         return false;
                     }
                     own.open_until = cooldown_end;
-                    others.iter().any(|o| o.evidence(now_ns))
+                    others.iter().any(|o| o.open_until > now_ns)
                 });
                 if escalate {
                     e.open_until.store(cooldown_end, Ordering::Release);
@@ -491,7 +481,6 @@ impl Pool {
         if let Some(own) = map.get_mut(tenant) {
             let o = &mut own[index];
             o.failures = 0;
-            o.last_failure = 0;
             o.open_until = 0;
             if own.iter().all(|o| o.clear(now)) {
                 map.remove(tenant);
@@ -772,22 +761,21 @@ mod tests {
         fail(&pool, 0, "b", 1, now);
         assert!(pool.circuit_open(0));
         assert_eq!(use_index(pool.choose("c", now, &NONE)), 1, "c skips it too");
-        // The same when the other's evidence is one recent failure, not a circuit.
-        fail(&pool, 1, "b", 1, now);
-        fail(
-            &pool,
-            1,
-            "a",
-            CIRCUIT_FAILURES,
-            now + Duration::from_secs(1),
-        );
-        assert!(pool.circuit_open(1));
-        // A failure older than the cool-down is no evidence.
+        // The other tenant needs an open circuit too: a failure or two of its own is not
+        // enough (a flaky moment of b's must not let a's refusals shut 1 for all).
+        fail(&pool, 1, "b", CIRCUIT_FAILURES - 1, now);
+        fail(&pool, 1, "a", CIRCUIT_FAILURES + 3, now);
+        assert!(!pool.circuit_open(1));
+        // A circuit that has cooled down is no evidence either.
         let fresh = Pool::new(1);
-        fail(&fresh, 0, "b", 1, now);
-        let later = now + CIRCUIT_COOLDOWN + Duration::from_millis(1);
+        fail(&fresh, 0, "b", CIRCUIT_FAILURES, now);
+        let later = now + CIRCUIT_COOLDOWN;
         fail(&fresh, 0, "a", CIRCUIT_FAILURES, later);
         assert!(!fresh.circuit_open(0));
+        // Once b fails there again (its circuit was half-open, one failure reopens it),
+        // both are open: shared.
+        fail(&fresh, 0, "b", 1, later);
+        assert!(fresh.circuit_open(0));
     }
 
     #[tokio::test(start_paused = true)]
@@ -797,9 +785,9 @@ mod tests {
         fail(&pool, 0, "a", CIRCUIT_FAILURES, now);
         fail(&pool, 0, "b", CIRCUIT_FAILURES, now);
         assert!(pool.circuit_open(0));
-        // After the cool-down nobody else's evidence is fresh: a's probe failing on its
+        // After the cool-down b's circuit has cooled down too: a's probe failing on its
         // own request reopens a's circuit only.
-        let later = now + CIRCUIT_COOLDOWN + Duration::from_millis(1);
+        let later = now + CIRCUIT_COOLDOWN;
         assert_eq!(
             pool.choose("a", later, &[false]),
             Choice::Use {
