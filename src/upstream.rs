@@ -766,4 +766,43 @@ mod tests {
         assert_eq!(join_query(&plain, "a=1&org=2"), "a=1&org=2");
         assert_eq!(out.headers()[header::HOST], "edge:7001");
     }
+
+    #[test]
+    fn failures_to_connect_are_the_endpoints_and_answers_the_tenants() {
+        use pool::Outcome;
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let status = |code: u16, after: Option<u64>| AttemptError::Status {
+            status: StatusCode::from_u16(code).unwrap(),
+            retry_after: after.map(Duration::from_secs),
+            trace_id: None,
+        };
+        let second = Duration::from_secs(1);
+        for (error, outcome) in [
+            (AttemptError::Connect(io()), Outcome::EndpointFailure),
+            (AttemptError::Tls(io()), Outcome::EndpointFailure),
+            (
+                AttemptError::ConnectTimeout(second),
+                Outcome::EndpointFailure,
+            ),
+            (AttemptError::Timeout(second), Outcome::RequestFailure),
+            (AttemptError::Upgrade("x".into()), Outcome::RequestFailure),
+            (status(502, None), Outcome::RequestFailure),
+            (status(503, None), Outcome::RequestFailure),
+            (status(503, Some(0)), Outcome::RequestFailure),
+            (status(504, Some(9)), Outcome::RequestFailure),
+            (status(503, Some(9)), Outcome::Pause(9 * second)),
+            (status(404, None), Outcome::Answered),
+            (status(429, Some(9)), Outcome::Answered),
+        ] {
+            assert_eq!(error.pool_outcome(), outcome, "{error}");
+            let endpoint = outcome == Outcome::EndpointFailure;
+            assert_eq!(error.request_level(), !endpoint, "{error}");
+        }
+        let mut big = status(503, Some(100_000));
+        big.cap_retry_after(Duration::from_secs(300));
+        assert_eq!(big.pool_outcome(), Outcome::Pause(Duration::from_secs(300)));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("99999999999"));
+        assert_eq!(retry_after(&headers), Some(crate::config::MAX_MAX_PAUSE));
+    }
 }

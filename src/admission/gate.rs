@@ -204,8 +204,8 @@ pub(crate) struct TenantGate {
     /// releases its edge slot through its tenant without holding the edge itself.
     pub(crate) edge: Option<Arc<EdgeGate>>,
     /// The tenant's upstream group: while the edge has paused all of it for this tenant
-    /// (for everyone, or for this tenant alone), none of this tenant's clients is sent. Swapped when a reload moves the tenant or rebuilds its
-    /// group.
+    /// (for everyone, or for this tenant alone), none of this tenant's clients is sent.
+    /// Swapped when a reload moves the tenant or rebuilds its group.
     pool: arc_swap::ArcSwapOption<Pool>,
     /// Time zero of `paused_until`.
     epoch: Instant,
