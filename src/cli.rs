@@ -334,8 +334,10 @@ pub fn describe(config: &Config, name: &str) -> String {
     let u = &config.upstream;
     let _ = writeln!(
         out,
-        "upstream: handshake timeout {}, default group {}",
+        "upstream: handshake timeout {}, retry budget {}, max pause {}, default group {}",
         humantime::format_duration(u.handshake_timeout),
+        humantime::format_duration(u.retry_budget),
+        humantime::format_duration(u.max_pause),
         u.default_group
     );
     for group in u.groups.values() {

@@ -34,6 +34,10 @@ pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// Largest backoff step between upstream attempts.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(3);
+/// Longest pause an edge `Retry-After` may cause (`upstream.max_pause`).
+pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(5 * 60);
+/// Largest `upstream.max_pause` accepted.
+pub const MAX_MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
 /// An upstream handshake slower than this counts as a sign of an overloaded edge.
 pub const DEFAULT_SLOW_HANDSHAKE: Duration = Duration::from_millis(1500);
 /// Default name of the upstream group used by tenants that name none.
@@ -251,6 +255,8 @@ pub struct Upstream {
     pub backoff_base: Duration,
     /// Largest backoff step.
     pub backoff_max: Duration,
+    /// Longest pause an edge `Retry-After` may cause, for a tenant or an endpoint.
+    pub max_pause: Duration,
     /// Handshakes slower than this count against the adaptive rate.
     pub slow_handshake: Duration,
     /// AIMD on the handshake rate.
@@ -1074,6 +1080,18 @@ impl Validator {
                 "must not be less than upstream.backoff_base",
             );
         }
+        let max_pause =
+            self.positive_duration("upstream.max_pause", file.max_pause, DEFAULT_MAX_PAUSE);
+        if max_pause > MAX_MAX_PAUSE {
+            self.fail(
+                "upstream.max_pause",
+                format!(
+                    "{} is longer than {}: an edge Retry-After would pause tenants for that long",
+                    humantime::format_duration(max_pause),
+                    humantime::format_duration(MAX_MAX_PAUSE)
+                ),
+            );
+        }
         let slow_handshake = self.positive_duration(
             "upstream.slow_handshake",
             file.slow_handshake,
@@ -1097,6 +1115,7 @@ impl Validator {
             retry_budget,
             backoff_base,
             backoff_max,
+            max_pause: max_pause.min(MAX_MAX_PAUSE),
             slow_handshake,
             adaptive: file.adaptive.unwrap_or(true),
             adaptive_factor,
@@ -1390,6 +1409,7 @@ auth = { kind = "none" }
             ]
         );
         assert_eq!(c.upstream.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.upstream.max_pause, Duration::from_secs(300));
         let acme = &c.tenants["acme"];
         assert_eq!(acme.limits, c.defaults);
         assert_eq!(acme.limits.max_sessions, 100);
@@ -1441,6 +1461,24 @@ auth = { kind = "jwt", secret_env = "SLUICE_TEST_UNSET_SECRET" }
                 "tenants.acme.auth.secret_env",
             ]
         );
+    }
+
+    #[test]
+    fn max_pause_is_a_positive_duration_of_at_most_a_day() {
+        let with = |v: &str| format!("[upstream]\nmax_pause = \"{v}\"\n{MINIMAL}");
+        assert_eq!(
+            parse(&with("90s")).unwrap().upstream.max_pause,
+            Duration::from_secs(90)
+        );
+        for bad in ["0s", "25h"] {
+            assert_eq!(
+                invalid_keys(&with(bad)),
+                vec!["upstream.max_pause"],
+                "{bad}"
+            );
+        }
+        let err = parse(&with("0s")).unwrap_err().to_string();
+        assert!(err.contains("upstream.max_pause"), "{err}");
     }
 
     #[test]

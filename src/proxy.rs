@@ -289,8 +289,9 @@ pub async fn handle(
 
 /// Step 5 for an admitted client: opens its upstream WebSocket under the group's
 /// retry policy, feeding every attempt to the metrics, the log and the adaptive rate
-/// (slow handshakes, 503s, 429s and timeouts slow the tenant and the edge down; a 429
-/// pauses the tenant for the time asked).
+/// (slow handshakes, 503s, 429s and timeouts slow the tenant down, and the edge ceiling
+/// when they cannot depend on this request or another tenant sees them too; a 429
+/// pauses the tenant for the time asked, at most `upstream.max_pause`).
 ///
 /// # Errors
 /// The rejection for the client, with the attempts when there were any.
@@ -304,7 +305,8 @@ pub(crate) async fn connect_upstream(
 ) -> Result<Connected, (Rejection, Option<UpstreamFailed>)> {
     let mut observe = |attempt: upstream::Attempt<'_>| {
         observe_attempt(&shared.metrics, tm, &tenant.group.name, request_id, attempt);
-        // Signs of an edge in trouble slow this tenant and the edge ceiling down.
+        // Signs of an edge in trouble slow this tenant down, and the edge ceiling when
+        // they cannot depend on this tenant's request (or another tenant sees them too).
         let slow = attempt.result.is_ok() && attempt.took > config.upstream.slow_handshake;
         let refused = matches!(
             attempt.result,
@@ -312,8 +314,19 @@ pub(crate) async fn connect_upstream(
                 if *status == StatusCode::SERVICE_UNAVAILABLE
                     || *status == StatusCode::TOO_MANY_REQUESTS
         );
-        if slow || refused || matches!(attempt.result, Err(AttemptError::Timeout(_))) {
-            shared.admission.upstream_trouble(&tenant.name);
+        let timeout = matches!(
+            attempt.result,
+            Err(AttemptError::Timeout(_) | AttemptError::ConnectTimeout(_))
+        );
+        if slow || refused || timeout {
+            // A slow 101 may be the path's doing as much as a refusal.
+            let request_level = match attempt.result {
+                Ok(()) => true,
+                Err(e) => e.request_level(),
+            };
+            shared
+                .admission
+                .upstream_trouble(&tenant.name, request_level);
         }
         // An edge 429 is about this tenant: hold its clients back for the time asked.
         if let Err(AttemptError::Status {
@@ -325,7 +338,9 @@ pub(crate) async fn connect_upstream(
             if *status == StatusCode::TOO_MANY_REQUESTS {
                 shared.admission.pause_tenant(
                     &tenant.name,
-                    retry_after.unwrap_or(TENANT_PAUSE_WITHOUT_RETRY_AFTER),
+                    retry_after
+                        .unwrap_or(TENANT_PAUSE_WITHOUT_RETRY_AFTER)
+                        .min(config.upstream.max_pause),
                 );
             }
         }
@@ -349,6 +364,7 @@ pub(crate) async fn connect_upstream(
         .connect(
             &group,
             &pool,
+            &tenant.name,
             upstream_req,
             &RetryPolicy::of(&config.upstream),
             &mut observe,
@@ -547,10 +563,10 @@ fn upstream_rejection(failed: &UpstreamFailed, config: &Config, group: &str) -> 
             failed.attempts.len()
         ),
         (None, Some(b)) if b.paused => format!(
-            "the edge paused every endpoint of group {group} (Retry-After) beyond the retry budget"
+            "the edge paused every endpoint of group {group} (Retry-After), for every tenant or for this one, beyond the retry budget"
         ),
         (None, Some(_)) => format!(
-            "every endpoint of group {group} is failing (circuits open); not trying until they cool down"
+            "every endpoint of group {group} is failing, for every tenant or for this one (circuits open); not trying until they cool down"
         ),
         (None, None) => format!("no upstream endpoint of group {group} could be tried"),
     };

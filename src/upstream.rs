@@ -8,6 +8,14 @@
 //! endpoint of the group ([`pool`]: fewest sessions, circuit breakers, pauses the edge
 //! asked for), performs the handshake within `handshake_timeout` over `ws://` or
 //! `wss://`, and retries with exponential backoff and full jitter inside `retry_budget`.
+//!
+//! Each failed attempt is told to the pool as the endpoint's failure or as the tenant's
+//! ([`AttemptError::request_level`]): a connection that could not be made (refused,
+//! reset or timed out while connecting, TLS failure) is the endpoint's; anything after
+//! the request was sent (a 502/503/504, no answer in time, the connection dropped) may
+//! depend on the request, so it is the tenant's, and opens a circuit or pauses for
+//! everyone only when another tenant sees the same ([`pool`]). Every edge `Retry-After`
+//! is capped at `upstream.max_pause`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,9 +101,12 @@ pub enum AttemptError {
     /// HTTP exchange failed.
     #[error("HTTP handshake failed: {0}")]
     Http(#[from] hyper::Error),
-    /// No answer within `handshake_timeout`.
+    /// The connection was made but no answer came within `handshake_timeout`.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The TCP connect or the TLS handshake did not finish within `handshake_timeout`.
+    #[error("no connection within {0:?}")]
+    ConnectTimeout(Duration),
     /// The upstream answered something other than `101`.
     #[error("answered {status}")]
     Status {
@@ -121,7 +132,20 @@ impl AttemptError {
         }
     }
 
-    /// What the attempt says about its endpoint.
+    /// Whether the failure happened after the request was sent, so that it may depend
+    /// on the request (its path, its tenant): a status, no answer in time, the
+    /// connection dropped or the upgrade failed. `false` for failures to connect (TCP,
+    /// TLS, their timeout), which no request can cause.
+    pub fn request_level(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Tls(_) | Self::ServerName(_) | Self::ConnectTimeout(_) => {
+                false
+            }
+            Self::Http(_) | Self::Timeout(_) | Self::Status { .. } | Self::Upgrade(_) => true,
+        }
+    }
+
+    /// What the attempt says about its endpoint, or about its tenant on it.
     fn pool_outcome(&self) -> pool::Outcome {
         match self {
             Self::Status {
@@ -132,10 +156,22 @@ impl AttemptError {
                 pool::Outcome::Pause(*after)
             }
             Self::Status { status, .. } if matches!(status.as_u16(), 502..=504) => {
-                pool::Outcome::Failure
+                pool::Outcome::RequestFailure
             }
             Self::Status { .. } => pool::Outcome::Answered,
-            _ => pool::Outcome::Failure,
+            e if e.request_level() => pool::Outcome::RequestFailure,
+            _ => pool::Outcome::EndpointFailure,
+        }
+    }
+
+    /// Caps the edge's `Retry-After` at `max`.
+    fn cap_retry_after(&mut self, max: Duration) {
+        if let Self::Status {
+            retry_after: Some(after),
+            ..
+        } = self
+        {
+            *after = (*after).min(max);
         }
     }
 
@@ -143,7 +179,7 @@ impl AttemptError {
     pub fn label(&self) -> String {
         match self {
             Self::Status { status, .. } => status.as_u16().to_string(),
-            Self::Timeout(_) => "timeout".into(),
+            Self::Timeout(_) | Self::ConnectTimeout(_) => "timeout".into(),
             _ => "error".into(),
         }
     }
@@ -175,17 +211,27 @@ impl Attempt<'_> {
     pub fn answered(&self) -> bool {
         matches!(
             self.result,
-            Ok(()) | Err(AttemptError::Status { .. } | AttemptError::Timeout(_))
+            Ok(())
+                | Err(AttemptError::Status { .. }
+                    | AttemptError::Timeout(_)
+                    | AttemptError::ConnectTimeout(_))
         )
     }
 }
 
-/// Records an attempt's outcome, through the probe guard when it was the probe.
-fn record(pool: &Pool, index: usize, probe: Option<pool::ProbeGuard>, outcome: pool::Outcome) {
+/// Records an attempt's outcome for `tenant`, through the probe guard when it was the
+/// probe.
+fn record(
+    pool: &Pool,
+    index: usize,
+    tenant: &str,
+    probe: Option<pool::ProbeGuard>,
+    outcome: pool::Outcome,
+) {
     let now = Instant::now();
     match probe {
-        Some(guard) => guard.record(outcome, now),
-        None => pool.record(index, false, outcome, now),
+        Some(guard) => guard.record(tenant, outcome, now),
+        None => pool.record(index, tenant, false, outcome, now),
     }
 }
 
@@ -200,6 +246,8 @@ pub struct RetryPolicy {
     pub backoff_base: Duration,
     /// Largest backoff step.
     pub backoff_max: Duration,
+    /// Longest pause an edge `Retry-After` may cause (`upstream.max_pause`).
+    pub max_pause: Duration,
 }
 
 impl RetryPolicy {
@@ -210,6 +258,7 @@ impl RetryPolicy {
             budget: config.retry_budget,
             backoff_base: config.backoff_base,
             backoff_max: config.backoff_max,
+            max_pause: config.max_pause,
         }
     }
 }
@@ -273,23 +322,28 @@ impl Connector {
         }
     }
 
-    /// Opens the upstream WebSocket for one client: picks an endpoint of the group
-    /// ([`Pool::choose`]: fewest sessions, circuits and pauses respected), tries it within
+    /// Opens the upstream WebSocket for one client of `tenant`: picks an endpoint of the
+    /// group ([`Pool::choose`]: fewest sessions, circuits and pauses respected, the
+    /// endpoint's and the tenant's own), tries it within
     /// `policy.timeout`, and on a connect error, a timeout or a 502/503/504 tries again,
     /// another endpoint first, after an exponential backoff with full jitter, until
     /// `policy.budget` is spent. Before every attempt after the first, `before_retry`
     /// is awaited (it takes an edge handshake token: retries count against the edge's
     /// rate). `req` is the request from [`build_request`]; its target is appended to
-    /// each endpoint's path. Every attempt is reported to `observe` as it ends.
+    /// each endpoint's path. Every attempt is reported to `observe` as it ends, with any
+    /// `Retry-After` already capped at `policy.max_pause`; and to the pool, as the
+    /// endpoint's failure or the tenant's ([`AttemptError::request_level`]).
     ///
     /// # Errors
     /// [`UpstreamFailed`] with every attempt when none succeeded within the budget, an
     /// endpoint answered with a status another would answer too, or every endpoint is
     /// paused or has its circuit open for longer than the budget.
+    #[allow(clippy::too_many_arguments)]
     pub async fn connect<F, Fut>(
         &self,
         group: &Group,
         pool: &Arc<Pool>,
+        tenant: &str,
         req: &Request<()>,
         policy: &RetryPolicy,
         observe: &mut (dyn FnMut(Attempt<'_>) + Send),
@@ -308,7 +362,7 @@ impl Connector {
             if now >= deadline {
                 break;
             }
-            let (index, probe) = match pool.choose(now, &tried) {
+            let (index, probe) = match pool.choose(tenant, now, &tried) {
                 Choice::Use { index, probe } => (index, probe),
                 Choice::Blocked { until, paused } => {
                     // A paused edge is waited for within the budget; open circuits are
@@ -345,11 +399,20 @@ impl Connector {
                 break;
             }
             let limit = policy.timeout.min(deadline - began);
-            let result = tokio::time::timeout(limit, self.attempt(endpoint, req)).await;
+            // Set once TCP (and TLS) are up: a timeout before is the endpoint's.
+            let mut connected = false;
+            let result =
+                tokio::time::timeout(limit, self.attempt(endpoint, req, &mut connected)).await;
             let took = began.elapsed();
-            let error = match result {
+            let mut error = match result {
                 Ok(Ok((leg, headers))) => {
-                    record(pool, index, probe_guard.take(), pool::Outcome::Success);
+                    record(
+                        pool,
+                        index,
+                        tenant,
+                        probe_guard.take(),
+                        pool::Outcome::Success,
+                    );
                     observe(Attempt {
                         endpoint,
                         result: Ok(()),
@@ -365,15 +428,23 @@ impl Connector {
                     });
                 }
                 Ok(Err(e)) => e,
-                Err(_) => AttemptError::Timeout(limit),
+                Err(_) if connected => AttemptError::Timeout(limit),
+                Err(_) => AttemptError::ConnectTimeout(limit),
             };
+            error.cap_retry_after(policy.max_pause);
             observe(Attempt {
                 endpoint,
                 result: Err(&error),
                 took,
             });
             tracing::debug!(endpoint = %endpoint.url, error = %error, "upstream attempt failed");
-            record(pool, index, probe_guard.take(), error.pool_outcome());
+            record(
+                pool,
+                index,
+                tenant,
+                probe_guard.take(),
+                error.pool_outcome(),
+            );
             tried[index] = true;
             let retry = error.try_next();
             attempts.push((endpoint.url.clone(), error));
@@ -384,10 +455,12 @@ impl Connector {
         Err(UpstreamFailed { attempts, blocked })
     }
 
+    /// One attempt; sets `connected` once TCP and TLS are up, before the request goes.
     async fn attempt(
         &self,
         endpoint: &Endpoint,
         req: &Request<()>,
+        connected: &mut bool,
     ) -> Result<(Leg, HeaderMap), AttemptError> {
         let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
             .await
@@ -406,6 +479,7 @@ impl Connector {
         } else {
             Stream::Plain(tcp)
         };
+        *connected = true;
 
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
@@ -622,7 +696,8 @@ pub fn build_request(
     req
 }
 
-/// `Retry-After` in delta-seconds (the form edges use for 503/429).
+/// `Retry-After` in delta-seconds (the form edges use for 503/429), at most a day here
+/// (the longest `upstream.max_pause`); [`Connector::connect`] caps it at `max_pause`.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let secs: u64 = headers
         .get(header::RETRY_AFTER)?
@@ -631,7 +706,9 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse()
         .ok()?;
-    Some(Duration::from_secs(secs.min(3600)))
+    Some(Duration::from_secs(
+        secs.min(crate::config::MAX_MAX_PAUSE.as_secs()),
+    ))
 }
 
 fn trace_id(headers: &HeaderMap) -> Option<String> {
@@ -730,5 +807,44 @@ mod tests {
         };
         assert_eq!(join_query(&plain, "a=1&org=2"), "a=1&org=2");
         assert_eq!(out.headers()[header::HOST], "edge:7001");
+    }
+
+    #[test]
+    fn failures_to_connect_are_the_endpoints_and_answers_the_tenants() {
+        use pool::Outcome;
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let status = |code: u16, after: Option<u64>| AttemptError::Status {
+            status: StatusCode::from_u16(code).unwrap(),
+            retry_after: after.map(Duration::from_secs),
+            trace_id: None,
+        };
+        let second = Duration::from_secs(1);
+        for (error, outcome) in [
+            (AttemptError::Connect(io()), Outcome::EndpointFailure),
+            (AttemptError::Tls(io()), Outcome::EndpointFailure),
+            (
+                AttemptError::ConnectTimeout(second),
+                Outcome::EndpointFailure,
+            ),
+            (AttemptError::Timeout(second), Outcome::RequestFailure),
+            (AttemptError::Upgrade("x".into()), Outcome::RequestFailure),
+            (status(502, None), Outcome::RequestFailure),
+            (status(503, None), Outcome::RequestFailure),
+            (status(503, Some(0)), Outcome::RequestFailure),
+            (status(504, Some(9)), Outcome::RequestFailure),
+            (status(503, Some(9)), Outcome::Pause(9 * second)),
+            (status(404, None), Outcome::Answered),
+            (status(429, Some(9)), Outcome::Answered),
+        ] {
+            assert_eq!(error.pool_outcome(), outcome, "{error}");
+            let endpoint = outcome == Outcome::EndpointFailure;
+            assert_eq!(error.request_level(), !endpoint, "{error}");
+        }
+        let mut big = status(503, Some(100_000));
+        big.cap_retry_after(Duration::from_secs(300));
+        assert_eq!(big.pool_outcome(), Outcome::Pause(Duration::from_secs(300)));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("99999999999"));
+        assert_eq!(retry_after(&headers), Some(crate::config::MAX_MAX_PAUSE));
     }
 }

@@ -357,7 +357,8 @@ async fn simulate(s: Scenario, rates: Rates) -> Result<(), TestCaseError> {
         let (admission, tenant) = (admission.clone(), name(tenant));
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(start + ms(at)).await;
-            admission.upstream_trouble(&tenant);
+            // Trouble that cannot depend on the request: the tenant and the edge step down.
+            admission.upstream_trouble(&tenant, false);
         }));
     }
     for task in tasks {
@@ -497,7 +498,7 @@ async fn a_rate_decrease_lets_no_handshake_beyond_the_burst_through() {
     let burst: Vec<_> = std::iter::from_fn(|| a.try_admit("t")).collect();
     assert_eq!(burst.len(), 4, "the burst");
     // The edge answers one of them 503: the rate halves (adaptive_factor 0.5).
-    a.upstream_trouble("t");
+    a.upstream_trouble("t", false);
     let extra: Vec<_> = std::iter::from_fn(|| a.try_admit("t")).take(10).collect();
     assert_eq!(
         extra.len(),

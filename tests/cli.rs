@@ -41,6 +41,10 @@ fn shipped_example_configs_are_valid() {
         stdout.contains("10000 pending handshakes, 32 per address,"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("upstream: handshake timeout 3s, retry budget 10s, max pause 5m,"),
+        "{stdout}"
+    );
     let acme = stdout.lines().find(|l| l.starts_with("acme ")).unwrap();
     let cells: Vec<&str> = acme.split_whitespace().collect();
     assert_eq!(

@@ -444,7 +444,7 @@ async fn a_reload_of_the_same_config_keeps_the_adaptive_back_off() {
     let metrics = sluice::metrics::Metrics::new(&config);
     let pools = sluice::upstream::Pools::new(&config);
     let admission = sluice::admission::Admission::new(&config, &metrics, &pools);
-    admission.upstream_trouble("lab");
+    admission.upstream_trouble("lab", false);
     let backed_off = admission.effective_rate("lab").unwrap();
     assert!(backed_off < 20.0, "{backed_off}");
 

@@ -55,6 +55,7 @@ fn check(config: &Config) {
     assert!(up.retry_budget >= up.handshake_timeout);
     assert!(!up.backoff_base.is_zero() && up.backoff_max >= up.backoff_base);
     assert!(!up.slow_handshake.is_zero());
+    assert!(!up.max_pause.is_zero() && up.max_pause <= sluice::config::MAX_MAX_PAUSE);
     assert!(up.adaptive_factor > 0.0 && up.adaptive_factor < 1.0);
     assert!(up.adaptive_floor > 0.0 && up.adaptive_floor <= 1.0);
 

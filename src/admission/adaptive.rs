@@ -6,6 +6,12 @@
 //! second and never below `adaptive_floor` of the configured rate. Each second without
 //! trouble adds back a tenth of the configured rate, up to the configured rate. So
 //! sluice slows down before the edge starts refusing, and recovers step by step.
+//!
+//! A tenant's rate reacts to every sign on its own handshakes. The `[edge]` ceiling's,
+//! shared by every tenant, reacts only to signs that cannot depend on one tenant's
+//! request (a connect timeout), or that a second tenant shows within
+//! [`WITNESS_WINDOW`]: a tenant drawing `503`s on a path of its own slows itself only
+//! ([`super::Admission::upstream_trouble`]).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,6 +24,9 @@ use super::capacity::Tokens;
 pub const RECOVERY_STEP: f64 = 0.1;
 /// A decrease at most this often; and how long without trouble counts as clean.
 pub const CLEAN_PERIOD: Duration = Duration::from_secs(1);
+/// Request-level trouble slows the edge ceiling when two tenants report it this close
+/// together.
+pub const WITNESS_WINDOW: Duration = Duration::from_secs(2);
 
 /// `[upstream] adaptive`, `adaptive_factor`, `adaptive_floor`.
 #[derive(Debug, Clone, Copy)]

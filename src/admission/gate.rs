@@ -203,9 +203,9 @@ pub(crate) struct TenantGate {
     /// The edge ceiling (the same one as [`super::Admission`]'s), so that a permit
     /// releases its edge slot through its tenant without holding the edge itself.
     pub(crate) edge: Option<Arc<EdgeGate>>,
-    /// The tenant's upstream group: while the edge has paused all of it, none of this
-    /// tenant's clients is sent. Swapped when a reload moves the tenant or rebuilds its
-    /// group.
+    /// The tenant's upstream group: while the edge has paused all of it for this tenant
+    /// (for everyone, or for this tenant alone), none of this tenant's clients is sent.
+    /// Swapped when a reload moves the tenant or rebuilds its group.
     pool: arc_swap::ArcSwapOption<Pool>,
     /// Time zero of `paused_until`.
     epoch: Instant,
@@ -266,14 +266,19 @@ impl TenantGate {
         self.paused_until.fetch_max(nanos, Ordering::AcqRel);
     }
 
-    /// Until when none of this tenant's clients may be sent: its own pause or its whole
-    /// group's, whichever ends later; `None` when neither holds now.
+    /// Until when none of this tenant's clients may be sent: its own pause (an edge
+    /// `429`) or its whole group's (every endpoint paused for everyone or for this
+    /// tenant), whichever ends later; `None` when neither holds now.
     pub(crate) fn paused(&self, now: Instant) -> Option<Instant> {
         let own = self.paused_until.load(Ordering::Acquire);
         let own = (own != 0)
             .then(|| self.epoch + std::time::Duration::from_nanos(own))
             .filter(|t| *t > now);
-        let group = self.pool.load().as_ref().and_then(|p| p.paused_until(now));
+        let group = self
+            .pool
+            .load()
+            .as_ref()
+            .and_then(|p| p.paused_until(&self.name, now));
         own.max(group)
     }
 

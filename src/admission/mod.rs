@@ -67,6 +67,10 @@ pub struct Admission {
     tenants: DashMap<String, Arc<TenantGate>>,
     edge: Option<Arc<EdgeGate>>,
     policy: adaptive::Policy,
+    /// The last tenant that reported request-level edge trouble, and when: the edge
+    /// ceiling backs off on such trouble only when a second tenant reports it too
+    /// ([`Admission::upstream_trouble`]).
+    last_trouble: std::sync::Mutex<Option<(Arc<str>, Instant)>>,
 }
 
 /// An admitted session's hold on capacity: its tenant's session slot and, with an
@@ -158,6 +162,7 @@ impl Admission {
             tenants,
             edge,
             policy,
+            last_trouble: std::sync::Mutex::new(None),
         }
     }
 
@@ -356,16 +361,39 @@ impl Admission {
     }
 
     /// A sign of edge trouble on a handshake of `tenant` (a `503` or `429`, a timeout, a
-    /// handshake slower than `slow_handshake`): the adaptive rates of the tenant and of
-    /// the edge ceiling step down ([`adaptive`]).
-    pub fn upstream_trouble(&self, tenant: &str) {
+    /// handshake slower than `slow_handshake`): the tenant's adaptive rate steps down
+    /// ([`adaptive`]). The edge ceiling's, shared by every tenant, steps down only when
+    /// the trouble cannot depend on the tenant's request (`request_level` false: a
+    /// connect timeout), or when another tenant reported request-level trouble within
+    /// [`adaptive::WITNESS_WINDOW`]: one tenant drawing refusals on its own path slows
+    /// only itself.
+    pub fn upstream_trouble(&self, tenant: &str, request_level: bool) {
         let now = Instant::now();
-        if let Some(gate) = self.gate(tenant) {
+        let gate = self.gate(tenant);
+        if let Some(gate) = &gate {
             gate.adaptive.trouble(&gate.limit.tokens, self.policy, now);
         }
-        if let Some(edge) = &self.edge {
+        let Some(edge) = &self.edge else {
+            return;
+        };
+        let seen_by_others = request_level && gate.is_some_and(|g| self.witness(&g.name, now));
+        if !request_level || seen_by_others {
             edge.adaptive.trouble(&edge.limit.tokens, self.policy, now);
         }
+    }
+
+    /// Notes that `tenant` saw request-level trouble at `now`; whether another tenant
+    /// saw some within [`adaptive::WITNESS_WINDOW`] before.
+    fn witness(&self, tenant: &Arc<str>, now: Instant) -> bool {
+        let mut last = self
+            .last_trouble
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seen = last.as_ref().is_some_and(|(other, at)| {
+            **other != **tenant && now.saturating_duration_since(*at) < adaptive::WITNESS_WINDOW
+        });
+        *last = Some((tenant.clone(), now));
+        seen
     }
 
     /// Starts the drain: every queued client is refused with `draining`, and so is every

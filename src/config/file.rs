@@ -96,6 +96,8 @@ pub struct UpstreamFile {
     #[serde(with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
     #[serde(with = "humantime_serde")]
+    pub max_pause: Option<Duration>,
+    #[serde(with = "humantime_serde")]
     pub slow_handshake: Option<Duration>,
     pub adaptive: Option<bool>,
     pub adaptive_factor: Option<f64>,

@@ -72,8 +72,15 @@ pub struct EdgeOptions {
     pub refuse_first: Option<usize>,
     /// Refuse only handshakes whose `x-tenant-id` is this tenant (all when `None`).
     pub refuse_tenant: Option<String>,
+    /// Refuse only handshakes whose request target contains this (all when `None`).
+    pub refuse_path: Option<String>,
     /// The `Retry-After` of refusals in seconds (7 when `None`).
     pub retry_after: Option<u64>,
+    /// Refusals carry no `Retry-After` at all.
+    pub omit_retry_after: bool,
+    /// Handshakes whose request target contains this are read, recorded and never
+    /// answered (the connection stays open; plain TCP only).
+    pub stall_path: Option<String>,
     /// Milliseconds every handshake waits before it is read (changeable while running).
     pub delay_ms: Option<Arc<AtomicU64>>,
     /// TLS: certificate chain and key, PEM.
@@ -165,6 +172,15 @@ pub async fn edge_with(options: EdgeOptions) -> Edge {
             let options = options.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                if let Some(path) = &options.stall_path {
+                    if let Some(recorded) = stalled(&tcp, path).await {
+                        e.requests.lock().unwrap().push(recorded);
+                        // Hold the connection, answering nothing.
+                        let _held = tcp;
+                        std::future::pending::<()>().await;
+                        return;
+                    }
+                }
                 if let Some(delay) = &options.delay_ms {
                     let ms = delay.load(Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -184,6 +200,47 @@ pub async fn edge_with(options: EdgeOptions) -> Edge {
 }
 
 use rustls_pki_types::pem::PemObject;
+
+/// Peeks at a plain connection's request head (without consuming it): the handshake as
+/// recorded when its target contains `path`, else `None`.
+async fn stalled(tcp: &TcpStream, path: &str) -> Option<Recorded> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let head = loop {
+        let n = tcp.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            break text[..end].to_owned();
+        }
+        if n == buf.len() {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let mut lines = head.split("\r\n");
+    let target = lines.next()?.split(' ').nth(1)?.to_owned();
+    if !target.contains(path) {
+        return None;
+    }
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.trim().as_bytes()),
+                http::HeaderValue::from_str(value.trim()),
+            ) {
+                headers.append(n, v);
+            }
+        }
+    }
+    Some(Recorded {
+        target,
+        headers,
+        at: tokio::time::Instant::now(),
+    })
+}
 
 // tungstenite fixes the callback's error type.
 #[allow(clippy::result_large_err)]
@@ -208,13 +265,21 @@ async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(
         let refuse = options
             .refuse_with
             .filter(|_| options.refuse_first.is_none_or(|first| nth <= first))
-            .filter(|_| options.refuse_tenant.as_deref().is_none_or(|t| t == tenant));
+            .filter(|_| options.refuse_tenant.as_deref().is_none_or(|t| t == tenant))
+            .filter(|_| {
+                options
+                    .refuse_path
+                    .as_deref()
+                    .is_none_or(|p| req.uri().to_string().contains(p))
+            });
         if let Some(status) = refuse {
             let mut err = ErrorResponse::new(Some("refused by test edge".into()));
             *err.status_mut() = http::StatusCode::from_u16(status).unwrap();
-            let after = options.retry_after.unwrap_or(7).to_string();
-            err.headers_mut()
-                .insert("retry-after", after.parse().unwrap());
+            if !options.omit_retry_after {
+                let after = options.retry_after.unwrap_or(7).to_string();
+                err.headers_mut()
+                    .insert("retry-after", after.parse().unwrap());
+            }
             err.headers_mut()
                 .insert("x-trace-id", "trace-1".parse().unwrap());
             return Err(err);
