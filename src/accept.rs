@@ -18,7 +18,9 @@
 //! 3. [`serve`] (a task of its own): the client's messages are kept in a [`Held`] buffer
 //!    (bounded in bytes and messages, `[accept]`) while admission runs and then while the
 //!    upstream handshake runs; pings are answered by sluice. A client that overflows it
-//!    is closed with `1008`; one that leaves frees its place in the queue at once.
+//!    is closed with `1008`; one that leaves frees its place in the queue at once; one
+//!    that breaks the protocol or a size limit frees it too and is told as in [`relay`]
+//!    (`1002`, `1007`, `1009`; counted `protocol-error`).
 //! 4. A refusal is a close frame ([`Rejection::close_code`], [`Rejection::close_reason`]),
 //!    counted and logged exactly as in `hold` mode.
 //! 5. Admitted: the upstream handshake is sluice's own (a fresh key, the chosen
@@ -50,6 +52,7 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -315,11 +318,14 @@ enum Left {
     Gone,
     /// It sent more than the held buffer takes.
     Overflow,
+    /// It broke the protocol or a size limit: the error, for [`fault_frame`].
+    Fault(WsError),
 }
 
 /// Runs `work` while reading the queued client: data messages go to `held`, pings are
 /// answered (by tungstenite, on the next read), everything else is dropped. Gives up at
-/// the drain's deadline.
+/// the drain's deadline, and when the client leaves, overflows `held` or breaks the
+/// protocol (as [`relay`] does after admission, that is told with a close frame).
 async fn while_queued<T>(
     client: &mut Ws,
     held: &mut Held,
@@ -338,6 +344,7 @@ async fn while_queued<T>(
                     held.push(m).map_err(|Overflow| Left::Overflow)?;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Err(e)) if fault_frame(&e).is_some() => return Err(Left::Fault(e)),
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(Left::Gone),
             },
         }
@@ -512,7 +519,10 @@ async fn refuse(
 /// A queued client's wait that ended early: at the drain's deadline it is refused
 /// (`1001 draining`); one that left is counted `client-gone` by `gone` (now, not after
 /// the closing handshake) and its close answered; one that overflowed its held buffer
-/// is counted the same and told `1008`.
+/// is counted the same and told `1008`; one that broke the protocol or a size limit is
+/// counted `protocol-error` and told as after admission ([`fault_frame`]: `1002`,
+/// `1007`, `1009`). Its place in the queue (or its slot) is already free: the admission
+/// or connect future ended with [`while_queued`], the caller dropped the permit.
 async fn leave(p: &Pending, client: &mut Ws, left: Left, gone: ClientGone<'_>) {
     match left {
         Left::Closing => {
@@ -539,6 +549,10 @@ async fn leave(p: &Pending, client: &mut Ws, left: Left, gone: ClientGone<'_>) {
                 "closing a queued client that overflowed its held-message buffer"
             );
             close_and_wait(client, Some(close_frame(CloseCode::Policy, &reason))).await;
+        }
+        Left::Fault(e) => {
+            gone.protocol_error(&e.to_string());
+            close_and_wait(client, fault_frame(&e)).await;
         }
     }
 }
@@ -625,9 +639,12 @@ fn kind(e: &WsError) -> io::ErrorKind {
     }
 }
 
-/// The close frame telling a peer that its *own* message or frame broke the rules.
+/// The close frame telling a peer that its *own* message or frame broke the rules;
+/// `None` for a peer that did not (its connection ended without a closing handshake,
+/// or failed).
 fn fault_frame(e: &WsError) -> Option<CloseFrame> {
     match e {
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         WsError::Capacity(c) => Some(close_frame(CloseCode::Size, &c.to_string())),
         WsError::Protocol(p) => Some(close_frame(CloseCode::Protocol, &p.to_string())),
         WsError::Utf8(_) => Some(close_frame(
