@@ -82,7 +82,9 @@ fn per_session(f: &Figures, n: usize) -> f64 {
 fn report(n: usize, mode: &str, large: Option<usize>, f: &Figures) {
     match large {
         None => println!("sessions            {n} ({mode} mode)"),
-        Some(b) => println!("sessions            {n} ({mode} mode, each echoed one {b}-byte message)"),
+        Some(b) => {
+            println!("sessions            {n} ({mode} mode, each echoed one {b}-byte message)")
+        }
     }
     println!("sluice RSS before   {} KiB", f.before);
     println!("sluice RSS idle     {} KiB", f.idle);
