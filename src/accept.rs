@@ -55,7 +55,8 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -82,8 +83,19 @@ pub const MAX_CLOSE_REASON: usize = 123;
 /// Messages one direction of the relay moves before letting the other have a turn.
 const TURN: usize = 32;
 
+mod refragment;
+
+pub use refragment::{Refragment, FRAGMENT};
+
 /// A WebSocket connection on either leg.
-pub type Ws = WebSocketStream<Stream>;
+pub type Ws = WebSocketStream<Refragment<Stream>>;
+
+/// A leg's connection as a WebSocket in `role`: what was read past the handshake
+/// (`early`) first, large incoming frames re-cut ([`Refragment`]).
+async fn leg_ws(stream: Stream, early: Bytes, role: Role, config: WebSocketConfig) -> Ws {
+    let max = config.max_frame_size.unwrap_or(usize::MAX);
+    WebSocketStream::from_raw_socket(Refragment::new(stream, early, max), role, Some(config)).await
+}
 
 /// The tungstenite configuration of both legs (see the module docs, "Cost").
 pub fn ws_config(limits: &config::Accept) -> WebSocketConfig {
@@ -371,13 +383,7 @@ async fn client_ws(
     let parts = upgraded
         .downcast::<TokioIo<Stream>>()
         .map_err(|_| "client connection of unexpected type".to_owned())?;
-    Ok(WebSocketStream::from_partially_read(
-        parts.io.into_inner(),
-        parts.read_buf.to_vec(),
-        Role::Server,
-        Some(config),
-    )
-    .await)
+    Ok(leg_ws(parts.io.into_inner(), parts.read_buf, Role::Server, config).await)
 }
 
 /// The session task of one `accept`-mode client, from its `101` to the end of its relay.
@@ -500,8 +506,7 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
 
 /// The upstream connection as a WebSocket.
 async fn edge_ws(leg: Leg, config: WebSocketConfig) -> Ws {
-    WebSocketStream::from_partially_read(leg.stream, leg.early.to_vec(), Role::Client, Some(config))
-        .await
+    leg_ws(leg.stream, leg.early, Role::Client, config).await
 }
 
 /// Counts and logs a refusal as in `hold` mode, then tells the client with a close frame.
@@ -562,10 +567,63 @@ async fn leave(p: &Pending, client: &mut Ws, left: Left, gone: ClientGone<'_>) {
 struct Dir<'a> {
     /// Messages read and not yet handed to the other leg (the held ones, at first).
     queue: VecDeque<Message>,
+    /// A large message being handed on in fragments ([`Dir::next`]).
+    part: Option<Part>,
     /// Something was written since the last flush.
     dirty: bool,
     /// Payload bytes moved.
     bytes: &'a AtomicU64,
+}
+
+/// A data message sent in fragments of [`FRAGMENT`] bytes, so that the other leg's
+/// write buffer (tungstenite keeps its capacity) never grows past one fragment.
+#[derive(Debug)]
+struct Part {
+    data: Bytes,
+    text: bool,
+    sent: usize,
+}
+
+impl Dir<'_> {
+    /// Whether anything is waiting to be sent.
+    fn pending(&self) -> bool {
+        self.part.is_some() || !self.queue.is_empty()
+    }
+
+    /// What to send next and its payload bytes: the next fragment of a large data
+    /// message, or the next message whole.
+    fn next(&mut self) -> Option<(Message, usize)> {
+        if self.part.is_none() {
+            let (data, text) = match self.queue.pop_front()? {
+                Message::Text(t) if t.len() > FRAGMENT => (Bytes::from(t), true),
+                Message::Binary(b) if b.len() > FRAGMENT => (b, false),
+                other => {
+                    let len = other.len();
+                    return Some((other, len));
+                }
+            };
+            self.part = Some(Part {
+                data,
+                text,
+                sent: 0,
+            });
+        }
+        let part = self.part.as_mut()?;
+        let end = (part.sent + FRAGMENT).min(part.data.len());
+        let opcode = match (part.sent, part.text) {
+            (0, true) => OpCode::Data(Data::Text),
+            (0, false) => OpCode::Data(Data::Binary),
+            _ => OpCode::Data(Data::Continue),
+        };
+        let fin = end == part.data.len();
+        let frame = Frame::message(part.data.slice(part.sent..end), opcode, fin);
+        let len = end - part.sent;
+        part.sent = end;
+        if fin {
+            self.part = None;
+        }
+        Some((Message::Frame(frame), len))
+    }
 }
 
 /// How one direction stopped.
@@ -582,16 +640,16 @@ enum DirEnd {
 /// Moves messages from `src` to `dst` until `src` closes or either fails.
 fn poll_dir(cx: &mut Context<'_>, src: &mut Ws, dst: &mut Ws, dir: &mut Dir<'_>) -> Poll<DirEnd> {
     for _ in 0..TURN {
-        while !dir.queue.is_empty() {
+        while dir.pending() {
             match Pin::new(&mut *dst).poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
                 Poll::Ready(Ok(())) => {}
             }
-            let Some(msg) = dir.queue.pop_front() else {
+            let Some((msg, len)) = dir.next() else {
                 break;
             };
-            relay::count(dir.bytes, msg.len() as u64);
+            relay::count(dir.bytes, len as u64);
             if let Err(e) = Pin::new(&mut *dst).start_send(msg) {
                 return Poll::Ready(DirEnd::Write(e));
             }
@@ -672,11 +730,13 @@ pub async fn relay(
 ) -> RelayStats {
     let mut up = Dir {
         queue: held,
+        part: None,
         dirty: false,
         bytes: &moved.client_to_edge,
     };
     let mut down = Dir {
         queue: VecDeque::new(),
+        part: None,
         dirty: false,
         bytes: &moved.edge_to_client,
     };

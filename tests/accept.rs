@@ -473,28 +473,35 @@ fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Reads sluice's frames (unmasked) until a close frame and returns its code; `None`
-/// when the connection ends first.
-async fn raw_close_code(tcp: &mut TcpStream) -> Option<u16> {
+/// The next frame sluice sends (unmasked): its first byte and payload; `None` when the
+/// connection ends first.
+async fn raw_frame(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let mut head = [0u8; 2];
-            tcp.read_exact(&mut head).await.ok()?;
-            let len = match head[1] & 0x7f {
-                126 => u64::from(tcp.read_u16().await.ok()?),
-                127 => tcp.read_u64().await.ok()?,
-                n => u64::from(n),
-            };
-            assert_eq!(head[1] & 0x80, 0, "sluice masks no frame towards a client");
-            let mut payload = vec![0u8; len as usize];
-            tcp.read_exact(&mut payload).await.ok()?;
-            if head[0] & 0x0f == 0x8 {
-                return Some(u16::from_be_bytes([payload[0], payload[1]]));
-            }
-        }
+        let mut head = [0u8; 2];
+        tcp.read_exact(&mut head).await.ok()?;
+        let len = match head[1] & 0x7f {
+            126 => u64::from(tcp.read_u16().await.ok()?),
+            127 => tcp.read_u64().await.ok()?,
+            n => u64::from(n),
+        };
+        assert_eq!(head[1] & 0x80, 0, "sluice masks no frame towards a client");
+        let mut payload = vec![0u8; len as usize];
+        tcp.read_exact(&mut payload).await.ok()?;
+        Some((head[0], payload))
     })
     .await
-    .expect("a close frame or the end in time")
+    .expect("a frame or the end in time")
+}
+
+/// Reads sluice's frames until a close frame and returns its code; `None` when the
+/// connection ends first.
+async fn raw_close_code(tcp: &mut TcpStream) -> Option<u16> {
+    loop {
+        let (first, payload) = raw_frame(tcp).await?;
+        if first & 0x0f == 0x8 {
+            return Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
 }
 
 /// Each way of breaking the protocol or a size limit (`max_message_bytes = 1000`), as
@@ -620,4 +627,68 @@ async fn after_admission_the_same_violations_get_the_same_close_codes() {
     let admitted = scrape.connects("lab", "admitted") + scrape.connects("lab", "queued_admitted");
     assert_eq!(admitted, cases.len() as f64);
     assert_eq!(scrape.connects("lab", "protocol-error"), 0.0);
+}
+
+#[tokio::test]
+async fn large_and_fragmented_messages_pass_whole_both_ways_text_and_binary() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "", "").await;
+    let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+
+    // 1 MB of text with 1- to 4-byte characters: sluice's fragments (both legs) cut
+    // through characters.
+    let text = "aé€😀".repeat(100_000);
+    assert_eq!(text.len(), 1_000_000);
+    ws.send(Message::text(text.clone())).await.unwrap();
+    assert_eq!(next(&mut ws).await, Some(Message::text(text.clone())));
+
+    // Three fragments of the client's, each larger than sluice's fragments and cut
+    // inside characters, text and binary.
+    let binary: Vec<u8> = (0..90_000u32).map(|i| (i % 253) as u8).collect();
+    let cuts = [0, 10_001, 20_003, 30_000];
+    for (data, kind) in [
+        (&text.as_bytes()[..30_000], Data::Text),
+        (&binary[..30_000], Data::Binary),
+    ] {
+        for i in 0..3 {
+            let opcode = OpCode::Data(if i == 0 { kind } else { Data::Continue });
+            let part = data[cuts[i]..cuts[i + 1]].to_vec();
+            let frame = Frame::message(part, opcode, i == 2);
+            ws.send(Message::Frame(frame)).await.unwrap();
+        }
+        let want = match kind {
+            Data::Text => Message::text(std::str::from_utf8(data).unwrap()),
+            _ => Message::binary(data.to_vec()),
+        };
+        assert_eq!(next(&mut ws).await, Some(want.clone()));
+        let seen = edge.messages.lock().unwrap().last().unwrap().0.clone();
+        assert!(seen == want, "the edge got the message whole");
+    }
+    support::close(ws).await;
+
+    // On the wire: a large message reaches the client in fragments of at most
+    // FRAGMENT bytes (so no leg's write buffer grows past one).
+    let mut raw = raw_upgrade(&proxy, "/t/lab/").await;
+    raw.write_all(&masked(0x82, &binary)).await.unwrap();
+    let mut got = Vec::new();
+    let mut frames = 0;
+    while got.len() < binary.len() {
+        let (first, payload) = raw_frame(&mut raw).await.expect("the echo");
+        let opcode = if frames == 0 { 0x2 } else { 0x0 };
+        assert_eq!(first & 0x0f, opcode, "frame {frames}");
+        assert!(
+            payload.len() <= sluice::accept::FRAGMENT,
+            "{}",
+            payload.len()
+        );
+        got.extend(payload);
+        frames += 1;
+        assert_eq!(
+            first & 0x80 != 0,
+            got.len() == binary.len(),
+            "FIN on the last only"
+        );
+    }
+    assert!(got == binary, "the echo changed");
+    assert!(frames >= binary.len() / sluice::accept::FRAGMENT);
 }
