@@ -19,8 +19,8 @@
 //! invalid UTF-8 and a message over the limit are refused at the first fragment, or when
 //! the message is assembled, with the same error kind.
 //!
-//! Reads are at most [`FRAGMENT`] bytes, so a fragment boundary never falls inside one
-//! read: a read that starts at a frame boundary is followed in place (headers parsed,
+//! A read that starts at a frame boundary is at most [`FRAGMENT`] + 4 bytes, so a
+//! fragment boundary never falls inside it: it is followed in place (headers parsed,
 //! the first fragment's header rewritten in place with the same length form), later
 //! fragments' headers are handed out from a 14-byte array before their payload is read
 //! straight into tungstenite's buffer. A header that straddles two reads is kept in
@@ -33,16 +33,26 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Largest frame payload tungstenite is handed, and largest read. tungstenite reserves
-/// a frame's whole payload beyond the bytes it already holds, so one fragment plus one
-/// read fit its [`super::READ_BUFFER`]-byte read buffer and it never grows. Outgoing
-/// messages are sent in fragments of this size too ([`super::relay`]).
-pub const FRAGMENT: usize = super::READ_BUFFER / 2;
-
-const _: () = assert!(FRAGMENT > 125 && FRAGMENT % 4 == 0 && FRAGMENT <= u16::MAX as usize);
+/// Largest data frame payload tungstenite is handed; outgoing messages are sent in
+/// fragments of this size too ([`super::relay`]). tungstenite reserves a frame's whole
+/// payload beyond the bytes it already holds, so a fragment and a read of one (with
+/// headers) must fit its [`super::READ_BUFFER`]-byte read buffer with room to spare, or
+/// the buffer doubles and stays so: measured with `examples/idle_memory --large`, 2 KiB
+/// fragments left 12.6 KB more per idle session after a 1 MB message, 1 KiB ones 1.4 KB
+/// (`docs/benchmarks.md`).
+pub const FRAGMENT: usize = 1536;
 
 /// Longest frame header: 2 bytes, a 64-bit length, a mask key.
 const MAX_HEADER: usize = 14;
+
+/// Largest read at a frame boundary. A split frame's header is at least 4 bytes, so
+/// such a read holds at most [`FRAGMENT`] bytes of its payload: it never reaches past
+/// the first fragment.
+const BOUNDARY_READ: usize = FRAGMENT + 4;
+
+const _: () = assert!(
+    FRAGMENT > 125 && FRAGMENT % 4 == 0 && 2 * (FRAGMENT + MAX_HEADER) < super::READ_BUFFER
+);
 
 /// A frame being re-fragmented.
 #[derive(Debug, Clone, Copy)]
@@ -207,7 +217,8 @@ impl<S> Refragment<S> {
                 let skip = usize::try_from(self.remaining)
                     .unwrap_or(usize::MAX)
                     .min(data.len() - pos);
-                // A read is at most FRAGMENT bytes: it ends before the first fragment.
+                // A read is at most BOUNDARY_READ bytes: it ends with the first fragment
+                // at the latest.
                 debug_assert!(self.split.is_none_or(|s| skip <= usize::from(s.left)));
                 self.passed(skip);
                 pos += skip;
@@ -332,7 +343,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Refragment<S> {
             } else {
                 // At a frame boundary: read in place and follow the frames read.
                 let at = buf.filled().len();
-                match this.read_into(cx, buf, FRAGMENT) {
+                match this.read_into(cx, buf, BOUNDARY_READ) {
                     Poll::Ready(Ok(0)) => Poll::Ready(Ok(())),
                     Poll::Ready(Ok(n)) => {
                         let keep = this.scan(&mut buf.filled_mut()[at..at + n]);
