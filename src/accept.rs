@@ -19,14 +19,14 @@
 //!    (bounded in bytes and messages, `[accept]`) while admission runs and then while the
 //!    upstream handshake runs; pings are answered by sluice. A client that overflows it
 //!    is closed with `1008`; one that leaves frees its place in the queue at once; one
-//!    that breaks the protocol or a size limit frees it too and is told as in [`relay`]
+//!    that breaks the protocol or a size limit frees it too and is told as in [`relay()`]
 //!    (`1002`, `1007`, `1009`; counted `protocol-error`).
 //! 4. A refusal is a close frame ([`Rejection::close_code`], [`Rejection::close_reason`]),
 //!    counted and logged exactly as in `hold` mode.
 //! 5. Admitted: the upstream handshake is sluice's own (a fresh key, the chosen
 //!    subprotocol only, no extensions) and is checked ([`check_edge_handshake`]); an edge
 //!    that does not take the subprotocol closes the client with `1011`. The held
-//!    messages go first, then [`relay`] moves messages both ways.
+//!    messages go first, then [`relay()`] moves messages both ways.
 //!
 //! # Cost
 //!
@@ -35,6 +35,17 @@
 //! [`READ_BUFFER`]-byte read buffers, writes each message as it is sent (no write
 //! buffering), bounds the write buffer, and limits frames and messages to
 //! `accept.max_message_bytes`. Figures are in `docs/benchmarks.md`.
+//!
+//! tungstenite keeps the capacity its buffers grew to: read whole, one 2 MB frame would
+//! leave a 2 MB read buffer on each leg, and written whole, a 2 MB write buffer, for as
+//! long as the session lasts (8 MB per idle session for one echoed 2 MB message). So a
+//! leg's bytes reach tungstenite through [`Refragment`], which hands it large data
+//! frames as fragments of [`FRAGMENT`] bytes (its read buffer stays at [`READ_BUFFER`]),
+//! and [`relay()`] sends messages over [`FRAGMENT`] bytes as fragments of that size (its
+//! write buffer stays at one). What remains of a large message is the buffer tungstenite
+//! assembles it in, freed once the message is sent on: an idle session holds no message
+//! buffer (DESIGN step 6). `src/main.rs` fixes glibc's mmap threshold so that such
+//! blocks go back to the OS.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -715,6 +726,7 @@ fn fault_frame(e: &WsError) -> Option<CloseFrame> {
 
 /// Relays messages both ways (held ones first, to the edge) until a leg closes or fails
 /// or `stop` resolves; then completes the closing handshakes within [`CLOSE_TIMEOUT`].
+/// A data message over [`FRAGMENT`] bytes is sent in fragments of that size.
 ///
 /// A close frame is passed on with its code and reason. A leg that fails without one
 /// gets the other a close of its own: `1001` to the edge when the client went away,

@@ -34,7 +34,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest data frame payload tungstenite is handed; outgoing messages are sent in
-/// fragments of this size too ([`super::relay`]). tungstenite reserves a frame's whole
+/// fragments of this size too ([`super::relay()`]). tungstenite reserves a frame's whole
 /// payload beyond the bytes it already holds, so a fragment and a read of one (with
 /// headers) must fit its [`super::READ_BUFFER`]-byte read buffer with room to spare, or
 /// the buffer doubles and stays so: measured with `examples/idle_memory --large`, 2 KiB
