@@ -137,11 +137,6 @@ impl<S> Refragment<S> {
         }
     }
 
-    /// The connection.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// A frame's header `h` (whole) was read: decides whether the frame is split and
     /// if so rewrites `h` in place as its first fragment's header (same length form).
     fn start_frame(&mut self, h: &mut [u8]) {
