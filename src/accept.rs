@@ -347,8 +347,9 @@ enum Left {
 
 /// Runs `work` while reading the queued client: data messages go to `held`, pings are
 /// answered (by tungstenite, on the next read), everything else is dropped. Gives up at
-/// the drain's deadline, and when the client leaves, overflows `held` or breaks the
-/// protocol (as [`relay`] does after admission, that is told with a close frame).
+/// the drain's deadline, and when the client leaves, overflows `held`, or breaks the
+/// protocol or a size limit (which [`leave`] answers with the close frame [`relay()`]
+/// would send after admission).
 async fn while_queued<T>(
     client: &mut Ws,
     held: &mut Held,
