@@ -11,10 +11,10 @@
 //! unmask as before. tungstenite then assembles the message in a buffer of its own,
 //! which the relay frees once the message is sent on.
 //!
-//! Everything tungstenite must refuse passes unchanged, so that it raises the same
-//! error as without the adapter: control frames, frames with RSV bits, unknown opcodes,
-//! frames longer than the limit (`max_frame`), and any frame not longer than
-//! [`FRAGMENT`]. Splitting does not change what is valid: a stray continuation frame, a
+//! Passed unchanged: any frame of at most [`FRAGMENT`] bytes, and control frames,
+//! frames with RSV bits or an unknown opcode and frames over the limit (`max_frame`),
+//! which tungstenite refuses with the same error as without the adapter. Splitting
+//! does not change what is valid: a stray continuation frame, a
 //! data frame inside a fragmented message, a frame masked (or not) against the role,
 //! invalid UTF-8 and a message over the limit are refused at the first fragment, or when
 //! the message is assembled, with the same error kind.
@@ -38,8 +38,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// payload beyond the bytes it already holds, so a fragment and a read of one (with
 /// headers) must fit its [`super::READ_BUFFER`]-byte read buffer with room to spare, or
 /// the buffer doubles and stays so: measured with `examples/idle_memory --large`, 2 KiB
-/// fragments left 12.6 KB more per idle session after a 1 MB message, 1 KiB ones 1.4 KB
-/// (`docs/benchmarks.md`).
+/// fragments left 12.6 KB more per idle session after a 1 MB message, 1,536-byte ones
+/// 3.2 KB, 1 KiB ones 1.4 KB, at the cost of more frames (`docs/benchmarks.md`).
 pub const FRAGMENT: usize = 1536;
 
 /// Longest frame header: 2 bytes, a 64-bit length, a mask key.
