@@ -661,11 +661,24 @@ fn poll_dir(cx: &mut Context<'_>, src: &mut Ws, dst: &mut Ws, dir: &mut Dir<'_>)
             let Some((msg, len)) = dir.next() else {
                 break;
             };
+            // The fragments of one message go out in one write, not one each.
+            let last_fragment = matches!(&msg, Message::Frame(f) if f.header().is_final);
+            if dir.part.is_some() {
+                dst.get_mut().coalesce();
+            }
             relay::count(dir.bytes, len as u64);
             if let Err(e) = Pin::new(&mut *dst).start_send(msg) {
                 return Poll::Ready(DirEnd::Write(e));
             }
             dir.dirty = true;
+            if last_fragment {
+                // The gathered fragments go out now, not at the end of the turn.
+                match Pin::new(&mut *dst).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => dir.dirty = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
+                    Poll::Pending => {}
+                }
+            }
         }
         match Pin::new(&mut *src).poll_next(cx) {
             Poll::Ready(Some(Ok(Message::Close(frame)))) => {

@@ -24,7 +24,14 @@
 //! the first fragment's header rewritten in place with the same length form), later
 //! fragments' headers are handed out from a 14-byte array before their payload is read
 //! straight into tungstenite's buffer. A header that straddles two reads is kept in
-//! another 14-byte array until it is whole. Nothing here is allocated.
+//! another 14-byte array until it is whole.
+//!
+//! One read per fragment would cost a large message three times the reads it took
+//! whole, so inside a split frame the adapter reads ahead up to [`READ_AHEAD`] bytes of
+//! its payload at once (into a per-thread scratch buffer, kept as a copy until handed
+//! out, then freed). Writes pass unchanged, except that the relay can have the
+//! fragments of one message gathered into one write ([`Refragment::coalesce`]; the
+//! buffer is freed once written). An idle leg holds no buffer here.
 
 use std::io;
 use std::pin::Pin;
@@ -44,6 +51,15 @@ pub const FRAGMENT: usize = 1536;
 
 /// Longest frame header: 2 bytes, a 64-bit length, a mask key.
 const MAX_HEADER: usize = 14;
+
+/// Most bytes read at once inside a split frame, and most bytes of fragments written at
+/// once ([`Refragment::coalesce`]): held on the heap only until handed on.
+const READ_AHEAD: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; READ_AHEAD].into_boxed_slice());
+}
 
 /// Largest read at a frame boundary. A split frame's header is at least 4 bytes, so
 /// such a read holds at most [`FRAGMENT`] bytes of its payload: it never reaches past
@@ -89,6 +105,10 @@ pub struct Refragment<S> {
     out: [u8; MAX_HEADER],
     out_at: u8,
     out_len: u8,
+    /// Writes gathered since [`Refragment::coalesce`], and how much of them is out.
+    gathered: Vec<u8>,
+    gathered_out: usize,
+    coalescing: bool,
 }
 
 /// A header's length, from its second byte.
@@ -134,6 +154,9 @@ impl<S> Refragment<S> {
             out: [0; MAX_HEADER],
             out_at: 0,
             out_len: 0,
+            gathered: Vec::new(),
+            gathered_out: 0,
+            coalescing: false,
         }
     }
 
@@ -234,6 +257,22 @@ impl<S> Refragment<S> {
 }
 
 impl<S: AsyncRead + Unpin> Refragment<S> {
+    /// Reads up to [`READ_AHEAD`] bytes of the split frame's payload still to come (not
+    /// past it) into the per-thread scratch buffer, and keeps a copy of what came as
+    /// `early`, handed out before the connection is read again and freed once out.
+    fn read_ahead(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let want = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(READ_AHEAD);
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut rb = ReadBuf::new(&mut scratch[..want]);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+            self.early = Bytes::copy_from_slice(rb.filled());
+            Poll::Ready(Ok(self.early.len()))
+        })
+    }
+
     /// Reads at most `limit` bytes into `dst`: the early bytes first, then the
     /// connection.
     fn read_some(&mut self, cx: &mut Context<'_>, dst: &mut [u8]) -> Poll<io::Result<usize>> {
@@ -297,6 +336,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Refragment<S> {
                         continue;
                     }
                     limit = usize::from(split.left);
+                    if this.early.is_empty() && this.remaining > limit as u64 {
+                        // More fragments to come: read ahead, one read for many.
+                        match this.read_ahead(cx) {
+                            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                            Poll::Pending if produced => return Poll::Ready(Ok(())),
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Ok(_)) => {}
+                        }
+                    }
                 }
                 match this.read_into(cx, buf, limit.min(FRAGMENT)) {
                     Poll::Ready(Ok(n)) => {
@@ -359,33 +408,64 @@ impl<S: AsyncRead + Unpin> AsyncRead for Refragment<S> {
     }
 }
 
+impl<S> Refragment<S> {
+    /// Until the next flush, writes are gathered (up to [`READ_AHEAD`] bytes at a time)
+    /// instead of each going to the connection: the relay calls it before handing
+    /// tungstenite a fragment that is not a message's last, so that the fragments of a
+    /// message take one write, not one each. The buffer is freed once written.
+    pub fn coalesce(&mut self) {
+        self.coalescing = true;
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Refragment<S> {
+    /// Writes out what [`Refragment::coalesce`] gathered, and frees it.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.gathered_out < self.gathered.len() {
+            let rest = &self.gathered[self.gathered_out..];
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.gathered_out += n;
+        }
+        self.gathered = Vec::new();
+        self.gathered_out = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Refragment<S> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.coalescing && this.gathered.len() < READ_AHEAD {
+            this.gathered.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        // In order: what was gathered first.
+        ready!(this.poll_drain(cx))?;
+        if this.coalescing {
+            this.gathered.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        this.coalescing = false;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
@@ -727,5 +807,55 @@ mod tests {
         let through = read(Role::Server, &cut[..3], &[1], true).await;
         assert_eq!(direct, through);
         assert!(direct.1.is_some());
+    }
+
+    /// Records each write it gets.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(b.to_vec());
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn coalesced_writes_go_out_at_the_flush_in_order_and_are_freed() {
+        use tokio::io::AsyncWriteExt;
+        let mut a = Refragment::new(Writes::default(), Bytes::new(), MAX);
+        a.write_all(b"plain").await.unwrap();
+        assert_eq!(a.inner.0, [b"plain".to_vec()]);
+        a.coalesce();
+        a.write_all(b"one ").await.unwrap();
+        a.write_all(b"two ").await.unwrap();
+        assert_eq!(a.inner.0.len(), 1, "nothing written before the flush");
+        a.flush().await.unwrap();
+        assert_eq!(a.inner.0[1], b"one two ");
+        assert_eq!(a.gathered.capacity(), 0, "freed");
+        // After the flush, writes go straight through again.
+        a.write_all(b"three").await.unwrap();
+        assert_eq!(a.inner.0[2], b"three");
+        // More than READ_AHEAD gathered: written out before more is taken, in order.
+        a.coalesce();
+        let chunk = vec![7u8; 40_000];
+        for _ in 0..3 {
+            a.write_all(&chunk).await.unwrap();
+        }
+        a.flush().await.unwrap();
+        let all: Vec<u8> = a.inner.0[3..].concat();
+        assert_eq!(all, vec![7u8; 120_000]);
+        assert_eq!(a.inner.0.len(), 5, "two writes, not three");
+        assert_eq!(a.gathered.capacity(), 0);
     }
 }
