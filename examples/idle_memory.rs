@@ -9,7 +9,13 @@
 //! cargo build --release --bins --examples
 //! target/release/examples/idle_memory 5000          # hold mode (the byte tunnel)
 //! target/release/examples/idle_memory 5000 accept   # accept mode (the message relay)
+//! target/release/examples/idle_memory 200 accept --large 1000000
 //! ```
+//!
+//! With `--large BYTES` it measures twice, each time with a fresh sluice: once as
+//! above, once with each session echoing one text message of BYTES after the first
+//! (then idle), and prints both figures per session and their ratio: what a session
+//! keeps of a large message it relayed.
 //!
 //! Each session costs two file descriptors in sluice and two here (client and edge);
 //! keep N under a quarter of `ulimit -n`.
@@ -30,18 +36,65 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+struct Figures {
+    before: u64,
+    idle: u64,
+    after: u64,
+}
+
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(2000);
-    let mode = std::env::args().nth(2).unwrap_or_else(|| "hold".into());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut large = None;
+    let mut plain = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--large" {
+            large = it.next().and_then(|v| v.parse::<usize>().ok());
+            assert!(large.is_some(), "--large takes a size in bytes");
+        } else {
+            plain.push(a);
+        }
+    }
+    let n: usize = plain.first().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let mode = plain.get(1).cloned().unwrap_or_else(|| "hold".into());
     assert!(
         mode == "hold" || mode == "accept",
         "mode is hold or accept, not {mode}"
     );
 
+    let small = measure(n, &mode, None).await;
+    report(n, &mode, None, &small);
+    if let Some(bytes) = large {
+        let big = measure(n, &mode, Some(bytes)).await;
+        report(n, &mode, Some(bytes), &big);
+        println!(
+            "ratio               {:.2} (per idle session after one {bytes}-byte message / without)",
+            per_session(&big, n) / per_session(&small, n)
+        );
+    }
+}
+
+fn per_session(f: &Figures, n: usize) -> f64 {
+    f.idle.saturating_sub(f.before) as f64 * 1024.0 / n as f64
+}
+
+fn report(n: usize, mode: &str, large: Option<usize>, f: &Figures) {
+    match large {
+        None => println!("sessions            {n} ({mode} mode)"),
+        Some(b) => {
+            println!("sessions            {n} ({mode} mode, each echoed one {b}-byte message)")
+        }
+    }
+    println!("sluice RSS before   {} KiB", f.before);
+    println!("sluice RSS idle     {} KiB", f.idle);
+    println!("sluice RSS after    {} KiB (all closed)", f.after);
+    println!("per idle session    {:.0} bytes", per_session(f, n));
+}
+
+/// One sluice, N sessions (each echoing one small message, then one of `large` bytes
+/// when given), idle, then closed.
+async fn measure(n: usize, mode: &str, large: Option<usize>) -> Figures {
     // The edge: echo, counting live sessions.
     let edge = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let edge_addr = edge.local_addr().unwrap();
@@ -119,6 +172,13 @@ async fn main() {
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         ws.send(Message::text("REGISTER")).await.unwrap();
         ws.next().await;
+        if let Some(bytes) = large {
+            ws.send(Message::text("x".repeat(bytes))).await.unwrap();
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => assert_eq!(t.len(), bytes, "the echo"),
+                other => panic!("expected the large echo, got {other:?}"),
+            }
+        }
         clients.push(ws);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -140,10 +200,9 @@ async fn main() {
     child.wait().ok();
     let _ = std::fs::remove_dir_all(&dir);
 
-    let per = (idle.saturating_sub(before)) as f64 * 1024.0 / n as f64;
-    println!("sessions            {n} ({mode} mode)");
-    println!("sluice RSS before   {before} KiB");
-    println!("sluice RSS idle     {idle} KiB");
-    println!("sluice RSS after    {after} KiB (all closed)");
-    println!("per idle session    {:.0} bytes", per);
+    Figures {
+        before,
+        idle,
+        after,
+    }
 }

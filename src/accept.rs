@@ -18,13 +18,15 @@
 //! 3. [`serve`] (a task of its own): the client's messages are kept in a [`Held`] buffer
 //!    (bounded in bytes and messages, `[accept]`) while admission runs and then while the
 //!    upstream handshake runs; pings are answered by sluice. A client that overflows it
-//!    is closed with `1008`; one that leaves frees its place in the queue at once.
+//!    is closed with `1008`; one that leaves frees its place in the queue at once; one
+//!    that breaks the protocol or a size limit frees it too and is told as in [`relay()`]
+//!    (`1002`, `1007`, `1009`; counted `protocol-error`).
 //! 4. A refusal is a close frame ([`Rejection::close_code`], [`Rejection::close_reason`]),
 //!    counted and logged exactly as in `hold` mode.
 //! 5. Admitted: the upstream handshake is sluice's own (a fresh key, the chosen
 //!    subprotocol only, no extensions) and is checked ([`check_edge_handshake`]); an edge
 //!    that does not take the subprotocol closes the client with `1011`. The held
-//!    messages go first, then [`relay`] moves messages both ways.
+//!    messages go first, then [`relay()`] moves messages both ways.
 //!
 //! # Cost
 //!
@@ -33,6 +35,17 @@
 //! [`READ_BUFFER`]-byte read buffers, writes each message as it is sent (no write
 //! buffering), bounds the write buffer, and limits frames and messages to
 //! `accept.max_message_bytes`. Figures are in `docs/benchmarks.md`.
+//!
+//! tungstenite keeps the capacity its buffers grew to: read whole, one 2 MB frame would
+//! leave a 2 MB read buffer on each leg, and written whole, a 2 MB write buffer, for as
+//! long as the session lasts (8 MB per idle session for one echoed 2 MB message). So a
+//! leg's bytes reach tungstenite through [`Refragment`], which hands it large data
+//! frames as fragments of [`FRAGMENT`] bytes (its read buffer stays at [`READ_BUFFER`]),
+//! and [`relay()`] sends messages over [`FRAGMENT`] bytes as fragments of that size (its
+//! write buffer stays at one). What remains of a large message is the buffer tungstenite
+//! assembles it in, freed once the message is sent on: an idle session holds no message
+//! buffer (DESIGN step 6). `src/main.rs` fixes glibc's mmap threshold so that such
+//! blocks go back to the OS.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -50,9 +63,11 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -79,8 +94,19 @@ pub const MAX_CLOSE_REASON: usize = 123;
 /// Messages one direction of the relay moves before letting the other have a turn.
 const TURN: usize = 32;
 
+mod refragment;
+
+pub use refragment::{Refragment, FRAGMENT};
+
 /// A WebSocket connection on either leg.
-pub type Ws = WebSocketStream<Stream>;
+pub type Ws = WebSocketStream<Refragment<Stream>>;
+
+/// A leg's connection as a WebSocket in `role`: what was read past the handshake
+/// (`early`) first, large incoming frames re-cut ([`Refragment`]).
+async fn leg_ws(stream: Stream, early: Bytes, role: Role, config: WebSocketConfig) -> Ws {
+    let max = config.max_frame_size.unwrap_or(usize::MAX);
+    WebSocketStream::from_raw_socket(Refragment::new(stream, early, max), role, Some(config)).await
+}
 
 /// The tungstenite configuration of both legs (see the module docs, "Cost").
 pub fn ws_config(limits: &config::Accept) -> WebSocketConfig {
@@ -315,11 +341,15 @@ enum Left {
     Gone,
     /// It sent more than the held buffer takes.
     Overflow,
+    /// It broke the protocol or a size limit: the error, for [`fault_frame`].
+    Fault(WsError),
 }
 
 /// Runs `work` while reading the queued client: data messages go to `held`, pings are
 /// answered (by tungstenite, on the next read), everything else is dropped. Gives up at
-/// the drain's deadline.
+/// the drain's deadline, and when the client leaves, overflows `held`, or breaks the
+/// protocol or a size limit (which [`leave`] answers with the close frame [`relay()`]
+/// would send after admission).
 async fn while_queued<T>(
     client: &mut Ws,
     held: &mut Held,
@@ -338,6 +368,7 @@ async fn while_queued<T>(
                     held.push(m).map_err(|Overflow| Left::Overflow)?;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Err(e)) if fault_frame(&e).is_some() => return Err(Left::Fault(e)),
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(Left::Gone),
             },
         }
@@ -364,13 +395,7 @@ async fn client_ws(
     let parts = upgraded
         .downcast::<TokioIo<Stream>>()
         .map_err(|_| "client connection of unexpected type".to_owned())?;
-    Ok(WebSocketStream::from_partially_read(
-        parts.io.into_inner(),
-        parts.read_buf.to_vec(),
-        Role::Server,
-        Some(config),
-    )
-    .await)
+    Ok(leg_ws(parts.io.into_inner(), parts.read_buf, Role::Server, config).await)
 }
 
 /// The session task of one `accept`-mode client, from its `101` to the end of its relay.
@@ -493,8 +518,7 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
 
 /// The upstream connection as a WebSocket.
 async fn edge_ws(leg: Leg, config: WebSocketConfig) -> Ws {
-    WebSocketStream::from_partially_read(leg.stream, leg.early.to_vec(), Role::Client, Some(config))
-        .await
+    leg_ws(leg.stream, leg.early, Role::Client, config).await
 }
 
 /// Counts and logs a refusal as in `hold` mode, then tells the client with a close frame.
@@ -512,7 +536,10 @@ async fn refuse(
 /// A queued client's wait that ended early: at the drain's deadline it is refused
 /// (`1001 draining`); one that left is counted `client-gone` by `gone` (now, not after
 /// the closing handshake) and its close answered; one that overflowed its held buffer
-/// is counted the same and told `1008`.
+/// is counted the same and told `1008`; one that broke the protocol or a size limit is
+/// counted `protocol-error` and told as after admission ([`fault_frame`]: `1002`,
+/// `1007`, `1009`). Its place in the queue (or its slot) is already free: the admission
+/// or connect future ended with [`while_queued`], the caller dropped the permit.
 async fn leave(p: &Pending, client: &mut Ws, left: Left, gone: ClientGone<'_>) {
     match left {
         Left::Closing => {
@@ -540,6 +567,10 @@ async fn leave(p: &Pending, client: &mut Ws, left: Left, gone: ClientGone<'_>) {
             );
             close_and_wait(client, Some(close_frame(CloseCode::Policy, &reason))).await;
         }
+        Left::Fault(e) => {
+            gone.protocol_error(&e.to_string());
+            close_and_wait(client, fault_frame(&e)).await;
+        }
     }
 }
 
@@ -548,10 +579,63 @@ async fn leave(p: &Pending, client: &mut Ws, left: Left, gone: ClientGone<'_>) {
 struct Dir<'a> {
     /// Messages read and not yet handed to the other leg (the held ones, at first).
     queue: VecDeque<Message>,
+    /// A large message being handed on in fragments ([`Dir::next`]).
+    part: Option<Part>,
     /// Something was written since the last flush.
     dirty: bool,
     /// Payload bytes moved.
     bytes: &'a AtomicU64,
+}
+
+/// A data message sent in fragments of [`FRAGMENT`] bytes, so that the other leg's
+/// write buffer (tungstenite keeps its capacity) never grows past one fragment.
+#[derive(Debug)]
+struct Part {
+    data: Bytes,
+    text: bool,
+    sent: usize,
+}
+
+impl Dir<'_> {
+    /// Whether anything is waiting to be sent.
+    fn pending(&self) -> bool {
+        self.part.is_some() || !self.queue.is_empty()
+    }
+
+    /// What to send next and its payload bytes: the next fragment of a large data
+    /// message, or the next message whole.
+    fn next(&mut self) -> Option<(Message, usize)> {
+        if self.part.is_none() {
+            let (data, text) = match self.queue.pop_front()? {
+                Message::Text(t) if t.len() > FRAGMENT => (Bytes::from(t), true),
+                Message::Binary(b) if b.len() > FRAGMENT => (b, false),
+                other => {
+                    let len = other.len();
+                    return Some((other, len));
+                }
+            };
+            self.part = Some(Part {
+                data,
+                text,
+                sent: 0,
+            });
+        }
+        let part = self.part.as_mut()?;
+        let end = (part.sent + FRAGMENT).min(part.data.len());
+        let opcode = match (part.sent, part.text) {
+            (0, true) => OpCode::Data(Data::Text),
+            (0, false) => OpCode::Data(Data::Binary),
+            _ => OpCode::Data(Data::Continue),
+        };
+        let fin = end == part.data.len();
+        let frame = Frame::message(part.data.slice(part.sent..end), opcode, fin);
+        let len = end - part.sent;
+        part.sent = end;
+        if fin {
+            self.part = None;
+        }
+        Some((Message::Frame(frame), len))
+    }
 }
 
 /// How one direction stopped.
@@ -568,20 +652,33 @@ enum DirEnd {
 /// Moves messages from `src` to `dst` until `src` closes or either fails.
 fn poll_dir(cx: &mut Context<'_>, src: &mut Ws, dst: &mut Ws, dir: &mut Dir<'_>) -> Poll<DirEnd> {
     for _ in 0..TURN {
-        while !dir.queue.is_empty() {
+        while dir.pending() {
             match Pin::new(&mut *dst).poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
                 Poll::Ready(Ok(())) => {}
             }
-            let Some(msg) = dir.queue.pop_front() else {
+            let Some((msg, len)) = dir.next() else {
                 break;
             };
-            relay::count(dir.bytes, msg.len() as u64);
+            // The fragments of one message go out in one write, not one each.
+            let last_fragment = matches!(&msg, Message::Frame(f) if f.header().is_final);
+            if dir.part.is_some() {
+                dst.get_mut().coalesce();
+            }
+            relay::count(dir.bytes, len as u64);
             if let Err(e) = Pin::new(&mut *dst).start_send(msg) {
                 return Poll::Ready(DirEnd::Write(e));
             }
             dir.dirty = true;
+            if last_fragment {
+                // The gathered fragments go out now, not at the end of the turn.
+                match Pin::new(&mut *dst).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => dir.dirty = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
+                    Poll::Pending => {}
+                }
+            }
         }
         match Pin::new(&mut *src).poll_next(cx) {
             Poll::Ready(Some(Ok(Message::Close(frame)))) => {
@@ -625,9 +722,12 @@ fn kind(e: &WsError) -> io::ErrorKind {
     }
 }
 
-/// The close frame telling a peer that its *own* message or frame broke the rules.
+/// The close frame telling a peer that its *own* message or frame broke the rules;
+/// `None` for a peer that did not (its connection ended without a closing handshake,
+/// or failed).
 fn fault_frame(e: &WsError) -> Option<CloseFrame> {
     match e {
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         WsError::Capacity(c) => Some(close_frame(CloseCode::Size, &c.to_string())),
         WsError::Protocol(p) => Some(close_frame(CloseCode::Protocol, &p.to_string())),
         WsError::Utf8(_) => Some(close_frame(
@@ -640,6 +740,7 @@ fn fault_frame(e: &WsError) -> Option<CloseFrame> {
 
 /// Relays messages both ways (held ones first, to the edge) until a leg closes or fails
 /// or `stop` resolves; then completes the closing handshakes within [`CLOSE_TIMEOUT`].
+/// A data message over [`FRAGMENT`] bytes is sent in fragments of that size.
 ///
 /// A close frame is passed on with its code and reason. A leg that fails without one
 /// gets the other a close of its own: `1001` to the edge when the client went away,
@@ -655,11 +756,13 @@ pub async fn relay(
 ) -> RelayStats {
     let mut up = Dir {
         queue: held,
+        part: None,
         dirty: false,
         bytes: &moved.client_to_edge,
     };
     let mut down = Dir {
         queue: VecDeque::new(),
+        part: None,
         dirty: false,
         bytes: &moved.edge_to_client,
     };

@@ -4,7 +4,10 @@ fn main() -> std::process::ExitCode {
     #[cfg(unix)]
     raise_open_files_limit();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    trim::start();
+    {
+        fixed_mmap_threshold();
+        trim::start();
+    }
     sluice::cli::main()
 }
 
@@ -25,6 +28,20 @@ fn raise_open_files_limit() {
             limit.rlim_cur = limit.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
+    }
+}
+
+/// Large blocks (an `accept`-mode message being assembled, up to
+/// `accept.max_message_bytes`) come from their own `mmap` and go back to the OS when
+/// freed. glibc's default threshold is dynamic: after such a block is freed it rises to
+/// that block's size, and later ones come from the heap, where freed memory stays in
+/// RSS. Setting it fixes it at `MMAP_THRESHOLD` (and the trim threshold at twice that).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fixed_mmap_threshold() {
+    const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+    // SAFETY: mallopt only sets a parameter of glibc's malloc, before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 

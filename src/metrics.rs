@@ -60,11 +60,15 @@ pub enum Outcome {
     /// Hung up while queued or during the upstream handshake (an addition to DESIGN's
     /// list: the clients whose patience ran out before sluice answered).
     ClientGone,
+    /// `accept` mode: broke the WebSocket protocol (or a size limit) while queued or
+    /// during the upstream handshake, and was closed with `1002`, `1007` or `1009` (an
+    /// addition to DESIGN's list).
+    ProtocolError,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Admitted,
         Outcome::QueuedAdmitted,
         Outcome::Refused(Reason::TenantUnknown),
@@ -76,6 +80,7 @@ impl Outcome {
         Outcome::Refused(Reason::Draining),
         Outcome::Refused(Reason::TooManyAttempts),
         Outcome::ClientGone,
+        Outcome::ProtocolError,
     ];
 
     /// The label value.
@@ -85,6 +90,7 @@ impl Outcome {
             Self::QueuedAdmitted => "queued_admitted",
             Self::Refused(r) => r.as_str(),
             Self::ClientGone => "client-gone",
+            Self::ProtocolError => "protocol-error",
         }
     }
 
@@ -100,7 +106,7 @@ impl Outcome {
         match self {
             Self::Admitted => Class::Admitted,
             Self::QueuedAdmitted => Class::Queued,
-            Self::Refused(_) | Self::ClientGone => Class::Rejected,
+            Self::Refused(_) | Self::ClientGone | Self::ProtocolError => Class::Rejected,
         }
     }
 }

@@ -415,7 +415,8 @@ pub(crate) fn record_admitted(
 }
 
 /// Writes the outcome line of a client that left while queued or while its upstream
-/// handshake ran (when dropped armed).
+/// handshake ran (when dropped armed), or of an `accept`-mode client that broke the
+/// protocol there ([`ClientGone::protocol_error`]).
 pub(crate) struct ClientGone<'a> {
     tenant: &'a TenantMetrics,
     request_id: &'a str,
@@ -446,31 +447,51 @@ impl<'a> ClientGone<'a> {
     pub(crate) fn disarm(mut self) {
         self.stage = None;
     }
+
+    /// The client did not leave but broke the WebSocket protocol (or a size limit):
+    /// counted and logged as `protocol-error`, with what it did, instead.
+    pub(crate) fn protocol_error(mut self, error: &str) {
+        self.record(Outcome::ProtocolError, Some(error));
+    }
+
+    /// Counts `outcome`, observes the wait of a queued client, and writes one outcome
+    /// line within the tenant's log budget; disarms.
+    fn record(&mut self, outcome: Outcome, error: Option<&str>) {
+        let Some(stage) = self.stage.take() else {
+            return;
+        };
+        self.tenant.outcome(outcome);
+        let queued = stage == "queued";
+        let waited = self.since.elapsed();
+        if queued {
+            self.tenant.queue_wait(waited);
+        }
+        if let Some(suppressed) = self.tenant.log_budget.spend() {
+            let message = match outcome {
+                Outcome::ProtocolError => {
+                    "client broke the WebSocket protocol before its connect was answered"
+                }
+                _ => "client left before its connect was answered",
+            };
+            tracing::info!(
+                target: "sluice::outcome",
+                tenant = self.tenant.name,
+                outcome = outcome.as_str(),
+                stage,
+                queue_wait_ms = queued.then_some(waited.as_millis() as u64),
+                error,
+                request_id = self.request_id,
+                client = %self.client,
+                suppressed,
+                "{message}"
+            );
+        }
+    }
 }
 
 impl Drop for ClientGone<'_> {
     fn drop(&mut self) {
-        if let Some(stage) = self.stage {
-            self.tenant.outcome(Outcome::ClientGone);
-            let queued = stage == "queued";
-            let waited = self.since.elapsed();
-            if queued {
-                self.tenant.queue_wait(waited);
-            }
-            if let Some(suppressed) = self.tenant.log_budget.spend() {
-                tracing::info!(
-                    target: "sluice::outcome",
-                    tenant = self.tenant.name,
-                    outcome = "client-gone",
-                    stage,
-                    queue_wait_ms = queued.then_some(waited.as_millis() as u64),
-                    request_id = self.request_id,
-                    client = %self.client,
-                    suppressed,
-                    "client left before its connect was answered"
-                );
-            }
-        }
+        self.record(Outcome::ClientGone, None);
     }
 }
 

@@ -4,10 +4,14 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -426,4 +430,266 @@ async fn a_queued_client_that_leaves_frees_its_place_at_once() {
     assert_eq!(scrape.connects("lab", "client-gone"), 1.0);
     // The edge never saw the client that left.
     assert_eq!(edge.requests().len(), 2);
+}
+
+/// A raw client: a real upgrade on a TCP socket to `path`, answered `101`.
+async fn raw_upgrade(proxy: &Proxy, path: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        proxy.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.expect("a complete 101"));
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// A client's frame: `first` (FIN, RSV and opcode), masked, with the shortest length.
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![first];
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            frame.push(0x80 | 126);
+            frame.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend((n as u64).to_be_bytes());
+        }
+    }
+    frame.extend(mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// The next frame sluice sends (unmasked): its first byte and payload; `None` when the
+/// connection ends first.
+async fn raw_frame(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut head = [0u8; 2];
+        tcp.read_exact(&mut head).await.ok()?;
+        let len = match head[1] & 0x7f {
+            126 => u64::from(tcp.read_u16().await.ok()?),
+            127 => tcp.read_u64().await.ok()?,
+            n => u64::from(n),
+        };
+        assert_eq!(head[1] & 0x80, 0, "sluice masks no frame towards a client");
+        let mut payload = vec![0u8; len as usize];
+        tcp.read_exact(&mut payload).await.ok()?;
+        Some((head[0], payload))
+    })
+    .await
+    .expect("a frame or the end in time")
+}
+
+/// Reads sluice's frames until a close frame and returns its code; `None` when the
+/// connection ends first.
+async fn raw_close_code(tcp: &mut TcpStream) -> Option<u16> {
+    loop {
+        let (first, payload) = raw_frame(tcp).await?;
+        if first & 0x0f == 0x8 {
+            return Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
+}
+
+/// Each way of breaking the protocol or a size limit (`max_message_bytes = 1000`), as
+/// raw bytes, and the close code that answers it.
+fn violations() -> Vec<(&'static str, Vec<u8>, u16)> {
+    vec![
+        ("unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
+        ("RSV1 set", masked(0xc1, b"hi"), 1002),
+        ("RSV3 set", masked(0x92, b"hi"), 1002),
+        ("unknown data opcode", masked(0x83, b"hi"), 1002),
+        ("unknown control opcode", masked(0x8b, b""), 1002),
+        (
+            "control frame over 125 bytes",
+            masked(0x89, &[b'p'; 126]),
+            1002,
+        ),
+        ("fragmented control frame", masked(0x09, b"p"), 1002),
+        (
+            "invalid UTF-8 in a text message",
+            masked(0x81, b"ok \xff\xfe"),
+            1007,
+        ),
+        (
+            "invalid UTF-8 in a fragmented text message",
+            [masked(0x01, b"ok \xc3"), masked(0x80, b"(")].concat(),
+            1007,
+        ),
+        (
+            "invalid UTF-8 in a close reason",
+            masked(0x88, b"\x03\xe8bye \xff"),
+            1007,
+        ),
+        (
+            "a frame over max_message_bytes",
+            masked(0x82, &[7; 2000]),
+            1009,
+        ),
+        (
+            "a message over max_message_bytes in two frames",
+            [masked(0x02, &[7; 600]), masked(0x80, &[7; 600])].concat(),
+            1009,
+        ),
+        (
+            "a bogus 63-bit length",
+            vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4],
+            1009,
+        ),
+        ("a stray continuation frame", masked(0x80, b"x"), 1002),
+    ]
+}
+
+#[tokio::test]
+async fn a_queued_client_that_breaks_the_protocol_gets_the_close_code_and_frees_its_place() {
+    let edge = edge().await;
+    let proxy = accept_lab(
+        &edge,
+        "max_sessions = 1",
+        "[accept]\nmax_message_bytes = 1000\n",
+    )
+    .await;
+    let url = proxy.url("/t/lab/");
+    let mut first = connect_ok(&url, &[]).await;
+    support::echo(&mut first, "holding the only slot").await;
+    let cases = violations();
+    for (i, (what, bytes, code)) in cases.iter().enumerate() {
+        let mut raw = raw_upgrade(&proxy, "/t/lab/").await;
+        wait_until("queued", async || queued(&proxy) == 1).await;
+        raw.write_all(bytes).await.unwrap();
+        assert_eq!(raw_close_code(&mut raw).await, Some(*code), "{what}");
+        // Freed and counted before the close frame was sent: the client has not
+        // answered it (sluice waits up to 2 s for that).
+        assert_eq!(queued(&proxy), 0, "{what}");
+        let counted = scrape(proxy.admin).await.connects("lab", "protocol-error");
+        assert_eq!(counted, (i + 1) as f64, "{what}");
+    }
+    let scrape = scrape(proxy.admin).await;
+    assert_eq!(scrape.connects("lab", "protocol-error"), cases.len() as f64);
+    assert_eq!(scrape.connects("lab", "client-gone"), 0.0);
+    // None of them reached the edge.
+    assert_eq!(edge.requests().len(), 1);
+    support::echo(&mut first, "still relayed").await;
+}
+
+#[tokio::test]
+async fn a_client_that_breaks_the_protocol_during_the_upstream_handshake_frees_its_slot() {
+    let delay = Arc::new(AtomicU64::new(0));
+    let edge = edge_with(EdgeOptions {
+        delay_ms: Some(delay.clone()),
+        ..EdgeOptions::default()
+    })
+    .await;
+    let proxy = accept_lab(&edge, "max_sessions = 1", "").await;
+    delay.store(2000, Ordering::SeqCst);
+    let mut raw = raw_upgrade(&proxy, "/t/lab/").await;
+    wait_until("the upstream handshake under way", async || {
+        proxy.admission.tenant_load("lab").unwrap().live == 1
+    })
+    .await;
+    raw.write_all(&masked(0xc1, b"hi")).await.unwrap();
+    assert_eq!(raw_close_code(&mut raw).await, Some(1002));
+    // Freed before the closing handshake, which the client has not answered.
+    assert_eq!(proxy.admission.tenant_load("lab").unwrap().live, 0);
+    let scrape = scrape(proxy.admin).await;
+    assert_eq!(scrape.connects("lab", "protocol-error"), 1.0);
+    assert_eq!(scrape.connects("lab", "client-gone"), 0.0);
+}
+
+#[tokio::test]
+async fn after_admission_the_same_violations_get_the_same_close_codes() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "", "[accept]\nmax_message_bytes = 1000\n").await;
+    let cases = violations();
+    for (what, bytes, code) in &cases {
+        let mut raw = raw_upgrade(&proxy, "/t/lab/").await;
+        // Admitted once the edge echoes.
+        raw.write_all(&masked(0x81, b"hello")).await.unwrap();
+        let mut echo = [0u8; 7];
+        raw.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"\x81\x05hello", "{what}");
+        raw.write_all(bytes).await.unwrap();
+        assert_eq!(raw_close_code(&mut raw).await, Some(*code), "{what}");
+    }
+    let scrape = scrape(proxy.admin).await;
+    let admitted = scrape.connects("lab", "admitted") + scrape.connects("lab", "queued_admitted");
+    assert_eq!(admitted, cases.len() as f64);
+    assert_eq!(scrape.connects("lab", "protocol-error"), 0.0);
+}
+
+#[tokio::test]
+async fn large_and_fragmented_messages_pass_whole_both_ways_text_and_binary() {
+    let edge = edge().await;
+    let proxy = accept_lab(&edge, "", "").await;
+    let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+
+    // 1 MB of text with 1- to 4-byte characters: sluice's fragments (both legs) cut
+    // through characters.
+    let text = "aé€😀".repeat(100_000);
+    assert_eq!(text.len(), 1_000_000);
+    ws.send(Message::text(text.clone())).await.unwrap();
+    assert_eq!(next(&mut ws).await, Some(Message::text(text.clone())));
+
+    // Three fragments of the client's, each larger than sluice's fragments and cut
+    // inside characters, text and binary.
+    let binary: Vec<u8> = (0..90_000u32).map(|i| (i % 253) as u8).collect();
+    let cuts = [0, 10_001, 20_003, 30_000];
+    for (data, kind) in [
+        (&text.as_bytes()[..30_000], Data::Text),
+        (&binary[..30_000], Data::Binary),
+    ] {
+        for i in 0..3 {
+            let opcode = OpCode::Data(if i == 0 { kind } else { Data::Continue });
+            let part = data[cuts[i]..cuts[i + 1]].to_vec();
+            let frame = Frame::message(part, opcode, i == 2);
+            ws.send(Message::Frame(frame)).await.unwrap();
+        }
+        let want = match kind {
+            Data::Text => Message::text(std::str::from_utf8(data).unwrap()),
+            _ => Message::binary(data.to_vec()),
+        };
+        assert_eq!(next(&mut ws).await, Some(want.clone()));
+        let seen = edge.messages.lock().unwrap().last().unwrap().0.clone();
+        assert!(seen == want, "the edge got the message whole");
+    }
+    support::close(ws).await;
+
+    // On the wire: a large message reaches the client in fragments of at most
+    // FRAGMENT bytes (so no leg's write buffer grows past one).
+    let mut raw = raw_upgrade(&proxy, "/t/lab/").await;
+    raw.write_all(&masked(0x82, &binary)).await.unwrap();
+    let mut got = Vec::new();
+    let mut frames = 0;
+    while got.len() < binary.len() {
+        let (first, payload) = raw_frame(&mut raw).await.expect("the echo");
+        let opcode = if frames == 0 { 0x2 } else { 0x0 };
+        assert_eq!(first & 0x0f, opcode, "frame {frames}");
+        assert!(
+            payload.len() <= sluice::accept::FRAGMENT,
+            "{}",
+            payload.len()
+        );
+        got.extend(payload);
+        frames += 1;
+        assert_eq!(
+            first & 0x80 != 0,
+            got.len() == binary.len(),
+            "FIN on the last only"
+        );
+    }
+    assert!(got == binary, "the echo changed");
+    assert!(frames >= binary.len() / sluice::accept::FRAGMENT);
 }

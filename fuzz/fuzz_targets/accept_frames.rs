@@ -1,6 +1,8 @@
 //! `accept` mode's client leg: arbitrary bytes as what a client sends after sluice's
-//! `101`, read with sluice's own tungstenite configuration (`accept::ws_config`) into
-//! the held-message buffer (`accept::Held`), as a queued client's messages are.
+//! `101`, read through the leg's re-fragmenting adapter (`accept::Refragment`, the first
+//! input bytes as those read with the handshake) with sluice's own tungstenite
+//! configuration (`accept::ws_config`) into the held-message buffer (`accept::Held`), as
+//! a queued client's messages are.
 //!
 //! Input: two bytes choose the limits (`max_message_bytes` 16 B to 2 KiB, the held
 //! buffer's bytes and messages), the rest is the client's byte stream; the reader sees
@@ -16,12 +18,12 @@ use std::task::{Context, Poll};
 
 use futures_util::{SinkExt, StreamExt};
 use libfuzzer_sys::fuzz_target;
-use sluice::accept::{close_frame, ws_config, Held, MAX_CLOSE_REASON};
+use sluice::accept::{close_frame, ws_config, Held, Refragment, MAX_CLOSE_REASON};
 use sluice::config::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 /// The client's bytes, handed out `chunk` at a time, then end of stream; what sluice
@@ -79,6 +81,8 @@ enum Left {
 }
 
 async fn run(limits: Accept, chunk: usize, input: &[u8]) {
+    // Up to one chunk was read with the handshake.
+    let (early, input) = input.split_at(input.len().min(chunk / 2));
     let client = Client {
         input,
         chunk,
@@ -86,12 +90,13 @@ async fn run(limits: Accept, chunk: usize, input: &[u8]) {
         written: 0,
     };
     let max = limits.max_message_bytes as usize;
+    let client = Refragment::new(client, Bytes::copy_from_slice(early), max);
     let mut ws =
         WebSocketStream::from_raw_socket(client, Role::Server, Some(ws_config(&limits))).await;
     let mut held = Held::new(&limits);
     let (mut count, mut bytes) = (0usize, 0usize);
     // At most one message per input byte (plus the end): a longer loop is a hang.
-    let mut budget = input.len() + 2;
+    let mut budget = early.len() + input.len() + 2;
     let left = loop {
         budget = budget
             .checked_sub(1)
