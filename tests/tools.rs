@@ -230,8 +230,11 @@ async fn demo_shows_violations_directly_and_none_through_sluice() {
                 "300ms",
                 "--give-up",
                 "12s",
+                // Enough that the naive phones are still storming when the outage
+                // comes at 1 s (with 20, on a quiet machine they had all given up or
+                // connected by then, and the outage saw none of them).
                 "--max-attempts",
-                "20",
+                "400",
                 // Half the edge's rate: a violation would need one handshake delayed a
                 // whole second more than the next, even on a loaded machine.
                 "--rate-fraction",
