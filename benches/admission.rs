@@ -10,15 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use sluice::admission::Admission;
-use sluice::metrics::Metrics;
+use sluice::admission::{Admission, Jitter, Scheduler, TenantGate};
 use sluice::Config;
 
 const TENANTS: usize = 10_000;
 
 /// 10,000 tenants whose limits never bind during the run (so every decision is an
 /// admission), behind an edge ceiling that does not bind either.
-fn admission(edge: bool) -> (Arc<Admission>, Vec<String>) {
+fn admission(edge: bool) -> (Arc<Admission>, Vec<Arc<TenantGate>>) {
     let mut text = String::from(
         "[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:9\"]\n\
          [defaults]\nmax_sessions = 1000000\nhandshake_rate = 1000000.0\nhandshake_burst = 1000000000\n",
@@ -33,14 +32,14 @@ fn admission(edge: bool) -> (Arc<Admission>, Vec<String>) {
         text.push_str(&format!("[tenants.{name}]\nauth = {{ kind = \"none\" }}\n"));
     }
     let config = Config::parse(&text, &HashMap::new()).expect("bench config is valid");
-    (
-        Arc::new(Admission::new(
-            &config,
-            &Metrics::new(&config),
-            &sluice::upstream::Pools::new(&config),
-        )),
-        names,
-    )
+    // The proxy resolves a connect's tenant once, into its handle, and decides on the
+    // handle's gate: so does the bench.
+    let scheduler = Scheduler::new(&config, Jitter::seeded(0));
+    let gates = names
+        .iter()
+        .map(|n| scheduler.gate(n).expect("configured").clone())
+        .collect();
+    (scheduler.admission.clone(), gates)
 }
 
 /// A cheap spread of tenant indices (no RNG in the measured loop).
@@ -48,7 +47,7 @@ fn pick(i: u64) -> usize {
     (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize % TENANTS
 }
 
-fn decide(a: &Admission, tenant: &str) {
+fn decide(a: &Admission, tenant: &Arc<TenantGate>) {
     let permit = a.try_admit(tenant).expect("limits never bind in the bench");
     drop(black_box(permit));
 }
@@ -56,7 +55,12 @@ fn decide(a: &Admission, tenant: &str) {
 /// Both cores deciding at once: `threads` threads run `iters` decisions each; the time
 /// reported per iteration is wall time / `iters`, i.e. what one decision costs while
 /// the other core decides too.
-fn contended(a: &Arc<Admission>, names: &Arc<Vec<String>>, iters: u64, same: bool) -> Duration {
+fn contended(
+    a: &Arc<Admission>,
+    names: &Arc<Vec<Arc<TenantGate>>>,
+    iters: u64,
+    same: bool,
+) -> Duration {
     let threads = 2;
     let barrier = Arc::new(std::sync::Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)

@@ -63,20 +63,26 @@ fn main() {
 
     let start = in_use();
     let metrics = Metrics::new(&config);
-    let with_metrics = in_use();
-    let admission = Admission::new(&config, &metrics, &sluice::upstream::Pools::new(&config));
-    let with_admission = in_use();
+    let pools = sluice::upstream::Pools::new(&config);
+    let admission = Admission::new(
+        config.edge.as_ref(),
+        sluice::admission::adaptive::Policy::of(&config.upstream),
+        None,
+        sluice::admission::Jitter::seeded(0),
+    );
+    let before_table = in_use();
+    let table = sluice::tenants::Table::build(&config, None, &admission, &metrics, &pools);
+    let with_table = in_use();
     let per = |bytes: i64| bytes as f64 / n as f64;
     println!("tenants: {n}");
     println!(
-        "metrics (Prometheus series and recent windows): {:.1} MiB, {:.0} bytes per tenant",
-        (with_metrics - start) as f64 / 1048576.0,
-        per(with_metrics - start)
+        "registry, pools, scheduler: {:.1} MiB",
+        (before_table - start) as f64 / 1048576.0,
     );
     println!(
-        "admission state (gates, map): {:.1} MiB, {:.0} bytes per tenant",
-        (with_admission - with_metrics) as f64 / 1048576.0,
-        per(with_admission - with_metrics)
+        "tenant table (handles, gates, metric series and recent windows): {:.1} MiB, {:.0} bytes per tenant",
+        (with_table - before_table) as f64 / 1048576.0,
+        per(with_table - before_table)
     );
-    std::hint::black_box((&admission, &metrics));
+    std::hint::black_box((&admission, &metrics, &table));
 }

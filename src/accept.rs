@@ -73,14 +73,16 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::{self, Credential};
-use crate::config::{self, Config, Tenant};
+use crate::config::{self, Config};
 use crate::control::{Control, SessionCount, SessionStop, Stop};
 use crate::metrics::TenantMetrics;
-use crate::proxy::{self, ClientGone, Shared};
+use crate::proxy::{self, ClientGone, Connect};
 use crate::reject::{self, Reason, Rejection};
 use crate::relay::{self, End, Leg, Moved, RelayStats};
 use crate::release::Session;
+use crate::runtime::Runtime;
 use crate::stream::Stream;
+use crate::tenants::{CredentialCheck, Tenant};
 use crate::upstream::{ClientInfo, Connected};
 
 /// Read buffer of each leg, allocated when the leg is set up and kept for its life: most
@@ -258,14 +260,66 @@ pub fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     }
 }
 
+/// Answers an `accept`-mode connect, resolved and authenticated: `400` when no
+/// subprotocol fits, else `101` at once, with [`serve`] spawned to queue behind it.
+pub(crate) fn start(
+    c: Connect,
+    parts: &Parts,
+    mut upstream_req: Request<()>,
+    credential: Option<Credential>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Response<Full<Bytes>> {
+    let tm = c.settings.metrics.clone();
+    let tenant_config = &c.settings.config;
+    let protocol = match choose_subprotocol(&tenant_config.limits.subprotocols, parts) {
+        Ok(p) => p,
+        Err(detail) => {
+            // Loud: a wrong `subprotocols` list refuses a whole tenant's clients.
+            if let Some(suppressed) = tm.log_budget.spend() {
+                tracing::warn!(
+                    target: "sluice::outcome",
+                    client = %c.info.addr,
+                    request_id = c.request_id,
+                    tenant = %c.tenant.name,
+                    detail,
+                    suppressed,
+                    "connect refused (400): no acceptable subprotocol"
+                );
+            }
+            return reject::bad_request(&detail, &c.request_id);
+        }
+    };
+    let key = own_handshake(&mut upstream_req, protocol.as_deref());
+    let resp = switching_protocols(parts, protocol.as_deref(), &c.request_id);
+    // Kept for the session only when there is something a reload could revoke.
+    let credential =
+        credential.filter(|_| !matches!(tenant_config.auth, crate::config::Auth::None));
+    let pending = Pending {
+        config: c.runtime.config(),
+        shared: c.runtime,
+        tenant: c.tenant,
+        tm,
+        request_id: c.request_id,
+        info: c.info,
+        upstream_req,
+        key,
+        protocol,
+        tenant_source: c.tenant_source,
+        credential,
+        inflight: c.inflight,
+    };
+    tokio::spawn(serve(pending, on_upgrade));
+    resp
+}
+
 /// Everything [`serve`] needs of the request, owned by its task.
 #[derive(Debug)]
 pub struct Pending {
     /// What every connection shares.
-    pub shared: Arc<Shared>,
-    /// The config the request was resolved under.
+    pub shared: Arc<Runtime>,
+    /// The config in force when the request was resolved.
     pub config: Arc<Config>,
-    /// The tenant, authenticated.
+    /// The tenant's handle, authenticated.
     pub tenant: Arc<Tenant>,
     /// Its metrics.
     pub tm: Arc<TenantMetrics>,
@@ -411,11 +465,9 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
         }
     };
     let mut held = Held::new(&p.config.accept);
-    let name = &p.tenant.name;
-
     // Step 4: admission, while the client's messages are held.
     let control = &p.shared.control;
-    let admission = p.shared.admission.admit(name);
+    let admission = p.shared.admission.admit(&p.tenant.gate);
     let admitted = match while_queued(&mut client, &mut held, control, admission).await {
         Ok(Ok(admitted)) => admitted,
         Ok(Err(rejection)) => {
@@ -430,14 +482,7 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
     }
 
     // Step 5: the upstream handshake, still holding.
-    let connect = proxy::connect_upstream(
-        &p.shared,
-        &p.config,
-        &p.tenant,
-        &p.tm,
-        &p.request_id,
-        &p.upstream_req,
-    );
+    let connect = proxy::connect_upstream(&p.shared, &p.tenant, &p.request_id, &p.upstream_req);
     let connected = match while_queued(&mut client, &mut held, control, connect).await {
         Ok(Ok(connected)) => connected,
         Ok(Err((rejection, failed))) => {
@@ -472,7 +517,6 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
     }
     proxy::record_admitted(
         &p.tm,
-        &p.tenant,
         &p.request_id,
         p.info,
         p.tenant_source,
@@ -497,12 +541,10 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
     );
     let edge = edge_ws(leg, ws_config).await;
     let held = held.into_messages();
-    let stop = SessionStop::new(
-        &p.shared.control,
-        p.shared.config.clone(),
-        p.tenant.clone(),
-        p.credential,
-    );
+    let revocation = p
+        .credential
+        .map(|credential| Box::new(CredentialCheck::new(p.tenant.clone(), credential)) as Box<_>);
+    let stop = SessionStop::new(&p.shared.control, &p.shared.config().protection, revocation);
     // The relay gets a task of its own: this one's future is sized for the admission
     // and upstream handshake futures it held, far more than an idle session needs.
     tokio::spawn(async move {

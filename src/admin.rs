@@ -24,9 +24,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
-use crate::metrics::{self, EdgeError, Outcome, RecentWindow};
-use crate::proxy::Shared;
+use crate::metrics::{self, EdgeError, Outcome, RecentWindow, TenantMetrics};
+use crate::runtime::Runtime;
+use crate::tenants::Tenant;
 
 /// The status page, served from the binary.
 const STATUS_PAGE: &str = include_str!("admin/status.html");
@@ -35,7 +35,7 @@ const STATUS_PAGE: &str = include_str!("admin/status.html");
 #[derive(Debug)]
 pub struct Admin {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
 }
 
 impl Admin {
@@ -43,9 +43,9 @@ impl Admin {
     ///
     /// # Errors
     /// When the address cannot be bound.
-    pub async fn bind(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<Self> {
+    pub async fn bind(addr: SocketAddr, runtime: Arc<Runtime>) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Self { listener, shared })
+        Ok(Self { listener, runtime })
     }
 
     /// The address actually bound.
@@ -61,22 +61,11 @@ impl Admin {
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tracing::info!(addr = %self.local_addr(), "admin listening");
-        tokio::pin!(shutdown);
-        loop {
-            let (tcp, _) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(crate::listen::ACCEPT_ERROR_PAUSE).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let shared = self.shared.clone();
+        let runtime = &self.runtime;
+        crate::server::accept_loop(&self.listener, "admin", shutdown, |tcp, _| {
+            let runtime = runtime.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| serve(req, shared.clone()));
+                let service = service_fn(move |req| serve(req, runtime.clone()));
                 let timeout = std::time::Duration::from_secs(10);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -84,38 +73,39 @@ impl Admin {
                     .serve_connection(TokioIo::new(tcp), service)
                     .await;
             });
-        }
+        })
+        .await;
     }
 }
 
 async fn serve(
     req: Request<Incoming>,
-    shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     let resp = match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/metrics") => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(),
+            runtime.metrics.render(),
         ),
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            if shared.control.draining() {
+            if runtime.control.draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }
         }
         (&Method::GET | &Method::HEAD, "/api/tenants") => {
-            let body = serde_json::to_string_pretty(&status(&shared)).expect("status serialises");
+            let body = serde_json::to_string_pretty(&status(&runtime)).expect("status serialises");
             respond(StatusCode::OK, "application/json", body)
         }
         (&Method::GET | &Method::HEAD, "/") => {
             respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE)
         }
         (&Method::POST, "/-/reload") => {
-            let s = shared.clone();
+            let s = runtime.clone();
             match tokio::task::spawn_blocking(move || crate::reload::from_file(&s)).await {
                 Ok(Ok(applied)) => text(StatusCode::OK, format!("{applied}\n")),
                 Ok(Err(e)) => text(
@@ -235,61 +225,59 @@ pub struct LimitsStatus {
     pub weight: u32,
 }
 
-/// The snapshot `/api/tenants` serves.
-pub fn status(shared: &Shared) -> Status {
-    let config: Arc<Config> = shared.config.load_full();
-    let mut tenants: Vec<TenantStatus> = shared
-        .metrics
-        .tenants()
-        .into_iter()
-        .map(|tm| {
-            let limits = config
-                .tenants
-                .get(&tm.name)
-                .or(config.default_tenant.as_ref().filter(|d| d.name == tm.name))
-                .map(|t| {
-                    let l = &t.limits;
-                    LimitsStatus {
-                        max_sessions: l.max_sessions,
-                        handshake_rate: l.handshake_rate,
-                        handshake_burst: l.handshake_burst,
-                        queue_depth: l.queue_depth,
-                        queue_timeout_s: l.queue_timeout.as_secs_f64(),
-                        queue_mode: l.queue_mode.as_str(),
-                        weight: l.weight,
-                    }
-                });
-            TenantStatus {
-                name: tm.name.clone(),
-                group: tm.group.clone(),
-                limits,
-                sessions_active: tm.sessions_active.get(),
-                queue_depth: tm.queue_depth.get(),
-                effective_handshake_rate: tm.effective_rate.get(),
-                outcomes: Outcome::ALL
-                    .iter()
-                    .map(|o| (o.as_str(), tm.outcome_count(*o)))
-                    .collect(),
-                recent: tm.recent_window(),
+/// The snapshot `/api/tenants` serves: the tenant table in force.
+pub fn status(runtime: &Runtime) -> Status {
+    let snapshot = runtime.snapshot();
+    let config = &snapshot.config;
+    let row = |tm: &TenantMetrics, tenant: Option<&Tenant>| {
+        let limits = tenant.map(|t| {
+            let l = &t.settings().config.limits;
+            LimitsStatus {
+                max_sessions: l.max_sessions,
+                handshake_rate: l.handshake_rate,
+                handshake_burst: l.handshake_burst,
+                queue_depth: l.queue_depth,
+                queue_timeout_s: l.queue_timeout.as_secs_f64(),
+                queue_mode: l.queue_mode.as_str(),
+                weight: l.weight,
             }
-        })
+        });
+        TenantStatus {
+            name: tm.name.clone(),
+            group: tm.group.clone(),
+            limits,
+            sessions_active: tm.sessions_active.get(),
+            queue_depth: tm.queue_depth.get(),
+            effective_handshake_rate: tm.effective_rate.get(),
+            outcomes: Outcome::ALL
+                .iter()
+                .map(|o| (o.as_str(), tm.outcome_count(*o)))
+                .collect(),
+            recent: tm.recent_window(),
+        }
+    };
+    let mut tenants: Vec<TenantStatus> = snapshot
+        .tenants
+        .iter()
+        .map(|t| row(&t.settings().metrics, Some(t)))
+        .chain(std::iter::once(row(snapshot.tenants.unknown(), None)))
         .collect();
     tenants.sort_by(|a, b| a.name.cmp(&b.name));
     Status {
         time: metrics::unix_now(),
         danger_handshake_s: config.upstream.handshake_timeout.as_secs_f64(),
         edge: config.edge.as_ref().map(|e| {
-            let load = shared.admission.edge_load();
+            let load = runtime.admission.edge_load();
             EdgeStatus {
                 max_sessions: e.max_sessions,
                 handshake_rate: e.handshake_rate,
                 handshake_burst: e.handshake_burst,
                 live: load.map_or(0, |l| l.live),
                 waiting: load.map_or(0, |l| l.waiting),
-                effective_handshake_rate: shared.metrics.edge_rate().map(|g| g.get()),
+                effective_handshake_rate: runtime.metrics.edge_rate().map(|g| g.get()),
             }
         }),
         tenants,
-        edge_errors: shared.metrics.edge_errors(),
+        edge_errors: runtime.metrics.edge_errors(),
     }
 }

@@ -28,8 +28,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::auth::{self, Credential};
-use crate::config::{Config, Tenant};
+use crate::config::Protection;
 use crate::relay::Moved;
 
 /// What every live session watches.
@@ -170,40 +169,39 @@ pub struct Stop {
     pub reason: &'static str,
 }
 
+/// Re-checks a live session's credential after a reload: `Some(false)` when the
+/// config in force no longer accepts it, `None` when its tenant was removed (a removed
+/// tenant keeps its live sessions).
+pub trait Revocation: Send + Sync + std::fmt::Debug {
+    /// Whether the credential is still accepted.
+    fn still_authorised(&self) -> Option<bool>;
+}
+
 /// What may end one live session early.
 #[derive(Debug)]
 pub struct SessionStop {
     watch: watch::Receiver<State>,
     control: Arc<Control>,
-    config: Arc<arc_swap::ArcSwap<Config>>,
-    tenant: Arc<Tenant>,
     /// Kept for `accept` mode, to re-check on reload; `None` in `hold` mode (nothing is
     /// closed there on revocation) or when the tenant needs none.
-    credential: Option<Credential>,
+    revocation: Option<Box<dyn Revocation>>,
     idle: Option<Duration>,
     end_by: Option<Instant>,
 }
 
 impl SessionStop {
-    /// For a session of `tenant` starting now, under the `[protection]` limits in force.
+    /// For a session starting now under the `[protection]` limits `protection`.
     pub fn new(
         control: &Arc<Control>,
-        config: Arc<arc_swap::ArcSwap<Config>>,
-        tenant: Arc<Tenant>,
-        credential: Option<Credential>,
+        protection: &Protection,
+        revocation: Option<Box<dyn Revocation>>,
     ) -> Self {
-        let (idle, max) = {
-            let c = config.load();
-            (c.protection.idle_timeout, c.protection.max_session)
-        };
         Self {
             watch: control.watch(),
             control: control.clone(),
-            config,
-            tenant,
-            credential,
-            idle,
-            end_by: max.map(|m| Instant::now() + m),
+            revocation,
+            idle: protection.idle_timeout,
+            end_by: protection.max_session.map(|m| Instant::now() + m),
         }
     }
 
@@ -216,11 +214,8 @@ impl SessionStop {
                 reason: "shutdown",
             });
         }
-        let credential = self.credential.as_ref()?;
-        let config = self.config.load();
         // A tenant removed by a reload keeps its live sessions.
-        let tenant = config.tenants.get(&self.tenant.name)?;
-        if auth::still_authorised(tenant, Some(credential)).is_err() {
+        if self.revocation.as_ref()?.still_authorised() == Some(false) {
             return Some(Stop {
                 code: CloseCode::Policy,
                 reason: "credential-revoked",
@@ -320,54 +315,3 @@ impl SessionStop {
 /// After the drain's deadline, how long closed sessions get to finish their closing
 /// handshakes before the process exits anyway.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
-
-/// The drain, once the listener has stopped accepting: refuses queued and new connects
-/// with `draining`, gives live sessions `shutdown.drain_timeout` to end, then closes the
-/// rest and waits (at most [`CLOSE_GRACE`]) for them to finish closing.
-pub async fn drain(shared: &crate::proxy::Shared) {
-    let timeout = shared.config.load().shutdown.drain_timeout;
-    shared.control.begin_drain();
-    shared.admission.drain();
-    tracing::info!(
-        live_sessions = shared.control.sessions(),
-        drain_timeout_s = timeout.as_secs_f64(),
-        "draining: new and queued connects are refused; live sessions may end on their own"
-    );
-    if idle(shared, timeout).await {
-        tracing::info!("drain done: every session ended on its own");
-        return;
-    }
-    tracing::info!(
-        live_sessions = shared.control.sessions(),
-        "drain timeout: closing the remaining sessions"
-    );
-    shared.control.close_sessions();
-    if !idle(shared, CLOSE_GRACE).await {
-        tracing::warn!(
-            live_sessions = shared.control.sessions(),
-            pending_connections = shared.pending.in_use(),
-            "sessions or connections still closing after the grace period; exiting anyway"
-        );
-    }
-}
-
-/// Waits (at most `timeout`) until no session or connect is being served and no
-/// connection is in its HTTP phase (a refusal still being written); whether that came.
-async fn idle(shared: &crate::proxy::Shared, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    if !shared.control.wait_sessions(timeout).await {
-        return false;
-    }
-    // HTTP-phase connections are few by now (the listener is closed, every answer is
-    // a refusal): look every 20 ms.
-    while shared.pending.in_use() > 0 {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    shared
-        .control
-        .wait_sessions(deadline.saturating_duration_since(Instant::now()))
-        .await
-}

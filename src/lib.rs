@@ -37,7 +37,6 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod parse;
@@ -47,9 +46,12 @@ pub mod reject;
 pub mod relay;
 pub mod release;
 pub mod reload;
+pub mod runtime;
+pub mod server;
 pub mod signals;
 pub mod stream;
 pub mod tenant;
+pub mod tenants;
 pub mod tls;
 pub mod tools;
 pub mod upstream;
@@ -60,18 +62,18 @@ mod test_util;
 use std::future::Future;
 
 pub use config::Config;
-pub use listen::{Server, StartError};
+pub use server::{Server, StartError};
 
 /// Binds the proxy and the admin listener, serves (reloading the config on SIGHUP)
-/// until `shutdown` completes, then drains ([`control::drain`]) and returns.
+/// until `shutdown` completes, then drains ([`server::drain`]) and returns.
 ///
 /// # Errors
 /// [`StartError`] when the listener cannot be bound or TLS material is unusable.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let admin_addr = config.admin.address;
     let server = Server::bind(config).await?;
-    let shared = server.shared();
-    let admin = admin::Admin::bind(admin_addr, shared.clone())
+    let runtime = server.runtime();
+    let admin = admin::Admin::bind(admin_addr, runtime.clone())
         .await
         .map_err(|source| StartError::AdminBind {
             addr: admin_addr,
@@ -79,8 +81,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })?;
     // The admin listener keeps serving during the drain: /readyz says 503.
     let admin = tokio::spawn(admin.run(std::future::pending()));
-    let hangups = tokio::spawn(signals::reload_on_hangup(shared.clone()));
-    let ready = shared.clone();
+    let hangups = tokio::spawn(signals::reload_on_hangup(runtime.clone()));
+    let ready = runtime.clone();
     server
         .run(async move {
             shutdown.await;
@@ -88,7 +90,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             ready.control.begin_drain();
         })
         .await;
-    control::drain(&shared).await;
+    server::drain(&runtime).await;
     hangups.abort();
     admin.abort();
     Ok(())

@@ -11,8 +11,8 @@
 //! page and `/api/tenants`: outcomes per second over the last minute and the last
 //! upstream handshake times, both fixed-size.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use prometheus::{
@@ -135,8 +135,6 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     effective_rate: GaugeVec,
     edge_rate: Option<prometheus::Gauge>,
-    /// Per-tenant children by name; replaced whole by a reload.
-    tenants: arc_swap::ArcSwap<HashMap<String, Arc<TenantMetrics>>>,
     /// The last upstream errors, newest last.
     edge_errors: Mutex<VecDeque<EdgeError>>,
 }
@@ -272,7 +270,7 @@ impl Metrics {
                 upstream_responses.with_label_values(&[group, status]);
             }
         }
-        let metrics = Self {
+        Self {
             registry,
             sessions_active,
             queue_depth,
@@ -287,40 +285,8 @@ impl Metrics {
             config_reloads,
             effective_rate,
             edge_rate,
-            tenants: arc_swap::ArcSwap::default(),
             edge_errors: Mutex::new(VecDeque::with_capacity(EDGE_ERRORS_KEPT)),
-        };
-        metrics.reconcile(config);
-        metrics
-    }
-
-    /// The per-tenant children for `config`'s tenants (a reload): a tenant that stays
-    /// in the same group keeps its children (limit gauges updated); a new one, or one
-    /// moved to another group, gets new ones; a removed one leaves the map (its live
-    /// sessions keep updating the children they hold).
-    pub fn reconcile(&self, config: &Config) {
-        let old = self.tenants.load_full();
-        let mut map = HashMap::new();
-        for tenant in config
-            .tenants
-            .values()
-            .chain(config.default_tenant.as_ref())
-        {
-            let children = match old.get(&tenant.name) {
-                Some(t) if t.group.as_deref() == Some(tenant.group.name.as_str()) => {
-                    self.set_limits(&tenant.name, tenant);
-                    t.clone()
-                }
-                _ => Arc::new(self.tenant_children(&tenant.name, Some(tenant))),
-            };
-            map.insert(tenant.name.clone(), children);
         }
-        let unknown = old
-            .get(UNKNOWN_TENANT)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(self.tenant_children(UNKNOWN_TENANT, None)));
-        map.insert(UNKNOWN_TENANT.to_owned(), unknown);
-        self.tenants.store(Arc::new(map));
     }
 
     /// Counts a reload: `ok` or `error`.
@@ -330,7 +296,8 @@ impl Metrics {
             .inc();
     }
 
-    fn set_limits(&self, name: &str, t: &Tenant) {
+    /// Publishes `t`'s limits (`sluice_tenant_limit`): a new tenant, or a reload.
+    pub fn set_limits(&self, name: &str, t: &Tenant) {
         let l = &t.limits;
         for (limit, value) in [
             ("max_sessions", f64::from(l.max_sessions)),
@@ -346,7 +313,10 @@ impl Metrics {
         }
     }
 
-    fn tenant_children(&self, name: &str, tenant: Option<&Tenant>) -> TenantMetrics {
+    /// New per-tenant children for `name` (a configured tenant `tenant`, or `_unknown`
+    /// with `None`), its limits published. Whoever holds the tenant's handle keeps them;
+    /// the same labels twice share the same series.
+    pub fn tenant_children(&self, name: &str, tenant: Option<&Tenant>) -> TenantMetrics {
         let group = tenant.map(|t| t.group.name.as_str());
         if let Some(t) = tenant {
             self.set_limits(name, t);
@@ -373,21 +343,6 @@ impl Metrics {
             log_budget: LogBudget::new(LOG_LINES_PER_SECOND, LOG_LINES_BURST),
             upstream_log_budget: LogBudget::new(LOG_LINES_PER_SECOND, LOG_LINES_BURST),
         }
-    }
-
-    /// The children of `tenant` (a configured name, `_default` or `_unknown`); those of
-    /// `_unknown` for any other name.
-    pub fn tenant(&self, tenant: &str) -> Arc<TenantMetrics> {
-        let map = self.tenants.load();
-        map.get(tenant)
-            .or_else(|| map.get(UNKNOWN_TENANT))
-            .expect("_unknown is always registered")
-            .clone()
-    }
-
-    /// Every tenant's children (of the config in force, plus `_unknown`).
-    pub fn tenants(&self) -> Vec<Arc<TenantMetrics>> {
-        self.tenants.load().values().cloned().collect()
     }
 
     /// `sluice_effective_handshake_rate{tenant="_edge"}`, when there is an `[edge]`.
@@ -613,6 +568,7 @@ pub fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[tokio::test(start_paused = true)]
     async fn the_recent_window_forgets_after_a_minute() {

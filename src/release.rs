@@ -13,10 +13,10 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::admission::Permit;
-use crate::config::Tenant;
 use crate::control::{Control, SessionCount};
 use crate::metrics::TenantMetrics;
 use crate::relay::{End, RelayStats};
+use crate::tenants::Tenant;
 use crate::upstream::Lease;
 
 /// Sessions ended in this process so far (every server in it). The binary watches it to
@@ -31,7 +31,8 @@ pub struct Session {
     _holds: (Permit, Lease),
     /// Its tenant's metrics: `sluice_sessions_active` counts it from start to end.
     metrics: Arc<TenantMetrics>,
-    /// Its tenant.
+    /// Its tenant's handle: a tenant a reload removed stays alive (retired, its gate
+    /// counting this session) until its last session ends.
     pub tenant: Arc<Tenant>,
     /// Request id, as sent upstream.
     pub request_id: String,

@@ -5,13 +5,14 @@
 //!
 //! - the listener's TLS certificate and key are read again (new connections use them);
 //!   the `wss://` client's CA file too;
-//! - metrics children, upstream pools and admission gates are reconciled in place
-//!   ([`crate::metrics::Metrics::reconcile`], [`crate::upstream::Pools::reconcile`],
-//!   [`crate::admission::Admission::reconcile`]): changed limits apply to new
-//!   admissions at once, a lowered cap never ends a live session, a raised one lets
-//!   queued clients in at once; removed tenants stop being admitted while their live
-//!   sessions go on;
-//! - the config is swapped in one store, then live sessions are told
+//! - the upstream pools are reconciled in place ([`crate::upstream::Pools::reconcile`])
+//!   and a new tenant table is built from the old one ([`crate::tenants::Table::build`],
+//!   which states the policy for removed and returning tenants): changed limits apply
+//!   to new admissions at once, a lowered cap never ends a live session, a raised one
+//!   lets queued clients in at once; removed tenants stop being admitted while their
+//!   live sessions go on;
+//! - the config, the table, the connector and the TLS config are swapped in one store
+//!   ([`crate::runtime::Runtime::store`]), then live sessions are told
 //!   ([`crate::control::Control::reloaded`]): an `accept`-mode session whose credential
 //!   the new config no longer accepts is closed with `1008`.
 //!
@@ -19,12 +20,12 @@
 //! (`listen.address`, `admin.address`, adding or removing `[edge]`) is kept as it is
 //! and named in a warning.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::config::{Config, ConfigError};
-use crate::proxy::Shared;
-use crate::tls::{self, TlsError};
-use crate::upstream::Connector;
+use crate::runtime::{Runtime, Snapshot};
+use crate::tenants::Table;
+use crate::tls::TlsError;
 
 /// Why a reload was refused; the config in force keeps running.
 #[derive(Debug, thiserror::Error)]
@@ -73,17 +74,16 @@ static RELOADING: Mutex<()> = Mutex::new(());
 ///
 /// # Errors
 /// [`ReloadError`]: nothing was changed.
-pub fn from_file(shared: &Shared) -> Result<Applied, ReloadError> {
+pub fn from_file(runtime: &Runtime) -> Result<Applied, ReloadError> {
     let _one = RELOADING.lock().unwrap_or_else(PoisonError::into_inner);
-    let result = shared
-        .config
-        .load()
+    let result = runtime
+        .config()
         .source
         .clone()
         .ok_or(ReloadError::NoFile)
         .and_then(|path| Ok(Config::load(&path)?))
-        .and_then(|config| apply_locked(shared, config));
-    report(shared, &result);
+        .and_then(|config| apply_locked(runtime, config));
+    report(runtime, &result);
     result
 }
 
@@ -91,15 +91,15 @@ pub fn from_file(shared: &Shared) -> Result<Applied, ReloadError> {
 ///
 /// # Errors
 /// [`ReloadError`] when a TLS file it names is unusable: nothing was changed.
-pub fn apply(shared: &Shared, config: Config) -> Result<Applied, ReloadError> {
+pub fn apply(runtime: &Runtime, config: Config) -> Result<Applied, ReloadError> {
     let _one = RELOADING.lock().unwrap_or_else(PoisonError::into_inner);
-    let result = apply_locked(shared, config);
-    report(shared, &result);
+    let result = apply_locked(runtime, config);
+    report(runtime, &result);
     result
 }
 
-fn report(shared: &Shared, result: &Result<Applied, ReloadError>) {
-    shared.metrics.config_reload(result.is_ok());
+fn report(runtime: &Runtime, result: &Result<Applied, ReloadError>) {
+    runtime.metrics.config_reload(result.is_ok());
     match result {
         Ok(applied) => {
             for w in &applied.warnings {
@@ -121,14 +121,11 @@ fn report(shared: &Shared, result: &Result<Applied, ReloadError>) {
     }
 }
 
-fn apply_locked(shared: &Shared, config: Config) -> Result<Applied, ReloadError> {
-    let old = shared.config.load_full();
+fn apply_locked(runtime: &Runtime, config: Config) -> Result<Applied, ReloadError> {
+    let before = runtime.snapshot();
+    let old = &before.config;
     // Everything that can fail comes first, so a failure changes nothing.
-    let tls = match &config.listen.tls {
-        Some(files) => Some(tls::server_config(&files.cert, &files.key)?),
-        None => None,
-    };
-    let connector = Connector::new(tls::client_config(config.upstream.ca_file.as_deref())?);
+    let (connector, tls) = Runtime::tls(&config)?;
 
     let mut applied = Applied::default();
     if config.listen.address != old.listen.address {
@@ -165,31 +162,37 @@ fn apply_locked(shared: &Shared, config: Config) -> Result<Applied, ReloadError>
             .chain(c.default_tenant.as_ref().map(|t| t.name.clone()))
             .collect()
     };
-    let (before, after) = (names(&old), names(&config));
+    let (before_names, after) = (names(old), names(&config));
     applied.added = after
         .iter()
-        .filter(|n| !before.contains(n))
+        .filter(|n| !before_names.contains(n))
         .cloned()
         .collect();
-    applied.removed = before
+    applied.removed = before_names
         .iter()
         .filter(|n| !after.contains(n))
         .cloned()
         .collect();
 
-    shared.metrics.reconcile(&config);
-    shared.pools.reconcile(&config);
-    if let Some(w) = shared
-        .admission
-        .reconcile(&config, &shared.metrics, &shared.pools)
-    {
+    runtime.pools.reconcile(&config);
+    if let Some(w) = runtime.admission.reconfigure_edge(config.edge.as_ref()) {
         applied.warnings.push(w);
     }
-    shared.preauth.reconfigure(&config.protection);
-    shared.pending.reconfigure(&config.protection);
-    shared.tls.store(tls);
-    shared.connector.store(std::sync::Arc::new(connector));
-    shared.config.store(std::sync::Arc::new(config));
-    shared.control.reloaded();
+    let tenants = Table::build(
+        &config,
+        Some(&before.tenants),
+        &runtime.admission,
+        &runtime.metrics,
+        &runtime.pools,
+    );
+    runtime.preauth.reconfigure(&config.protection);
+    runtime.pending.reconfigure(&config.protection);
+    runtime.store(Snapshot {
+        config: Arc::new(config),
+        tenants,
+        connector: Arc::new(connector),
+        tls,
+    });
+    runtime.control.reloaded();
     Ok(applied)
 }

@@ -26,7 +26,7 @@ pub async fn terminate() {
 }
 
 /// Reloads the config ([`crate::reload::from_file`]) on every SIGHUP, forever.
-pub async fn reload_on_hangup(shared: std::sync::Arc<crate::proxy::Shared>) {
+pub async fn reload_on_hangup(runtime: std::sync::Arc<crate::runtime::Runtime>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -39,14 +39,14 @@ pub async fn reload_on_hangup(shared: std::sync::Arc<crate::proxy::Shared>) {
         };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP received: reloading the config");
-            let s = shared.clone();
+            let s = runtime.clone();
             // Errors are logged and counted by the reload itself.
             let _ = tokio::task::spawn_blocking(move || crate::reload::from_file(&s)).await;
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = shared;
+        let _ = runtime;
         std::future::pending::<()>().await;
     }
 }

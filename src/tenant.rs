@@ -8,16 +8,37 @@ use std::sync::Arc;
 
 use http::request::Parts;
 
-use crate::config::{check_tenant_name, Config, IdentitySource, Tenant};
+use crate::config::{check_tenant_name, Config, Identity, IdentitySource, Tenant};
 
 /// Path prefix that names a tenant: `/t/{tenant}/…`.
 pub const PATH_PREFIX: &str = "/t/";
 
+/// Where resolution finds tenants by name: the config's map, or the proxy's tenant
+/// table (whose handles the flow then passes on).
+pub trait Directory {
+    /// What a name resolves to.
+    type Tenant: Clone;
+    /// The configured tenant `name` (lowercase, a valid name).
+    fn named(&self, name: &str) -> Option<Self::Tenant>;
+    /// The shared `_default` tenant, when `tenant_identity.unknown = "default"`.
+    fn fallback(&self) -> Option<Self::Tenant>;
+}
+
+impl Directory for Config {
+    type Tenant = Arc<Tenant>;
+    fn named(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenants.get(name).cloned()
+    }
+    fn fallback(&self) -> Option<Arc<Tenant>> {
+        self.default_tenant.clone()
+    }
+}
+
 /// The tenant of a request, and the path to forward upstream.
 #[derive(Debug, Clone)]
-pub struct Resolved {
+pub struct Resolved<T = Arc<Tenant>> {
     /// The tenant (possibly the shared `_default`).
-    pub tenant: Arc<Tenant>,
+    pub tenant: T,
     /// Which source named it (the first configured source when `_default` was
     /// chosen for a request that named none).
     pub source: IdentitySource,
@@ -42,25 +63,36 @@ pub enum TenantUnknown {
     },
 }
 
-/// Resolves the tenant of a request head.
+/// Resolves the tenant of a request head among `config`'s tenants.
 ///
 /// # Errors
 /// [`TenantUnknown`] when no source names a tenant, or the named one is not configured
 /// and unknown tenants are rejected.
 pub fn resolve(config: &Config, req: &Parts) -> Result<Resolved, TenantUnknown> {
+    resolve_in(&config.identity, config, req)
+}
+
+/// Resolves the tenant of a request head by the sources of `identity`, in `tenants`.
+///
+/// # Errors
+/// [`TenantUnknown`] as [`resolve`].
+pub fn resolve_in<D: Directory>(
+    identity: &Identity,
+    tenants: &D,
+    req: &Parts,
+) -> Result<Resolved<D::Tenant>, TenantUnknown> {
     let path = req.uri.path();
-    for &source in &config.identity.sources {
+    for &source in &identity.sources {
         let found = match source {
             IdentitySource::Path => from_path(path).map(|(name, rest)| (name, rest.to_owned())),
             IdentitySource::Header => req
                 .headers
-                .get(&config.identity.header)
+                .get(&identity.header)
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .map(|name| (name, path.to_owned())),
-            IdentitySource::Host => config
-                .identity
+            IdentitySource::Host => identity
                 .host_suffix
                 .as_deref()
                 .and_then(|suffix| from_host(req, suffix))
@@ -71,13 +103,13 @@ pub fn resolve(config: &Config, req: &Parts) -> Result<Resolved, TenantUnknown> 
         };
         let name = name.to_ascii_lowercase();
         let tenant = match check_tenant_name(&name) {
-            Ok(()) => config.tenant(&name),
+            Ok(()) => tenants.named(&name).or_else(|| tenants.fallback()),
             // Not a name any tenant could have: unknown, like any other.
-            Err(_) => config.default_tenant.as_ref(),
+            Err(_) => tenants.fallback(),
         };
         return match tenant {
             Some(tenant) => Ok(Resolved {
-                tenant: tenant.clone(),
+                tenant,
                 source,
                 forward_path,
             }),
@@ -87,15 +119,15 @@ pub fn resolve(config: &Config, req: &Parts) -> Result<Resolved, TenantUnknown> 
             }),
         };
     }
-    if let Some(tenant) = &config.default_tenant {
+    if let Some(tenant) = tenants.fallback() {
         // `unknown = "default"` admits a request that names no tenant as well.
         return Ok(Resolved {
-            tenant: tenant.clone(),
-            source: config.identity.sources[0],
+            tenant,
+            source: identity.sources[0],
             forward_path: path.to_owned(),
         });
     }
-    let tried: Vec<&str> = config.identity.sources.iter().map(|s| s.as_str()).collect();
+    let tried: Vec<&str> = identity.sources.iter().map(|s| s.as_str()).collect();
     Err(TenantUnknown::Missing(tried.join(", ")))
 }
 

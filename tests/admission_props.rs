@@ -25,11 +25,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{RngSeed, TestCaseError};
-use sluice::admission::Admission;
+use sluice::admission::{Jitter, Scheduler};
 use sluice::config::Config;
-use sluice::metrics::Metrics;
 use sluice::reject::Reason;
-use sluice::upstream::Pools;
 use tokio::time::Instant;
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
@@ -216,7 +214,7 @@ fn check_rate(what: &str, times: &[Instant], rate: f64, burst: u32) -> Result<()
 /// One client: arrives, asks for admission (giving up after its patience, if any),
 /// holds its session, ends it. Asserts what it can see at once.
 async fn client(
-    admission: Arc<Admission>,
+    admission: Arc<Scheduler>,
     log: Arc<Mutex<Log>>,
     s: Arc<Scenario>,
     c: ClientSpec,
@@ -329,11 +327,7 @@ async fn simulate(s: Scenario, rates: Rates) -> Result<(), TestCaseError> {
     let text = config_text(&s);
     let config = Config::parse(&text, &HashMap::new())
         .map_err(|e| TestCaseError::fail(format!("config refused: {e}\n{text}")))?;
-    let admission = Arc::new(Admission::new(
-        &config,
-        &Metrics::new(&config),
-        &Pools::new(&config),
-    ));
+    let admission = Arc::new(Scheduler::new(&config, Jitter::seeded(0)));
     if !s.troubles.is_empty() {
         admission.spawn_recovery();
     }
@@ -479,10 +473,10 @@ proptest! {
 
 // Minimal reproducers of the findings (docs/fuzzing.md), ignored until they are fixed.
 
-fn admission(text: &str) -> Admission {
+fn admission(text: &str) -> Scheduler {
     let text = format!("[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:9\"]\n{text}");
     let config = Config::parse(&text, &HashMap::new()).expect("valid config");
-    Admission::new(&config, &Metrics::new(&config), &Pools::new(&config))
+    Scheduler::new(&config, Jitter::seeded(0))
 }
 
 /// Finding 1: the adaptive rate's decrease (`upstream_trouble`) lets handshakes through

@@ -441,19 +441,17 @@ async fn a_reload_of_the_same_config_keeps_the_adaptive_back_off() {
                 [tenants.lab]\nauth = { kind = \"none\" }\nhandshake_rate = 20.0\n";
     let env = std::collections::HashMap::new();
     let config = sluice::Config::parse(text, &env).unwrap();
-    let metrics = sluice::metrics::Metrics::new(&config);
-    let pools = sluice::upstream::Pools::new(&config);
-    let admission = sluice::admission::Admission::new(&config, &metrics, &pools);
-    admission.upstream_trouble("lab", false);
-    let backed_off = admission.effective_rate("lab").unwrap();
+    let runtime = sluice::runtime::Runtime::new(config).unwrap();
+    let lab = runtime.tenant("lab").unwrap();
+    runtime.admission.upstream_trouble(&lab.gate, false);
+    let backed_off = lab.gate.effective_rate();
     assert!(backed_off < 20.0, "{backed_off}");
 
     let same = sluice::Config::parse(text, &env).unwrap();
-    metrics.reconcile(&same);
-    pools.reconcile(&same);
-    admission.reconcile(&same, &metrics, &pools);
+    sluice::reload::apply(&runtime, same).unwrap();
+    let lab = runtime.tenant("lab").unwrap();
     assert_eq!(
-        admission.effective_rate("lab").unwrap(),
+        lab.gate.effective_rate(),
         backed_off,
         "a reload that changed nothing reset the adaptive rate"
     );

@@ -39,6 +39,17 @@ pub struct Policy {
     pub floor: f64,
 }
 
+impl Policy {
+    /// The policy `[upstream]` configures.
+    pub fn of(upstream: &crate::config::Upstream) -> Self {
+        Self {
+            enabled: upstream.adaptive,
+            factor: upstream.adaptive_factor,
+            floor: upstream.adaptive_floor,
+        }
+    }
+}
+
 /// One scope's effective rate.
 #[derive(Debug)]
 pub(crate) struct Adaptive {

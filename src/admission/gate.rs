@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::adaptive::Adaptive;
 use super::capacity::{Slots, Taken, Tokens};
 use super::edge::EdgeGate;
-use crate::upstream::Pool;
+use super::{Gauges, PauseSource, Pauses};
 
 /// Session slots and handshake tokens of one scope (a tenant, or the edge). Kept
 /// inline in the scope's gate so that a decision touches one allocation per scope.
@@ -179,7 +179,7 @@ struct Queue {
 /// in one cache line of their own.
 #[derive(Debug)]
 #[repr(C, align(64))]
-pub(crate) struct TenantGate {
+pub struct TenantGate {
     /// `queue.waiters.len()`, readable without the lock.
     queued: AtomicU32,
     pub(crate) limit: Limit,
@@ -203,10 +203,10 @@ pub(crate) struct TenantGate {
     /// The edge ceiling (the same one as [`super::Admission`]'s), so that a permit
     /// releases its edge slot through its tenant without holding the edge itself.
     pub(crate) edge: Option<Arc<EdgeGate>>,
-    /// The tenant's upstream group: while the edge has paused all of it for this tenant
-    /// (for everyone, or for this tenant alone), none of this tenant's clients is sent.
-    /// Swapped when a reload moves the tenant or rebuilds its group.
-    pool: arc_swap::ArcSwapOption<Pool>,
+    /// The tenant's upstream group's pauses: while the edge has paused all of it for
+    /// this tenant (for everyone, or for this tenant alone), none of this tenant's
+    /// clients is sent. Swapped when a reload moves the tenant or rebuilds its group.
+    pauses: arc_swap::ArcSwapOption<PauseSource>,
     /// Time zero of `paused_until`.
     epoch: Instant,
     /// Nanoseconds after `epoch` until which the edge asked (`429` + `Retry-After`)
@@ -225,8 +225,8 @@ impl TenantGate {
         name: &str,
         limits: &crate::config::Limits,
         edge: Option<Arc<EdgeGate>>,
-        pool: Option<Arc<Pool>>,
-        metrics: &crate::metrics::TenantMetrics,
+        pauses: Option<Arc<dyn Pauses>>,
+        gauges: Gauges,
     ) -> Self {
         Self {
             name: name.into(),
@@ -240,21 +240,68 @@ impl TenantGate {
             weight: AtomicU32::new(limits.weight),
             closed: AtomicU8::new(0),
             queue: Mutex::default(),
-            depth_gauge: metrics.queue_depth.clone(),
+            depth_gauge: gauges.queue_depth,
             adaptive: Adaptive::new(
                 limits.handshake_rate,
                 limits.handshake_burst,
-                metrics.effective_rate.clone(),
+                gauges.effective_rate,
             ),
             emptied: Notify::new(),
             reconfigured: Notify::new(),
             edge,
-            pool: arc_swap::ArcSwapOption::new(pool),
+            pauses: arc_swap::ArcSwapOption::new(pauses.map(|p| Arc::new(PauseSource(p)))),
             epoch: Instant::now(),
             paused_until: AtomicU64::new(0),
             queued: AtomicU32::new(0),
             blocker: AtomicU8::new(Blocker::Slot as u8),
         }
+    }
+
+    /// The tenant's admission state now.
+    pub fn load(&self) -> super::TenantLoad {
+        super::TenantLoad {
+            live: self.limit.slots.live(),
+            max_sessions: self.limit.slots.cap(),
+            queued: self.queued(),
+        }
+    }
+
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The handshake rate allowed now (the adaptive one).
+    pub fn effective_rate(&self) -> f64 {
+        self.adaptive.effective()
+    }
+
+    /// Holds this tenant's clients back for `after` (the edge answered one of them
+    /// `429` with this `Retry-After`). Queued clients wait; refusals meanwhile say so.
+    pub fn pause_for(&self, after: Duration) {
+        self.pause(Instant::now() + after);
+    }
+
+    /// A reload removed the tenant: its queued clients are refused (`tenant-unknown`),
+    /// later ones too; its live sessions go on holding their permits on this gate.
+    pub fn retire(&self) {
+        if self.closed().is_none() {
+            self.close(Closed::Removed);
+        }
+    }
+
+    /// Whether a reload removed the tenant (and none brought it back).
+    pub fn retired(&self) -> bool {
+        self.closed() == Some(Closed::Removed)
+    }
+
+    /// A reload configured the tenant (again): `limits` and `pauses` apply; a retired
+    /// gate takes clients again, counting the sessions it still has.
+    pub fn configure(&self, limits: &crate::config::Limits, pauses: Option<Arc<dyn Pauses>>) {
+        if self.closed() == Some(Closed::Removed) {
+            self.reopen();
+        }
+        self.reconfigure(limits, pauses);
     }
 
     /// Holds this tenant's clients back until `until` (the edge answered `429` with a
@@ -275,10 +322,10 @@ impl TenantGate {
             .then(|| self.epoch + std::time::Duration::from_nanos(own))
             .filter(|t| *t > now);
         let group = self
-            .pool
+            .pauses
             .load()
             .as_ref()
-            .and_then(|p| p.paused_until(&self.name, now));
+            .and_then(|p| p.0.paused_until(&self.name, now));
         own.max(group)
     }
 
@@ -299,7 +346,11 @@ impl TenantGate {
 
     /// Applies a reloaded tenant's limits and group. Live sessions over a lowered cap go
     /// on; a raised cap or rate lets the pump release queued clients at once.
-    pub(crate) fn reconfigure(&self, limits: &crate::config::Limits, pool: Option<Arc<Pool>>) {
+    pub(crate) fn reconfigure(
+        &self,
+        limits: &crate::config::Limits,
+        pauses: Option<Arc<dyn Pauses>>,
+    ) {
         self.queue_depth
             .store(limits.queue_depth, Ordering::Relaxed);
         self.queue_timeout
@@ -310,7 +361,7 @@ impl TenantGate {
             limits.handshake_rate,
             limits.handshake_burst,
         );
-        self.pool.store(pool);
+        self.pauses.store(pauses.map(|p| Arc::new(PauseSource(p))));
         self.limit.slots.set_cap(limits.max_sessions);
         self.reconfigured.notify_waiters();
     }

@@ -233,12 +233,12 @@ pub async fn run_demo(
     let server = crate::Server::bind(config)
         .await
         .map_err(|e| e.to_string())?;
-    let admin = crate::admin::Admin::bind(admin, server.shared())
+    let admin = crate::admin::Admin::bind(admin, server.runtime())
         .await
         .map_err(|e| format!("admin listener on {admin}: {e}"))?;
     let proxy = server.local_addr();
     let admin_addr = admin.local_addr();
-    let shared = server.shared();
+    let runtime = server.runtime();
     let tasks = vec![
         tokio::spawn(server.run(std::future::pending())),
         tokio::spawn(admin.run(std::future::pending())),
@@ -255,7 +255,7 @@ pub async fn run_demo(
     while tokio::time::Instant::now() < deadline
         && NAMES[..usize::from(c.tenants)]
             .iter()
-            .any(|t| shared.admission.tenant_load(t).is_some_and(|l| l.live > 0))
+            .any(|t| runtime.tenant(t).is_some_and(|h| h.gate.load().live > 0))
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

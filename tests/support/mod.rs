@@ -362,12 +362,34 @@ async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(
 pub struct Proxy {
     /// Its listen address.
     pub addr: SocketAddr,
-    /// Its admission state.
-    pub admission: Arc<sluice::admission::Admission>,
+    /// Its tenants' admission state, read through their handles.
+    pub admission: Loads,
     /// Its admin listener's address.
     pub admin: SocketAddr,
-    /// What its connections share (config, pending places, metrics).
-    pub shared: Arc<sluice::proxy::Shared>,
+    /// What its connections share (config, tenant table, pending places, metrics).
+    pub shared: Arc<sluice::runtime::Runtime>,
+}
+
+/// A running sluice's admission state, read through the public tenant handles of the
+/// snapshot in force.
+#[derive(Debug, Clone)]
+pub struct Loads(Arc<sluice::runtime::Runtime>);
+
+impl Loads {
+    /// The admission state of the configured tenant `name`.
+    pub fn tenant_load(&self, name: &str) -> Option<sluice::admission::TenantLoad> {
+        self.0.tenant(name).map(|t| t.gate.load())
+    }
+
+    /// The handshake rate `name` is allowed now (adaptive).
+    pub fn effective_rate(&self, name: &str) -> Option<f64> {
+        self.0.tenant(name).map(|t| t.gate.effective_rate())
+    }
+
+    /// The `[edge]` ceiling's state.
+    pub fn edge_load(&self) -> Option<sluice::admission::EdgeLoad> {
+        self.0.admission.edge_load()
+    }
 }
 
 impl Proxy {
@@ -404,8 +426,8 @@ async fn start(config: Config) -> Proxy {
     let config_admin = config.admin.address;
     let server = sluice::Server::bind(config).await.expect("sluice binds");
     let addr = server.local_addr();
-    let admission = server.admission();
-    let shared = server.shared();
+    let shared = server.runtime();
+    let admission = Loads(shared.clone());
     let admin = sluice::admin::Admin::bind(config_admin, shared.clone())
         .await
         .expect("admin binds");

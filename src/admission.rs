@@ -1,0 +1,616 @@
+//! Step 4 of the flow: admission (DESIGN.md). Decides, per connect, whether it goes on
+//! now, waits in its tenant's queue, or is refused.
+//!
+//! Per tenant: a cap on live sessions (`max_sessions`), a GCRA token bucket on
+//! handshakes (`handshake_rate`, `handshake_burst`) and a bounded FIFO queue
+//! (`queue_depth`, `queue_timeout`). Above all tenants, optionally: the `[edge]` ceiling
+//! on sessions and handshakes, shared by `weight` between tenants with queued clients
+//! ([`edge`]).
+//!
+//! # How a connect is decided
+//!
+//! * **Fast path** ([`Admission::try_admit`]): when the tenant's queue is empty and no
+//!   tenant waits for the edge, take a tenant slot, an edge slot, a tenant token and an
+//!   edge token, each one atomic operation; if any is missing, give back what was taken
+//!   and queue. No lock is taken: the tenant is found in a concurrent map and its state
+//!   is atomics.
+//! * **Queue**: otherwise the client joins the back of its tenant's queue (or is
+//!   refused if the queue is full) and its request stays pending. A per-tenant pump
+//!   task releases the head when a slot and a token are both free (and the edge gives
+//!   the tenant its turn), so releases are spaced `1/handshake_rate` apart after the
+//!   burst, however spiky the arrivals.
+//! * A client that leaves while queued (its connection closes, hyper drops the request
+//!   future) is removed from the queue at once by its [`Ticket`]'s `Drop`. If the pump
+//!   had just chosen it, what was reserved for it goes back (slots released, tokens
+//!   refunded), so it takes nothing.
+//! * An admitted client holds a [`Permit`]: its tenant slot and edge slot, released
+//!   when the permit drops, exactly once, however the session ends.
+//!
+//! Memory: per tenant a fixed-size gate; per queued client one queue entry (16 bytes)
+//! and a oneshot channel. Queues are bounded by `queue_depth`, the edge's request list
+//! by the number of tenants; nothing is keyed by anything a client sends.
+//!
+//! The capacity primitives live in [`capacity`]: the seam for a shared backend.
+
+pub mod adaptive;
+pub mod capacity;
+mod edge;
+mod gate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::sync::{Mutex, PoisonError, Weak};
+
+use tokio::time::Instant;
+
+use crate::config::{EdgeLimits, Limits};
+use crate::reject::{Reason, Rejection};
+use edge::EdgeGate;
+pub use gate::TenantGate;
+use gate::{Blocker, Closed};
+pub use jitter::Jitter;
+pub use standalone::Scheduler;
+
+mod jitter;
+mod standalone;
+
+/// Where a tenant's group-wide pauses come from (the edge paused every endpoint of the
+/// tenant's upstream group, for everyone or for this tenant): the upstream pool, handed
+/// to admission by whoever wires the two together, so admission imports no upstream.
+pub trait Pauses: Send + Sync + std::fmt::Debug {
+    /// Until when none of `tenant`'s clients may be sent to the group; `None`: now they
+    /// may.
+    fn paused_until(&self, tenant: &str, now: Instant) -> Option<Instant>;
+}
+
+/// A [`Pauses`] behind one pointer, so that a gate can swap it atomically.
+#[derive(Debug)]
+pub(crate) struct PauseSource(pub(crate) Arc<dyn Pauses>);
+
+/// The gauges a tenant's gate keeps current: handed in, so admission imports no
+/// metrics registry (unregistered gauges do for a planner or a test).
+#[derive(Debug, Clone)]
+pub struct Gauges {
+    /// `sluice_queue_depth` of the tenant.
+    pub queue_depth: prometheus::IntGauge,
+    /// `sluice_effective_handshake_rate` of the tenant.
+    pub effective_rate: prometheus::Gauge,
+}
+
+impl Gauges {
+    /// Gauges registered nowhere.
+    ///
+    /// # Panics
+    /// Never: the names are valid.
+    pub fn detached() -> Self {
+        Self {
+            queue_depth: prometheus::IntGauge::new("sluice_queue_depth", "detached")
+                .expect("valid name"),
+            effective_rate: prometheus::Gauge::new("sluice_effective_handshake_rate", "detached")
+                .expect("valid name"),
+        }
+    }
+}
+
+/// The refusal of a client whose tenant's queue is closed.
+fn closed_rejection(why: Closed, tenant: &str) -> Rejection {
+    match why {
+        Closed::Draining => Rejection::draining(),
+        Closed::Removed => Rejection::new(
+            Reason::TenantUnknown,
+            format!("tenant {tenant:?} was removed by a config reload"),
+        ),
+    }
+}
+
+/// The admission scheduler: the `[edge]` ceiling and its fair arbiter, the adaptive
+/// policy, and every tenant gate it made ([`Admission::gate`]). A connect is decided
+/// against its tenant's gate, which the caller resolved once and hands in.
+#[derive(Debug)]
+pub struct Admission {
+    /// Every gate made and still alive (a retired tenant's gate lives while its
+    /// sessions do): the drain closes them, the recovery task steps their rates up.
+    gates: Mutex<Vec<Weak<TenantGate>>>,
+    edge: Option<Arc<EdgeGate>>,
+    /// Draws the jitter of `Retry-After` estimates; seedable for a planner.
+    jitter: Jitter,
+    policy: adaptive::Policy,
+    /// The last tenant that reported request-level edge trouble, and when: the edge
+    /// ceiling backs off on such trouble only when a second tenant reports it too
+    /// ([`Admission::upstream_trouble`]).
+    last_trouble: std::sync::Mutex<Option<(Arc<str>, Instant)>>,
+    /// Set by [`Admission::drain`]: gates made from now on start closed.
+    draining: std::sync::atomic::AtomicBool,
+}
+
+/// An admitted session's hold on capacity: its tenant's session slot and, with an
+/// `[edge]` ceiling, an edge session slot. Dropping it releases both, so exactly once.
+#[derive(Debug)]
+pub struct Permit {
+    gate: Arc<TenantGate>,
+    /// Whether it holds an edge slot (of `gate.edge`).
+    edge: bool,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.gate.limit.slots.release();
+        if self.edge {
+            if let Some(edge) = &self.gate.edge {
+                edge.limit.slots.release();
+            }
+        }
+    }
+}
+
+/// A connect that may go on to the edge.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Held for the life of the session.
+    pub permit: Permit,
+    /// How long it waited in the queue; `None` when it did not queue.
+    pub waited: Option<Duration>,
+}
+
+/// A tenant's admission state, for status and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantLoad {
+    /// Session slots held: admitted sessions, plus one reserved for the head of the
+    /// queue while it waits for its token or its edge turn.
+    pub live: u32,
+    /// The tenant's `max_sessions`.
+    pub max_sessions: u32,
+    /// Clients in its queue.
+    pub queued: u32,
+}
+
+/// The edge ceiling's state, for status and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeLoad {
+    /// Edge session slots held.
+    pub live: u32,
+    /// `[edge] max_sessions`.
+    pub max_sessions: u32,
+    /// Tenants waiting for their turn at the edge.
+    pub waiting: u32,
+}
+
+impl Admission {
+    /// A scheduler with the `[edge]` ceiling `edge` (its effective rate published to
+    /// `edge_rate` when given) under the adaptive `policy`, and no tenant yet.
+    pub fn new(
+        edge: Option<&EdgeLimits>,
+        policy: adaptive::Policy,
+        edge_rate: Option<prometheus::Gauge>,
+        jitter: Jitter,
+    ) -> Self {
+        let edge = edge.map(|e| {
+            let gauge = edge_rate.unwrap_or_else(|| {
+                prometheus::Gauge::new("sluice_unregistered", "edge rate").expect("valid")
+            });
+            Arc::new(EdgeGate::new(e, gauge))
+        });
+        Self {
+            gates: Mutex::default(),
+            edge,
+            jitter,
+            policy,
+            last_trouble: std::sync::Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// A gate for a tenant `name` with `limits`: its queue, its pump, its token bucket
+    /// and session cap. `pauses` holds its clients back while the edge paused its whole
+    /// group. A draining scheduler makes it closed.
+    pub fn gate(
+        &self,
+        name: &str,
+        limits: &Limits,
+        gauges: Gauges,
+        pauses: Option<Arc<dyn Pauses>>,
+    ) -> Arc<TenantGate> {
+        let gate = Arc::new(TenantGate::new(
+            name,
+            limits,
+            self.edge.clone(),
+            pauses,
+            gauges,
+        ));
+        let mut gates = self.lock_gates();
+        gates.retain(|g| g.strong_count() > 0);
+        gates.push(Arc::downgrade(&gate));
+        if self.draining.load(std::sync::atomic::Ordering::Acquire) {
+            gate.close(Closed::Draining);
+        }
+        gate
+    }
+
+    fn lock_gates(&self) -> std::sync::MutexGuard<'_, Vec<Weak<TenantGate>>> {
+        self.gates.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every gate still alive.
+    fn live_gates(&self) -> Vec<Arc<TenantGate>> {
+        self.lock_gates().iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Gates alive now: configured tenants' and retired ones whose sessions go on.
+    pub fn gate_count(&self) -> usize {
+        self.lock_gates()
+            .iter()
+            .filter(|g| g.strong_count() > 0)
+            .count()
+    }
+
+    /// The fast path alone: admits now if the tenant has no queue and everything is
+    /// free, else `None` (nothing is held then).
+    pub fn try_admit(&self, gate: &Arc<TenantGate>) -> Option<Permit> {
+        self.try_now(gate, Instant::now())
+    }
+
+    fn try_now(&self, gate: &Arc<TenantGate>, now: Instant) -> Option<Permit> {
+        if gate.queued() > 0
+            || self.edge.as_ref().is_some_and(|e| e.waiting() > 0)
+            || gate.paused(now).is_some()
+        {
+            return None;
+        }
+        if !gate.limit.slots.try_acquire() {
+            return None;
+        }
+        // From here the permit owns what it holds: returning early releases it.
+        let mut permit = Permit {
+            gate: gate.clone(),
+            edge: false,
+        };
+        if let Some(edge) = &self.edge {
+            if !edge.limit.slots.try_acquire() {
+                return None;
+            }
+            permit.edge = true;
+        }
+        let taken = gate.limit.tokens.try_take(now).ok()?;
+        if let Some(edge) = &self.edge {
+            if edge.limit.tokens.try_take(now).is_err() {
+                gate.limit.tokens.refund(taken);
+                return None;
+            }
+        }
+        Some(permit)
+    }
+
+    /// Decides a connect for the tenant of `gate`: admits it now, or
+    /// queues it and waits until it is admitted or refused. Dropping the future while
+    /// queued takes the client out of the queue.
+    ///
+    /// # Errors
+    /// The [`Rejection`] to send: `queue-full` / `queue-timeout` when the tenant's own
+    /// limits hold it back, `edge-capacity` when the edge ceiling does, each with an
+    /// estimated `Retry-After`.
+    pub async fn admit(&self, gate: &Arc<TenantGate>) -> Result<Admitted, Rejection> {
+        let tenant = &*gate.name;
+        if let Some(why) = gate.closed() {
+            return Err(closed_rejection(why, tenant));
+        }
+        let since = Instant::now();
+        if let Some(permit) = self.try_now(gate, since) {
+            return Ok(Admitted {
+                permit,
+                waited: None,
+            });
+        }
+        // Paused by the edge beyond this client's whole wait: no point queueing.
+        if gate
+            .paused(since)
+            .is_some_and(|until| until >= since + gate.queue_timeout())
+        {
+            let queued = gate.queued();
+            return Err(self.refusal(gate, queued, false));
+        }
+        let Some((id, mut grant)) = gate.enqueue(self.edge.as_ref()) else {
+            if let Some(why) = gate.closed() {
+                return Err(closed_rejection(why, tenant));
+            }
+            let queued = gate.queued();
+            return Err(self.refusal(gate, queued, true));
+        };
+        let mut ticket = Ticket {
+            gate,
+            id,
+            queued: true,
+        };
+        let deadline = since + gate.queue_timeout();
+        let reserved = match tokio::time::timeout_at(deadline, &mut grant).await {
+            Ok(Ok(reserved)) => reserved,
+            Ok(Err(_)) => {
+                // Its queue was closed (drain, tenant removed), or the pump popped this
+                // client but its reservation was dropped (the runtime shuts down).
+                ticket.queued = false;
+                let mut refusal =
+                    closed_rejection(gate.closed().unwrap_or(Closed::Draining), tenant);
+                refusal.waited = Some(since.elapsed());
+                return Err(refusal);
+            }
+            Err(_) => {
+                let waited = Some(since.elapsed());
+                match ticket.leave() {
+                    Some(ahead) => {
+                        let mut refusal = self.refusal(gate, ahead as u32, false);
+                        refusal.waited = waited;
+                        return Err(refusal);
+                    }
+                    // Chosen at the last moment: take it.
+                    None => match grant.try_recv() {
+                        Ok(reserved) => reserved,
+                        Err(_) => {
+                            let mut refusal = self.refusal(gate, 0, false);
+                            refusal.waited = waited;
+                            return Err(refusal);
+                        }
+                    },
+                }
+            }
+        };
+        ticket.queued = false;
+        Ok(Admitted {
+            permit: reserved.commit(),
+            waited: Some(since.elapsed()),
+        })
+    }
+
+    /// The refusal of a client of `gate` with `ahead` clients in front of it, for a
+    /// full queue (`full`) or a timeout.
+    fn refusal(&self, gate: &TenantGate, ahead: u32, full: bool) -> Rejection {
+        let cause = self.cause(gate);
+        let paused = gate.paused(Instant::now());
+        let edge = self.edge.as_deref().filter(|_| cause == Blocker::Edge);
+        let (reason, detail) = match (edge, full) {
+            _ if paused.is_some() => (
+                Reason::EdgeCapacity,
+                format!(
+                    "the edge asked for a pause (Retry-After) for tenant {} or its upstream group; {} queued",
+                    gate.name,
+                    gate.queued()
+                ),
+            ),
+            (Some(_), _) => (
+                Reason::EdgeCapacity,
+                format!(
+                    "the edge ceiling is in use by all tenants; tenant {} has {} queued (queue_depth {})",
+                    gate.name,
+                    gate.queued(),
+                    gate.queue_depth()
+                ),
+            ),
+            (None, true) => (
+                Reason::QueueFull,
+                format!(
+                    "tenant {} has {} queued (queue_depth {}) and {} of {} sessions",
+                    gate.name,
+                    gate.queued(),
+                    gate.queue_depth(),
+                    gate.limit.slots.live(),
+                    gate.limit.slots.cap()
+                ),
+            ),
+            (None, false) => (
+                Reason::QueueTimeout,
+                format!(
+                    "waited queue_timeout ({}) in tenant {}'s queue with {ahead} still ahead",
+                    humantime::format_duration(gate.queue_timeout()),
+                    gate.name
+                ),
+            ),
+        };
+        let mut after = retry_after(gate, cause, edge, ahead, &self.jitter);
+        if let Some(until) = paused {
+            // Never sooner than the pause ends.
+            after = after.max(until.saturating_duration_since(Instant::now()));
+        }
+        Rejection::new(reason, detail).retry_after(after)
+    }
+
+    /// What holds `gate`'s clients back: what its pump waits for while it has a queue;
+    /// without one (a tenant with `queue_depth = 0`), whichever limit is exhausted now.
+    fn cause(&self, gate: &TenantGate) -> Blocker {
+        if gate.paused(Instant::now()).is_some() {
+            Blocker::Edge
+        } else if gate.queued() > 0 {
+            gate.blocker()
+        } else if gate.limit.slots.live() >= gate.limit.slots.cap() {
+            Blocker::Slot
+        } else if gate.limit.tokens.ready_at() > Instant::now() || self.edge.is_none() {
+            Blocker::Token
+        } else {
+            Blocker::Edge
+        }
+    }
+
+    /// A sign of edge trouble on a handshake of `gate`'s tenant (a `503` or `429`, a timeout, a
+    /// handshake slower than `slow_handshake`): the tenant's adaptive rate steps down
+    /// ([`adaptive`]). The edge ceiling's, shared by every tenant, steps down only when
+    /// the trouble cannot depend on the tenant's request (`request_level` false: a
+    /// connect timeout), or when another tenant reported request-level trouble within
+    /// [`adaptive::WITNESS_WINDOW`]: one tenant drawing refusals on its own path slows
+    /// only itself.
+    pub fn upstream_trouble(&self, gate: &TenantGate, request_level: bool) {
+        let now = Instant::now();
+        gate.adaptive.trouble(&gate.limit.tokens, self.policy, now);
+        let Some(edge) = &self.edge else {
+            return;
+        };
+        let seen_by_others = request_level && self.witness(&gate.name, now);
+        if !request_level || seen_by_others {
+            edge.adaptive.trouble(&edge.limit.tokens, self.policy, now);
+        }
+    }
+
+    /// Notes that `tenant` saw request-level trouble at `now`; whether another tenant
+    /// saw some within [`adaptive::WITNESS_WINDOW`] before.
+    fn witness(&self, tenant: &Arc<str>, now: Instant) -> bool {
+        let mut last = self
+            .last_trouble
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seen = last.as_ref().is_some_and(|(other, at)| {
+            **other != **tenant && now.saturating_duration_since(*at) < adaptive::WITNESS_WINDOW
+        });
+        *last = Some((tenant.clone(), now));
+        seen
+    }
+
+    /// Starts the drain: every queued client is refused with `draining`, and so is every
+    /// later connect.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        for gate in self.live_gates() {
+            gate.close(Closed::Draining);
+        }
+    }
+
+    /// Applies reloaded `[edge]` limits in place; adding or removing the section takes
+    /// a restart (returned as a warning).
+    pub fn reconfigure_edge(&self, limits: Option<&EdgeLimits>) -> Option<String> {
+        match (&self.edge, limits) {
+            (Some(edge), Some(limits)) => {
+                edge.reconfigure(limits);
+                None
+            }
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => Some(
+                "adding or removing the [edge] section takes a restart; the ceiling in force is kept".to_owned(),
+            ),
+        }
+    }
+
+    /// Starts the task that steps adapted rates back up after clean seconds. It ends by
+    /// itself when the admission state is dropped.
+    pub fn spawn_recovery(self: &Arc<Self>) {
+        if !self.policy.enabled {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(adaptive::CLEAN_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(admission) = weak.upgrade() else {
+                    return;
+                };
+                let now = Instant::now();
+                for gate in admission.live_gates() {
+                    gate.adaptive.recover(&gate.limit.tokens, now);
+                }
+                if let Some(edge) = &admission.edge {
+                    edge.adaptive.recover(&edge.limit.tokens, now);
+                }
+            }
+        });
+    }
+
+    /// Before an upstream retry of a client of `tenant`: waits out a pause the edge
+    /// asked for (the tenant's or its group's), then takes an edge handshake token, since
+    /// every attempt counts against the edge's rate, not only a client's first. `false`
+    /// when that cannot happen before `deadline`. Without an `[edge]` ceiling, no token
+    /// is needed.
+    pub async fn retry_token(&self, gate: &TenantGate, deadline: Instant) -> bool {
+        while let Some(until) = gate.paused(Instant::now()) {
+            if until >= deadline {
+                return false;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+        let Some(edge) = &self.edge else {
+            return true;
+        };
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            if edge.limit.tokens.try_take(now).is_ok() {
+                return true;
+            }
+            let ready = edge.limit.tokens.ready_at();
+            if ready >= deadline {
+                return false;
+            }
+            tokio::time::sleep_until(ready).await;
+        }
+    }
+
+    /// The state of the edge ceiling, when there is one.
+    pub fn edge_load(&self) -> Option<EdgeLoad> {
+        let edge = self.edge.as_ref()?;
+        Some(EdgeLoad {
+            live: edge.limit.slots.live(),
+            max_sessions: edge.limit.slots.cap(),
+            waiting: edge.waiting(),
+        })
+    }
+}
+
+/// An honest estimate of when a refused client could get in: the clients ahead of it
+/// (plus itself) times the interval at which the queue moves, jittered by ±20 % so that
+/// refused clients do not return in lockstep.
+///
+/// The interval is the tenant's token interval, or its weighted share of the edge's when
+/// the edge binds; when sessions rather than handshakes hold the queue (a cap reached),
+/// it is the recent time between session ends of that scope. The estimate is capped at
+/// `queue_timeout` (by then everyone now queued has been admitted or has given up, so
+/// there is room), which is also the answer before any session has ended.
+fn retry_after(
+    gate: &TenantGate,
+    cause: Blocker,
+    edge: Option<&EdgeGate>,
+    ahead: u32,
+    jitter: &Jitter,
+) -> Duration {
+    let interval = match (cause, edge) {
+        (Blocker::Slot, _) => gate.limit.slots.release_interval(),
+        (_, Some(edge)) if edge.slot_bound() => edge
+            .limit
+            .slots
+            .release_interval()
+            .map(|i| i.mul_f64(edge.share_of(gate.weight()))),
+        (_, Some(edge)) => Some(
+            edge.limit
+                .tokens
+                .interval()
+                .mul_f64(edge.share_of(gate.weight())),
+        ),
+        (_, None) => Some(gate.limit.tokens.interval()),
+    };
+    let base = interval
+        .and_then(|i| i.checked_mul(ahead + 1))
+        .map_or(gate.queue_timeout(), |w| w.min(gate.queue_timeout()));
+    base.mul_f64(jitter.between(0.8, 1.2))
+}
+
+/// A client's place in its tenant's queue; leaving the queue is its `Drop`.
+struct Ticket<'a> {
+    gate: &'a TenantGate,
+    id: u64,
+    queued: bool,
+}
+
+impl Ticket<'_> {
+    fn leave(&mut self) -> Option<usize> {
+        std::mem::replace(&mut self.queued, false)
+            .then(|| self.gate.leave(self.id))
+            .flatten()
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+#[cfg(test)]
+mod tests;

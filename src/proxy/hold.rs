@@ -1,0 +1,118 @@
+//! Steps 4–7 of the flow in `hold` mode: the client's request stays pending while it
+//! waits in its tenant's queue; once admitted and the edge has answered `101`, sluice
+//! answers `101` with the edge's handshake headers and relays bytes both ways.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+
+use super::{connect_upstream, record_admitted, refuse, ClientGone, Connect};
+use crate::control::SessionStop;
+use crate::reject::{self, Rejection};
+use crate::relay::{self, Leg, Moved};
+use crate::release::Session;
+use crate::stream::Stream;
+
+/// Admits, dials and answers one `hold`-mode connect; the relay runs in a task of its
+/// own once the `101` is sent.
+pub(super) async fn serve(
+    c: Connect,
+    upstream_req: Request<()>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Response<Full<Bytes>> {
+    let tm = &*c.settings.metrics;
+    let (request_id, info) = (&c.request_id, c.info);
+    // If the client goes away from here on until the 101, hyper drops this future; the
+    // guard still writes that connection's outcome line (and the queue ticket inside
+    // `admit` takes the client out of its queue).
+    let mut gone = ClientGone::new(tm, request_id, info.addr);
+
+    // Step 4: admission. The permit moves into the Session below and is released when
+    // the session ends.
+    let admitted = match c.runtime.admission.admit(&c.tenant.gate).await {
+        Ok(a) => a,
+        Err(rejection) => {
+            gone.disarm();
+            return refuse(tm, rejection, request_id, info, None);
+        }
+    };
+    gone.stage = Some("upstream-handshake");
+    if let Some(waited) = admitted.waited {
+        tm.queue_wait(waited);
+    }
+
+    // Step 5: upstream handshake. At the drain's deadline one still under way is given
+    // up.
+    let connect = connect_upstream(&c.runtime, &c.tenant, request_id, &upstream_req);
+    let connected = match tokio::select! {
+        r = connect => r,
+        () = c.runtime.control.closed() => Err((Rejection::draining(), None)),
+    } {
+        Ok(c) => c,
+        Err((rejection, failed)) => {
+            gone.disarm();
+            return refuse(tm, rejection, request_id, info, failed.as_ref());
+        }
+    };
+    gone.disarm();
+    record_admitted(
+        tm,
+        request_id,
+        info,
+        c.tenant_source,
+        admitted.waited,
+        &connected,
+    );
+
+    // Step 6: answer 101 with the upstream's handshake headers, then relay.
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    for (name, value) in &connected.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(reject::REQUEST_ID_HEADER, v);
+    }
+
+    let session = Session::start(
+        (admitted.permit, connected.lease),
+        &c.runtime.control,
+        c.settings.metrics.clone(),
+        c.tenant.clone(),
+        c.request_id.clone(),
+        info.addr,
+        connected.endpoint.url.clone(),
+    );
+    let edge = connected.leg;
+    let config = c.runtime.config();
+    let stop = SessionStop::new(&c.runtime.control, &config.protection, None);
+    tokio::spawn(async move {
+        let client = match on_upgrade.await {
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<Stream>>() {
+                Ok(parts) => Leg {
+                    stream: parts.io.into_inner(),
+                    early: parts.read_buf,
+                },
+                Err(_) => {
+                    tracing::error!(request_id = %session.request_id, "client connection of unexpected type");
+                    session.abandon("client connection of unexpected type");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::debug!(request_id = %session.request_id, error = %e, "upgrade failed");
+                session.abandon("client left before the upgrade completed");
+                return;
+            }
+        };
+        let moved = Moved::default();
+        let stats = relay::relay(client, edge, &moved, stop.wait(&moved)).await;
+        // Step 7: release.
+        session.end(stats);
+    });
+    resp
+}

@@ -1,0 +1,155 @@
+//! Wiring: the listeners. [`Server`] binds the proxy port and runs the one accept loop
+//! ([`accept_loop`], which the admin listener shares) that hands each connection to
+//! step 1 ([`listen`]); [`drain`] ends the process's life gracefully.
+
+pub mod drain;
+mod listen;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::tls::TlsError;
+
+pub use drain::drain;
+
+/// Pause after an accept error (e.g. out of file descriptors) before accepting again.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr} (listen.address): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The admin address could not be bound.
+    #[error("cannot listen on {addr} (admin.address): {source}")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Accepts connections on `listener` until `shutdown` completes, handing each to
+/// `serve` (which spawns what it needs); accept errors (typically EMFILE) pause
+/// [`ACCEPT_ERROR_PAUSE`] instead of spinning. `what` names the listener in logs.
+pub async fn accept_loop(
+    listener: &TcpListener,
+    what: &'static str,
+    shutdown: impl Future<Output = ()>,
+    mut serve: impl FnMut(TcpStream, SocketAddr),
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((tcp, addr)) => serve(tcp, addr),
+            Err(e) => {
+                tracing::warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// The proxy listener, bound and ready to run.
+pub struct Server {
+    listener: TcpListener,
+    runtime: Arc<Runtime>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.listener.local_addr().ok())
+            .field("tls", &self.runtime.snapshot().tls.is_some())
+            .finish()
+    }
+}
+
+// === impl Server ===
+
+impl Server {
+    /// Binds `listen.address` and builds the runtime (the tenant table, the TLS
+    /// material).
+    ///
+    /// # Errors
+    /// [`StartError`] when the address cannot be bound or a TLS file is unusable.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let addr = config.listen.address;
+        let runtime = Arc::new(Runtime::new(config)?);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Self { listener, runtime })
+    }
+
+    /// The address actually bound (useful with port 0).
+    ///
+    /// # Panics
+    /// Never in practice: a bound listener has an address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// What every connection shares (config, tenant table, admission, metrics); the
+    /// admin listener serves from it.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.clone()
+    }
+
+    /// Accepts connections until `shutdown` completes. Live sessions run in their own
+    /// tasks and are not waited for here.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let runtime = &self.runtime;
+        tracing::info!(
+            addr = %self.local_addr(),
+            tls = runtime.snapshot().tls.is_some(),
+            "proxy listening"
+        );
+        accept_loop(&self.listener, "proxy", shutdown, |tcp, addr| {
+            let accepted = Instant::now();
+            let place = match runtime.pending.try_enter(addr.ip()) {
+                Ok(place) => place,
+                Err(full) => {
+                    listen::overloaded(&tcp, addr, full);
+                    return;
+                }
+            };
+            let tls = runtime.snapshot().tls.clone().map(TlsAcceptor::from);
+            tokio::spawn(listen::serve_connection(
+                tcp,
+                addr,
+                accepted,
+                tls,
+                runtime.clone(),
+                place,
+            ));
+        })
+        .await;
+        tracing::info!("proxy listener stopped");
+    }
+}

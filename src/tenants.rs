@@ -1,0 +1,249 @@
+//! State: the tenant table — one [`Tenant`] handle per configured tenant, built once per
+//! config and reconciled by a reload, so that the flow resolves a tenant once and passes
+//! the handle on.
+//!
+//! A handle holds everything a connect of its tenant needs: its admission gate (with its
+//! queue, session count and pause state), and, swapped whole by a reload, its validated
+//! limits and credential settings, its upstream group and that group's pool (shared by
+//! the group's tenants), and its metrics children with their log budgets.
+//!
+//! # A tenant that a reload removes or brings back
+//!
+//! - A tenant that stays keeps its handle and gate; its new settings apply to new
+//!   connects at once (a lowered cap never ends a live session).
+//! - A removed tenant leaves the table. Its gate is retired: its queued clients are
+//!   refused `tenant-unknown`, its live sessions go on and keep counting on it (each
+//!   holds the handle). The table remembers it weakly, as retired.
+//! - A tenant that comes back while a retired handle is still alive gets that handle
+//!   again, its gate reopened with its live count, so its cap still counts the sessions
+//!   that never ended.
+//! - A retired handle is dropped with its last session; the next reload forgets its
+//!   name. Nothing grows across reloads beyond the tenants that still hold sessions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use tokio::time::Instant;
+
+use crate::admission::{Admission, Gauges, Pauses, TenantGate};
+use crate::auth::{self, Credential};
+use crate::config::{self, Config, Group, DEFAULT_TENANT};
+use crate::control::Revocation;
+use crate::metrics::{Metrics, TenantMetrics, UNKNOWN_TENANT};
+use crate::tenant::Directory;
+use crate::upstream::{Pool, Pools};
+
+/// One tenant, resolved: what every step after resolution uses.
+#[derive(Debug)]
+pub struct Tenant {
+    /// The tenant's name (its metric label).
+    pub name: Arc<str>,
+    /// Its admission gate: queue, session slots, handshake tokens, pauses.
+    pub gate: Arc<TenantGate>,
+    /// Its settings, swapped whole by a reload.
+    settings: arc_swap::ArcSwap<Settings>,
+}
+
+/// What a reload may change of a tenant, swapped as one.
+#[derive(Debug)]
+pub struct Settings {
+    /// Its validated config: limits, credentials, group.
+    pub config: Arc<config::Tenant>,
+    /// Its upstream group as configured.
+    pub group: Arc<Group>,
+    /// That group's pool (same endpoint indexes), shared by the group's tenants.
+    pub pool: Arc<Pool>,
+    /// Its metric children and log budgets.
+    pub metrics: Arc<TenantMetrics>,
+}
+
+impl Tenant {
+    /// The settings in force now (one atomic load).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Whether `credential` is still accepted by the tenant's settings in force: `None`
+    /// when the tenant was removed (a removed tenant keeps its live sessions).
+    pub fn still_authorised(&self, credential: &Credential) -> Option<bool> {
+        if self.gate.retired() {
+            return None;
+        }
+        let settings = self.settings.load();
+        Some(auth::still_authorised(&settings.config, Some(credential)).is_ok())
+    }
+}
+
+/// A live `accept`-mode session's credential, re-checked against its tenant's settings
+/// after each reload ([`crate::control::SessionStop`]).
+#[derive(Debug)]
+pub struct CredentialCheck {
+    tenant: Arc<Tenant>,
+    credential: Credential,
+}
+
+impl CredentialCheck {
+    /// The check of `credential`, which a client of `tenant` authenticated with.
+    pub fn new(tenant: Arc<Tenant>, credential: Credential) -> Self {
+        Self { tenant, credential }
+    }
+}
+
+impl Revocation for CredentialCheck {
+    fn still_authorised(&self) -> Option<bool> {
+        self.tenant.still_authorised(&self.credential)
+    }
+}
+
+/// The pool's group-wide pauses, as admission reads them.
+impl Pauses for Pool {
+    fn paused_until(&self, tenant: &str, now: Instant) -> Option<Instant> {
+        Pool::paused_until(self, tenant, now)
+    }
+}
+
+/// Resolution (step 2) finds handles here.
+impl Directory for Table {
+    type Tenant = Arc<Tenant>;
+    fn named(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenants
+            .get(name)
+            .filter(|t| *t.name != *DEFAULT_TENANT)
+            .cloned()
+    }
+    fn fallback(&self) -> Option<Arc<Tenant>> {
+        self.tenants.get(DEFAULT_TENANT).cloned()
+    }
+}
+
+/// Every configured tenant's handle (and `_default`'s), the children of `_unknown`, and
+/// the retired handles that still hold sessions.
+#[derive(Debug)]
+pub struct Table {
+    tenants: HashMap<String, Arc<Tenant>>,
+    /// Removed by a reload, alive while they hold sessions.
+    retired: HashMap<String, Weak<Tenant>>,
+    /// The metrics of connects that named no configured tenant.
+    unknown: Arc<TenantMetrics>,
+}
+
+impl Table {
+    /// The table for `config`, reconciled with `old` (a reload; `None` at start): see
+    /// the module's policy. `pools` must already be reconciled with `config`.
+    pub fn build(
+        config: &Config,
+        old: Option<&Self>,
+        admission: &Admission,
+        metrics: &Metrics,
+        pools: &Pools,
+    ) -> Self {
+        let mut retired: HashMap<String, Weak<Tenant>> = old
+            .map(|o| {
+                o.retired
+                    .iter()
+                    .filter(|(_, w)| w.strong_count() > 0)
+                    .map(|(n, w)| (n.clone(), w.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut tenants = HashMap::new();
+        for t in config
+            .tenants
+            .values()
+            .chain(config.default_tenant.as_ref())
+        {
+            let (group, pool) = pools
+                .group(&t.group.name)
+                .expect("a validated config's tenant names a configured group");
+            let was = old
+                .and_then(|o| o.tenants.get(&t.name).cloned())
+                .or_else(|| retired.remove(&t.name).and_then(|w| w.upgrade()));
+            let handle = match was {
+                Some(handle) => {
+                    let before = handle.settings();
+                    // Same group: the same series (a new group changes the handshake
+                    // histogram's labels).
+                    let children = if before.config.group.name == t.group.name {
+                        metrics.set_limits(&t.name, t);
+                        before.metrics.clone()
+                    } else {
+                        Arc::new(metrics.tenant_children(&t.name, Some(t)))
+                    };
+                    handle
+                        .gate
+                        .configure(&t.limits, Some(pool.clone() as Arc<dyn Pauses>));
+                    handle.settings.store(Arc::new(Settings {
+                        config: t.clone(),
+                        group,
+                        pool,
+                        metrics: children,
+                    }));
+                    handle
+                }
+                None => {
+                    let children = Arc::new(metrics.tenant_children(&t.name, Some(t)));
+                    let gate = admission.gate(
+                        &t.name,
+                        &t.limits,
+                        Gauges {
+                            queue_depth: children.queue_depth.clone(),
+                            effective_rate: children.effective_rate.clone(),
+                        },
+                        Some(pool.clone() as Arc<dyn Pauses>),
+                    );
+                    Arc::new(Tenant {
+                        name: t.name.as_str().into(),
+                        gate,
+                        settings: arc_swap::ArcSwap::from_pointee(Settings {
+                            config: t.clone(),
+                            group,
+                            pool,
+                            metrics: children,
+                        }),
+                    })
+                }
+            };
+            tenants.insert(t.name.clone(), handle);
+        }
+        if let Some(old) = old {
+            for (name, handle) in &old.tenants {
+                if !tenants.contains_key(name) {
+                    handle.gate.retire();
+                    retired.insert(name.clone(), Arc::downgrade(handle));
+                }
+            }
+        }
+        let unknown = old.map_or_else(
+            || Arc::new(metrics.tenant_children(UNKNOWN_TENANT, None)),
+            |o| o.unknown.clone(),
+        );
+        Self {
+            tenants,
+            retired,
+            unknown,
+        }
+    }
+
+    /// The handle of a configured tenant (`_default` included).
+    pub fn get(&self, name: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(name)
+    }
+
+    /// Every configured tenant's handle, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
+    }
+
+    /// The metrics of connects that named no configured tenant (`_unknown`).
+    pub fn unknown(&self) -> &Arc<TenantMetrics> {
+        &self.unknown
+    }
+
+    /// Removed tenants whose handles are still alive (they hold sessions).
+    pub fn retired(&self) -> usize {
+        self.retired
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+}
