@@ -106,10 +106,11 @@ impl Connector {
     /// another endpoint first, after an exponential backoff with full jitter, until
     /// `policy.budget` is spent. Before every attempt after the first, `before_retry`
     /// is awaited (it takes an edge handshake token: retries count against the edge's
-    /// rate). `req` is the request from [`build_request`]; its target is appended to
-    /// each endpoint's path. Every attempt is reported to `observe` as it ends, with any
-    /// `Retry-After` already capped at `policy.max_pause`; and to the pool, as the
-    /// endpoint's failure or the tenant's ([`AttemptError::request_level`]).
+    /// rate). `req` is the request from [`build_request`](super::build_request); its
+    /// target is appended to each endpoint's path. Every attempt is reported to
+    /// `observe` as it ends, with any `Retry-After` already capped at
+    /// `policy.max_pause`; and to the pool, as the endpoint's failure or the tenant's
+    /// ([`AttemptError::request_level`]).
     ///
     /// # Errors
     /// [`UpstreamFailed`] with every attempt when none succeeded within the budget, an
