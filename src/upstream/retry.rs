@@ -215,7 +215,12 @@ impl Connector {
                 result: Err(&error),
                 took,
             });
-            tracing::debug!(target: "sluice::upstream", endpoint = %endpoint.url, error = %error, "upstream attempt failed");
+            tracing::debug!(
+                target: "sluice::upstream",
+                endpoint = %endpoint.url,
+                error = %error,
+                "upstream attempt failed"
+            );
             record(
                 pool,
                 index,
