@@ -1,0 +1,280 @@
+//! Step 5 of the flow: the request sent to the upstream, rebuilt from the client's.
+//!
+//! [`build_request`] rebuilds the client's upgrade request once per connect: the
+//! `/t/{tenant}` prefix and every credential carrier removed, hop-by-hop headers dropped,
+//! `Sec-WebSocket-Key/Version/Protocol/Extensions` kept unchanged so subprotocols and
+//! extensions are negotiated end to end, and `X-Forwarded-For`, `Forwarded`,
+//! `X-Forwarded-Proto`, `X-Real-IP` and `X-Request-Id` set. [`endpoint_request`] then
+//! adds one endpoint's path prefix, query and authority for each attempt.
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request};
+use http_body_util::Empty;
+
+use super::ClientInfo;
+use crate::auth;
+use crate::config::Endpoint;
+use crate::parse::{header_tokens, query_pairs_except};
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Header carrying a request id end to end.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// `X-Real-IP`: set by sluice to the client's address, like `X-Forwarded-For`.
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Forwarding headers a client might set to lie to an edge that trusts them; sluice
+/// removes them all. It sets `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and
+/// `X-Real-IP` itself from what it saw; the rest name things (another client address,
+/// the host or port the client reached) that only a proxy in front of sluice could
+/// vouch for, and sluice has no list of trusted proxies.
+pub const CLIENT_FORWARDING: [&str; 12] = [
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-server",
+];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the ones sluice sets itself.
+const DROPPED: [HeaderName; 11] = [
+    header::CONNECTION,
+    header::CONTENT_LENGTH,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+];
+
+/// Rebuilds the client's upgrade request for the upstream (without endpoint-specific
+/// parts: see [`Connector::connect`](super::Connector::connect)).
+///
+/// `forward_path` is the path after tenant resolution (prefix stripped). The query loses
+/// `access_token`; `Sec-WebSocket-Protocol` loses `access_token.*` entries; a Bearer
+/// `Authorization` is dropped. `identity` is the tenant header and the resolved tenant:
+/// whatever the client sent in that header is replaced, so the edge always sees the
+/// tenant sluice authenticated. `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and
+/// `X-Real-IP` are set from the client's address, not appended to, and the other
+/// forwarding headers a client could set ([`CLIENT_FORWARDING`]) are removed: a client
+/// cannot choose what the edge sees.
+pub fn build_request(
+    client: &Parts,
+    forward_path: &str,
+    info: ClientInfo,
+    request_id: &str,
+    identity: (&HeaderName, &str),
+) -> Request<()> {
+    let mut target = forward_path.to_owned();
+    if let Some(q) = client.uri.query().and_then(auth::strip_query) {
+        target.push('?');
+        target.push_str(&q);
+    }
+    let mut req = Request::new(());
+    *req.uri_mut() = target
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
+
+    // Headers named in Connection are hop-by-hop too (except the upgrade itself).
+    let named: Vec<HeaderName> = header_tokens(&client.headers, &header::CONNECTION)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .filter(|n| n != header::UPGRADE)
+        .collect();
+
+    let headers = req.headers_mut();
+    for (name, value) in &client.headers {
+        if DROPPED.contains(name)
+            || named.contains(name)
+            || name == identity.0
+            || name == X_FORWARDED_FOR
+            || name == X_REAL_IP
+            || name == header::FORWARDED
+            || CLIENT_FORWARDING.contains(&name.as_str())
+            || name == header::SEC_WEBSOCKET_PROTOCOL
+            || name == REQUEST_ID
+            || (name == header::AUTHORIZATION && auth::is_bearer(value))
+        {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Some(protocols) = auth::strip_subprotocols(client) {
+        if let Ok(v) = HeaderValue::from_str(&protocols) {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+
+    if let Ok(v) = HeaderValue::from_str(identity.1) {
+        headers.insert(identity.0.clone(), v);
+    }
+    let ip = info.addr.ip();
+    if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+        headers.insert(X_FORWARDED_FOR, v.clone());
+        headers.insert(X_REAL_IP, v);
+    }
+    let proto = if info.tls { "https" } else { "http" };
+    let for_node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut forwarded = format!("for={for_node};proto={proto}");
+    if let Some(host) = client
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+    {
+        // A quoted-string may not hold a bare quote or backslash: leave such a Host out.
+        if !host.contains(['"', '\\']) {
+            forwarded.push_str(&format!(";host=\"{host}\""));
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    req
+}
+
+/// The request for one endpoint: its path prefix and query joined with the client's,
+/// and its authority as `Host`.
+pub(super) fn endpoint_request(endpoint: &Endpoint, req: &Request<()>) -> Request<Empty<Bytes>> {
+    let path = req.uri().path();
+    let mut target = String::with_capacity(endpoint.path_prefix.len() + path.len() + 16);
+    target.push_str(&endpoint.path_prefix);
+    target.push_str(path);
+    let query = join_query(endpoint, req.uri().query().unwrap_or(""));
+    if !query.is_empty() {
+        target.push('?');
+        target.push_str(&query);
+    }
+    let mut out = Request::new(Empty::new());
+    *out.method_mut() = Method::GET;
+    // Both parts were valid URI pieces, so the join is too.
+    *out.uri_mut() = target
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
+    *out.headers_mut() = req.headers().clone();
+    if let Ok(host) = HeaderValue::from_str(&endpoint.authority) {
+        out.headers_mut().insert(header::HOST, host);
+    }
+    out
+}
+
+/// The client's query parameters, minus any whose name the endpoint's query pins, then
+/// the endpoint's: what the operator wrote in the endpoint URL cannot be overridden by a
+/// client, whichever occurrence the edge reads.
+fn join_query(endpoint: &Endpoint, client: &str) -> String {
+    let mut parts: Vec<&str> =
+        query_pairs_except(client, |k| endpoint.query_keys.iter().any(|p| p == k)).collect();
+    parts.extend(endpoint.query.split('&').filter(|p| !p.is_empty()));
+    parts.join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::parts;
+
+    #[test]
+    fn request_is_rebuilt_without_credentials_or_hop_headers() {
+        let p = parts(
+            "/t/acme/ws?a=1&access_token=secret&b=2",
+            &[
+                ("host", "sluice.example:8080"),
+                ("connection", "Upgrade, x-hop"),
+                ("upgrade", "websocket"),
+                ("x-hop", "1"),
+                ("authorization", "Bearer secret"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-protocol", "sip, access_token.secret"),
+                ("sec-websocket-extensions", "permessage-deflate"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-tenant-id", "globex"),
+                ("forwarded", "for=10.0.0.1"),
+                ("x-real-ip", "10.0.0.1"),
+                ("true-client-ip", "10.0.0.1"),
+                ("x-forwarded-host", "admin.internal"),
+                ("x-forwarded-proto", "https"),
+                ("origin", "https://app.example"),
+            ],
+        );
+        let info = ClientInfo {
+            addr: "192.0.2.7:5555".parse().unwrap(),
+            tls: false,
+        };
+        let tenant_header = HeaderName::from_static("x-tenant-id");
+        let req = build_request(&p, "/ws", info, "rid-1", (&tenant_header, "acme"));
+        assert_eq!(req.uri(), "/ws?a=1&b=2");
+        let h = req.headers();
+        assert!(h.get("x-hop").is_none());
+        assert!(h.get(header::AUTHORIZATION).is_none());
+        assert!(h.get(header::HOST).is_none());
+        assert_eq!(h[header::SEC_WEBSOCKET_PROTOCOL], "sip");
+        assert_eq!(h[header::SEC_WEBSOCKET_KEY], "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(h[header::SEC_WEBSOCKET_EXTENSIONS], "permessage-deflate");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(
+            h.get_all(X_REAL_IP).iter().collect::<Vec<_>>(),
+            ["192.0.2.7"]
+        );
+        assert_eq!(
+            h.get_all("x-forwarded-proto").iter().collect::<Vec<_>>(),
+            ["http"]
+        );
+        assert!(h.get("true-client-ip").is_none());
+        assert!(h.get("x-forwarded-host").is_none());
+        assert_eq!(
+            h.get_all("x-tenant-id").iter().collect::<Vec<_>>(),
+            ["acme"]
+        );
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=192.0.2.7;proto=http;host=\"sluice.example:8080\""
+        );
+        assert_eq!(h[REQUEST_ID], "rid-1");
+        assert_eq!(h["origin"], "https://app.example");
+        assert!(!format!("{h:?}").contains("secret"));
+
+        let endpoint = crate::config::Endpoint {
+            url: "ws://edge:7001/base?org=9".into(),
+            tls: false,
+            host: "edge".into(),
+            port: 7001,
+            authority: "edge:7001".into(),
+            path_prefix: "/base".into(),
+            query: "org=9".into(),
+            query_keys: vec!["org".into()],
+        };
+        let out = endpoint_request(&endpoint, &req);
+        assert_eq!(out.uri(), "/base/ws?a=1&b=2&org=9");
+        assert_eq!(join_query(&endpoint, "org=10&a=1&org=11"), "a=1&org=9");
+        assert_eq!(join_query(&endpoint, ""), "org=9");
+        let plain = crate::config::Endpoint {
+            query: String::new(),
+            query_keys: vec![],
+            ..endpoint
+        };
+        assert_eq!(join_query(&plain, "a=1&org=2"), "a=1&org=2");
+        assert_eq!(out.headers()[header::HOST], "edge:7001");
+    }
+}
