@@ -48,6 +48,7 @@ pub mod relay;
 pub mod release;
 pub mod reload;
 pub mod signals;
+pub mod stats;
 pub mod stream;
 pub mod tenant;
 pub mod tls;

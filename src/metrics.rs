@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -24,6 +24,9 @@ use tokio::time::Instant;
 use crate::config::{Config, Tenant};
 use crate::logging::LogBudget;
 use crate::reject::Reason;
+
+// Kept here too (they lived here first): `crate::metrics::{quantile, unix_now}`.
+pub use crate::stats::{quantile, unix_now};
 
 /// Tenant label of requests whose tenant is unknown.
 pub const UNKNOWN_TENANT: &str = "_unknown";
@@ -595,19 +598,6 @@ impl Recent {
             handshakes: times.len(),
         }
     }
-}
-
-/// The `q` quantile (nearest rank) of ascending `sorted` values; `None` when empty.
-pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
-    let n = sorted.len();
-    (n > 0).then(|| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
-}
-
-/// Unix time now, in seconds.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]
