@@ -49,6 +49,7 @@ pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod signals;
+pub mod stats;
 pub mod stream;
 pub mod tenant;
 pub mod tenants;

@@ -1,4 +1,4 @@
-//! Every metric of DESIGN.md's "Metrics" table, registered once, here.
+//! Beside the flow (DESIGN.md, "Metrics"): every metric of the table, registered once, here.
 //!
 //! Each [`Metrics`] owns its own registry (tests run several sluices in one process).
 //! Per-tenant children are created when the config is loaded, so the hot path never
@@ -9,21 +9,28 @@
 //!
 //! Beside the Prometheus series, each tenant keeps a small recent window for the status
 //! page and `/api/tenants`: outcomes per second over the last minute and the last
-//! upstream handshake times, both fixed-size.
+//! upstream handshake times, both fixed-size (`metrics/recent.rs`).
+
+mod recent;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tokio::time::Instant;
 
 use crate::config::{Config, Tenant};
 use crate::logging::LogBudget;
 use crate::reject::Reason;
+
+pub use self::recent::RecentWindow;
+use self::recent::{Class, Recent};
+
+// Kept here too (they lived here first): `crate::metrics::{quantile, unix_now}`.
+pub use crate::stats::{quantile, unix_now};
 
 /// Tenant label of requests whose tenant is unknown.
 pub const UNKNOWN_TENANT: &str = "_unknown";
@@ -109,13 +116,6 @@ impl Outcome {
             Self::Refused(_) | Self::ClientGone | Self::ProtocolError => Class::Rejected,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Class {
-    Admitted = 0,
-    Queued = 1,
-    Rejected = 2,
 }
 
 /// The registry and every metric family.
@@ -456,156 +456,5 @@ impl TenantMetrics {
     }
 }
 
-/// Seconds of per-second outcome counts kept.
-const MINUTE: usize = 60;
-/// Upstream handshake times kept for the recent quantiles.
-const HANDSHAKES_KEPT: usize = 512;
-/// Oldest handshake time used for the recent quantiles.
-const HANDSHAKE_WINDOW: Duration = Duration::from_secs(300);
-
-/// Fixed-size recent history of one tenant.
-#[derive(Debug)]
-struct Recent {
-    epoch: Instant,
-    /// Per second (slot = second % 60): (second, [admitted, queued, rejected]).
-    seconds: [(u64, [u32; 3]); MINUTE],
-    /// (second after `epoch`, handshake time in seconds): 8 bytes each.
-    handshakes: VecDeque<(u32, f32)>,
-}
-
-impl Default for Recent {
-    fn default() -> Self {
-        Self {
-            epoch: Instant::now(),
-            seconds: [(u64::MAX, [0; 3]); MINUTE],
-            handshakes: VecDeque::new(),
-        }
-    }
-}
-
-/// What `/api/tenants` and the status page show of the recent past.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct RecentWindow {
-    /// Admitted at once in the last 60 s.
-    pub admitted_per_min: u32,
-    /// Admitted after queueing in the last 60 s.
-    pub queued_per_min: u32,
-    /// Refused (any reason) or gone in the last 60 s.
-    pub rejected_per_min: u32,
-    /// Median upstream handshake over the last 5 minutes (at most the last 512), seconds.
-    pub handshake_p50: Option<f64>,
-    /// 99th percentile of the same.
-    pub handshake_p99: Option<f64>,
-    /// Handshakes in that window.
-    pub handshakes: usize,
-}
-
-impl Recent {
-    fn second(&self) -> u64 {
-        self.epoch.elapsed().as_secs()
-    }
-
-    fn count(&mut self, class: Class) {
-        let now = self.second();
-        let slot = &mut self.seconds[(now % MINUTE as u64) as usize];
-        if slot.0 != now {
-            *slot = (now, [0; 3]);
-        }
-        slot.1[class as usize] += 1;
-    }
-
-    fn handshake(&mut self, took: Duration) {
-        if self.handshakes.len() == HANDSHAKES_KEPT {
-            self.handshakes.pop_front();
-        }
-        let second = u32::try_from(self.second()).unwrap_or(u32::MAX);
-        self.handshakes.push_back((second, took.as_secs_f32()));
-    }
-
-    fn window(&self) -> RecentWindow {
-        let now = self.second();
-        let mut sums = [0u32; 3];
-        for (second, counts) in &self.seconds {
-            if *second != u64::MAX && now.saturating_sub(*second) < MINUTE as u64 {
-                for (sum, c) in sums.iter_mut().zip(counts) {
-                    *sum += c;
-                }
-            }
-        }
-        let cutoff = now.saturating_sub(HANDSHAKE_WINDOW.as_secs());
-        let mut times: Vec<f64> = self
-            .handshakes
-            .iter()
-            .filter(|(at, _)| u64::from(*at) >= cutoff)
-            // Kept as f32: back to whole microseconds.
-            .map(|(_, d)| (f64::from(*d) * 1e6).round() / 1e6)
-            .collect();
-        times.sort_by(f64::total_cmp);
-        RecentWindow {
-            admitted_per_min: sums[0],
-            queued_per_min: sums[1],
-            rejected_per_min: sums[2],
-            handshake_p50: quantile(&times, 0.5),
-            handshake_p99: quantile(&times, 0.99),
-            handshakes: times.len(),
-        }
-    }
-}
-
-/// The `q` quantile (nearest rank) of ascending `sorted` values; `None` when empty.
-pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
-    let n = sorted.len();
-    (n > 0).then(|| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
-}
-
-/// Unix time now, in seconds.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    #[tokio::test(start_paused = true)]
-    async fn the_recent_window_forgets_after_a_minute() {
-        let m = TenantMetrics::for_test();
-        m.outcome(Outcome::Admitted);
-        m.outcome(Outcome::QueuedAdmitted);
-        m.outcome(Outcome::Refused(Reason::QueueFull));
-        for ms in [100, 200, 300, 4000] {
-            m.upstream_handshake(Duration::from_millis(ms));
-        }
-        let w = m.recent_window();
-        assert_eq!(
-            (w.admitted_per_min, w.queued_per_min, w.rejected_per_min),
-            (1, 1, 1)
-        );
-        assert_eq!(w.handshake_p50, Some(0.2));
-        assert_eq!(w.handshake_p99, Some(4.0));
-        tokio::time::advance(Duration::from_secs(61)).await;
-        let w = m.recent_window();
-        assert_eq!(
-            (w.admitted_per_min, w.queued_per_min, w.rejected_per_min),
-            (0, 0, 0)
-        );
-        assert_eq!(w.handshakes, 4, "handshakes stay for five minutes");
-        tokio::time::advance(Duration::from_secs(300)).await;
-        assert_eq!(m.recent_window().handshake_p99, None);
-    }
-
-    impl TenantMetrics {
-        fn for_test() -> Self {
-            let config = crate::Config::parse(
-                "[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:9\"]\n[tenants.t]\nauth = { kind = \"none\" }\n",
-                &HashMap::new(),
-            )
-            .unwrap();
-            let m = Metrics::new(&config);
-            m.tenant_children("t", config.tenants.get("t").map(|t| &**t))
-        }
-    }
-}
+mod tests;

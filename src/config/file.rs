@@ -1,6 +1,7 @@
-//! The configuration file as written: raw serde structs, every key optional where
-//! DESIGN.md gives it a default. [`super::Config::from_file_config`] turns this into the
-//! validated [`super::Config`].
+//! Beside the flow (DESIGN.md, "Configuration"): the config file as written, raw serde.
+//!
+//! Raw serde structs, every key optional where DESIGN.md gives it a default.
+//! [`super::Config::from_file_config`] turns this into the validated [`super::Config`].
 //!
 //! Each field is the TOML key of the same name; the README's configuration reference
 //! documents them, so they carry no doc comments of their own here.
