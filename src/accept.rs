@@ -77,7 +77,7 @@ use crate::config::{self, Config};
 use crate::control::{Control, SessionCount, SessionStop, Stop};
 use crate::metrics::TenantMetrics;
 use crate::proxy::{self, ClientGone, Connect};
-use crate::reject::{self, Reason, Rejection};
+use crate::reject::{self, Rejection};
 use crate::relay::{self, End, Leg, Moved, RelayStats};
 use crate::release::Session;
 use crate::runtime::Runtime;
@@ -498,16 +498,18 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
     };
     gone.disarm();
     if let Err(detail) = check_edge_handshake(&connected.headers, &p.key, p.protocol.as_deref()) {
-        let rejection = Rejection::new(Reason::UpstreamUnavailable, detail.clone());
+        let rejection = Rejection::edge_broke_handshake(detail);
         proxy::record_refusal(&p.tm, &rejection, &p.request_id, p.info, None);
-        let reason = format!("{}; {detail}", Reason::UpstreamUnavailable.as_str());
         // Free the slot and the endpoint's place first; both legs are closed properly.
         drop(admitted);
         let Connected { leg, lease, .. } = connected;
         drop(lease);
         let mut edge = edge_ws(leg, ws_config).await;
         tokio::join!(
-            close_and_wait(&mut client, Some(close_frame(CloseCode::Error, &reason))),
+            close_and_wait(
+                &mut client,
+                Some(close_frame(rejection.close_code(), &rejection.close_reason()))
+            ),
             close_and_wait(
                 &mut edge,
                 Some(close_frame(CloseCode::Normal, "subprotocol not accepted"))
@@ -594,20 +596,11 @@ async fn leave(p: &Pending, client: &mut Ws, left: Left, gone: ClientGone<'_>) {
             drain(client).await;
         }
         Left::Overflow => {
-            drop(gone);
             let limits = &p.config.accept;
-            let reason = format!(
-                "held-buffer-full; more than {} messages or {} bytes sent before admission",
-                limits.held_messages, limits.held_bytes
-            );
-            tracing::info!(
-                target: "sluice::outcome",
-                tenant = p.tm.name,
-                request_id = p.request_id,
-                client = %p.info.addr,
-                "closing a queued client that overflowed its held-message buffer"
-            );
-            close_and_wait(client, Some(close_frame(CloseCode::Policy, &reason))).await;
+            let mut rejection = Rejection::held_buffer_full(limits.held_messages, limits.held_bytes);
+            rejection.waited = gone.queued_for();
+            gone.disarm();
+            refuse(p, client, rejection, None).await;
         }
         Left::Fault(e) => {
             gone.protocol_error(&e.to_string());

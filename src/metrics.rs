@@ -75,7 +75,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Admitted,
         Outcome::QueuedAdmitted,
         Outcome::Refused(Reason::TenantUnknown),
@@ -86,6 +86,8 @@ impl Outcome {
         Outcome::Refused(Reason::UpstreamUnavailable),
         Outcome::Refused(Reason::Draining),
         Outcome::Refused(Reason::TooManyAttempts),
+        Outcome::Refused(Reason::Overloaded),
+        Outcome::Refused(Reason::HeldBufferFull),
         Outcome::ClientGone,
         Outcome::ProtocolError,
     ];

@@ -1,5 +1,8 @@
-//! Rejections: every way sluice refuses a client, and the one place they become HTTP
-//! responses (DESIGN.md, "Rejections").
+//! Beside the flow (DESIGN.md, "Rejections"): every way sluice refuses a client, and the
+//! one place a refusal becomes what the client is told — an HTTP status with
+//! `x-sluice-reason` and `Retry-After`, the bytes written before a request is read
+//! ([`overloaded_response`]), or an `accept`-mode close frame — and names its metric
+//! outcome and log word ([`Reason::as_str`]).
 //!
 //! In `hold` mode a rejection is an HTTP status with a short plain-text body, the
 //! `x-sluice-reason` header and, for the 429/503 rows, a `Retry-After` in seconds. In
@@ -41,6 +44,13 @@ pub enum Reason {
     /// Too many unauthenticated attempts from the client's IP
     /// (`protection.preauth_rate_per_ip`): 429.
     TooManyAttempts,
+    /// More than `protection.max_pending_handshakes` connections (or
+    /// `max_pending_per_ip` from one address) in their HTTP phase: 503, answered before
+    /// the request is read, so counted for `_unknown`.
+    Overloaded,
+    /// `accept` mode: a queued client sent more than `[accept]`'s held buffer takes
+    /// (`held_messages`, `held_bytes`): close `1008` (its HTTP row would be 429).
+    HeldBufferFull,
 }
 
 impl Reason {
@@ -55,6 +65,8 @@ impl Reason {
             Self::UpstreamUnavailable => "upstream-unavailable",
             Self::Draining => "draining",
             Self::TooManyAttempts => "too-many-attempts",
+            Self::Overloaded => "overloaded",
+            Self::HeldBufferFull => "held-buffer-full",
         }
     }
 
@@ -63,10 +75,10 @@ impl Reason {
         match self {
             Self::TenantUnknown => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::QueueFull | Self::QueueTimeout | Self::TooManyAttempts => {
+            Self::QueueFull | Self::QueueTimeout | Self::TooManyAttempts | Self::HeldBufferFull => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::EdgeCapacity | Self::UpstreamUnavailable | Self::Draining => {
+            Self::EdgeCapacity | Self::UpstreamUnavailable | Self::Draining | Self::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -74,19 +86,27 @@ impl Reason {
 
     /// Whether the client is told when to come back.
     pub fn has_retry_after(self) -> bool {
-        !matches!(self, Self::TenantUnknown | Self::Unauthorized)
+        !matches!(
+            self,
+            Self::TenantUnknown | Self::Unauthorized | Self::HeldBufferFull
+        )
     }
 
     /// The close code in `accept` mode: `1013 Try Again Later` for the 429/503 rows,
-    /// `1008 Policy Violation` for 401/403, `1001 Going Away` for `draining`.
+    /// `1008 Policy Violation` for 401/403 and an overflowed held buffer, `1001 Going
+    /// Away` for `draining`.
     pub fn close_code(self) -> CloseCode {
         match self {
-            Self::TenantUnknown | Self::Unauthorized | Self::TooManyAttempts => CloseCode::Policy,
+            Self::TenantUnknown
+            | Self::Unauthorized
+            | Self::TooManyAttempts
+            | Self::HeldBufferFull => CloseCode::Policy,
             Self::Draining => CloseCode::Away,
             Self::QueueFull
             | Self::QueueTimeout
             | Self::EdgeCapacity
-            | Self::UpstreamUnavailable => CloseCode::Again,
+            | Self::UpstreamUnavailable
+            | Self::Overloaded => CloseCode::Again,
         }
     }
 }
@@ -103,6 +123,10 @@ pub struct Rejection {
     /// How long the client waited in its tenant's queue before this refusal, when it
     /// queued.
     pub waited: Option<Duration>,
+    /// `accept` mode: the edge broke the handshake sluice asked for (it did not take the
+    /// subprotocol): the client is closed with `1011` and the detail, not the reason's
+    /// code.
+    edge_fault: bool,
 }
 
 impl Rejection {
@@ -113,7 +137,36 @@ impl Rejection {
             retry_after: None,
             detail: detail.into(),
             waited: None,
+            edge_fault: false,
         }
+    }
+
+    /// `accept` mode: the edge answered `101` but not with the subprotocol sluice asked
+    /// for. Counted `upstream-unavailable`; the client is closed with `1011` and the
+    /// detail.
+    pub fn edge_broke_handshake(detail: impl Into<String>) -> Self {
+        Self {
+            edge_fault: true,
+            ..Self::new(Reason::UpstreamUnavailable, detail)
+        }
+    }
+
+    /// `accept` mode: a queued client overflowed its held buffer of `messages`
+    /// messages or `bytes` bytes.
+    pub fn held_buffer_full(messages: u32, bytes: u32) -> Self {
+        Self::new(
+            Reason::HeldBufferFull,
+            format!("more than {messages} messages or {bytes} bytes sent before admission"),
+        )
+    }
+
+    /// More connections in their HTTP phase than `cap` (a key of `[protection]`) allows.
+    pub fn overloaded(cap: &str) -> Self {
+        Self::new(
+            Reason::Overloaded,
+            format!("protection.{cap} connections are in their HTTP phase"),
+        )
+        .retry_after(OVERLOADED_RETRY_AFTER)
     }
 
     /// The refusal of a connect while sluice drains: `Retry-After` gives the load
@@ -137,16 +190,26 @@ impl Rejection {
 
     /// The close code in `accept` mode.
     pub fn close_code(&self) -> CloseCode {
+        if self.edge_fault {
+            return CloseCode::Error;
+        }
         self.reason.close_code()
     }
 
     /// The close reason in `accept` mode: `"<reason>; retry-after=<seconds>"`, or only the
-    /// reason when it carries no delay.
+    /// reason when it carries no delay; with the detail where the client needs it (a
+    /// held buffer it overflowed, an edge that broke the handshake). At most
+    /// [`MAX_CLOSE_REASON`] bytes (cut at a character boundary).
     pub fn close_reason(&self) -> String {
-        match self.retry_after_secs() {
-            Some(secs) => format!("{}; retry-after={secs}", self.reason.as_str()),
-            None => self.reason.as_str().to_owned(),
-        }
+        let reason = self.reason.as_str();
+        let text = match self.retry_after_secs() {
+            Some(secs) => format!("{reason}; retry-after={secs}"),
+            None if self.edge_fault || self.reason == Reason::HeldBufferFull => {
+                format!("{reason}; {}", self.detail)
+            }
+            None => reason.to_owned(),
+        };
+        truncate(text, MAX_CLOSE_REASON)
     }
 
     /// The `hold`-mode HTTP response.
@@ -165,6 +228,43 @@ impl Rejection {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         resp
     }
+}
+
+/// The longest close reason a close frame carries (RFC 6455: 125 bytes of payload,
+/// 2 of them the code).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// `Retry-After` of a connection refused `overloaded`: by then the idle connections
+/// holding the places are being cut at `listen.header_timeout`.
+pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// The whole answer to a connection refused [`Reason::Overloaded`], written without
+/// reading its request (so without a request id or body), then the connection closes.
+pub fn overloaded_response() -> &'static [u8] {
+    static BYTES: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let r = Rejection::overloaded("max_pending_handshakes");
+        let status = r.reason.status();
+        format!(
+            "HTTP/1.1 {} {}\r\n{REASON_HEADER}: {}\r\nretry-after: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            r.reason.as_str(),
+            r.retry_after_secs().unwrap_or(1),
+        )
+        .into_bytes()
+    });
+    &BYTES
 }
 
 /// A plain-text response carrying the request id.
@@ -239,5 +339,31 @@ mod tests {
                 .retry_after_secs(),
             Some(1)
         );
+    }
+
+    #[test]
+    fn the_overloaded_answer_is_built_from_its_reason() {
+        assert_eq!(
+            overloaded_response(),
+            b"HTTP/1.1 503 Service Unavailable\r\nx-sluice-reason: overloaded\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn accept_mode_close_frames_follow_the_reason() {
+        let r = Rejection::held_buffer_full(2, 65536);
+        assert_eq!(r.close_code(), CloseCode::Policy);
+        assert_eq!(
+            r.close_reason(),
+            "held-buffer-full; more than 2 messages or 65536 bytes sent before admission"
+        );
+        let r = Rejection::edge_broke_handshake("edge chose \"x\"".repeat(20));
+        assert_eq!(r.close_code(), CloseCode::Error);
+        assert_eq!(r.reason.as_str(), "upstream-unavailable");
+        assert!(r.close_reason().len() <= MAX_CLOSE_REASON);
+        assert!(r.close_reason().starts_with("upstream-unavailable; edge chose"));
+        let r = Rejection::new(Reason::QueueFull, "x").retry_after(Duration::from_secs(3));
+        assert_eq!(r.close_code(), CloseCode::Again);
+        assert_eq!(r.close_reason(), "queue-full; retry-after=3");
     }
 }

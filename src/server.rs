@@ -135,7 +135,7 @@ impl Server {
             let place = match runtime.pending.try_enter(addr.ip()) {
                 Ok(place) => place,
                 Err(full) => {
-                    listen::overloaded(&tcp, addr, full);
+                    listen::overloaded(&tcp, addr, full, runtime);
                     return;
                 }
             };

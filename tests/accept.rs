@@ -240,6 +240,10 @@ async fn overflowing_the_held_buffer_closes_with_1008_and_frees_the_place() {
     );
     assert_eq!(queued(&proxy), 0);
     assert_eq!(edge.texts(), Vec::<String>::new());
+    // Counted as what the client was told, not as a client that left.
+    let scrape = scrape(proxy.admin).await;
+    assert_eq!(scrape.connects("lab", "held-buffer-full"), 1.0);
+    assert_eq!(scrape.connects("lab", "client-gone"), 0.0);
 }
 
 #[tokio::test]

@@ -68,6 +68,11 @@ impl<'a> ClientGone<'a> {
         }
     }
 
+    /// How long the client has waited in its queue, while it still does.
+    pub(crate) fn queued_for(&self) -> Option<std::time::Duration> {
+        (self.stage == Some("queued")).then(|| self.since.elapsed())
+    }
+
     /// The outcome is written elsewhere.
     pub(crate) fn disarm(mut self) {
         self.stage = None;

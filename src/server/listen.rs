@@ -19,46 +19,47 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::Outcome;
 use crate::protect::{Full, Place};
+use crate::reject::{self, Rejection};
 use crate::proxy;
 use crate::runtime::Runtime;
 use crate::stream::Stream;
 use crate::upstream::ClientInfo;
 
-/// Answer to a connection over `protection.max_pending_handshakes` (or over
-/// `max_pending_per_ip` from its address): written without waiting (whatever the socket
-/// takes), then the connection is closed. Both caps answer the same: nothing of the
-/// request is read, so no tenant is known (a `429` would say "your tenant's quota"), and
-/// a client that retries after `Retry-After` finds room once its own idle connections
-/// are cut at `listen.header_timeout`.
-pub(super) const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-sluice-reason: overloaded\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-
-pub(super) fn overloaded(tcp: &TcpStream, addr: SocketAddr, full: Full) {
+/// Answers a connection over `protection.max_pending_handshakes` (or over
+/// `max_pending_per_ip` from its address): [`reject::overloaded_response`], written
+/// without waiting (whatever the socket takes), then the connection is closed. Both caps
+/// answer the same: nothing of the request is read, so no tenant is known (a `429` would
+/// say "your tenant's quota"; it is counted for `_unknown`), and a client that retries
+/// after `Retry-After` finds room once its own idle connections are cut at
+/// `listen.header_timeout`.
+pub(super) fn overloaded(tcp: &TcpStream, addr: SocketAddr, full: Full, runtime: &Runtime) {
     // One budget each: a flood from one address does not hide that the global cap binds.
     static ALL: std::sync::LazyLock<crate::logging::LogBudget> =
         std::sync::LazyLock::new(|| crate::logging::LogBudget::new(1, 5));
     static ADDRESS: std::sync::LazyLock<crate::logging::LogBudget> =
         std::sync::LazyLock::new(|| crate::logging::LogBudget::new(1, 5));
-    let _ = tcp.try_write(OVERLOADED);
-    match full {
-        Full::All => {
-            if let Some(suppressed) = ALL.spend() {
-                tracing::warn!(
-                    client = %addr,
-                    suppressed,
-                    "connection refused (503 overloaded): protection.max_pending_handshakes connections are in their HTTP phase"
-                );
-            }
-        }
-        Full::Address => {
-            if let Some(suppressed) = ADDRESS.spend() {
-                tracing::warn!(
-                    client = %addr,
-                    suppressed,
-                    "connection refused (503 overloaded): protection.max_pending_per_ip connections from this address are in their HTTP phase"
-                );
-            }
-        }
+    let _ = tcp.try_write(reject::overloaded_response());
+    let (budget, cap) = match full {
+        Full::All => (&ALL, "max_pending_handshakes"),
+        Full::Address => (&ADDRESS, "max_pending_per_ip"),
+    };
+    let rejection = Rejection::overloaded(cap);
+    let snapshot = runtime.snapshot();
+    snapshot
+        .tenants
+        .unknown()
+        .outcome(Outcome::Refused(rejection.reason));
+    if let Some(suppressed) = budget.spend() {
+        tracing::warn!(
+            target: "sluice::outcome",
+            client = %addr,
+            outcome = rejection.reason.as_str(),
+            detail = %rejection.detail,
+            suppressed,
+            "connection refused (503 overloaded) before its request was read"
+        );
     }
 }
 
