@@ -508,7 +508,10 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
         tokio::join!(
             close_and_wait(
                 &mut client,
-                Some(close_frame(rejection.close_code(), &rejection.close_reason()))
+                Some(close_frame(
+                    rejection.close_code(),
+                    &rejection.close_reason()
+                ))
             ),
             close_and_wait(
                 &mut edge,
@@ -597,7 +600,8 @@ async fn leave(p: &Pending, client: &mut Ws, left: Left, gone: ClientGone<'_>) {
         }
         Left::Overflow => {
             let limits = &p.config.accept;
-            let mut rejection = Rejection::held_buffer_full(limits.held_messages, limits.held_bytes);
+            let mut rejection =
+                Rejection::held_buffer_full(limits.held_messages, limits.held_bytes);
             rejection.waited = gone.queued_for();
             gone.disarm();
             refuse(p, client, rejection, None).await;

@@ -361,7 +361,9 @@ mod tests {
         assert_eq!(r.close_code(), CloseCode::Error);
         assert_eq!(r.reason.as_str(), "upstream-unavailable");
         assert!(r.close_reason().len() <= MAX_CLOSE_REASON);
-        assert!(r.close_reason().starts_with("upstream-unavailable; edge chose"));
+        assert!(r
+            .close_reason()
+            .starts_with("upstream-unavailable; edge chose"));
         let r = Rejection::new(Reason::QueueFull, "x").retry_after(Duration::from_secs(3));
         assert_eq!(r.close_code(), CloseCode::Again);
         assert_eq!(r.close_reason(), "queue-full; retry-after=3");

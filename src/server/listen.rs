@@ -21,8 +21,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::Outcome;
 use crate::protect::{Full, Place};
-use crate::reject::{self, Rejection};
 use crate::proxy;
+use crate::reject::{self, Rejection};
 use crate::runtime::Runtime;
 use crate::stream::Stream;
 use crate::upstream::ClientInfo;
