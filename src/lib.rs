@@ -53,6 +53,7 @@ pub mod tenant;
 pub mod tls;
 pub mod tools;
 pub mod upstream;
+pub mod ws;
 
 #[cfg(test)]
 mod test_util;
