@@ -48,30 +48,25 @@
 //! blocks go back to the OS.
 
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
-use std::io;
-use std::pin::{pin, Pin};
-use std::sync::atomic::AtomicU64;
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use futures_util::{Sink, Stream as _, StreamExt};
+use futures_util::StreamExt;
 use http::Request;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::Credential;
 use crate::config::{self, Config, Tenant};
-use crate::control::{Control, SessionCount, SessionStop, Stop};
+use crate::control::{Control, SessionCount, SessionStop};
 use crate::metrics::TenantMetrics;
 use crate::proxy::{self, ClientGone, Shared};
 use crate::reject::{Reason, Rejection};
-use crate::relay::{self, End, Leg, Moved, RelayStats};
+use crate::relay::messages::{fault_frame, relay};
+use crate::relay::{Leg, Moved};
 use crate::release::Session;
 use crate::stream::Stream;
 use crate::upstream::{ClientInfo, Connected};
@@ -80,9 +75,6 @@ pub use crate::ws::{
     ws_config, Refragment, Ws, CLOSE_TIMEOUT, FRAGMENT, MAX_CLOSE_REASON, READ_BUFFER,
 };
 use crate::ws::{close_and_wait, drain, leg_ws};
-
-/// Messages one direction of the relay moves before letting the other have a turn.
-const TURN: usize = 32;
 
 /// Everything [`serve`] needs of the request, owned by its task.
 #[derive(Debug)]
@@ -387,259 +379,6 @@ async fn leave(p: &Pending, client: &mut Ws, left: Left, gone: ClientGone<'_>) {
             close_and_wait(client, fault_frame(&e)).await;
         }
     }
-}
-
-/// One direction of the message relay.
-#[derive(Debug)]
-struct Dir<'a> {
-    /// Messages read and not yet handed to the other leg (the held ones, at first).
-    queue: VecDeque<Message>,
-    /// A large message being handed on in fragments ([`Dir::next`]).
-    part: Option<Part>,
-    /// Something was written since the last flush.
-    dirty: bool,
-    /// Payload bytes moved.
-    bytes: &'a AtomicU64,
-}
-
-/// A data message sent in fragments of [`FRAGMENT`] bytes, so that the other leg's
-/// write buffer (tungstenite keeps its capacity) never grows past one fragment.
-#[derive(Debug)]
-struct Part {
-    data: Bytes,
-    text: bool,
-    sent: usize,
-}
-
-impl Dir<'_> {
-    /// Whether anything is waiting to be sent.
-    fn pending(&self) -> bool {
-        self.part.is_some() || !self.queue.is_empty()
-    }
-
-    /// What to send next and its payload bytes: the next fragment of a large data
-    /// message, or the next message whole.
-    fn next(&mut self) -> Option<(Message, usize)> {
-        if self.part.is_none() {
-            let (data, text) = match self.queue.pop_front()? {
-                Message::Text(t) if t.len() > FRAGMENT => (Bytes::from(t), true),
-                Message::Binary(b) if b.len() > FRAGMENT => (b, false),
-                other => {
-                    let len = other.len();
-                    return Some((other, len));
-                }
-            };
-            self.part = Some(Part {
-                data,
-                text,
-                sent: 0,
-            });
-        }
-        let part = self.part.as_mut()?;
-        let end = (part.sent + FRAGMENT).min(part.data.len());
-        let opcode = match (part.sent, part.text) {
-            (0, true) => OpCode::Data(Data::Text),
-            (0, false) => OpCode::Data(Data::Binary),
-            _ => OpCode::Data(Data::Continue),
-        };
-        let fin = end == part.data.len();
-        let frame = Frame::message(part.data.slice(part.sent..end), opcode, fin);
-        let len = end - part.sent;
-        part.sent = end;
-        if fin {
-            self.part = None;
-        }
-        Some((Message::Frame(frame), len))
-    }
-}
-
-/// How one direction stopped.
-#[derive(Debug)]
-enum DirEnd {
-    /// The source sent a close frame (its reply is queued by tungstenite).
-    Closed(Option<CloseFrame>),
-    /// The source's stream ended or failed without a close frame.
-    Read(WsError),
-    /// Writing to the other leg failed.
-    Write(WsError),
-}
-
-/// Moves messages from `src` to `dst` until `src` closes or either fails.
-fn poll_dir(cx: &mut Context<'_>, src: &mut Ws, dst: &mut Ws, dir: &mut Dir<'_>) -> Poll<DirEnd> {
-    for _ in 0..TURN {
-        while dir.pending() {
-            match Pin::new(&mut *dst).poll_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-            let Some((msg, len)) = dir.next() else {
-                break;
-            };
-            // The fragments of one message go out in one write, not one each.
-            let last_fragment = matches!(&msg, Message::Frame(f) if f.header().is_final);
-            if dir.part.is_some() {
-                dst.get_mut().coalesce();
-            }
-            relay::count(dir.bytes, len as u64);
-            if let Err(e) = Pin::new(&mut *dst).start_send(msg) {
-                return Poll::Ready(DirEnd::Write(e));
-            }
-            dir.dirty = true;
-            if last_fragment {
-                // The gathered fragments go out now, not at the end of the turn.
-                match Pin::new(&mut *dst).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => dir.dirty = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
-                    Poll::Pending => {}
-                }
-            }
-        }
-        match Pin::new(&mut *src).poll_next(cx) {
-            Poll::Ready(Some(Ok(Message::Close(frame)))) => {
-                return Poll::Ready(DirEnd::Closed(frame));
-            }
-            Poll::Ready(Some(Ok(Message::Frame(_)))) => {}
-            Poll::Ready(Some(Ok(msg))) => dir.queue.push_back(msg),
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(DirEnd::Read(e)),
-            Poll::Ready(None) => return Poll::Ready(DirEnd::Read(WsError::ConnectionClosed)),
-            Poll::Pending => {
-                if dir.dirty {
-                    match Pin::new(&mut *dst).poll_flush(cx) {
-                        Poll::Ready(Ok(())) => dir.dirty = false,
-                        Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
-                        Poll::Pending => {}
-                    }
-                }
-                return Poll::Pending;
-            }
-        }
-    }
-    // A long run of messages: let the other direction (and other tasks) have a turn.
-    cx.waker().wake_by_ref();
-    Poll::Pending
-}
-
-/// Which leg ended the session, and how.
-enum Ending {
-    Client(DirEnd),
-    Edge(DirEnd),
-    /// sluice ends the session (shutdown, a revoked credential, a limit).
-    Stop(Stop),
-}
-
-/// The `io::ErrorKind` a WebSocket error stands for, for [`End`].
-fn kind(e: &WsError) -> io::ErrorKind {
-    match e {
-        WsError::Io(e) => e.kind(),
-        WsError::ConnectionClosed | WsError::AlreadyClosed => io::ErrorKind::UnexpectedEof,
-        _ => io::ErrorKind::InvalidData,
-    }
-}
-
-/// The close frame telling a peer that its *own* message or frame broke the rules;
-/// `None` for a peer that did not (its connection ended without a closing handshake,
-/// or failed).
-fn fault_frame(e: &WsError) -> Option<CloseFrame> {
-    match e {
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        WsError::Capacity(c) => Some(close_frame(CloseCode::Size, &c.to_string())),
-        WsError::Protocol(p) => Some(close_frame(CloseCode::Protocol, &p.to_string())),
-        WsError::Utf8(_) => Some(close_frame(
-            CloseCode::Invalid,
-            "invalid UTF-8 in a text message",
-        )),
-        _ => None,
-    }
-}
-
-/// Relays messages both ways (held ones first, to the edge) until a leg closes or fails
-/// or `stop` resolves; then completes the closing handshakes within [`CLOSE_TIMEOUT`].
-/// A data message over [`FRAGMENT`] bytes is sent in fragments of that size.
-///
-/// A close frame is passed on with its code and reason. A leg that fails without one
-/// gets the other a close of its own: `1001` to the edge when the client went away,
-/// `1011` to the client when the edge did; a leg that broke the protocol or a size limit
-/// is told so (`1002`, `1007`, `1009`). `stop` closes the client with its code and
-/// reason and the edge with `1001`.
-pub async fn relay(
-    client: &mut Ws,
-    edge: &mut Ws,
-    held: VecDeque<Message>,
-    moved: &Moved,
-    stop: impl Future<Output = Stop>,
-) -> RelayStats {
-    let mut up = Dir {
-        queue: held,
-        part: None,
-        dirty: false,
-        bytes: &moved.client_to_edge,
-    };
-    let mut down = Dir {
-        queue: VecDeque::new(),
-        part: None,
-        dirty: false,
-        bytes: &moved.edge_to_client,
-    };
-    let mut stop = pin!(stop);
-    let mut edge_first = false;
-    let ending = poll_fn(|cx| {
-        if let Poll::Ready(stop) = stop.as_mut().poll(cx) {
-            return Poll::Ready(Ending::Stop(stop));
-        }
-        // Which direction goes first alternates (fairness under a one-sided flood).
-        edge_first = !edge_first;
-        for edge_turn in [edge_first, !edge_first] {
-            if edge_turn {
-                if let Poll::Ready(end) = poll_dir(cx, edge, client, &mut down) {
-                    return Poll::Ready(Ending::Edge(end));
-                }
-            } else if let Poll::Ready(end) = poll_dir(cx, client, edge, &mut up) {
-                return Poll::Ready(Ending::Client(end));
-            }
-        }
-        Poll::Pending
-    })
-    .await;
-
-    let end = match ending {
-        Ending::Client(DirEnd::Closed(frame)) => {
-            tokio::join!(drain(client), close_and_wait(edge, frame));
-            End::ClientClosed
-        }
-        Ending::Edge(DirEnd::Closed(frame)) => {
-            tokio::join!(drain(edge), close_and_wait(client, frame));
-            End::EdgeClosed
-        }
-        Ending::Client(DirEnd::Read(e)) | Ending::Edge(DirEnd::Write(e)) => {
-            let to_client = fault_frame(&e);
-            let to_edge = close_frame(CloseCode::Away, "client went away");
-            tokio::join!(close_and_wait(edge, Some(to_edge)), async {
-                if to_client.is_some() {
-                    close_and_wait(client, to_client).await;
-                }
-            });
-            End::ClientError(kind(&e))
-        }
-        Ending::Edge(DirEnd::Read(e)) | Ending::Client(DirEnd::Write(e)) => {
-            let to_edge = fault_frame(&e);
-            let to_client = close_frame(CloseCode::Error, "edge connection lost");
-            tokio::join!(close_and_wait(client, Some(to_client)), async {
-                if to_edge.is_some() {
-                    close_and_wait(edge, to_edge).await;
-                }
-            });
-            End::EdgeError(kind(&e))
-        }
-        Ending::Stop(stop) => {
-            tokio::join!(
-                close_and_wait(client, Some(close_frame(stop.code, stop.reason))),
-                close_and_wait(edge, Some(close_frame(CloseCode::Away, stop.reason)))
-            );
-            End::Stopped(stop.reason)
-        }
-    };
-    moved.stats(end)
 }
 
 #[cfg(test)]

@@ -45,8 +45,11 @@ use crate::control::Stop;
 use crate::stream::Stream;
 
 mod frames;
+pub mod messages;
 mod tls;
 mod tunnel;
+
+pub use messages::{Direction, MessageHook, PassThrough, Verdict};
 
 use tls::relay_generic;
 use tunnel::{relay_plain, PlainDir};
