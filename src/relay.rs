@@ -25,7 +25,11 @@
 //!
 //! End of stream on one leg is passed on as a write shutdown (TCP FIN) of the other, and
 //! the other direction gets [`HALF_CLOSE_LINGER`] to finish (the WebSocket closing
-//! handshake). An error on either leg ends both at once. When sluice ends a session
+//! handshake). An error on either leg ends both at once, except over plain TCP when that
+//! leg has sent its close frame and then reset or broke its connection (a server that
+//! closes its socket right after the closing handshake, with the answering close frame
+//! unread, resets it): that is the leg's clean end, as every byte it sent has passed.
+//! A session that an error ended names it ([`End::error`]). When sluice ends a session
 //! itself (drain, idle timeout, `max_session`), the plain-TCP tunnel, which follows
 //! WebSocket frame boundaries as the bytes pass ([`frames::Frames`]: headers parsed,
 //! payloads skipped), injects a close frame (`1001`) towards each peer whose stream is
@@ -100,6 +104,14 @@ impl End {
             Self::EdgeError(_) => "edge_error",
             Self::LingerTimeout => "linger_timeout",
             Self::Stopped(_) => "stopped",
+        }
+    }
+
+    /// The error that ended the session, if one did (for the log line).
+    pub fn error(self) -> Option<io::ErrorKind> {
+        match self {
+            Self::ClientError(kind) | Self::EdgeError(kind) => Some(kind),
+            _ => None,
         }
     }
 }

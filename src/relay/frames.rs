@@ -22,6 +22,13 @@ impl Frames {
         self.have == 0 && self.remaining == 0
     }
 
+    /// Whether the last whole frame was a close frame: its sender has closed its side of
+    /// the WebSocket (RFC 6455 §5.5.1: nothing may follow it).
+    pub(super) fn closed(&self) -> bool {
+        // At a boundary, `head` still holds the header of the last frame.
+        self.at_boundary() && self.head[0] & 0x0f == 0x8
+    }
+
     pub(super) fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             if self.remaining > 0 {
@@ -101,6 +108,25 @@ mod tests {
         assert!(!f.at_boundary());
         f.feed(&bytes[bytes.len() - 1..]);
         assert!(f.at_boundary());
+    }
+
+    #[test]
+    fn a_close_frame_is_noticed_once_it_has_passed_whole() {
+        let mut f = Frames::default();
+        assert!(!f.closed());
+        // A text frame, then a masked close frame with code 1000, split.
+        f.feed(&[0x81, 0x01, b'x']);
+        assert!(!f.closed());
+        let close = [0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2];
+        f.feed(&close[..7]);
+        assert!(!f.closed());
+        f.feed(&close[7..]);
+        assert!(f.closed());
+        // Anything after it (which a peer must not send) and it no longer counts.
+        f.feed(&[0x89]);
+        assert!(!f.closed());
+        f.feed(&[0x00]);
+        assert!(!f.closed());
     }
 
     #[test]

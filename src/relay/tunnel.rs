@@ -64,17 +64,37 @@ pub(super) async fn relay_plain(
             return End::Stopped(stop.reason);
         }
     };
+    let (ended, other) = if from_client {
+        (&*c2e, &*e2c)
+    } else {
+        (&*e2c, &*c2e)
+    };
+    let how = match settle(how, ended, other) {
+        Settled::Ended(how) => how,
+        Settled::DestinationLeft => {
+            // The destination's side is closed and gone, and all it sent has passed.
+            shutdown_write(client);
+            shutdown_write(edge);
+            return if from_client {
+                End::EdgeClosed
+            } else {
+                End::ClientClosed
+            };
+        }
+    };
     if let Err(end) = first_end(from_client, how) {
         return end;
     }
     // One side ended its stream: pass the end on, and give the other direction
     // HALF_CLOSE_LINGER to finish (the WebSocket closing handshake).
-    let (clean, dir, src, dst, count) = if from_client {
+    let (clean, dir, ended, src, dst, count) = if from_client {
         shutdown_write(edge);
-        (End::ClientClosed, e2c, edge, client, &moved.edge_to_client)
+        let count = &moved.edge_to_client;
+        (End::ClientClosed, e2c, &*c2e, edge, client, count)
     } else {
         shutdown_write(client);
-        (End::EdgeClosed, c2e, client, edge, &moved.client_to_edge)
+        let count = &moved.client_to_edge;
+        (End::EdgeClosed, c2e, &*e2c, client, edge, count)
     };
     let rest = tokio::time::timeout(
         HALF_CLOSE_LINGER,
@@ -83,11 +103,48 @@ pub(super) async fn relay_plain(
     .await;
     match rest {
         Err(_) => End::LingerTimeout,
-        Ok(how) => match first_end(!from_client, how) {
-            Ok(()) => clean,
-            Err(end) => end,
+        Ok(how) => match settle(how, dir, ended) {
+            Settled::DestinationLeft => clean,
+            Settled::Ended(how) => match first_end(!from_client, how) {
+                Ok(()) => clean,
+                Err(end) => end,
+            },
         },
     }
+}
+
+/// How a direction's end counts, once close frames are taken into account.
+enum Settled {
+    /// As it came (an error stays an error), or an end of stream.
+    Ended(DirEnd),
+    /// Its destination sent its close frame, which has passed whole, and then left: the
+    /// session is over, and cleanly.
+    DestinationLeft,
+}
+
+/// A peer that sent its close frame and then reset its connection has ended its side
+/// cleanly: so does one that closes its socket with bytes unread (the kernel then
+/// resets the connection instead of ending the stream), as a server does that closes
+/// right after the closing handshake without reading the close frame it was answered
+/// with. A read from it that fails so is its end of stream; a write to it that fails so
+/// ends the session cleanly: everything it sent has passed, and after a close frame
+/// nothing more may come. `dir` is the direction that ended, `other` the reverse one.
+fn settle(how: DirEnd, dir: &PlainDir, other: &PlainDir) -> Settled {
+    match how {
+        DirEnd::Read(e) if torn_down(&e) && dir.sent_close() => Settled::Ended(DirEnd::Eof),
+        DirEnd::Write(e) if torn_down(&e) && other.sent_close() => Settled::DestinationLeft,
+        how => Settled::Ended(how),
+    }
+}
+
+/// Whether `e` is how a connection its peer tore down fails.
+fn torn_down(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 fn shutdown_write(s: &TcpStream) {
@@ -123,6 +180,11 @@ impl PlainDir {
     /// may go in now.
     fn between_frames(&self) -> bool {
         self.backlog.is_none() && self.frames.at_boundary()
+    }
+
+    /// Whether its source sent a close frame and all of it has been written on.
+    fn sent_close(&self) -> bool {
+        self.backlog.is_none() && self.frames.closed()
     }
 }
 
