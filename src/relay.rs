@@ -25,10 +25,11 @@
 //!
 //! End of stream on one leg is passed on as a write shutdown (TCP FIN) of the other, and
 //! the other direction gets [`HALF_CLOSE_LINGER`] to finish (the WebSocket closing
-//! handshake). An error on either leg ends both at once, except over plain TCP when that
-//! leg has sent its close frame and then reset or broke its connection (a server that
-//! closes its socket right after the closing handshake, with the answering close frame
-//! unread, resets it): that is the leg's clean end, as every byte it sent has passed.
+//! handshake). An error on either leg ends both at once, except when that leg has sent
+//! its close frame and then reset its connection (a server that closes its socket right
+//! after the closing handshake, with the answering close frame unread, resets it): that
+//! is the leg's clean end, as every byte it sent has passed. Both tunnels follow frame
+//! boundaries for this ([`frames::Frames`]).
 //! A session that an error ended names it ([`End::error`]). When sluice ends a session
 //! itself (drain, idle timeout, `max_session`), the plain-TCP tunnel, which follows
 //! WebSocket frame boundaries as the bytes pass ([`frames::Frames`]: headers parsed,
@@ -227,6 +228,16 @@ async fn forward_early(client: &mut Leg, edge: &mut Leg, moved: &Moved) -> Resul
         count(&moved.edge_to_client, early.len() as u64);
     }
     Ok(())
+}
+
+/// Whether `e` is how a connection its peer tore down fails (reset, broken pipe).
+fn torn_down(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// Classifies how a session ended from how the first direction stopped.

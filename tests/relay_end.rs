@@ -238,6 +238,41 @@ async fn client_that_resets_right_after_its_close_frame_ends_clean() {
     assert_eq!(stats.end, End::ClientClosed, "{stats:?}");
 }
 
+/// Over TLS too: the edge sends its close frame and resets its connection.
+#[tokio::test]
+async fn tls_edge_that_resets_right_after_its_close_frame_ends_clean() {
+    let (ca, cert, key) = support::test_ca();
+    let server = support::server_tls(&cert, &key);
+    let client_config = support::client_tls(&ca);
+
+    let (mut client, client_side) = pair().await;
+    let (edge_side, edge_tcp) = pair().await;
+    let (to_edge, edge) = tokio::join!(
+        tokio_rustls::TlsConnector::from(Arc::new(client_config))
+            .connect("127.0.0.1".try_into().unwrap(), edge_side),
+        tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(edge_tcp)
+    );
+    let mut edge = edge.unwrap();
+    let task = tokio::spawn(relay_all(
+        leg(Stream::Plain(client_side)),
+        leg(Stream::ClientTls(Box::new(to_edge.unwrap()))),
+    ));
+    edge.write_all(&close_frame(None)).await.unwrap();
+    edge.flush().await.unwrap();
+    assert_eq!(read_exact(&mut client, 4).await, close_frame(None));
+    let (tcp, _) = edge.into_inner();
+    socket2::SockRef::from(&tcp)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(tcp);
+    let _ = client.write_all(&close_frame(Some([1, 2, 3, 4]))).await;
+    read_eof(&mut client).await;
+    drop(client);
+    let stats = finish(task).await;
+    assert_eq!(stats.end, End::EdgeClosed, "{stats:?}");
+    assert_eq!(stats.edge_to_client, 4);
+}
+
 /// A reset in the middle of the session (no close frame) is still an error, and says
 /// which.
 #[tokio::test]

@@ -7,41 +7,59 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::{count, first_end, DirEnd, End, Moved, HALF_CLOSE_LINGER, SCRATCH};
+use super::frames::Frames;
+use super::{count, first_end, torn_down, DirEnd, End, Moved, HALF_CLOSE_LINGER, SCRATCH};
 use crate::stream::Stream;
 
-/// Runs both directions. When one ends cleanly, `shut_edge` or `shut_client` shuts down
-/// the write side of the other leg, and the other direction gets [`HALF_CLOSE_LINGER`].
+/// Runs both directions. When one ends cleanly (its pump has shut down the write side
+/// of the other leg), the other direction gets [`HALF_CLOSE_LINGER`]. `sent` says, for
+/// each direction (client to edge, edge to client), whether its source sent a close
+/// frame that has been written on: a write that fails because such a peer left ends
+/// the session cleanly (see [`super::tunnel`]).
 async fn run_both(
     c2e: impl Future<Output = DirEnd>,
     e2c: impl Future<Output = DirEnd>,
-    shut_edge: impl FnOnce(),
-    shut_client: impl FnOnce(),
+    sent: (&AtomicBool, &AtomicBool),
 ) -> End {
     tokio::pin!(c2e, e2c);
     let (from_client, how) = tokio::select! {
         how = &mut c2e => (true, how),
         how = &mut e2c => (false, how),
     };
+    // The destination left after its close frame: the direction from it ends too (and
+    // shuts down the write side of the leg that stays).
+    let left = |from_client: bool, how: &DirEnd| match how {
+        DirEnd::Write(e) if torn_down(e) => {
+            if from_client { sent.1 } else { sent.0 }.load(Ordering::Relaxed)
+        }
+        _ => false,
+    };
+    if left(from_client, &how) {
+        if from_client {
+            let _ = tokio::time::timeout(HALF_CLOSE_LINGER, e2c).await;
+            return End::EdgeClosed;
+        }
+        let _ = tokio::time::timeout(HALF_CLOSE_LINGER, c2e).await;
+        return End::ClientClosed;
+    }
     if let Err(end) = first_end(from_client, how) {
         return end;
     }
     let (clean, rest) = if from_client {
-        shut_edge();
         let rest = tokio::time::timeout(HALF_CLOSE_LINGER, e2c).await;
         (End::ClientClosed, rest)
     } else {
-        shut_client();
         let rest = tokio::time::timeout(HALF_CLOSE_LINGER, c2e).await;
         (End::EdgeClosed, rest)
     };
     match rest {
         Err(_) => End::LingerTimeout,
+        Ok(how) if left(!from_client, &how) => clean,
         Ok(how) => match first_end(!from_client, how) {
             Ok(()) => clean,
             Err(end) => end,
@@ -54,11 +72,11 @@ pub(super) async fn relay_generic(client: Stream, edge: Stream, moved: &Moved) -
     let (mut edge_r, mut edge_w) = tokio::io::split(edge);
     // The shutdown of a TLS write side sends close_notify, which needs an await, so the
     // pump that ended does it itself (bounded by the linger).
+    let sent = (AtomicBool::new(false), AtomicBool::new(false));
     run_both(
-        pump_generic(&mut client_r, &mut edge_w, &moved.client_to_edge),
-        pump_generic(&mut edge_r, &mut client_w, &moved.edge_to_client),
-        || {},
-        || {},
+        pump_generic(&mut client_r, &mut edge_w, &moved.client_to_edge, &sent.0),
+        pump_generic(&mut edge_r, &mut client_w, &moved.edge_to_client, &sent.1),
+        (&sent.0, &sent.1),
     )
     .await
 }
@@ -70,20 +88,33 @@ struct Backlog {
     rest: Vec<u8>,
     written: usize,
     flush: bool,
+    /// Where the WebSocket frames of this direction begin and end.
+    frames: Frames,
 }
 
 /// One direction over any stream, holding no buffer while waiting: each poll reads into
 /// the per-thread scratch buffer and writes it on at once; only what the destination
 /// cannot take yet moves to the heap. On end of stream the destination's write side is
-/// shut down (TLS `close_notify`), within [`HALF_CLOSE_LINGER`].
-async fn pump_generic<R, W>(src: &mut R, dst: &mut W, moved: &AtomicU64) -> DirEnd
+/// shut down (TLS `close_notify`), within [`HALF_CLOSE_LINGER`]. `sent` tells whether
+/// the source's close frame has been written on; a source that then resets its
+/// connection has ended its stream (see [`super::tunnel`]).
+async fn pump_generic<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    moved: &AtomicU64,
+    sent: &AtomicBool,
+) -> DirEnd
 where
     R: tokio::io::AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut backlog = Backlog::default();
-    let end =
-        std::future::poll_fn(|cx| poll_pump(cx, &mut *src, &mut *dst, &mut backlog, moved)).await;
+    let pump =
+        |cx: &mut Context<'_>| poll_pump(cx, &mut *src, &mut *dst, &mut backlog, moved, sent);
+    let end = match std::future::poll_fn(pump).await {
+        DirEnd::Read(e) if torn_down(&e) && sent.load(Ordering::Relaxed) => DirEnd::Eof,
+        end => end,
+    };
     if matches!(end, DirEnd::Eof) {
         let _ = tokio::time::timeout(HALF_CLOSE_LINGER, dst.shutdown()).await;
     }
@@ -96,6 +127,7 @@ fn poll_pump<R, W>(
     dst: &mut W,
     backlog: &mut Backlog,
     moved: &AtomicU64,
+    sent: &AtomicBool,
 ) -> Poll<DirEnd>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -124,6 +156,8 @@ where
                 Poll::Pending => return Poll::Pending,
             }
         }
+        sent.store(backlog.frames.closed(), Ordering::Relaxed);
+        let frames = &mut backlog.frames;
         let step = SCRATCH.with_borrow_mut(|scratch| {
             let mut buf = ReadBuf::new(scratch);
             match Pin::new(&mut *src).poll_read(cx, &mut buf) {
@@ -137,6 +171,7 @@ where
                 Poll::Ready(Ok(())) => {
                     let data = buf.filled();
                     let n = data.len();
+                    frames.feed(data);
                     match Pin::new(&mut *dst).poll_write(cx, data) {
                         Poll::Ready(Ok(m)) if m == n => Poll::Ready(Ok((n, Vec::new()))),
                         Poll::Ready(Ok(m)) => Poll::Ready(Ok((n, data[m..].to_vec()))),

@@ -14,7 +14,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::frames::{close_frame, Frames};
-use super::{count, first_end, DirEnd, End, Moved, HALF_CLOSE_LINGER, SCRATCH};
+use super::{count, first_end, torn_down, DirEnd, End, Moved, HALF_CLOSE_LINGER, SCRATCH};
 use crate::control::Stop;
 
 /// Both directions over plain TCP in one small poll loop. Readiness is polled with
@@ -135,16 +135,6 @@ fn settle(how: DirEnd, dir: &PlainDir, other: &PlainDir) -> Settled {
         DirEnd::Write(e) if torn_down(&e) && other.sent_close() => Settled::DestinationLeft,
         how => Settled::Ended(how),
     }
-}
-
-/// Whether `e` is how a connection its peer tore down fails.
-fn torn_down(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted
-    )
 }
 
 fn shutdown_write(s: &TcpStream) {
