@@ -21,9 +21,9 @@
 //!
 //! Backpressure stays per direction: one direction reads no more from its source while
 //! the other leg has not taken what it has (bounded by [`TURN`] messages per turn). An
-//! answer goes to the sender's own queue, and a direction stops reading while
-//! [`TURN`] answers or more wait there, so a sender that does not read cannot make its
-//! answers pile up. [`Moved`] counts the payload bytes written to each leg: an answer
+//! answer waits for the sender among the answers to it (sent before the rest), and a
+//! direction stops reading while [`TURN`] answers or more wait there, so a sender that
+//! does not read cannot make its answers pile up. [`Moved`] counts the payload bytes written to each leg: an answer
 //! counts towards the leg it is written to, a dropped or held message towards none
 //! (until it is released and sent).
 
@@ -140,6 +140,11 @@ struct Dir<'a> {
     /// Messages to send to the other leg: read and passed by the hook (the held ones, at
     /// first), answers to that leg's own messages, and what the hook released.
     queue: VecDeque<Message>,
+    /// The hook's answers to the other leg's messages, sent before `queue` (apart, so
+    /// that their number bounds how far the other direction reads ahead).
+    answers: VecDeque<Message>,
+    /// It stopped reading its source because [`TURN`] answers to it wait.
+    stalled: bool,
     /// A large message being handed on in fragments ([`Dir::next`]).
     part: Option<Part>,
     /// Something was written since the last flush.
@@ -162,6 +167,8 @@ impl<'a> Dir<'a> {
         Self {
             way,
             queue: VecDeque::new(),
+            answers: VecDeque::new(),
+            stalled: false,
             part: None,
             dirty: false,
             bytes,
@@ -170,14 +177,15 @@ impl<'a> Dir<'a> {
 
     /// Whether anything is waiting to be sent.
     fn pending(&self) -> bool {
-        self.part.is_some() || !self.queue.is_empty()
+        self.part.is_some() || !self.answers.is_empty() || !self.queue.is_empty()
     }
 
     /// What to send next and its payload bytes: the next fragment of a large data
     /// message, or the next message whole.
     fn next(&mut self) -> Option<(Message, usize)> {
         if self.part.is_none() {
-            let (data, text) = match self.queue.pop_front()? {
+            let next = self.answers.pop_front().or_else(|| self.queue.pop_front());
+            let (data, text) = match next? {
                 Message::Text(t) if t.len() > FRAGMENT => (Bytes::from(t), true),
                 Message::Binary(b) if b.len() > FRAGMENT => (b, false),
                 other => {
@@ -221,7 +229,7 @@ enum DirEnd {
 }
 
 /// Shows a message read travelling `way` to the hook, and queues it (`queue`), its answer
-/// (`back`, the queue towards its sender), or nothing, as the hook says. Returns whether
+/// (`back`, the answers towards its sender), or nothing, as the hook says. Returns whether
 /// an answer was queued.
 fn take<H: MessageHook>(
     hook: &mut H,
@@ -249,8 +257,8 @@ fn take<H: MessageHook>(
 }
 
 /// Moves messages from `src` to `dst` until `src` closes or either fails, each read one
-/// through `hook`; `back` is the other direction's queue (towards `src`), where answers
-/// go.
+/// through `hook`; `back` is the other direction's answers (towards `src`), where the
+/// hook's answers go.
 fn poll_dir<H: MessageHook>(
     cx: &mut Context<'_>,
     (src, dst): (&mut Ws, &mut Ws),
@@ -289,7 +297,8 @@ fn poll_dir<H: MessageHook>(
         }
         // The source is not taking the answers to its own messages: read no more of it
         // until it does (the other direction, in this same task, sends them).
-        let read = if back.len() >= TURN {
+        dir.stalled = back.len() >= TURN;
+        let read = if dir.stalled {
             Poll::Pending
         } else {
             Pin::new(&mut *src).poll_next(cx)
@@ -398,7 +407,7 @@ pub async fn relay_with<H: MessageHook>(
                 Direction::ClientToEdge,
                 msg,
                 &mut held,
-                &mut down.queue,
+                &mut down.answers,
             );
         }
     }
@@ -420,15 +429,22 @@ pub async fn relay_with<H: MessageHook>(
         for edge_turn in [edge_first, !edge_first] {
             if edge_turn {
                 let legs = (&mut *edge, &mut *client);
-                if let Poll::Ready(end) = poll_dir(cx, legs, &mut down, &mut up.queue, &mut hook) {
+                if let Poll::Ready(end) = poll_dir(cx, legs, &mut down, &mut up.answers, &mut hook)
+                {
                     return Poll::Ready(Ending::Edge(end));
                 }
             } else {
                 let legs = (&mut *client, &mut *edge);
-                if let Poll::Ready(end) = poll_dir(cx, legs, &mut up, &mut down.queue, &mut hook) {
+                if let Poll::Ready(end) = poll_dir(cx, legs, &mut up, &mut down.answers, &mut hook)
+                {
                     return Poll::Ready(Ending::Client(end));
                 }
             }
+        }
+        // A direction that stopped reading for its sender's answers, which the other
+        // direction has since sent (some of): its turn again.
+        if (up.stalled && down.answers.len() < TURN) || (down.stalled && up.answers.len() < TURN) {
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
     })

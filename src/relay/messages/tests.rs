@@ -73,10 +73,19 @@ fn spawn<H: MessageHook + 'static>(
 /// The client closes; both closes are answered; the relay ends clean.
 async fn close(
     mut client: Peer,
-    mut edge: Peer,
+    edge: Peer,
     task: tokio::task::JoinHandle<RelayStats>,
 ) -> RelayStats {
     client.close(None).await.unwrap();
+    close_after(client, edge, task).await
+}
+
+/// [`close`], once the client has sent its close frame.
+async fn close_after(
+    mut client: Peer,
+    mut edge: Peer,
+    task: tokio::task::JoinHandle<RelayStats>,
+) -> RelayStats {
     assert!(matches!(next(&mut edge).await, Message::Close(_)));
     drop(edge);
     while let Some(Ok(_)) = client.next().await {}
@@ -241,4 +250,47 @@ async fn a_large_message_passes_whole_through_a_hook() {
     assert_eq!(next(&mut edge).await, Message::text(big.clone()));
     let stats = close(client, edge, task).await;
     assert_eq!(stats.client_to_edge, big.len() as u64);
+}
+
+/// Answers every message it sees with "ack <message>".
+struct Acker;
+
+impl MessageHook for Acker {
+    fn on_message(&mut self, _: Direction, msg: &Message) -> Verdict {
+        Verdict::Answer(Message::text(format!("ack {}", msg.to_text().unwrap())))
+    }
+}
+
+/// A client that sends many messages before reading any answer: the relay stops
+/// reading it while [`TURN`] answers wait, and every answer arrives, in order.
+#[tokio::test]
+async fn answers_to_a_sender_that_reads_late_all_arrive_in_order() {
+    let (client, client_leg, edge_leg, mut edge) = legs().await;
+    let task = spawn(client_leg, edge_leg, Vec::new(), Acker);
+    let (mut tx, mut rx) = client.split();
+    let n = 20 * TURN;
+    let sender = tokio::spawn(async move {
+        for i in 0..n {
+            tx.send(Message::text(i.to_string())).await.unwrap();
+        }
+        tx
+    });
+    // Nothing read until all are sent (TCP buffers take them meanwhile).
+    let mut tx = tokio::time::timeout(Duration::from_secs(10), sender)
+        .await
+        .expect("the client can send")
+        .unwrap();
+    for i in 0..n {
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.next())
+            .await
+            .expect("an answer in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Message::text(format!("ack {i}")));
+    }
+    quiet(&mut edge).await;
+    tx.send(Message::Close(None)).await.unwrap();
+    let client = tx.reunite(rx).unwrap();
+    let stats = close_after(client, edge, task).await;
+    assert_eq!(stats.client_to_edge, 0);
 }
