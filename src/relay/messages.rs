@@ -23,9 +23,11 @@
 //! the other leg has not taken what it has (bounded by [`TURN`] messages per turn). An
 //! answer waits for the sender among the answers to it (sent before the rest), and a
 //! direction stops reading while [`TURN`] answers or more wait there, so a sender that
-//! does not read cannot make its answers pile up. [`Moved`] counts the payload bytes written to each leg: an answer
-//! counts towards the leg it is written to, a dropped or held message towards none
-//! (until it is released and sent).
+//! does not read cannot make its answers pile up.
+//!
+//! [`Moved`] counts the payload bytes written to each leg: an answer counts towards the
+//! leg it is written to, a dropped or held message towards none (until it is released
+//! and sent).
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
