@@ -30,7 +30,6 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod accept;
 pub mod admin;
 pub mod admission;
 pub mod auth;
@@ -56,6 +55,7 @@ pub mod tenants;
 pub mod tls;
 pub mod tools;
 pub mod upstream;
+pub mod ws;
 
 #[cfg(test)]
 mod test_util;

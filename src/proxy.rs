@@ -4,6 +4,7 @@
 //! dispatched by the tenant's `queue_mode` to [`hold`] or [`accept`], which run steps
 //! 4–7 with [`dial`] (the upstream handshake) and [`outcome`] (how a connect ended).
 
+pub mod accept;
 mod dial;
 mod hold;
 mod outcome;
@@ -16,13 +17,13 @@ use http::{header, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::auth;
 use crate::config::QueueMode;
 use crate::parse::{header_has_token, header_tokens};
 use crate::reject::{self, Reason, Rejection};
 use crate::runtime::Runtime;
 use crate::tenant;
 use crate::upstream::{self, ClientInfo};
-use crate::{accept, auth};
 
 pub(crate) use dial::connect_upstream;
 pub use dial::TENANT_PAUSE_WITHOUT_RETRY_AFTER;

@@ -1,5 +1,8 @@
-//! Step 6 of the flow (`hold` mode): a transparent byte tunnel between the client and
-//! the upstream after both handshakes, as HAProxy and NGINX do.
+//! Step 6 of the flow: relaying a session between the client and the upstream.
+//!
+//! In `hold` mode, a transparent byte tunnel after both handshakes, as HAProxy and NGINX
+//! do: [`tunnel`] over plain TCP, following frame boundaries with [`frames`], and [`tls`]
+//! when either leg is TLS.
 //!
 //! # Memory per idle session
 //!
@@ -22,28 +25,39 @@
 //!
 //! End of stream on one leg is passed on as a write shutdown (TCP FIN) of the other, and
 //! the other direction gets [`HALF_CLOSE_LINGER`] to finish (the WebSocket closing
-//! handshake). An error on either leg ends both at once. When sluice ends a session
+//! handshake). An error on either leg ends both at once, except when that leg has sent
+//! its close frame and then reset its connection (a server that closes its socket right
+//! after the closing handshake, with the answering close frame unread, resets it): that
+//! is the leg's clean end, as every byte it sent has passed. Both tunnels follow frame
+//! boundaries for this ([`frames::Frames`]).
+//! A session that an error ended names it ([`End::error`]). When sluice ends a session
 //! itself (drain, idle timeout, `max_session`), the plain-TCP tunnel, which follows
-//! WebSocket frame boundaries as the bytes pass ([`Frames`]: headers parsed, payloads
-//! skipped), injects a close frame (`1001`) towards each peer whose stream is between
-//! frames, then closes both connections. [`relay`] returns a [`RelayStats`]: the one
+//! WebSocket frame boundaries as the bytes pass ([`frames::Frames`]: headers parsed,
+//! payloads skipped), injects a close frame (`1001`) towards each peer whose stream is
+//! between frames, then closes both connections. [`relay`] returns a [`RelayStats`]: the one
 //! place where a session's end is observed.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::net::Shutdown;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::control::Stop;
 use crate::stream::Stream;
+
+mod frames;
+pub mod messages;
+mod tls;
+mod tunnel;
+
+pub use messages::{Direction, MessageHook, PassThrough, Verdict};
+
+use tls::relay_generic;
+use tunnel::{relay_plain, PlainDir};
 
 /// How long the other direction may go on after one leg has ended its stream.
 pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(5);
@@ -91,6 +105,14 @@ impl End {
             Self::EdgeError(_) => "edge_error",
             Self::LingerTimeout => "linger_timeout",
             Self::Stopped(_) => "stopped",
+        }
+    }
+
+    /// The error that ended the session, if one did (for the log line).
+    pub fn error(self) -> Option<io::ErrorKind> {
+        match self {
+            Self::ClientError(kind) | Self::EdgeError(kind) => Some(kind),
+            _ => None,
         }
     }
 }
@@ -208,6 +230,16 @@ async fn forward_early(client: &mut Leg, edge: &mut Leg, moved: &Moved) -> Resul
     Ok(())
 }
 
+/// Whether `e` is how a connection its peer tore down fails (reset, broken pipe).
+fn torn_down(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
 /// Classifies how a session ended from how the first direction stopped.
 fn first_end(from_client: bool, how: DirEnd) -> Result<(), End> {
     match (from_client, how) {
@@ -217,458 +249,15 @@ fn first_end(from_client: bool, how: DirEnd) -> Result<(), End> {
     }
 }
 
-/// Runs both directions. When one ends cleanly, `shut_edge` or `shut_client` shuts down
-/// the write side of the other leg, and the other direction gets [`HALF_CLOSE_LINGER`].
-async fn run_both(
-    c2e: impl Future<Output = DirEnd>,
-    e2c: impl Future<Output = DirEnd>,
-    shut_edge: impl FnOnce(),
-    shut_client: impl FnOnce(),
-) -> End {
-    tokio::pin!(c2e, e2c);
-    let (from_client, how) = tokio::select! {
-        how = &mut c2e => (true, how),
-        how = &mut e2c => (false, how),
-    };
-    if let Err(end) = first_end(from_client, how) {
-        return end;
-    }
-    let (clean, rest) = if from_client {
-        shut_edge();
-        let rest = tokio::time::timeout(HALF_CLOSE_LINGER, e2c).await;
-        (End::ClientClosed, rest)
-    } else {
-        shut_client();
-        let rest = tokio::time::timeout(HALF_CLOSE_LINGER, c2e).await;
-        (End::EdgeClosed, rest)
-    };
-    match rest {
-        Err(_) => End::LingerTimeout,
-        Ok(how) => match first_end(!from_client, how) {
-            Ok(()) => clean,
-            Err(end) => end,
-        },
-    }
-}
-
-/// Both directions over plain TCP in one small poll loop. Readiness is polled with
-/// `poll_read_ready`/`poll_write_ready`, which keep the task's waker in the socket's own
-/// slot (each socket-and-direction pair has one poller here), so an idle session holds
-/// no waiter node and no timer: its whole relay state is two [`PlainDir`]s.
-async fn relay_plain(
-    client: &TcpStream,
-    edge: &TcpStream,
-    moved: &Moved,
-    (c2e, e2c): (&mut PlainDir, &mut PlainDir),
-    stop: impl Future<Output = Stop>,
-) -> End {
-    let mut stop = std::pin::pin!(stop);
-    // Which direction goes first alternates, so that one side's bulk flow cannot spend
-    // the task's whole cooperative budget before the other is looked at.
-    let mut edge_first = false;
-    let first = std::future::poll_fn(|cx| {
-        if let Poll::Ready(stop) = stop.as_mut().poll(cx) {
-            return Poll::Ready(Err(stop));
-        }
-        edge_first = !edge_first;
-        for edge_turn in [edge_first, !edge_first] {
-            if edge_turn {
-                if let Poll::Ready(how) = e2c.poll(cx, edge, client, &moved.edge_to_client) {
-                    return Poll::Ready(Ok((false, how)));
-                }
-            } else if let Poll::Ready(how) = c2e.poll(cx, client, edge, &moved.client_to_edge) {
-                return Poll::Ready(Ok((true, how)));
-            }
-        }
-        Poll::Pending
-    })
-    .await;
-    let (from_client, how) = match first {
-        Ok(first) => first,
-        Err(stop) => {
-            // Told to stop: a close frame to each peer whose stream is between frames.
-            if e2c.between_frames() {
-                let _ = client.try_write(&close_frame(&stop, None));
-            }
-            if c2e.between_frames() {
-                let _ = edge.try_write(&close_frame(&stop, Some(rand::random())));
-            }
-            shutdown_write(client);
-            shutdown_write(edge);
-            return End::Stopped(stop.reason);
-        }
-    };
-    if let Err(end) = first_end(from_client, how) {
-        return end;
-    }
-    // One side ended its stream: pass the end on, and give the other direction
-    // HALF_CLOSE_LINGER to finish (the WebSocket closing handshake).
-    let (clean, dir, src, dst, count) = if from_client {
-        shutdown_write(edge);
-        (End::ClientClosed, e2c, edge, client, &moved.edge_to_client)
-    } else {
-        shutdown_write(client);
-        (End::EdgeClosed, c2e, client, edge, &moved.client_to_edge)
-    };
-    let rest = tokio::time::timeout(
-        HALF_CLOSE_LINGER,
-        std::future::poll_fn(|cx| dir.poll(cx, src, dst, count)),
-    )
-    .await;
-    match rest {
-        Err(_) => End::LingerTimeout,
-        Ok(how) => match first_end(!from_client, how) {
-            Ok(()) => clean,
-            Err(end) => end,
-        },
-    }
-}
-
-fn shutdown_write(s: &TcpStream) {
-    // The peer may already be gone; then there is nothing left to tell it.
-    let _ = socket2::SockRef::from(s).shutdown(Shutdown::Write);
-}
-
-/// What one readiness-driven step did.
-enum Step {
-    /// Spurious readiness: nothing to read after all.
-    Again,
-    /// End of stream.
-    Eof,
-    /// `n` bytes read and all written.
-    Done(usize),
-    /// `n` bytes read; these could not be written yet.
-    Partial(usize, Vec<u8>),
-}
-
-/// One direction over plain TCP: bytes read but not yet written (only while the
-/// destination is full; that direction reads nothing more meanwhile, which is the
-/// backpressure), and how many of them are written.
-#[derive(Default)]
-struct PlainDir {
-    /// The unwritten rest, how much of it is written, and the whole read it came from.
-    backlog: Option<(Vec<u8>, usize, usize)>,
-    /// Where the WebSocket frames of this direction begin and end.
-    frames: Frames,
-}
-
-impl PlainDir {
-    /// Whether everything read was written and it ended at a frame's end: a close frame
-    /// may go in now.
-    fn between_frames(&self) -> bool {
-        self.backlog.is_none() && self.frames.at_boundary()
-    }
-}
-
-/// Follows WebSocket frame boundaries in a byte stream (RFC 6455 §5.2): the header of
-/// the frame being read, then how much of its payload is still to come. Headers are
-/// read byte by byte (at most 14); payloads are skipped whole.
-#[derive(Debug, Default)]
-struct Frames {
-    head: [u8; 14],
-    have: u8,
-    need: u8,
-    remaining: u64,
-}
-
-impl Frames {
-    fn at_boundary(&self) -> bool {
-        self.have == 0 && self.remaining == 0
-    }
-
-    fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            if self.remaining > 0 {
-                let skip = usize::try_from(self.remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(data.len());
-                self.remaining -= skip as u64;
-                data = &data[skip..];
-                continue;
-            }
-            self.head[usize::from(self.have)] = data[0];
-            self.have += 1;
-            data = &data[1..];
-            if self.have == 2 {
-                let ext = match self.head[1] & 0x7f {
-                    126 => 2,
-                    127 => 8,
-                    _ => 0,
-                };
-                let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
-                self.need = 2 + ext + mask;
-            }
-            if self.have >= 2 && self.have == self.need {
-                let h = &self.head;
-                self.remaining = match h[1] & 0x7f {
-                    126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
-                    127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
-                    n => u64::from(n),
-                };
-                self.have = 0;
-                self.need = 0;
-            }
-        }
-    }
-}
-
-/// A close frame with `stop`'s code and reason; masked with `mask` (towards the edge,
-/// as a client's frames must be), or not (towards the client).
-fn close_frame(stop: &Stop, mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut payload = u16::from(stop.code).to_be_bytes().to_vec();
-    payload.extend_from_slice(&stop.reason.as_bytes()[..stop.reason.len().min(123)]);
-    let mut frame = vec![0x88, payload.len() as u8];
-    if let Some(mask) = mask {
-        frame[1] |= 0x80;
-        frame.extend_from_slice(&mask);
-        for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= mask[i % 4];
-        }
-    }
-    frame.extend_from_slice(&payload);
-    frame
-}
-
-impl PlainDir {
-    /// Readiness, then read into the per-thread scratch buffer and write on at once,
-    /// until the source has nothing more (`Pending`) or the direction ends.
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-        src: &TcpStream,
-        dst: &TcpStream,
-        moved: &AtomicU64,
-    ) -> Poll<DirEnd> {
-        loop {
-            if let Some((rest, written, read)) = &mut self.backlog {
-                while *written < rest.len() {
-                    if let Err(e) = ready!(dst.poll_write_ready(cx)) {
-                        return Poll::Ready(DirEnd::Write(e));
-                    }
-                    match dst.try_write(&rest[*written..]) {
-                        Ok(0) => {
-                            return Poll::Ready(DirEnd::Write(io::ErrorKind::WriteZero.into()))
-                        }
-                        Ok(n) => *written += n,
-                        // try_write cleared the readiness: the next poll waits for it.
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Poll::Ready(DirEnd::Write(e)),
-                    }
-                }
-                count(moved, *read as u64);
-                self.backlog = None;
-            }
-            if let Err(e) = ready!(src.poll_read_ready(cx)) {
-                return Poll::Ready(DirEnd::Read(e));
-            }
-            match read_and_write(src, dst, &mut self.frames) {
-                Err(end) => return Poll::Ready(end),
-                Ok(Step::Again) => {}
-                Ok(Step::Eof) => return Poll::Ready(DirEnd::Eof),
-                Ok(Step::Done(n)) => count(moved, n as u64),
-                Ok(Step::Partial(n, rest)) => self.backlog = Some((rest, 0, n)),
-            }
-        }
-    }
-}
-
-/// One read into the per-thread scratch buffer and one write of it, without waiting.
-fn read_and_write(src: &TcpStream, dst: &TcpStream, frames: &mut Frames) -> Result<Step, DirEnd> {
-    SCRATCH.with_borrow_mut(|buf| {
-        // A read shorter than the buffer emptied the socket: tell tokio so (a WouldBlock
-        // from `try_io` clears the readiness), instead of learning it from one more read
-        // that fails with EAGAIN. If data arrived meanwhile, tokio keeps the readiness
-        // set, so nothing is missed.
-        let mut got = None;
-        let read = src.try_io(Interest::READABLE, || {
-            let n = src.try_read(buf)?;
-            got = Some(n);
-            if n > 0 && n < buf.len() {
-                Err(io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(n)
-            }
-        });
-        let n = match (got, read) {
-            (Some(0), _) => return Ok(Step::Eof),
-            (Some(n), _) => n,
-            (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
-            (None, Err(e)) => return Err(DirEnd::Read(e)),
-            (None, Ok(_)) => unreachable!("a successful read sets `got`"),
-        };
-        frames.feed(&buf[..n]);
-        match dst.try_write(&buf[..n]) {
-            Ok(m) if m == n => Ok(Step::Done(n)),
-            Ok(m) => Ok(Step::Partial(n, buf[m..n].to_vec())),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                Ok(Step::Partial(n, buf[..n].to_vec()))
-            }
-            Err(e) => Err(DirEnd::Write(e)),
-        }
-    })
-}
-
-async fn relay_generic(client: Stream, edge: Stream, moved: &Moved) -> End {
-    let (mut client_r, mut client_w) = tokio::io::split(client);
-    let (mut edge_r, mut edge_w) = tokio::io::split(edge);
-    // The shutdown of a TLS write side sends close_notify, which needs an await, so the
-    // pump that ended does it itself (bounded by the linger).
-    run_both(
-        pump_generic(&mut client_r, &mut edge_w, &moved.client_to_edge),
-        pump_generic(&mut edge_r, &mut client_w, &moved.edge_to_client),
-        || {},
-        || {},
-    )
-    .await
-}
-
 async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> io::Result<()> {
     w.write_all(data).await?;
     w.flush().await
 }
 
-/// What the generic pump holds between polls: bytes read but not yet written (only
-/// while the destination is not ready), and whether a flush is owed.
-#[derive(Default)]
-struct Backlog {
-    rest: Vec<u8>,
-    written: usize,
-    flush: bool,
-}
-
-/// One direction over any stream, holding no buffer while waiting: each poll reads into
-/// the per-thread scratch buffer and writes it on at once; only what the destination
-/// cannot take yet moves to the heap. On end of stream the destination's write side is
-/// shut down (TLS `close_notify`), within [`HALF_CLOSE_LINGER`].
-async fn pump_generic<R, W>(src: &mut R, dst: &mut W, moved: &AtomicU64) -> DirEnd
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut backlog = Backlog::default();
-    let end =
-        std::future::poll_fn(|cx| poll_pump(cx, &mut *src, &mut *dst, &mut backlog, moved)).await;
-    if matches!(end, DirEnd::Eof) {
-        let _ = tokio::time::timeout(HALF_CLOSE_LINGER, dst.shutdown()).await;
-    }
-    end
-}
-
-fn poll_pump<R, W>(
-    cx: &mut Context<'_>,
-    src: &mut R,
-    dst: &mut W,
-    backlog: &mut Backlog,
-    moved: &AtomicU64,
-) -> Poll<DirEnd>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        // First whatever the destination could not take earlier.
-        while backlog.written < backlog.rest.len() {
-            match Pin::new(&mut *dst).poll_write(cx, &backlog.rest[backlog.written..]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(DirEnd::Write(io::ErrorKind::WriteZero.into()))
-                }
-                Poll::Ready(Ok(n)) => backlog.written += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        if !backlog.rest.is_empty() {
-            backlog.rest = Vec::new();
-            backlog.written = 0;
-        }
-        if backlog.flush {
-            match Pin::new(&mut *dst).poll_flush(cx) {
-                Poll::Ready(Ok(())) => backlog.flush = false,
-                Poll::Ready(Err(e)) => return Poll::Ready(DirEnd::Write(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        let step = SCRATCH.with_borrow_mut(|scratch| {
-            let mut buf = ReadBuf::new(scratch);
-            match Pin::new(&mut *src).poll_read(cx, &mut buf) {
-                Poll::Pending => Poll::Pending,
-                // A TLS peer that closes without close_notify has still ended its stream.
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    Poll::Ready(Err(DirEnd::Eof))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(DirEnd::Read(e))),
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Err(DirEnd::Eof)),
-                Poll::Ready(Ok(())) => {
-                    let data = buf.filled();
-                    let n = data.len();
-                    match Pin::new(&mut *dst).poll_write(cx, data) {
-                        Poll::Ready(Ok(m)) if m == n => Poll::Ready(Ok((n, Vec::new()))),
-                        Poll::Ready(Ok(m)) => Poll::Ready(Ok((n, data[m..].to_vec()))),
-                        Poll::Pending => Poll::Ready(Ok((n, data.to_vec()))),
-                        Poll::Ready(Err(e)) => Poll::Ready(Err(DirEnd::Write(e))),
-                    }
-                }
-            }
-        });
-        match step {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(end)) => return Poll::Ready(end),
-            Poll::Ready(Ok((n, rest))) => {
-                count(moved, n as u64);
-                backlog.rest = rest;
-                backlog.flush = true;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frame_boundaries_are_followed_across_reads() {
-        let mut f = Frames::default();
-        assert!(f.at_boundary());
-        // A masked text frame of 5 bytes, split in three reads.
-        let frame = [0x81, 0x85, 1, 2, 3, 4, b'h', b'e', b'l', b'l', b'o'];
-        f.feed(&frame[..1]);
-        assert!(!f.at_boundary());
-        f.feed(&frame[1..7]);
-        assert!(!f.at_boundary());
-        f.feed(&frame[7..]);
-        assert!(f.at_boundary());
-        // 16-bit and 64-bit lengths, unmasked, then an empty ping, in one read.
-        let mut bytes = vec![0x82, 126, 0x01, 0x00];
-        bytes.extend(std::iter::repeat_n(0u8, 256));
-        bytes.extend([0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
-        bytes.extend(std::iter::repeat_n(0u8, 65536));
-        bytes.extend([0x89, 0x00]);
-        f.feed(&bytes[..bytes.len() - 1]);
-        assert!(!f.at_boundary());
-        f.feed(&bytes[bytes.len() - 1..]);
-        assert!(f.at_boundary());
-    }
-
-    #[test]
-    fn injected_close_frames_are_well_formed() {
-        let stop = Stop {
-            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away,
-            reason: "shutdown",
-        };
-        assert_eq!(
-            close_frame(&stop, None),
-            [&[0x88, 10, 0x03, 0xe9][..], b"shutdown"].concat()
-        );
-        let masked = close_frame(&stop, Some([1, 2, 3, 4]));
-        assert_eq!(&masked[..6], &[0x88, 0x80 | 10, 1, 2, 3, 4]);
-        let unmasked: Vec<u8> = masked[6..]
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4])
-            .collect();
-        assert_eq!(unmasked, [&[0x03, 0xe9][..], b"shutdown"].concat());
-    }
+    use tokio::net::TcpStream;
 
     /// An idle plain-TCP session's whole relay state lives in this future (and the
     /// task around it): it stays small. The TLS arm is boxed, the stop signal's timers

@@ -90,6 +90,10 @@ impl Session {
     fn finish(mut self, end: &str, stats: Option<RelayStats>, why: Option<&str>) {
         self.ended = true;
         let duration = self.started.elapsed();
+        // What failed, when an error ended it ("connection reset", "broken pipe"…).
+        let error = stats
+            .and_then(|s| s.end.error())
+            .map(|kind| kind.to_string());
         self.metrics.session_ended(
             duration,
             stats.map_or(0, |s| s.client_to_edge),
@@ -103,6 +107,7 @@ impl Session {
             endpoint = %self.endpoint,
             end,
             why,
+            error,
             duration_ms = duration.as_millis() as u64,
             client_to_edge = stats.map(|s| s.client_to_edge),
             edge_to_client = stats.map(|s| s.edge_to_client),

@@ -3,7 +3,7 @@
 //!
 //! hyper is handed this type on both legs, so after an upgrade
 //! [`hyper::upgrade::Upgraded::downcast`] gives it back and the relay can use plain TCP
-//! readiness directly (see [`crate::relay`]).
+//! readiness directly (see the relay's plain-TCP tunnel).
 
 use std::io;
 use std::pin::Pin;

@@ -681,11 +681,7 @@ async fn large_and_fragmented_messages_pass_whole_both_ways_text_and_binary() {
         let (first, payload) = raw_frame(&mut raw).await.expect("the echo");
         let opcode = if frames == 0 { 0x2 } else { 0x0 };
         assert_eq!(first & 0x0f, opcode, "frame {frames}");
-        assert!(
-            payload.len() <= sluice::accept::FRAGMENT,
-            "{}",
-            payload.len()
-        );
+        assert!(payload.len() <= sluice::ws::FRAGMENT, "{}", payload.len());
         got.extend(payload);
         frames += 1;
         assert_eq!(
@@ -695,5 +691,5 @@ async fn large_and_fragmented_messages_pass_whole_both_ways_text_and_binary() {
         );
     }
     assert!(got == binary, "the echo changed");
-    assert!(frames >= binary.len() / sluice::accept::FRAGMENT);
+    assert!(frames >= binary.len() / sluice::ws::FRAGMENT);
 }

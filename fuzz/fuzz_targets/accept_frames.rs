@@ -18,7 +18,8 @@ use std::task::{Context, Poll};
 
 use futures_util::{SinkExt, StreamExt};
 use libfuzzer_sys::fuzz_target;
-use sluice::accept::{close_frame, ws_config, Held, Refragment, MAX_CLOSE_REASON};
+use sluice::proxy::accept::Held;
+use sluice::ws::{close_frame, ws_config, Refragment, MAX_CLOSE_REASON};
 use sluice::config::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

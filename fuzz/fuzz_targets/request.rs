@@ -338,7 +338,7 @@ fn check(config: &Config, parts: &Parts, info: ClientInfo) {
 
     // `accept` mode: the subprotocol sluice answers with.
     let listed = &tenant.limits.subprotocols;
-    match sluice::accept::choose_subprotocol(listed, parts) {
+    match sluice::ws::choose_subprotocol(listed, parts) {
         Ok(None) => assert!(offered.is_empty()),
         Ok(Some(p)) => {
             assert!(
@@ -348,13 +348,13 @@ fn check(config: &Config, parts: &Parts, info: ClientInfo) {
             assert!(listed.contains(&p) && kept.contains(&p));
             // The first offered that is listed.
             assert_eq!(kept.iter().find(|k| listed.contains(k)), Some(&p));
-            let resp = sluice::accept::switching_protocols(parts, Some(&p), REQUEST_ID);
+            let resp = sluice::ws::switching_protocols(parts, Some(&p), REQUEST_ID);
             assert_eq!(
                 resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL).unwrap(),
                 p.as_str()
             );
             let mut up = up;
-            let key = sluice::accept::own_handshake(&mut up, Some(&p));
+            let key = sluice::ws::own_handshake(&mut up, Some(&p));
             let protocols: Vec<_> = up
                 .headers()
                 .get_all(header::SEC_WEBSOCKET_PROTOCOL)
