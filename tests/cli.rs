@@ -166,3 +166,30 @@ fn run_refuses_an_invalid_config_and_serves_a_valid_one() {
     let _ = child.wait();
     assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
 }
+
+#[test]
+fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    // `sluice run > file 2>&1` and journald read the log from a pipe or a file: the
+    // text lines must be plain. (An invalid config is logged through tracing, then
+    // the process exits 1.)
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[listen]\naddress = \"nowhere\"\n").unwrap();
+    let out = sluice()
+        .args(["--log-format", "text", "run", "--config"])
+        .arg(&bad)
+        .env_remove("NO_COLOR")
+        .env_remove("SLUICE_LOG_FORMAT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ERROR") && stderr.contains("listen.address"),
+        "the tracing line is there: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b') && !String::from_utf8_lossy(&out.stdout).contains('\x1b'),
+        "no ANSI escape in a piped log: {stderr:?}"
+    );
+}
