@@ -734,6 +734,26 @@ pub async fn scrape(admin: SocketAddr) -> Scrape {
     Scrape::parse(&body)
 }
 
+/// Whether the tests run under CI: `CI` is set to something other than "", "0" or
+/// "false" (GitHub Actions, GitLab and most others set `CI=true`).
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// A tool a test needs (Chromium, promtool) is missing. Locally the test is skipped
+/// loudly (the caller returns after this); under CI, where `.ci/run` installs every
+/// such tool, a missing one fails the test instead of letting it pass unchecked.
+///
+/// # Panics
+/// Under CI (see [`under_ci`]).
+pub fn tool_missing(tool: &str, untested: &str) {
+    assert!(
+        !under_ci(),
+        "{tool} is not installed, and CI is set: {untested} (install it; `.ci/run` does)"
+    );
+    eprintln!("SKIPPED: {tool} is not installed; {untested}");
+}
+
 /// The Chromium binary on `PATH`, if any (`.ci/run` installs Debian's `chromium`).
 pub fn chromium() -> Option<std::path::PathBuf> {
     ["chromium", "chromium-browser", "google-chrome"]
