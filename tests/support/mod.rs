@@ -1,5 +1,7 @@
 //! Shared test support: a recording WebSocket edge, sluice started in-process on
-//! 127.0.0.1:0, WebSocket clients, and a test CA for TLS.
+//! 127.0.0.1:0 (serving for good, or until a shutdown the test gives: [`serve`]), config
+//! text from a builder ([`config`], [`tenant`]), WebSocket clients, and a test CA for
+//! TLS.
 //!
 //! The edge is a real tokio-tungstenite server. It records every handshake request it
 //! receives (request target and headers), counts live sessions, records the close frames
@@ -10,6 +12,11 @@
 //! recorded, in order, with its arrival time.
 
 #![allow(dead_code, unreachable_pub)]
+
+mod config;
+
+#[allow(unused_imports)]
+pub use config::{config, tenant, ConfigBuilder, EdgeLimits, TenantSpec};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -102,6 +109,8 @@ pub struct Edge {
     pub closes: Arc<Mutex<Vec<(u16, String)>>>,
     /// Data messages and pings received, in order, with their arrival times.
     pub messages: Arc<Mutex<Vec<(Message, tokio::time::Instant)>>>,
+    /// TCP connections accepted (before any delay or handshake).
+    pub accepted: Arc<AtomicUsize>,
 }
 
 impl Edge {
@@ -157,6 +166,7 @@ pub async fn edge_with(options: EdgeOptions) -> Edge {
         peak: Arc::default(),
         closes: Arc::default(),
         messages: Arc::default(),
+        accepted: Arc::default(),
     };
     let acceptor = options
         .tls
@@ -168,6 +178,7 @@ pub async fn edge_with(options: EdgeOptions) -> Edge {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            e.accepted.fetch_add(1, Ordering::SeqCst);
             let e = e.clone();
             let options = options.clone();
             let acceptor = acceptor.clone();
@@ -380,6 +391,16 @@ impl Proxy {
 /// Starts sluice from config text (its `[listen] address` is set to 127.0.0.1:0 when
 /// the text has no `[listen]` table) with `env` for overrides and secrets.
 pub async fn proxy_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
+    let text = with_local_listeners(config);
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    start(Config::parse(&text, &env).expect("test config is valid")).await
+}
+
+/// `config` with `[listen]` and `[admin]` on 127.0.0.1:0 when it has no such table.
+fn with_local_listeners(config: &str) -> String {
     let mut text = config.to_owned();
     if !text.contains("[listen]") {
         text = format!("[listen]\naddress = \"127.0.0.1:0\"\n{text}");
@@ -387,11 +408,7 @@ pub async fn proxy_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
     if !text.contains("[admin]") {
         text = format!("[admin]\naddress = \"127.0.0.1:0\"\n{text}");
     }
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    start(Config::parse(&text, &env).expect("test config is valid")).await
+    text
 }
 
 /// Starts sluice from a config file (so that `POST /-/reload` re-reads it).
@@ -401,6 +418,17 @@ pub async fn proxy_from_file(path: &std::path::Path) -> Proxy {
 
 /// Binds the proxy and its admin listener and serves both in the background.
 async fn start(config: Config) -> Proxy {
+    start_until(config, std::future::pending()).await.0
+}
+
+/// Binds the proxy and its admin listener and serves both in the background until
+/// `shutdown` completes, then drains as `sluice::run` does after SIGTERM (not ready at
+/// once, the listener closed, [`sluice::control::drain`]); the task ends when the drain
+/// has, as the process would exit.
+async fn start_until(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (Proxy, tokio::task::JoinHandle<()>) {
     let config_admin = config.admin.address;
     let server = sluice::Server::bind(config).await.expect("sluice binds");
     let addr = server.local_addr();
@@ -410,13 +438,80 @@ async fn start(config: Config) -> Proxy {
         .await
         .expect("admin binds");
     let admin_addr = admin.local_addr();
-    tokio::spawn(admin.run(std::future::pending()));
-    tokio::spawn(server.run(std::future::pending()));
-    Proxy {
+    // The admin listener keeps serving during the drain: /readyz says 503.
+    let admin = tokio::spawn(admin.run(std::future::pending()));
+    let draining = shared.clone();
+    let done = tokio::spawn(async move {
+        let ready = draining.clone();
+        server
+            .run(async move {
+                shutdown.await;
+                ready.control.begin_drain();
+            })
+            .await;
+        sluice::control::drain(&draining).await;
+        admin.abort();
+    });
+    let proxy = Proxy {
         addr,
         admission,
         admin: admin_addr,
         shared,
+    };
+    (proxy, done)
+}
+
+/// sluice running in-process with a shutdown the test controls: [`Serving::shutdown`]
+/// does what SIGTERM does to `sluice run` (in the same order as `sluice::run`), and
+/// [`Serving::stopped`] waits for the drain to end, where the process would exit. The
+/// addresses are bound before the test sees them (port 0): nothing races for a port.
+#[derive(Debug)]
+pub struct Serving {
+    /// The running sluice (clone it freely).
+    pub proxy: Proxy,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    /// Starts the drain (once; later calls do nothing).
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Whether the drain has ended (everything served has stopped).
+    pub fn is_stopped(&self) -> bool {
+        self.done.is_finished()
+    }
+
+    /// Waits until the drain has ended; fails the test after `within`. How long it
+    /// waited.
+    pub async fn stopped(self, within: Duration) -> Duration {
+        let began = tokio::time::Instant::now();
+        tokio::time::timeout(within, self.done)
+            .await
+            .expect("the drain ended in time")
+            .expect("the server task did not panic");
+        began.elapsed()
+    }
+}
+
+/// Starts sluice from config text (as [`proxy`] does) with a shutdown the test
+/// controls.
+pub async fn serve(config: &str) -> Serving {
+    let text = with_local_listeners(config);
+    let config = Config::parse(&text, &HashMap::new()).expect("test config is valid");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (proxy, done) = start_until(config, async move {
+        let _ = rx.await;
+    })
+    .await;
+    Serving {
+        proxy,
+        shutdown: Some(tx),
+        done,
     }
 }
 
