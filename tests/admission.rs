@@ -263,7 +263,7 @@ async fn a_flooding_tenant_does_not_starve_a_quiet_one_at_the_edge_ceiling() {
             .queue_depth(1000)
             .queue_timeout(Duration::from_secs(90))
     };
-    let (_edge, proxy) = setup(
+    let (edge, proxy) = setup(
         config()
             .edge_limits(EdgeLimits::rate(20.0, 1))
             .tenant(limits("a"))
@@ -276,7 +276,11 @@ async fn a_flooding_tenant_does_not_starve_a_quiet_one_at_the_edge_ceiling() {
             .collect()
     };
     let a = spawn("a", 400);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // b comes once all of a's flood is in: at the edge or queued behind its ceiling.
+    wait_until("a's 400 clients to arrive", async || {
+        edge.requests().len() + queued(&proxy, "a") as usize >= 400
+    })
+    .await;
     let b = spawn("b", 20);
     let mut wb = Vec::new();
     for t in b {

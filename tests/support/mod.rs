@@ -813,6 +813,18 @@ impl Scrape {
             .unwrap_or_else(|| panic!("no series {key} in the scrape"))
     }
 
+    /// Every series of metric `name` (`name{…}` as exposed) and its value, sorted.
+    pub fn family(&self, name: &str) -> Vec<(String, f64)> {
+        let mut series: Vec<(String, f64)> = self
+            .series
+            .iter()
+            .filter(|(s, _)| s.as_str() == name || s.starts_with(&format!("{name}{{")))
+            .map(|(s, v)| (s.clone(), *v))
+            .collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        series
+    }
+
     /// Every metric family name exposed (with `_bucket`/`_sum`/`_count` series).
     pub fn names(&self) -> std::collections::BTreeSet<String> {
         self.series
