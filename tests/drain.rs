@@ -388,3 +388,57 @@ async fn sigterm_during_an_upstream_handshake_still_closes_the_accept_client() {
         "the accept-mode client got no close frame: the process exited under it"
     );
 }
+
+/// A reload just before the drain must not cost a session its shutdown close. Ignored
+/// until `src/control.rs` is fixed: it fails within a few of its 20 rounds (and makes
+/// the binary test above flaky under load). Traced with prints in `SessionStop::wait`:
+/// the reload's send wakes the session, which polls `changed()` again and registers a
+/// new waiter while tokio's sharded `notify_waiters` of that same send is still going
+/// through its shards; a later shard wakes the new waiter spuriously (the version did
+/// not change), the poll sees an unchanged epoch and returns `Pending` without polling
+/// `changed()` again, so no waiter is left: the drain's and `close_sessions`' sends wake
+/// nobody, and the session stays open until the process exits. Polling `changed()` on
+/// every wake (the epoch shortcut removed) passes 20 of 20 rounds, 3 runs of 3. Run
+/// with `cargo test --test drain -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "src/control.rs SessionStop::wait loses a wake-up (see the doc comment)"]
+async fn a_reload_just_before_the_drain_does_not_cost_a_session_its_close() {
+    const SECRET: &str = "reload-race-key-0123456789";
+    let edge = edge().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.toml");
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(SECRET.as_bytes()))
+    };
+    let text = |cap: u32| {
+        config()
+            .upstream(&edge.url(false))
+            .drain_timeout(Duration::from_millis(200))
+            .tenant(tenant("acc").accept_mode().max_sessions(cap).auth(&format!(
+                "{{ kind = \"api-key\", key_sha256 = [\"{hash}\"] }}"
+            )))
+            .text()
+    };
+    for round in 0..20 {
+        std::fs::write(&file, text(10)).unwrap();
+        let mut sluice = support::serve_config(sluice::Config::load(&file).unwrap()).await;
+        let proxy = sluice.proxy.clone();
+        let url = format!("{}?access_token={SECRET}", proxy.url("/t/acc/"));
+        let mut ws = connect_ok(&url, &[]).await;
+        echo(&mut ws, "open").await;
+        std::fs::write(&file, text(20)).unwrap();
+        let (status, body) = support::admin_request(proxy.admin, "POST", "/-/reload").await;
+        assert_eq!(status, 200, "{body}");
+        sluice.shutdown();
+        let close = tokio::time::timeout(Duration::from_secs(5), support::ended(&mut ws))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the session was never closed"));
+        assert_eq!(
+            close,
+            Some((CloseCode::Away, "shutdown".to_owned())),
+            "round {round}"
+        );
+        sluice.stopped(Duration::from_secs(20)).await;
+    }
+}

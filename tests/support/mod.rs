@@ -502,7 +502,12 @@ impl Serving {
 /// controls.
 pub async fn serve(config: &str) -> Serving {
     let text = with_local_listeners(config);
-    let config = Config::parse(&text, &HashMap::new()).expect("test config is valid");
+    serve_config(Config::parse(&text, &HashMap::new()).expect("test config is valid")).await
+}
+
+/// Starts sluice from a loaded config (e.g. [`Config::load`] of a file, so that
+/// `POST /-/reload` re-reads it) with a shutdown the test controls.
+pub async fn serve_config(config: Config) -> Serving {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (proxy, done) = start_until(config, async move {
         let _ = rx.await;
