@@ -137,6 +137,7 @@ async fn start_until(
 /// does what SIGTERM does to `sluice run` (in the same order as `sluice::run`), and
 /// [`Serving::stopped`] waits for the drain to end, where the process would exit. The
 /// addresses are bound before the test sees them (port 0): nothing races for a port.
+/// Dropping it starts the drain too (keep it alive as long as the test needs sluice).
 #[derive(Debug)]
 pub struct Serving {
     /// The running sluice (clone it freely).
