@@ -1,9 +1,22 @@
 //! Log set-up: `tracing` to stderr, as text or JSON lines, filtered by `RUST_LOG`
 //! (default `info`).
+//!
+//! Text lines carry ANSI colour only when stderr (where they go) is a terminal and
+//! `NO_COLOR` is not set (<https://no-color.org>), so a log redirected to a file or
+//! collected by journald stays plain.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global subscriber. A second call (as in tests) is a no-op.
 pub fn init(format: LogFormat) {
@@ -16,11 +29,21 @@ pub fn init_with(format: LogFormat, default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Whether text lines get ANSI colour: only on a terminal, and not when `NO_COLOR` is
+/// set to a non-empty value (the convention of <https://no-color.org>).
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// A budget for lines that a storm could repeat thousands of times a second (refusals,
@@ -61,7 +84,16 @@ impl LogBudget {
 
 #[cfg(test)]
 mod tests {
-    use super::LogBudget;
+    use super::{colour, LogBudget};
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None), "a file or a pipe gets plain text");
+        assert!(!colour(true, Some("1".into())), "NO_COLOR turns colour off");
+        assert!(colour(true, Some("".into())), "an empty NO_COLOR is unset");
+        assert!(!colour(false, Some("1".into())));
+    }
 
     #[test]
     fn a_storm_is_cut_to_the_burst_and_counted() {

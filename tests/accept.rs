@@ -18,18 +18,23 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use support::{
-    config_for, connect, connect_ok, connect_refused, edge, edge_with, proxy, scrape, wait_until,
-    Client, Edge, EdgeOptions, Proxy, NO_AUTH,
+    config, config_for, connect, connect_ok, connect_refused, edge, edge_with, proxy, scrape,
+    tenant, wait_until, Client, ConfigBuilder, Edge, EdgeOptions, Proxy, TenantSpec, NO_AUTH,
 };
 
-/// One `accept`-mode tenant `lab` with `limits` (TOML lines of `[tenants.lab]`) and
-/// `extra` config text (other tables), in front of `edge`.
-async fn accept_lab(edge: &Edge, limits: &str, extra: &str) -> Proxy {
-    let config = format!(
-        "{extra}\n{}queue_mode = \"accept\"\n{limits}\n",
-        config_for(&edge.url(false), &[("lab", NO_AUTH)])
-    );
-    proxy(&config).await
+/// `lab` (`tenant("lab")` with its limits) in `accept` mode, in front of `edge`, with
+/// the rest of `config` (other tables).
+async fn accept_lab(edge: &Edge, lab: TenantSpec, config: ConfigBuilder) -> Proxy {
+    config
+        .upstream(&edge.url(false))
+        .tenant(lab.accept_mode())
+        .start()
+        .await
+}
+
+/// A builder with `[accept] key = value`.
+fn accept_table(key: &str, value: u32) -> ConfigBuilder {
+    config().set("accept", key, &value.to_string())
 }
 
 /// The next message within 10 s (`None` when the stream ended).
@@ -67,7 +72,7 @@ fn queued(proxy: &Proxy) -> u32 {
 #[tokio::test]
 async fn a_queued_client_gets_101_and_its_messages_reach_the_edge_in_order_once_admitted() {
     let edge = edge().await;
-    let proxy = accept_lab(&edge, "max_sessions = 1", "").await;
+    let proxy = accept_lab(&edge, tenant("lab").max_sessions(1), config()).await;
     let url = proxy.url("/t/lab/");
     let mut first = connect_ok(&url, &[]).await;
     support::echo(&mut first, "first").await;
@@ -109,7 +114,7 @@ async fn a_queued_client_gets_101_and_its_messages_reach_the_edge_in_order_once_
 #[tokio::test]
 async fn a_queued_client_is_answered_pings_by_sluice() {
     let edge = edge().await;
-    let proxy = accept_lab(&edge, "max_sessions = 1", "").await;
+    let proxy = accept_lab(&edge, tenant("lab").max_sessions(1), config()).await;
     let url = proxy.url("/t/lab/");
     let _first = connect_ok(&url, &[]).await;
     let mut second = connect_ok(&url, &[]).await;
@@ -200,7 +205,7 @@ async fn the_subprotocol_is_chosen_from_the_tenants_list_and_credentials_are_nev
 #[tokio::test]
 async fn an_edge_that_does_not_take_the_subprotocol_closes_the_client_with_1011() {
     let edge = edge().await; // it accepts only "sip"
-    let proxy = accept_lab(&edge, "subprotocols = [\"v2\"]", "").await;
+    let proxy = accept_lab(&edge, tenant("lab").subprotocols(&["v2"]), config()).await;
     let (mut ws, resp) = connect(&proxy.url("/t/lab/"), &[("sec-websocket-protocol", "v2")])
         .await
         .unwrap();
@@ -223,7 +228,12 @@ async fn an_edge_that_does_not_take_the_subprotocol_closes_the_client_with_1011(
 #[tokio::test]
 async fn overflowing_the_held_buffer_closes_with_1008_and_frees_the_place() {
     let edge = edge().await;
-    let proxy = accept_lab(&edge, "max_sessions = 1", "[accept]\nheld_messages = 2\n").await;
+    let proxy = accept_lab(
+        &edge,
+        tenant("lab").max_sessions(1),
+        accept_table("held_messages", 2),
+    )
+    .await;
     let url = proxy.url("/t/lab/");
     let _first = connect_ok(&url, &[]).await;
     let mut second = connect_ok(&url, &[]).await;
@@ -249,7 +259,12 @@ async fn overflowing_the_held_buffer_closes_with_1008_and_frees_the_place() {
 #[tokio::test]
 async fn the_held_buffer_is_bounded_in_bytes_too() {
     let edge = edge().await;
-    let proxy = accept_lab(&edge, "max_sessions = 1", "[accept]\nheld_bytes = 1000\n").await;
+    let proxy = accept_lab(
+        &edge,
+        tenant("lab").max_sessions(1),
+        accept_table("held_bytes", 1000),
+    )
+    .await;
     let url = proxy.url("/t/lab/");
     let _first = connect_ok(&url, &[]).await;
     let mut second = connect_ok(&url, &[]).await;
@@ -262,7 +277,14 @@ async fn the_held_buffer_is_bounded_in_bytes_too() {
 #[tokio::test]
 async fn a_queue_timeout_is_a_1013_close_with_a_parseable_retry_after() {
     let edge = edge().await;
-    let proxy = accept_lab(&edge, "max_sessions = 1\nqueue_timeout = \"300ms\"", "").await;
+    let proxy = accept_lab(
+        &edge,
+        tenant("lab")
+            .max_sessions(1)
+            .queue_timeout(Duration::from_millis(300)),
+        config(),
+    )
+    .await;
     let url = proxy.url("/t/lab/");
     let _first = connect_ok(&url, &[]).await;
     let mut second = connect_ok(&url, &[]).await;
@@ -279,7 +301,12 @@ async fn a_queue_timeout_is_a_1013_close_with_a_parseable_retry_after() {
 #[tokio::test]
 async fn a_full_queue_is_a_1013_close() {
     let edge = edge().await;
-    let proxy = accept_lab(&edge, "max_sessions = 1\nqueue_depth = 1", "").await;
+    let proxy = accept_lab(
+        &edge,
+        tenant("lab").max_sessions(1).queue_depth(1),
+        config(),
+    )
+    .await;
     let url = proxy.url("/t/lab/");
     let _first = connect_ok(&url, &[]).await;
     let _second = connect_ok(&url, &[]).await;
@@ -297,8 +324,13 @@ async fn an_edge_that_refuses_the_upgrade_gives_1013_upstream_unavailable_after_
         ..EdgeOptions::default()
     })
     .await;
-    let extra = "[upstream]\nhandshake_timeout = \"300ms\"\nretry_budget = \"800ms\"\nbackoff_base = \"50ms\"\nbackoff_max = \"100ms\"\nadaptive = false\n";
-    let proxy = accept_lab(&edge, "", extra).await;
+    let extra = config()
+        .set("upstream", "handshake_timeout", "\"300ms\"")
+        .set("upstream", "retry_budget", "\"800ms\"")
+        .set("upstream", "backoff_base", "\"50ms\"")
+        .set("upstream", "backoff_max", "\"100ms\"")
+        .set("upstream", "adaptive", "false");
+    let proxy = accept_lab(&edge, tenant("lab"), extra).await;
     let began = tokio::time::Instant::now();
     let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
     let frame = close_frame(&mut ws).await;
@@ -318,7 +350,7 @@ async fn an_edge_that_refuses_the_upgrade_gives_1013_upstream_unavailable_after_
 #[tokio::test]
 async fn close_codes_and_reasons_pass_both_ways() {
     let edge = edge().await;
-    let proxy = accept_lab(&edge, "", "").await;
+    let proxy = accept_lab(&edge, tenant("lab"), config()).await;
     let url = proxy.url("/t/lab/");
 
     // Client to edge.
@@ -363,7 +395,7 @@ async fn close_codes_and_reasons_pass_both_ways() {
 #[tokio::test]
 async fn large_and_fragmented_messages_arrive_whole_and_pings_pass() {
     let edge = edge().await;
-    let proxy = accept_lab(&edge, "", "").await;
+    let proxy = accept_lab(&edge, tenant("lab"), config()).await;
     let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
 
     // 1 MiB in one message.
@@ -404,7 +436,12 @@ async fn large_and_fragmented_messages_arrive_whole_and_pings_pass() {
 #[tokio::test]
 async fn a_message_over_the_limit_closes_with_1009() {
     let edge = edge().await;
-    let proxy = accept_lab(&edge, "", "[accept]\nmax_message_bytes = 1000\n").await;
+    let proxy = accept_lab(
+        &edge,
+        tenant("lab"),
+        accept_table("max_message_bytes", 1000),
+    )
+    .await;
     let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
     support::echo(&mut ws, "small").await;
     ws.send(Message::binary(vec![1u8; 2000])).await.unwrap();
@@ -417,7 +454,12 @@ async fn a_message_over_the_limit_closes_with_1009() {
 #[tokio::test]
 async fn a_queued_client_that_leaves_frees_its_place_at_once() {
     let edge = edge().await;
-    let proxy = accept_lab(&edge, "max_sessions = 1\nqueue_depth = 1", "").await;
+    let proxy = accept_lab(
+        &edge,
+        tenant("lab").max_sessions(1).queue_depth(1),
+        config(),
+    )
+    .await;
     let url = proxy.url("/t/lab/");
     let first = connect_ok(&url, &[]).await;
     let second = connect_ok(&url, &[]).await;
@@ -562,8 +604,8 @@ async fn a_queued_client_that_breaks_the_protocol_gets_the_close_code_and_frees_
     let edge = edge().await;
     let proxy = accept_lab(
         &edge,
-        "max_sessions = 1",
-        "[accept]\nmax_message_bytes = 1000\n",
+        tenant("lab").max_sessions(1),
+        accept_table("max_message_bytes", 1000),
     )
     .await;
     let url = proxy.url("/t/lab/");
@@ -597,7 +639,7 @@ async fn a_client_that_breaks_the_protocol_during_the_upstream_handshake_frees_i
         ..EdgeOptions::default()
     })
     .await;
-    let proxy = accept_lab(&edge, "max_sessions = 1", "").await;
+    let proxy = accept_lab(&edge, tenant("lab").max_sessions(1), config()).await;
     delay.store(2000, Ordering::SeqCst);
     let mut raw = raw_upgrade(&proxy, "/t/lab/").await;
     wait_until("the upstream handshake under way", async || {
@@ -616,7 +658,12 @@ async fn a_client_that_breaks_the_protocol_during_the_upstream_handshake_frees_i
 #[tokio::test]
 async fn after_admission_the_same_violations_get_the_same_close_codes() {
     let edge = edge().await;
-    let proxy = accept_lab(&edge, "", "[accept]\nmax_message_bytes = 1000\n").await;
+    let proxy = accept_lab(
+        &edge,
+        tenant("lab"),
+        accept_table("max_message_bytes", 1000),
+    )
+    .await;
     let cases = violations();
     for (what, bytes, code) in &cases {
         let mut raw = raw_upgrade(&proxy, "/t/lab/").await;
@@ -637,7 +684,7 @@ async fn after_admission_the_same_violations_get_the_same_close_codes() {
 #[tokio::test]
 async fn large_and_fragmented_messages_pass_whole_both_ways_text_and_binary() {
     let edge = edge().await;
-    let proxy = accept_lab(&edge, "", "").await;
+    let proxy = accept_lab(&edge, tenant("lab"), config()).await;
     let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
 
     // 1 MB of text with 1- to 4-byte characters: sluice's fragments (both legs) cut

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use support::{chromium, connect_ok, edge, proxy};
+use support::{chromium, connect_ok, edge, proxy, tool_missing};
 
 type Reports = Arc<Mutex<HashMap<String, String>>>;
 
@@ -68,7 +68,10 @@ async fn page_server(page: String) -> (std::net::SocketAddr, Reports) {
 #[tokio::test]
 async fn chromium_sees_close_1013_with_its_reason_in_accept_mode_and_1006_in_hold_mode() {
     let Some(browser) = chromium() else {
-        eprintln!("SKIPPED: Chromium is not installed (apt-get install chromium); accept mode was not tested in a browser");
+        tool_missing(
+            "Chromium (apt-get install chromium)",
+            "accept mode was not tested in a browser",
+        );
         return;
     };
     let edge = edge().await; // accepts subprotocol "sip"

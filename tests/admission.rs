@@ -11,27 +11,20 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::{close, connect, connect_ok, proxy, reason, wait_until, Client, Edge, Proxy};
+use support::{
+    close, config, connect, connect_ok, reason, tenant, wait_until, Client, ConfigBuilder, Edge,
+    EdgeLimits, Proxy,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-/// An edge and sluice with `tenants` (name, limit lines), no credentials; `extra` is
-/// config text such as an `[edge]` table.
-async fn setup(extra: &str, tenants: &[(&str, &str)]) -> (Edge, Proxy) {
+/// An edge and sluice on `config` (its tenants and `[edge]`; the edge is its upstream).
+async fn setup(config: ConfigBuilder) -> (Edge, Proxy) {
     let edge = support::edge().await;
-    let mut text = format!(
-        "{extra}\n[upstream.groups.primary]\nendpoints = [\"{}\"]\n",
-        edge.url(false)
-    );
-    for (name, limits) in tenants {
-        text.push_str(&format!(
-            "[tenants.{name}]\nauth = {{ kind = \"none\" }}\n{limits}\n"
-        ));
-    }
-    let proxy = proxy(&text).await;
+    let proxy = config.upstream(&edge.url(false)).start().await;
     (edge, proxy)
 }
 
@@ -72,11 +65,14 @@ fn edge_order(edge: &Edge) -> Vec<usize> {
 #[tokio::test]
 async fn a_spike_reaches_the_edge_paced_and_in_arrival_order() {
     let (edge, proxy) = setup(
-        "",
-        &[(
-            "lab",
-            "max_sessions = 1000\nhandshake_rate = 20.0\nhandshake_burst = 5\nqueue_depth = 200\nqueue_timeout = \"60s\"",
-        )],
+        config().tenant(
+            tenant("lab")
+                .max_sessions(1000)
+                .handshake_rate(20.0)
+                .handshake_burst(5)
+                .queue_depth(200)
+                .queue_timeout(Duration::from_secs(60)),
+        ),
     )
     .await;
     let tasks = arrive_in_order(&edge, &proxy, "lab", 100).await;
@@ -107,11 +103,12 @@ async fn a_spike_reaches_the_edge_paced_and_in_arrival_order() {
 #[tokio::test]
 async fn the_edge_never_sees_more_than_the_cap_and_waiters_go_in_order() {
     let (edge, proxy) = setup(
-        "",
-        &[(
-            "lab",
-            "max_sessions = 10\nhandshake_rate = 1000.0\nhandshake_burst = 100",
-        )],
+        config().tenant(
+            tenant("lab")
+                .max_sessions(10)
+                .handshake_rate(1000.0)
+                .handshake_burst(100),
+        ),
     )
     .await;
     let tasks = arrive_in_order(&edge, &proxy, "lab", 30).await;
@@ -135,11 +132,14 @@ async fn the_edge_never_sees_more_than_the_cap_and_waiters_go_in_order() {
 #[tokio::test]
 async fn a_full_queue_and_a_long_wait_are_refused_with_429() {
     let (_edge, proxy) = setup(
-        "",
-        &[(
-            "lab",
-            "max_sessions = 10\nhandshake_rate = 1000.0\nhandshake_burst = 100\nqueue_depth = 5\nqueue_timeout = \"3s\"",
-        )],
+        config().tenant(
+            tenant("lab")
+                .max_sessions(10)
+                .handshake_rate(1000.0)
+                .handshake_burst(100)
+                .queue_depth(5)
+                .queue_timeout(Duration::from_secs(3)),
+        ),
     )
     .await;
     let url = proxy.url("/t/lab/");
@@ -186,7 +186,14 @@ async fn a_full_queue_and_a_long_wait_are_refused_with_429() {
 
 #[tokio::test]
 async fn clients_that_hang_up_while_queued_leave_at_once_and_take_nothing() {
-    let (edge, proxy) = setup("", &[("lab", "max_sessions = 1\nqueue_timeout = \"60s\"")]).await;
+    let (edge, proxy) = setup(
+        config().tenant(
+            tenant("lab")
+                .max_sessions(1)
+                .queue_timeout(Duration::from_secs(60)),
+        ),
+    )
+    .await;
     let holder = connect_ok(&proxy.url("/t/lab/?i=0"), &[]).await;
     let mut hangers = Vec::new();
     for _ in 0..50 {
@@ -249,11 +256,18 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::test]
 async fn a_flooding_tenant_does_not_starve_a_quiet_one_at_the_edge_ceiling() {
-    let limits =
-        "handshake_rate = 1000.0\nhandshake_burst = 100\nqueue_depth = 1000\nqueue_timeout = \"90s\"";
-    let (_edge, proxy) = setup(
-        "[edge]\nhandshake_rate = 20.0\nhandshake_burst = 1",
-        &[("a", limits), ("b", limits)],
+    let limits = |name: &str| {
+        tenant(name)
+            .handshake_rate(1000.0)
+            .handshake_burst(100)
+            .queue_depth(1000)
+            .queue_timeout(Duration::from_secs(90))
+    };
+    let (edge, proxy) = setup(
+        config()
+            .edge_limits(EdgeLimits::rate(20.0, 1))
+            .tenant(limits("a"))
+            .tenant(limits("b")),
     )
     .await;
     let spawn = |tenant: &str, n: usize| -> Vec<JoinHandle<Duration>> {
@@ -262,7 +276,11 @@ async fn a_flooding_tenant_does_not_starve_a_quiet_one_at_the_edge_ceiling() {
             .collect()
     };
     let a = spawn("a", 400);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // b comes once all of a's flood is in: at the edge or queued behind its ceiling.
+    wait_until("a's 400 clients to arrive", async || {
+        edge.requests().len() + queued(&proxy, "a") as usize >= 400
+    })
+    .await;
     let b = spawn("b", 20);
     let mut wb = Vec::new();
     for t in b {
@@ -286,14 +304,18 @@ async fn a_flooding_tenant_does_not_starve_a_quiet_one_at_the_edge_ceiling() {
 
 #[tokio::test]
 async fn backlogged_tenants_share_the_edge_ceiling_by_weight() {
-    let limits =
-        "handshake_rate = 1000.0\nhandshake_burst = 100\nqueue_depth = 1000\nqueue_timeout = \"90s\"";
+    let limits = |name: &str| {
+        tenant(name)
+            .handshake_rate(1000.0)
+            .handshake_burst(100)
+            .queue_depth(1000)
+            .queue_timeout(Duration::from_secs(90))
+    };
     let (edge, proxy) = setup(
-        "[edge]\nhandshake_rate = 40.0\nhandshake_burst = 1",
-        &[
-            ("heavy", &format!("{limits}\nweight = 2")),
-            ("light", &format!("{limits}\nweight = 1")),
-        ],
+        config()
+            .edge_limits(EdgeLimits::rate(40.0, 1))
+            .tenant(limits("heavy").weight(2))
+            .tenant(limits("light").weight(1)),
     )
     .await;
     let mut tasks = Vec::new();
@@ -326,11 +348,20 @@ async fn backlogged_tenants_share_the_edge_ceiling_by_weight() {
 async fn every_permit_comes_back_however_sessions_end() {
     const CAP: u32 = 40;
     let (edge, proxy) = setup(
-        "[edge]\nmax_sessions = 40\nhandshake_rate = 10000.0\nhandshake_burst = 1000",
-        &[(
-            "lab",
-            &format!("max_sessions = {CAP}\nhandshake_rate = 10000.0\nhandshake_burst = 1000\nqueue_depth = 1000\nqueue_timeout = \"60s\""),
-        )],
+        config()
+            .edge_limits(EdgeLimits {
+                max_sessions: Some(40),
+                handshake_rate: Some(10000.0),
+                handshake_burst: Some(1000),
+            })
+            .tenant(
+                tenant("lab")
+                    .max_sessions(CAP)
+                    .handshake_rate(10000.0)
+                    .handshake_burst(1000)
+                    .queue_depth(1000)
+                    .queue_timeout(Duration::from_secs(60)),
+            ),
     )
     .await;
     let url = proxy.url("/t/lab/");

@@ -133,36 +133,73 @@ fn run_refuses_an_invalid_config_and_serves_a_valid_one() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen.address"));
 
-    // A valid config: the process serves (a plain GET gets 426) until killed.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A valid config: the process serves (a plain GET gets 426) until killed. It binds
+    // port 0 and says where in its log (no race with other tests for a free port).
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        format!("[listen]\naddress = \"127.0.0.1:{port}\"\n[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:1\"]\n[tenants.lab]\nauth = {{ kind = \"none\" }}\n"),
+        "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:1\"]\n[tenants.lab]\nauth = { kind = \"none\" }\n",
     )
     .unwrap();
     let mut child = sluice()
         .args(["--log-format", "json", "run", "--config"])
         .arg(&good)
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut answer = String::new();
-    for _ in 0..100 {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::{Read, Write};
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let _ = s.read_to_string(&mut answer);
-            break;
+    let addr = {
+        use std::io::BufRead;
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut addr = None;
+        for line in stderr.lines() {
+            let Ok(line) = line else { break };
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if entry["message"] == "proxy listening" {
+                addr = entry["addr"].as_str().map(str::to_owned);
+                break;
+            }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        addr.expect("the log says where sluice listens")
+    };
+    let mut answer = String::new();
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let _ = s.read_to_string(&mut answer);
     }
     child.kill().unwrap();
     let _ = child.wait();
     assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
+}
+
+#[test]
+fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    // `sluice run > file 2>&1` and journald read the log from a pipe or a file: the
+    // text lines must be plain. (An invalid config is logged through tracing, then
+    // the process exits 1.)
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[listen]\naddress = \"nowhere\"\n").unwrap();
+    let out = sluice()
+        .args(["--log-format", "text", "run", "--config"])
+        .arg(&bad)
+        .env_remove("NO_COLOR")
+        .env_remove("SLUICE_LOG_FORMAT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ERROR") && stderr.contains("listen.address"),
+        "the tracing line is there: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b') && !String::from_utf8_lossy(&out.stdout).contains('\x1b'),
+        "no ANSI escape in a piped log: {stderr:?}"
+    );
 }

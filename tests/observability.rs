@@ -223,7 +223,7 @@ upstream_group = "down"
 }
 
 /// `promtool check metrics` on a scrape, when promtool is installed (`.ci/run` installs
-/// it); says loudly when it is not.
+/// it); says loudly when it is not, and fails when it is not under CI.
 fn check_with_promtool(scrape: &str) {
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scrape.prom");
     std::fs::write(&path, scrape).unwrap();
@@ -232,7 +232,13 @@ fn check_with_promtool(scrape: &str) {
         .stdin(std::fs::File::open(&path).unwrap())
         .output()
     else {
-        eprintln!("SKIPPED: promtool is not installed; `promtool check metrics` did not run (the scrape is at {})", path.display());
+        support::tool_missing(
+            "promtool (apt-get install prometheus)",
+            &format!(
+                "`promtool check metrics` did not run (the scrape is at {})",
+                path.display()
+            ),
+        );
         return;
     };
     assert!(

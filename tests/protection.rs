@@ -140,7 +140,10 @@ async fn connections_past_the_pending_cap_get_503_and_others_are_served_after() 
             .unwrap();
         stalled.push(tcp);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until("both stalled connections to hold a place", async || {
+        proxy.shared.pending.in_use() == 2
+    })
+    .await;
     let mut third = TcpStream::connect(proxy.addr).await.unwrap();
     let mut answer = String::new();
     tokio::time::timeout(Duration::from_secs(10), third.read_to_string(&mut answer))
@@ -150,17 +153,15 @@ async fn connections_past_the_pending_cap_get_503_and_others_are_served_after() 
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("x-sluice-reason: overloaded"), "{answer}");
 
-    // One stalled connection goes away: its place is free again.
+    // One stalled connection goes away: its place is free again, and the next client
+    // is served at its first try.
     drop(stalled.pop());
-    let mut ws = None;
-    for _ in 0..100 {
-        if let Ok((w, _)) = support::connect(&proxy.url("/t/lab/"), &[]).await {
-            ws = Some(w);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    echo(&mut ws.expect("served once a place freed"), "in").await;
+    wait_until("the stalled connection's place back", async || {
+        proxy.shared.pending.in_use() == 1
+    })
+    .await;
+    let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+    echo(&mut ws, "in").await;
 }
 
 #[tokio::test]
@@ -287,18 +288,28 @@ async fn raw_answer_from(from: IpAddr, addr: std::net::SocketAddr) -> String {
     answer
 }
 
-/// A session from `from` to `url`, retried while sluice answers `503 overloaded` (a
-/// place is given back just after the connection that held it ends).
-async fn served_from(from: IpAddr, url: &str) -> support::Client {
-    for _ in 0..250 {
-        match connect_from(from, url, &[]).await {
-            Ok((ws, _)) => return ws,
-            Err(Error::Http(resp)) if reason(&resp) == "overloaded" => {}
-            Err(e) => panic!("{e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// A session from `from` to `url` once sluice has given back the place of a connection
+/// that ended (`in_use` connections are left in their HTTP phase): served at the first
+/// try.
+async fn served_once_freed(
+    proxy: &support::Proxy,
+    in_use: usize,
+    from: IpAddr,
+    url: &str,
+) -> support::Client {
+    wait_until("the ended connection's place back", async || {
+        proxy.shared.pending.in_use() == in_use
+    })
+    .await;
+    match connect_from(from, url, &[]).await {
+        Ok((ws, _)) => ws,
+        Err(Error::Http(resp)) => panic!(
+            "{from} was refused ({} {}) once a place was given back",
+            resp.status(),
+            reason(&resp)
+        ),
+        Err(e) => panic!("{e}"),
     }
-    panic!("{from} was not served once a place was given back");
 }
 
 /// An idle socket from `from`: connected, nothing sent.
@@ -347,7 +358,7 @@ async fn idle_sockets_from_one_address_cannot_take_the_pending_pool() {
 
     // One idle socket goes away: its place and its share are given back, once.
     drop(idle.pop());
-    let mut ws = served_from(flooder, &proxy.url("/t/lab/")).await;
+    let mut ws = served_once_freed(&proxy, 2, flooder, &proxy.url("/t/lab/")).await;
     echo(&mut ws, "freed").await;
     drop(idle);
     wait_until("the idle sockets' places back", async || {

@@ -136,18 +136,17 @@ async fn client_reset_ends_the_edge_session() {
 async fn two_hundred_sessions_echo_at_once() {
     const N: usize = 200;
     let edge = edge().await;
-    let proxy = proxy(&config_for(
-        &edge.url(false),
-        &[(
-            "lab",
-            r#"{ kind = "none" }
-max_sessions = 1000
-handshake_rate = 10000.0
-handshake_burst = 1000
-queue_depth = 1000"#,
-        )],
-    ))
-    .await;
+    let proxy = config()
+        .upstream(&edge.url(false))
+        .tenant(
+            tenant("lab")
+                .max_sessions(1000)
+                .handshake_rate(10000.0)
+                .handshake_burst(1000)
+                .queue_depth(1000),
+        )
+        .start()
+        .await;
     let mut tasks = Vec::new();
     for i in 0..N {
         let url = proxy.url(&format!("/t/lab/phone/{i}"));

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::{
-    config_for, connect_ok, connect_refused, echo, edge, edge_with, proxy, reason, EdgeOptions,
-    NO_AUTH,
+    config, config_for, connect_ok, connect_refused, echo, edge, edge_with, proxy, reason, tenant,
+    EdgeOptions, NO_AUTH,
 };
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -229,11 +229,12 @@ async fn a_slowing_edge_lowers_the_rate_before_any_refusal_and_it_recovers() {
         ..EdgeOptions::default()
     })
     .await;
-    let proxy = proxy(&format!(
-        "[upstream]\nslow_handshake = \"150ms\"\n{}\nhandshake_rate = 20.0\nhandshake_burst = 5\n",
-        config_for(&edge.url(false), &[("lab", NO_AUTH)])
-    ))
-    .await;
+    let proxy = config()
+        .set("upstream", "slow_handshake", "\"150ms\"")
+        .upstream(&edge.url(false))
+        .tenant(tenant("lab").handshake_rate(20.0).handshake_burst(5))
+        .start()
+        .await;
     let rate = |p: &support::Proxy| p.admission.effective_rate("lab").unwrap();
     assert_eq!(rate(&proxy), 20.0);
     // Handshakes take 300 ms, over slow_handshake: the rate halves, once a second.
@@ -251,8 +252,45 @@ async fn a_slowing_edge_lowers_the_rate_before_any_refusal_and_it_recovers() {
         (lowered..20.0).contains(&gauge),
         "gauge {gauge}, lowered {lowered}"
     );
-    // No refusal happened: the edge never answered anything but 101.
-    assert!(edge.requests().len() >= 2);
+    // No refusal happened: the rate came down on slowness alone. Both clients were
+    // admitted (none refused or timed out in sluice), each with one handshake that the
+    // edge answered 101 (no other answer, no retry).
+    let m = support::scrape(proxy.admin).await;
+    let outcomes: Vec<(String, f64)> = m
+        .family("sluice_connects_total")
+        .into_iter()
+        .filter(|(series, n)| *n > 0.0 && series.contains("tenant=\"lab\""))
+        .collect();
+    assert_eq!(
+        m.connects("lab", "admitted") + m.connects("lab", "queued_admitted"),
+        2.0,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|(series, _)| {
+            series.contains("outcome=\"admitted\"")
+                || series.contains("outcome=\"queued_admitted\"")
+        }),
+        "only admissions: {outcomes:?}"
+    );
+    let answers: Vec<(String, f64)> = m
+        .family("sluice_upstream_responses_total")
+        .into_iter()
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    assert_eq!(
+        answers,
+        [(
+            "sluice_upstream_responses_total{group=\"primary\",status=\"101\"}".to_owned(),
+            2.0
+        )],
+        "every upstream answer was a 101"
+    );
+    assert_eq!(
+        m.get("sluice_upstream_retries_total", &[("tenant", "lab")]),
+        0.0
+    );
+    assert_eq!(edge.requests().len(), 2, "one handshake per client");
     // The edge is fast again: a tenth of the rate comes back each clean second.
     delay.store(0, Ordering::SeqCst);
     let started = Instant::now();

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{chromium, connect_ok, edge, proxy, Proxy};
+use support::{chromium, connect_ok, edge, proxy, tool_missing, Proxy};
 
 /// Runs headless Chromium on the status page with `args`; its stdout.
 async fn run_chromium(browser: &Path, proxy: &Proxy, args: &[String]) -> String {
@@ -51,7 +51,10 @@ fn shown_sessions(dom: &str, tenant: &str) -> Option<u32> {
 #[tokio::test]
 async fn the_status_page_shows_tenants_and_live_sessions_in_chromium() {
     let Some(browser) = chromium() else {
-        eprintln!("SKIPPED: Chromium is not installed (apt-get install chromium); the status page was not tested in a browser");
+        tool_missing(
+            "Chromium (apt-get install chromium)",
+            "the status page was not tested in a browser",
+        );
         return;
     };
     let edge = edge().await;

@@ -1,361 +1,44 @@
 //! Shared test support: a recording WebSocket edge, sluice started in-process on
-//! 127.0.0.1:0, WebSocket clients, and a test CA for TLS.
+//! 127.0.0.1:0 (serving for good, or until a shutdown the test gives: [`serve`]), config
+//! text from a builder ([`config`], [`tenant`]), WebSocket clients, and a test CA for
+//! TLS.
 //!
-//! The edge is a real tokio-tungstenite server. It records every handshake request it
-//! receives (request target and headers), counts live sessions, records the close frames
-//! clients send it, and takes its script from the messages it receives:
-//! `"close-me"` makes it close the session with 1000 "bye", `"close-with CODE REASON"`
-//! with that code and reason, `"drop-me"` makes it drop the TCP connection without a
-//! close frame; anything else is echoed. Every data message and ping it receives is
-//! recorded, in order, with its arrival time.
+//! Files: `edge.rs` (the edge), `config.rs` (the builder), `admin.rs` (admin requests
+//! and scrapes), `tools.rs` (Chromium, promtool, CI); this file starts sluice and holds
+//! the clients and TLS helpers. (`mod.rs`, not `support.rs`: Cargo would build a
+//! `tests/support.rs` as a test of its own.)
 
 #![allow(dead_code, unreachable_pub)]
 
+mod admin;
+mod config;
+mod edge;
+mod tools;
+
+#[allow(unused_imports)]
+pub use admin::{admin_get, admin_request, scrape, Scrape};
+#[allow(unused_imports)]
+pub use config::{config, tenant, ConfigBuilder, EdgeLimits, TenantSpec};
+#[allow(unused_imports)]
+pub use edge::{edge, edge_with, Edge, EdgeOptions, Recorded};
+#[allow(unused_imports)]
+pub use tools::{chromium, tool_missing, under_ci, CHROMIUM_FLAGS};
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use http::HeaderMap;
 use sluice::Config;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::WebSocketStream;
 
-/// A handshake the edge received.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    /// Request target: path and query.
-    pub target: String,
-    /// Request headers.
-    pub headers: HeaderMap,
-    /// When the edge received it.
-    pub at: tokio::time::Instant,
-}
-
-impl Recorded {
-    /// Everything the edge saw, as one string (for "never seen" checks).
-    pub fn dump(&self) -> String {
-        format!("{} {:?}", self.target, self.headers)
-    }
-
-    /// The tenant sluice named in its identity header.
-    pub fn tenant(&self) -> &str {
-        self.headers
-            .get("x-tenant-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    /// The value of query parameter `key` in the request target.
-    pub fn query(&self, key: &str) -> Option<String> {
-        let (_, query) = self.target.split_once('?')?;
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.into_owned())
-    }
-}
-
-/// How the edge answers handshakes.
-#[derive(Debug, Clone, Default)]
-pub struct EdgeOptions {
-    /// Refuse handshakes with this status (and `Retry-After`, `x-trace-id: trace-1`).
-    pub refuse_with: Option<u16>,
-    /// Refuse only this many first handshakes (all when `None`).
-    pub refuse_first: Option<usize>,
-    /// Refuse only handshakes whose `x-tenant-id` is this tenant (all when `None`).
-    pub refuse_tenant: Option<String>,
-    /// Refuse only handshakes whose request target contains this (all when `None`).
-    pub refuse_path: Option<String>,
-    /// The `Retry-After` of refusals in seconds (7 when `None`).
-    pub retry_after: Option<u64>,
-    /// Refusals carry no `Retry-After` at all.
-    pub omit_retry_after: bool,
-    /// Handshakes whose request target contains this are read, recorded and never
-    /// answered (the connection stays open; plain TCP only).
-    pub stall_path: Option<String>,
-    /// Milliseconds every handshake waits before it is read (changeable while running).
-    pub delay_ms: Option<Arc<AtomicU64>>,
-    /// TLS: certificate chain and key, PEM.
-    pub tls: Option<(String, String)>,
-}
-
-/// A running edge.
-#[derive(Debug, Clone)]
-pub struct Edge {
-    /// Its address.
-    pub addr: SocketAddr,
-    /// Handshakes received, in order.
-    pub requests: Arc<Mutex<Vec<Recorded>>>,
-    /// Sessions open right now.
-    pub live: Arc<AtomicUsize>,
-    /// Most sessions ever open at once.
-    pub peak: Arc<AtomicUsize>,
-    /// Close frames received from clients: (code, reason).
-    pub closes: Arc<Mutex<Vec<(u16, String)>>>,
-    /// Data messages and pings received, in order, with their arrival times.
-    pub messages: Arc<Mutex<Vec<(Message, tokio::time::Instant)>>>,
-}
-
-impl Edge {
-    /// The data messages received so far, as text (binary ones lossily), in order.
-    pub fn texts(&self) -> Vec<String> {
-        self.messages
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|(m, _)| match m {
-                Message::Text(t) => Some(t.to_string()),
-                Message::Binary(b) => Some(String::from_utf8_lossy(b).into_owned()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// `ws://127.0.0.1:port`, or `wss://` with TLS.
-    pub fn url(&self, tls: bool) -> String {
-        format!("{}://{}", if tls { "wss" } else { "ws" }, self.addr)
-    }
-
-    /// The handshakes recorded so far.
-    pub fn requests(&self) -> Vec<Recorded> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    /// Waits until `cond` holds on the edge, up to 10 s.
-    pub async fn wait_for(&self, what: &str, cond: impl Fn(&Edge) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !cond(self) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// Starts an echo edge on 127.0.0.1:0.
-pub async fn edge() -> Edge {
-    edge_with(EdgeOptions::default()).await
-}
-
-/// Starts an edge with options on 127.0.0.1:0.
-pub async fn edge_with(options: EdgeOptions) -> Edge {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let edge = Edge {
-        addr: listener.local_addr().unwrap(),
-        requests: Arc::default(),
-        live: Arc::default(),
-        peak: Arc::default(),
-        closes: Arc::default(),
-        messages: Arc::default(),
-    };
-    let acceptor = options
-        .tls
-        .as_ref()
-        .map(|(cert, key)| tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(cert, key))));
-    let e = edge.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let e = e.clone();
-            let options = options.clone();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Some(path) = &options.stall_path {
-                    if let Some(recorded) = stalled(&tcp, path).await {
-                        e.requests.lock().unwrap().push(recorded);
-                        // Hold the connection, answering nothing.
-                        let _held = tcp;
-                        std::future::pending::<()>().await;
-                        return;
-                    }
-                }
-                if let Some(delay) = &options.delay_ms {
-                    let ms = delay.load(Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                }
-                match acceptor {
-                    Some(a) => {
-                        if let Ok(tls) = a.accept(tcp).await {
-                            serve_edge(tls, e, options).await;
-                        }
-                    }
-                    None => serve_edge(tcp, e, options).await,
-                }
-            });
-        }
-    });
-    edge
-}
-
 use rustls_pki_types::pem::PemObject;
-
-/// Peeks at a plain connection's request head (without consuming it): the handshake as
-/// recorded when its target contains `path`, else `None`.
-async fn stalled(tcp: &TcpStream, path: &str) -> Option<Recorded> {
-    let mut buf = vec![0u8; 16 * 1024];
-    let head = loop {
-        let n = tcp.peek(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            break text[..end].to_owned();
-        }
-        if n == buf.len() {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let mut lines = head.split("\r\n");
-    let target = lines.next()?.split(' ').nth(1)?.to_owned();
-    if !target.contains(path) {
-        return None;
-    }
-    let mut headers = HeaderMap::new();
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name.trim().as_bytes()),
-                http::HeaderValue::from_str(value.trim()),
-            ) {
-                headers.append(n, v);
-            }
-        }
-    }
-    Some(Recorded {
-        target,
-        headers,
-        at: tokio::time::Instant::now(),
-    })
-}
-
-// tungstenite fixes the callback's error type.
-#[allow(clippy::result_large_err)]
-async fn serve_edge<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    edge: Edge,
-    options: EdgeOptions,
-) {
-    let requests = edge.requests.clone();
-    let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-        requests.lock().unwrap().push(Recorded {
-            target: req.uri().to_string(),
-            headers: req.headers().clone(),
-            at: tokio::time::Instant::now(),
-        });
-        let nth = requests.lock().unwrap().len();
-        let tenant = req
-            .headers()
-            .get("x-tenant-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let refuse = options
-            .refuse_with
-            .filter(|_| options.refuse_first.is_none_or(|first| nth <= first))
-            .filter(|_| options.refuse_tenant.as_deref().is_none_or(|t| t == tenant))
-            .filter(|_| {
-                options
-                    .refuse_path
-                    .as_deref()
-                    .is_none_or(|p| req.uri().to_string().contains(p))
-            });
-        if let Some(status) = refuse {
-            let mut err = ErrorResponse::new(Some("refused by test edge".into()));
-            *err.status_mut() = http::StatusCode::from_u16(status).unwrap();
-            if !options.omit_retry_after {
-                let after = options.retry_after.unwrap_or(7).to_string();
-                err.headers_mut()
-                    .insert("retry-after", after.parse().unwrap());
-            }
-            err.headers_mut()
-                .insert("x-trace-id", "trace-1".parse().unwrap());
-            return Err(err);
-        }
-        let offered = req
-            .headers()
-            .get_all("sec-websocket-protocol")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|p| p.trim().to_owned())
-            .collect::<Vec<_>>();
-        if offered.iter().any(|p| p == "sip") {
-            resp.headers_mut()
-                .insert("sec-websocket-protocol", "sip".parse().unwrap());
-        }
-        Ok(resp)
-    };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
-        return;
-    };
-    let live = edge.live.fetch_add(1, Ordering::SeqCst) + 1;
-    edge.peak.fetch_max(live, Ordering::SeqCst);
-    while let Some(msg) = ws.next().await {
-        if let Ok(m @ (Message::Text(_) | Message::Binary(_) | Message::Ping(_))) = &msg {
-            edge.messages
-                .lock()
-                .unwrap()
-                .push((m.clone(), tokio::time::Instant::now()));
-        }
-        match msg {
-            Ok(Message::Text(t)) if t.as_str() == "close-me" => {
-                let _ = ws
-                    .close(Some(CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "bye".into(),
-                    }))
-                    .await;
-                // Let the closing handshake complete.
-                while let Some(Ok(_)) = ws.next().await {}
-                break;
-            }
-            Ok(Message::Text(t)) if t.as_str().starts_with("close-with ") => {
-                let mut words = t.as_str()["close-with ".len()..].splitn(2, ' ');
-                let code: u16 = words.next().unwrap().parse().unwrap();
-                let reason = words.next().unwrap_or("").to_owned();
-                let _ = ws
-                    .close(Some(CloseFrame {
-                        code: CloseCode::from(code),
-                        reason: reason.into(),
-                    }))
-                    .await;
-                while let Some(Ok(_)) = ws.next().await {}
-                break;
-            }
-            Ok(Message::Text(t)) if t.as_str() == "drop-me" => break,
-            Ok(Message::Close(frame)) => {
-                let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
-                edge.closes.lock().unwrap().push((code, reason));
-                // tungstenite answers the close; drain until the stream ends.
-                while let Some(Ok(_)) = ws.next().await {}
-                break;
-            }
-            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
-                if ws.send(m).await.is_err() {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    edge.live.fetch_sub(1, Ordering::SeqCst);
-}
 
 /// A running sluice.
 #[derive(Debug, Clone)]
@@ -402,6 +85,16 @@ impl Proxy {
 /// Starts sluice from config text (its `[listen] address` is set to 127.0.0.1:0 when
 /// the text has no `[listen]` table) with `env` for overrides and secrets.
 pub async fn proxy_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
+    let text = with_local_listeners(config);
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    start(Config::parse(&text, &env).expect("test config is valid")).await
+}
+
+/// `config` with `[listen]` and `[admin]` on 127.0.0.1:0 when it has no such table.
+fn with_local_listeners(config: &str) -> String {
     let mut text = config.to_owned();
     if !text.contains("[listen]") {
         text = format!("[listen]\naddress = \"127.0.0.1:0\"\n{text}");
@@ -409,11 +102,7 @@ pub async fn proxy_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
     if !text.contains("[admin]") {
         text = format!("[admin]\naddress = \"127.0.0.1:0\"\n{text}");
     }
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    start(Config::parse(&text, &env).expect("test config is valid")).await
+    text
 }
 
 /// Starts sluice from a config file (so that `POST /-/reload` re-reads it).
@@ -423,6 +112,17 @@ pub async fn proxy_from_file(path: &std::path::Path) -> Proxy {
 
 /// Binds the proxy and its admin listener and serves both in the background.
 async fn start(config: Config) -> Proxy {
+    start_until(config, std::future::pending()).await.0
+}
+
+/// Binds the proxy and its admin listener and serves both in the background until
+/// `shutdown` completes, then drains as `sluice::run` does after SIGTERM (not ready at
+/// once, the listener closed, [`sluice::control::drain`]); the task ends when the drain
+/// has, as the process would exit.
+async fn start_until(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (Proxy, tokio::task::JoinHandle<()>) {
     let config_admin = config.admin.address;
     let server = sluice::Server::bind(config).await.expect("sluice binds");
     let addr = server.local_addr();
@@ -432,13 +132,86 @@ async fn start(config: Config) -> Proxy {
         .await
         .expect("admin binds");
     let admin_addr = admin.local_addr();
-    tokio::spawn(admin.run(std::future::pending()));
-    tokio::spawn(server.run(std::future::pending()));
-    Proxy {
+    // The admin listener keeps serving during the drain: /readyz says 503.
+    let admin = tokio::spawn(admin.run(std::future::pending()));
+    let draining = shared.clone();
+    let done = tokio::spawn(async move {
+        let ready = draining.clone();
+        server
+            .run(async move {
+                shutdown.await;
+                ready.control.begin_drain();
+            })
+            .await;
+        sluice::control::drain(&draining).await;
+        admin.abort();
+    });
+    let proxy = Proxy {
         addr,
         admission,
         admin: admin_addr,
         shared,
+    };
+    (proxy, done)
+}
+
+/// sluice running in-process with a shutdown the test controls: [`Serving::shutdown`]
+/// does what SIGTERM does to `sluice run` (in the same order as `sluice::run`), and
+/// [`Serving::stopped`] waits for the drain to end, where the process would exit. The
+/// addresses are bound before the test sees them (port 0): nothing races for a port.
+/// Dropping it starts the drain too (keep it alive as long as the test needs sluice).
+#[derive(Debug)]
+pub struct Serving {
+    /// The running sluice (clone it freely).
+    pub proxy: Proxy,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    /// Starts the drain (once; later calls do nothing).
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Whether the drain has ended (everything served has stopped).
+    pub fn is_stopped(&self) -> bool {
+        self.done.is_finished()
+    }
+
+    /// Waits until the drain has ended; fails the test after `within`. How long it
+    /// waited.
+    pub async fn stopped(self, within: Duration) -> Duration {
+        let began = tokio::time::Instant::now();
+        tokio::time::timeout(within, self.done)
+            .await
+            .expect("the drain ended in time")
+            .expect("the server task did not panic");
+        began.elapsed()
+    }
+}
+
+/// Starts sluice from config text (as [`proxy`] does) with a shutdown the test
+/// controls.
+pub async fn serve(config: &str) -> Serving {
+    let text = with_local_listeners(config);
+    serve_config(Config::parse(&text, &HashMap::new()).expect("test config is valid")).await
+}
+
+/// Starts sluice from a loaded config (e.g. [`Config::load`] of a file, so that
+/// `POST /-/reload` re-reads it) with a shutdown the test controls.
+pub async fn serve_config(config: Config) -> Serving {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (proxy, done) = start_until(config, async move {
+        let _ = rx.await;
+    })
+    .await;
+    Serving {
+        proxy,
+        shutdown: Some(tx),
+        done,
     }
 }
 
@@ -661,125 +434,3 @@ pub fn client_tls(ca: &str) -> rustls::ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth()
 }
-
-/// `GET path` on the admin listener: (status, body).
-pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
-    admin_request(admin, "GET", path).await
-}
-
-/// A request without body on the admin listener: (status, body).
-pub async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = TcpStream::connect(admin).await.unwrap();
-    tcp.write_all(
-        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw))
-        .await
-        .expect("admin answered in time")
-        .unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
-/// A Prometheus text scrape, by series (`name{label="v",…}` as exposed, labels sorted
-/// by name).
-#[derive(Debug, Clone)]
-pub struct Scrape {
-    /// The exposition text.
-    pub text: String,
-    series: HashMap<String, f64>,
-}
-
-impl Scrape {
-    /// Parses an exposition.
-    pub fn parse(text: &str) -> Self {
-        let series = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(|l| {
-                let (series, value) = l.rsplit_once(' ').unwrap();
-                (series.to_owned(), value.parse().unwrap())
-            })
-            .collect();
-        Self {
-            text: text.to_owned(),
-            series,
-        }
-    }
-    /// `sluice_connects_total{tenant, outcome}`.
-    pub fn connects(&self, tenant: &str, outcome: &str) -> f64 {
-        self.get(
-            "sluice_connects_total",
-            &[("tenant", tenant), ("outcome", outcome)],
-        )
-    }
-
-    /// The value of `name` with exactly these labels (any order).
-    ///
-    /// # Panics
-    /// When the scrape has no such series: sluice creates every series a test reads when
-    /// it starts, so a missing one is a bug, not a zero.
-    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut labels = labels.to_vec();
-        labels.sort();
-        let key = if labels.is_empty() {
-            name.to_owned()
-        } else {
-            let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-            format!("{name}{{{}}}", inner.join(","))
-        };
-        self.series
-            .get(&key)
-            .copied()
-            .unwrap_or_else(|| panic!("no series {key} in the scrape"))
-    }
-
-    /// Every metric family name exposed (with `_bucket`/`_sum`/`_count` series).
-    pub fn names(&self) -> std::collections::BTreeSet<String> {
-        self.series
-            .keys()
-            .map(|s| s.split('{').next().unwrap().to_owned())
-            .collect()
-    }
-}
-
-/// Scrapes `/metrics`.
-pub async fn scrape(admin: SocketAddr) -> Scrape {
-    let (status, body) = admin_get(admin, "/metrics").await;
-    assert_eq!(status, 200);
-    Scrape::parse(&body)
-}
-
-/// The Chromium binary on `PATH`, if any (`.ci/run` installs Debian's `chromium`).
-pub fn chromium() -> Option<std::path::PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|name| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join(name))
-                    .find(|p| p.is_file())
-            })
-        })
-}
-
-/// Flags for headless Chromium in tests: no sandbox or GPU, no background traffic, and
-/// nothing but loopback resolves (a page must need nothing from elsewhere).
-pub const CHROMIUM_FLAGS: [&str; 10] = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-extensions",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-];
