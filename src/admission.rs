@@ -46,6 +46,7 @@ use tokio::time::Instant;
 
 use crate::config::{EdgeLimits, Limits};
 use crate::reject::{Reason, Rejection};
+use capacity::{Fast, Scope, SharedCapacity};
 use edge::EdgeGate;
 pub use gate::TenantGate;
 use gate::{Blocker, Closed};
@@ -135,10 +136,10 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.gate.limit.slots.release();
+        self.gate.capacity().release_slot();
         if self.edge {
             if let Some(edge) = &self.gate.edge {
-                edge.limit.slots.release();
+                edge.capacity().release_slot();
             }
         }
     }
@@ -185,11 +186,22 @@ impl Admission {
         edge_rate: Option<prometheus::Gauge>,
         jitter: Jitter,
     ) -> Self {
+        Self::shared(edge, policy, edge_rate, jitter, None)
+    }
+
+    /// [`Self::new`] with the `[edge]` ceiling's capacity in a shared `backend`.
+    pub fn shared(
+        edge: Option<&EdgeLimits>,
+        policy: adaptive::Policy,
+        edge_rate: Option<prometheus::Gauge>,
+        jitter: Jitter,
+        backend: Option<Arc<dyn SharedCapacity>>,
+    ) -> Self {
         let edge = edge.map(|e| {
             let gauge = edge_rate.unwrap_or_else(|| {
                 prometheus::Gauge::new("sluice_unregistered", "edge rate").expect("valid")
             });
-            Arc::new(EdgeGate::new(e, gauge))
+            Arc::new(EdgeGate::new(e, gauge, backend))
         });
         Self {
             gates: Mutex::default(),
@@ -211,12 +223,26 @@ impl Admission {
         gauges: Gauges,
         pauses: Option<Arc<dyn Pauses>>,
     ) -> Arc<TenantGate> {
+        self.shared_gate(name, limits, gauges, pauses, None)
+    }
+
+    /// [`Self::gate`] with the tenant's capacity in a shared `backend` (`None`: in
+    /// process).
+    pub fn shared_gate(
+        &self,
+        name: &str,
+        limits: &Limits,
+        gauges: Gauges,
+        pauses: Option<Arc<dyn Pauses>>,
+        backend: Option<Arc<dyn SharedCapacity>>,
+    ) -> Arc<TenantGate> {
         let gate = Arc::new(TenantGate::new(
             name,
             limits,
             self.edge.clone(),
             pauses,
             gauges,
+            backend,
         ));
         let mut gates = self.lock_gates();
         gates.retain(|g| g.strong_count() > 0);
@@ -257,7 +283,8 @@ impl Admission {
         {
             return None;
         }
-        if !gate.limit.slots.try_acquire() {
+        // A shared backend's "ask me" queues the client: its pump asks, in FIFO order.
+        if gate.capacity().try_acquire_slot() != Fast::Yes(()) {
             return None;
         }
         // From here the permit owns what it holds: returning early releases it.
@@ -266,15 +293,17 @@ impl Admission {
             edge: false,
         };
         if let Some(edge) = &self.edge {
-            if !edge.limit.slots.try_acquire() {
+            if edge.capacity().try_acquire_slot() != Fast::Yes(()) {
                 return None;
             }
             permit.edge = true;
         }
-        let taken = gate.limit.tokens.try_take(now).ok()?;
+        let Fast::Yes(taken) = gate.capacity().try_take(now) else {
+            return None;
+        };
         if let Some(edge) = &self.edge {
-            if edge.limit.tokens.try_take(now).is_err() {
-                gate.limit.tokens.refund(taken);
+            if !matches!(edge.capacity().try_take(now), Fast::Yes(_)) {
+                gate.capacity().refund(taken);
                 return None;
             }
         }
@@ -532,10 +561,12 @@ impl Admission {
             if now >= deadline {
                 return false;
             }
-            if edge.limit.tokens.try_take(now).is_ok() {
-                return true;
-            }
-            let ready = edge.limit.tokens.ready_at();
+            // A failing shared backend is "not now": ask again after the back-off.
+            let ready = match edge.capacity().take(now).await {
+                Ok(Ok(_)) => return true,
+                Ok(Err(at)) => at.max(edge.capacity().ready_at()),
+                Err(_) => now + capacity::BACKOFF,
+            };
             if ready >= deadline {
                 return false;
             }
