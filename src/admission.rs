@@ -30,7 +30,12 @@
 //! and a oneshot channel. Queues are bounded by `queue_depth`, the edge's request list
 //! by the number of tenants; nothing is keyed by anything a client sends.
 //!
-//! The capacity primitives live in [`capacity`]: the seam for a shared backend.
+//! Slots and tokens come from a scope's [`capacity::Capacity`]: in process (the lock-free
+//! path above) or a [`capacity::SharedCapacity`] backend that
+//! several replicas share, built with [`Admission::shared`] / [`Admission::shared_gate`].
+//! A shared scope's fast path answers "ask the backend", so its clients queue and the
+//! pump asks, in FIFO order; a backend failure delays, it never refuses (see
+//! [`capacity`]).
 
 pub mod adaptive;
 pub mod capacity;
@@ -53,46 +58,13 @@ use gate::{Blocker, Closed};
 pub use jitter::Jitter;
 pub use standalone::Scheduler;
 
+mod estimate;
+mod inputs;
 mod jitter;
 mod standalone;
 
-/// Where a tenant's group-wide pauses come from (the edge paused every endpoint of the
-/// tenant's upstream group, for everyone or for this tenant): the upstream pool, handed
-/// to admission by whoever wires the two together, so admission imports no upstream.
-pub trait Pauses: Send + Sync + std::fmt::Debug {
-    /// Until when none of `tenant`'s clients may be sent to the group; `None`: now they
-    /// may.
-    fn paused_until(&self, tenant: &str, now: Instant) -> Option<Instant>;
-}
-
-/// A [`Pauses`] behind one pointer, so that a gate can swap it atomically.
-#[derive(Debug)]
-pub(crate) struct PauseSource(pub(crate) Arc<dyn Pauses>);
-
-/// The gauges a tenant's gate keeps current: handed in, so admission imports no
-/// metrics registry (unregistered gauges do for a planner or a test).
-#[derive(Debug, Clone)]
-pub struct Gauges {
-    /// `sluice_queue_depth` of the tenant.
-    pub queue_depth: prometheus::IntGauge,
-    /// `sluice_effective_handshake_rate` of the tenant.
-    pub effective_rate: prometheus::Gauge,
-}
-
-impl Gauges {
-    /// Gauges registered nowhere.
-    ///
-    /// # Panics
-    /// Never: the names are valid.
-    pub fn detached() -> Self {
-        Self {
-            queue_depth: prometheus::IntGauge::new("sluice_queue_depth", "detached")
-                .expect("valid name"),
-            effective_rate: prometheus::Gauge::new("sluice_effective_handshake_rate", "detached")
-                .expect("valid name"),
-        }
-    }
-}
+pub(crate) use inputs::PauseSource;
+pub use inputs::{Gauges, Pauses};
 
 /// The refusal of a client whose tenant's queue is closed.
 fn closed_rejection(why: Closed, tenant: &str) -> Rejection {
@@ -433,7 +405,7 @@ impl Admission {
                 ),
             ),
         };
-        let mut after = retry_after(gate, cause, edge, ahead, &self.jitter);
+        let mut after = estimate::retry_after(gate, cause, edge, ahead, &self.jitter);
         if let Some(until) = paused {
             // Never sooner than the pause ends.
             after = after.max(until.saturating_duration_since(Instant::now()));
@@ -583,43 +555,6 @@ impl Admission {
             waiting: edge.waiting(),
         })
     }
-}
-
-/// An honest estimate of when a refused client could get in: the clients ahead of it
-/// (plus itself) times the interval at which the queue moves, jittered by ±20 % so that
-/// refused clients do not return in lockstep.
-///
-/// The interval is the tenant's token interval, or its weighted share of the edge's when
-/// the edge binds; when sessions rather than handshakes hold the queue (a cap reached),
-/// it is the recent time between session ends of that scope. The estimate is capped at
-/// `queue_timeout` (by then everyone now queued has been admitted or has given up, so
-/// there is room), which is also the answer before any session has ended.
-fn retry_after(
-    gate: &TenantGate,
-    cause: Blocker,
-    edge: Option<&EdgeGate>,
-    ahead: u32,
-    jitter: &Jitter,
-) -> Duration {
-    let interval = match (cause, edge) {
-        (Blocker::Slot, _) => gate.limit.slots.release_interval(),
-        (_, Some(edge)) if edge.slot_bound() => edge
-            .limit
-            .slots
-            .release_interval()
-            .map(|i| i.mul_f64(edge.share_of(gate.weight()))),
-        (_, Some(edge)) => Some(
-            edge.limit
-                .tokens
-                .interval()
-                .mul_f64(edge.share_of(gate.weight())),
-        ),
-        (_, None) => Some(gate.limit.tokens.interval()),
-    };
-    let base = interval
-        .and_then(|i| i.checked_mul(ahead + 1))
-        .map_or(gate.queue_timeout(), |w| w.min(gate.queue_timeout()));
-    base.mul_f64(jitter.between(0.8, 1.2))
 }
 
 /// A client's place in its tenant's queue; leaving the queue is its `Drop`.

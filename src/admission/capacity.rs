@@ -121,6 +121,10 @@ pub trait SharedCapacity: Send + Sync + std::fmt::Debug {
     fn ready_at(&self) -> Instant;
     /// Completes when capacity may have freed (here or on another replica).
     fn freed(&self) -> BoxFuture<'_, ()>;
+    /// A reload changed the scope's limits (`max_sessions`, the configured
+    /// `handshake_rate` and `handshake_burst`). Must not block; a raised cap should
+    /// complete [`Self::freed`], which is what wakes a waiting pump.
+    fn reconfigure(&self, _max_sessions: u32, _rate: f64, _burst: u32) {}
 }
 
 /// Session slots and handshake tokens of one scope (a tenant, or the edge), in

@@ -108,6 +108,13 @@ impl EdgeGate {
             limits.handshake_burst,
         );
         self.limit.slots.set_cap(limits.max_sessions);
+        if let Some(backend) = &self.backend {
+            backend.reconfigure(
+                limits.max_sessions,
+                limits.handshake_rate,
+                limits.handshake_burst,
+            );
+        }
     }
 
     pub(crate) fn new(

@@ -373,6 +373,13 @@ impl TenantGate {
         );
         self.pauses.store(pauses.map(|p| Arc::new(PauseSource(p))));
         self.limit.slots.set_cap(limits.max_sessions);
+        if let Some(backend) = &self.backend {
+            backend.reconfigure(
+                limits.max_sessions,
+                limits.handshake_rate,
+                limits.handshake_burst,
+            );
+        }
         self.reconfigured.notify_waiters();
     }
 
@@ -590,22 +597,4 @@ async fn reserve(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What a configured tenant and a queued client cost, and that the fields of a
-    /// fast-path decision share a cache line (`docs/benchmarks.md`).
-    #[test]
-    fn tenant_state_is_small_and_its_hot_fields_share_a_line() {
-        let gate = std::mem::size_of::<TenantGate>();
-        let waiter = std::mem::size_of::<Waiter>();
-        eprintln!("TenantGate: {gate} bytes, queue entry: {waiter} bytes");
-        assert!(gate <= 512, "{gate}");
-        assert_eq!(waiter, 16);
-        // queued, then the token bucket and the slot counters, in the first 64 bytes.
-        let limit = std::mem::offset_of!(TenantGate, limit);
-        let slots = limit + std::mem::offset_of!(Limit, slots);
-        assert_eq!(std::mem::offset_of!(TenantGate, queued), 0);
-        assert!(slots + 13 <= 64, "slot counters end at {}", slots + 13);
-    }
-}
+mod tests;

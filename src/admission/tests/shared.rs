@@ -99,6 +99,11 @@ impl SharedCapacity for Flaky {
         // Created now, so a notice sent before its first poll still completes it.
         Box::pin(self.0.freed.notified())
     }
+
+    fn reconfigure(&self, max_sessions: u32, _rate: f64, _burst: u32) {
+        self.0.store.slots.set_cap(max_sessions);
+        self.0.freed.notify_waiters();
+    }
 }
 
 fn config(text: &str) -> crate::config::Config {
@@ -235,6 +240,24 @@ async fn a_slot_freed_on_another_replica_wakes_the_pump() {
     // A round trip for the slot, one for the token.
     assert_eq!(log[0].1 - freed_at, latency * 2);
     assert_eq!(backend.live(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_raises_a_shared_cap_wakes_the_pump() {
+    let backend = Arc::new(Flaky::new(1, 1000.0, 100, Duration::from_millis(1), 0));
+    let limits = "max_sessions = 1\nqueue_depth = 10\nqueue_timeout = \"60s\"";
+    let (a, gate) = shared_tenant(limits, &backend);
+    let log = connects(&a, &gate, &backend, 2, Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(log.lock().unwrap().len(), 1, "the cap holds");
+    let raised = config(&tenant(
+        "t",
+        &limits.replace("max_sessions = 1", "max_sessions = 2"),
+    ));
+    gate.configure(&limits_of(&raised, "t"), None);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(log.lock().unwrap().len(), 2, "admitted on the raised cap");
+    assert_eq!(backend.live(), 2);
 }
 
 #[tokio::test(start_paused = true)]
