@@ -533,11 +533,13 @@ impl Admission {
             if now >= deadline {
                 return false;
             }
-            // A failing shared backend is "not now": ask again after the back-off.
-            let ready = match edge.capacity().take(now).await {
-                Ok(Ok(_)) => return true,
-                Ok(Err(at)) => at.max(edge.capacity().ready_at()),
-                Err(_) => now + capacity::BACKOFF,
+            // A failing shared backend is "not now": ask again after the back-off; a slow
+            // one is not waited for beyond the client's deadline.
+            let ready = match tokio::time::timeout_at(deadline, edge.capacity().take(now)).await {
+                Err(_) => return false,
+                Ok(Ok(Ok(_))) => return true,
+                Ok(Ok(Err(at))) => at.max(edge.capacity().ready_at()),
+                Ok(Err(_)) => now + capacity::BACKOFF,
             };
             if ready >= deadline {
                 return false;
