@@ -30,7 +30,12 @@
 //! and a oneshot channel. Queues are bounded by `queue_depth`, the edge's request list
 //! by the number of tenants; nothing is keyed by anything a client sends.
 //!
-//! The capacity primitives live in [`capacity`]: the seam for a shared backend.
+//! Slots and tokens come from a scope's [`capacity::Capacity`]: in process (the lock-free
+//! path above) or a [`capacity::SharedCapacity`] backend that
+//! several replicas share, built with [`Admission::shared`] / [`Admission::shared_gate`].
+//! A shared scope's fast path answers "ask the backend", so its clients queue and the
+//! pump asks, in FIFO order; a backend failure delays, it never refuses (see
+//! [`capacity`]).
 
 pub mod adaptive;
 pub mod capacity;
@@ -46,52 +51,20 @@ use tokio::time::Instant;
 
 use crate::config::{EdgeLimits, Limits};
 use crate::reject::{Reason, Rejection};
+use capacity::{Fast, Scope, SharedCapacity};
 use edge::EdgeGate;
 pub use gate::TenantGate;
 use gate::{Blocker, Closed};
 pub use jitter::Jitter;
 pub use standalone::Scheduler;
 
+mod estimate;
+mod inputs;
 mod jitter;
 mod standalone;
 
-/// Where a tenant's group-wide pauses come from (the edge paused every endpoint of the
-/// tenant's upstream group, for everyone or for this tenant): the upstream pool, handed
-/// to admission by whoever wires the two together, so admission imports no upstream.
-pub trait Pauses: Send + Sync + std::fmt::Debug {
-    /// Until when none of `tenant`'s clients may be sent to the group; `None`: now they
-    /// may.
-    fn paused_until(&self, tenant: &str, now: Instant) -> Option<Instant>;
-}
-
-/// A [`Pauses`] behind one pointer, so that a gate can swap it atomically.
-#[derive(Debug)]
-pub(crate) struct PauseSource(pub(crate) Arc<dyn Pauses>);
-
-/// The gauges a tenant's gate keeps current: handed in, so admission imports no
-/// metrics registry (unregistered gauges do for a planner or a test).
-#[derive(Debug, Clone)]
-pub struct Gauges {
-    /// `sluice_queue_depth` of the tenant.
-    pub queue_depth: prometheus::IntGauge,
-    /// `sluice_effective_handshake_rate` of the tenant.
-    pub effective_rate: prometheus::Gauge,
-}
-
-impl Gauges {
-    /// Gauges registered nowhere.
-    ///
-    /// # Panics
-    /// Never: the names are valid.
-    pub fn detached() -> Self {
-        Self {
-            queue_depth: prometheus::IntGauge::new("sluice_queue_depth", "detached")
-                .expect("valid name"),
-            effective_rate: prometheus::Gauge::new("sluice_effective_handshake_rate", "detached")
-                .expect("valid name"),
-        }
-    }
-}
+pub(crate) use inputs::PauseSource;
+pub use inputs::{Gauges, Pauses};
 
 /// The refusal of a client whose tenant's queue is closed.
 fn closed_rejection(why: Closed, tenant: &str) -> Rejection {
@@ -135,10 +108,10 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.gate.limit.slots.release();
+        self.gate.capacity().release_slot();
         if self.edge {
             if let Some(edge) = &self.gate.edge {
-                edge.limit.slots.release();
+                edge.capacity().release_slot();
             }
         }
     }
@@ -185,11 +158,22 @@ impl Admission {
         edge_rate: Option<prometheus::Gauge>,
         jitter: Jitter,
     ) -> Self {
+        Self::shared(edge, policy, edge_rate, jitter, None)
+    }
+
+    /// [`Self::new`] with the `[edge]` ceiling's capacity in a shared `backend`.
+    pub fn shared(
+        edge: Option<&EdgeLimits>,
+        policy: adaptive::Policy,
+        edge_rate: Option<prometheus::Gauge>,
+        jitter: Jitter,
+        backend: Option<Arc<dyn SharedCapacity>>,
+    ) -> Self {
         let edge = edge.map(|e| {
             let gauge = edge_rate.unwrap_or_else(|| {
                 prometheus::Gauge::new("sluice_unregistered", "edge rate").expect("valid")
             });
-            Arc::new(EdgeGate::new(e, gauge))
+            Arc::new(EdgeGate::new(e, gauge, backend))
         });
         Self {
             gates: Mutex::default(),
@@ -211,12 +195,26 @@ impl Admission {
         gauges: Gauges,
         pauses: Option<Arc<dyn Pauses>>,
     ) -> Arc<TenantGate> {
+        self.shared_gate(name, limits, gauges, pauses, None)
+    }
+
+    /// [`Self::gate`] with the tenant's capacity in a shared `backend` (`None`: in
+    /// process).
+    pub fn shared_gate(
+        &self,
+        name: &str,
+        limits: &Limits,
+        gauges: Gauges,
+        pauses: Option<Arc<dyn Pauses>>,
+        backend: Option<Arc<dyn SharedCapacity>>,
+    ) -> Arc<TenantGate> {
         let gate = Arc::new(TenantGate::new(
             name,
             limits,
             self.edge.clone(),
             pauses,
             gauges,
+            backend,
         ));
         let mut gates = self.lock_gates();
         gates.retain(|g| g.strong_count() > 0);
@@ -257,7 +255,8 @@ impl Admission {
         {
             return None;
         }
-        if !gate.limit.slots.try_acquire() {
+        // A shared backend's "ask me" queues the client: its pump asks, in FIFO order.
+        if gate.capacity().try_acquire_slot() != Fast::Yes(()) {
             return None;
         }
         // From here the permit owns what it holds: returning early releases it.
@@ -266,15 +265,17 @@ impl Admission {
             edge: false,
         };
         if let Some(edge) = &self.edge {
-            if !edge.limit.slots.try_acquire() {
+            if edge.capacity().try_acquire_slot() != Fast::Yes(()) {
                 return None;
             }
             permit.edge = true;
         }
-        let taken = gate.limit.tokens.try_take(now).ok()?;
+        let Fast::Yes(taken) = gate.capacity().try_take(now) else {
+            return None;
+        };
         if let Some(edge) = &self.edge {
-            if edge.limit.tokens.try_take(now).is_err() {
-                gate.limit.tokens.refund(taken);
+            if !matches!(edge.capacity().try_take(now), Fast::Yes(_)) {
+                gate.capacity().refund(taken);
                 return None;
             }
         }
@@ -404,7 +405,7 @@ impl Admission {
                 ),
             ),
         };
-        let mut after = retry_after(gate, cause, edge, ahead, &self.jitter);
+        let mut after = estimate::retry_after(gate, cause, edge, ahead, &self.jitter);
         if let Some(until) = paused {
             // Never sooner than the pause ends.
             after = after.max(until.saturating_duration_since(Instant::now()));
@@ -532,10 +533,14 @@ impl Admission {
             if now >= deadline {
                 return false;
             }
-            if edge.limit.tokens.try_take(now).is_ok() {
-                return true;
-            }
-            let ready = edge.limit.tokens.ready_at();
+            // A failing shared backend is "not now": ask again after the back-off; a slow
+            // one is not waited for beyond the client's deadline.
+            let ready = match tokio::time::timeout_at(deadline, edge.capacity().take(now)).await {
+                Err(_) => return false,
+                Ok(Ok(Ok(_))) => return true,
+                Ok(Ok(Err(at))) => at.max(edge.capacity().ready_at()),
+                Ok(Err(_)) => now + capacity::BACKOFF,
+            };
             if ready >= deadline {
                 return false;
             }
@@ -552,43 +557,6 @@ impl Admission {
             waiting: edge.waiting(),
         })
     }
-}
-
-/// An honest estimate of when a refused client could get in: the clients ahead of it
-/// (plus itself) times the interval at which the queue moves, jittered by ±20 % so that
-/// refused clients do not return in lockstep.
-///
-/// The interval is the tenant's token interval, or its weighted share of the edge's when
-/// the edge binds; when sessions rather than handshakes hold the queue (a cap reached),
-/// it is the recent time between session ends of that scope. The estimate is capped at
-/// `queue_timeout` (by then everyone now queued has been admitted or has given up, so
-/// there is room), which is also the answer before any session has ended.
-fn retry_after(
-    gate: &TenantGate,
-    cause: Blocker,
-    edge: Option<&EdgeGate>,
-    ahead: u32,
-    jitter: &Jitter,
-) -> Duration {
-    let interval = match (cause, edge) {
-        (Blocker::Slot, _) => gate.limit.slots.release_interval(),
-        (_, Some(edge)) if edge.slot_bound() => edge
-            .limit
-            .slots
-            .release_interval()
-            .map(|i| i.mul_f64(edge.share_of(gate.weight()))),
-        (_, Some(edge)) => Some(
-            edge.limit
-                .tokens
-                .interval()
-                .mul_f64(edge.share_of(gate.weight())),
-        ),
-        (_, None) => Some(gate.limit.tokens.interval()),
-    };
-    let base = interval
-        .and_then(|i| i.checked_mul(ahead + 1))
-        .map_or(gate.queue_timeout(), |w| w.min(gate.queue_timeout()));
-    base.mul_f64(jitter.between(0.8, 1.2))
 }
 
 /// A client's place in its tenant's queue; leaving the queue is its `Drop`.

@@ -1,10 +1,53 @@
-//! The two kinds of capacity admission hands out: session slots and handshake tokens.
+//! Step 4 of the flow, admission (DESIGN.md): the capacity it hands out — session slots and handshake tokens — and the seam a shared backend plugs into.
 //!
-//! This is the seam DESIGN.md asks for ("acquire a session slot, take a handshake
-//! token, release"): the scheduler in [`super`] touches capacity only through
-//! [`Slots::try_acquire`] / [`Slots::release`] and [`Tokens::try_take`] /
-//! [`Tokens::refund`] / [`Tokens::ready_at`]. Both are lock-free here (one atomic
-//! each); a shared backend for several replicas would implement the same operations.
+//! # The interface
+//!
+//! Every scope (a tenant's gate, the `[edge]` gate) answers [`Scope::capacity`] with a
+//! [`Capacity`]: either [`Capacity::Local`], today's in-process [`Limit`] (lock-free
+//! atomics: a GCRA for tokens, a counter with a release notice for slots), or
+//! [`Capacity::Shared`], a [`SharedCapacity`] backend that several replicas share
+//! (issue 15: Redis). The queue, the pump ([`super::gate`]) and the fair edge arbiter
+//! ([`super::edge`]) stay local and touch capacity only through [`Capacity`]:
+//!
+//! | operation | synchronous fast path | asynchronous, fallible |
+//! |---|---|---|
+//! | session slot | [`Capacity::try_acquire_slot`] | [`Capacity::acquire_slot`] (waits on [`SharedCapacity::freed`]) |
+//! | handshake token | [`Capacity::try_take`] | [`Capacity::take`] |
+//! | give back | [`Capacity::release_slot`], [`Capacity::refund`] (never block) | — |
+//!
+//! A fast-path answer is [`Fast::Yes`], [`Fast::No`] or [`Fast::Ask`] ("only the backend
+//! knows"): the fast path ([`super::Admission::try_admit`]) treats `Ask` like `No`, so
+//! the client queues and its tenant's pump asks the backend, in FIFO order. Nothing on
+//! the fast path waits for a network round trip, and a backend that keeps a local view
+//! may answer `No` itself, so a connect the local state refuses costs no round trip.
+//!
+//! # Why an enum over a borrowed view, not a generic or `Box<dyn>`
+//!
+//! `Capacity<'_>` is a two-word `Copy` view built on each call from the scope: `Local`
+//! borrows the [`Limit`] kept inline in the gate, `Shared` borrows the backend behind
+//! the gate's `Arc<dyn SharedCapacity>`. Which one is decided by a `bool` that sits in
+//! the padding of the gate's first cache line (next to `queued`), so the in-process fast
+//! path reads exactly the cache line it read before, calls no virtual function and
+//! allocates nothing; only a shared scope pays a virtual call (and its boxed futures,
+//! next to a network round trip they are noise). A generic gate (`TenantGate<C>`) would
+//! have spread a type parameter through `Admission`, the tenant table and every caller
+//! for no measurable gain (`docs/benchmarks.md`, admission).
+//!
+//! # Failure semantics
+//!
+//! A [`BackendError`] (timeout, connection lost) is "not now", never a refusal by
+//! itself: the pump and the arbiter give back what they reserved for the head of the
+//! queue (the RAII guards do, exactly once), sleep [`BACKOFF`] and try again, holding no
+//! lock across any `.await`. A queued client is therefore refused only by its own
+//! `queue_timeout` (or a full queue, a drain), as with the local backend; a failing
+//! backend delays it and leaks nothing. Giving back never fails from the caller's side:
+//! [`SharedCapacity::release_slot`] and [`SharedCapacity::refund`] are synchronous and
+//! must not block, so a network backend queues or spawns the call (and owns its
+//! retries; issue 15's leases bound what a lost release can cost). What a breaker does
+//! after consecutive failures (local share, open, closed) is the backend's business:
+//! it answers from its local share instead of failing.
+//!
+//! # Tokens
 //!
 //! Tokens are a GCRA, the algorithm `governor` implements. `governor` itself cannot be
 //! used for this job: admission must take a tenant token and an edge token together
@@ -13,11 +56,209 @@
 //! does not have. Its clock is also not tokio's, so the scheduler could not be tested
 //! under paused time.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// How long the pump or the arbiter waits before asking a backend that failed again.
+pub const BACKOFF: Duration = Duration::from_millis(50);
+
+/// A boxed future, what a [`SharedCapacity`] returns (object safety).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A shared backend could not decide (timed out, lost its connection, …). The caller
+/// treats it as "not now" and asks again after [`BACKOFF`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("capacity backend: {0}")]
+pub struct BackendError(pub std::sync::Arc<str>);
+
+/// A synchronous answer of the fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fast<T> {
+    /// Taken.
+    Yes(T),
+    /// Not now (nothing taken).
+    No,
+    /// Only the backend can tell (nothing taken): queue, and let the pump ask.
+    Ask,
+}
+
+/// Capacity that several replicas share (issue 15: Redis), implemented beside the
+/// in-process [`Limit`]. One value per scope (a tenant, or the edge).
+///
+/// Contract:
+/// - the futures are cancel-safe: dropped before they complete, they leave nothing
+///   taken (the pump drops them when its queue empties);
+/// - [`Self::release_slot`] and [`Self::refund`] do not block: a network backend queues
+///   or spawns them; each is called exactly once per slot or token handed out;
+/// - [`Self::freed`] completes on any notice sent after it was called (a slot released
+///   here or on another replica, a raised cap), so a waiting pump never misses one.
+pub trait SharedCapacity: Send + Sync + std::fmt::Debug {
+    /// A slot without waiting for the backend, when this replica knows; by default
+    /// [`Fast::Ask`].
+    fn try_acquire_slot(&self) -> Fast<()> {
+        Fast::Ask
+    }
+    /// Asks the backend for a session slot: `Ok(true)` taken, `Ok(false)` full now.
+    fn acquire_slot(&self) -> BoxFuture<'_, Result<bool, BackendError>>;
+    /// Gives a slot back (exactly once per slot taken; must not block).
+    fn release_slot(&self);
+    /// A token without waiting for the backend, when this replica knows; by default
+    /// [`Fast::Ask`].
+    fn try_take(&self, _now: Instant) -> Fast<Taken> {
+        Fast::Ask
+    }
+    /// Asks the backend for a handshake token: `Ok(Err(at))` when not before `at`.
+    fn take(&self, now: Instant) -> BoxFuture<'_, Result<Result<Taken, Instant>, BackendError>>;
+    /// Gives back a token that was not used (must not block).
+    fn refund(&self, taken: Taken);
+    /// When the next token may be ready, as far as this replica knows (after a `take`
+    /// answered "not before `at`", at least `at`); the pump sleeps until then.
+    fn ready_at(&self) -> Instant;
+    /// Completes when capacity may have freed (here or on another replica).
+    fn freed(&self) -> BoxFuture<'_, ()>;
+    /// A reload changed the scope's limits (`max_sessions`, the configured
+    /// `handshake_rate` and `handshake_burst`). Must not block; a raised cap should
+    /// complete [`Self::freed`], which is what wakes a waiting pump.
+    fn reconfigure(&self, _max_sessions: u32, _rate: f64, _burst: u32) {}
+}
+
+/// Session slots and handshake tokens of one scope (a tenant, or the edge), in
+/// process. Kept inline in the scope's gate so that a decision touches one allocation
+/// per scope.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct Limit {
+    pub(crate) tokens: Tokens,
+    pub(crate) slots: Slots,
+}
+
+impl Limit {
+    pub(crate) fn new(max_sessions: u32, rate: f64, burst: u32) -> Self {
+        Self {
+            tokens: Tokens::new(rate, burst),
+            slots: Slots::new(max_sessions),
+        }
+    }
+}
+
+/// A gate with capacity: a tenant's, or the edge's.
+pub(crate) trait Scope {
+    /// Where slots and tokens come from.
+    fn capacity(&self) -> Capacity<'_>;
+}
+
+/// Where a scope's slots and tokens come from: the in-process [`Limit`] or a shared
+/// backend (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub enum Capacity<'a> {
+    /// In process, lock-free.
+    #[allow(private_interfaces)]
+    Local(&'a Limit),
+    /// Shared with other replicas.
+    Shared(&'a dyn SharedCapacity),
+}
+
+impl Capacity<'_> {
+    /// A session slot now, if the answer is known without waiting.
+    #[inline]
+    pub fn try_acquire_slot(self) -> Fast<()> {
+        match self {
+            Capacity::Local(l) => {
+                if l.slots.try_acquire() {
+                    Fast::Yes(())
+                } else {
+                    Fast::No
+                }
+            }
+            Capacity::Shared(b) => b.try_acquire_slot(),
+        }
+    }
+
+    /// Waits for a session slot and takes it. Only one task per scope waits here (the
+    /// tenant's pump, the edge's arbiter). Cancel-safe.
+    ///
+    /// # Errors
+    /// The backend failed (never for a local scope); nothing is held then.
+    pub async fn acquire_slot(self) -> Result<(), BackendError> {
+        match self {
+            Capacity::Local(l) => {
+                l.slots.acquire().await;
+                Ok(())
+            }
+            Capacity::Shared(b) => loop {
+                if b.try_acquire_slot() == Fast::Yes(()) {
+                    return Ok(());
+                }
+                // Asked for before the attempt, so a release between the attempt and
+                // the wait still wakes us.
+                let freed = b.freed();
+                if b.acquire_slot().await? {
+                    return Ok(());
+                }
+                freed.await;
+            },
+        }
+    }
+
+    /// Gives a slot back; exactly once per slot taken (the RAII guards call it).
+    #[inline]
+    pub fn release_slot(self) {
+        match self {
+            Capacity::Local(l) => l.slots.release(),
+            Capacity::Shared(b) => b.release_slot(),
+        }
+    }
+
+    /// A handshake token at `now`, if the answer is known without waiting.
+    #[inline]
+    pub fn try_take(self, now: Instant) -> Fast<Taken> {
+        match self {
+            Capacity::Local(l) => match l.tokens.try_take(now) {
+                Ok(taken) => Fast::Yes(taken),
+                Err(_) => Fast::No,
+            },
+            Capacity::Shared(b) => b.try_take(now),
+        }
+    }
+
+    /// A handshake token at `now`, asking the backend if need be; `Ok(Err(at))` when
+    /// not before `at`.
+    ///
+    /// # Errors
+    /// The backend failed (never for a local scope); nothing is held then.
+    pub async fn take(self, now: Instant) -> Result<Result<Taken, Instant>, BackendError> {
+        match self {
+            Capacity::Local(l) => Ok(l.tokens.try_take(now)),
+            Capacity::Shared(b) => match b.try_take(now) {
+                Fast::Yes(taken) => Ok(Ok(taken)),
+                Fast::No => Ok(Err(b.ready_at().max(now))),
+                Fast::Ask => b.take(now).await,
+            },
+        }
+    }
+
+    /// Gives back a token that was not used.
+    #[inline]
+    pub fn refund(self, taken: Taken) {
+        match self {
+            Capacity::Local(l) => l.tokens.refund(taken),
+            Capacity::Shared(b) => b.refund(taken),
+        }
+    }
+
+    /// When the next token may be ready.
+    pub fn ready_at(self) -> Instant {
+        match self {
+            Capacity::Local(l) => l.tokens.ready_at(),
+            Capacity::Shared(b) => b.ready_at(),
+        }
+    }
+}
 
 /// Session slots: at most `cap` held at once.
 #[derive(Debug)]
@@ -291,85 +532,18 @@ impl Tokens {
 #[must_use = "a taken token is spent, or refunded with it"]
 pub struct Taken(u64, u64);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn burst_then_one_token_per_interval() {
-        let t = Tokens::new(20.0, 5);
-        let start = Instant::now();
-        for _ in 0..5 {
-            assert!(t.try_take(start).is_ok());
-        }
-        let ready = t.try_take(start).unwrap_err();
-        assert_eq!(ready - start, Duration::from_millis(50));
-        assert!(t.try_take(ready - Duration::from_millis(1)).is_err());
-        assert!(t.try_take(ready).is_ok());
-        assert_eq!(t.ready_at() - start, Duration::from_millis(100));
-        // Idle long enough, the burst is back, and no more than the burst.
-        let later = start + Duration::from_secs(10);
-        let taken = (0..10).filter(|_| t.try_take(later).is_ok()).count();
-        assert_eq!(taken, 5);
+impl Taken {
+    /// A token's proof as a backend records it: the state its take left and the
+    /// interval it added (both in the backend's units), handed back to its `refund`.
+    pub fn new(state: u64, interval: u64) -> Self {
+        Self(state, interval)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn refund_restores_the_token() {
-        let t = Tokens::new(10.0, 1);
-        let now = Instant::now();
-        let taken = t.try_take(now).unwrap();
-        assert!(t.try_take(now).is_err());
-        t.refund(taken);
-        assert!(t.try_take(now).is_ok());
-        // A refund of a token taken long after an idle spell does not bank extra ones.
-        let later = now + Duration::from_secs(60);
-        let taken = t.try_take(later).unwrap();
-        t.refund(taken);
-        assert!(t.try_take(later).is_ok());
-        assert!(t.try_take(later).is_err());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_late_refund_never_lets_more_than_the_burst_through() {
-        let t = Tokens::new(10.0, 1);
-        let t0 = Instant::now();
-        let reserved = t.try_take(t0).unwrap(); // for a client that then leaves
-        let t1 = t0 + Duration::from_millis(100);
-        let _used = t.try_take(t1).unwrap(); // by the next client
-        t.refund(reserved); // too late: dropped
-        assert!(t.try_take(t1).is_err(), "burst 1: one handshake at t1");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_release_interval_follows_how_fast_sessions_end() {
-        let s = Slots::new(10);
-        assert_eq!(s.release_interval(), None);
-        for _ in 0..3 {
-            assert!(s.try_acquire());
-        }
-        for _ in 0..3 {
-            tokio::time::advance(Duration::from_secs(2)).await;
-            s.release();
-        }
-        assert_eq!(s.release_interval(), Some(Duration::from_secs(2)));
-        // Nothing ends for a while: the estimate grows with the silence.
-        tokio::time::advance(Duration::from_secs(30)).await;
-        assert_eq!(s.release_interval(), Some(Duration::from_secs(12)));
-        // A new window: the last one still counts, then it is forgotten.
-        tokio::time::advance(Duration::from_secs(30)).await;
-        assert_eq!(s.release_interval(), Some(Duration::from_secs(22)));
-        tokio::time::advance(Duration::from_secs(120)).await;
-        assert_eq!(s.release_interval(), None);
-    }
-
-    #[test]
-    fn slots_never_exceed_the_cap() {
-        let s = Slots::new(2);
-        assert!(s.try_acquire());
-        assert!(s.try_acquire());
-        assert!(!s.try_acquire());
-        s.release();
-        assert_eq!(s.live(), 1);
-        assert!(s.try_acquire());
+    /// The state the take left and the interval it added.
+    pub fn parts(self) -> (u64, u64) {
+        (self.0, self.1)
     }
 }
+
+#[cfg(test)]
+mod tests;

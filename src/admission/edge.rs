@@ -22,7 +22,8 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::adaptive::Adaptive;
-use super::gate::{slot, try_slot, try_token, Limit, Scope, Slot, Token};
+use super::capacity::{Capacity, Limit, Scope, SharedCapacity};
+use super::gate::{slot, token, try_slot, try_token, Slot, Token};
 use crate::config::EdgeLimits;
 
 /// Virtual time units per unit of service at weight 1.
@@ -72,6 +73,8 @@ struct Fair {
 pub(crate) struct EdgeGate {
     /// Number of pending requests, readable without the lock.
     waiting: AtomicU32,
+    /// Whether `backend` is set (in `waiting`'s padding: the fast path reads one line).
+    shared: bool,
     pub(crate) limit: Limit,
     fair: Mutex<Fair>,
     /// Sum of the weights of pending requests.
@@ -82,11 +85,17 @@ pub(crate) struct EdgeGate {
     withdrawn: Notify,
     /// The adaptive handshake rate of the ceiling.
     pub(crate) adaptive: Adaptive,
+    /// The shared capacity backend of the ceiling, if any.
+    backend: Option<Arc<dyn SharedCapacity>>,
 }
 
 impl Scope for EdgeGate {
-    fn limit(&self) -> &Limit {
-        &self.limit
+    #[inline]
+    fn capacity(&self) -> Capacity<'_> {
+        match &self.backend {
+            Some(backend) if self.shared => Capacity::Shared(&**backend),
+            _ => Capacity::Local(&self.limit),
+        }
     }
 }
 
@@ -99,10 +108,23 @@ impl EdgeGate {
             limits.handshake_burst,
         );
         self.limit.slots.set_cap(limits.max_sessions);
+        if let Some(backend) = &self.backend {
+            backend.reconfigure(
+                limits.max_sessions,
+                limits.handshake_rate,
+                limits.handshake_burst,
+            );
+        }
     }
 
-    pub(crate) fn new(limits: &EdgeLimits, gauge: prometheus::Gauge) -> Self {
+    pub(crate) fn new(
+        limits: &EdgeLimits,
+        gauge: prometheus::Gauge,
+        backend: Option<Arc<dyn SharedCapacity>>,
+    ) -> Self {
         Self {
+            shared: backend.is_some(),
+            backend,
             limit: Limit::new(
                 limits.max_sessions,
                 limits.handshake_rate,
@@ -225,11 +247,15 @@ async fn arbiter(edge: Arc<EdgeGate>) {
                 break None;
             }
             let now = Instant::now();
-            if let Some(token) = try_token(&edge, now) {
-                break Some(token);
+            // Only when one is due (a shared backend is not asked too early); a backend
+            // that fails is "not now": `token` backs off first.
+            if edge.capacity().ready_at() <= now {
+                if let Some(token) = token(&edge, now).await {
+                    break Some(token);
+                }
             }
             tokio::select! {
-                () = tokio::time::sleep_until(edge.limit.tokens.ready_at()) => {}
+                () = tokio::time::sleep_until(edge.capacity().ready_at()) => {}
                 () = &mut withdrawn => {}
             }
         };

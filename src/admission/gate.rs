@@ -10,55 +10,52 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::adaptive::Adaptive;
-use super::capacity::{Slots, Taken, Tokens};
+use super::capacity::{Capacity, Fast, Limit, Scope, SharedCapacity, Taken, BACKOFF};
 use super::edge::EdgeGate;
 use super::{Gauges, PauseSource, Pauses};
 
-/// Session slots and handshake tokens of one scope (a tenant, or the edge). Kept
-/// inline in the scope's gate so that a decision touches one allocation per scope.
-#[derive(Debug)]
-#[repr(C)]
-pub(crate) struct Limit {
-    pub(crate) tokens: Tokens,
-    pub(crate) slots: Slots,
-}
-
-impl Limit {
-    pub(crate) fn new(max_sessions: u32, rate: f64, burst: u32) -> Self {
-        Self {
-            tokens: Tokens::new(rate, burst),
-            slots: Slots::new(max_sessions),
-        }
-    }
-}
-
-/// A gate with a [`Limit`]: a tenant's, or the edge's.
-pub(crate) trait Scope {
-    fn limit(&self) -> &Limit;
-}
-
-/// A slot now, if one is free.
+/// A slot now, if the answer is known without waiting (a shared backend's "ask me" is
+/// a no here).
 pub(crate) fn try_slot<S: Scope>(scope: &Arc<S>) -> Option<Slot<S>> {
-    scope
-        .limit()
-        .slots
-        .try_acquire()
-        .then(|| Slot(Some(scope.clone())))
+    matches!(scope.capacity().try_acquire_slot(), Fast::Yes(())).then(|| Slot(Some(scope.clone())))
 }
 
 /// Waits for a free slot. Only one task per scope waits here (the tenant's pump or the
-/// edge's arbiter).
+/// edge's arbiter). A backend that fails is asked again after [`BACKOFF`]: a failure
+/// delays, it never refuses.
 pub(crate) async fn slot<S: Scope>(scope: &Arc<S>) -> Slot<S> {
-    scope.limit().slots.acquire().await;
+    while scope.capacity().acquire_slot().await.is_err() {
+        tokio::time::sleep(BACKOFF).await;
+    }
     Slot(Some(scope.clone()))
 }
 
-/// A token now, if one is ready.
+/// A token now, if one is ready and the answer is known without waiting.
 pub(crate) fn try_token<S: Scope>(scope: &Arc<S>, now: Instant) -> Option<Token<S>> {
-    scope.limit().tokens.try_take(now).ok().map(|taken| Token {
-        scope: scope.clone(),
-        taken: Some(taken),
-    })
+    match scope.capacity().try_take(now) {
+        Fast::Yes(taken) => Some(Token {
+            scope: scope.clone(),
+            taken: Some(taken),
+        }),
+        Fast::No | Fast::Ask => None,
+    }
+}
+
+/// A token at `now`, asking a shared backend if need be; `None` when none is ready (or
+/// the backend failed: then after [`BACKOFF`], so that a caller starting over does not
+/// spin on a failing backend).
+pub(crate) async fn token<S: Scope>(scope: &Arc<S>, now: Instant) -> Option<Token<S>> {
+    match scope.capacity().take(now).await {
+        Ok(Ok(taken)) => Some(Token {
+            scope: scope.clone(),
+            taken: Some(taken),
+        }),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            tokio::time::sleep(BACKOFF).await;
+            None
+        }
+    }
 }
 
 /// A held session slot; released when dropped, so exactly once, unless handed on to
@@ -78,7 +75,7 @@ impl<S: Scope> Slot<S> {
 impl<S: Scope> Drop for Slot<S> {
     fn drop(&mut self) {
         if let Some(scope) = self.0.take() {
-            scope.limit().slots.release();
+            scope.capacity().release_slot();
         }
     }
 }
@@ -101,7 +98,7 @@ impl<S: Scope> Token<S> {
 impl<S: Scope> Drop for Token<S> {
     fn drop(&mut self) {
         if let Some(taken) = self.taken.take() {
-            self.scope.limit().tokens.refund(taken);
+            self.scope.capacity().refund(taken);
         }
     }
 }
@@ -182,6 +179,9 @@ struct Queue {
 pub struct TenantGate {
     /// `queue.waiters.len()`, readable without the lock.
     queued: AtomicU32,
+    /// Whether `backend` is set: read from this cache line (in `queued`'s padding), so
+    /// the in-process fast path reads no other.
+    shared: bool,
     pub(crate) limit: Limit,
     blocker: AtomicU8,
     pub(crate) name: Arc<str>,
@@ -209,14 +209,21 @@ pub struct TenantGate {
     pauses: arc_swap::ArcSwapOption<PauseSource>,
     /// Time zero of `paused_until`.
     epoch: Instant,
+    /// The shared capacity backend, if the tenant's slots and tokens are not (only) in
+    /// process.
+    backend: Option<Arc<dyn SharedCapacity>>,
     /// Nanoseconds after `epoch` until which the edge asked (`429` + `Retry-After`)
     /// that this tenant send nothing; 0: not paused.
     paused_until: AtomicU64,
 }
 
 impl Scope for TenantGate {
-    fn limit(&self) -> &Limit {
-        &self.limit
+    #[inline]
+    fn capacity(&self) -> Capacity<'_> {
+        match &self.backend {
+            Some(backend) if self.shared => Capacity::Shared(&**backend),
+            _ => Capacity::Local(&self.limit),
+        }
     }
 }
 
@@ -227,8 +234,11 @@ impl TenantGate {
         edge: Option<Arc<EdgeGate>>,
         pauses: Option<Arc<dyn Pauses>>,
         gauges: Gauges,
+        backend: Option<Arc<dyn SharedCapacity>>,
     ) -> Self {
         Self {
+            shared: backend.is_some(),
+            backend,
             name: name.into(),
             limit: Limit::new(
                 limits.max_sessions,
@@ -363,6 +373,13 @@ impl TenantGate {
         );
         self.pauses.store(pauses.map(|p| Arc::new(PauseSource(p))));
         self.limit.slots.set_cap(limits.max_sessions);
+        if let Some(backend) = &self.backend {
+            backend.reconfigure(
+                limits.max_sessions,
+                limits.handshake_rate,
+                limits.handshake_burst,
+            );
+        }
         self.reconfigured.notify_waiters();
     }
 
@@ -531,7 +548,7 @@ async fn reserve(
     // Until the next token; a reload that raised the rate wakes this early (the token is
     // then taken below if it is due, or the pump starts over).
     tokio::select! {
-        () = tokio::time::sleep_until(gate.limit.tokens.ready_at()) => {}
+        () = tokio::time::sleep_until(gate.capacity().ready_at()) => {}
         () = gate.reconfigured.notified() => {}
     }
     // While the edge has paused this tenant or its whole group, nobody is sent.
@@ -557,8 +574,9 @@ async fn reserve(
     }
     // Only the pump takes this tenant's tokens while its queue is not empty, so the
     // token seen ready above is still there, unless the queue emptied meanwhile and a
-    // new client took it directly: then everything above goes back.
-    let Some(token) = try_token(gate, Instant::now()) else {
+    // new client took it directly (or, shared, another replica took it, or the backend
+    // failed): then everything above goes back and the pump starts over.
+    let Some(token) = token(gate, Instant::now()).await else {
         return Some((None, finish));
     };
     let (edge_slot, edge_token) = match turn {
@@ -579,22 +597,4 @@ async fn reserve(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What a configured tenant and a queued client cost, and that the fields of a
-    /// fast-path decision share a cache line (`docs/benchmarks.md`).
-    #[test]
-    fn tenant_state_is_small_and_its_hot_fields_share_a_line() {
-        let gate = std::mem::size_of::<TenantGate>();
-        let waiter = std::mem::size_of::<Waiter>();
-        eprintln!("TenantGate: {gate} bytes, queue entry: {waiter} bytes");
-        assert!(gate <= 512, "{gate}");
-        assert_eq!(waiter, 16);
-        // queued, then the token bucket and the slot counters, in the first 64 bytes.
-        let limit = std::mem::offset_of!(TenantGate, limit);
-        let slots = limit + std::mem::offset_of!(Limit, slots);
-        assert_eq!(std::mem::offset_of!(TenantGate, queued), 0);
-        assert!(slots + 13 <= 64, "slot counters end at {}", slots + 13);
-    }
-}
+mod tests;

@@ -6,6 +6,8 @@ use std::sync::Mutex;
 
 use super::*;
 
+mod shared;
+
 /// The scheduler built from the config's limits alone, as a planner builds it.
 fn admission(text: &str) -> Arc<Scheduler> {
     let text = format!("[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:9\"]\n{text}");
