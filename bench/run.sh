@@ -9,6 +9,18 @@
 #   bash bench/run.sh --reps 3   another number of repetitions
 #   bash bench/run.sh --report bench/results/<time>
 #                                rebuild that run's RESULTS.md from its runs.jsonl
+#   bash bench/run.sh --baseline REV
+#                                also run the sluice of git revision REV (a branch, tag or
+#                                commit) as targets sluice-base (and sluice-accept-base),
+#                                interleaved with the others, with ratios sluice ÷ sluice-base
+#                                within each repetition; REV is built in release mode from a
+#                                temporary git worktree into $CARGO_TARGET_DIR/bench-baseline/
+#                                <commit>/ (kept, and reused by the next run)
+#   bash bench/run.sh --only-sluice
+#                                leave HAProxy and NGINX out (targets direct and sluice's)
+#
+#   A comparison against the previous commit, in about 8 minutes after the builds:
+#   bash bench/run.sh --reps 3 --baseline HEAD~1 --only-sluice
 #
 # What it does: builds sluice and examples/wsbench in release mode; installs haproxy,
 # nginx and perf (Debian linux-perf) when missing; writes the configs from
@@ -19,7 +31,9 @@
 #
 # Targets: direct (no proxy), sluice (a hold-mode tenant: the byte tunnel),
 # sluice-accept (the same process, an accept-mode tenant: sluice's message relay),
-# HAProxy, NGINX.
+# HAProxy, NGINX; with --baseline, sluice-base and sluice-accept-base (the same two
+# tenants in a second process, REV's binary; sluice-accept-base only when REV accepts
+# the accept-mode tenant).
 #
 # Scenarios (1 KiB text frames, all on loopback):
 #   rtt         one connection, sequential frames: latency p50/p99
@@ -31,27 +45,37 @@
 #   handshakes  connect + close cycles, 50 at a time: handshakes/s (sluice's
 #               admission is on, with limits that never bind)
 #
-# Environment: BENCH_PORT_BASE (default 17000; uses BASE..BASE+4), CARGO_TARGET_DIR,
+# Environment: BENCH_PORT_BASE (default 17000; uses BASE..BASE+6), CARGO_TARGET_DIR,
 # BENCH_NICE (default -10: as root, the benchmark's processes get this priority, so
 # other work on a shared machine disturbs it less; 0 = leave priorities alone).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+ARGS_TEXT="$*"   # for commands.md
 
 QUICK=0
 REPS=7
 REPORT_ONLY=""
+BASELINE=""
+ONLY_SLUICE=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1; REPS=1 ;;
-        --reps) REPS=$2; shift ;;
-        --report) REPORT_ONLY=$2; shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        --reps) REPS=${2:?--reps needs a number}; shift ;;
+        --report) REPORT_ONLY=${2:?--report needs a directory}; shift ;;
+        --baseline) BASELINE=${2:?--baseline needs a git revision}; shift ;;
+        --only-sluice) ONLY_SLUICE=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
 done
+
+if [ -n "$BASELINE" ]; then
+    BASE_COMMIT=$(git rev-parse --verify --quiet "$BASELINE^{commit}") \
+        || { echo "--baseline $BASELINE: not a git revision" >&2; exit 2; }
+fi
 
 if [ "$QUICK" = 1 ]; then
     RTT_FRAMES=2000; LOAD_WARM=0.5; LOAD_SECS=2; PERF_SECS=1
@@ -78,8 +102,10 @@ if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
 # --- tools ----------------------------------------------------------------------------
 PATH=$PATH:/usr/sbin:/sbin   # haproxy and nginx live in /usr/sbin
 missing=()
-command -v haproxy >/dev/null || missing+=(haproxy)
-command -v nginx >/dev/null || missing+=(nginx)
+if [ "$ONLY_SLUICE" = 0 ]; then
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v nginx >/dev/null || missing+=(nginx)
+fi
 command -v perf >/dev/null || missing+=(linux-perf)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]}"
@@ -89,11 +115,51 @@ if [ ${#missing[@]} -gt 0 ]; then
         || echo "warning: could not install ${missing[*]}" >&2
 fi
 
+# Everything started here is stopped on exit, by its own pid.
+declare -A PID=()
+ECHO_PID=""
+TMP=""
+BASE_WT=""   # the baseline's temporary worktree while it builds
+
+cleanup() {
+    for t in "${!PID[@]}"; do stop_target "$t"; done
+    if [ -n "$ECHO_PID" ]; then kill "$ECHO_PID" 2>/dev/null || true; wait "$ECHO_PID" 2>/dev/null || true; fi
+    if [ -n "$TMP" ]; then rm -rf "$TMP"; fi
+    if [ -n "$BASE_WT" ]; then
+        git -C "$ROOT" worktree remove --force "$BASE_WT/src" 2>/dev/null || true
+        rm -rf "$BASE_WT"
+    fi
+    if [ -n "${AUTOGROUP_NICE:-}" ]; then echo "$AUTOGROUP_NICE" >/proc/self/autogroup 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 echo "== cargo build --release --bin sluice --example wsbench"
 cargo build --release --bin sluice --example wsbench
 SLUICE=$CARGO_TARGET_DIR/release/sluice
 W=$CARGO_TARGET_DIR/release/examples/wsbench
+
+# The baseline: REV's sluice, built once per commit in a target directory of its own (its
+# dependencies may differ) from a temporary worktree, which goes away after the build.
+SLUICE_BASE=""
+if [ -n "$BASELINE" ] && [ -z "$REPORT_ONLY" ]; then
+    BASE_TARGET=$CARGO_TARGET_DIR/bench-baseline/$BASE_COMMIT
+    SLUICE_BASE=$BASE_TARGET/release/sluice
+    BASE_NAME=$(git rev-parse --short "$BASE_COMMIT")
+    case "$BASE_COMMIT" in "$BASELINE"*) ;; *) BASE_NAME="$BASELINE ($BASE_NAME)" ;; esac
+    if [ -x "$SLUICE_BASE" ]; then
+        echo "== baseline $BASE_NAME: reusing $SLUICE_BASE"
+    else
+        echo "== baseline $BASE_NAME: cargo build --release --bin sluice in a temporary worktree"
+        BASE_WT=$(mktemp -d /tmp/sluice-baseline.XXXXXX)
+        git worktree add --detach --quiet "$BASE_WT/src" "$BASE_COMMIT"
+        (cd "$BASE_WT/src" && CARGO_TARGET_DIR=$BASE_TARGET cargo build --release --bin sluice)
+        git worktree remove --force "$BASE_WT/src"
+        rm -rf "$BASE_WT"
+        BASE_WT=""
+    fi
+fi
 
 # RESULTS.md of a results directory: its meta.md, the tables, its commands.md. A full
 # run's also becomes bench/RESULTS.md.
@@ -103,8 +169,9 @@ assemble() {
     echo
     echo "$table"
     { cat "$dir/meta.md"; echo; echo "$table"; echo; cat "$dir/commands.md"; } >"$dir/RESULTS.md"
-    case "$dir" in
-        *-quick|*-quick/) echo "== wrote $dir/RESULTS.md (quick run: bench/RESULTS.md left as it is)" ;;
+    case "${dir%/}" in
+        *-quick) echo "== wrote $dir/RESULTS.md (quick run: bench/RESULTS.md left as it is)" ;;
+        *-vs-*|*-only-sluice) echo "== wrote $dir/RESULTS.md (baseline or --only-sluice run: bench/RESULTS.md left as it is)" ;;
         *) cp "$dir/RESULTS.md" bench/RESULTS.md; echo "== wrote bench/RESULTS.md and $dir/" ;;
     esac
 }
@@ -124,20 +191,6 @@ else
     PERF_NOTE="perf unavailable: syscall and context-switch columns skipped"
 fi
 echo "== $PERF_NOTE"
-
-# Everything started here is stopped on exit, by its own pid.
-declare -A PID=()
-ECHO_PID=""
-TMP=""
-
-cleanup() {
-    for t in "${!PID[@]}"; do stop_target "$t"; done
-    if [ -n "$ECHO_PID" ]; then kill "$ECHO_PID" 2>/dev/null || true; wait "$ECHO_PID" 2>/dev/null || true; fi
-    if [ -n "$TMP" ]; then rm -rf "$TMP"; fi
-    if [ -n "${AUTOGROUP_NICE:-}" ]; then echo "$AUTOGROUP_NICE" >/proc/self/autogroup 2>/dev/null || true; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # Priority on a shared machine. With autogroup scheduling (the default on desktops and
 # many VMs) a task's nice only counts inside its session's group, so the group's nice is
@@ -162,7 +215,11 @@ echo "== $PRIO_NOTE"
 BASE=${BENCH_PORT_BASE:-17000}
 ECHO_PORT=$BASE; SLUICE_PORT=$((BASE + 1)); SLUICE_ADMIN_PORT=$((BASE + 2))
 HAPROXY_PORT=$((BASE + 3)); NGINX_PORT=$((BASE + 4))
-for p in $ECHO_PORT $SLUICE_PORT $SLUICE_ADMIN_PORT $HAPROXY_PORT $NGINX_PORT; do
+SLUICE_BASE_PORT=$((BASE + 5)); SLUICE_BASE_ADMIN_PORT=$((BASE + 6))
+ports=("$ECHO_PORT" "$SLUICE_PORT" "$SLUICE_ADMIN_PORT")
+[ "$ONLY_SLUICE" = 0 ] && ports+=("$HAPROXY_PORT" "$NGINX_PORT")
+[ -n "$SLUICE_BASE" ] && ports+=("$SLUICE_BASE_PORT" "$SLUICE_BASE_ADMIN_PORT")
+for p in "${ports[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
         echo "port $p is in use; set BENCH_PORT_BASE" >&2
         exit 1
@@ -172,20 +229,47 @@ done
 TMP=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 mkdir -p "$TMP/nginx-tmp"
 chmod 755 "$TMP"
+# render TEMPLATE OUTPUT [SLUICE_PORT SLUICE_ADMIN_PORT]
 render() {
-    sed -e "s|@ECHO_PORT@|$ECHO_PORT|g" -e "s|@SLUICE_PORT@|$SLUICE_PORT|g" \
-        -e "s|@SLUICE_ADMIN_PORT@|$SLUICE_ADMIN_PORT|g" -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" \
-        -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@DIR@|$TMP|g" "bench/$1" >"$TMP/$1"
+    sed -e "s|@ECHO_PORT@|$ECHO_PORT|g" -e "s|@SLUICE_PORT@|${3:-$SLUICE_PORT}|g" \
+        -e "s|@SLUICE_ADMIN_PORT@|${4:-$SLUICE_ADMIN_PORT}|g" -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" \
+        -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@DIR@|$TMP|g" "$1" >"$2"
 }
-render sluice.toml
-render haproxy.cfg
-render nginx.conf
+render bench/sluice.toml "$TMP/sluice.toml"
 "$SLUICE" check-config "$TMP/sluice.toml" >/dev/null
-haproxy -c -q -f "$TMP/haproxy.cfg"
-nginx -t -q -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log"
+if [ "$ONLY_SLUICE" = 0 ]; then
+    render bench/haproxy.cfg "$TMP/haproxy.cfg"
+    render bench/nginx.conf "$TMP/nginx.conf"
+    haproxy -c -q -f "$TMP/haproxy.cfg"
+    nginx -t -q -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log"
+fi
+
+# The baseline reads the same bench/sluice.toml (on its own ports) when it accepts it;
+# otherwise REV's own bench/sluice.toml. Its accept-mode target runs when that config has
+# the accept-mode tenant.
+BASE_ACCEPT=0
+BASE_CONFIG_NOTE=""
+if [ -n "$SLUICE_BASE" ]; then
+    render bench/sluice.toml "$TMP/sluice-base.toml" "$SLUICE_BASE_PORT" "$SLUICE_BASE_ADMIN_PORT"
+    if "$SLUICE_BASE" check-config "$TMP/sluice-base.toml" >/dev/null 2>"$TMP/base-check.log"; then
+        BASE_CONFIG_NOTE="the same bench/sluice.toml as sluice"
+    else
+        echo "== the baseline refuses bench/sluice.toml: $(grep -v '^$' "$TMP/base-check.log" | head -1)"
+        echo "   trying $BASELINE's own bench/sluice.toml"
+        git show "$BASE_COMMIT:bench/sluice.toml" >"$TMP/sluice-base.toml.in" 2>/dev/null \
+            || { echo "$BASELINE has no bench/sluice.toml: write one the baseline accepts" >&2; exit 1; }
+        render "$TMP/sluice-base.toml.in" "$TMP/sluice-base.toml" "$SLUICE_BASE_PORT" "$SLUICE_BASE_ADMIN_PORT"
+        "$SLUICE_BASE" check-config "$TMP/sluice-base.toml" >/dev/null
+        BASE_CONFIG_NOTE="its own revision's bench/sluice.toml (it refuses today's)"
+    fi
+    grep -q '^\[tenants\.bench_accept\]' "$TMP/sluice-base.toml" && BASE_ACCEPT=1
+fi
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=bench/results/$STAMP
+# Only a full run of all targets, without a baseline, becomes bench/RESULTS.md.
+[ -n "$SLUICE_BASE" ] && OUT=$OUT-vs-$(git rev-parse --short "$BASE_COMMIT")
+[ "$ONLY_SLUICE" = 1 ] && OUT=$OUT-only-sluice
 [ "$QUICK" = 1 ] && OUT=$OUT-quick
 mkdir -p "$OUT"
 RUNS=$OUT/runs.jsonl
@@ -205,14 +289,23 @@ wait_port() {
     return 1
 }
 
-# sluice-accept is the sluice process too (its accept-mode tenant).
-proc_of() { if [ "$1" = sluice-accept ]; then echo sluice; else echo "$1"; fi; }
+# sluice-accept is the sluice process too (its accept-mode tenant); likewise the baseline's.
+proc_of() {
+    case "$1" in
+        sluice-accept) echo sluice ;;
+        sluice-accept-base) echo sluice-base ;;
+        *) echo "$1" ;;
+    esac
+}
 
 start_target() {
     case "$(proc_of "$1")" in
         sluice)
             RUST_LOG=warn "$SLUICE" run --config "$TMP/sluice.toml" 2>>"$OUT/sluice.log" &
             PID[sluice]=$!; wait_port "$SLUICE_PORT" ;;
+        sluice-base)
+            RUST_LOG=warn "$SLUICE_BASE" run --config "$TMP/sluice-base.toml" 2>>"$OUT/sluice-base.log" &
+            PID[sluice-base]=$!; wait_port "$SLUICE_BASE_PORT" ;;
         haproxy)
             haproxy -db -f "$TMP/haproxy.cfg" >>"$OUT/haproxy.log" 2>&1 &
             PID[haproxy]=$!; wait_port "$HAPROXY_PORT" ;;
@@ -250,6 +343,8 @@ url_of() {
     case "$1" in
         direct) port=$ECHO_PORT ;; sluice) port=$SLUICE_PORT ;;
         sluice-accept) port=$SLUICE_PORT; tenant=bench_accept ;;
+        sluice-base) port=$SLUICE_BASE_PORT ;;
+        sluice-accept-base) port=$SLUICE_BASE_PORT; tenant=bench_accept ;;
         haproxy) port=$HAPROXY_PORT ;; nginx) port=$NGINX_PORT ;;
     esac
     echo "ws://127.0.0.1:$port/t/$tenant/echo"
@@ -258,7 +353,10 @@ url_of() {
 "$W" echo --listen "127.0.0.1:$ECHO_PORT" 2>>"$OUT/echo.log" &
 ECHO_PID=$!
 wait_port "$ECHO_PORT"
-for t in sluice haproxy nginx; do start_target "$t"; done
+PROCS=(sluice)
+[ -n "$SLUICE_BASE" ] && PROCS+=(sluice-base)
+[ "$ONLY_SLUICE" = 0 ] && PROCS+=(haproxy nginx)
+for t in "${PROCS[@]}"; do start_target "$t"; done
 
 # One measurement: appends wsbench's JSON line to runs.jsonl; a failed run is recorded
 # (with "error") and the benchmark goes on.
@@ -274,16 +372,33 @@ run() {
     line=$(timeout 300 "${cmd[@]}" --tag "target=$target" --tag "rep=$rep" 2>>"$LOG") || true
     [ -n "$line" ] || line="{\"target\":\"$target\",\"rep\":$rep,\"scenario\":\"$scenario\",\"error\":\"no output\"}"
     echo "$line" >>"$RUNS"
-    printf '  %-13s %s\n' "$target" "$line"
+    printf '  %-18s %s\n' "$target" "$line"
 }
 
-TARGETS=(direct sluice sluice-accept haproxy nginx)
+# A baseline target runs next to its counterpart, so the pair shares the machine's mood.
+TARGETS=(direct sluice)
+[ -n "$SLUICE_BASE" ] && TARGETS+=(sluice-base)
+TARGETS+=(sluice-accept)
+[ "$BASE_ACCEPT" = 1 ] && TARGETS+=(sluice-accept-base)
+[ "$ONLY_SLUICE" = 0 ] && TARGETS+=(haproxy nginx)
 START=$(date +%s)
 for rep in $(seq "$REPS"); do
-    # Rotate the order each repetition so no target always runs first or last.
+    # Rotate the order each repetition so no target always runs first or last; every
+    # other repetition, a baseline target and its counterpart also swap places.
     order=()
     n=${#TARGETS[@]}
-    for i in $(seq 0 $((n - 1))); do order+=("${TARGETS[$(((i + rep - 1) % n))]}"); done
+    for i in $(seq 0 $((n - 1))); do
+        t=${TARGETS[$(((i + rep - 1) % n))]}
+        if [ $((rep % 2)) = 0 ] && [ -n "$SLUICE_BASE" ]; then
+            case $t in
+                sluice) t=sluice-base ;;
+                sluice-base) t=sluice ;;
+                sluice-accept) [ "$BASE_ACCEPT" = 1 ] && t=sluice-accept-base ;;
+                sluice-accept-base) t=sluice-accept ;;
+            esac
+        fi
+        order+=("$t")
+    done
     echo "== repetition $rep/$REPS (order: ${order[*]})"
     for scenario in rtt load idle handshakes; do
         for t in "${order[@]}"; do
@@ -309,21 +424,39 @@ ELAPSED=$(($(date +%s) - START))
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 show() { echo "${1#"$ROOT"/}"; }   # paths inside the repository, relative to it
 {
-    echo "# sluice benchmarks: against HAProxy and NGINX"
+    title="# sluice benchmarks: against"
+    [ "$ONLY_SLUICE" = 0 ] && title="$title HAProxy and NGINX"
+    if [ -n "$SLUICE_BASE" ]; then
+        [ "$ONLY_SLUICE" = 0 ] && title="$title, and"
+        title="$title $BASE_NAME"
+    fi
+    [ "$ONLY_SLUICE" = 1 ] && [ -z "$SLUICE_BASE" ] && title="# sluice benchmarks (without HAProxy and NGINX)"
+    echo "$title"
     echo
     echo "Run $STAMP ($([ "$QUICK" = 1 ] && echo "QUICK smoke run, not for comparison" || echo "full run"), $REPS repetitions, ${ELAPSED} s):"
     echo "$(nproc) cores ($cpu), Linux $(uname -r), open files $(ulimit -n);"
     echo "sluice $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)'),"
-    echo "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | sed 's/.*: //'), $(rustc -V 2>/dev/null)."
-    echo "Client, echo server and proxy share these cores; the client and the echo server run"
-    echo "one tokio worker each, sluice its default (one per core), HAProxy 2 threads,"
-    echo "NGINX 2 worker processes; $PRIO_NOTE. $PERF_NOTE."
+    if [ -n "$SLUICE_BASE" ]; then
+        echo "baseline (targets sluice-base$([ "$BASE_ACCEPT" = 1 ] && echo ", sluice-accept-base")): sluice $BASE_NAME,"
+        echo "\"$(git log -1 --format=%s "$BASE_COMMIT" | cut -c1-72)\" ($(git log -1 --format=%cs "$BASE_COMMIT")),"
+        echo "in a second process with $BASE_CONFIG_NOTE, on its own ports;"
+    fi
+    if [ "$ONLY_SLUICE" = 0 ]; then
+        echo "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | sed 's/.*: //'), $(rustc -V 2>/dev/null)."
+        echo "Client, echo server and proxy share these cores; the client and the echo server run"
+        echo "one tokio worker each, sluice its default (one per core), HAProxy 2 threads,"
+        echo "NGINX 2 worker processes; $PRIO_NOTE. $PERF_NOTE."
+    else
+        echo "$(rustc -V 2>/dev/null); HAProxy and NGINX left out (--only-sluice)."
+        echo "Client, echo server and proxy share these cores; the client and the echo server run"
+        echo "one tokio worker each, sluice its default (one per core); $PRIO_NOTE. $PERF_NOTE."
+    fi
     echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg). Method and reading: bench/README.md."
 } >"$OUT/meta.md"
 {
     echo "## Commands"
     echo
-    echo "Entry point: \`bash bench/run.sh\` (\`--quick\` for a smoke run). Settings of this run:"
+    echo "Entry point: \`bash bench/run.sh\` (\`--quick\` for a smoke run); this run: \`bash bench/run.sh${ARGS_TEXT:+ $ARGS_TEXT}\`. Settings:"
     echo "rtt $RTT_FRAMES frames; load $LOAD_CONNS connections, ${LOAD_WARM} s warm-up, ${LOAD_SECS} s CPU window;"
     echo "idle $IDLE_CONNS sessions opened 200 at a time, ${IDLE_SETTLE} s settle, ${IDLE_HOLD} s hold, ${IDLE_AFTER} s after close;"
     echo "handshakes $HS_COUNT cycles, $HS_CONC at a time; frames of $SIZE bytes."
@@ -332,8 +465,13 @@ show() { echo "${1#"$ROOT"/}"; }   # paths inside the repository, relative to it
     echo "# servers (configs rendered from bench/ into a temporary directory \$TMP)"
     echo "$(show "$W") echo --listen 127.0.0.1:$ECHO_PORT"
     echo "RUST_LOG=warn $(show "$SLUICE") run --config \$TMP/sluice.toml"
-    echo "haproxy -db -f \$TMP/haproxy.cfg"
-    echo "nginx -p \$TMP -c \$TMP/nginx.conf -e \$TMP/nginx-error.log"
+    if [ -n "$SLUICE_BASE" ]; then
+        echo "RUST_LOG=warn $(show "$SLUICE_BASE") run --config \$TMP/sluice-base.toml   # $BASELINE"
+    fi
+    if [ "$ONLY_SLUICE" = 0 ]; then
+        echo "haproxy -db -f \$TMP/haproxy.cfg"
+        echo "nginx -p \$TMP -c \$TMP/nginx.conf -e \$TMP/nginx-error.log"
+    fi
     echo "# measurements of repetition 1 (later ones differ only in pids); each also gets"
     echo "# --tag target=NAME --tag rep=N, and idle restarts the proxy first"
     sed "s|$ROOT/||g" "$CMDS"

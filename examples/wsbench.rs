@@ -937,7 +937,29 @@ async fn handshakes(
 // ---------------------------------------------------------------------------------------
 // report
 
-const TARGETS: [&str; 5] = ["direct", "sluice", "sluice-accept", "haproxy", "nginx"];
+/// Every target `bench/run.sh` knows, in table order. `sluice-base` and
+/// `sluice-accept-base` are the same two tenants served by the binary of another revision
+/// (`bench/run.sh --baseline REV`). Tables list only the targets a run measured.
+const TARGETS: [&str; 7] = [
+    "direct",
+    "sluice",
+    "sluice-base",
+    "sluice-accept",
+    "sluice-accept-base",
+    "haproxy",
+    "nginx",
+];
+
+/// Median of a non-empty list.
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
 
 fn report(input: &std::path::Path) {
     let text = std::fs::read_to_string(input)
@@ -948,12 +970,14 @@ fn report(input: &std::path::Path) {
     type ByRep = BTreeMap<(String, String, String), BTreeMap<i64, f64>>;
     let mut by_rep: ByRep = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut seen: std::collections::BTreeSet<String> = Default::default();
     for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
         let Ok(Value::Object(m)) = serde_json::from_str::<Value>(line) else {
             continue;
         };
         let target = m.get("target").and_then(Value::as_str).unwrap_or("?");
         let scenario = m.get("scenario").and_then(Value::as_str).unwrap_or("?");
+        seen.insert(target.to_string());
         if m.contains_key("error") {
             *errors.entry(format!("{target}/{scenario}")).or_default() += 1;
             continue;
@@ -973,15 +997,16 @@ fn report(input: &std::path::Path) {
     }
     let get = |t: &str, s: &str, f: &str| vals.get(&(t.into(), s.into(), f.into()));
     let median = |t: &str, s: &str, f: &str| -> Option<f64> {
-        let mut v = get(t, s, f)?.clone();
-        v.sort_by(|a, b| a.total_cmp(b));
-        let n = v.len();
-        Some(if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        })
+        get(t, s, f)
+            .filter(|v| !v.is_empty())
+            .map(|v| median_of(v.clone()))
     };
+    let present: Vec<&str> = TARGETS
+        .iter()
+        .copied()
+        .filter(|t| seen.contains(*t))
+        .collect();
+    let has = |t: &str| present.contains(&t);
     let cell = |t: &str, s: &str, f: &str, digits: usize| -> String {
         median(t, s, f).map_or("—".into(), |x| format!("{x:.digits$}"))
     };
@@ -1006,7 +1031,7 @@ fn report(input: &std::path::Path) {
         "| target | proxy CPU µs / round trip | round trips/s (100 conns) | syscalls / rt | context switches / rt | RTT p50 µs | RTT p99 µs | p99 µs under load | KB / idle session | RSS with all idle sessions open, MB | RSS after close, MB (retained) | handshakes/s | proxy CPU µs / handshake |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for t in TARGETS {
+    for &t in &present {
         let mb =
             |f: &str| median(t, "idle", f).map_or("—".into(), |x| format!("{:.1}", x / 1024.0));
         let after = match (
@@ -1036,7 +1061,7 @@ fn report(input: &std::path::Path) {
     println!("\nSpread across repetitions (min–max):\n");
     println!("| target | CPU µs / rt | round trips/s | RTT p50 µs | RTT p99 µs | KB / idle session | handshakes/s |");
     println!("|---|---|---|---|---|---|---|");
-    for t in TARGETS {
+    for &t in &present {
         println!(
             "| {t} | {} | {} | {} | {} | {} | {} |",
             range(t, "load", "cpu_us_per_rt", 2),
@@ -1053,7 +1078,7 @@ fn report(input: &std::path::Path) {
         "| target | proxy | client | echo server | everything else | stolen by the hypervisor |"
     );
     println!("|---|---|---|---|---|---|");
-    for t in TARGETS {
+    for &t in &present {
         println!(
             "| {t} | {} | {} | {} | {} | {} |",
             cell(t, "load", "proxy_cpu_cores", 2),
@@ -1066,107 +1091,154 @@ fn report(input: &std::path::Path) {
 
     // Ratios within each repetition: the two proxies ran minutes apart, not hours, so
     // these cancel much of what the machine did meanwhile.
-    let paired_of = |who: &str, s: &str, f: &str, other: &str| -> String {
+    // → (median, min, max) of who ÷ other over the repetitions both have.
+    let paired_stats = |who: &str, s: &str, f: &str, other: &str| -> Option<(f64, f64, f64)> {
         let key = |t: &str| (t.to_string(), s.to_string(), f.to_string());
-        let (Some(a), Some(b)) = (by_rep.get(&key(who)), by_rep.get(&key(other))) else {
-            return "—".into();
-        };
-        let mut r: Vec<f64> = a
+        let (a, b) = (by_rep.get(&key(who))?, by_rep.get(&key(other))?);
+        let r: Vec<f64> = a
             .iter()
             .filter_map(|(rep, x)| b.get(rep).filter(|y| **y != 0.0).map(|y| x / y))
             .collect();
-        if r.is_empty() {
-            return "—".into();
-        }
-        r.sort_by(|a, b| a.total_cmp(b));
-        let n = r.len();
-        let med = if n % 2 == 1 {
-            r[n / 2]
-        } else {
-            (r[n / 2 - 1] + r[n / 2]) / 2.0
-        };
-        format!("{med:.2}× ({:.2}–{:.2})", r[0], r[n - 1])
+        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (!r.is_empty()).then(|| (median_of(r), lo, hi))
     };
-    let paired = |s: &str, f: &str, other: &str| paired_of("sluice", s, f, other);
-    println!("\nsluice ÷ the other proxy within each repetition: median (min–max):\n");
-    println!("| figure | sluice ÷ NGINX | sluice ÷ HAProxy |");
-    println!("|---|---|---|");
-    for (label, sc, f) in [
-        ("CPU µs / round trip", "load", "cpu_us_per_rt"),
-        ("syscalls / round trip", "load", "syscalls_per_rt"),
-        ("round trips/s", "load", "rt_per_s"),
-        ("RTT p50", "rtt", "p50_us"),
-        ("RTT p99", "rtt", "p99_us"),
-        ("KB / idle session", "idle", "kb_per_session"),
-        ("handshakes/s", "handshakes", "handshakes_per_s"),
-        ("CPU µs / handshake", "handshakes", "cpu_us_per_handshake"),
-    ] {
-        println!(
-            "| {label} | {} | {} |",
-            paired(sc, f, "nginx"),
-            paired(sc, f, "haproxy")
-        );
-    }
+    let paired_of = |who: &str, s: &str, f: &str, other: &str| -> String {
+        paired_stats(who, s, f, other).map_or("—".into(), |(med, lo, hi)| {
+            format!("{med:.2}× ({lo:.2}–{hi:.2})")
+        })
+    };
 
-    // Where sluice stands against the aims of issue 5.
-    let s = |sc: &str, f: &str| median("sluice", sc, f);
-    let h = |sc: &str, f: &str| median("haproxy", sc, f);
-    let n = |sc: &str, f: &str| median("nginx", sc, f);
     let verdict = |ok: Option<bool>| match ok {
         Some(true) => "yes",
         Some(false) => "**no**",
         None => "—",
     };
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b != 0.0 => format!("{:.2}×", a / b),
-        _ => "—".into(),
-    };
-    println!("\nAims (issue 5), sluice against the medians above:\n");
-    println!("| aim | sluice | reference | ratio | met |");
-    println!("|---|---|---|---|---|");
-    let (sc, nc) = (s("load", "cpu_us_per_rt"), n("load", "cpu_us_per_rt"));
-    println!(
-        "| CPU per round trip ≤ 0.95 × NGINX | {} µs | {} µs | {} | {} |",
-        cell("sluice", "load", "cpu_us_per_rt", 2),
-        cell("nginx", "load", "cpu_us_per_rt", 2),
-        ratio(sc, nc),
-        verdict(sc.zip(nc).map(|(a, b)| a <= 0.95 * b))
-    );
-    let (sp, np) = (s("rtt", "p99_us"), n("rtt", "p99_us"));
-    println!(
-        "| RTT p99 ≤ NGINX | {} µs | {} µs | {} | {} |",
-        cell("sluice", "rtt", "p99_us", 1),
-        cell("nginx", "rtt", "p99_us", 1),
-        ratio(sp, np),
-        verdict(sp.zip(np).map(|(a, b)| a <= b))
-    );
-    let (sm, hm) = (s("idle", "kb_per_session"), h("idle", "kb_per_session"));
-    println!(
-        "| idle memory ≤ HAProxy | {} KB | {} KB | {} | {} |",
-        cell("sluice", "idle", "kb_per_session", 2),
-        cell("haproxy", "idle", "kb_per_session", 2),
-        ratio(sm, hm),
-        verdict(sm.zip(hm).map(|(a, b)| a <= b))
-    );
-    let (shs, nhs) = (
-        s("handshakes", "handshakes_per_s"),
-        n("handshakes", "handshakes_per_s"),
-    );
-    println!(
-        "| handshakes/s ≥ NGINX | {} | {} | {} | {} |",
-        cell("sluice", "handshakes", "handshakes_per_s", 0),
-        cell("nginx", "handshakes", "handshakes_per_s", 0),
-        ratio(shs, nhs),
-        verdict(shs.zip(nhs).map(|(a, b)| a >= b))
-    );
-    let sr = s("idle", "returned_pct");
-    println!(
+
+    // Against a baseline revision (bench/run.sh --baseline REV): each sluice target
+    // beside the same tenant served by the other revision's binary, paired per repetition.
+    for (new, old) in [
+        ("sluice", "sluice-base"),
+        ("sluice-accept", "sluice-accept-base"),
+    ] {
+        if !(has(new) && has(old)) {
+            continue;
+        }
+        println!(
+            "\n{new} against {old} (the --baseline revision): medians, and {new} ÷ {old} \
+             within each repetition, median (min–max). Within 10 %: the median ratio is at \
+             most 1.10 for costs and latencies, at least 0.90 for rates.\n"
+        );
+        println!("| figure | {new} | {old} | {new} ÷ {old} | within 10 % |");
+        println!("|---|---|---|---|---|");
+        // (label, scenario, field, digits, a rate: higher is better)
+        for (label, sc, f, d, rate) in [
+            ("CPU µs / round trip", "load", "cpu_us_per_rt", 2, false),
+            ("round trips/s", "load", "rt_per_s", 0, true),
+            ("syscalls / round trip", "load", "syscalls_per_rt", 2, false),
+            ("RTT p50 µs", "rtt", "p50_us", 1, false),
+            ("RTT p99 µs", "rtt", "p99_us", 1, false),
+            ("p99 µs under load", "load", "p99_us", 0, false),
+            ("KB / idle session", "idle", "kb_per_session", 2, false),
+            ("handshakes/s", "handshakes", "handshakes_per_s", 0, true),
+            (
+                "CPU µs / handshake",
+                "handshakes",
+                "cpu_us_per_handshake",
+                1,
+                false,
+            ),
+        ] {
+            let within = paired_stats(new, sc, f, old)
+                .map(|(m, _, _)| if rate { m >= 0.9 } else { m <= 1.1 });
+            println!(
+                "| {label} | {} | {} | {} | {} |",
+                cell(new, sc, f, d),
+                cell(old, sc, f, d),
+                paired_of(new, sc, f, old),
+                verdict(within)
+            );
+        }
+    }
+
+    // Against HAProxy and NGINX (absent from a run with --only-sluice).
+    if has("nginx") || has("haproxy") {
+        let paired = |s: &str, f: &str, other: &str| paired_of("sluice", s, f, other);
+        println!("\nsluice ÷ the other proxy within each repetition: median (min–max):\n");
+        println!("| figure | sluice ÷ NGINX | sluice ÷ HAProxy |");
+        println!("|---|---|---|");
+        for (label, sc, f) in [
+            ("CPU µs / round trip", "load", "cpu_us_per_rt"),
+            ("syscalls / round trip", "load", "syscalls_per_rt"),
+            ("round trips/s", "load", "rt_per_s"),
+            ("RTT p50", "rtt", "p50_us"),
+            ("RTT p99", "rtt", "p99_us"),
+            ("KB / idle session", "idle", "kb_per_session"),
+            ("handshakes/s", "handshakes", "handshakes_per_s"),
+            ("CPU µs / handshake", "handshakes", "cpu_us_per_handshake"),
+        ] {
+            println!(
+                "| {label} | {} | {} |",
+                paired(sc, f, "nginx"),
+                paired(sc, f, "haproxy")
+            );
+        }
+
+        // Where sluice stands against the aims of issue 5.
+        let s = |sc: &str, f: &str| median("sluice", sc, f);
+        let h = |sc: &str, f: &str| median("haproxy", sc, f);
+        let n = |sc: &str, f: &str| median("nginx", sc, f);
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b != 0.0 => format!("{:.2}×", a / b),
+            _ => "—".into(),
+        };
+        println!("\nAims (issue 5), sluice against the medians above:\n");
+        println!("| aim | sluice | reference | ratio | met |");
+        println!("|---|---|---|---|---|");
+        let (sc, nc) = (s("load", "cpu_us_per_rt"), n("load", "cpu_us_per_rt"));
+        println!(
+            "| CPU per round trip ≤ 0.95 × NGINX | {} µs | {} µs | {} | {} |",
+            cell("sluice", "load", "cpu_us_per_rt", 2),
+            cell("nginx", "load", "cpu_us_per_rt", 2),
+            ratio(sc, nc),
+            verdict(sc.zip(nc).map(|(a, b)| a <= 0.95 * b))
+        );
+        let (sp, np) = (s("rtt", "p99_us"), n("rtt", "p99_us"));
+        println!(
+            "| RTT p99 ≤ NGINX | {} µs | {} µs | {} | {} |",
+            cell("sluice", "rtt", "p99_us", 1),
+            cell("nginx", "rtt", "p99_us", 1),
+            ratio(sp, np),
+            verdict(sp.zip(np).map(|(a, b)| a <= b))
+        );
+        let (sm, hm) = (s("idle", "kb_per_session"), h("idle", "kb_per_session"));
+        println!(
+            "| idle memory ≤ HAProxy | {} KB | {} KB | {} | {} |",
+            cell("sluice", "idle", "kb_per_session", 2),
+            cell("haproxy", "idle", "kb_per_session", 2),
+            ratio(sm, hm),
+            verdict(sm.zip(hm).map(|(a, b)| a <= b))
+        );
+        let (shs, nhs) = (
+            s("handshakes", "handshakes_per_s"),
+            n("handshakes", "handshakes_per_s"),
+        );
+        println!(
+            "| handshakes/s ≥ NGINX | {} | {} | {} | {} |",
+            cell("sluice", "handshakes", "handshakes_per_s", 0),
+            cell("nginx", "handshakes", "handshakes_per_s", 0),
+            ratio(shs, nhs),
+            verdict(shs.zip(nhs).map(|(a, b)| a >= b))
+        );
+        let sr = s("idle", "returned_pct");
+        println!(
         "| memory returned after close | {} % of the growth returned | HAProxy {} %, NGINX {} % | — | {} |",
         cell("sluice", "idle", "returned_pct", 0),
         cell("haproxy", "idle", "returned_pct", 0),
         cell("nginx", "idle", "returned_pct", 0),
         verdict(sr.map(|r| r >= 90.0))
     );
+    }
 
     // Issue 7: what accept mode's message relay costs against hold mode's tunnel.
     println!(
@@ -1178,7 +1250,7 @@ fn report(input: &std::path::Path) {
     println!("|---|---|---|---|---|");
     let (ac, hc) = (
         median("sluice-accept", "load", "cpu_us_per_rt"),
-        s("load", "cpu_us_per_rt"),
+        median("sluice", "load", "cpu_us_per_rt"),
     );
     println!(
         "| CPU per round trip ≤ 1.4 × hold | {} µs | {} µs | {} | {} |",
