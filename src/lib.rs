@@ -71,28 +71,70 @@ pub use server::{Server, StartError};
 /// # Errors
 /// [`StartError`] when the listener cannot be bound or TLS material is unusable.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let admin_addr = config.admin.address;
-    let server = Server::bind(config).await?;
-    let runtime = server.runtime();
-    let admin = admin::Admin::bind(admin_addr, runtime.clone())
-        .await
-        .map_err(|source| StartError::AdminBind {
-            addr: admin_addr,
-            source,
-        })?;
-    // The admin listener keeps serving during the drain: /readyz says 503.
-    let admin = tokio::spawn(admin.run(std::future::pending()));
-    let hangups = tokio::spawn(signals::reload_on_hangup(runtime.clone()));
-    let ready = runtime.clone();
-    server
-        .run(async move {
-            shutdown.await;
-            // Not ready from the first moment, before the listener closes.
-            ready.control.begin_drain();
-        })
-        .await;
-    server::drain(&runtime).await;
-    hangups.abort();
-    admin.abort();
+    Bound::bind(config).await?.serve(shutdown, true).await;
     Ok(())
+}
+
+/// The proxy and the admin listener, bound (port 0 resolved), not yet serving: what
+/// [`run`] does in two steps, so that a test or a tool knows the addresses first.
+#[derive(Debug)]
+pub struct Bound {
+    server: Server,
+    admin: admin::Admin,
+}
+
+impl Bound {
+    /// Binds `listen.address` and `admin.address` and builds the runtime.
+    ///
+    /// # Errors
+    /// [`StartError`] when a listener cannot be bound or TLS material is unusable.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let admin_addr = config.admin.address;
+        let server = Server::bind(config).await?;
+        let admin = admin::Admin::bind(admin_addr, server.runtime())
+            .await
+            .map_err(|source| StartError::AdminBind {
+                addr: admin_addr,
+                source,
+            })?;
+        Ok(Self { server, admin })
+    }
+
+    /// The proxy's address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// What every connection shares.
+    pub fn runtime(&self) -> std::sync::Arc<runtime::Runtime> {
+        self.server.runtime()
+    }
+
+    /// Serves (reloading the config on SIGHUP when `hangups`) until `shutdown`
+    /// completes, then drains ([`server::drain`]); returns when the drain has, where the
+    /// process exits.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>, hangups: bool) {
+        let runtime = self.server.runtime();
+        // The admin listener keeps serving during the drain: /readyz says 503.
+        let admin = tokio::spawn(self.admin.run(std::future::pending()));
+        let hangups = hangups.then(|| tokio::spawn(signals::reload_on_hangup(runtime.clone())));
+        let ready = runtime.clone();
+        self.server
+            .run(async move {
+                shutdown.await;
+                // Not ready from the first moment, before the listener closes.
+                ready.control.begin_drain();
+            })
+            .await;
+        server::drain(&runtime).await;
+        if let Some(h) = hangups {
+            h.abort();
+        }
+        admin.abort();
+    }
 }

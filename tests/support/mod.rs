@@ -116,42 +116,22 @@ async fn start(config: Config) -> Proxy {
 }
 
 /// Binds the proxy and its admin listener and serves both in the background until
-/// `shutdown` completes, then drains as `sluice::run` does after SIGTERM (not ready at
-/// once, the listener closed, [`sluice::control::drain`]); the task ends when the drain
-/// has, as the process would exit.
+/// `shutdown` completes, then drains as `sluice::run` does after SIGTERM
+/// ([`sluice::Bound::serve`], without SIGHUP); the task ends when the drain has, as the
+/// process would exit.
 async fn start_until(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (Proxy, tokio::task::JoinHandle<()>) {
-    let config_admin = config.admin.address;
-    let server = sluice::Server::bind(config).await.expect("sluice binds");
-    let addr = server.local_addr();
-    let shared = server.runtime();
-    let admission = Loads(shared.clone());
-    let admin = sluice::admin::Admin::bind(config_admin, shared.clone())
-        .await
-        .expect("admin binds");
-    let admin_addr = admin.local_addr();
-    // The admin listener keeps serving during the drain: /readyz says 503.
-    let admin = tokio::spawn(admin.run(std::future::pending()));
-    let draining = shared.clone();
-    let done = tokio::spawn(async move {
-        let ready = draining.clone();
-        server
-            .run(async move {
-                shutdown.await;
-                ready.control.begin_drain();
-            })
-            .await;
-        sluice::control::drain(&draining).await;
-        admin.abort();
-    });
+    let bound = sluice::Bound::bind(config).await.expect("sluice binds");
+    let shared = bound.runtime();
     let proxy = Proxy {
-        addr,
-        admission,
-        admin: admin_addr,
+        addr: bound.local_addr(),
+        admission: Loads(shared.clone()),
+        admin: bound.admin_addr(),
         shared,
     };
+    let done = tokio::spawn(bound.serve(shutdown, false));
     (proxy, done)
 }
 
