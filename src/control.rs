@@ -158,16 +158,8 @@ impl Drop for SessionCount {
     }
 }
 
-/// Why sluice ends a live session itself, with the close code for an `accept`-mode
-/// client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stop {
-    /// The close code (`1001` for shutdown and limits, `1008` for a revoked credential).
-    pub code: CloseCode,
-    /// The close reason and log word: `shutdown`, `idle-timeout`, `max-session`,
-    /// `credential-revoked`.
-    pub reason: &'static str,
-}
+/// Why sluice ends a live session itself (defined beside the relays that act on it).
+pub use crate::relay::Stop;
 
 /// Re-checks a live session's credential after a reload: `Some(false)` when the
 /// config in force no longer accepts it, `None` when its tenant was removed (a removed

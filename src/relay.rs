@@ -46,8 +46,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::control::Stop;
 use crate::stream::Stream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 mod frames;
 pub mod messages;
@@ -58,6 +58,17 @@ pub use messages::{Direction, MessageHook, PassThrough, Verdict};
 
 use tls::relay_generic;
 use tunnel::{relay_plain, PlainDir};
+
+/// Why sluice ends a live session itself, with the close code for an `accept`-mode
+/// client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// The close code (`1001` for shutdown and limits, `1008` for a revoked credential).
+    pub code: CloseCode,
+    /// The close reason and log word: `shutdown`, `idle-timeout`, `max-session`,
+    /// `credential-revoked`.
+    pub reason: &'static str,
+}
 
 /// How long the other direction may go on after one leg has ended its stream.
 pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(5);

@@ -4,7 +4,7 @@
 //! as they pass, so that when sluice ends a session itself it knows which peers are
 //! between two frames and may be sent a close frame ([`close_frame`]).
 
-use crate::control::Stop;
+use super::Stop;
 
 /// Follows WebSocket frame boundaries in a byte stream (RFC 6455 §5.2): the header of
 /// the frame being read, then how much of its payload is still to come. Headers are

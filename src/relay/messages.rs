@@ -44,8 +44,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::Stop;
 use super::{count, End, Moved, RelayStats};
-use crate::control::Stop;
 use crate::ws::{close_and_wait, close_frame, drain, Ws, FRAGMENT};
 
 /// Messages one direction of the relay moves before letting the other have a turn.

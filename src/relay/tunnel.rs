@@ -14,8 +14,8 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::frames::{close_frame, Frames};
+use super::Stop;
 use super::{count, first_end, torn_down, DirEnd, End, Moved, HALF_CLOSE_LINGER, SCRATCH};
-use crate::control::Stop;
 
 /// Both directions over plain TCP in one small poll loop. Readiness is polled with
 /// `poll_read_ready`/`poll_write_ready`, which keep the task's waker in the socket's own
