@@ -1,3 +1,5 @@
+//! Wiring: the admin listener — metrics, health, the status page, `/api/tenants`, reload.
+//!
 //! The admin listener (`admin.address`, separate from the proxy port): DESIGN.md's
 //! "Admin endpoints".
 //!

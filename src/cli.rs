@@ -1,3 +1,5 @@
+//! Entry: the command line (`run`, `check-config`, `edge-sim`, `spike`, `demo`, `health`).
+//!
 //! The command line: `sluice run`, `check-config`, `edge-sim`, `spike`, `demo`,
 //! `health`, and the shared logging flags.
 

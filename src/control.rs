@@ -1,3 +1,5 @@
+//! Beside the flow (a mechanism): drain state, reload notices, what ends a live session early.
+//!
 //! The process's life beside the flow: graceful drain, hot-reload notices, and what
 //! ends a live session early (DESIGN.md: "SIGTERM drains", "hot reload",
 //! `[protection] idle_timeout / max_session`).

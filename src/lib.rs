@@ -6,25 +6,50 @@
 //!
 //! # Layout
 //!
-//! The modules follow the flow of one connection (`../shared/DESIGN.md`):
+//! The modules follow the flow of one connection (`../shared/DESIGN.md`), in layers. A
+//! module may use modules of its own layer and of the layers below, never above, and the
+//! graph has no cycle: `.ci/run` checks both (`.ci/layers.py` over `cargo modules
+//! dependencies --lib`; the table there mirrors this one).
 //!
-//! 1. [`listen`]: accept TCP (TLS optional, [`tls`]), read the HTTP/1.1 upgrade with
-//!    hyper under a header timeout and size limit.
-//! 2. [`tenant`]: resolve the tenant from the path prefix, a header or the Host.
-//! 3. [`auth`]: check the tenant's credential (none, API key, JWT) and strip it.
-//! 4. [`admission`]: per-tenant session caps, handshake token buckets and bounded FIFO
-//!    queues, and the `[edge]` ceiling shared by weight; queued connects are paced out.
-//! 5. [`upstream`]: the WebSocket handshake to an endpoint of the tenant's group.
-//! 6. [`relay`]: a transparent byte tunnel that holds no buffer while idle.
+//! ```text
+//! entry       cli, tools (edge_sim, spike, demo), main.rs
+//!   │
+//! wiring      server (listen: step 1; the accept loop; drain), admin, reload, signals, run/Bound
+//!   │
+//! flow        proxy (steps 1–3, dispatch) ─ hold │ accept (steps 4–7) ─ dial (5), outcome
+//!   │
+//! state       runtime (the shared snapshot), tenants (the tenant table), release (step 7)
+//!   │
+//! mechanisms  tenant (2), auth (3), admission (4), upstream (5), relay (6), ws, control, protect
+//!   │
+//! metrics     metrics
+//!   │
+//! leaves      config, reject, logging, stream, parse, tls, stats
+//! ```
+//!
+//! One connection, top to bottom:
+//!
+//! 1. [`server`] accepts TCP (TLS optional, [`tls`]) and reads the HTTP/1.1 upgrade with
+//!    hyper under a header timeout and size limit; [`protect`] caps connections still in
+//!    their HTTP phase and unauthenticated attempts per address.
+//! 2. [`proxy`] checks the upgrade; [`tenant`] resolves the tenant once, into its handle
+//!    in the [`tenants`] table of the [`runtime`]'s snapshot; nothing below looks a
+//!    tenant up by name again.
+//! 3. [`auth`] checks the tenant's credential (none, API key, JWT) and strips it.
+//! 4. [`admission`] decides on the handle's gate: per-tenant session caps, handshake
+//!    token buckets and bounded FIFO queues, the `[edge]` ceiling shared by weight;
+//!    queued connects are paced out. It imports neither upstream nor metrics, and its
+//!    capacity sits behind an interface a shared backend can implement.
+//! 5. [`proxy`]'s `dial` opens the upstream WebSocket through [`upstream`] (request,
+//!    connect, retry, the endpoint pool of the tenant's group).
+//! 6. [`relay`]: in `hold` mode a byte tunnel that holds no buffer while idle; in
+//!    `accept` mode ([`proxy::accept`], [`ws`]) a message relay with a per-message hook.
 //! 7. [`release`]: the one place a session's end is observed.
 //!
-//! [`metrics`] holds every Prometheus series and the status page's recent windows;
-//! [`admin`] serves them on the admin listener.
-//!
-//! [`tools`] holds the edge simulator, the spike generator and the demo.
-//!
-//! [`proxy`] puts the steps in order; [`reject`] turns refusals into responses;
-//! [`config`] loads and validates the file; [`cli`] is the command line.
+//! [`reject`] builds every refusal from one reason; [`metrics`] holds every Prometheus
+//! series and the status page's recent windows, [`admin`] serves them; [`control`]
+//! carries drain and reload notices to live sessions; [`config`] loads and validates
+//! the file; [`reload`] applies a new one as one new snapshot.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

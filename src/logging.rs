@@ -1,3 +1,5 @@
+//! Beside the flow (a leaf): log set-up, text or JSON lines on stderr, and log budgets.
+//!
 //! Log set-up: `tracing` to stderr, as text or JSON lines, filtered by `RUST_LOG`
 //! (default `info`).
 //!

@@ -1,3 +1,5 @@
+//! Beside the flow (a leaf): small HTTP parsing helpers that the steps share.
+//!
 //! Small HTTP parsing helpers shared by the steps of the flow: the tokens of a
 //! comma-separated header, and the parameters of a query.
 

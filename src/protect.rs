@@ -1,3 +1,5 @@
+//! Steps 1 and 3 of the flow: abuse limits that act before any tenant is known (`[protection]`).
+//!
 //! Abuse limits that act before any tenant is known (`[protection]`, DESIGN.md flow
 //! steps 1 and 3).
 //!

@@ -1,3 +1,5 @@
+//! Steps 1–3 of the flow and the dispatch: one request, resolved once into its tenant's handle.
+//!
 //! The flow of one connection, step by step (DESIGN.md): what happens to a request once
 //! [`crate::server`] has read its head. Steps 1–3 (the upgrade checked, the tenant
 //! resolved once into its handle, the credential checked) are here; then the request is

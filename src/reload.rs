@@ -1,3 +1,5 @@
+//! Wiring: hot reload — validate the whole file, then build and store one new snapshot.
+//!
 //! Hot reload (DESIGN.md: "config — load, validate, hot reload"): on SIGHUP or
 //! `POST /-/reload` the config file is read and validated whole; an invalid one is
 //! refused (logged with every key and reason, `sluice_config_reloads_total{result="error"}`)

@@ -1,7 +1,8 @@
-//! State: the runtime every connection shares — the snapshot a reload swaps in one store
-//! (config, tenant table, upstream connector, listener TLS) and what lives across
-//! snapshots (drain control, the admission scheduler, the pre-auth protections, the
-//! metrics registry, the upstream pools).
+//! State: the runtime every connection shares, and the snapshot a reload swaps in one store.
+//!
+//! The snapshot holds the config, the tenant table, the upstream connector and the
+//! listener's TLS; beside it live what outlasts snapshots: drain control, the admission
+//! scheduler, the pre-auth protections, the metrics registry, the upstream pools.
 
 use std::sync::Arc;
 

@@ -1,4 +1,6 @@
-//! Wiring: the listeners. [`Server`] binds the proxy port and runs the one accept loop
+//! Wiring: the listeners, the one accept loop they share, and the drain.
+//!
+//! [`Server`] binds the proxy port and runs the one accept loop
 //! ([`accept_loop`], which the admin listener shares) that hands each connection to
 //! step 1 ([`listen`]); [`drain`] ends the process's life gracefully.
 

@@ -1,3 +1,5 @@
+//! Wiring: process signals — SIGTERM and SIGINT drain and stop, SIGHUP reloads.
+//!
 //! Process signals: SIGTERM and SIGINT (Ctrl-C) drain and stop the proxy; SIGHUP
 //! reloads its config.
 

@@ -1,3 +1,5 @@
+//! Beside the flow (a leaf): one byte-stream type for both legs, plain TCP or TLS.
+//!
 //! One byte-stream type for both legs of a session: plain TCP, TLS accepted from a
 //! client, or TLS opened to an upstream.
 //!

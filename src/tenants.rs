@@ -1,5 +1,7 @@
-//! State: the tenant table — one [`Tenant`] handle per configured tenant, built once per
-//! config and reconciled by a reload, so that the flow resolves a tenant once and passes
+//! State: the tenant table, one handle per tenant, rebuilt from the old one by each reload.
+//!
+//! One [`Tenant`] handle per configured tenant, built once per config and reconciled by a
+//! reload, so that the flow resolves a tenant once and passes
 //! the handle on.
 //!
 //! A handle holds everything a connect of its tenant needs: its admission gate (with its

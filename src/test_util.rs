@@ -1,3 +1,5 @@
+//! Beside the flow: helpers for unit tests.
+//!
 //! Helpers for unit tests.
 
 use http::request::Parts;

@@ -1,3 +1,5 @@
+//! Beside the flow (a leaf): rustls set-up for the listener and the upstream client.
+//!
 //! rustls set-up: the proxy listener's server config (`listen.tls_cert`/`tls_key`) and
 //! the client config for `wss://` endpoints (webpki roots plus `upstream.ca_file`).
 //! Both use the `ring` provider and offer ALPN `http/1.1` only.

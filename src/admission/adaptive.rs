@@ -1,3 +1,5 @@
+//! Step 4 of the flow, admission: the adaptive handshake rate (AIMD) of a tenant or the edge.
+//!
 //! The adaptive handshake rate (AIMD) of a tenant or of the edge ceiling.
 //!
 //! A sign that the edge is struggling — it answered `503` or `429`, a handshake timed

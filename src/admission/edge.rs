@@ -1,3 +1,5 @@
+//! Step 4 of the flow, admission: the `[edge]` ceiling, shared between tenants by weight.
+//!
 //! The edge ceiling (`[edge]`), shared between tenants by weight.
 //!
 //! Each tenant with a queue has one pump asking for one turn at a time. When nobody

@@ -1,3 +1,5 @@
+//! Step 4 of the flow, admission: one tenant's gate — its FIFO queue and the pump that paces it.
+//!
 //! One tenant's admission state, its FIFO queue, and the pump that releases the queue
 //! at the tenant's pace.
 

@@ -1,3 +1,5 @@
+//! Step 4 of the flow, admission: the scheduler's unit tests under tokio's paused clock.
+//!
 //! The scheduler under tokio's paused clock: times are exact, so pacing, order and
 //! shares are asserted without slack.
 

@@ -1,3 +1,5 @@
+//! Beside the flow (metrics): the recent window each tenant shows on the status page.
+//!
 //! Beside the flow (DESIGN.md, "Admin endpoints"): the recent window a tenant shows.
 //!
 //! Outcomes per second over the last minute and the last upstream handshake times, both

@@ -1,5 +1,6 @@
-//! Wiring: the graceful drain (SIGTERM / SIGINT), once the listener has stopped
-//! accepting (see [`crate::control`] for the states).
+//! Wiring: the graceful drain (SIGTERM / SIGINT), once the listener has stopped accepting.
+//!
+//! See [`crate::control`] for the states.
 
 use std::time::Duration;
 

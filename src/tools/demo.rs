@@ -1,3 +1,5 @@
+//! Entry: `sluice demo`, the field problem and its cure side by side, in one process.
+//!
 //! `sluice demo`: the field problem and its cure, side by side, in one process.
 //!
 //! 1. An edge simulator with limits in the spirit of the field reports (an organisation

@@ -1,3 +1,5 @@
+//! Entry: `sluice edge-sim`, a capacity-limited edge that refuses like a cloud edge does.
+//!
 //! `sluice edge-sim`: a WebSocket server that behaves like a capacity-limited cloud
 //! edge, to reproduce the field problem on a laptop.
 //!

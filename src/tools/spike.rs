@@ -1,3 +1,5 @@
+//! Entry: `sluice spike`, a softphone connect storm with the retry behaviour of real clients.
+//!
 //! `sluice spike`: a softphone spike generator, in the spirit of a JMeter thread group.
 //!
 //! N virtual softphones spread over T tenants connect (all at once, or spread over a

@@ -1,3 +1,5 @@
+//! Step 6 of the flow (`accept` mode): the message relay's hook over real WebSockets.
+//!
 //! The message relay's hook (step 6, `accept` mode), over real WebSocket connections on
 //! loopback: a message dropped, answered and held, each way.
 

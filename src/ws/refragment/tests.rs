@@ -1,3 +1,5 @@
+//! Step 6 of the flow (`accept` mode): tests of the re-fragmenting adapter.
+//!
 //! Tests of the re-fragmenting adapter (step 6, `accept` mode): frames re-cut as they pass.
 
 use super::*;

@@ -1,3 +1,5 @@
+//! Entry: the tools that reproduce the field problem (edge simulator, spike, demo).
+//!
 //! The tools that reproduce the field problem (DESIGN.md "Command line"): an edge
 //! simulator ([`edge_sim`]), a softphone spike generator ([`spike`]), and the demo that
 //! runs a spike against the simulator directly and through sluice ([`demo`]).
