@@ -339,10 +339,11 @@ pub fn describe(config: &Config, name: &str) -> String {
         let urls: Vec<&str> = group.endpoints.iter().map(|e| e.url.as_str()).collect();
         let _ = writeln!(out, "  group {}: {}", group.name, urls.join(", "));
     }
-    let accepting: Vec<String> = config
-        .tenants
-        .values()
-        .chain(config.default_tenant.as_ref())
+    let table = crate::tenants::Table::of(config);
+    let settings: Vec<_> = table.sorted().iter().map(|t| t.settings()).collect();
+    let accepting: Vec<String> = settings
+        .iter()
+        .map(|s| &s.config)
         .filter(|t| t.limits.queue_mode == crate::config::QueueMode::Accept)
         .map(|t| match t.limits.subprotocols.as_slice() {
             [] => format!("{} (no subprotocol)", t.name),
@@ -366,12 +367,9 @@ pub fn describe(config: &Config, name: &str) -> String {
         "auth",
     ];
     let mut rows: Vec<[String; 10]> = vec![header.map(str::to_owned)];
-    let tenants = config
-        .tenants
-        .values()
-        .chain(config.default_tenant.as_ref());
-    for t in tenants {
-        rows.push(tenant_row(t));
+    // The tenant table sluice would run with: the rows are its handles' settings.
+    for s in &settings {
+        rows.push(tenant_row(&s.config));
     }
     let widths: Vec<usize> = (0..10)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))

@@ -236,6 +236,28 @@ impl Table {
         self.tenants.values()
     }
 
+    /// Every configured tenant's handle by name, `_default` last: the order `check-config`
+    /// and the status page list them in.
+    pub fn sorted(&self) -> Vec<&Arc<Tenant>> {
+        let mut all: Vec<&Arc<Tenant>> = self.tenants.values().collect();
+        all.sort_by_key(|t| (*t.name == *DEFAULT_TENANT, t.name.clone()));
+        all
+    }
+
+    /// The table `config` would run with, standalone (a registry of its own, no pauses
+    /// shared with a server): what `check-config` describes.
+    pub fn of(config: &Config) -> Self {
+        let admission = Admission::new(
+            config.edge.as_ref(),
+            crate::admission::adaptive::Policy::of(&config.upstream),
+            None,
+            crate::admission::Jitter::seeded(0),
+        );
+        let metrics = Metrics::new(config);
+        let pools = Pools::new(config);
+        Self::build(config, None, &admission, &metrics, &pools)
+    }
+
     /// The metrics of connects that named no configured tenant (`_unknown`).
     pub fn unknown(&self) -> &Arc<TenantMetrics> {
         &self.unknown
