@@ -19,7 +19,7 @@
 //!   clients queue under their tenant's limits.
 //!
 //! Header-read timeout and header size (slowloris, huge heads) are hyper's
-//! (`listen.header_timeout`, `protection.max_header_bytes`, see [`crate::listen`]).
+//! (`listen.header_timeout`, `protection.max_header_bytes`, see [`crate::server`]).
 //!
 //! Memory is bounded: the limiter keeps one bucket (40 bytes) per address that failed
 //! recently, forgets those whose bucket is full again every [`CLEANUP_PERIOD`], and
