@@ -389,19 +389,16 @@ async fn sigterm_during_an_upstream_handshake_still_closes_the_accept_client() {
     );
 }
 
-/// A reload just before the drain must not cost a session its shutdown close. Ignored
-/// until `src/control.rs` is fixed: it fails within a few of its 20 rounds (and makes
-/// the binary test above flaky under load). Traced with prints in `SessionStop::wait`:
-/// the reload's send wakes the session, which polls `changed()` again and registers a
-/// new waiter while tokio's sharded `notify_waiters` of that same send is still going
-/// through its shards; a later shard wakes the new waiter spuriously (the version did
-/// not change), the poll sees an unchanged epoch and returns `Pending` without polling
-/// `changed()` again, so no waiter is left: the drain's and `close_sessions`' sends wake
-/// nobody, and the session stays open until the process exits. Polling `changed()` on
-/// every wake (the epoch shortcut removed) passes 20 of 20 rounds, 3 runs of 3. Run
-/// with `cargo test --test drain -- --ignored`.
+/// A reload just before the drain must not cost a session its shutdown close (found
+/// in review, and it made the binary test above flaky under load). The session's stop
+/// future once kept a `watch` waiter but re-polled it only when the control's epoch had
+/// moved: the reload's send woke the session, which registered a new waiter while
+/// tokio's sharded `notify_waiters` of that same send was still going through its
+/// shards; a later shard woke the new waiter spuriously, the poll saw an unchanged epoch
+/// and returned `Pending` without polling the waiter again, so none was left and the
+/// drain's and `close_sessions`' sends woke nobody. Now every poll registers the
+/// session's waker and then reads the epoch, so no wake-up is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "src/control.rs SessionStop::wait loses a wake-up (see the doc comment)"]
 async fn a_reload_just_before_the_drain_does_not_cost_a_session_its_close() {
     const SECRET: &str = "reload-race-key-0123456789";
     let edge = edge().await;
