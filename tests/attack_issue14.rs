@@ -409,3 +409,83 @@ async fn unknown_tenant_names_do_not_grow_series_or_the_table() {
     assert_eq!(proxy.shared.admission.gate_count(), gates);
     assert_eq!(proxy.shared.snapshot().tenants.retired(), 0);
 }
+
+// Q2: an edge that sends data, its close frame, and resets at once (hold mode): the
+// client gets every byte and the close frame, and only then is the end counted clean.
+#[tokio::test]
+async fn edge_close_then_reset_delivers_everything_before_counting_clean() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, Message};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let edge_addr = listener.local_addr().unwrap();
+    let body = "y".repeat(60_000);
+    let sent = body.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let body = sent.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let key = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("sec-websocket-key")
+                            .then(|| v.trim().to_owned())
+                    })
+                    .unwrap();
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                    derive_accept_key(key.as_bytes())
+                );
+                tcp.write_all(answer.as_bytes()).await.unwrap();
+                let mut frames = vec![0x82, 127];
+                frames.extend_from_slice(&(body.len() as u64).to_be_bytes());
+                frames.extend_from_slice(body.as_bytes());
+                frames.extend_from_slice(&[0x88, 2, 0x03, 0xe8]);
+                tcp.write_all(&frames).await.unwrap();
+                // Bytes unread (the client's frames) make the close a reset, as linger 0.
+                socket2::SockRef::from(&tcp)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+                drop(tcp);
+            });
+        }
+    });
+    let proxy = config()
+        .upstream(&format!("ws://{edge_addr}"))
+        .tenant(tenant("lab"))
+        .start()
+        .await;
+    for _ in 0..10 {
+        let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+        let mut got = Vec::new();
+        let mut closed = false;
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            match m {
+                Ok(Message::Binary(b)) => got.extend_from_slice(&b),
+                Ok(Message::Close(_)) => closed = true,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert_eq!(got.len(), body.len(), "every byte before the close arrived");
+        assert!(closed, "the edge's close frame arrived");
+    }
+    wait_until("sessions ended", async || {
+        live(&proxy.shared, "lab") == Some(0)
+    })
+    .await;
+    assert!(
+        proxy.shared.metrics.edge_errors().is_empty(),
+        "a close-then-reset was counted as an edge error: {:?}",
+        proxy.shared.metrics.edge_errors()
+    );
+}
