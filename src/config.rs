@@ -83,6 +83,9 @@ pub struct Config {
     pub identity: Identity,
     /// `[edge]`: the upstream's global ceiling; `None` means no ceiling.
     pub edge: Option<EdgeLimits>,
+    /// `[cluster]`: several replicas enforce one set of limits on Redis; `None`: this
+    /// process alone (no Redis).
+    pub cluster: Option<Cluster>,
     /// `[upstream]`
     pub upstream: Upstream,
     /// `[defaults]`, with every key filled in.
@@ -183,6 +186,51 @@ pub struct EdgeLimits {
     pub handshake_rate: f64,
     /// Handshake burst across all tenants.
     pub handshake_burst: u32,
+}
+
+/// `[cluster]` (DESIGN.md, "Scale-out"): where the replicas' shared state lives and how
+/// a replica behaves when it cannot reach it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// The Redis server (or the Sentinels that name it).
+    pub redis: RedisTarget,
+    /// This replica's name in Redis (default: host name and pid), unique per replica.
+    pub replica_id: String,
+    /// Each replica renews its live counts this often.
+    pub heartbeat: Duration,
+    /// A replica silent this long has its slots given back.
+    pub lease_ttl: Duration,
+    /// One Redis decision's budget.
+    pub redis_timeout: Duration,
+    /// What a replica admits while Redis is unreachable.
+    pub on_redis_failure: OnRedisFailure,
+}
+
+/// Where Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis = "redis://host:port/db"` (also `rediss://`, `redis+unix://`).
+    Url(String),
+    /// `sentinels = ["host:26379", …]` with `master = "name"`: the master the Sentinels
+    /// name, asked again after a failover. Each sentinel as a `redis://host:port` URL.
+    Sentinel {
+        /// The Sentinels' URLs.
+        sentinels: Vec<String>,
+        /// The monitored master's name.
+        master: String,
+    },
+}
+
+/// `on_redis_failure`: what a replica admits while its breaker is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisFailure {
+    /// Within its share of each limit: cap ÷ live replicas, rate ÷ live replicas (the
+    /// replica set it last saw).
+    LocalShare,
+    /// On the full local limits, as if alone.
+    Open,
+    /// Nothing new (live sessions go on).
+    Closed,
 }
 
 /// `[upstream]`

@@ -199,6 +199,7 @@ impl Config {
                 admin,
                 identity,
                 edge,
+                cluster: None,
                 upstream,
                 defaults,
                 protection,
