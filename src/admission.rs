@@ -51,7 +51,7 @@ use tokio::time::Instant;
 
 use crate::config::{EdgeLimits, Limits};
 use crate::reject::{Reason, Rejection};
-use capacity::{Fast, Scope, SharedCapacity};
+use capacity::{Fast, Scope, SharedCapacity, SharedScopes};
 use edge::EdgeGate;
 pub use gate::TenantGate;
 use gate::{Blocker, Closed};
@@ -95,6 +95,9 @@ pub struct Admission {
     last_trouble: std::sync::Mutex<Option<(Arc<str>, Instant)>>,
     /// Set by [`Admission::drain`]: gates made from now on start closed.
     draining: std::sync::atomic::AtomicBool,
+    /// Where every gate's capacity lives when it is shared between replicas
+    /// ([`Admission::clustered`]).
+    scopes: Option<Arc<dyn SharedScopes>>,
 }
 
 /// An admitted session's hold on capacity: its tenant's session slot and, with an
@@ -132,6 +135,8 @@ pub struct TenantLoad {
     /// Session slots held: admitted sessions, plus one reserved for the head of the
     /// queue while it waits for its token or its edge turn.
     pub live: u32,
+    /// Slots held by all replicas together (`[cluster]`), as last seen.
+    pub cluster_live: Option<u32>,
     /// The tenant's `max_sessions`.
     pub max_sessions: u32,
     /// Clients in its queue.
@@ -182,6 +187,23 @@ impl Admission {
             policy,
             last_trouble: std::sync::Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
+            scopes: None,
+        }
+    }
+
+    /// [`Self::new`] with every scope's capacity shared between replicas: the edge
+    /// ceiling's and each tenant's gate's come from `scopes` (issue 15: Redis).
+    pub fn clustered(
+        edge: Option<&EdgeLimits>,
+        policy: adaptive::Policy,
+        edge_rate: Option<prometheus::Gauge>,
+        jitter: Jitter,
+        scopes: Arc<dyn SharedScopes>,
+    ) -> Self {
+        let backend = edge.map(|e| scopes.edge(e));
+        Self {
+            scopes: Some(scopes),
+            ..Self::shared(edge, policy, edge_rate, jitter, backend)
         }
     }
 
@@ -195,7 +217,8 @@ impl Admission {
         gauges: Gauges,
         pauses: Option<Arc<dyn Pauses>>,
     ) -> Arc<TenantGate> {
-        self.shared_gate(name, limits, gauges, pauses, None)
+        let backend = self.scopes.as_ref().map(|s| s.tenant(name, limits));
+        self.shared_gate(name, limits, gauges, pauses, backend)
     }
 
     /// [`Self::gate`] with the tenant's capacity in a shared `backend` (`None`: in
@@ -535,12 +558,13 @@ impl Admission {
             }
             // A failing shared backend is "not now": ask again after the back-off; a slow
             // one is not waited for beyond the client's deadline.
-            let ready = match tokio::time::timeout_at(deadline, edge.capacity().take(now)).await {
-                Err(_) => return false,
-                Ok(Ok(Ok(_))) => return true,
-                Ok(Ok(Err(at))) => at.max(edge.capacity().ready_at()),
-                Ok(Err(_)) => now + capacity::BACKOFF,
-            };
+            let ready =
+                match tokio::time::timeout_at(deadline, edge.capacity().take(now, None)).await {
+                    Err(_) => return false,
+                    Ok(Ok(Ok(_))) => return true,
+                    Ok(Ok(Err(at))) => at.max(edge.capacity().ready_at()),
+                    Ok(Err(_)) => now + capacity::BACKOFF,
+                };
             if ready >= deadline {
                 return false;
             }

@@ -59,6 +59,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod logging;
@@ -157,6 +158,9 @@ impl Bound {
             })
             .await;
         server::drain(&runtime).await;
+        if let Some(cluster) = &runtime.cluster {
+            cluster.leave().await;
+        }
         if let Some(h) = hangups {
             h.abort();
         }

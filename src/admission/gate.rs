@@ -25,8 +25,8 @@ pub(crate) fn try_slot<S: Scope>(scope: &Arc<S>) -> Option<Slot<S>> {
 /// Waits for a free slot. Only one task per scope waits here (the tenant's pump or the
 /// edge's arbiter). A backend that fails is asked again after [`BACKOFF`]: a failure
 /// delays, it never refuses.
-pub(crate) async fn slot<S: Scope>(scope: &Arc<S>) -> Slot<S> {
-    while scope.capacity().acquire_slot().await.is_err() {
+pub(crate) async fn slot<S: Scope>(scope: &Arc<S>, head: Option<Instant>) -> Slot<S> {
+    while scope.capacity().acquire_slot(head).await.is_err() {
         tokio::time::sleep(BACKOFF).await;
     }
     Slot(Some(scope.clone()))
@@ -46,8 +46,12 @@ pub(crate) fn try_token<S: Scope>(scope: &Arc<S>, now: Instant) -> Option<Token<
 /// A token at `now`, asking a shared backend if need be; `None` when none is ready (or
 /// the backend failed: then after [`BACKOFF`], so that a caller starting over does not
 /// spin on a failing backend).
-pub(crate) async fn token<S: Scope>(scope: &Arc<S>, now: Instant) -> Option<Token<S>> {
-    match scope.capacity().take(now).await {
+pub(crate) async fn token<S: Scope>(
+    scope: &Arc<S>,
+    now: Instant,
+    head: Option<Instant>,
+) -> Option<Token<S>> {
+    match scope.capacity().take(now, head).await {
         Ok(Ok(taken)) => Some(Token {
             scope: scope.clone(),
             taken: Some(taken),
@@ -162,6 +166,8 @@ impl Reserved {
 #[derive(Debug)]
 struct Waiter {
     id: u64,
+    /// When it joined the queue (a shared backend keeps FIFO across replicas by it).
+    since: Instant,
     grant: oneshot::Sender<Reserved>,
 }
 
@@ -272,7 +278,8 @@ impl TenantGate {
     /// The tenant's admission state now.
     pub fn load(&self) -> super::TenantLoad {
         super::TenantLoad {
-            live: self.limit.slots.live(),
+            live: self.capacity().live(),
+            cluster_live: self.capacity().cluster_live(),
             max_sessions: self.limit.slots.cap(),
             queued: self.queued(),
         }
@@ -457,7 +464,11 @@ impl TenantGate {
         }
         let id = q.next_id;
         q.next_id += 1;
-        q.waiters.push_back(Waiter { id, grant: tx });
+        q.waiters.push_back(Waiter {
+            id,
+            since: Instant::now(),
+            grant: tx,
+        });
         self.set_queued(q.waiters.len());
         let start_pump = !std::mem::replace(&mut q.pump, true);
         drop(q);
@@ -479,6 +490,11 @@ impl TenantGate {
             self.emptied.notify_waiters();
         }
         Some(pos)
+    }
+
+    /// When the client at the head of the queue joined it.
+    fn head_since(&self) -> Option<Instant> {
+        self.lock().waiters.front().map(|w| w.since)
     }
 
     /// Whether the queue has a client; when it has none, the pump stops (under the
@@ -535,6 +551,7 @@ async fn pump(gate: Arc<TenantGate>, edge: Option<Arc<EdgeGate>>) {
             gate.grant(reserved);
         }
     }
+    gate.capacity().idle();
 }
 
 /// What the head of `gate`'s queue needs: `Some((None, _))` when the token seen ready
@@ -545,7 +562,7 @@ async fn reserve(
     finish: u128,
 ) -> Option<(Option<Reserved>, u128)> {
     gate.set_blocker(Blocker::Slot);
-    let slot = slot(gate).await;
+    let slot = slot(gate, gate.head_since()).await;
     gate.set_blocker(Blocker::Token);
     // Until the next token; a reload that raised the rate wakes this early (the token is
     // then taken below if it is due, or the pump starts over).
@@ -578,7 +595,7 @@ async fn reserve(
     // token seen ready above is still there, unless the queue emptied meanwhile and a
     // new client took it directly (or, shared, another replica took it, or the backend
     // failed): then everything above goes back and the pump starts over.
-    let Some(token) = token(gate, Instant::now()).await else {
+    let Some(token) = token(gate, Instant::now(), gate.head_since()).await else {
         return Some((None, finish));
     };
     let (edge_slot, edge_token) = match turn {

@@ -1,0 +1,244 @@
+//! Step 4 of the flow, admission across replicas: the Lua scripts Redis runs for each decision, on its own clock.
+//!
+//! # Keys
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `sluice:replicas` | sorted set | replica id → its lease's end (µs, Redis time) |
+//! | `sluice:epoch` | string | `ID:SETTLE`: which Redis this is (a flushed or new Redis has none) and until when (µs) its counts are being republished |
+//! | `P:n` | hash | replica id → its live sessions of scope `P` |
+//! | `P:v` | hash | replica id → `INCARNATION:VERSION` of that count (a count is only replaced by a newer one) |
+//! | `P:r` | string | the scope's GCRA theoretical arrival time (µs) |
+//! | `P:w` | sorted set | replica id → when the client at the head of its queue arrived (µs, Redis time) |
+//!
+//! `P` is `sluice:t:TENANT` for a tenant and `sluice:edge` for the `[edge]` ceiling;
+//! `sluice:freed:…` (the same suffix) is the channel a replica waiting for capacity
+//! listens on. Every time is Redis's `TIME` in microseconds; no script reads a replica's
+//! clock. Numbers go back to Redis through `string.format('%d')` (Lua's default
+//! number format would round 16-digit microseconds).
+//!
+//! The keys a script touches are computed from `P` inside the heartbeat, so this layout
+//! needs one Redis (or a Sentinel-managed master), not Redis Cluster.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Shared by every script: `now`, and the helpers below.
+const PRELUDE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function s(x) return string.format('%d', x) end
+local function alive(replicas, r)
+  local e = redis.call('ZSCORE', replicas, r)
+  return e and tonumber(e) > now
+end
+-- nil when this replica knows the Redis it talks to and its counts are whole;
+-- else 'epoch' (unknown Redis: republish first) or 'settle', SETTLE.
+local function epoch_state(key, known)
+  local ep = redis.call('GET', key)
+  if not ep or ep ~= known then return 'epoch', 0 end
+  local settle = tonumber(string.match(ep, ':(%d+)$'))
+  if settle and now < settle then return 'settle', settle end
+  return nil, 0
+end
+-- Sets replica me's count of a scope unless Redis holds a newer one of the same
+-- incarnation; returns how much lower the count is now (0: not lower, or not set).
+local function apply(n, v, me, count, inc, version)
+  local old = redis.call('HGET', v, me)
+  if old then
+    local oi, ov = string.match(old, '^(.*):(%d+)$')
+    if oi == inc and tonumber(ov) >= version then return 0 end
+  end
+  local before = tonumber(redis.call('HGET', n, me) or '0')
+  redis.call('HSET', n, me, count)
+  redis.call('HSET', v, me, inc .. ':' .. s(version))
+  return before - tonumber(count)
+end
+-- Live sessions of the other live replicas (dead ones' counts are dropped).
+local function others(n, v, replicas, me)
+  local total = 0
+  local rows = redis.call('HGETALL', n)
+  for i = 1, #rows, 2 do
+    local r = rows[i]
+    if r ~= me then
+      if alive(replicas, r) then
+        total = total + tonumber(rows[i + 1])
+      else
+        redis.call('HDEL', n, r)
+        redis.call('HDEL', v, r)
+      end
+    end
+  end
+  return total
+end
+-- Whether another live replica's head arrived before `before`.
+local function behind(w, replicas, me, before)
+  local rows = redis.call('ZRANGEBYSCORE', w, '-inf', '(' .. s(before))
+  for _, r in ipairs(rows) do
+    if r ~= me then
+      if alive(replicas, r) then return true end
+      redis.call('ZREM', w, r)
+    end
+  end
+  return false
+end
+-- The head of me's queue got what it waited for: out of the waiters; the others
+-- may go now.
+local function served(w, me, channel)
+  redis.call('ZREM', w, me)
+  if redis.call('ZCARD', w) > 0 then redis.call('PUBLISH', channel, 't') end
+end
+-- Takes a GCRA token: the new TAT, or 0 and when one is ready.
+local function take(r, interval, tolerance)
+  local tat = tonumber(redis.call('GET', r) or '0')
+  if tat - tolerance > now then return 0, tat - tolerance end
+  tat = math.max(tat, now) + interval
+  redis.call('SET', r, s(tat), 'PX', s(math.floor((tat - now) / 1000) + 1000))
+  return tat, 0
+end
+";
+
+/// A session slot (and, with `take`, a token with it).
+///
+/// KEYS: replicas, epoch, P:n, P:v, P:r, P:w.
+/// ARGV: me, epoch, count (this replica's, the slot asked for included), incarnation,
+/// version, cap, interval µs, tolerance µs, head µs (-1: no FIFO), take (0/1), lease µs,
+/// channel.
+/// Returns `{'ok', now, cluster total, tat (0: no token), token ready at}`,
+/// `{'full', now, cluster total}`, `{'turn', now, 0}`, `{'epoch', now, 0}` or
+/// `{'settle', now, until}`.
+pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PRELUDE}
+local st, settle = epoch_state(KEYS[2], ARGV[2])
+if st then return {{st, now, settle}} end
+local me, head, interval = ARGV[1], tonumber(ARGV[9]), tonumber(ARGV[7])
+if head >= 0 then
+  redis.call('ZADD', KEYS[6], s(head), me)
+  redis.call('PEXPIRE', KEYS[6], s(math.floor(tonumber(ARGV[11]) / 1000)))
+  if behind(KEYS[6], KEYS[1], me, head - interval) then return {{'turn', now, 0}} end
+end
+local total = others(KEYS[3], KEYS[4], KEYS[1], me) + tonumber(ARGV[3])
+if total > tonumber(ARGV[6]) then return {{'full', now, total - 1}} end
+apply(KEYS[3], KEYS[4], me, ARGV[3], ARGV[4], tonumber(ARGV[5]))
+local tat, ready = 0, 0
+if ARGV[10] == '1' then
+  tat, ready = take(KEYS[5], interval, tonumber(ARGV[8]))
+  if tat > 0 and head >= 0 then served(KEYS[6], me, ARGV[12]) end
+end
+return {{'ok', now, total, tat, ready}}"
+    ))
+});
+
+/// A handshake token.
+///
+/// KEYS: replicas, epoch, P:r, P:w.
+/// ARGV: me, epoch, interval µs, tolerance µs, head µs (-1: no FIFO), channel.
+/// Returns `{'ok', now, tat}`, `{'rate', now, ready at}`, `{'turn', now, 0}`,
+/// `{'epoch', now, 0}` or `{'settle', now, until}`.
+pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PRELUDE}
+local st, settle = epoch_state(KEYS[2], ARGV[2])
+if st then return {{st, now, settle}} end
+local me, head, interval = ARGV[1], tonumber(ARGV[5]), tonumber(ARGV[3])
+if head >= 0 and behind(KEYS[4], KEYS[1], me, head - interval) then return {{'turn', now, 0}} end
+local tat, ready = take(KEYS[3], interval, tonumber(ARGV[4]))
+if tat == 0 then return {{'rate', now, ready}} end
+if head >= 0 then served(KEYS[4], me, ARGV[6]) end
+return {{'ok', now, tat}}"
+    ))
+});
+
+/// Gives back a token that was not used, unless another was taken since.
+///
+/// KEYS: P:r. ARGV: tat the take left, interval µs.
+pub(super) static REFUND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PRELUDE}
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], s(tonumber(ARGV[1]) - tonumber(ARGV[2])), 'KEEPTTL')
+end
+return 0"
+    ))
+});
+
+/// Publishes this replica's count of a scope (after releases) and, when it went down
+/// and some replica waits, tells the waiting replicas (a count that did not go down —
+/// an ask that was refused — sends no notice: refusals must not wake each other).
+///
+/// KEYS: P:n, P:v, P:w. ARGV: me, count, incarnation, version, channel.
+pub(super) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PRELUDE}
+local freed = apply(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+if freed > 0 and redis.call('ZCARD', KEYS[3]) > 0 then redis.call('PUBLISH', ARGV[5], 'f') end
+return 0"
+    ))
+});
+
+/// Renews this replica's lease and republishes every count it holds; makes a new
+/// epoch when Redis has none (new, restarted empty, flushed).
+///
+/// KEYS: replicas, epoch. ARGV: me, lease µs, settle µs, epoch id if new,
+/// incarnation, then per scope `P`, count, version.
+/// Returns `{now, epoch, {live replica ids}, {cluster total per scope}}`.
+pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PRELUDE}
+local me, lease = ARGV[1], tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], s(now + lease), me)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', s(now))
+local ep = redis.call('GET', KEYS[2])
+if not ep then
+  ep = ARGV[4] .. ':' .. s(now + tonumber(ARGV[3]))
+  redis.call('SET', KEYS[2], ep)
+end
+local totals = {{}}
+for i = 6, #ARGV, 3 do
+  local n, v = ARGV[i] .. ':n', ARGV[i] .. ':v'
+  apply(n, v, me, ARGV[i + 1], ARGV[5], tonumber(ARGV[i + 2]))
+  redis.call('PEXPIRE', n, s(math.floor(3 * lease / 1000)))
+  redis.call('PEXPIRE', v, s(math.floor(3 * lease / 1000)))
+  local mine = tonumber(redis.call('HGET', n, me) or '0')
+  table.insert(totals, others(n, v, KEYS[1], me) + mine)
+end
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. s(now), '+inf')
+return {{now, ep, live, totals}}"
+    ))
+});
+
+/// A replica leaves (after its drain): its lease and counts go at once, and replicas
+/// waiting on its scopes are told.
+///
+/// KEYS: replicas. ARGV: me, then per scope `P`, channel.
+pub(super) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PRELUDE}
+redis.call('ZREM', KEYS[1], ARGV[1])
+for i = 2, #ARGV, 2 do
+  redis.call('HDEL', ARGV[i] .. ':n', ARGV[1])
+  redis.call('HDEL', ARGV[i] .. ':v', ARGV[1])
+  redis.call('ZREM', ARGV[i] .. ':w', ARGV[1])
+  redis.call('PUBLISH', ARGV[i + 1], 'l')
+end
+return 0"
+    ))
+});
+
+/// The head this replica registered left (its queue emptied): out of the waiters,
+/// unless a newer head was registered since.
+///
+/// KEYS: P:w. ARGV: me, head µs it registered, channel.
+pub(super) static WITHDRAW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PRELUDE}
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('PUBLISH', ARGV[3], 'w') end
+end
+return 0"
+    ))
+});
