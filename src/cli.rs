@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Auth, Config, IdentitySource, Tenant, UnknownTenant};
+use crate::config::{
+    redact_redis_url, Auth, Cluster, Config, IdentitySource, RedisTarget, Tenant, UnknownTenant,
+};
 
 /// sluice: a multi-tenant, capacity-aware WebSocket signaling proxy.
 ///
@@ -301,6 +303,9 @@ pub fn describe(config: &Config, name: &str) -> String {
             let _ = writeln!(out, "edge ceiling: none");
         }
     }
+    if let Some(c) = &config.cluster {
+        let _ = writeln!(out, "{}", describe_cluster(c));
+    }
     let p = &config.protection;
     let off = |d: Option<std::time::Duration>| {
         d.map_or("off".to_owned(), |d| {
@@ -385,6 +390,25 @@ pub fn describe(config: &Config, name: &str) -> String {
     out
 }
 
+/// The `[cluster]` line of `check-config`: passwords in Redis URLs are hidden.
+fn describe_cluster(c: &Cluster) -> String {
+    let target = match &c.redis {
+        RedisTarget::Url(url) => format!("Redis {}", redact_redis_url(url)),
+        RedisTarget::Sentinel { sentinels, master } => {
+            let list: Vec<String> = sentinels.iter().map(|s| redact_redis_url(s)).collect();
+            format!("Redis master {master:?} via Sentinels {}", list.join(", "))
+        }
+    };
+    format!(
+        "cluster: {target}, replica {}, heartbeat {}, lease ttl {}, Redis timeout {}; on Redis failure {}",
+        c.replica_id,
+        humantime::format_duration(c.heartbeat),
+        humantime::format_duration(c.lease_ttl),
+        humantime::format_duration(c.redis_timeout),
+        c.on_redis_failure.as_str()
+    )
+}
+
 fn tenant_row(t: &Tenant) -> [String; 10] {
     let l = &t.limits;
     let auth = match &t.auth {
@@ -418,5 +442,34 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn check_config_describes_the_cluster_without_its_password() {
+        let base = "[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:1\"]\n\
+                    [tenants.acme]\nauth = { kind = \"none\" }\n";
+        let env = std::collections::HashMap::new();
+        let solo = describe(&Config::parse(base, &env).unwrap(), "solo.toml");
+        assert!(!solo.contains("cluster"), "{solo}");
+
+        let text = format!(
+            "{base}[cluster]\nredis = \"redis://:hunter2@10.0.0.7:6379/2\"\nreplica_id = \"a-1\"\n"
+        );
+        let out = describe(&Config::parse(&text, &env).unwrap(), "c.toml");
+        let line = out.lines().find(|l| l.starts_with("cluster:")).unwrap();
+        assert_eq!(
+            line,
+            "cluster: Redis redis://:***@10.0.0.7:6379/2, replica a-1, heartbeat 5s, lease ttl 15s, Redis timeout 50ms; on Redis failure local-share"
+        );
+
+        let text = format!(
+            "{base}[cluster]\nsentinels = [\"s1:26379\", \"s2:26379\"]\nmaster = \"mymaster\"\nreplica_id = \"a-1\"\non_redis_failure = \"closed\"\n"
+        );
+        let out = describe(&Config::parse(&text, &env).unwrap(), "c.toml");
+        assert!(
+            out.contains("cluster: Redis master \"mymaster\" via Sentinels redis://s1:26379, redis://s2:26379, replica a-1,"),
+            "{out}"
+        );
+        assert!(out.contains("on Redis failure closed"), "{out}");
     }
 }
