@@ -4,7 +4,8 @@
 //! TLS.
 //!
 //! Files: `edge.rs` (the edge), `config.rs` (the builder), `admin.rs` (admin requests
-//! and scrapes), `tools.rs` (Chromium, promtool, CI); this file starts sluice and holds
+//! and scrapes), `tools.rs` (Chromium, promtool, CI), `redis.rs` (a `redis-server` of
+//! the test's own, for `[cluster]`); this file starts sluice and holds
 //! the clients and TLS helpers. (`mod.rs`, not `support.rs`: Cargo would build a
 //! `tests/support.rs` as a test of its own.)
 
@@ -13,8 +14,11 @@
 mod admin;
 mod config;
 mod edge;
+mod redis;
 mod tools;
 
+#[allow(unused_imports)]
+pub use self::redis::Redis;
 #[allow(unused_imports)]
 pub use admin::{admin_get, admin_request, scrape, Scrape};
 #[allow(unused_imports)]
