@@ -26,10 +26,12 @@
 //! replica renews its lease (`sluice:replicas`) and republishes every count; the
 //! counts of a replica whose lease ran out (`lease_ttl`: it was killed) are ignored and
 //! removed by the next script. A Redis that is new, restarted empty or flushed has no
-//! `sluice:epoch`: the first heartbeat to see that makes a new one with a settling
-//! window of one heartbeat, during which every replica decides on its local share while
-//! all of them republish; a replica that learns of a new epoch republishes before its
-//! next decision.
+//! `sluice:epoch`: the first heartbeat to see that names a new one. A decision sent
+//! with another epoch than Redis's is refused (`epoch`), so a replica republishes (a
+//! heartbeat) before it decides on a new Redis; and a replica that had published to an
+//! earlier one decides on its share (of the replica set it saw before) for one
+//! heartbeat, until all the others have republished too. A replica that never saw a
+//! Redis (a fresh start) has nothing to republish and decides on Redis at once.
 //!
 //! # Redis slow or down
 //!
@@ -135,7 +137,7 @@ impl Shared {
                 OnRedisFailure::Open => Mode::Open,
                 OnRedisFailure::Closed => Mode::Closed,
             }
-        } else if self.local_us(Instant::now()) < self.settle_until.load(Ordering::Acquire) {
+        } else if self.settling() {
             Mode::Share
         } else {
             Mode::Redis
@@ -170,10 +172,15 @@ impl Shared {
             .store(now_us - self.local_us(mid) as i64, Ordering::Relaxed);
     }
 
-    /// Redis is being refilled until `until_us` (Redis time): decide on the share.
-    pub(crate) fn settle(&self, until_us: i64) {
-        let local = self.local_us(self.local_instant(until_us));
-        self.settle_until.fetch_max(local, Ordering::AcqRel);
+    /// Redis is being refilled for `window` from now: decide on the share.
+    pub(crate) fn settle_for(&self, window: Duration) {
+        let until = self.local_us(Instant::now() + window);
+        self.settle_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Whether an empty Redis is being refilled.
+    pub(crate) fn settling(&self) -> bool {
+        self.local_us(Instant::now()) < self.settle_until.load(Ordering::Acquire)
     }
 
     /// This replica's share of `total` (remainder to the first in id order), and the

@@ -257,18 +257,16 @@ impl ScopeState {
         }
     }
 
-    /// A reply that is neither a grant nor a refusal: `settle` (decide on the share
-    /// from now) or `epoch` (republish first).
-    fn not_decided(&self, status: &str, reply: &[redis::Value]) -> Result<(), BackendError> {
-        if status == "settle" {
-            self.shared.settle(int(reply.get(2)));
-            return Ok(());
-        }
+    /// A reply that is neither a grant nor a refusal (`epoch`: Redis is not the one
+    /// this replica republished to): heartbeat now, decide after.
+    fn not_decided(&self, status: &str) -> BackendError {
         self.shared.beat_now.notify_one();
-        Err(BackendError(
-            "Redis is new, restarted or was flushed: republishing this replica's counts first"
-                .into(),
-        ))
+        BackendError(
+            format!(
+                "Redis answered {status:?}: it is new, restarted or flushed; republishing this replica's counts first"
+            )
+            .into(),
+        )
     }
 
     async fn ask_slot(&self, head: Option<Instant>) -> Result<bool, BackendError> {
@@ -332,11 +330,7 @@ impl ScopeState {
                 Ok(false)
             }
             "turn" => Ok(false),
-            other => {
-                drop(pending);
-                self.not_decided(other, reply)?;
-                Ok(self.local_slot(Mode::Share))
-            }
+            other => Err(self.not_decided(other)),
         }
     }
 
@@ -388,10 +382,7 @@ impl ScopeState {
             }
             // Another replica's earlier client goes first: its grant sends a notice.
             "turn" => Ok(Err(now + Duration::from_micros(interval as u64))),
-            other => {
-                self.not_decided(other, reply)?;
-                Ok(self.local_tokens(Mode::Share).try_take(now))
-            }
+            other => Err(self.not_decided(other)),
         }
     }
 

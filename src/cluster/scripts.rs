@@ -5,7 +5,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `sluice:replicas` | sorted set | replica id → its lease's end (µs, Redis time) |
-//! | `sluice:epoch` | string | `ID:SETTLE`: which Redis this is (a flushed or new Redis has none) and until when (µs) its counts are being republished |
+//! | `sluice:epoch` | string | which Redis this is: a new, restarted-empty or flushed Redis has none, and the first heartbeat to see that names it |
 //! | `P:n` | hash | replica id → its live sessions of scope `P` |
 //! | `P:v` | hash | replica id → `INCARNATION:VERSION` of that count (a count is only replaced by a newer one) |
 //! | `P:r` | string | the scope's GCRA theoretical arrival time (µs) |
@@ -33,13 +33,11 @@ local function alive(replicas, r)
   local e = redis.call('ZSCORE', replicas, r)
   return e and tonumber(e) > now
 end
--- nil when this replica knows the Redis it talks to and its counts are whole;
--- else 'epoch' (unknown Redis: republish first) or 'settle', SETTLE.
+-- nil when this replica knows the Redis it talks to (it republished its counts
+-- there); else 'epoch': republish first.
 local function epoch_state(key, known)
   local ep = redis.call('GET', key)
   if not ep or ep ~= known then return 'epoch', 0 end
-  local settle = tonumber(string.match(ep, ':(%d+)$'))
-  if settle and now < settle then return 'settle', settle end
   return nil, 0
 end
 -- Sets replica me's count of a scope unless Redis holds a newer one of the same
@@ -106,13 +104,12 @@ end
 /// version, cap, interval µs, tolerance µs, head µs (-1: no FIFO), take (0/1), lease µs,
 /// channel.
 /// Returns `{'ok', now, cluster total, tat (0: no token), token ready at}`,
-/// `{'full', now, cluster total}`, `{'turn', now, 0}`, `{'epoch', now, 0}` or
-/// `{'settle', now, until}`.
+/// `{'full', now, cluster total}`, `{'turn', now, 0}` or `{'epoch', now, 0}`.
 pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}
-local st, settle = epoch_state(KEYS[2], ARGV[2])
-if st then return {{st, now, settle}} end
+local st = epoch_state(KEYS[2], ARGV[2])
+if st then return {{st, now, 0}} end
 local me, head, interval = ARGV[1], tonumber(ARGV[9]), tonumber(ARGV[7])
 if head >= 0 then
   redis.call('ZADD', KEYS[6], s(head), me)
@@ -135,13 +132,13 @@ return {{'ok', now, total, tat, ready}}"
 ///
 /// KEYS: replicas, epoch, P:r, P:w.
 /// ARGV: me, epoch, interval µs, tolerance µs, head µs (-1: no FIFO), channel.
-/// Returns `{'ok', now, tat}`, `{'rate', now, ready at}`, `{'turn', now, 0}`,
-/// `{'epoch', now, 0}` or `{'settle', now, until}`.
+/// Returns `{'ok', now, tat}`, `{'rate', now, ready at}`, `{'turn', now, 0}` or
+/// `{'epoch', now, 0}`.
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}
-local st, settle = epoch_state(KEYS[2], ARGV[2])
-if st then return {{st, now, settle}} end
+local st = epoch_state(KEYS[2], ARGV[2])
+if st then return {{st, now, 0}} end
 local me, head, interval = ARGV[1], tonumber(ARGV[5]), tonumber(ARGV[3])
 if head >= 0 and behind(KEYS[4], KEYS[1], me, head - interval) then return {{'turn', now, 0}} end
 local tat, ready = take(KEYS[3], interval, tonumber(ARGV[4]))
@@ -181,7 +178,7 @@ return 0"
 /// Renews this replica's lease and republishes every count it holds; makes a new
 /// epoch when Redis has none (new, restarted empty, flushed).
 ///
-/// KEYS: replicas, epoch. ARGV: me, lease µs, settle µs, epoch id if new,
+/// KEYS: replicas, epoch. ARGV: me, lease µs, (unused), epoch id if new,
 /// incarnation, then per scope `P`, count, version.
 /// Returns `{now, epoch, {live replica ids}, {cluster total per scope}}`.
 pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
@@ -192,7 +189,7 @@ redis.call('ZADD', KEYS[1], s(now + lease), me)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', s(now))
 local ep = redis.call('GET', KEYS[2])
 if not ep then
-  ep = ARGV[4] .. ':' .. s(now + tonumber(ARGV[3]))
+  ep = ARGV[4]
   redis.call('SET', KEYS[2], ep)
 end
 local totals = {{}}

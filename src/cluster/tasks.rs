@@ -91,11 +91,8 @@ async fn beat(shared: &Arc<Shared>) -> Result<(), BackendError> {
     let reply = items(&reply);
     shared.observe_clock(int(reply.first()), sent, received);
     let epoch = text(reply.get(1));
-    if let Some(settle) = epoch.rsplit(':').next().and_then(|s| s.parse::<i64>().ok()) {
-        shared.settle(settle);
-    }
-    let new_epoch = **shared.epoch.load() != epoch;
-    shared.epoch.store(Arc::new(epoch));
+    let known = shared.epoch.load_full();
+    let new_epoch = *known != epoch;
     let live: Vec<String> = reply
         .get(2)
         .map(items)
@@ -103,7 +100,20 @@ async fn beat(shared: &Arc<Shared>) -> Result<(), BackendError> {
         .iter()
         .map(|v| text(Some(v)))
         .collect();
-    shared.set_replicas(live);
+    if new_epoch && !known.is_empty() {
+        // The Redis this replica published to is gone (restarted empty, flushed,
+        // failed over without its data): until every replica has heartbeated into the
+        // new one, its counts are not whole. Decide on the share meanwhile, of the
+        // replica set seen before (the new one holds only those that republished).
+        shared.settle_for(shared.heartbeat + 2 * shared.redis_timeout);
+        tracing::warn!(
+            "cluster: Redis lost its state (restarted or flushed); counts republished, deciding on this replica's share for one heartbeat"
+        );
+    }
+    shared.epoch.store(Arc::new(epoch));
+    if !shared.settling() || live.len() as u32 >= shared.live_replicas() {
+        shared.set_replicas(live);
+    }
     let totals = reply.get(3).map(items).unwrap_or_default();
     for (scope, total) in scopes.iter().zip(totals) {
         scope.set_cluster_live(int(Some(total)));

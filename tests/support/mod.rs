@@ -14,7 +14,7 @@
 mod admin;
 mod config;
 mod edge;
-mod redis;
+pub mod redis;
 mod tools;
 
 #[allow(unused_imports)]
@@ -22,7 +22,7 @@ pub use self::redis::Redis;
 #[allow(unused_imports)]
 pub use admin::{admin_get, admin_request, scrape, Scrape};
 #[allow(unused_imports)]
-pub use config::{config, tenant, ConfigBuilder, EdgeLimits, TenantSpec};
+pub use config::{config, quoted, tenant, ConfigBuilder, EdgeLimits, TenantSpec};
 #[allow(unused_imports)]
 pub use edge::{edge, edge_with, Edge, EdgeOptions, Recorded};
 #[allow(unused_imports)]
@@ -417,4 +417,13 @@ pub fn client_tls(ca: &str) -> rustls::ClientConfig {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth()
+}
+
+/// A loopback port free a moment ago (for a sluice run as its own process, whose
+/// port the test must know before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
