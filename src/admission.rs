@@ -66,6 +66,11 @@ mod standalone;
 pub(crate) use inputs::PauseSource;
 pub use inputs::{Gauges, Pauses};
 
+/// The longest a client of a tenant without a queue (`queue_depth = 0`) waits for a
+/// shared backend's decision (a Redis round trip is well under it; a Redis that does
+/// not answer opens the breaker, after which the decision is local).
+const SHARED_DECISION_WAIT: Duration = Duration::from_millis(500);
+
 /// The refusal of a client whose tenant's queue is closed.
 fn closed_rejection(why: Closed, tenant: &str) -> Rejection {
     match why {
@@ -345,7 +350,15 @@ impl Admission {
             id,
             queued: true,
         };
-        let deadline = since + gate.queue_timeout();
+        // A tenant without a queue (`queue_depth = 0`) on a shared backend waits for
+        // its one decision, not longer, and is refused as if its queue were full.
+        let no_queue = gate.queue_depth() == 0;
+        let wait = if no_queue {
+            gate.queue_timeout().min(SHARED_DECISION_WAIT)
+        } else {
+            gate.queue_timeout()
+        };
+        let deadline = since + wait;
         let reserved = match tokio::time::timeout_at(deadline, &mut grant).await {
             Ok(Ok(reserved)) => reserved,
             Ok(Err(_)) => {
@@ -361,7 +374,7 @@ impl Admission {
                 let waited = Some(since.elapsed());
                 match ticket.leave() {
                     Some(ahead) => {
-                        let mut refusal = self.refusal(gate, ahead as u32, false);
+                        let mut refusal = self.refusal(gate, ahead as u32, no_queue);
                         refusal.waited = waited;
                         return Err(refusal);
                     }
@@ -415,7 +428,7 @@ impl Admission {
                     gate.name,
                     gate.queued(),
                     gate.queue_depth(),
-                    gate.limit.slots.live(),
+                    gate.capacity().live(),
                     gate.limit.slots.cap()
                 ),
             ),
@@ -443,7 +456,12 @@ impl Admission {
             Blocker::Edge
         } else if gate.queued() > 0 {
             gate.blocker()
-        } else if gate.limit.slots.live() >= gate.limit.slots.cap() {
+        } else if gate
+            .capacity()
+            .cluster_live()
+            .unwrap_or(gate.capacity().live())
+            >= gate.limit.slots.cap()
+        {
             Blocker::Slot
         } else if gate.limit.tokens.ready_at() > Instant::now() || self.edge.is_none() {
             Blocker::Token
@@ -462,12 +480,14 @@ impl Admission {
     pub fn upstream_trouble(&self, gate: &TenantGate, request_level: bool) {
         let now = Instant::now();
         gate.adaptive.trouble(&gate.limit.tokens, self.policy, now);
+        gate.sync_rate();
         let Some(edge) = &self.edge else {
             return;
         };
         let seen_by_others = request_level && self.witness(&gate.name, now);
         if !request_level || seen_by_others {
             edge.adaptive.trouble(&edge.limit.tokens, self.policy, now);
+            edge.sync_rate();
         }
     }
 
@@ -528,9 +548,11 @@ impl Admission {
                 let now = Instant::now();
                 for gate in admission.live_gates() {
                     gate.adaptive.recover(&gate.limit.tokens, now);
+                    gate.sync_rate();
                 }
                 if let Some(edge) = &admission.edge {
                     edge.adaptive.recover(&edge.limit.tokens, now);
+                    edge.sync_rate();
                 }
             }
         });

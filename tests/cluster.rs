@@ -365,6 +365,31 @@ async fn with_redis_down_each_replica_keeps_its_share_and_an_empty_redis_is_refi
     drop(got_down);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_without_a_queue_is_admitted_and_refused_at_once() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = edge().await;
+    let spec = tenant("t").max_sessions(2).unpaced().queue_depth(0);
+    let fleet = replicas(&edge, &redis, 2, &spec, "local-share").await;
+    let a = connect_ok(&fleet[0].proxy.url("/t/t/"), &[]).await;
+    let b = connect_ok(&fleet[1].proxy.url("/t/t/"), &[]).await;
+    let started = Instant::now();
+    for s in &fleet {
+        let got = try_connect(s.proxy.url("/t/t/")).await;
+        assert_eq!(
+            got.err().as_deref(),
+            Some("queue-full"),
+            "over the cap, no queue: refused"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused after one decision, not after a queue_timeout: {:?}",
+        started.elapsed()
+    );
+    drop((a, b));
+}
+
 /// The live counts of tenant `t` in Redis, all replicas.
 fn redis_total(redis: &Redis) -> i64 {
     let v = redis.cmd(&["HVALS", "sluice:t:t:n"]);

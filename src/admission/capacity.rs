@@ -132,6 +132,9 @@ pub trait SharedCapacity: Send + Sync + std::fmt::Debug {
     /// `handshake_rate` and `handshake_burst`). Must not block; a raised cap should
     /// complete [`Self::freed`], which is what wakes a waiting pump.
     fn reconfigure(&self, _max_sessions: u32, _rate: f64, _burst: u32) {}
+    /// The adaptive rate moved (edge trouble, recovery, a reload): tokens this replica
+    /// takes are spaced for `rate` (at most the configured one). Must not block.
+    fn set_rate(&self, _rate: f64) {}
     /// Slots this replica holds now (admitted sessions and the one reserved for the
     /// head of the queue).
     fn live(&self) -> u32;

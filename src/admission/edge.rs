@@ -117,6 +117,14 @@ impl EdgeGate {
                 limits.handshake_burst,
             );
         }
+        self.sync_rate();
+    }
+
+    /// Hands the adaptive rate to a shared backend (after it moved).
+    pub(crate) fn sync_rate(&self) {
+        if let Some(backend) = &self.backend {
+            backend.set_rate(self.adaptive.effective());
+        }
     }
 
     pub(crate) fn new(

@@ -389,7 +389,15 @@ impl TenantGate {
                 limits.handshake_burst,
             );
         }
+        self.sync_rate();
         self.reconfigured.notify_waiters();
+    }
+
+    /// Hands the adaptive rate to a shared backend (after it moved).
+    pub(crate) fn sync_rate(&self) {
+        if let Some(backend) = &self.backend {
+            backend.set_rate(self.adaptive.effective());
+        }
     }
 
     /// Why the queue takes nobody any more, if it does not.
@@ -459,7 +467,10 @@ impl TenantGate {
     ) -> Option<(u64, oneshot::Receiver<Reserved>)> {
         let (tx, rx) = oneshot::channel();
         let mut q = self.lock();
-        if q.waiters.len() >= self.queue_depth() as usize || self.closed().is_some() {
+        // A shared backend decides only in the pump: a tenant without a queue still
+        // gets one place, for the one decision (see `Admission::admit`).
+        let depth = self.queue_depth().max(u32::from(self.shared));
+        if q.waiters.len() >= depth as usize || self.closed().is_some() {
             return None;
         }
         let id = q.next_id;

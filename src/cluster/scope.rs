@@ -43,7 +43,8 @@ pub(crate) struct ScopeState {
     /// Takes the handshake token in the slot's script.
     prefetch: bool,
     cap: AtomicU32,
-    /// `handshake_rate` as `f64` bits.
+    /// The rate tokens are spaced for, as `f64` bits: the configured
+    /// `handshake_rate`, or the adaptive one below it after edge trouble.
     rate: AtomicU64,
     burst: AtomicU32,
     /// This replica's live slots and their version (see [`COUNT_BITS`]).
@@ -392,6 +393,12 @@ impl ScopeState {
 }
 
 impl SharedCapacity for ScopeState {
+    fn set_rate(&self, rate: f64) {
+        if rate.is_finite() && rate > 0.0 {
+            self.rate.store(rate.to_bits(), Ordering::Release);
+        }
+    }
+
     fn try_acquire_slot(&self) -> Fast<()> {
         match self.shared.mode() {
             Mode::Redis => Fast::Ask,
