@@ -26,7 +26,7 @@
 //! * An admitted client holds a [`Permit`]: its tenant slot and edge slot, released
 //!   when the permit drops, exactly once, however the session ends.
 //!
-//! Memory: per tenant a fixed-size gate; per queued client one queue entry (16 bytes)
+//! Memory: per tenant a fixed-size gate; per queued client one queue entry (24 bytes)
 //! and a oneshot channel. Queues are bounded by `queue_depth`, the edge's request list
 //! by the number of tenants; nothing is keyed by anything a client sends.
 //!
