@@ -390,6 +390,61 @@ async fn a_tenant_without_a_queue_is_admitted_and_refused_at_once() {
     drop((a, b));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_cap_applies_to_the_replica_that_reloaded_and_a_drain_hands_slots_over() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = edge().await;
+    let spec = |cap: u32| {
+        tenant("t")
+            .max_sessions(cap)
+            .unpaced()
+            .queue_timeout(Duration::from_secs(20))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r0.toml");
+    let r0_config = |cap| {
+        replica(&edge, &redis, "r0", spec(cap), "local-share")
+            .drain_timeout(Duration::from_millis(500))
+            .text()
+    };
+    std::fs::write(&file, r0_config(2)).unwrap();
+    let mut r0 = support::serve_config(sluice::Config::load(&file).unwrap()).await;
+    let r1 = replica(&edge, &redis, "r1", spec(2), "local-share")
+        .serve()
+        .await;
+    let mut held = vec![
+        connect_ok(&r0.proxy.url("/t/t/"), &[]).await,
+        connect_ok(&r1.proxy.url("/t/t/"), &[]).await,
+    ];
+    // r0 reloads a cap of 3: its decisions use 3 (r1, not reloaded yet, still 2).
+    std::fs::write(&file, r0_config(3)).unwrap();
+    let (status, body) = support::admin_request(r0.proxy.admin, "POST", "/-/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let r1_url = r1.proxy.url("/t/t/?i=r1");
+    let on_r1 = tokio::spawn(async move { connect_ok(&r1_url, &[]).await });
+    support::wait_until("r1's client queued under r1's cap of 2", async || {
+        r1.proxy.admission.tenant_load("t").unwrap().queued == 1
+    })
+    .await;
+    held.push(connect_ok(&r0.proxy.url("/t/t/?i=r0"), &[]).await);
+    assert_eq!(edge.live.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(!on_r1.is_finished(), "r1 still decides on its own cap of 2");
+    // r0 drains: its two sessions end (the drain closes them), and their slots go to
+    // r1's queued client; r0 leaves the replica set.
+    r0.shutdown();
+    let mut ws = tokio::time::timeout(Duration::from_secs(15), on_r1)
+        .await
+        .expect("r1's client admitted once r0's sessions ended")
+        .unwrap();
+    echo(&mut ws, "after r0's drain").await;
+    r0.stopped(Duration::from_secs(30)).await;
+    support::wait_until("r0 left the replica set", async || {
+        r1.proxy.shared.cluster.as_ref().unwrap().status().replicas == ["r1"]
+    })
+    .await;
+    drop(held);
+}
+
 /// The live counts of tenant `t` in Redis, all replicas.
 fn redis_total(redis: &Redis) -> i64 {
     let v = redis.cmd(&["HVALS", "sluice:t:t:n"]);
