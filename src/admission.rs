@@ -598,7 +598,7 @@ impl Admission {
     pub fn edge_load(&self) -> Option<EdgeLoad> {
         let edge = self.edge.as_ref()?;
         Some(EdgeLoad {
-            live: edge.limit.slots.live(),
+            live: edge.capacity().live(),
             max_sessions: edge.limit.slots.cap(),
             waiting: edge.waiting(),
         })

@@ -214,12 +214,15 @@ impl Capacity<'_> {
     }
 
     /// Waits for a session slot and takes it. Only one task per scope waits here (the
-    /// tenant's pump, the edge's arbiter); `head` is when the client it is for joined
-    /// the queue. Cancel-safe.
+    /// tenant's pump, the edge's arbiter); `head` says when the client it is for (the
+    /// head of the queue at each ask) joined the queue. Cancel-safe.
     ///
     /// # Errors
     /// The backend failed (never for a local scope); nothing is held then.
-    pub async fn acquire_slot(self, head: Option<Instant>) -> Result<(), BackendError> {
+    pub async fn acquire_slot(
+        self,
+        head: &(dyn Fn() -> Option<Instant> + Send + Sync),
+    ) -> Result<(), BackendError> {
         match self {
             Capacity::Local(l) => {
                 l.slots.acquire().await;
@@ -232,7 +235,8 @@ impl Capacity<'_> {
                 // Asked for before the attempt, so a release between the attempt and
                 // the wait still wakes us.
                 let freed = b.freed();
-                if b.acquire_slot(head).await? {
+                // The head now: the one of the last ask may have left.
+                if b.acquire_slot(head()).await? {
                     return Ok(());
                 }
                 freed.await;

@@ -242,7 +242,7 @@ async fn arbiter(edge: Arc<EdgeGate>) {
             Some(slot) => slot,
             None => {
                 edge.slot_bound.store(true, Ordering::Relaxed);
-                let slot = slot(&edge, None).await;
+                let slot = slot(&edge, &|| None).await;
                 edge.slot_bound.store(false, Ordering::Relaxed);
                 slot
             }

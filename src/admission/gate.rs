@@ -25,7 +25,10 @@ pub(crate) fn try_slot<S: Scope>(scope: &Arc<S>) -> Option<Slot<S>> {
 /// Waits for a free slot. Only one task per scope waits here (the tenant's pump or the
 /// edge's arbiter). A backend that fails is asked again after [`BACKOFF`]: a failure
 /// delays, it never refuses.
-pub(crate) async fn slot<S: Scope>(scope: &Arc<S>, head: Option<Instant>) -> Slot<S> {
+pub(crate) async fn slot<S: Scope>(
+    scope: &Arc<S>,
+    head: &(dyn Fn() -> Option<Instant> + Send + Sync),
+) -> Slot<S> {
     while scope.capacity().acquire_slot(head).await.is_err() {
         tokio::time::sleep(BACKOFF).await;
     }
@@ -575,7 +578,7 @@ async fn reserve(
     finish: u128,
 ) -> Option<(Option<Reserved>, u128)> {
     gate.set_blocker(Blocker::Slot);
-    let slot = slot(gate, gate.head_since()).await;
+    let slot = slot(gate, &|| gate.head_since()).await;
     gate.set_blocker(Blocker::Token);
     // Until the next token; a reload that raised the rate wakes this early (the token is
     // then taken below if it is due, or the pump starts over).

@@ -38,6 +38,10 @@ pub(crate) struct ScopeState {
     prefix: String,
     /// `sluice:freed:t:NAME` or `sluice:freed:edge`.
     channel: String,
+    /// Tells this scope's counts from those of an earlier scope of the same name (an
+    /// earlier process under the same replica id, or a tenant a reload removed and
+    /// brought back): Redis replaces a count only by a newer version of the same one.
+    incarnation: String,
     /// Keeps the cluster-wide FIFO (tenants; the edge's arbiter is fair, not FIFO).
     fifo: bool,
     /// Takes the handshake token in the slot's script.
@@ -112,6 +116,7 @@ impl ScopeState {
         Self {
             prefix: format!("sluice:{key}"),
             channel: format!("sluice:freed:{key}"),
+            incarnation: format!("{}.{:08x}", shared.incarnation, rand::random::<u32>()),
             shared,
             fifo,
             prefetch,
@@ -137,6 +142,15 @@ impl ScopeState {
 
     pub(super) fn channel(&self) -> &str {
         &self.channel
+    }
+
+    pub(super) fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    /// Whether this replica has a head registered among the scope's waiters.
+    pub(super) fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) != i64::MIN
     }
 
     /// Sets the scope's limits (a new gate, or a reload).
@@ -287,7 +301,7 @@ impl ScopeState {
             .arg(&shared.replica_id)
             .arg(shared.epoch.load().as_str())
             .arg(count)
-            .arg(&shared.incarnation)
+            .arg(&self.incarnation)
             .arg(version)
             .arg(self.cap.load(Ordering::Acquire))
             .arg(interval)
@@ -296,15 +310,17 @@ impl ScopeState {
             .arg(u8::from(self.prefetch))
             .arg(shared.lease_ttl.as_micros() as i64)
             .arg(&self.channel);
+        // Registered before the ask: if this future is dropped before the answer, the
+        // pump's `idle` still withdraws the head the script may have registered.
+        if head_us >= 0 {
+            self.waiting.store(head_us, Ordering::Release);
+        }
         let sent = Instant::now();
         let reply = shared.link.run(&invocation, true).await?;
         let received = Instant::now();
         let reply = items(&reply);
         let status = text(reply.first());
         shared.observe_clock(int(reply.get(1)), sent, received);
-        if head_us >= 0 {
-            self.waiting.store(head_us, Ordering::Release);
-        }
         match status.as_str() {
             "ok" => {
                 pending.granted = true;
@@ -490,13 +506,14 @@ impl SharedCapacity for ScopeState {
     fn ready_at(&self) -> Instant {
         match self.shared.mode() {
             Mode::Redis => {
-                if self
+                // A token taken with the slot is ready since it was taken (not "now":
+                // a caller compares this with a `now` it read before).
+                if let Some((_, at)) = *self
                     .prefetched
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .is_some()
                 {
-                    return Instant::now();
+                    return at;
                 }
                 self.ready_instant()
             }

@@ -5,6 +5,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `sluice:replicas` | sorted set | replica id → its lease's end (µs, Redis time) |
+//! | `sluice:owners` | hash | replica id → `INCARNATION:LEASE_END` of the process holding it (two live processes cannot share an id) |
 //! | `sluice:epoch` | string | which Redis this is: a new, restarted-empty or flushed Redis has none, and the first heartbeat to see that names it |
 //! | `P:n` | hash | replica id → its live sessions of scope `P` |
 //! | `P:v` | hash | replica id → `INCARNATION:VERSION` of that count (a count is only replaced by a newer one) |
@@ -178,13 +179,22 @@ return 0"
 /// Renews this replica's lease and republishes every count it holds; makes a new
 /// epoch when Redis has none (new, restarted empty, flushed).
 ///
-/// KEYS: replicas, epoch. ARGV: me, lease µs, (unused), epoch id if new,
-/// incarnation, then per scope `P`, count, version.
-/// Returns `{now, epoch, {live replica ids}, {cluster total per scope}}`.
+/// KEYS: replicas, epoch, owners. ARGV: me, lease µs, (unused), epoch id if new, this
+/// process's incarnation, then per scope `P`, count, version, the scope's incarnation,
+/// whether this replica waits on it (0/1).
+/// Returns `{now, epoch, {live replica ids}, {cluster total per scope}}`, or
+/// `{now, 'conflict', incarnation}` when another live process holds this replica id
+/// (nothing is written then).
 pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}
 local me, lease = ARGV[1], tonumber(ARGV[2])
+local owner = redis.call('HGET', KEYS[3], me)
+if owner then
+  local oi, oe = string.match(owner, '^(.*):(%d+)$')
+  if oi ~= ARGV[5] and tonumber(oe) > now then return {{now, 'conflict', oi}} end
+end
+redis.call('HSET', KEYS[3], me, ARGV[5] .. ':' .. s(now + lease))
 redis.call('ZADD', KEYS[1], s(now + lease), me)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', s(now))
 local ep = redis.call('GET', KEYS[2])
@@ -193,9 +203,12 @@ if not ep then
   redis.call('SET', KEYS[2], ep)
 end
 local totals = {{}}
-for i = 6, #ARGV, 3 do
+for i = 6, #ARGV, 5 do
   local n, v = ARGV[i] .. ':n', ARGV[i] .. ':v'
-  apply(n, v, me, ARGV[i + 1], ARGV[5], tonumber(ARGV[i + 2]))
+  apply(n, v, me, ARGV[i + 1], ARGV[i + 3], tonumber(ARGV[i + 2]))
+  -- Nobody of this replica waits: no head of it among the waiters (a stray one, from
+  -- an ask whose answer was lost, goes within a heartbeat).
+  if ARGV[i + 4] == '0' then redis.call('ZREM', ARGV[i] .. ':w', me) end
   redis.call('PEXPIRE', n, s(math.floor(3 * lease / 1000)))
   redis.call('PEXPIRE', v, s(math.floor(3 * lease / 1000)))
   local mine = tonumber(redis.call('HGET', n, me) or '0')

@@ -72,6 +72,7 @@ async fn beat(shared: &Arc<Shared>) -> Result<(), BackendError> {
     invocation
         .key("sluice:replicas")
         .key("sluice:epoch")
+        .key("sluice:owners")
         .arg(&shared.replica_id)
         .arg(shared.lease_ttl.as_micros() as i64)
         .arg((shared.heartbeat + 2 * shared.redis_timeout).as_micros() as i64)
@@ -83,7 +84,12 @@ async fn beat(shared: &Arc<Shared>) -> Result<(), BackendError> {
         .arg(&shared.incarnation);
     for scope in &scopes {
         let (count, version) = scope.snapshot();
-        invocation.arg(scope.prefix()).arg(count).arg(version);
+        invocation
+            .arg(scope.prefix())
+            .arg(count)
+            .arg(version)
+            .arg(scope.incarnation())
+            .arg(u8::from(scope.is_waiting()));
     }
     let sent = Instant::now();
     let reply = shared.link.call(&invocation, &mut manager, false).await?;
@@ -91,6 +97,18 @@ async fn beat(shared: &Arc<Shared>) -> Result<(), BackendError> {
     let reply = items(&reply);
     shared.observe_clock(int(reply.first()), sent, received);
     let epoch = text(reply.get(1));
+    if epoch == "conflict" {
+        let error = format!(
+            "replica_id {:?} is held by another live sluice (incarnation {}): give each replica its own replica_id; this one decides on its failure policy until the id is free (at most lease_ttl after the other stops)",
+            shared.replica_id,
+            text(reply.get(2))
+        );
+        tracing::error!("cluster: {error}");
+        shared
+            .link
+            .connect_failed(&BackendError(error.clone().into()));
+        return Err(BackendError(error.into()));
+    }
     let known = shared.epoch.load_full();
     let new_epoch = *known != epoch;
     let live: Vec<String> = reply
@@ -167,7 +185,7 @@ async fn flusher(shared: Arc<Shared>) {
                         .key(format!("{}:w", scope.prefix()))
                         .arg(&shared.replica_id)
                         .arg(count)
-                        .arg(&shared.incarnation)
+                        .arg(scope.incarnation())
                         .arg(version)
                         .arg(scope.channel());
                     if shared.link.run(&invocation, false).await.is_err() {
