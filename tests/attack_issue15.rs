@@ -342,6 +342,7 @@ async fn counts_return_to_exactly_zero_after_churn_with_leavers() {
         assert_eq!(gauge, 0.0);
     }
     let scripts = scripts_run(&redis) - before;
+    println!("redis scripts: {scripts} for {n} connects (with ~2 s of heartbeats of 3 replicas)");
     // Heartbeats: 3 replicas × ~7/s × ~2 s; then a few scripts per connect.
     assert!(
         scripts < 150 + 8 * n as u64,
@@ -523,8 +524,10 @@ async fn the_edge_ceiling_holds_across_replicas_and_admits_below_it() {
 /// Two replicas with full queues of tenant x (its cap is held): the steady Redis load is
 /// heartbeats plus about one ask per replica per second, not a loop of refusals waking
 /// each other. A client of x that connects and leaves over and over costs a bounded
-/// number of scripts per connect, and when it stops, the load falls back. Meanwhile
-/// tenant v, on the same replicas and Redis, is admitted at once.
+/// number of scripts per connect (at the back of a queue none; alone in its tenant's
+/// queue, its pump's ask, the refused slot's publish and the withdrawal: about 3), and
+/// when it stops, the load falls back. Meanwhile tenant v, on the same replicas and
+/// Redis, is admitted at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_churning_tenant_costs_redis_per_connect_and_does_not_slow_another() {
     let Some(redis) = Redis::start() else { return };
@@ -535,16 +538,20 @@ async fn a_churning_tenant_costs_redis_per_connect_and_does_not_slow_another() {
         .queue_depth(100)
         .queue_timeout(Duration::from_secs(30));
     let v = tenant("v").max_sessions(100).unpaced();
+    let y = tenant("y").max_sessions(1).unpaced();
     let a = replica(&edge, &redis, "a", x.clone(), "local-share")
         .tenant(v.clone())
+        .tenant(y.clone())
         .serve()
         .await;
     let b = replica(&edge, &redis, "b", x, "local-share")
         .tenant(v)
+        .tenant(y)
         .serve()
         .await;
     all_in_mode(&[&a.proxy, &b.proxy], "redis").await;
     let _holder = connect_ok(&a.proxy.url("/t/x/?i=holder"), &[]).await;
+    let _holder_y = connect_ok(&b.proxy.url("/t/y/?i=holder"), &[]).await;
     let mut queued_x = Vec::new();
     for i in 0..6 {
         let s = if i % 2 == 0 { &a } else { &b };
@@ -561,14 +568,27 @@ async fn a_churning_tenant_costs_redis_per_connect_and_does_not_slow_another() {
     let steady = scripts_run(&redis) - s0;
     // Heartbeats: 2 × ~6.7/s; asks: ~1/s per replica, each refusal one publish.
     assert!(steady < 60, "{steady} scripts in 2 s with nothing changing");
-    // Churn: clients of x that connect and leave while queued, 100 in ~1 s.
+    // Churn: clients of x that join the queue and leave it again, one after another.
+    const CHURN: u64 = 60;
     let s1 = scripts_run(&redis);
     let mut worst_v = Duration::ZERO;
     let churn = async {
-        for i in 0..100 {
+        for i in 0..CHURN {
+            // Half at the back of x's queue, half alone in y's (each starts a pump).
+            let (tenant, behind) = if i % 4 < 2 { ("x", 3) } else { ("y", 0) };
             let s = if i % 2 == 0 { &a } else { &b };
-            let url = s.proxy.url("/t/x/?i=churn");
-            let _ = tokio::time::timeout(Duration::from_millis(8), try_connect(url)).await;
+            let c = tokio::spawn(try_connect(s.proxy.url(&format!("/t/{tenant}/?i=churn"))));
+            wait_until("the churner queued", async || {
+                queued(&s.proxy, tenant) == 1 + behind
+            })
+            .await;
+            // Long enough for its pump to ask Redis (when it is the head).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            c.abort();
+            wait_until("the churner left", async || {
+                queued(&s.proxy, tenant) == behind
+            })
+            .await;
         }
     };
     let victim = async {
@@ -587,9 +607,13 @@ async fn a_churning_tenant_costs_redis_per_connect_and_does_not_slow_another() {
     let s2 = scripts_run(&redis);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = scripts_run(&redis) - s2;
+    println!(
+        "redis scripts: {steady} in 2 s steady, {churned} for {CHURN} churning connects + 10 of v, \
+         {after} in 1 s after; v's slowest admission {worst_v:?}"
+    );
     assert!(
-        churned < 60 + 100 * 8 + 10 * 6,
-        "{churned} scripts for 100 churning connects and 10 of v"
+        churned < 60 + CHURN * 8 + 10 * 6,
+        "{churned} scripts for {CHURN} churning connects and 10 of v"
     );
     assert!(after < 40, "the load fell back after the churn: {after}/s");
     assert!(
@@ -851,6 +875,171 @@ async fn adaptive_back_off(cluster: bool) {
     assert!(
         span >= Duration::from_millis(900),
         "6 handshakes in {span:?} though the effective rate is {lowered}/s"
+    );
+}
+
+/// The edge answers a handshake from replica a `503` with `Retry-After: 2`: sluice
+/// pauses the tenant (a lone sluice sends nothing to the edge for 2 s). With replicas,
+/// the pause stays on a: b goes on sending the tenant's handshakes into the pause the
+/// edge asked for (the pause lives in the gate, `TenantGate::pause`, never in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect (gap): an edge's Retry-After pauses the tenant on the replica that got it only; the others keep sending"]
+async fn a_pause_the_edge_asks_for_holds_on_every_replica() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = support::edge_with(support::EdgeOptions {
+        refuse_with: Some(503),
+        refuse_first: Some(1),
+        retry_after: Some(2),
+        ..support::EdgeOptions::default()
+    })
+    .await;
+    let spec = tenant("lab")
+        .unpaced()
+        .queue_timeout(Duration::from_secs(10));
+    let a = replica(&edge, &redis, "a", spec.clone(), "local-share")
+        .serve()
+        .await;
+    let b = replica(&edge, &redis, "b", spec, "local-share")
+        .serve()
+        .await;
+    all_in_mode(&[&a.proxy, &b.proxy], "redis").await;
+    let first = tokio::spawn(try_connect(a.proxy.url("/t/lab/?i=first")));
+    edge.wait_for("the refused handshake", |e| !e.requests().is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let later: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(try_connect(b.proxy.url(&format!("/t/lab/?i=b{i}")))))
+        .collect();
+    for c in later {
+        assert!(c.await.unwrap().is_ok());
+    }
+    assert!(first.await.unwrap().is_ok());
+    let requests = edge.requests();
+    let quiet = requests[1].at - requests[0].at;
+    assert!(
+        quiet >= Duration::from_millis(1900),
+        "a handshake ({:?}) reached the paused edge {quiet:?} after its Retry-After: 2",
+        requests[1].query("i")
+    );
+}
+
+/// A reload removes tenant t from replica a while a holds a session of it, then adds it
+/// back: the session's slot is the same one (the retired gate is reused), the counts in
+/// Redis stay exact throughout, and 0 once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_and_re_adds_a_tenant_under_live_sessions_keeps_counts_exact() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = edge().await;
+    let spec = tenant("t")
+        .max_sessions(2)
+        .unpaced()
+        .queue_timeout(Duration::from_millis(400));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    let with_t = replica(&edge, &redis, "a", spec.clone(), "local-share").tenant(tenant("u"));
+    let without_t = replica(&edge, &redis, "a", tenant("u"), "local-share");
+    std::fs::write(&file, with_t.text()).unwrap();
+    let a = proxy_from_file(&file).await;
+    let b = replica(&edge, &redis, "b", spec, "local-share")
+        .serve()
+        .await;
+    all_in_mode(&[&a, &b.proxy], "redis").await;
+    let mut on_a = connect_ok(&a.url("/t/t/?i=a"), &[]).await;
+    std::fs::write(&file, without_t.text()).unwrap();
+    assert_eq!(reload(&a).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    echo(&mut on_a, "removed, not cut").await;
+    assert_eq!(redis_total(&redis, "t"), 1, "a's session still counts");
+    std::fs::write(&file, with_t.text()).unwrap();
+    assert_eq!(reload(&a).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(redis_total(&redis, "t"), 1);
+    let on_b = connect_ok(&b.proxy.url("/t/t/?i=b"), &[]).await;
+    let over = try_connect(a.url("/t/t/?i=over")).await;
+    assert!(over.is_err(), "the cap of 2 holds");
+    assert!(edge.peak.load(Ordering::SeqCst) <= 2);
+    support::close(on_a).await;
+    support::close(on_b).await;
+    wait_until("counts back to 0", async || {
+        let counts = hash(&redis, "sluice:t:t:n");
+        !counts.is_empty() && counts.values().all(|v| v == "0")
+    })
+    .await;
+    assert_eq!(live(&a, "t"), 0);
+}
+
+/// A replica is SIGKILLed holding slots and comes straight back under the same
+/// `replica_id` (a container restarted in its pod: same host name, pid 1): its new
+/// incarnation's first heartbeat replaces the dead one's counts, so the slots come back
+/// then, long before `lease_ttl` (5 s here), and the counts are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_under_its_id_gives_the_dead_ones_slots_back_at_once() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = edge().await;
+    let spec = tenant("t")
+        .max_sessions(2)
+        .unpaced()
+        .queue_timeout(Duration::from_secs(8));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("k.toml");
+    let port = support::free_port();
+    let text = replica(&edge, &redis, "k", spec.clone(), "local-share")
+        .set("cluster", "lease_ttl", "\"5s\"")
+        .set("listen", "address", &quoted(&format!("127.0.0.1:{port}")))
+        .text();
+    std::fs::write(&file, &text).unwrap();
+    let start_k = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut k = start_k();
+    let k_url = format!("ws://127.0.0.1:{port}/t/t/");
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held.len() < 2 {
+        assert!(Instant::now() < deadline, "replica k serves");
+        match connect(&k_url, &[]).await {
+            Ok((ws, _)) => held.push(ws),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let a = replica(&edge, &redis, "a", spec, "local-share")
+        .set("cluster", "lease_ttl", "\"5s\"")
+        .serve()
+        .await;
+    all_in_mode(&[&a.proxy], "redis").await;
+    let url = a.proxy.url("/t/t/?i=queued");
+    let queued_client = tokio::spawn(async move { connect_ok(&url, &[]).await });
+    wait_until("queued on a", async || queued(&a.proxy, "t") == 1).await;
+    k.kill().unwrap();
+    k.wait().unwrap();
+    drop(held);
+    let restarted = Instant::now();
+    let mut k = start_k();
+    let mut ws = tokio::time::timeout(Duration::from_secs(8), queued_client)
+        .await
+        .expect("admitted")
+        .unwrap();
+    let waited = restarted.elapsed();
+    echo(&mut ws, "in").await;
+    let counts = hash(&redis, "sluice:t:t:n");
+    k.kill().unwrap();
+    k.wait().unwrap();
+    assert!(
+        waited < Duration::from_millis(3000),
+        "the dead incarnation's slots came back with the new one, not the lease: {waited:?}"
+    );
+    assert_eq!(
+        counts,
+        HashMap::from([
+            ("a".to_owned(), "1".to_owned()),
+            ("k".to_owned(), "0".to_owned())
+        ])
     );
 }
 
