@@ -1043,6 +1043,44 @@ async fn a_replica_restarted_under_its_id_gives_the_dead_ones_slots_back_at_once
     );
 }
 
+/// A tenant with `queue_depth = 0` (no queue: admit now or refuse) is admitted while
+/// it has room, as without `[cluster]`. In Redis mode the fast path answers "ask"
+/// for every connect, so every connect needs a place in the queue, and a tenant with
+/// none is refused `queue-full` on every connect, with its cap unused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: with [cluster] a tenant with queue_depth = 0 refuses every connect (queue-full), its cap unused"]
+async fn a_tenant_without_a_queue_is_admitted_while_it_has_room() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = edge().await;
+    let spec = tenant("direct").max_sessions(3).unpaced().queue_depth(0);
+    let a = replica(&edge, &redis, "a", spec.clone(), "local-share")
+        .serve()
+        .await;
+    let b = replica(&edge, &redis, "b", spec, "local-share")
+        .serve()
+        .await;
+    let fleet = [&a.proxy, &b.proxy];
+    all_in_mode(&fleet, "redis").await;
+    let mut got = Vec::new();
+    for i in 0..4 {
+        got.push(try_connect(fleet[i % 2].url(&format!("/t/direct/?i={i}"))).await);
+    }
+    let outcomes: Vec<String> = got
+        .iter()
+        .map(|g| {
+            g.as_ref()
+                .err()
+                .cloned()
+                .unwrap_or_else(|| "admitted".into())
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["admitted", "admitted", "admitted", "queue-full"],
+        "3 sessions fit, the 4th is refused"
+    );
+}
+
 // === Names, keys, state a client can grow ===
 
 /// Tenant names cannot collide in Redis: names are `a-z 0-9 - _`, so no ':' (key
