@@ -75,6 +75,8 @@ pub enum Mode {
     Open,
     /// Nothing new (breaker open with `closed`).
     Closed,
+    /// Nothing new: another live process took this replica's id (misconfiguration).
+    Conflict,
 }
 
 /// What this replica knows of the cluster, for `/api/tenants` and the status page.
@@ -84,7 +86,7 @@ pub struct Status {
     pub replica_id: String,
     /// Whether the breaker is closed (decisions on Redis).
     pub redis_up: bool,
-    /// `redis`, `local-share`, `open` or `closed`.
+    /// `redis`, `local-share`, `open`, `closed` or `replica-id-conflict`.
     pub mode: &'static str,
     /// Live replicas at the last heartbeat, by id.
     pub replicas: Vec<String>,
@@ -124,6 +126,11 @@ pub(crate) struct Shared {
     /// Set by [`Cluster::leave`]: the background tasks end.
     stopping: AtomicBool,
     stopped: Notify,
+    /// This process has held its replica id in Redis (so another taking it is a
+    /// conflict, not a restart).
+    owned: AtomicBool,
+    /// Another live process holds this replica's id: admit nothing new.
+    conflict: AtomicBool,
     metrics: Option<ClusterMetrics>,
     /// Signalled after each heartbeat, for [`Cluster::ready`].
     beaten: Notify,
@@ -131,7 +138,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn mode(&self) -> Mode {
-        if self.link.is_open() {
+        if self.conflict.load(Ordering::Acquire) {
+            Mode::Conflict
+        } else if self.link.is_open() {
             match self.policy {
                 OnRedisFailure::LocalShare => Mode::Share,
                 OnRedisFailure::Open => Mode::Open,
@@ -274,6 +283,8 @@ impl Cluster {
             scopes: Mutex::default(),
             flush: Notify::new(),
             beat_now: Notify::new(),
+            owned: AtomicBool::new(false),
+            conflict: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             stopped: Notify::new(),
             metrics,
@@ -319,6 +330,7 @@ impl Cluster {
                 Mode::Share => "local-share",
                 Mode::Open => "open",
                 Mode::Closed => "closed",
+                Mode::Conflict => "replica-id-conflict",
             },
             replicas: self
                 .0

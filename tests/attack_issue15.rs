@@ -109,7 +109,6 @@ async fn reload(p: &Proxy) -> (u16, String) {
 /// then told `turn` on every ask (a's phantom head is "earlier", a is alive), until it
 /// times out, and so would every client of the tenant on b until one reaches a.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: an ACQUIRE whose pump was cancelled leaves a phantom FIFO waiter that blocks the tenant on other replicas"]
 async fn a_client_leaving_during_its_ask_leaves_no_phantom_waiter() {
     let Some(redis) = Redis::start() else { return };
     let edge = edge().await;
@@ -230,7 +229,6 @@ async fn a_redis_stall_leaves_no_phantom_waiter() {
 /// a2. a's pump keeps asking with the arrival of the head it started for (a1's), so a2
 /// overtakes b1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a pump asks with the arrival of a head that left, so its later clients overtake earlier ones on other replicas"]
 async fn fifo_holds_when_a_replicas_head_leaves() {
     let Some(redis) = Redis::start() else { return };
     let edge = edge().await;
@@ -405,7 +403,6 @@ async fn a_draining_replica_gives_its_slots_back_as_its_sessions_end() {
 /// previous state for it (a higher version of the same incarnation): a's new sessions
 /// are invisible to the other replicas, which admit over the cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a tenant re-added by reload restarts its count version under the same incarnation; Redis ignores its counts and the cap is exceeded"]
 async fn a_tenant_removed_and_re_added_by_reload_is_counted_again() {
     let Some(redis) = Redis::start() else { return };
     let edge = edge().await;
@@ -448,10 +445,10 @@ async fn a_tenant_removed_and_re_added_by_reload_is_counted_again() {
 }
 
 /// Two replicas given the same `replica_id` (one config for all, e.g. compose
-/// `replicas: 2` with a fixed `hostname:` so both are `host-1`): each overwrites the
-/// other's count in Redis, and the cap doubles, silently.
+/// `replicas: 2` with a fixed `hostname:` so both are `host-1`) would overwrite each
+/// other's count in Redis and double the cap. The newer process takes the id (a
+/// restarted replica must, at once); the older one admits nothing new and logs why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: two live replicas with the same replica_id overwrite each other's counts; the cap is exceeded without a warning"]
 async fn two_replicas_with_one_replica_id_do_not_double_the_cap() {
     let Some(redis) = Redis::start() else { return };
     let edge = edge().await;
@@ -462,17 +459,27 @@ async fn two_replicas_with_one_replica_id_do_not_double_the_cap() {
     let a = replica(&edge, &redis, "same", spec.clone(), "local-share")
         .serve()
         .await;
+    all_in_mode(&[&a.proxy], "redis").await;
+    // A second process under the same id takes it over (as a restarted replica
+    // would); the first, finding its id taken, admits nothing new and says why.
     let b = replica(&edge, &redis, "same", spec, "local-share")
         .serve()
         .await;
-    all_in_mode(&[&a.proxy, &b.proxy], "redis").await;
-    let _on_a = connect_ok(&a.proxy.url("/t/t/?i=a"), &[]).await;
-    let got = try_connect(b.proxy.url("/t/t/?i=b")).await;
+    all_in_mode(&[&a.proxy], "replica-id-conflict").await;
+    all_in_mode(&[&b.proxy], "redis").await;
+    let got = try_connect(a.proxy.url("/t/t/?i=a")).await;
     assert!(
         got.is_err(),
-        "cap 1 and a session on the other replica, yet admitted (edge peak {})",
+        "the replica whose id was taken admits nothing new"
+    );
+    let _on_b = connect_ok(&b.proxy.url("/t/t/?i=b"), &[]).await;
+    let again = try_connect(b.proxy.url("/t/t/?i=b2")).await;
+    assert!(
+        again.is_err(),
+        "cap 1 holds (edge peak {})",
         edge.peak.load(Ordering::SeqCst)
     );
+    assert!(edge.peak.load(Ordering::SeqCst) <= 1);
 }
 
 // === The [edge] ceiling across replicas ===
@@ -485,7 +492,6 @@ async fn two_replicas_with_one_replica_id_do_not_double_the_cap() {
 /// arbiter loops (a wake-up per timer tick) and grants no turn; every client is refused
 /// `edge-capacity` after its `queue_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: with [edge] and [cluster] no client is ever admitted (the edge arbiter never sees its prefetched token as ready)"]
 async fn the_edge_ceiling_holds_across_replicas_and_admits_below_it() {
     let Some(redis) = Redis::start() else { return };
     let edge = edge().await;
@@ -814,7 +820,6 @@ async fn a_cold_start_without_redis_keeps_local_share_a_share() {
 /// the local share's bucket) keep the configured rate, while
 /// `sluice_effective_handshake_rate` shows the lowered one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: with [cluster] the adaptive back-off retunes only the unused local bucket; the shared pace stays at the configured rate"]
 async fn the_adaptive_back_off_slows_the_shared_rate() {
     adaptive_back_off(true).await;
 }
@@ -1048,7 +1053,6 @@ async fn a_replica_restarted_under_its_id_gives_the_dead_ones_slots_back_at_once
 /// for every connect, so every connect needs a place in the queue, and a tenant with
 /// none is refused `queue-full` on every connect, with its cap unused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: with [cluster] a tenant with queue_depth = 0 refuses every connect (queue-full), its cap unused"]
 async fn a_tenant_without_a_queue_is_admitted_while_it_has_room() {
     let Some(redis) = Redis::start() else { return };
     let edge = edge().await;
@@ -1086,7 +1090,6 @@ async fn a_tenant_without_a_queue_is_admitted_while_it_has_room() {
 /// counter (`gate.limit.slots`, `Admission::refusal`), which a shared scope never
 /// touches: "0 of 1 sessions" while the one session is live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect (minor): with [cluster] a queue-full refusal reports 0 sessions in use (the unused local counter)"]
 async fn a_queue_full_refusal_reports_the_sessions_in_use() {
     let Some(redis) = Redis::start() else { return };
     let edge = edge().await;

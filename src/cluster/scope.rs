@@ -418,7 +418,7 @@ impl SharedCapacity for ScopeState {
     fn try_acquire_slot(&self) -> Fast<()> {
         match self.shared.mode() {
             Mode::Redis => Fast::Ask,
-            Mode::Closed => Fast::No,
+            Mode::Closed | Mode::Conflict => Fast::No,
             mode => {
                 if self.local_slot(mode) {
                     Fast::Yes(())
@@ -433,7 +433,7 @@ impl SharedCapacity for ScopeState {
         Box::pin(async move {
             match self.shared.mode() {
                 Mode::Redis => self.ask_slot(head).await,
-                Mode::Closed => Ok(false),
+                Mode::Closed | Mode::Conflict => Ok(false),
                 mode => Ok(self.local_slot(mode)),
             }
         })
@@ -462,7 +462,7 @@ impl SharedCapacity for ScopeState {
                     None => Fast::Ask,
                 }
             }
-            Mode::Closed => Fast::No,
+            Mode::Closed | Mode::Conflict => Fast::No,
             mode => match self.local_tokens(mode).try_take(now) {
                 Ok(taken) => Fast::Yes(taken),
                 Err(_) => Fast::No,
@@ -478,7 +478,7 @@ impl SharedCapacity for ScopeState {
         Box::pin(async move {
             match self.shared.mode() {
                 Mode::Redis => self.ask_token(now, head).await,
-                Mode::Closed => Ok(Err(now + FALLBACK_POLL)),
+                Mode::Closed | Mode::Conflict => Ok(Err(now + FALLBACK_POLL)),
                 mode => Ok(self.local_tokens(mode).try_take(now)),
             }
         })
@@ -517,7 +517,7 @@ impl SharedCapacity for ScopeState {
                 }
                 self.ready_instant()
             }
-            Mode::Closed => Instant::now() + FALLBACK_POLL,
+            Mode::Closed | Mode::Conflict => Instant::now() + FALLBACK_POLL,
             mode => self.local_tokens(mode).ready_at(),
         }
     }

@@ -179,18 +179,21 @@ return 0"
 /// Renews this replica's lease and republishes every count it holds; makes a new
 /// epoch when Redis has none (new, restarted empty, flushed).
 ///
-/// KEYS: replicas, epoch, owners. ARGV: me, lease µs, (unused), epoch id if new, this
+/// KEYS: replicas, epoch, owners. ARGV: me, lease µs, 1 if this process held its id
+/// before (0: new), epoch id if new, this
 /// process's incarnation, then per scope `P`, count, version, the scope's incarnation,
 /// whether this replica waits on it (0/1).
 /// Returns `{now, epoch, {live replica ids}, {cluster total per scope}}`, or
-/// `{now, 'conflict', incarnation}` when another live process holds this replica id
-/// (nothing is written then).
+/// `{now, 'conflict', incarnation}` when this process held its id before and another
+/// live process has taken it since (nothing is written then).
 pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}
 local me, lease = ARGV[1], tonumber(ARGV[2])
+-- A new process takes its id over at once (a restarted replica); one that held it
+-- before and finds it taken by another live process yields (two processes, one id).
 local owner = redis.call('HGET', KEYS[3], me)
-if owner then
+if owner and ARGV[3] == '1' then
   local oi, oe = string.match(owner, '^(.*):(%d+)$')
   if oi ~= ARGV[5] and tonumber(oe) > now then return {{now, 'conflict', oi}} end
 end

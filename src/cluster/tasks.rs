@@ -75,7 +75,7 @@ async fn beat(shared: &Arc<Shared>) -> Result<(), BackendError> {
         .key("sluice:owners")
         .arg(&shared.replica_id)
         .arg(shared.lease_ttl.as_micros() as i64)
-        .arg((shared.heartbeat + 2 * shared.redis_timeout).as_micros() as i64)
+        .arg(u8::from(shared.owned.load(Ordering::Acquire)))
         .arg(format!(
             "{}-{:08x}",
             shared.replica_id,
@@ -99,15 +99,20 @@ async fn beat(shared: &Arc<Shared>) -> Result<(), BackendError> {
     let epoch = text(reply.get(1));
     if epoch == "conflict" {
         let error = format!(
-            "replica_id {:?} is held by another live sluice (incarnation {}): give each replica its own replica_id; this one decides on its failure policy until the id is free (at most lease_ttl after the other stops)",
+            "replica_id {:?} was taken by another live sluice (incarnation {}): give each replica its own replica_id; this one admits nothing new until the id is free again (lease_ttl after the other stops)",
             shared.replica_id,
             text(reply.get(2))
         );
+        if !shared.conflict.swap(true, Ordering::AcqRel) {
+            shared.wake_all();
+        }
         tracing::error!("cluster: {error}");
-        shared
-            .link
-            .connect_failed(&BackendError(error.clone().into()));
         return Err(BackendError(error.into()));
+    }
+    shared.owned.store(true, Ordering::Release);
+    if shared.conflict.swap(false, Ordering::AcqRel) {
+        tracing::info!(replica = %shared.replica_id, "cluster: the replica id is this replica's again");
+        shared.wake_all();
     }
     let known = shared.epoch.load_full();
     let new_epoch = *known != epoch;
