@@ -565,6 +565,9 @@ impl Admission {
     /// is needed.
     pub async fn retry_token(&self, gate: &TenantGate, deadline: Instant) -> bool {
         while let Some(until) = gate.paused(Instant::now()) {
+            // A pause the edge asked for (the tenant's, or its whole group's for it)
+            // holds the tenant's clients on every replica of a cluster too.
+            gate.share_pause(until);
             if until >= deadline {
                 return false;
             }

@@ -885,10 +885,9 @@ async fn adaptive_back_off(cluster: bool) {
 
 /// The edge answers a handshake from replica a `503` with `Retry-After: 2`: sluice
 /// pauses the tenant (a lone sluice sends nothing to the edge for 2 s). With replicas,
-/// the pause stays on a: b goes on sending the tenant's handshakes into the pause the
-/// edge asked for (the pause lives in the gate, `TenantGate::pause`, never in Redis).
+/// the pause goes to Redis (`P:p`), so b holds the tenant's clients back too instead of
+/// sending them into the pause the edge asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect (gap): an edge's Retry-After pauses the tenant on the replica that got it only; the others keep sending"]
 async fn a_pause_the_edge_asks_for_holds_on_every_replica() {
     let Some(redis) = Redis::start() else { return };
     let edge = support::edge_with(support::EdgeOptions {

@@ -132,6 +132,14 @@ pub trait SharedCapacity: Send + Sync + std::fmt::Debug {
     /// `handshake_rate` and `handshake_burst`). Must not block; a raised cap should
     /// complete [`Self::freed`], which is what wakes a waiting pump.
     fn reconfigure(&self, _max_sessions: u32, _rate: f64, _burst: u32) {}
+    /// The edge asked (`429`/`503` with `Retry-After`) that this scope send nothing
+    /// until `until`: a shared backend tells the other replicas. Must not block.
+    fn pause(&self, _until: Instant) {}
+    /// Until when another replica was asked to hold this scope's clients back, as far
+    /// as this replica knows; `None` when not paused at `now`.
+    fn paused_until(&self, _now: Instant) -> Option<Instant> {
+        None
+    }
     /// The adaptive rate moved (edge trouble, recovery, a reload): tokens this replica
     /// takes are spaced for `rate` (at most the configured one). Must not block.
     fn set_rate(&self, _rate: f64) {}

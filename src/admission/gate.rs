@@ -334,6 +334,17 @@ impl TenantGate {
             .unwrap_or(u64::MAX / 2)
             .max(1);
         self.paused_until.fetch_max(nanos, Ordering::AcqRel);
+        if let Some(backend) = &self.backend {
+            backend.pause(until);
+        }
+    }
+
+    /// Tells a shared backend (the other replicas) that this tenant's clients are held
+    /// back until `until`.
+    pub fn share_pause(&self, until: Instant) {
+        if let Some(backend) = &self.backend {
+            backend.pause(until);
+        }
     }
 
     /// Until when none of this tenant's clients may be sent: its own pause (an edge
@@ -349,7 +360,11 @@ impl TenantGate {
             .load()
             .as_ref()
             .and_then(|p| p.0.paused_until(&self.name, now));
-        own.max(group)
+        let shared = match &self.backend {
+            Some(backend) => backend.paused_until(now),
+            None => None,
+        };
+        own.max(group).max(shared)
     }
 
     /// The tenant's queue depth.
@@ -581,10 +596,14 @@ async fn reserve(
     let slot = slot(gate, &|| gate.head_since()).await;
     gate.set_blocker(Blocker::Token);
     // Until the next token; a reload that raised the rate wakes this early (the token is
-    // then taken below if it is due, or the pump starts over).
-    tokio::select! {
-        () = tokio::time::sleep_until(gate.capacity().ready_at()) => {}
-        () = gate.reconfigured.notified() => {}
+    // then taken below if it is due, or the pump starts over). A token due already is not
+    // slept for: a timer, even one in the past, fires at the next tick (about 1 ms).
+    let ready = gate.capacity().ready_at();
+    if ready > Instant::now() {
+        tokio::select! {
+            () = tokio::time::sleep_until(ready) => {}
+            () = gate.reconfigured.notified() => {}
+        }
     }
     // While the edge has paused this tenant or its whole group, nobody is sent.
     while let Some(until) = gate.paused(Instant::now()) {

@@ -59,6 +59,9 @@ pub(crate) struct ScopeState {
     freed: Notify,
     /// Local µs (after `shared.start`) before which Redis said no token is ready.
     ready_at: AtomicU64,
+    /// Local µs until which the edge asked, through any replica, that the scope send
+    /// nothing (0: never).
+    paused_until: AtomicU64,
     /// A token taken with the slot, and when.
     prefetched: Mutex<Option<(Taken, Instant)>>,
     /// The head's arrival this replica registered among the scope's waiters (Redis
@@ -127,6 +130,7 @@ impl ScopeState {
             dirty: AtomicBool::new(false),
             freed: Notify::new(),
             ready_at: AtomicU64::new(0),
+            paused_until: AtomicU64::new(0),
             prefetched: Mutex::new(None),
             waiting: std::sync::atomic::AtomicI64::new(i64::MIN),
             local: Tokens::new(1.0, 1),
@@ -298,6 +302,7 @@ impl ScopeState {
             .key(format!("{}:v", self.prefix))
             .key(format!("{}:r", self.prefix))
             .key(format!("{}:w", self.prefix))
+            .key(format!("{}:p", self.prefix))
             .arg(&shared.replica_id)
             .arg(shared.epoch.load().as_str())
             .arg(count)
@@ -347,8 +352,19 @@ impl ScopeState {
                 Ok(false)
             }
             "turn" => Ok(false),
+            "paused" => {
+                self.set_paused(int(reply.get(2)));
+                Ok(false)
+            }
             other => Err(self.not_decided(other)),
         }
+    }
+
+    /// Another replica was asked to pause this scope until `until_us` (Redis time).
+    fn set_paused(&self, until_us: i64) {
+        let at = self.shared.local_instant(until_us);
+        self.paused_until
+            .fetch_max(self.shared.local_us(at), Ordering::AcqRel);
     }
 
     fn set_ready(&self, ready_us: i64) {
@@ -371,6 +387,7 @@ impl ScopeState {
             .key("sluice:epoch")
             .key(format!("{}:r", self.prefix))
             .key(format!("{}:w", self.prefix))
+            .key(format!("{}:p", self.prefix))
             .arg(&shared.replica_id)
             .arg(shared.epoch.load().as_str())
             .arg(interval)
@@ -396,6 +413,10 @@ impl ScopeState {
             "rate" => {
                 self.set_ready(int(reply.get(2)));
                 Ok(Err(self.ready_instant().max(now)))
+            }
+            "paused" => {
+                self.set_paused(int(reply.get(2)));
+                Ok(Err(self.shared.local_instant(int(reply.get(2))).max(now)))
             }
             // Another replica's earlier client goes first: its grant sends a notice.
             "turn" => Ok(Err(now + Duration::from_micros(interval as u64))),
@@ -525,12 +546,41 @@ impl SharedCapacity for ScopeState {
     fn freed(&self) -> BoxFuture<'_, ()> {
         // Created now: a notice sent after this call completes it, polled or not.
         let notified = self.freed.notified();
+        // Asking again before a pause ends is pointless; after it, at once.
+        let poll = self
+            .paused_until(Instant::now())
+            .unwrap_or_else(|| Instant::now() + FALLBACK_POLL);
         Box::pin(async move {
             tokio::select! {
                 () = notified => {}
-                () = tokio::time::sleep(FALLBACK_POLL) => {}
+                () = tokio::time::sleep_until(poll) => {}
             }
         })
+    }
+
+    fn pause(&self, until: Instant) {
+        self.paused_until
+            .fetch_max(self.shared.local_us(until), Ordering::AcqRel);
+        let Some(until_us) = self.shared.redis_us(until) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let key = format!("{}:p", self.prefix);
+        runtime.spawn(async move {
+            let mut invocation = scripts::PAUSE.prepare_invoke();
+            invocation.key(key).arg(until_us);
+            // Lost: the others learn of the pause from the edge's own answers.
+            let _ = shared.link.run(&invocation, false).await;
+        });
+    }
+
+    fn paused_until(&self, now: Instant) -> Option<Instant> {
+        let us = self.paused_until.load(Ordering::Acquire);
+        let at = self.shared.start + Duration::from_micros(us);
+        (us != 0 && at > now).then_some(at)
     }
 
     fn reconfigure(&self, max_sessions: u32, rate: f64, burst: u32) {

@@ -10,6 +10,7 @@
 //! | `P:n` | hash | replica id → its live sessions of scope `P` |
 //! | `P:v` | hash | replica id → `INCARNATION:VERSION` of that count (a count is only replaced by a newer one) |
 //! | `P:r` | string | the scope's GCRA theoretical arrival time (µs) |
+//! | `P:p` | string | until when (µs) the edge asked that the scope send nothing (`Retry-After`), expiring then |
 //! | `P:w` | sorted set | replica id → when the client at the head of its queue arrived (µs, Redis time) |
 //!
 //! `P` is `sluice:t:TENANT` for a tenant and `sluice:edge` for the `[edge]` ceiling;
@@ -100,18 +101,21 @@ end
 
 /// A session slot (and, with `take`, a token with it).
 ///
-/// KEYS: replicas, epoch, P:n, P:v, P:r, P:w.
+/// KEYS: replicas, epoch, P:n, P:v, P:r, P:w, P:p.
 /// ARGV: me, epoch, count (this replica's, the slot asked for included), incarnation,
 /// version, cap, interval µs, tolerance µs, head µs (-1: no FIFO), take (0/1), lease µs,
 /// channel.
 /// Returns `{'ok', now, cluster total, tat (0: no token), token ready at}`,
-/// `{'full', now, cluster total}`, `{'turn', now, 0}` or `{'epoch', now, 0}`.
+/// `{'full', now, cluster total}`, `{'turn', now, 0}`, `{'paused', now, until}` or
+/// `{'epoch', now, 0}`.
 pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}
 local st = epoch_state(KEYS[2], ARGV[2])
 if st then return {{st, now, 0}} end
 local me, head, interval = ARGV[1], tonumber(ARGV[9]), tonumber(ARGV[7])
+local paused = tonumber(redis.call('GET', KEYS[7]) or '0')
+if paused > now then return {{'paused', now, paused}} end
 if head >= 0 then
   redis.call('ZADD', KEYS[6], s(head), me)
   redis.call('PEXPIRE', KEYS[6], s(math.floor(tonumber(ARGV[11]) / 1000)))
@@ -131,16 +135,18 @@ return {{'ok', now, total, tat, ready}}"
 
 /// A handshake token.
 ///
-/// KEYS: replicas, epoch, P:r, P:w.
+/// KEYS: replicas, epoch, P:r, P:w, P:p.
 /// ARGV: me, epoch, interval µs, tolerance µs, head µs (-1: no FIFO), channel.
-/// Returns `{'ok', now, tat}`, `{'rate', now, ready at}`, `{'turn', now, 0}` or
-/// `{'epoch', now, 0}`.
+/// Returns `{'ok', now, tat}`, `{'rate', now, ready at}`, `{'turn', now, 0}`,
+/// `{'paused', now, until}` or `{'epoch', now, 0}`.
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}
 local st = epoch_state(KEYS[2], ARGV[2])
 if st then return {{st, now, 0}} end
 local me, head, interval = ARGV[1], tonumber(ARGV[5]), tonumber(ARGV[3])
+local paused = tonumber(redis.call('GET', KEYS[5]) or '0')
+if paused > now then return {{'paused', now, paused}} end
 if head >= 0 and behind(KEYS[4], KEYS[1], me, head - interval) then return {{'turn', now, 0}} end
 local tat, ready = take(KEYS[3], interval, tonumber(ARGV[4]))
 if tat == 0 then return {{'rate', now, ready}} end
@@ -251,6 +257,21 @@ local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) == tonumber(ARGV[2]) then
   redis.call('ZREM', KEYS[1], ARGV[1])
   if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('PUBLISH', ARGV[3], 'w') end
+end
+return 0"
+    ))
+});
+
+/// The edge asked that a scope send nothing until a time: every replica's next decision
+/// for it says `paused` until then.
+///
+/// KEYS: P:p. ARGV: until µs (Redis time).
+pub(super) static PAUSE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PRELUDE}
+local till = tonumber(ARGV[1])
+if till > now and till > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], s(till), 'PX', s(math.floor((till - now) / 1000) + 1))
 end
 return 0"
     ))
