@@ -222,7 +222,16 @@ async fn demo(config: crate::tools::demo::DemoConfig) -> ExitCode {
             eprintln!("{line}");
         }
     };
-    let (report, running) = match demo::run_demo(&config, progress).await {
+    // Ctrl-C (or SIGTERM) mid-run drops the demo: its servers stop and the
+    // redis-server it started (`--replicas`) is killed.
+    let outcome = tokio::select! {
+        r = demo::run_demo(&config, progress) => r,
+        () = crate::signals::terminate() => {
+            eprintln!("demo: interrupted");
+            return ExitCode::from(130);
+        }
+    };
+    let (report, running) = match outcome {
         Ok(r) => r,
         Err(e) => {
             eprintln!("demo: {e}");
@@ -238,9 +247,17 @@ async fn demo(config: crate::tools::demo::DemoConfig) -> ExitCode {
         print!("{}", demo::render_report(&report));
     }
     if let Some(running) = running {
+        let mut others = String::new();
+        for (i, r) in running.replicas.iter().enumerate().skip(1) {
+            let _ = writeln!(
+                others,
+                "sluice replica {i}: ws://{}/t/<tenant>/   status page: http://{}/",
+                r.proxy, r.admin
+            );
+        }
         eprintln!(
             "\nsluice: ws://{}/t/<tenant>/   status page: http://{}/   metrics: http://{}/metrics\n\
-             edge simulator: {}   counters: http://{}/stats\nCtrl-C stops.",
+             {others}edge simulator: {}   counters: http://{}/stats\nCtrl-C stops.",
             running.proxy,
             running.admin,
             running.admin,
