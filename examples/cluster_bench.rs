@@ -21,6 +21,10 @@
 //! | `throughput` | `--concurrency` clients opening and closing sessions as fast as they can for `--seconds` (after 1 s unmeasured): one replica without `[cluster]`, one with, three with (clients round robin) |
 //! | `fairness` | `[edge]` handshake rate 50/s burst 1, tenants `w1` (weight 1) and `w3` (weight 3), `--queued` clients each per tenant that reconnect as soon as they are admitted; admitted per tenant over `--seconds` (after 2 s unmeasured): one replica, three with each tenant's clients spread over all, three with `w1`'s clients on `r0` only and `w3`'s on `r1` only |
 //!
+//! `BENCH_FAIR=debug` runs other `fairness` cases: one replica with `[cluster]`, and
+//! three with `w1`'s clients on `r1` only and `w3`'s on `r2` only. Each `fairness` figure
+//! ends with every replica's admission state (`state_at_end`).
+//!
 //! # Threads
 //!
 //! The replicas share one tokio runtime with a worker per core (as one sluice process
@@ -194,6 +198,7 @@ fn replica_config(
 struct Replica {
     addr: SocketAddr,
     admin: SocketAddr,
+    runtime: Arc<sluice::runtime::Runtime>,
     stop: tokio::sync::oneshot::Sender<()>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -226,6 +231,7 @@ impl Replica {
         Replica {
             addr,
             admin,
+            runtime,
             stop,
             done,
         }
@@ -235,6 +241,28 @@ impl Replica {
     async fn stop(self) {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(10), self.done).await;
+    }
+
+    /// Admission state now: per tenant live, cluster-wide live and queued; the edge's
+    /// live slots and waiting tenants.
+    fn load(&self, tenants: &[TenantDef]) -> Value {
+        let mut v = serde_json::Map::new();
+        for (name, _) in tenants {
+            if let Some(t) = self.runtime.tenant(name) {
+                let l = t.gate.load();
+                v.insert(
+                    (*name).to_owned(),
+                    json!({"live": l.live, "cluster_live": l.cluster_live, "queued": l.queued}),
+                );
+            }
+        }
+        if let Some(e) = self.runtime.admission.edge_load() {
+            v.insert(
+                "edge".to_owned(),
+                json!({"live": e.live, "waiting": e.waiting}),
+            );
+        }
+        Value::Object(v)
     }
 
     fn url(&self, tenant: &str) -> String {
@@ -436,7 +464,7 @@ impl RedisDelta {
             "per_command": per_command,
             "redis_cpu_us_per_connect": round1((self.cpu_s - idle.cpu_s * scale) * 1e6 / n),
             "script_us_per_connect": round1(script_us / n),
-            "heartbeat_cpu_us_per_s": round1(idle.cpu_s * 1e6 / idle.seconds.max(1e-9)),
+            "idle_cpu_us_per_s": round1(idle.cpu_s * 1e6 / idle.seconds.max(1e-9)),
         })
     }
 }
@@ -971,6 +999,7 @@ impl Bench {
                 Some(r) => Some(r.snapshot().await),
                 None => None,
             };
+            let state: Vec<Value> = fleet.iter().map(|r| r.load(&tenants)).collect();
             let mut errors = 0;
             for (c, set) in sets {
                 errors += end_loop(&[c], set).await;
@@ -998,6 +1027,7 @@ impl Bench {
                 "edge_per_s": round1(total as f64 / window),
                 "by_tenant_and_replica": per_replica,
                 "admitted_incl_warmup": c1.iter().sum::<u64>(),
+                "state_at_end": state,
                 "errors": errors,
                 "loadavg": loadavg(),
             });
