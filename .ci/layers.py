@@ -15,7 +15,7 @@ LAYERS = [
     ("leaves", {"config", "reject", "logging", "stream", "parse", "tls", "stats"}),
     ("metrics", {"metrics"}),
     ("mechanisms", {"admission", "upstream", "relay", "ws", "control", "auth", "tenant",
-                    "protect"}),
+                    "protect", "cluster"}),
     ("state", {"runtime", "tenants", "release"}),
     ("flow", {"proxy"}),
     ("wiring", {"server", "admin", "reload", "signals", "(root)"}),

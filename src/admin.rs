@@ -167,6 +167,8 @@ pub struct Status {
     pub tenants: Vec<TenantStatus>,
     /// The last upstream errors, newest first.
     pub edge_errors: Vec<EdgeError>,
+    /// With `[cluster]`: this replica, how it decides now, the replicas it sees.
+    pub cluster: Option<crate::cluster::Status>,
 }
 
 /// The edge ceiling in `/api/tenants`.
@@ -197,6 +199,9 @@ pub struct TenantStatus {
     pub limits: Option<LimitsStatus>,
     /// Live proxied sessions.
     pub sessions_active: i64,
+    /// With `[cluster]`: live sessions of all replicas together, as last seen in
+    /// Redis (`sessions_active` is this replica's).
+    pub cluster_sessions_active: Option<u32>,
     /// Clients in the queue.
     pub queue_depth: i64,
     /// Handshakes per second allowed now (the adaptive rate; the configured one while
@@ -249,6 +254,7 @@ pub fn status(runtime: &Runtime) -> Status {
             group: tm.group.clone(),
             limits,
             sessions_active: tm.sessions_active.get(),
+            cluster_sessions_active: tenant.and_then(|t| t.gate.load().cluster_live),
             queue_depth: tm.queue_depth.get(),
             effective_handshake_rate: tm.effective_rate.get(),
             outcomes: Outcome::ALL
@@ -281,5 +287,9 @@ pub fn status(runtime: &Runtime) -> Status {
         }),
         tenants,
         edge_errors: runtime.metrics.edge_errors(),
+        cluster: runtime
+            .cluster
+            .as_ref()
+            .map(crate::cluster::Cluster::status),
     }
 }

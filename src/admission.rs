@@ -26,7 +26,7 @@
 //! * An admitted client holds a [`Permit`]: its tenant slot and edge slot, released
 //!   when the permit drops, exactly once, however the session ends.
 //!
-//! Memory: per tenant a fixed-size gate; per queued client one queue entry (16 bytes)
+//! Memory: per tenant a fixed-size gate; per queued client one queue entry (24 bytes)
 //! and a oneshot channel. Queues are bounded by `queue_depth`, the edge's request list
 //! by the number of tenants; nothing is keyed by anything a client sends.
 //!
@@ -51,7 +51,7 @@ use tokio::time::Instant;
 
 use crate::config::{EdgeLimits, Limits};
 use crate::reject::{Reason, Rejection};
-use capacity::{Fast, Scope, SharedCapacity};
+use capacity::{Fast, Scope, SharedCapacity, SharedScopes};
 use edge::EdgeGate;
 pub use gate::TenantGate;
 use gate::{Blocker, Closed};
@@ -65,6 +65,11 @@ mod standalone;
 
 pub(crate) use inputs::PauseSource;
 pub use inputs::{Gauges, Pauses};
+
+/// The longest a client of a tenant without a queue (`queue_depth = 0`) waits for a
+/// shared backend's decision (a Redis round trip is well under it; a Redis that does
+/// not answer opens the breaker, after which the decision is local).
+const SHARED_DECISION_WAIT: Duration = Duration::from_millis(500);
 
 /// The refusal of a client whose tenant's queue is closed.
 fn closed_rejection(why: Closed, tenant: &str) -> Rejection {
@@ -95,6 +100,9 @@ pub struct Admission {
     last_trouble: std::sync::Mutex<Option<(Arc<str>, Instant)>>,
     /// Set by [`Admission::drain`]: gates made from now on start closed.
     draining: std::sync::atomic::AtomicBool,
+    /// Where every gate's capacity lives when it is shared between replicas
+    /// ([`Admission::clustered`]).
+    scopes: Option<Arc<dyn SharedScopes>>,
 }
 
 /// An admitted session's hold on capacity: its tenant's session slot and, with an
@@ -132,6 +140,8 @@ pub struct TenantLoad {
     /// Session slots held: admitted sessions, plus one reserved for the head of the
     /// queue while it waits for its token or its edge turn.
     pub live: u32,
+    /// Slots held by all replicas together (`[cluster]`), as last seen.
+    pub cluster_live: Option<u32>,
     /// The tenant's `max_sessions`.
     pub max_sessions: u32,
     /// Clients in its queue.
@@ -182,6 +192,23 @@ impl Admission {
             policy,
             last_trouble: std::sync::Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
+            scopes: None,
+        }
+    }
+
+    /// [`Self::new`] with every scope's capacity shared between replicas: the edge
+    /// ceiling's and each tenant's gate's come from `scopes` (issue 15: Redis).
+    pub fn clustered(
+        edge: Option<&EdgeLimits>,
+        policy: adaptive::Policy,
+        edge_rate: Option<prometheus::Gauge>,
+        jitter: Jitter,
+        scopes: Arc<dyn SharedScopes>,
+    ) -> Self {
+        let backend = edge.map(|e| scopes.edge(e));
+        Self {
+            scopes: Some(scopes),
+            ..Self::shared(edge, policy, edge_rate, jitter, backend)
         }
     }
 
@@ -195,7 +222,8 @@ impl Admission {
         gauges: Gauges,
         pauses: Option<Arc<dyn Pauses>>,
     ) -> Arc<TenantGate> {
-        self.shared_gate(name, limits, gauges, pauses, None)
+        let backend = self.scopes.as_ref().map(|s| s.tenant(name, limits));
+        self.shared_gate(name, limits, gauges, pauses, backend)
     }
 
     /// [`Self::gate`] with the tenant's capacity in a shared `backend` (`None`: in
@@ -322,7 +350,15 @@ impl Admission {
             id,
             queued: true,
         };
-        let deadline = since + gate.queue_timeout();
+        // A tenant without a queue (`queue_depth = 0`) on a shared backend waits for
+        // its one decision, not longer, and is refused as if its queue were full.
+        let no_queue = gate.queue_depth() == 0;
+        let wait = if no_queue {
+            gate.queue_timeout().min(SHARED_DECISION_WAIT)
+        } else {
+            gate.queue_timeout()
+        };
+        let deadline = since + wait;
         let reserved = match tokio::time::timeout_at(deadline, &mut grant).await {
             Ok(Ok(reserved)) => reserved,
             Ok(Err(_)) => {
@@ -338,7 +374,7 @@ impl Admission {
                 let waited = Some(since.elapsed());
                 match ticket.leave() {
                     Some(ahead) => {
-                        let mut refusal = self.refusal(gate, ahead as u32, false);
+                        let mut refusal = self.refusal(gate, ahead as u32, no_queue);
                         refusal.waited = waited;
                         return Err(refusal);
                     }
@@ -392,7 +428,7 @@ impl Admission {
                     gate.name,
                     gate.queued(),
                     gate.queue_depth(),
-                    gate.limit.slots.live(),
+                    gate.capacity().live(),
                     gate.limit.slots.cap()
                 ),
             ),
@@ -420,7 +456,12 @@ impl Admission {
             Blocker::Edge
         } else if gate.queued() > 0 {
             gate.blocker()
-        } else if gate.limit.slots.live() >= gate.limit.slots.cap() {
+        } else if gate
+            .capacity()
+            .cluster_live()
+            .unwrap_or(gate.capacity().live())
+            >= gate.limit.slots.cap()
+        {
             Blocker::Slot
         } else if gate.limit.tokens.ready_at() > Instant::now() || self.edge.is_none() {
             Blocker::Token
@@ -439,12 +480,14 @@ impl Admission {
     pub fn upstream_trouble(&self, gate: &TenantGate, request_level: bool) {
         let now = Instant::now();
         gate.adaptive.trouble(&gate.limit.tokens, self.policy, now);
+        gate.sync_rate();
         let Some(edge) = &self.edge else {
             return;
         };
         let seen_by_others = request_level && self.witness(&gate.name, now);
         if !request_level || seen_by_others {
             edge.adaptive.trouble(&edge.limit.tokens, self.policy, now);
+            edge.sync_rate();
         }
     }
 
@@ -505,9 +548,11 @@ impl Admission {
                 let now = Instant::now();
                 for gate in admission.live_gates() {
                     gate.adaptive.recover(&gate.limit.tokens, now);
+                    gate.sync_rate();
                 }
                 if let Some(edge) = &admission.edge {
                     edge.adaptive.recover(&edge.limit.tokens, now);
+                    edge.sync_rate();
                 }
             }
         });
@@ -520,6 +565,9 @@ impl Admission {
     /// is needed.
     pub async fn retry_token(&self, gate: &TenantGate, deadline: Instant) -> bool {
         while let Some(until) = gate.paused(Instant::now()) {
+            // A pause the edge asked for (the tenant's, or its whole group's for it)
+            // holds the tenant's clients on every replica of a cluster too.
+            gate.share_pause(until);
             if until >= deadline {
                 return false;
             }
@@ -535,12 +583,13 @@ impl Admission {
             }
             // A failing shared backend is "not now": ask again after the back-off; a slow
             // one is not waited for beyond the client's deadline.
-            let ready = match tokio::time::timeout_at(deadline, edge.capacity().take(now)).await {
-                Err(_) => return false,
-                Ok(Ok(Ok(_))) => return true,
-                Ok(Ok(Err(at))) => at.max(edge.capacity().ready_at()),
-                Ok(Err(_)) => now + capacity::BACKOFF,
-            };
+            let ready =
+                match tokio::time::timeout_at(deadline, edge.capacity().take(now, None)).await {
+                    Err(_) => return false,
+                    Ok(Ok(Ok(_))) => return true,
+                    Ok(Ok(Err(at))) => at.max(edge.capacity().ready_at()),
+                    Ok(Err(_)) => now + capacity::BACKOFF,
+                };
             if ready >= deadline {
                 return false;
             }
@@ -552,7 +601,7 @@ impl Admission {
     pub fn edge_load(&self) -> Option<EdgeLoad> {
         let edge = self.edge.as_ref()?;
         Some(EdgeLoad {
-            live: edge.limit.slots.live(),
+            live: edge.capacity().live(),
             max_sessions: edge.limit.slots.cap(),
             waiting: edge.waiting(),
         })

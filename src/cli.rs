@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Auth, Config, IdentitySource, Tenant, UnknownTenant};
+use crate::config::{
+    redact_redis_url, Auth, Cluster, Config, IdentitySource, RedisTarget, Tenant, UnknownTenant,
+};
 
 /// sluice: a multi-tenant, capacity-aware WebSocket signaling proxy.
 ///
@@ -220,7 +222,16 @@ async fn demo(config: crate::tools::demo::DemoConfig) -> ExitCode {
             eprintln!("{line}");
         }
     };
-    let (report, running) = match demo::run_demo(&config, progress).await {
+    // Ctrl-C (or SIGTERM) mid-run drops the demo: its servers stop and the
+    // redis-server it started (`--replicas`) is killed.
+    let outcome = tokio::select! {
+        r = demo::run_demo(&config, progress) => r,
+        () = crate::signals::terminate() => {
+            eprintln!("demo: interrupted");
+            return ExitCode::from(130);
+        }
+    };
+    let (report, running) = match outcome {
         Ok(r) => r,
         Err(e) => {
             eprintln!("demo: {e}");
@@ -236,9 +247,17 @@ async fn demo(config: crate::tools::demo::DemoConfig) -> ExitCode {
         print!("{}", demo::render_report(&report));
     }
     if let Some(running) = running {
+        let mut others = String::new();
+        for (i, r) in running.replicas.iter().enumerate().skip(1) {
+            let _ = writeln!(
+                others,
+                "sluice replica {i}: ws://{}/t/<tenant>/   status page: http://{}/",
+                r.proxy, r.admin
+            );
+        }
         eprintln!(
             "\nsluice: ws://{}/t/<tenant>/   status page: http://{}/   metrics: http://{}/metrics\n\
-             edge simulator: {}   counters: http://{}/stats\nCtrl-C stops.",
+             {others}edge simulator: {}   counters: http://{}/stats\nCtrl-C stops.",
             running.proxy,
             running.admin,
             running.admin,
@@ -300,6 +319,9 @@ pub fn describe(config: &Config, name: &str) -> String {
         None => {
             let _ = writeln!(out, "edge ceiling: none");
         }
+    }
+    if let Some(c) = &config.cluster {
+        let _ = writeln!(out, "{}", describe_cluster(c));
     }
     let p = &config.protection;
     let off = |d: Option<std::time::Duration>| {
@@ -385,6 +407,25 @@ pub fn describe(config: &Config, name: &str) -> String {
     out
 }
 
+/// The `[cluster]` line of `check-config`: passwords in Redis URLs are hidden.
+fn describe_cluster(c: &Cluster) -> String {
+    let target = match &c.redis {
+        RedisTarget::Url(url) => format!("Redis {}", redact_redis_url(url)),
+        RedisTarget::Sentinel { sentinels, master } => {
+            let list: Vec<String> = sentinels.iter().map(|s| redact_redis_url(s)).collect();
+            format!("Redis master {master:?} via Sentinels {}", list.join(", "))
+        }
+    };
+    format!(
+        "cluster: {target}, replica {}, heartbeat {}, lease ttl {}, Redis timeout {}; on Redis failure {}",
+        c.replica_id,
+        humantime::format_duration(c.heartbeat),
+        humantime::format_duration(c.lease_ttl),
+        humantime::format_duration(c.redis_timeout),
+        c.on_redis_failure.as_str()
+    )
+}
+
 fn tenant_row(t: &Tenant) -> [String; 10] {
     let l = &t.limits;
     let auth = match &t.auth {
@@ -418,5 +459,34 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn check_config_describes_the_cluster_without_its_password() {
+        let base = "[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:1\"]\n\
+                    [tenants.acme]\nauth = { kind = \"none\" }\n";
+        let env = std::collections::HashMap::new();
+        let solo = describe(&Config::parse(base, &env).unwrap(), "solo.toml");
+        assert!(!solo.contains("cluster"), "{solo}");
+
+        let text = format!(
+            "{base}[cluster]\nredis = \"redis://:hunter2@10.0.0.7:6379/2\"\nreplica_id = \"a-1\"\n"
+        );
+        let out = describe(&Config::parse(&text, &env).unwrap(), "c.toml");
+        let line = out.lines().find(|l| l.starts_with("cluster:")).unwrap();
+        assert_eq!(
+            line,
+            "cluster: Redis redis://:***@10.0.0.7:6379/2, replica a-1, heartbeat 5s, lease ttl 15s, Redis timeout 50ms; on Redis failure local-share"
+        );
+
+        let text = format!(
+            "{base}[cluster]\nsentinels = [\"s1:26379\", \"s2:26379\"]\nmaster = \"mymaster\"\nreplica_id = \"a-1\"\non_redis_failure = \"closed\"\n"
+        );
+        let out = describe(&Config::parse(&text, &env).unwrap(), "c.toml");
+        assert!(
+            out.contains("cluster: Redis master \"mymaster\" via Sentinels redis://s1:26379, redis://s2:26379, replica a-1,"),
+            "{out}"
+        );
+        assert!(out.contains("on Redis failure closed"), "{out}");
     }
 }

@@ -27,11 +27,17 @@ use http::header::HeaderName;
 use self::file::FileConfig;
 
 pub use self::defaults::*;
-pub use self::validate::check_tenant_name;
+pub use self::validate::{check_tenant_name, redact_redis_url};
 
 /// Keys (or last parts of keys) whose values are lists; from the environment they are
 /// written comma-separated, e.g. `SLUICE__UPSTREAM__GROUPS__PRIMARY__ENDPOINTS=ws://a:1,ws://b:1`.
-const LIST_KEYS: [&str; 4] = ["sources", "subprotocols", "endpoints", "key_sha256"];
+const LIST_KEYS: [&str; 5] = [
+    "sources",
+    "subprotocols",
+    "endpoints",
+    "key_sha256",
+    "sentinels",
+];
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +89,9 @@ pub struct Config {
     pub identity: Identity,
     /// `[edge]`: the upstream's global ceiling; `None` means no ceiling.
     pub edge: Option<EdgeLimits>,
+    /// `[cluster]`: several replicas enforce one set of limits on Redis; `None`: this
+    /// process alone (no Redis).
+    pub cluster: Option<Cluster>,
     /// `[upstream]`
     pub upstream: Upstream,
     /// `[defaults]`, with every key filled in.
@@ -183,6 +192,85 @@ pub struct EdgeLimits {
     pub handshake_rate: f64,
     /// Handshake burst across all tenants.
     pub handshake_burst: u32,
+}
+
+/// `[cluster]` (DESIGN.md, "Scale-out"): where the replicas' shared state lives and how
+/// a replica behaves when it cannot reach it.
+///
+/// Validated: `heartbeat` ≥ 100 ms, `lease_ttl` ≥ 2 × `heartbeat`, 0 < `redis_timeout`
+/// < `heartbeat`. A reload cannot change it (the one in force is kept).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// The Redis server (or the Sentinels that name it).
+    pub redis: RedisTarget,
+    /// This replica's name in Redis (default: host name and pid,
+    /// [`default_replica_id`]), unique per replica: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
+    pub replica_id: String,
+    /// Each replica renews its live counts this often (default 5 s).
+    pub heartbeat: Duration,
+    /// A replica silent this long has its slots given back (default 15 s).
+    pub lease_ttl: Duration,
+    /// One Redis decision's budget (default 50 ms).
+    pub redis_timeout: Duration,
+    /// What a replica admits while Redis is unreachable.
+    pub on_redis_failure: OnRedisFailure,
+}
+
+/// Where Redis is. Its `Debug` hides passwords ([`redact_redis_url`]).
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis = "redis://host:port/db"` (also `redis+unix:///path`, `unix:///path`),
+    /// as written; it parses with `redis::IntoConnectionInfo`. `rediss://` is refused:
+    /// the redis crate is built without TLS.
+    Url(String),
+    /// `sentinels = ["host:26379", …]` with `master = "name"`: the master the Sentinels
+    /// name, asked again after a failover. Each sentinel as a `redis://host:port` URL.
+    Sentinel {
+        /// The Sentinels' URLs.
+        sentinels: Vec<String>,
+        /// The monitored master's name.
+        master: String,
+    },
+}
+
+impl fmt::Debug for RedisTarget {
+    // A password in a URL never reaches logs, not even through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Url(url) => f.debug_tuple("Url").field(&redact_redis_url(url)).finish(),
+            Self::Sentinel { sentinels, master } => {
+                let sentinels: Vec<String> =
+                    sentinels.iter().map(|s| redact_redis_url(s)).collect();
+                f.debug_struct("Sentinel")
+                    .field("sentinels", &sentinels)
+                    .field("master", master)
+                    .finish()
+            }
+        }
+    }
+}
+
+/// `on_redis_failure`: what a replica admits while its breaker is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisFailure {
+    /// Within its share of each limit: cap ÷ live replicas, rate ÷ live replicas (the
+    /// replica set it last saw).
+    LocalShare,
+    /// On the full local limits, as if alone.
+    Open,
+    /// Nothing new (live sessions go on).
+    Closed,
+}
+
+impl OnRedisFailure {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LocalShare => "local-share",
+            Self::Open => "open",
+            Self::Closed => "closed",
+        }
+    }
 }
 
 /// `[upstream]`

@@ -20,7 +20,7 @@
 //!   │
 //! state       runtime (the shared snapshot), tenants (the tenant table), release (step 7)
 //!   │
-//! mechanisms  tenant (2), auth (3), admission (4), upstream (5), relay (6), ws, control, protect
+//! mechanisms  tenant (2), auth (3), admission (4) ─ cluster, upstream (5), relay (6), ws, control, protect
 //!   │
 //! metrics     metrics
 //!   │
@@ -39,7 +39,9 @@
 //! 4. [`admission`] decides on the handle's gate: per-tenant session caps, handshake
 //!    token buckets and bounded FIFO queues, the `[edge]` ceiling shared by weight;
 //!    queued connects are paced out. It imports neither upstream nor metrics, and its
-//!    capacity sits behind an interface a shared backend can implement.
+//!    capacity sits behind an interface a shared backend can implement: [`cluster`]
+//!    (`[cluster]`) puts it on Redis, so that several replicas enforce one set of
+//!    limits.
 //! 5. [`proxy`]'s `dial` opens the upstream WebSocket through [`upstream`] (request,
 //!    connect, retry, the endpoint pool of the tenant's group).
 //! 6. [`relay`]: in `hold` mode a byte tunnel that holds no buffer while idle; in
@@ -59,6 +61,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod logging;
@@ -157,6 +160,9 @@ impl Bound {
             })
             .await;
         server::drain(&runtime).await;
+        if let Some(cluster) = &runtime.cluster {
+            cluster.leave().await;
+        }
         if let Some(h) = hangups {
             h.abort();
         }

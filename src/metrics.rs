@@ -11,6 +11,7 @@
 //! page and `/api/tenants`: outcomes per second over the last minute and the last
 //! upstream handshake times, both fixed-size (`metrics/recent.rs`).
 
+mod cluster;
 mod recent;
 
 use std::collections::VecDeque;
@@ -26,6 +27,7 @@ use crate::config::{Config, Tenant};
 use crate::logging::LogBudget;
 use crate::reject::Reason;
 
+pub use self::cluster::{ClusterMetrics, ScopeMetrics};
 pub use self::recent::RecentWindow;
 use self::recent::{Class, Recent};
 
@@ -137,6 +139,8 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     effective_rate: GaugeVec,
     edge_rate: Option<prometheus::Gauge>,
+    /// `sluice_cluster_*`, with `[cluster]`.
+    cluster: Option<ClusterMetrics>,
     /// The last upstream errors, newest last.
     edge_errors: Mutex<VecDeque<EdgeError>>,
 }
@@ -272,7 +276,12 @@ impl Metrics {
                 upstream_responses.with_label_values(&[group, status]);
             }
         }
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(|_| ClusterMetrics::register(&registry));
         Self {
+            cluster,
             registry,
             sessions_active,
             queue_depth,
@@ -345,6 +354,11 @@ impl Metrics {
             log_budget: LogBudget::new(LOG_LINES_PER_SECOND, LOG_LINES_BURST),
             upstream_log_budget: LogBudget::new(LOG_LINES_PER_SECOND, LOG_LINES_BURST),
         }
+    }
+
+    /// The `sluice_cluster_*` metrics, with `[cluster]`.
+    pub fn cluster(&self) -> Option<&ClusterMetrics> {
+        self.cluster.as_ref()
     }
 
     /// `sluice_effective_handshake_rate{tenant="_edge"}`, when there is an `[edge]`.

@@ -19,8 +19,9 @@
 //!   the new config no longer accepts is closed with `1008`.
 //!
 //! No live session is dropped by a reload. What cannot change without a restart
-//! (`listen.address`, `admin.address`, adding or removing `[edge]`) is kept as it is
-//! and named in a warning.
+//! (`listen.address`, `admin.address`, adding or removing `[edge]`, any change to
+//! `[cluster]`) is kept as it is and named in a warning; the rest of the file applies.
+//! For `[cluster]` the stored config keeps the one in force too.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -123,7 +124,11 @@ fn report(runtime: &Runtime, result: &Result<Applied, ReloadError>) {
     }
 }
 
-fn apply_locked(runtime: &Runtime, config: Config) -> Result<Applied, ReloadError> {
+/// The warning of a reload whose `[cluster]` differs from the one in force.
+pub const CLUSTER_CHANGED: &str =
+    "config key `cluster`: [cluster] cannot change while running: restart the replica; the [cluster] in force is kept";
+
+fn apply_locked(runtime: &Runtime, mut config: Config) -> Result<Applied, ReloadError> {
     let before = runtime.snapshot();
     let old = &before.config;
     // Everything that can fail comes first, so a failure changes nothing.
@@ -141,6 +146,12 @@ fn apply_locked(runtime: &Runtime, config: Config) -> Result<Applied, ReloadErro
             "admin.address changed to {} but takes a restart; still on {}",
             config.admin.address, old.admin.address
         ));
+    }
+    // The replica's Redis, its name there and its leases: kept as they are, so the
+    // stored config says what runs.
+    if config.cluster != old.cluster {
+        applied.warnings.push(CLUSTER_CHANGED.to_owned());
+        config.cluster.clone_from(&old.cluster);
     }
     let (a, b) = (&old.upstream, &config.upstream);
     if (a.adaptive, a.adaptive_factor, a.adaptive_floor)

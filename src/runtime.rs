@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::admission::{adaptive, Admission, Jitter};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::control::Control;
 use crate::metrics::Metrics;
@@ -42,6 +43,8 @@ pub struct Runtime {
     pub pending: Pending,
     /// Every metric, and the recent windows of the status page.
     pub metrics: Arc<Metrics>,
+    /// This replica's membership of a `[cluster]`: every gate's capacity is on Redis.
+    pub cluster: Option<Cluster>,
     /// Each upstream group's endpoint state: sessions, circuits, pauses (reconciled
     /// in place by a reload; tenants hold their group's pool in their handles).
     pub pools: Pools,
@@ -49,7 +52,8 @@ pub struct Runtime {
 
 impl Runtime {
     /// The runtime for `config`: its tenants' handles, its TLS material read. Starts
-    /// the background tasks (adaptive recovery, pre-auth cleanup).
+    /// the background tasks (adaptive recovery, pre-auth cleanup, and with `[cluster]`
+    /// the heartbeat; [`Cluster::ready`] waits for its first).
     ///
     /// # Errors
     /// [`TlsError`] when a TLS file is unusable.
@@ -60,12 +64,26 @@ impl Runtime {
         let pending = Pending::new(&config.protection);
         let metrics = Arc::new(Metrics::new(&config));
         let pools = Pools::new(&config);
-        let admission = Arc::new(Admission::new(
-            config.edge.as_ref(),
-            adaptive::Policy::of(&config.upstream),
-            metrics.edge_rate(),
-            Jitter::from_entropy(),
-        ));
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(|c| Cluster::new(c, config.edge.is_some(), metrics.cluster().cloned()));
+        let policy = adaptive::Policy::of(&config.upstream);
+        let admission = Arc::new(match &cluster {
+            Some(cluster) => Admission::clustered(
+                config.edge.as_ref(),
+                policy,
+                metrics.edge_rate(),
+                Jitter::from_entropy(),
+                cluster.scopes(),
+            ),
+            None => Admission::new(
+                config.edge.as_ref(),
+                policy,
+                metrics.edge_rate(),
+                Jitter::from_entropy(),
+            ),
+        });
         admission.spawn_recovery();
         let tenants = Table::build(&config, None, &admission, &metrics, &pools);
         Ok(Self {
@@ -80,6 +98,7 @@ impl Runtime {
             preauth,
             pending,
             metrics,
+            cluster,
             pools,
         })
     }

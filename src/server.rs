@@ -92,6 +92,9 @@ impl std::fmt::Debug for Server {
 
 // === impl Server ===
 
+/// How long a replica waits at start for its first heartbeat before serving anyway.
+const CLUSTER_JOIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Server {
     /// Binds `listen.address` and builds the runtime (the tenant table, the TLS
     /// material).
@@ -104,6 +107,20 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        if let Some(cluster) = &runtime.cluster {
+            // Serve once this replica is published (or, Redis unreachable, on the
+            // failure policy: a replica must start while Redis is down).
+            let within = runtime
+                .config()
+                .cluster
+                .as_ref()
+                .map_or(CLUSTER_JOIN, |c| c.redis_timeout.max(CLUSTER_JOIN));
+            if cluster.ready(within).await {
+                tracing::info!(replica = %cluster.status().replica_id, replicas = cluster.status().replicas.len(), "cluster: joined, limits shared through Redis");
+            } else {
+                tracing::warn!(replica = %cluster.status().replica_id, mode = cluster.status().mode, "cluster: Redis not reachable at start; admitting on the failure policy until it is");
+            }
+        }
         Ok(Self { listener, runtime })
     }
 

@@ -457,6 +457,40 @@ async fn a_reload_of_the_same_config_keeps_the_adaptive_back_off() {
     );
 }
 
+/// `[cluster]` takes a restart: a reload that adds, removes or changes it keeps the one
+/// in force and says so, and applies the rest of the file. Only the configs are
+/// compared, so no Redis is needed.
+#[tokio::test]
+async fn a_changed_cluster_section_is_kept_as_it_is_and_named_in_a_warning() {
+    let text = |cluster: &str, cap: u32| {
+        format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:9\"]\n\
+             [tenants.lab]\nauth = {{ kind = \"none\" }}\nmax_sessions = {cap}\n{cluster}"
+        )
+    };
+    let env = std::collections::HashMap::new();
+    let parse = |t: &str| sluice::Config::parse(t, &env).unwrap();
+    let runtime = sluice::runtime::Runtime::new(parse(&text("", 5))).unwrap();
+
+    let cluster = "[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\nreplica_id = \"r1\"\n";
+    let applied = sluice::reload::apply(&runtime, parse(&text(cluster, 7))).unwrap();
+    assert_eq!(applied.warnings, [sluice::reload::CLUSTER_CHANGED]);
+    assert!(
+        applied.to_string().contains(
+            "config key `cluster`: [cluster] cannot change while running: restart the replica"
+        ),
+        "{applied}"
+    );
+    // The rest applied; [cluster] stayed as it runs (absent).
+    assert!(runtime.config().cluster.is_none());
+    assert_eq!(runtime.config().tenants["lab"].limits.max_sessions, 7);
+
+    // The same file again: nothing to warn about.
+    let applied = sluice::reload::apply(&runtime, parse(&text("", 7))).unwrap();
+    assert!(applied.warnings.is_empty(), "{applied}");
+}
+
 #[tokio::test]
 async fn a_raised_rate_releases_a_client_waiting_for_a_token_at_once() {
     let edge = edge().await;

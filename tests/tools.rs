@@ -1,6 +1,7 @@
 //! The field-problem tools: the edge simulator enforces its own limits and counts what
 //! went beyond them, `spike` reports what the simulator recorded, and `demo --json`
-//! shows violations directly and none through sluice.
+//! shows violations directly and none through sluice (one sluice, or three replicas
+//! sharing their limits through a redis-server).
 
 mod support;
 
@@ -290,4 +291,100 @@ async fn demo_shows_violations_directly_and_none_through_sluice() {
         edge["accepted"].as_u64().unwrap() + edge["rejected"].as_u64().unwrap(),
         "{through}"
     );
+}
+
+/// Whether `name` is in a directory of `PATH`.
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+}
+
+#[tokio::test]
+async fn demo_with_three_replicas_keeps_the_edge_within_its_limits_through_redis() {
+    if !on_path("redis-server") {
+        support::tool_missing(
+            "redis-server",
+            "`demo --replicas 3` did not run (Debian: apt-get install redis-server)",
+        );
+        return;
+    }
+    let out = tokio::task::spawn_blocking(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "demo",
+                "--replicas",
+                "3",
+                "--json",
+                "--phones",
+                "24",
+                "--org-max-sessions",
+                "4",
+                "--org-handshake-rate",
+                "4",
+                "--hold",
+                "300ms",
+                "--give-up",
+                "12s",
+                // The direct phase only needs to be there: no storm, no outage.
+                "--max-attempts",
+                "20",
+                "--rate-fraction",
+                "0.5",
+                "--outage",
+                "0s",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["replicas"], 3);
+    assert!(report["sluice_config"]
+        .as_str()
+        .unwrap()
+        .contains("replica_id = \"demo-0\""));
+    // Through three replicas sharing their limits on Redis: none beyond the edge's.
+    let cluster = &report["sluice"];
+    assert_eq!(cluster["edge"]["violations"], 0, "{cluster}");
+    assert_eq!(
+        cluster["phones"]["total"]["connected"], 24,
+        "every phone connected through the three replicas: {cluster}"
+    );
+    assert_eq!(
+        cluster["phones"]["total"]["connected"], cluster["edge"]["accepted"],
+        "{cluster}"
+    );
+    // The same replicas without [cluster]: reported, whatever the edge made of them.
+    let plain = &report["plain_replicas"];
+    assert!(plain["edge"]["handshakes"].as_u64().unwrap() > 0, "{plain}");
+    assert!(plain["edge"]["violations"].is_u64(), "{plain}");
+}
+
+#[tokio::test]
+async fn demo_with_replicas_and_no_redis_server_says_how_to_install_one() {
+    let out = tokio::task::spawn_blocking(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["demo", "--replicas", "2", "--phones", "1"])
+            // A PATH without redis-server.
+            .env("PATH", "/nonexistent")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "sluice demo --replicas 2 needs redis-server on the PATH: apt-get install redis-server (Debian/Ubuntu), brew install redis (macOS)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -103,8 +103,10 @@ pub trait SharedCapacity: Send + Sync + std::fmt::Debug {
     fn try_acquire_slot(&self) -> Fast<()> {
         Fast::Ask
     }
-    /// Asks the backend for a session slot: `Ok(true)` taken, `Ok(false)` full now.
-    fn acquire_slot(&self) -> BoxFuture<'_, Result<bool, BackendError>>;
+    /// Asks the backend for a session slot: `Ok(true)` taken, `Ok(false)` full now (or
+    /// not this replica's turn). `head` is when the client it is for joined the queue
+    /// (`None` for the edge's arbiter), so a backend can keep a cluster-wide FIFO.
+    fn acquire_slot(&self, head: Option<Instant>) -> BoxFuture<'_, Result<bool, BackendError>>;
     /// Gives a slot back (exactly once per slot taken; must not block).
     fn release_slot(&self);
     /// A token without waiting for the backend, when this replica knows; by default
@@ -113,7 +115,12 @@ pub trait SharedCapacity: Send + Sync + std::fmt::Debug {
         Fast::Ask
     }
     /// Asks the backend for a handshake token: `Ok(Err(at))` when not before `at`.
-    fn take(&self, now: Instant) -> BoxFuture<'_, Result<Result<Taken, Instant>, BackendError>>;
+    /// `head` as for [`Self::acquire_slot`].
+    fn take(
+        &self,
+        now: Instant,
+        head: Option<Instant>,
+    ) -> BoxFuture<'_, Result<Result<Taken, Instant>, BackendError>>;
     /// Gives back a token that was not used (must not block).
     fn refund(&self, taken: Taken);
     /// When the next token may be ready, as far as this replica knows (after a `take`
@@ -125,6 +132,41 @@ pub trait SharedCapacity: Send + Sync + std::fmt::Debug {
     /// `handshake_rate` and `handshake_burst`). Must not block; a raised cap should
     /// complete [`Self::freed`], which is what wakes a waiting pump.
     fn reconfigure(&self, _max_sessions: u32, _rate: f64, _burst: u32) {}
+    /// The edge asked (`429`/`503` with `Retry-After`) that this scope send nothing
+    /// until `until`: a shared backend tells the other replicas. Must not block.
+    fn pause(&self, _until: Instant) {}
+    /// Until when another replica was asked to hold this scope's clients back, as far
+    /// as this replica knows; `None` when not paused at `now`.
+    fn paused_until(&self, _now: Instant) -> Option<Instant> {
+        None
+    }
+    /// The adaptive rate moved (edge trouble, recovery, a reload): tokens this replica
+    /// takes are spaced for `rate` (at most the configured one). Must not block.
+    fn set_rate(&self, _rate: f64) {}
+    /// Slots this replica holds now (admitted sessions and the one reserved for the
+    /// head of the queue).
+    fn live(&self) -> u32;
+    /// Slots held by all replicas together, as last seen; `None` when unknown.
+    fn cluster_live(&self) -> Option<u32> {
+        None
+    }
+    /// The pump stopped: its queue is empty, nobody of this replica waits for this
+    /// scope any more (a backend that keeps a cluster-wide queue withdraws from it).
+    /// Must not block.
+    fn idle(&self) {}
+}
+
+/// Makes the [`SharedCapacity`] of each scope: what [`super::Admission::clustered`]
+/// hands every gate it makes (issue 15: one per tenant and one for the edge, on Redis).
+pub trait SharedScopes: Send + Sync + std::fmt::Debug {
+    /// The backend of tenant `name` with `limits`.
+    fn tenant(
+        &self,
+        name: &str,
+        limits: &crate::config::Limits,
+    ) -> std::sync::Arc<dyn SharedCapacity>;
+    /// The backend of the `[edge]` ceiling.
+    fn edge(&self, limits: &crate::config::EdgeLimits) -> std::sync::Arc<dyn SharedCapacity>;
 }
 
 /// Session slots and handshake tokens of one scope (a tenant, or the edge), in
@@ -180,11 +222,15 @@ impl Capacity<'_> {
     }
 
     /// Waits for a session slot and takes it. Only one task per scope waits here (the
-    /// tenant's pump, the edge's arbiter). Cancel-safe.
+    /// tenant's pump, the edge's arbiter); `head` says when the client it is for (the
+    /// head of the queue at each ask) joined the queue. Cancel-safe.
     ///
     /// # Errors
     /// The backend failed (never for a local scope); nothing is held then.
-    pub async fn acquire_slot(self) -> Result<(), BackendError> {
+    pub async fn acquire_slot(
+        self,
+        head: &(dyn Fn() -> Option<Instant> + Send + Sync),
+    ) -> Result<(), BackendError> {
         match self {
             Capacity::Local(l) => {
                 l.slots.acquire().await;
@@ -197,7 +243,8 @@ impl Capacity<'_> {
                 // Asked for before the attempt, so a release between the attempt and
                 // the wait still wakes us.
                 let freed = b.freed();
-                if b.acquire_slot().await? {
+                // The head now: the one of the last ask may have left.
+                if b.acquire_slot(head()).await? {
                     return Ok(());
                 }
                 freed.await;
@@ -226,18 +273,22 @@ impl Capacity<'_> {
         }
     }
 
-    /// A handshake token at `now`, asking the backend if need be; `Ok(Err(at))` when
-    /// not before `at`.
+    /// A handshake token at `now`, asking the backend if need be (for the client that
+    /// joined the queue at `head`); `Ok(Err(at))` when not before `at`.
     ///
     /// # Errors
     /// The backend failed (never for a local scope); nothing is held then.
-    pub async fn take(self, now: Instant) -> Result<Result<Taken, Instant>, BackendError> {
+    pub async fn take(
+        self,
+        now: Instant,
+        head: Option<Instant>,
+    ) -> Result<Result<Taken, Instant>, BackendError> {
         match self {
             Capacity::Local(l) => Ok(l.tokens.try_take(now)),
             Capacity::Shared(b) => match b.try_take(now) {
                 Fast::Yes(taken) => Ok(Ok(taken)),
                 Fast::No => Ok(Err(b.ready_at().max(now))),
-                Fast::Ask => b.take(now).await,
+                Fast::Ask => b.take(now, head).await,
             },
         }
     }
@@ -248,6 +299,29 @@ impl Capacity<'_> {
         match self {
             Capacity::Local(l) => l.tokens.refund(taken),
             Capacity::Shared(b) => b.refund(taken),
+        }
+    }
+
+    /// Nobody of this replica waits for this scope any more ([`SharedCapacity::idle`]).
+    pub fn idle(self) {
+        if let Capacity::Shared(b) = self {
+            b.idle();
+        }
+    }
+
+    /// Slots held on this replica.
+    pub fn live(self) -> u32 {
+        match self {
+            Capacity::Local(l) => l.slots.live(),
+            Capacity::Shared(b) => b.live(),
+        }
+    }
+
+    /// Slots held by all replicas, when shared and known.
+    pub fn cluster_live(self) -> Option<u32> {
+        match self {
+            Capacity::Local(_) => None,
+            Capacity::Shared(b) => b.cluster_live(),
         }
     }
 

@@ -117,6 +117,14 @@ impl EdgeGate {
                 limits.handshake_burst,
             );
         }
+        self.sync_rate();
+    }
+
+    /// Hands the adaptive rate to a shared backend (after it moved).
+    pub(crate) fn sync_rate(&self) {
+        if let Some(backend) = &self.backend {
+            backend.set_rate(self.adaptive.effective());
+        }
     }
 
     pub(crate) fn new(
@@ -234,7 +242,7 @@ async fn arbiter(edge: Arc<EdgeGate>) {
             Some(slot) => slot,
             None => {
                 edge.slot_bound.store(true, Ordering::Relaxed);
-                let slot = slot(&edge).await;
+                let slot = slot(&edge, &|| None).await;
                 edge.slot_bound.store(false, Ordering::Relaxed);
                 slot
             }
@@ -252,7 +260,7 @@ async fn arbiter(edge: Arc<EdgeGate>) {
             // Only when one is due (a shared backend is not asked too early); a backend
             // that fails is "not now": `token` backs off first.
             if edge.capacity().ready_at() <= now {
-                if let Some(token) = token(&edge, now).await {
+                if let Some(token) = token(&edge, now, None).await {
                     break Some(token);
                 }
             }

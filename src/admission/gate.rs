@@ -25,8 +25,11 @@ pub(crate) fn try_slot<S: Scope>(scope: &Arc<S>) -> Option<Slot<S>> {
 /// Waits for a free slot. Only one task per scope waits here (the tenant's pump or the
 /// edge's arbiter). A backend that fails is asked again after [`BACKOFF`]: a failure
 /// delays, it never refuses.
-pub(crate) async fn slot<S: Scope>(scope: &Arc<S>) -> Slot<S> {
-    while scope.capacity().acquire_slot().await.is_err() {
+pub(crate) async fn slot<S: Scope>(
+    scope: &Arc<S>,
+    head: &(dyn Fn() -> Option<Instant> + Send + Sync),
+) -> Slot<S> {
+    while scope.capacity().acquire_slot(head).await.is_err() {
         tokio::time::sleep(BACKOFF).await;
     }
     Slot(Some(scope.clone()))
@@ -46,8 +49,12 @@ pub(crate) fn try_token<S: Scope>(scope: &Arc<S>, now: Instant) -> Option<Token<
 /// A token at `now`, asking a shared backend if need be; `None` when none is ready (or
 /// the backend failed: then after [`BACKOFF`], so that a caller starting over does not
 /// spin on a failing backend).
-pub(crate) async fn token<S: Scope>(scope: &Arc<S>, now: Instant) -> Option<Token<S>> {
-    match scope.capacity().take(now).await {
+pub(crate) async fn token<S: Scope>(
+    scope: &Arc<S>,
+    now: Instant,
+    head: Option<Instant>,
+) -> Option<Token<S>> {
+    match scope.capacity().take(now, head).await {
         Ok(Ok(taken)) => Some(Token {
             scope: scope.clone(),
             taken: Some(taken),
@@ -162,6 +169,9 @@ impl Reserved {
 #[derive(Debug)]
 struct Waiter {
     id: u64,
+    /// When it joined the queue, in µs after the gate's `epoch` (a shared backend
+    /// keeps FIFO across replicas by it; 8 bytes where an `Instant` takes 16).
+    since: u64,
     grant: oneshot::Sender<Reserved>,
 }
 
@@ -272,7 +282,8 @@ impl TenantGate {
     /// The tenant's admission state now.
     pub fn load(&self) -> super::TenantLoad {
         super::TenantLoad {
-            live: self.limit.slots.live(),
+            live: self.capacity().live(),
+            cluster_live: self.capacity().cluster_live(),
             max_sessions: self.limit.slots.cap(),
             queued: self.queued(),
         }
@@ -323,6 +334,17 @@ impl TenantGate {
             .unwrap_or(u64::MAX / 2)
             .max(1);
         self.paused_until.fetch_max(nanos, Ordering::AcqRel);
+        if let Some(backend) = &self.backend {
+            backend.pause(until);
+        }
+    }
+
+    /// Tells a shared backend (the other replicas) that this tenant's clients are held
+    /// back until `until`.
+    pub fn share_pause(&self, until: Instant) {
+        if let Some(backend) = &self.backend {
+            backend.pause(until);
+        }
     }
 
     /// Until when none of this tenant's clients may be sent: its own pause (an edge
@@ -338,7 +360,11 @@ impl TenantGate {
             .load()
             .as_ref()
             .and_then(|p| p.0.paused_until(&self.name, now));
-        own.max(group)
+        let shared = match &self.backend {
+            Some(backend) => backend.paused_until(now),
+            None => None,
+        };
+        own.max(group).max(shared)
     }
 
     /// The tenant's queue depth.
@@ -382,7 +408,15 @@ impl TenantGate {
                 limits.handshake_burst,
             );
         }
+        self.sync_rate();
         self.reconfigured.notify_waiters();
+    }
+
+    /// Hands the adaptive rate to a shared backend (after it moved).
+    pub(crate) fn sync_rate(&self) {
+        if let Some(backend) = &self.backend {
+            backend.set_rate(self.adaptive.effective());
+        }
     }
 
     /// Why the queue takes nobody any more, if it does not.
@@ -452,12 +486,19 @@ impl TenantGate {
     ) -> Option<(u64, oneshot::Receiver<Reserved>)> {
         let (tx, rx) = oneshot::channel();
         let mut q = self.lock();
-        if q.waiters.len() >= self.queue_depth() as usize || self.closed().is_some() {
+        // A shared backend decides only in the pump: a tenant without a queue still
+        // gets one place, for the one decision (see `Admission::admit`).
+        let depth = self.queue_depth().max(u32::from(self.shared));
+        if q.waiters.len() >= depth as usize || self.closed().is_some() {
             return None;
         }
         let id = q.next_id;
         q.next_id += 1;
-        q.waiters.push_back(Waiter { id, grant: tx });
+        q.waiters.push_back(Waiter {
+            id,
+            since: u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX),
+            grant: tx,
+        });
         self.set_queued(q.waiters.len());
         let start_pump = !std::mem::replace(&mut q.pump, true);
         drop(q);
@@ -479,6 +520,12 @@ impl TenantGate {
             self.emptied.notify_waiters();
         }
         Some(pos)
+    }
+
+    /// When the client at the head of the queue joined it.
+    fn head_since(&self) -> Option<Instant> {
+        let since = self.lock().waiters.front().map(|w| w.since)?;
+        Some(self.epoch + Duration::from_micros(since))
     }
 
     /// Whether the queue has a client; when it has none, the pump stops (under the
@@ -535,6 +582,7 @@ async fn pump(gate: Arc<TenantGate>, edge: Option<Arc<EdgeGate>>) {
             gate.grant(reserved);
         }
     }
+    gate.capacity().idle();
 }
 
 /// What the head of `gate`'s queue needs: `Some((None, _))` when the token seen ready
@@ -545,13 +593,17 @@ async fn reserve(
     finish: u128,
 ) -> Option<(Option<Reserved>, u128)> {
     gate.set_blocker(Blocker::Slot);
-    let slot = slot(gate).await;
+    let slot = slot(gate, &|| gate.head_since()).await;
     gate.set_blocker(Blocker::Token);
     // Until the next token; a reload that raised the rate wakes this early (the token is
-    // then taken below if it is due, or the pump starts over).
-    tokio::select! {
-        () = tokio::time::sleep_until(gate.capacity().ready_at()) => {}
-        () = gate.reconfigured.notified() => {}
+    // then taken below if it is due, or the pump starts over). A token due already is not
+    // slept for: a timer, even one in the past, fires at the next tick (about 1 ms).
+    let ready = gate.capacity().ready_at();
+    if ready > Instant::now() {
+        tokio::select! {
+            () = tokio::time::sleep_until(ready) => {}
+            () = gate.reconfigured.notified() => {}
+        }
     }
     // While the edge has paused this tenant or its whole group, nobody is sent.
     while let Some(until) = gate.paused(Instant::now()) {
@@ -578,7 +630,7 @@ async fn reserve(
     // token seen ready above is still there, unless the queue emptied meanwhile and a
     // new client took it directly (or, shared, another replica took it, or the backend
     // failed): then everything above goes back and the pump starts over.
-    let Some(token) = token(gate, Instant::now()).await else {
+    let Some(token) = token(gate, Instant::now(), gate.head_since()).await else {
         return Some((None, finish));
     };
     let (edge_slot, edge_token) = match turn {

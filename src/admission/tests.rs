@@ -98,6 +98,7 @@ async fn the_cap_holds_and_waiters_follow_in_order_as_sessions_end() {
         a.tenant_load("t").unwrap(),
         TenantLoad {
             live: 3,
+            cluster_live: None,
             max_sessions: 3,
             queued: 5
         }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{Accept, Limits, QueueMode};
+use super::{Accept, Limits, OnRedisFailure, QueueMode};
 
 /// Default proxy listen address.
 pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:8080";
@@ -74,6 +74,44 @@ pub const DEFAULT_HELD_MESSAGES: u32 = 64;
 pub const DEFAULT_TENANT: &str = "_default";
 /// Longest tenant name.
 pub const MAX_TENANT_NAME: usize = 64;
+/// How often a replica renews its live counts in Redis (`cluster.heartbeat`).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Shortest accepted `cluster.heartbeat`.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// How long a silent replica keeps its slots (`cluster.lease_ttl`).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+/// One Redis decision's budget (`cluster.redis_timeout`).
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+/// What a replica admits while Redis is unreachable (`cluster.on_redis_failure`).
+pub const DEFAULT_ON_REDIS_FAILURE: OnRedisFailure = OnRedisFailure::LocalShare;
+/// Longest `cluster.replica_id`.
+pub const MAX_REPLICA_ID: usize = 64;
+
+/// The default `cluster.replica_id`: `<host name>-<pid>`, the host name read from
+/// `/proc/sys/kernel/hostname` (`sluice` when it cannot be read), with any character
+/// a replica id may not hold replaced by `-` and shortened so the whole fits
+/// [`MAX_REPLICA_ID`].
+pub fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    replica_id_from(host.trim(), std::process::id())
+}
+
+/// [`default_replica_id`] for a given host name and pid.
+pub(super) fn replica_id_from(host: &str, pid: u32) -> String {
+    let pid = format!("-{pid}");
+    let host: String = if host.is_empty() { "sluice" } else { host }
+        .chars()
+        .map(|c| if is_replica_id_char(c) { c } else { '-' })
+        .take(MAX_REPLICA_ID - pid.len())
+        .collect();
+    format!("{host}{pid}")
+}
+
+/// Whether `c` may appear in a `cluster.replica_id` (`A-Z a-z 0-9 . _ : -`): it is
+/// used in Redis key fields and metric labels.
+pub(super) fn is_replica_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+}
 
 /// The built-in per-tenant limits, used where neither the tenant nor `[defaults]` sets
 /// a key.

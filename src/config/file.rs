@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub admin: AdminFile,
     pub tenant_identity: TenantIdentityFile,
     pub edge: Option<EdgeFile>,
+    pub cluster: Option<ClusterFile>,
     pub upstream: UpstreamFile,
     pub defaults: LimitsFile,
     pub protection: ProtectionFile,
@@ -82,6 +83,23 @@ pub struct EdgeFile {
     pub max_sessions: Option<i64>,
     pub handshake_rate: Option<f64>,
     pub handshake_burst: Option<i64>,
+}
+
+/// `[cluster]` (DESIGN.md, "Scale-out").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterFile {
+    pub redis: Option<String>,
+    pub sentinels: Option<Vec<String>>,
+    pub master: Option<String>,
+    pub replica_id: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Option<Duration>,
+    pub on_redis_failure: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -199,3 +199,230 @@ fn secrets_do_not_appear_in_debug_output() {
     };
     assert!(!format!("{auth:?}").contains("super-secret"));
 }
+
+// === [cluster] ===
+
+fn with_cluster(section: &str) -> String {
+    format!("{MINIMAL}\n[cluster]\n{section}")
+}
+
+fn invalid(text: &str) -> Vec<Invalid> {
+    match parse(text) {
+        Err(ConfigError::Invalid(list)) => list,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn cluster_is_absent_without_its_section() {
+    assert!(parse(MINIMAL).unwrap().cluster.is_none());
+}
+
+#[test]
+fn cluster_takes_documented_defaults() {
+    let c = parse(&with_cluster("redis = \"redis://127.0.0.1:6379/0\"\n"))
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(
+        c.redis,
+        RedisTarget::Url("redis://127.0.0.1:6379/0".to_owned())
+    );
+    assert_eq!(c.heartbeat, Duration::from_secs(5));
+    assert_eq!(c.heartbeat, DEFAULT_HEARTBEAT);
+    assert_eq!(c.lease_ttl, Duration::from_secs(15));
+    assert_eq!(c.redis_timeout, Duration::from_millis(50));
+    assert_eq!(c.on_redis_failure, OnRedisFailure::LocalShare);
+    assert_eq!(c.replica_id, default_replica_id());
+    assert!(
+        c.replica_id.ends_with(&format!("-{}", std::process::id())),
+        "{}",
+        c.replica_id
+    );
+}
+
+#[test]
+fn default_replica_id_is_host_and_pid_made_valid() {
+    use super::defaults::replica_id_from;
+    assert_eq!(replica_id_from("node-3.example", 42), "node-3.example-42");
+    assert_eq!(replica_id_from("", 7), "sluice-7");
+    assert_eq!(replica_id_from("a b/c", 1), "a-b-c-1");
+    let long = replica_id_from(&"h".repeat(100), 123_456);
+    assert_eq!(long.len(), MAX_REPLICA_ID);
+    assert!(long.ends_with("h-123456"), "{long}");
+}
+
+#[test]
+fn full_cluster_section_with_sentinels() {
+    let c = parse(&with_cluster(
+        r#"sentinels = ["s1.example:26379", "redis://s2.example:26380", "[::1]:26379"]
+master = "mymaster"
+replica_id = "sluice-a:1.x_y"
+heartbeat = "2s"
+lease_ttl = "4s"
+redis_timeout = "25ms"
+on_redis_failure = "closed"
+"#,
+    ))
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(
+        c,
+        Cluster {
+            redis: RedisTarget::Sentinel {
+                sentinels: vec![
+                    "redis://s1.example:26379".to_owned(),
+                    "redis://s2.example:26380".to_owned(),
+                    "redis://[::1]:26379".to_owned(),
+                ],
+                master: "mymaster".to_owned(),
+            },
+            replica_id: "sluice-a:1.x_y".to_owned(),
+            heartbeat: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(4),
+            redis_timeout: Duration::from_millis(25),
+            on_redis_failure: OnRedisFailure::Closed,
+        }
+    );
+    let open = parse(&with_cluster(
+        "redis = \"redis://h:6379\"\non_redis_failure = \"open\"\n",
+    ))
+    .unwrap();
+    assert_eq!(open.cluster.unwrap().on_redis_failure, OnRedisFailure::Open);
+}
+
+#[test]
+fn unix_socket_urls_are_accepted() {
+    for url in [
+        "redis+unix:///run/redis.sock",
+        "unix:///run/redis.sock?db=1",
+    ] {
+        let c = parse(&with_cluster(&format!("redis = \"{url}\"\n")))
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(c.cluster.unwrap().redis, RedisTarget::Url(url.to_owned()));
+    }
+}
+
+#[test]
+fn each_cluster_refusal_names_its_key() {
+    let url = "redis = \"redis://h:6379\"\n";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            "redis = \"redis://h:6379\"\nsentinels = [\"s:26379\"]\nmaster = \"m\"\n".into(),
+            "cluster",
+            "not both",
+        ),
+        ("replica_id = \"r\"\n".into(), "cluster", "cluster.sentinels"),
+        (format!("{url}master = \"m\"\n"), "cluster.master", "only used with cluster.sentinels"),
+        ("sentinels = [\"s:26379\"]\n".into(), "cluster.master", "required"),
+        ("sentinels = []\nmaster = \"m\"\n".into(), "cluster.sentinels", "at least one"),
+        ("sentinels = [\"s1\"]\nmaster = \"m\"\n".into(), "cluster.sentinels[0]", "port"),
+        (
+            "sentinels = [\"s:1\", \"redis://s:1\"]\nmaster = \"m\"\n".into(),
+            "cluster.sentinels[1]",
+            "listed twice",
+        ),
+        (
+            "sentinels = [\"unix:///s.sock\"]\nmaster = \"m\"\n".into(),
+            "cluster.sentinels[0]",
+            "host:port",
+        ),
+        ("redis = \"http://h:6379\"\n".into(), "cluster.redis", "must start with redis://"),
+        ("redis = \"rediss://h:6380\"\n".into(), "cluster.redis", "TLS to Redis is not compiled"),
+        ("redis = \"redis://h:6379/x\"\n".into(), "cluster.redis", "database"),
+        ("redis = \"redis://0.0.0.0:6379\"\n".into(), "cluster.redis", "wildcard"),
+        ("redis = \"not a url\"\n".into(), "cluster.redis", "must start with"),
+        (format!("{url}heartbeat = \"50ms\"\n"), "cluster.heartbeat", "shorter than 100ms"),
+        (
+            format!("{url}heartbeat = \"10s\"\n"),
+            "cluster.lease_ttl",
+            "15s (the default) is less than twice cluster.heartbeat (10s): a replica must miss two heartbeats before its slots are given back",
+        ),
+        (format!("{url}lease_ttl = \"9s\"\n"), "cluster.lease_ttl", "at least 10s"),
+        (format!("{url}redis_timeout = \"0s\"\n"), "cluster.redis_timeout", "longer than 0"),
+        (format!("{url}redis_timeout = \"5s\"\n"), "cluster.redis_timeout", "not shorter"),
+        (format!("{url}replica_id = \"\"\n"), "cluster.replica_id", "1 to 64"),
+        (format!("{url}replica_id = \"a b\"\n"), "cluster.replica_id", "metric labels"),
+        (
+            format!("{url}replica_id = \"{}\"\n", "r".repeat(65)),
+            "cluster.replica_id",
+            "1 to 64",
+        ),
+        (
+            format!("{url}on_redis_failure = \"fail-open\"\n"),
+            "cluster.on_redis_failure",
+            "\"fail-open\" is not one of \"local-share\", \"open\", \"closed\"",
+        ),
+    ];
+    for (section, key, reason) in cases {
+        let list = invalid(&with_cluster(&section));
+        assert_eq!(list.len(), 1, "{section}: {list:?}");
+        assert_eq!(list[0].key, key, "{section}");
+        assert!(
+            list[0].reason.contains(reason),
+            "{section}: {}",
+            list[0].reason
+        );
+    }
+}
+
+#[test]
+fn cluster_errors_are_all_collected() {
+    let keys = invalid_keys(&with_cluster(
+        "redis = \"rediss://h\"\nheartbeat = \"1ms\"\nredis_timeout = \"0s\"\nreplica_id = \"a/b\"\non_redis_failure = \"x\"\n",
+    ));
+    assert_eq!(
+        keys,
+        vec![
+            "cluster.redis",
+            "cluster.replica_id",
+            "cluster.heartbeat",
+            "cluster.redis_timeout",
+            "cluster.on_redis_failure",
+        ]
+    );
+    let err = parse(&with_cluster("redis_url = \"redis://h\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("redis_url"), "{err}");
+}
+
+#[test]
+fn cluster_passwords_stay_out_of_messages_and_debug() {
+    assert_eq!(
+        redact_redis_url("redis://user:hunter2@h:6379/0"),
+        "redis://user:***@h:6379/0"
+    );
+    assert_eq!(
+        redact_redis_url("redis+unix:///r.sock?db=1&pass=hunter2"),
+        "redis+unix:///r.sock?db=1&pass=***"
+    );
+    assert_eq!(redact_redis_url("redis://h:6379"), "redis://h:6379");
+    assert_eq!(redact_redis_url("http://u:hunter2@h"), "http://***@h");
+    let target = RedisTarget::Url("redis://:hunter2@h:6379".to_owned());
+    assert!(!format!("{target:?}").contains("hunter2"));
+    let list = invalid(&with_cluster("redis = \"rediss://:hunter2@h\"\n"));
+    assert!(!list[0].reason.contains("hunter2"), "{}", list[0].reason);
+}
+
+#[test]
+fn cluster_keys_come_from_the_environment_too() {
+    let env: HashMap<String, String> = [
+        ("SLUICE__CLUSTER__SENTINELS", "s1:26379,s2:26379"),
+        ("SLUICE__CLUSTER__MASTER", "mymaster"),
+        ("SLUICE__CLUSTER__REPLICA_ID", "pod-7"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let c = Config::parse(MINIMAL, &env).unwrap().cluster.unwrap();
+    assert_eq!(
+        c.redis,
+        RedisTarget::Sentinel {
+            sentinels: vec!["redis://s1:26379".into(), "redis://s2:26379".into()],
+            master: "mymaster".into(),
+        }
+    );
+    assert_eq!(c.replica_id, "pod-7");
+}

@@ -1,9 +1,10 @@
 //! Beside the flow (DESIGN.md, "Configuration"): validation, each refusal with key and reason.
 //!
 //! [`Validator`] collects every invalid key instead of stopping at the first; the
-//! `[upstream]` section and the tenants' limits and auth are checked in `upstream` and
-//! `tenants` below.
+//! `[upstream]` section, the tenants' limits and auth, and `[cluster]` are checked in
+//! `upstream`, `tenants` and `cluster` below.
 
+mod cluster;
 mod tenants;
 mod upstream;
 
@@ -27,6 +28,7 @@ use super::{
     DEFAULT_TENANT_HEADER, MAX_MAX_HEADER_BYTES, MAX_MAX_MESSAGE_BYTES, MIN_MAX_HEADER_BYTES,
 };
 
+pub use self::cluster::redact_redis_url;
 pub use self::tenants::check_tenant_name;
 #[cfg(test)]
 pub(super) use self::upstream::parse_endpoint;
@@ -95,6 +97,8 @@ impl Config {
             handshake_rate: v.positive_rate("edge.handshake_rate", edge.handshake_rate, 100.0),
             handshake_burst: v.positive_u32("edge.handshake_burst", edge.handshake_burst, 20),
         });
+
+        let cluster = file.cluster.and_then(|c| v.cluster(c));
 
         let upstream = v.upstream(file.upstream);
         let defaults = v.limits("defaults", &file.defaults, None);
@@ -199,6 +203,7 @@ impl Config {
                 admin,
                 identity,
                 edge,
+                cluster,
                 upstream,
                 defaults,
                 protection,

@@ -86,6 +86,8 @@ pub(crate) async fn connect_upstream(
             upstream_req,
             &RetryPolicy::of(&config.upstream),
             &mut observe,
+            // The pause holds this tenant's clients on the other replicas too.
+            &mut |until| tenant.gate.share_pause(until),
             |deadline| admission.retry_token(&tenant.gate, deadline),
         )
         .await

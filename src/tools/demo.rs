@@ -12,6 +12,11 @@
 //!    session cap as the tenant cap; a queue that holds every phone, shorter than the
 //!    phones' patience).
 //!
+//! With `--replicas N` (N > 1) the second phase runs the spike through N sluice replicas
+//! sharing their limits through a `redis-server` the demo starts (`[cluster]`, each
+//! tenant's phones dealt to the replicas in turn), and a third phase through the same N
+//! replicas without `[cluster]`, each enforcing every limit alone ([`replicas`]).
+//!
 //! In each phase the edge also goes down for `--outage` (2 s), `--outage-at` (2 s) into
 //! the spike, answering `503` with the time left as `Retry-After`: the naive phones
 //! storm it, sluice obeys the pause and holds its queue.
@@ -20,7 +25,6 @@
 //! handshakes during the outage) and what the phones got (connected, time until the last
 //! one connected, handshake times).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,7 +33,11 @@ use serde::Serialize;
 
 use super::edge_sim::{EdgeSim, SimConfig, SimStats};
 use super::spike::{render, run_spike, secs, RetryPolicy, SpikeConfig, SpikeReport, TenantVia};
-use crate::Config;
+use replicas::{sluice_phase, Fleet, RedisServer};
+
+pub mod replicas;
+
+pub use replicas::{redis_missing, Endpoints};
 
 /// Tenant names of the demo, in order.
 const NAMES: &[&str] = &["acme", "globex", "initech", "umbrella", "hooli", "vandelay"];
@@ -76,6 +84,11 @@ pub struct DemoConfig {
     /// When the outage starts, after the spike.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub outage_at: Duration,
+    /// sluice replicas the spike is spread over. With more than one they share their
+    /// limits through a `redis-server` found on the PATH (`[cluster]`), and a third phase
+    /// shows the same replicas without `[cluster]`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub replicas: u8,
     /// Print the numbers as JSON instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -83,10 +96,11 @@ pub struct DemoConfig {
     /// page can be opened.
     #[arg(long)]
     pub serve: bool,
-    /// sluice's proxy address with `--serve`.
+    /// sluice's proxy address with `--serve` (replica i: this port + i).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// sluice's admin address (status page, metrics) with `--serve`.
+    /// sluice's admin address (status page, metrics) with `--serve` (replica i: this
+    /// port + i).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin: SocketAddr,
 }
@@ -106,6 +120,7 @@ impl Default for DemoConfig {
             rate_fraction: 0.8,
             outage: Duration::from_secs(2),
             outage_at: Duration::from_secs(2),
+            replicas: 1,
             json: false,
             serve: false,
             listen: "127.0.0.1:8080".parse().expect("valid"),
@@ -128,10 +143,18 @@ pub struct Phase {
 pub struct DemoReport {
     /// The spike straight at the edge, naive retries.
     pub direct: Phase,
-    /// The same spike through sluice.
+    /// The same spike through sluice: one sluice, or with `--replicas N` (N > 1) N
+    /// replicas sharing their limits through Redis (`[cluster]`).
     pub sluice: Phase,
-    /// The sluice config used (TOML).
+    /// The sluice config used (TOML; with `--replicas N`, replica 0's).
     pub sluice_config: String,
+    /// With `--replicas N` (N > 1): N.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u8>,
+    /// With `--replicas N` (N > 1): the same spike through N replicas without
+    /// `[cluster]`, each enforcing every limit alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plain_replicas: Option<Phase>,
 }
 
 fn sim_config(c: &DemoConfig) -> SimConfig {
@@ -196,17 +219,27 @@ pub fn sluice_config(
     text
 }
 
-/// Runs both phases. With `serve`, sluice and the second simulator keep running until
-/// `shutdown` completes (the report is printed before).
+/// Runs the phases (two; three with `--replicas N`, N > 1). With `serve`, sluice (all
+/// its replicas, and their Redis) and the second simulator keep running until the
+/// returned [`Running`] is dropped (the report is printed before).
 ///
 /// # Errors
-/// When a listener cannot be bound or a spike cannot start.
+/// When `redis-server` is needed and missing ([`redis_missing`]), a listener cannot be
+/// bound or a spike cannot start.
 pub async fn run_demo(
     c: &DemoConfig,
     progress: impl Fn(&str),
 ) -> Result<(DemoReport, Option<Running>), String> {
+    let n = usize::from(c.replicas);
+    let steps = if n > 1 { 3 } else { 2 };
+    // Before anything runs: without a redis-server there is no demo of replicas.
+    let redis = if n > 1 {
+        Some(RedisServer::start(c.replicas).await?)
+    } else {
+        None
+    };
     progress(&format!(
-        "1/2: {} phones over {} tenants straight at the edge (each organisation: {} sessions, {} handshakes/s), retrying at once",
+        "1/{steps}: {} phones over {} tenants straight at the edge (each organisation: {} sessions, {} handshakes/s), retrying at once",
         c.phones, c.tenants, c.org_max_sessions, c.org_handshake_rate
     ));
     let sim = EdgeSim::start(sim_config(c))
@@ -220,83 +253,71 @@ pub async fn run_demo(
     };
     outage.abort();
 
-    progress("2/2: the same spike through sluice");
-    let sim = EdgeSim::start(sim_config(c))
-        .await
-        .map_err(|e| format!("edge simulator: {e}"))?;
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("valid");
-    let (listen, admin) = if c.serve {
-        (c.listen, c.admin)
+    let redis_url = redis.as_ref().map(RedisServer::url);
+    match &redis_url {
+        None => progress("2/2: the same spike through sluice"),
+        Some(url) => progress(&format!(
+            "2/3: the same spike through {n} sluice replicas sharing their limits on Redis ([cluster], {url}), each tenant's phones dealt to them in turn"
+        )),
+    }
+    let (through, fleet) = sluice_phase(c, n, redis_url.as_deref()).await?;
+    let sluice_config = fleet.config.clone();
+    let fleet = if c.serve {
+        Some(fleet)
     } else {
-        (any, any)
+        fleet.stop().await;
+        None
     };
-    let text = sluice_config(c, &sim.url(), listen, admin);
-    let config = Config::parse(&text, &HashMap::new()).map_err(|e| format!("demo config: {e}"))?;
-    let server = crate::Server::bind(config)
-        .await
-        .map_err(|e| e.to_string())?;
-    let admin = crate::admin::Admin::bind(admin, server.runtime())
-        .await
-        .map_err(|e| format!("admin listener on {admin}: {e}"))?;
-    let proxy = server.local_addr();
-    let admin_addr = admin.local_addr();
-    let runtime = server.runtime();
-    let tasks = vec![
-        tokio::spawn(server.run(std::future::pending())),
-        tokio::spawn(admin.run(std::future::pending())),
-    ];
-    let spike = spike_config(c, format!("ws://{proxy}"), TenantVia::Path);
-    let outage = schedule_outage(c, &sim);
-    let phones = run_spike(&spike).await?;
-    outage.abort();
-    // Let the last relays see their ends (a few seconds at most) before counting.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    while sim.stats().live > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    while tokio::time::Instant::now() < deadline
-        && NAMES[..usize::from(c.tenants)]
-            .iter()
-            .any(|t| runtime.tenant(t).is_some_and(|h| h.gate.load().live > 0))
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let through = Phase {
-        phones,
-        edge: sim.stats(),
-    };
-    let running = Running {
-        proxy,
-        admin: admin_addr,
-        edge: sim,
-        tasks,
+    let plain = if n > 1 {
+        progress(&format!(
+            "3/3: the same spike through {n} plain replicas (no [cluster]: each enforces every limit alone)"
+        ));
+        let (phase, plain) = sluice_phase(
+            &DemoConfig {
+                serve: false,
+                ..c.clone()
+            },
+            n,
+            None,
+        )
+        .await?;
+        plain.stop().await;
+        Some(phase)
+    } else {
+        None
     };
     let report = DemoReport {
         direct,
         sluice: through,
-        sluice_config: text,
+        sluice_config,
+        replicas: (n > 1).then_some(c.replicas),
+        plain_replicas: plain,
     };
-    Ok((report, c.serve.then_some(running)))
+    let running = fleet.map(|fleet| Running {
+        proxy: fleet.replicas[0].proxy,
+        admin: fleet.replicas[0].admin,
+        replicas: fleet.replicas.clone(),
+        edge: fleet.edge.clone(),
+        _fleet: fleet,
+        _redis: redis,
+    });
+    Ok((report, running))
 }
 
 /// sluice and the simulator left running by `--serve`.
 #[derive(Debug)]
 pub struct Running {
-    /// sluice's proxy address.
+    /// sluice's proxy address (replica 0's).
     pub proxy: SocketAddr,
-    /// sluice's admin address.
+    /// sluice's admin address (replica 0's).
     pub admin: SocketAddr,
+    /// Every replica's addresses, replica 0 first (one with `--replicas 1`).
+    pub replicas: Vec<Endpoints>,
     /// The simulator behind it.
     pub edge: EdgeSim,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
+    // Dropped in this order: the replicas stop, then their Redis.
+    _fleet: Fleet,
+    _redis: Option<RedisServer>,
 }
 
 /// Takes `sim` down for `c.outage`, `c.outage_at` from now.
@@ -367,31 +388,55 @@ pub fn render_table(r: &DemoReport) -> String {
                 .to_string()
         }),
     ];
-    let rows = figures.map(|(label, f)| (label, f(&r.direct), f(&r.sluice)));
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<38} {:>26} {:>26}",
-        "", "direct, naive retries", "through sluice"
-    );
-    for (label, a, b) in rows {
-        let _ = writeln!(out, "{label:<38} {a:>26} {b:>26}");
+    let columns = columns(r);
+    let mut out = format!("{:<38}", "");
+    for (title, _) in &columns {
+        let _ = write!(out, " {title:>26}");
+    }
+    out.push('\n');
+    for (label, f) in figures {
+        let _ = write!(out, "{label:<38}");
+        for (_, phase) in &columns {
+            let _ = write!(out, " {:>26}", f(phase));
+        }
+        out.push('\n');
     }
     let _ = writeln!(
         out,
         "\nphone handshake: the successful attempt, as the phone timed it (through sluice it includes the wait in sluice's queue)."
     );
+    if let Some(n) = r.replicas {
+        let _ = writeln!(
+            out,
+            "[cluster]: the {n} replicas share every limit through Redis, as one sluice would.\n\
+             plain: the same {n} replicas without [cluster], each enforcing every limit alone: together up to {n} times each."
+        );
+    }
     out
+}
+
+/// The table's columns: a title and its phase.
+fn columns(r: &DemoReport) -> Vec<(String, &Phase)> {
+    let mut columns = vec![("direct, naive retries".to_owned(), &r.direct)];
+    match (r.replicas, &r.plain_replicas) {
+        (Some(n), Some(plain)) => {
+            columns.push((format!("{n} replicas, [cluster]"), &r.sluice));
+            columns.push((format!("{n} plain replicas"), plain));
+        }
+        _ => columns.push(("through sluice".to_owned(), &r.sluice)),
+    }
+    columns
 }
 
 /// The full human report: the table, then each phase's aggregate.
 pub fn render_report(r: &DemoReport) -> String {
     let mut out = render_table(r);
-    let _ = write!(
-        out,
-        "\ndirect:\n{}\nthrough sluice:\n{}",
-        render(&r.direct.phones),
-        render(&r.sluice.phones)
-    );
+    for (title, phase) in columns(r) {
+        let title = match title.as_str() {
+            "direct, naive retries" => "direct",
+            other => other,
+        };
+        let _ = write!(out, "\n{title}:\n{}", render(&phase.phones));
+    }
     out
 }

@@ -54,7 +54,9 @@ pub enum TenantVia {
 /// `sluice spike --help`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SpikeConfig {
-    /// Base URL (`ws://` only): sluice (`ws://127.0.0.1:8080`) or an edge.
+    /// Base URL (`ws://` only): sluice (`ws://127.0.0.1:8080`) or an edge. Several,
+    /// comma-separated (sluice's replicas): each tenant's phones are dealt to them in
+    /// turn.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
     /// Virtual softphones in all.
@@ -241,21 +243,33 @@ pub async fn run_spike(config: &SpikeConfig) -> Result<SpikeReport, String> {
     if targets.is_empty() || targets.iter().any(|t| t.name.is_empty()) {
         return Err("--tenants: give at least one tenant name".into());
     }
-    if !config.url.starts_with("ws://") {
+    let bases: Vec<&str> = config
+        .url
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/'))
+        .collect();
+    if let Some(bad) = bases.iter().find(|u| !u.starts_with("ws://")) {
         return Err(format!(
-            "--url {}: expected ws://host:port (this version of spike speaks plain WebSocket only)",
-            config.url
+            "--url {bad}: expected ws://host:port (this version of spike speaks plain WebSocket only)"
         ));
     }
-    let base = config.url.trim_end_matches('/').to_owned();
-    let requests: Vec<http::Request<()>> = targets
+    // requests[base][tenant]
+    let requests: Vec<Vec<http::Request<()>>> = bases
         .iter()
-        .map(|t| request_for(config, &base, t))
+        .map(|base| {
+            targets
+                .iter()
+                .map(|t| request_for(config, base, t))
+                .collect::<Result<_, _>>()
+        })
         .collect::<Result<_, _>>()?;
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(config.phones);
     for i in 0..config.phones {
         let tenant = i % targets.len();
+        // Each tenant's phones in turn over the URLs (not phone i to URL i: with as
+        // many URLs as tenants, each tenant would reach one URL only).
+        let base = (i / targets.len()) % bases.len();
         let delay = if config.phones > 1 {
             config
                 .ramp_up
@@ -263,7 +277,7 @@ pub async fn run_spike(config: &SpikeConfig) -> Result<SpikeReport, String> {
         } else {
             Duration::ZERO
         };
-        let req = requests[tenant].clone();
+        let req = requests[base][tenant].clone();
         let config = config.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(start + delay).await;

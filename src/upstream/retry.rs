@@ -125,6 +125,7 @@ impl Connector {
         req: &Request<()>,
         policy: &RetryPolicy,
         observe: &mut (dyn FnMut(Attempt<'_>) + Send),
+        on_pause: &mut (dyn FnMut(Instant) + Send),
         mut before_retry: F,
     ) -> Result<Connected, UpstreamFailed>
     where
@@ -146,6 +147,10 @@ impl Connector {
                     // A paused edge is waited for within the budget; open circuits are
                     // not (a down endpoint costs no waiting).
                     blocked = Some(Blocked { until, paused });
+                    if paused {
+                        // The edge paused every endpoint of the group for this tenant.
+                        on_pause(until);
+                    }
                     if paused && until < deadline {
                         tokio::time::sleep_until(until).await;
                         continue;

@@ -4,7 +4,8 @@
 //! TLS.
 //!
 //! Files: `edge.rs` (the edge), `config.rs` (the builder), `admin.rs` (admin requests
-//! and scrapes), `tools.rs` (Chromium, promtool, CI); this file starts sluice and holds
+//! and scrapes), `tools.rs` (Chromium, promtool, CI), `redis.rs` (a `redis-server` of
+//! the test's own, for `[cluster]`); this file starts sluice and holds
 //! the clients and TLS helpers. (`mod.rs`, not `support.rs`: Cargo would build a
 //! `tests/support.rs` as a test of its own.)
 
@@ -13,12 +14,15 @@
 mod admin;
 mod config;
 mod edge;
+pub mod redis;
 mod tools;
 
 #[allow(unused_imports)]
+pub use self::redis::Redis;
+#[allow(unused_imports)]
 pub use admin::{admin_get, admin_request, scrape, Scrape};
 #[allow(unused_imports)]
-pub use config::{config, tenant, ConfigBuilder, EdgeLimits, TenantSpec};
+pub use config::{config, quoted, tenant, ConfigBuilder, EdgeLimits, TenantSpec};
 #[allow(unused_imports)]
 pub use edge::{edge, edge_with, Edge, EdgeOptions, Recorded};
 #[allow(unused_imports)]
@@ -413,4 +417,13 @@ pub fn client_tls(ca: &str) -> rustls::ClientConfig {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth()
+}
+
+/// A loopback port free a moment ago (for a sluice run as its own process, whose
+/// port the test must know before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }

@@ -61,7 +61,7 @@ impl Flaky {
 }
 
 impl SharedCapacity for Flaky {
-    fn acquire_slot(&self) -> BoxFuture<'_, Result<bool, BackendError>> {
+    fn acquire_slot(&self, _head: Option<Instant>) -> BoxFuture<'_, Result<bool, BackendError>> {
         // The decision is made in the poll that returns it: dropped earlier, nothing
         // is taken (cancel-safe).
         Box::pin(async move {
@@ -79,7 +79,11 @@ impl SharedCapacity for Flaky {
         });
     }
 
-    fn take(&self, _now: Instant) -> BoxFuture<'_, Result<Result<Taken, Instant>, BackendError>> {
+    fn take(
+        &self,
+        _now: Instant,
+        _head: Option<Instant>,
+    ) -> BoxFuture<'_, Result<Result<Taken, Instant>, BackendError>> {
         Box::pin(async move {
             self.round_trip().await?;
             // The store's clock, not the caller's (as Redis's TIME).
@@ -98,6 +102,10 @@ impl SharedCapacity for Flaky {
     fn freed(&self) -> BoxFuture<'_, ()> {
         // Created now, so a notice sent before its first poll still completes it.
         Box::pin(self.0.freed.notified())
+    }
+
+    fn live(&self) -> u32 {
+        self.0.store.slots.live()
     }
 
     fn reconfigure(&self, max_sessions: u32, _rate: f64, _burst: u32) {

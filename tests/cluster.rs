@@ -1,0 +1,462 @@
+//! Several replicas enforce one set of limits on Redis (`[cluster]`, DESIGN.md
+//! "Scale-out", issue 15): real sluice servers (in-process, and one as its own process
+//! to SIGKILL) against a real `redis-server` the test starts on a free loopback port,
+//! in front of the recording edge.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use support::redis::Redis;
+use support::{
+    config, connect, connect_ok, echo, edge, quoted, reason, tenant, ConfigBuilder, Edge, Serving,
+    TenantSpec,
+};
+use tokio::time::Instant;
+
+/// Heartbeat and lease short enough for a test: a killed replica's slots are back
+/// within a second.
+const HEARTBEAT: &str = "\"150ms\"";
+const LEASE: &str = "\"900ms\"";
+
+/// A replica's config: `[cluster]` on `redis` as replica `id`, tenant `t` as `spec`.
+fn replica(edge: &Edge, redis: &Redis, id: &str, spec: TenantSpec, policy: &str) -> ConfigBuilder {
+    config()
+        .upstream(&edge.url(false))
+        .tenant(spec)
+        .set("cluster", "redis", &quoted(&redis.url()))
+        .set("cluster", "replica_id", &quoted(id))
+        .set("cluster", "heartbeat", HEARTBEAT)
+        .set("cluster", "lease_ttl", LEASE)
+        .set("cluster", "redis_timeout", "\"50ms\"")
+        .set("cluster", "on_redis_failure", &quoted(policy))
+}
+
+/// `n` replicas `r0…` with tenant `t` as `spec`.
+async fn replicas(
+    edge: &Edge,
+    redis: &Redis,
+    n: usize,
+    spec: &TenantSpec,
+    policy: &str,
+) -> Vec<Serving> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(
+            replica(edge, redis, &format!("r{i}"), spec.clone(), policy)
+                .serve()
+                .await,
+        );
+    }
+    out
+}
+
+/// What one connect got: `Ok(session)` or the refusal's reason.
+type Got = Result<support::Client, String>;
+
+async fn try_connect(url: String) -> Got {
+    match connect(&url, &[]).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(reason(&resp).to_owned()),
+        Err(e) => Err(format!("error: {e}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_of_10_holds_across_three_replicas() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = edge().await;
+    let spec = tenant("t")
+        .max_sessions(10)
+        .unpaced()
+        .queue_depth(100)
+        .queue_timeout(Duration::from_millis(1500));
+    let fleet = replicas(&edge, &redis, 3, &spec, "local-share").await;
+    // 30 connects at once, spread over the three.
+    let got: Vec<Got> = join_all((0..30).map(|i| {
+        let url = fleet[i % 3].proxy.url(&format!("/t/t/?i={i}"));
+        try_connect(url)
+    }))
+    .await;
+    let admitted: Vec<_> = got.iter().filter(|g| g.is_ok()).collect();
+    let refused: Vec<_> = got.iter().filter_map(|g| g.as_ref().err()).collect();
+    assert_eq!(
+        admitted.len(),
+        10,
+        "exactly the cap admitted; refusals: {refused:?}"
+    );
+    assert!(
+        refused.iter().all(|r| *r == "queue-timeout"),
+        "the others waited in their replica's queue, then were refused queue-timeout: {refused:?}"
+    );
+    assert_eq!(
+        edge.peak.load(std::sync::atomic::Ordering::SeqCst),
+        10,
+        "never more than 10 at the edge"
+    );
+    // Every replica refused some and admitted some: the cap was shared, not split.
+    let per_replica: Vec<u32> = fleet
+        .iter()
+        .map(|s| s.proxy.admission.tenant_load("t").unwrap().live)
+        .collect();
+    assert_eq!(per_replica.iter().sum::<u32>(), 10, "{per_replica:?}");
+    for s in &fleet {
+        let load = s.proxy.admission.tenant_load("t").unwrap();
+        assert_eq!(
+            load.cluster_live,
+            Some(10),
+            "each replica sees the cluster-wide count"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_rate_holds_across_replicas_in_a_storm() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = edge().await;
+    let (rate, burst) = (10.0, 5u32);
+    let spec = tenant("t")
+        .max_sessions(1000)
+        .handshake_rate(rate)
+        .handshake_burst(burst)
+        .queue_depth(1000)
+        .queue_timeout(Duration::from_secs(8));
+    let fleet = replicas(&edge, &redis, 3, &spec, "local-share").await;
+    let storm = Duration::from_secs(5);
+    let start = Instant::now();
+    let mut clients = Vec::new();
+    let mut i = 0usize;
+    // 60 connects a second for 5 s, round robin: six times the rate.
+    while start.elapsed() < storm {
+        let url = fleet[i % 3].proxy.url(&format!("/t/t/?i={i}"));
+        clients.push(tokio::spawn(async move {
+            if let Ok(ws) = try_connect(url).await {
+                support::close(ws).await;
+            }
+        }));
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(16)).await;
+    }
+    for c in &clients {
+        c.abort();
+    }
+    let times: Vec<Instant> = edge
+        .requests()
+        .iter()
+        .map(|r| r.at)
+        .filter(|at| at.saturating_duration_since(start) <= storm)
+        .collect();
+    let n = times.len();
+    assert!(
+        n as f64 >= 0.6 * (f64::from(burst) + rate * storm.as_secs_f64()),
+        "the rate was used, not starved: {n} handshakes in {storm:?}"
+    );
+    for a in 0..n {
+        for b in a..n {
+            let window = times[b].saturating_duration_since(times[a]).as_secs_f64();
+            let allowed = f64::from(burst) + rate * window + 1.0;
+            assert!(
+                (b - a + 1) as f64 <= allowed,
+                "{} handshakes in {window:.3} s across 3 replicas, allowed {allowed:.1}",
+                b - a + 1
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_clients_are_released_in_arrival_order_across_replicas() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = edge().await;
+    let spec = tenant("t")
+        .max_sessions(1)
+        .unpaced()
+        .queue_depth(20)
+        .queue_timeout(Duration::from_secs(30));
+    let fleet = replicas(&edge, &redis, 2, &spec, "local-share").await;
+    let holder = connect_ok(&fleet[0].proxy.url("/t/t/?i=holder"), &[]).await;
+    // Alternating arrivals on the two replicas, 100 ms apart.
+    let mut waiting = Vec::new();
+    for i in 0..8 {
+        let url = fleet[i % 2].proxy.url(&format!("/t/t/?i={i}"));
+        waiting.push(tokio::spawn(async move {
+            let ws = connect_ok(&url, &[]).await;
+            // Hold a moment, then give the slot to the next.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            support::close(ws).await;
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    support::close(holder).await;
+    for w in waiting {
+        tokio::time::timeout(Duration::from_secs(20), w)
+            .await
+            .expect("every queued client admitted in time")
+            .unwrap();
+    }
+    let order: Vec<String> = edge
+        .requests()
+        .iter()
+        .filter_map(|r| r.query("i"))
+        .filter(|i| i != "holder")
+        .collect();
+    let expected: Vec<String> = (0..8).map(|i| i.to_string()).collect();
+    assert_eq!(
+        order, expected,
+        "admitted in arrival order across the two replicas"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_slots_come_back_within_the_lease() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = edge().await;
+    let spec = tenant("t")
+        .max_sessions(2)
+        .unpaced()
+        .queue_timeout(Duration::from_secs(15));
+    // Replica k runs as its own process, to be SIGKILLed.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("k.toml");
+    let port = support::free_port();
+    let text = replica(&edge, &redis, "k", spec.clone(), "local-share")
+        .set("listen", "address", &quoted(&format!("127.0.0.1:{port}")))
+        .text();
+    std::fs::write(&file, &text).unwrap();
+    let mut killed = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let k_url = format!("ws://127.0.0.1:{port}/t/t/");
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held.len() < 2 {
+        assert!(Instant::now() < deadline, "replica k serves");
+        if let Ok((ws, _)) = connect(&k_url, &[]).await {
+            held.push(ws);
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let other = replica(&edge, &redis, "a", spec, "local-share")
+        .serve()
+        .await;
+    let url = other.proxy.url("/t/t/?i=queued");
+    let queued = tokio::spawn(async move { connect_ok(&url, &[]).await });
+    support::wait_until("the client queued on replica a", async || {
+        other.proxy.admission.tenant_load("t").unwrap().queued == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!queued.is_finished(), "the cap holds while k lives");
+    let killed_at = Instant::now();
+    killed.kill().unwrap(); // SIGKILL
+    killed.wait().unwrap();
+    let mut ws = tokio::time::timeout(Duration::from_secs(10), queued)
+        .await
+        .expect("admitted after k's lease ran out")
+        .unwrap();
+    let waited = killed_at.elapsed();
+    echo(&mut ws, "after k").await;
+    assert!(
+        waited < Duration::from_millis(900) + Duration::from_secs(3),
+        "k's slots came back with its lease (900 ms), not later: {waited:?}"
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_each_replica_keeps_its_share_and_an_empty_redis_is_refilled() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let edge = edge().await;
+    let spec = tenant("t")
+        .max_sessions(9)
+        .unpaced()
+        .queue_depth(50)
+        .queue_timeout(Duration::from_millis(800));
+    let fleet = replicas(&edge, &redis, 3, &spec, "local-share").await;
+    // One live session per replica before Redis goes away.
+    let mut live = Vec::new();
+    for s in &fleet {
+        live.push(connect_ok(&s.proxy.url("/t/t/?i=before"), &[]).await);
+    }
+    // The local share is of the replica set each last saw: let every one see all three.
+    support::wait_until("every replica saw the three", async || {
+        fleet.iter().all(|s| {
+            s.proxy
+                .shared
+                .cluster
+                .as_ref()
+                .unwrap()
+                .status()
+                .replicas
+                .len()
+                == 3
+        })
+    })
+    .await;
+    redis.stop();
+    support::wait_until("every replica's breaker opened", async || {
+        fleet
+            .iter()
+            .all(|s| s.proxy.shared.cluster.as_ref().unwrap().status().mode == "local-share")
+    })
+    .await;
+    for ws in &mut live {
+        echo(ws, "Redis is gone, the session is not").await;
+    }
+    // Ten more per replica: each admits up to its share (9 / 3 = 3, one held already).
+    let started = Instant::now();
+    let got: Vec<Got> = join_all((0..30).map(|i| {
+        let url = fleet[i % 3].proxy.url(&format!("/t/t/?i=down{i}"));
+        try_connect(url)
+    }))
+    .await;
+    let slowest = started.elapsed();
+    let admitted = got.iter().filter(|g| g.is_ok()).count();
+    let seen: Vec<_> = fleet
+        .iter()
+        .map(|s| {
+            let st = s.proxy.shared.cluster.as_ref().unwrap().status();
+            (
+                st.replicas,
+                s.proxy.admission.tenant_load("t").unwrap().live,
+            )
+        })
+        .collect();
+    assert_eq!(
+        admitted, 6,
+        "each replica admitted its share and no more: {seen:?}"
+    );
+    for s in &fleet {
+        assert_eq!(s.proxy.admission.tenant_load("t").unwrap().live, 3);
+    }
+    assert!(edge.live.load(std::sync::atomic::Ordering::SeqCst) <= 9);
+    assert!(
+        slowest < Duration::from_millis(800) + Duration::from_secs(3),
+        "nobody waited on the dead Redis beyond their queue_timeout: {slowest:?}"
+    );
+    let got_down: Vec<support::Client> = got.into_iter().filter_map(Result::ok).collect();
+    // Redis comes back empty: within a heartbeat or two the counts are whole again.
+    redis.restart();
+    support::wait_until("the counts republished to the empty Redis", async || {
+        redis_total(&redis) == 9
+    })
+    .await;
+    support::wait_until("every replica decides on Redis again", async || {
+        fleet
+            .iter()
+            .all(|s| s.proxy.shared.cluster.as_ref().unwrap().status().mode == "redis")
+    })
+    .await;
+    // The cap holds: nobody else gets in, on any replica.
+    let more: Vec<Got> =
+        join_all((0..3).map(|i| try_connect(fleet[i].proxy.url("/t/t/?i=after")))).await;
+    assert!(
+        more.iter().all(|g| g.is_err()),
+        "the cap of 9 holds after the refill"
+    );
+    drop(got_down);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_without_a_queue_is_admitted_and_refused_at_once() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = edge().await;
+    let spec = tenant("t").max_sessions(2).unpaced().queue_depth(0);
+    let fleet = replicas(&edge, &redis, 2, &spec, "local-share").await;
+    let a = connect_ok(&fleet[0].proxy.url("/t/t/"), &[]).await;
+    let b = connect_ok(&fleet[1].proxy.url("/t/t/"), &[]).await;
+    let started = Instant::now();
+    for s in &fleet {
+        let got = try_connect(s.proxy.url("/t/t/")).await;
+        assert_eq!(
+            got.err().as_deref(),
+            Some("queue-full"),
+            "over the cap, no queue: refused"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused after one decision, not after a queue_timeout: {:?}",
+        started.elapsed()
+    );
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_cap_applies_to_the_replica_that_reloaded_and_a_drain_hands_slots_over() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = edge().await;
+    let spec = |cap: u32| {
+        tenant("t")
+            .max_sessions(cap)
+            .unpaced()
+            .queue_timeout(Duration::from_secs(20))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r0.toml");
+    let r0_config = |cap| {
+        replica(&edge, &redis, "r0", spec(cap), "local-share")
+            .drain_timeout(Duration::from_millis(500))
+            .text()
+    };
+    std::fs::write(&file, r0_config(2)).unwrap();
+    let mut r0 = support::serve_config(sluice::Config::load(&file).unwrap()).await;
+    let r1 = replica(&edge, &redis, "r1", spec(2), "local-share")
+        .serve()
+        .await;
+    let mut held = vec![
+        connect_ok(&r0.proxy.url("/t/t/"), &[]).await,
+        connect_ok(&r1.proxy.url("/t/t/"), &[]).await,
+    ];
+    // r0 reloads a cap of 3: its decisions use 3 (r1, not reloaded yet, still 2).
+    std::fs::write(&file, r0_config(3)).unwrap();
+    let (status, body) = support::admin_request(r0.proxy.admin, "POST", "/-/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let r1_url = r1.proxy.url("/t/t/?i=r1");
+    let on_r1 = tokio::spawn(async move { connect_ok(&r1_url, &[]).await });
+    support::wait_until("r1's client queued under r1's cap of 2", async || {
+        r1.proxy.admission.tenant_load("t").unwrap().queued == 1
+    })
+    .await;
+    held.push(connect_ok(&r0.proxy.url("/t/t/?i=r0"), &[]).await);
+    assert_eq!(edge.live.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(!on_r1.is_finished(), "r1 still decides on its own cap of 2");
+    // r0 drains: its two sessions end (the drain closes them), and their slots go to
+    // r1's queued client; r0 leaves the replica set.
+    r0.shutdown();
+    let mut ws = tokio::time::timeout(Duration::from_secs(15), on_r1)
+        .await
+        .expect("r1's client admitted once r0's sessions ended")
+        .unwrap();
+    echo(&mut ws, "after r0's drain").await;
+    r0.stopped(Duration::from_secs(30)).await;
+    support::wait_until("r0 left the replica set", async || {
+        r1.proxy.shared.cluster.as_ref().unwrap().status().replicas == ["r1"]
+    })
+    .await;
+    drop(held);
+}
+
+/// The live counts of tenant `t` in Redis, all replicas.
+fn redis_total(redis: &Redis) -> i64 {
+    let v = redis.cmd(&["HVALS", "sluice:t:t:n"]);
+    match v {
+        redis::Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).parse().unwrap_or(0),
+                redis::Value::Int(n) => *n,
+                _ => 0,
+            })
+            .sum(),
+        _ => 0,
+    }
+}
