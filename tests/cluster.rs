@@ -445,6 +445,59 @@ async fn a_reloaded_cap_applies_to_the_replica_that_reloaded_and_a_drain_hands_s
     drop(held);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_weights_hold_across_replicas() {
+    let Some(redis) = Redis::start() else { return };
+    let edge = edge().await;
+    let t = |name: &str, weight: u32| {
+        tenant(name)
+            .unpaced()
+            .weight(weight)
+            .queue_depth(200)
+            .queue_timeout(Duration::from_secs(20))
+    };
+    let mut fleet = Vec::new();
+    for i in 0..2 {
+        fleet.push(
+            replica(&edge, &redis, &format!("r{i}"), t("w1", 1), "local-share")
+                .tenant(t("w3", 3))
+                .edge_limits(support::EdgeLimits::rate(25.0, 1))
+                .serve()
+                .await,
+        );
+    }
+    // 100 clients of each tenant, spread over both replicas, each closing at once.
+    let mut clients = Vec::new();
+    for i in 0..100 {
+        for name in ["w1", "w3"] {
+            let url = fleet[i % 2].proxy.url(&format!("/t/{name}/?i={i}"));
+            clients.push(tokio::spawn(async move {
+                if let Ok(ws) = try_connect(url).await {
+                    support::close(ws).await;
+                }
+            }));
+        }
+    }
+    // While both tenants still have clients queued: 4 s at 25 handshakes/s.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let seen = |name: &str| {
+        edge.requests()
+            .iter()
+            .filter(|r| r.tenant() == name)
+            .count()
+    };
+    let (w1, w3) = (seen("w1"), seen("w3"));
+    for c in clients {
+        c.abort();
+    }
+    assert!(w1 + w3 >= 60, "the edge's rate was used: {w1} + {w3}");
+    // 3 : 1 asked; 1.7 : 1 is what equal terms between the replicas' arbiters gave.
+    assert!(
+        w3 * 10 >= 22 * w1,
+        "weight 3 against 1 across two replicas: {w3} against {w1} handshakes"
+    );
+}
+
 /// The live counts of tenant `t` in Redis, all replicas.
 fn redis_total(redis: &Redis) -> i64 {
     let v = redis.cmd(&["HVALS", "sluice:t:t:n"]);

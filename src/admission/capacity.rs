@@ -132,6 +132,10 @@ pub trait SharedCapacity: Send + Sync + std::fmt::Debug {
     /// `handshake_rate` and `handshake_burst`). Must not block; a raised cap should
     /// complete [`Self::freed`], which is what wakes a waiting pump.
     fn reconfigure(&self, _max_sessions: u32, _rate: f64, _burst: u32) {}
+    /// The edge's arbiter will give its next turn to a client of `tenant`, of
+    /// `weight`: a backend shared by several arbiters (one per replica) can order their
+    /// turns by the tenants' weights across all of them. Must not block.
+    fn candidate(&self, _tenant: &str, _weight: u32) {}
     /// The edge asked (`429`/`503` with `Retry-After`) that this scope send nothing
     /// until `until`: a shared backend tells the other replicas. Must not block.
     fn pause(&self, _until: Instant) {}

@@ -37,6 +37,8 @@ pub(crate) type Turn = (Slot<EdgeGate>, Token<EdgeGate>);
 #[derive(Debug)]
 struct Request {
     weight: u32,
+    /// Its tenant (a shared backend orders turns by tenant across replicas).
+    tenant: Arc<str>,
     grant: oneshot::Sender<Turn>,
 }
 
@@ -188,7 +190,12 @@ impl EdgeGate {
     /// its previous turn (kept by its pump); the new one comes back with the turn.
     /// `None` when the arbiter went away (shutdown). Cancel-safe: dropping the future
     /// withdraws the request, and a turn granted meanwhile goes back.
-    pub(crate) async fn turn(self: &Arc<Self>, weight: u32, finish: u128) -> Option<(Turn, u128)> {
+    pub(crate) async fn turn(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        weight: u32,
+        finish: u128,
+    ) -> Option<(Turn, u128)> {
         let (tx, rx) = oneshot::channel();
         let (pending, new_finish, start_arbiter) = {
             let mut fair = self.lock();
@@ -196,7 +203,14 @@ impl EdgeGate {
             let new_finish = start + SCALE / u128::from(weight.max(1));
             fair.seq += 1;
             let key = (start, fair.seq);
-            fair.requests.insert(key, Request { weight, grant: tx });
+            fair.requests.insert(
+                key,
+                Request {
+                    weight,
+                    tenant: tenant.clone(),
+                    grant: tx,
+                },
+            );
             self.waiting.fetch_add(1, Ordering::AcqRel);
             self.weight_sum
                 .fetch_add(u64::from(weight), Ordering::Relaxed);
@@ -209,6 +223,23 @@ impl EdgeGate {
         let turn = rx.await.ok();
         drop(pending);
         turn.map(|t| (t, new_finish))
+    }
+
+    /// Tells a shared backend whose turn comes next here (see
+    /// [`SharedCapacity::candidate`]).
+    fn announce(&self) {
+        if let Some(backend) = &self.backend {
+            if let Some((tenant, weight)) = self.peek() {
+                backend.candidate(&tenant, weight);
+            }
+        }
+    }
+
+    /// The tenant and weight of the request [`Self::next`] would take now.
+    fn peek(&self) -> Option<(Arc<str>, u32)> {
+        let fair = self.lock();
+        let (_, request) = fair.requests.first_key_value()?;
+        Some((request.tenant.clone(), request.weight))
     }
 
     /// Removes the request with the smallest start tag and advances virtual time to it.
@@ -238,6 +269,7 @@ impl EdgeGate {
 /// Grants turns at the edge while there are requests; at most one per edge.
 async fn arbiter(edge: Arc<EdgeGate>) {
     while edge.keep_arbitrating() {
+        edge.announce();
         let slot = match try_slot(&edge) {
             Some(slot) => slot,
             None => {
@@ -256,6 +288,7 @@ async fn arbiter(edge: Arc<EdgeGate>) {
                 // Everyone withdrew: the slot goes back now, not at the next token.
                 break None;
             }
+            edge.announce();
             let now = Instant::now();
             // Only when one is due (a shared backend is not asked too early); a backend
             // that fails is "not now": `token` backs off first.
@@ -278,4 +311,5 @@ async fn arbiter(edge: Arc<EdgeGate>) {
             let _ = request.grant.send((slot, token));
         }
     }
+    edge.capacity().idle();
 }

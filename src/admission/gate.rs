@@ -615,7 +615,7 @@ async fn reserve(
             Some(turn) => (Some(turn), finish),
             None => {
                 gate.set_blocker(Blocker::Edge);
-                let (turn, finish) = edge.turn(gate.weight(), finish).await?;
+                let (turn, finish) = edge.turn(&gate.name, gate.weight(), finish).await?;
                 (Some(turn), finish)
             }
         },

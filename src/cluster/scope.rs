@@ -46,6 +46,9 @@ pub(crate) struct ScopeState {
     fifo: bool,
     /// Takes the handshake token in the slot's script.
     prefetch: bool,
+    /// The tenant (and weight) the edge's arbiter gives its next turn to: the edge
+    /// orders the replicas' arbiters by it (fair queuing across replicas).
+    candidate: Mutex<Option<(Arc<str>, u32)>>,
     cap: AtomicU32,
     /// The rate tokens are spaced for, as `f64` bits: the configured
     /// `handshake_rate`, or the adaptive one below it after edge trouble.
@@ -123,6 +126,7 @@ impl ScopeState {
             shared,
             fifo,
             prefetch,
+            candidate: Mutex::new(None),
             cap: AtomicU32::new(0),
             rate: AtomicU64::new(1f64.to_bits()),
             burst: AtomicU32::new(1),
@@ -268,6 +272,19 @@ impl ScopeState {
         granted
     }
 
+    /// The tenant and weight the edge's next turn is for ('' and 0: none, or a tenant
+    /// scope, which keeps FIFO instead).
+    fn fair(&self) -> (Arc<str>, u32) {
+        if self.fifo {
+            return (Arc::from(""), 0);
+        }
+        self.candidate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| (Arc::from(""), 0))
+    }
+
     /// The head's arrival on Redis's clock, or -1 (no FIFO).
     fn head_us(&self, head: Option<Instant>) -> i64 {
         match head {
@@ -292,6 +309,7 @@ impl ScopeState {
         let mut pending = Pending::new(self);
         let (count, version) = pending.snapshot;
         let head_us = self.head_us(head);
+        let fair = self.fair();
         let (interval, tolerance) = self.gcra();
         let shared = &self.shared;
         let mut invocation = scripts::ACQUIRE.prepare_invoke();
@@ -303,6 +321,8 @@ impl ScopeState {
             .key(format!("{}:r", self.prefix))
             .key(format!("{}:w", self.prefix))
             .key(format!("{}:p", self.prefix))
+            .key(format!("{}:f", self.prefix))
+            .key(format!("{}:vt", self.prefix))
             .arg(&shared.replica_id)
             .arg(shared.epoch.load().as_str())
             .arg(count)
@@ -314,11 +334,16 @@ impl ScopeState {
             .arg(head_us)
             .arg(u8::from(self.prefetch))
             .arg(shared.lease_ttl.as_micros() as i64)
-            .arg(&self.channel);
+            .arg(&self.channel)
+            .arg(&*fair.0)
+            .arg(fair.1);
         // Registered before the ask: if this future is dropped before the answer, the
         // pump's `idle` still withdraws the head the script may have registered.
         if head_us >= 0 {
             self.waiting.store(head_us, Ordering::Release);
+        } else if !fair.0.is_empty() {
+            // Registered with a start tag only Redis knows: withdrawn whatever it is.
+            self.waiting.store(-1, Ordering::Release);
         }
         let sent = Instant::now();
         let reply = shared.link.run(&invocation, true).await?;
@@ -339,9 +364,7 @@ impl ScopeState {
                         Taken::new(tat as u64, interval as u64 | FROM_REDIS),
                         received,
                     ));
-                    if head_us >= 0 {
-                        self.waiting.store(i64::MIN, Ordering::Release);
-                    }
+                    self.waiting.store(i64::MIN, Ordering::Release);
                 } else {
                     self.set_ready(int(reply.get(4)));
                 }
@@ -379,6 +402,7 @@ impl ScopeState {
         head: Option<Instant>,
     ) -> Result<Result<Taken, Instant>, BackendError> {
         let head_us = self.head_us(head);
+        let fair = self.fair();
         let (interval, tolerance) = self.gcra();
         let shared = &self.shared;
         let mut invocation = scripts::TAKE.prepare_invoke();
@@ -388,12 +412,19 @@ impl ScopeState {
             .key(format!("{}:r", self.prefix))
             .key(format!("{}:w", self.prefix))
             .key(format!("{}:p", self.prefix))
+            .key(format!("{}:f", self.prefix))
+            .key(format!("{}:vt", self.prefix))
             .arg(&shared.replica_id)
             .arg(shared.epoch.load().as_str())
             .arg(interval)
             .arg(tolerance)
             .arg(head_us)
-            .arg(&self.channel);
+            .arg(&self.channel)
+            .arg(&*fair.0)
+            .arg(fair.1);
+        if head_us < 0 && !fair.0.is_empty() {
+            self.waiting.store(-1, Ordering::Release);
+        }
         let sent = Instant::now();
         let reply = shared.link.run(&invocation, true).await?;
         let received = Instant::now();
@@ -402,9 +433,7 @@ impl ScopeState {
         shared.observe_clock(int(reply.get(1)), sent, received);
         match status.as_str() {
             "ok" => {
-                if head_us >= 0 {
-                    self.waiting.store(i64::MIN, Ordering::Release);
-                }
+                self.waiting.store(i64::MIN, Ordering::Release);
                 Ok(Ok(Taken::new(
                     int(reply.get(2)) as u64,
                     interval as u64 | FROM_REDIS,
@@ -419,7 +448,13 @@ impl ScopeState {
                 Ok(Err(self.shared.local_instant(int(reply.get(2))).max(now)))
             }
             // Another replica's earlier client goes first: its grant sends a notice.
-            "turn" => Ok(Err(now + Duration::from_micros(interval as u64))),
+            // The edge's arbiter polls at the token interval meanwhile.
+            "turn" => {
+                let next = now + Duration::from_micros(interval as u64);
+                self.ready_at
+                    .store(self.shared.local_us(next), Ordering::Release);
+                Ok(Err(next))
+            }
             other => Err(self.not_decided(other)),
         }
     }
@@ -430,6 +465,18 @@ impl ScopeState {
 }
 
 impl SharedCapacity for ScopeState {
+    fn candidate(&self, tenant: &str, weight: u32) {
+        let mut c = self
+            .candidate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if c.as_ref()
+            .is_none_or(|(t, w)| &**t != tenant || *w != weight)
+        {
+            *c = Some((Arc::from(tenant), weight));
+        }
+    }
+
     fn set_rate(&self, rate: f64) {
         if rate.is_finite() && rate > 0.0 {
             self.rate.store(rate.to_bits(), Ordering::Release);

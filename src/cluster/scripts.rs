@@ -11,6 +11,7 @@
 //! | `P:v` | hash | replica id → `INCARNATION:VERSION` of that count (a count is only replaced by a newer one) |
 //! | `P:r` | string | the scope's GCRA theoretical arrival time (µs) |
 //! | `P:p` | string | until when (µs) the edge asked that the scope send nothing (`Retry-After`), expiring then |
+//! | `P:f`, `P:vt` | hash, string | the edge's fair queuing across replicas: each tenant's finish tag, and the virtual time |
 //! | `P:w` | sorted set | replica id → when the client at the head of its queue arrived (µs, Redis time) |
 //!
 //! `P` is `sluice:t:TENANT` for a tenant and `sluice:edge` for the `[edge]` ceiling;
@@ -89,6 +90,18 @@ local function served(w, me, channel)
   redis.call('ZREM', w, me)
   if redis.call('ZCARD', w) > 0 then redis.call('PUBLISH', channel, 't') end
 end
+-- The start tag of tenant t's next turn at a fair scope (start-time fair queuing
+-- across replicas): max(virtual time, t's last finish tag).
+local function start_tag(f, vt, t)
+  return math.max(tonumber(redis.call('GET', vt) or '0'), tonumber(redis.call('HGET', f, t) or '0'))
+end
+-- Tenant t (weight w) got the turn that started at tag: virtual time moves to it, t's
+-- finish tag to tag + 10000 / w.
+local function turned(f, vt, t, w, tag)
+  redis.call('HSET', f, t, s(tag + math.floor(10000 / math.max(w, 1))))
+  redis.call('PEXPIRE', f, 3600000)
+  redis.call('SET', vt, s(tag), 'PX', 3600000)
+end
 -- Takes a GCRA token: the new TAT, or 0 and when one is ready.
 local function take(r, interval, tolerance)
   local tat = tonumber(redis.call('GET', r) or '0')
@@ -101,10 +114,12 @@ end
 
 /// A session slot (and, with `take`, a token with it).
 ///
-/// KEYS: replicas, epoch, P:n, P:v, P:r, P:w, P:p.
+/// KEYS: replicas, epoch, P:n, P:v, P:r, P:w, P:p, P:f, P:vt.
 /// ARGV: me, epoch, count (this replica's, the slot asked for included), incarnation,
 /// version, cap, interval µs, tolerance µs, head µs (-1: no FIFO), take (0/1), lease µs,
-/// channel.
+/// channel, tenant ('' : not fair-queued), weight. A tenant scope keeps FIFO by its
+/// heads' arrivals; the edge orders the replicas' arbiters by their next tenant's start
+/// tag (start-time fair queuing across replicas).
 /// Returns `{'ok', now, cluster total, tat (0: no token), token ready at}`,
 /// `{'full', now, cluster total}`, `{'turn', now, 0}`, `{'paused', now, until}` or
 /// `{'epoch', now, 0}`.
@@ -116,10 +131,16 @@ if st then return {{st, now, 0}} end
 local me, head, interval = ARGV[1], tonumber(ARGV[9]), tonumber(ARGV[7])
 local paused = tonumber(redis.call('GET', KEYS[7]) or '0')
 if paused > now then return {{'paused', now, paused}} end
+local tenant, tag = ARGV[13], 0
 if head >= 0 then
   redis.call('ZADD', KEYS[6], s(head), me)
   redis.call('PEXPIRE', KEYS[6], s(math.floor(tonumber(ARGV[11]) / 1000)))
   if behind(KEYS[6], KEYS[1], me, head - interval) then return {{'turn', now, 0}} end
+elseif tenant ~= '' then
+  tag = start_tag(KEYS[8], KEYS[9], tenant)
+  redis.call('ZADD', KEYS[6], s(tag), me)
+  redis.call('PEXPIRE', KEYS[6], s(math.floor(tonumber(ARGV[11]) / 1000)))
+  if behind(KEYS[6], KEYS[1], me, tag) then return {{'turn', now, 0}} end
 end
 local total = others(KEYS[3], KEYS[4], KEYS[1], me) + tonumber(ARGV[3])
 if total > tonumber(ARGV[6]) then return {{'full', now, total - 1}} end
@@ -128,6 +149,10 @@ local tat, ready = 0, 0
 if ARGV[10] == '1' then
   tat, ready = take(KEYS[5], interval, tonumber(ARGV[8]))
   if tat > 0 and head >= 0 then served(KEYS[6], me, ARGV[12]) end
+  if tat > 0 and tenant ~= '' then
+    turned(KEYS[8], KEYS[9], tenant, tonumber(ARGV[14]), tag)
+    served(KEYS[6], me, ARGV[12])
+  end
 end
 return {{'ok', now, total, tat, ready}}"
     ))
@@ -135,8 +160,9 @@ return {{'ok', now, total, tat, ready}}"
 
 /// A handshake token.
 ///
-/// KEYS: replicas, epoch, P:r, P:w, P:p.
-/// ARGV: me, epoch, interval µs, tolerance µs, head µs (-1: no FIFO), channel.
+/// KEYS: replicas, epoch, P:r, P:w, P:p, P:f, P:vt.
+/// ARGV: me, epoch, interval µs, tolerance µs, head µs (-1: no FIFO), channel, tenant
+/// ('': not fair-queued), weight.
 /// Returns `{'ok', now, tat}`, `{'rate', now, ready at}`, `{'turn', now, 0}`,
 /// `{'paused', now, until}` or `{'epoch', now, 0}`.
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
@@ -148,9 +174,19 @@ local me, head, interval = ARGV[1], tonumber(ARGV[5]), tonumber(ARGV[3])
 local paused = tonumber(redis.call('GET', KEYS[5]) or '0')
 if paused > now then return {{'paused', now, paused}} end
 if head >= 0 and behind(KEYS[4], KEYS[1], me, head - interval) then return {{'turn', now, 0}} end
+local tenant, tag = ARGV[7], 0
+if head < 0 and tenant ~= '' then
+  tag = start_tag(KEYS[6], KEYS[7], tenant)
+  redis.call('ZADD', KEYS[4], s(tag), me)
+  if behind(KEYS[4], KEYS[1], me, tag) then return {{'turn', now, 0}} end
+end
 local tat, ready = take(KEYS[3], interval, tonumber(ARGV[4]))
 if tat == 0 then return {{'rate', now, ready}} end
 if head >= 0 then served(KEYS[4], me, ARGV[6]) end
+if head < 0 and tenant ~= '' then
+  turned(KEYS[6], KEYS[7], tenant, tonumber(ARGV[8]), tag)
+  served(KEYS[4], me, ARGV[6])
+end
 return {{'ok', now, tat}}"
     ))
 });
@@ -249,12 +285,12 @@ return 0"
 /// The head this replica registered left (its queue emptied): out of the waiters,
 /// unless a newer head was registered since.
 ///
-/// KEYS: P:w. ARGV: me, head µs it registered, channel.
+/// KEYS: P:w. ARGV: me, head µs it registered (-1: whatever it registered), channel.
 pub(super) static WITHDRAW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) == tonumber(ARGV[2]) then
+if score and (ARGV[2] == '-1' or tonumber(score) == tonumber(ARGV[2])) then
   redis.call('ZREM', KEYS[1], ARGV[1])
   if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('PUBLISH', ARGV[3], 'w') end
 end
