@@ -58,7 +58,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -471,139 +471,6 @@ impl Slots {
     }
 }
 
-/// A token bucket as a GCRA ("generic cell rate algorithm"): `rate` tokens per second,
-/// at most `burst` at once. The whole state is one theoretical arrival time (TAT): a
-/// token may be taken at `now` when `TAT - now <= (burst - 1) · interval`, and taking
-/// it moves the TAT to `max(TAT, now) + interval`. Taken tokens are therefore spaced
-/// `interval` apart once the burst is spent: the pacing DESIGN.md asks for.
-#[derive(Debug)]
-#[repr(C)]
-pub struct Tokens {
-    /// Time zero of `tat`.
-    epoch: Instant,
-    /// Nanoseconds after `epoch`.
-    tat: AtomicU64,
-    /// Nanoseconds per token (changed by the adaptive rate).
-    interval: AtomicU64,
-    /// `(burst - 1) · interval`.
-    tolerance: AtomicU64,
-}
-
-impl Tokens {
-    /// A full bucket.
-    pub fn new(rate: f64, burst: u32) -> Self {
-        let (interval, tolerance) = Self::params(rate, burst);
-        Self {
-            epoch: Instant::now(),
-            tat: AtomicU64::new(0),
-            interval: AtomicU64::new(interval),
-            tolerance: AtomicU64::new(tolerance),
-        }
-    }
-
-    fn params(rate: f64, burst: u32) -> (u64, u64) {
-        let interval = (1e9 / rate).round().clamp(1.0, u64::MAX as f64 / 4.0) as u64;
-        (
-            interval,
-            interval.saturating_mul(u64::from(burst.max(1) - 1)),
-        )
-    }
-
-    /// Changes the rate (with the bucket's `burst`, which the caller keeps: it is not
-    /// stored here, to keep a tenant's hot fields in one cache line); tokens already
-    /// taken keep their spacing.
-    ///
-    /// The backlog (how far the TAT is ahead of now) is rescaled by the same factor as
-    /// the interval, so the bucket is exactly as full as before: a lower rate must not
-    /// turn an emptied bucket partly full again (a larger tolerance over the same
-    /// backlog would), which would let handshakes through at once just when the edge
-    /// signals trouble (found by the property tests, docs/fuzzing.md).
-    pub fn set_rate(&self, rate: f64, burst: u32) {
-        let (interval, tolerance) = Self::params(rate, burst);
-        let old = self.interval.load(Ordering::Relaxed);
-        let rescale = || {
-            let now = self.nanos(Instant::now());
-            let _ = self
-                .tat
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                    (tat > now).then(|| {
-                        let backlog =
-                            u128::from(tat - now) * u128::from(interval) / u128::from(old.max(1));
-                        now.saturating_add(u64::try_from(backlog).unwrap_or(u64::MAX / 4))
-                    })
-                });
-        };
-        // Whichever order is conservative meanwhile: a slower rate grows the backlog
-        // before the tolerance, a faster one shrinks the tolerance before the backlog.
-        if interval >= old {
-            rescale();
-            self.interval.store(interval, Ordering::Relaxed);
-            self.tolerance.store(tolerance, Ordering::Relaxed);
-        } else {
-            self.interval.store(interval, Ordering::Relaxed);
-            self.tolerance.store(tolerance, Ordering::Relaxed);
-            rescale();
-        }
-    }
-
-    /// Time between tokens once the burst is spent.
-    pub fn interval(&self) -> Duration {
-        Duration::from_nanos(self.interval.load(Ordering::Relaxed))
-    }
-
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX / 2)
-    }
-
-    /// Takes a token at `now`, or says from when one can be taken. `Ok` carries the
-    /// state it left, which [`Self::refund`] needs.
-    pub fn try_take(&self, now: Instant) -> Result<Taken, Instant> {
-        let now = self.nanos(now);
-        let interval = self.interval.load(Ordering::Relaxed);
-        let tolerance = self.tolerance.load(Ordering::Relaxed);
-        let mut tat = self.tat.load(Ordering::Acquire);
-        loop {
-            if tat > now + tolerance {
-                return Err(self.epoch + Duration::from_nanos(tat - tolerance));
-            }
-            let next = tat.max(now) + interval;
-            match self
-                .tat
-                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Ok(Taken(next, interval)),
-                Err(actual) => tat = actual,
-            }
-        }
-    }
-
-    /// When the next token can be taken (`<= now` means now).
-    pub fn ready_at(&self) -> Instant {
-        let tat = self.tat.load(Ordering::Acquire);
-        self.epoch
-            + Duration::from_nanos(tat.saturating_sub(self.tolerance.load(Ordering::Relaxed)))
-    }
-
-    /// Whether the bucket is full again at `now` (every token back).
-    pub fn full(&self, now: Instant) -> bool {
-        self.tat.load(Ordering::Acquire) <= self.nanos(now)
-    }
-
-    /// Gives back a token taken by [`Self::try_take`] that was not used (its client
-    /// left before its handshake): the bucket is left as if it had not been taken,
-    /// provided nobody took a token since. If someone did, the refund is dropped: a
-    /// lost token only slows the next client a little, while a late refund could let
-    /// one handshake more than the burst through.
-    pub fn refund(&self, taken: Taken) {
-        let _ = self.tat.compare_exchange(
-            taken.0,
-            taken.0 - taken.1,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-    }
-}
-
 /// Proof of a token taken from [`Tokens`]: the state the take left, and the interval
 /// it added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -622,6 +489,9 @@ impl Taken {
         (self.0, self.1)
     }
 }
+
+mod tokens;
+pub use tokens::Tokens;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,205 @@
+//! Step 4 of the flow, admission across replicas: one scope's decisions on Redis (the `ACQUIRE` and `TAKE` scripts and what their answers mean here).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::super::link::{int, items, text};
+use super::super::scripts;
+use super::{Pending, ScopeState, FROM_REDIS};
+use crate::admission::capacity::{BackendError, Taken};
+
+impl ScopeState {
+    /// The tenant and weight the edge's next turn is for ('' and 0: none, or a tenant
+    /// scope, which keeps FIFO instead).
+    pub(super) fn fair(&self) -> (Arc<str>, u32) {
+        if self.fifo {
+            return (Arc::from(""), 0);
+        }
+        self.candidate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| (Arc::from(""), 0))
+    }
+
+    /// The head's arrival on Redis's clock, or -1 (no FIFO).
+    pub(super) fn head_us(&self, head: Option<Instant>) -> i64 {
+        match head {
+            Some(h) if self.fifo => self.shared.redis_us(h).unwrap_or(-1),
+            _ => -1,
+        }
+    }
+
+    /// A reply that is neither a grant nor a refusal (`epoch`: Redis is not the one
+    /// this replica republished to): heartbeat now, decide after.
+    pub(super) fn not_decided(&self, status: &str) -> BackendError {
+        self.shared.beat_now.notify_one();
+        BackendError(
+            format!(
+                "Redis answered {status:?}: it is new, restarted or flushed; republishing this replica's counts first"
+            )
+            .into(),
+        )
+    }
+
+    pub(super) async fn ask_slot(&self, head: Option<Instant>) -> Result<bool, BackendError> {
+        let mut pending = Pending::new(self);
+        let (count, version) = pending.snapshot;
+        let head_us = self.head_us(head);
+        let fair = self.fair();
+        let (interval, tolerance) = self.gcra();
+        let shared = &self.shared;
+        let mut invocation = scripts::ACQUIRE.prepare_invoke();
+        invocation
+            .key("sluice:replicas")
+            .key("sluice:epoch")
+            .key(format!("{}:n", self.prefix))
+            .key(format!("{}:v", self.prefix))
+            .key(format!("{}:r", self.prefix))
+            .key(format!("{}:w", self.prefix))
+            .key(format!("{}:p", self.prefix))
+            .key(format!("{}:f", self.prefix))
+            .key(format!("{}:vt", self.prefix))
+            .arg(&shared.replica_id)
+            .arg(shared.epoch.load().as_str())
+            .arg(count)
+            .arg(&self.incarnation)
+            .arg(version)
+            .arg(self.cap.load(Ordering::Acquire))
+            .arg(interval)
+            .arg(tolerance)
+            .arg(head_us)
+            .arg(u8::from(self.prefetch))
+            .arg(shared.lease_ttl.as_micros() as i64)
+            .arg(&self.channel)
+            .arg(&*fair.0)
+            .arg(fair.1);
+        // Registered before the ask: if this future is dropped before the answer, the
+        // pump's `idle` still withdraws the head the script may have registered.
+        if head_us >= 0 {
+            self.waiting.store(head_us, Ordering::Release);
+        } else if !fair.0.is_empty() {
+            // Registered with a start tag only Redis knows: withdrawn whatever it is.
+            self.waiting.store(-1, Ordering::Release);
+        }
+        let sent = Instant::now();
+        let reply = shared.link.run(&invocation, true).await?;
+        let received = Instant::now();
+        let reply = items(&reply);
+        let status = text(reply.first());
+        shared.observe_clock(int(reply.get(1)), sent, received);
+        match status.as_str() {
+            "ok" => {
+                pending.granted = true;
+                self.set_cluster_live(int(reply.get(2)));
+                let tat = int(reply.get(3));
+                if tat > 0 {
+                    *self
+                        .prefetched
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some((
+                        Taken::new(tat as u64, interval as u64 | FROM_REDIS),
+                        received,
+                    ));
+                    self.waiting.store(i64::MIN, Ordering::Release);
+                } else {
+                    self.set_ready(int(reply.get(4)));
+                }
+                Ok(true)
+            }
+            "full" => {
+                self.set_cluster_live(int(reply.get(2)));
+                Ok(false)
+            }
+            "turn" => Ok(false),
+            "paused" => {
+                self.set_paused(int(reply.get(2)));
+                Ok(false)
+            }
+            other => Err(self.not_decided(other)),
+        }
+    }
+
+    /// Another replica was asked to pause this scope until `until_us` (Redis time).
+    pub(super) fn set_paused(&self, until_us: i64) {
+        let at = self.shared.local_instant(until_us);
+        self.paused_until
+            .fetch_max(self.shared.local_us(at), Ordering::AcqRel);
+    }
+
+    pub(super) fn set_ready(&self, ready_us: i64) {
+        let at = self.shared.local_instant(ready_us);
+        self.ready_at
+            .store(self.shared.local_us(at), Ordering::Release);
+    }
+
+    pub(super) async fn ask_token(
+        &self,
+        now: Instant,
+        head: Option<Instant>,
+    ) -> Result<Result<Taken, Instant>, BackendError> {
+        let head_us = self.head_us(head);
+        let fair = self.fair();
+        let (interval, tolerance) = self.gcra();
+        let shared = &self.shared;
+        let mut invocation = scripts::TAKE.prepare_invoke();
+        invocation
+            .key("sluice:replicas")
+            .key("sluice:epoch")
+            .key(format!("{}:r", self.prefix))
+            .key(format!("{}:w", self.prefix))
+            .key(format!("{}:p", self.prefix))
+            .key(format!("{}:f", self.prefix))
+            .key(format!("{}:vt", self.prefix))
+            .arg(&shared.replica_id)
+            .arg(shared.epoch.load().as_str())
+            .arg(interval)
+            .arg(tolerance)
+            .arg(head_us)
+            .arg(&self.channel)
+            .arg(&*fair.0)
+            .arg(fair.1);
+        if head_us < 0 && !fair.0.is_empty() {
+            self.waiting.store(-1, Ordering::Release);
+        }
+        let sent = Instant::now();
+        let reply = shared.link.run(&invocation, true).await?;
+        let received = Instant::now();
+        let reply = items(&reply);
+        let status = text(reply.first());
+        shared.observe_clock(int(reply.get(1)), sent, received);
+        match status.as_str() {
+            "ok" => {
+                self.waiting.store(i64::MIN, Ordering::Release);
+                Ok(Ok(Taken::new(
+                    int(reply.get(2)) as u64,
+                    interval as u64 | FROM_REDIS,
+                )))
+            }
+            "rate" => {
+                self.set_ready(int(reply.get(2)));
+                Ok(Err(self.ready_instant().max(now)))
+            }
+            "paused" => {
+                self.set_paused(int(reply.get(2)));
+                Ok(Err(self.shared.local_instant(int(reply.get(2))).max(now)))
+            }
+            // Another replica's earlier client goes first: its grant sends a notice.
+            // The edge's arbiter polls at the token interval meanwhile.
+            "turn" => {
+                let next = now + Duration::from_micros(interval as u64);
+                self.ready_at
+                    .store(self.shared.local_us(next), Ordering::Release);
+                Ok(Err(next))
+            }
+            other => Err(self.not_decided(other)),
+        }
+    }
+
+    pub(super) fn ready_instant(&self) -> Instant {
+        self.shared.start + Duration::from_micros(self.ready_at.load(Ordering::Acquire))
+    }
+}
