@@ -92,6 +92,9 @@ SIZE=1024
 
 # A proxied session holds two descriptors in the proxy; 9,000 sessions need 18,000.
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# sluice logs as operators run it: its default level (a line per connect and per
+# session end); SLUICE_LOG=warn measures it without those lines.
+SLUICE_LOG=${SLUICE_LOG:-info}
 if [ "$(ulimit -n)" -lt 20000 ] && [ "$QUICK" = 0 ]; then
     echo "warning: open files limited to $(ulimit -n); 9,000 idle sessions may fail" >&2
 fi
@@ -301,10 +304,10 @@ proc_of() {
 start_target() {
     case "$(proc_of "$1")" in
         sluice)
-            RUST_LOG=warn "$SLUICE" run --config "$TMP/sluice.toml" 2>>"$OUT/sluice.log" &
+            RUST_LOG="$SLUICE_LOG" "$SLUICE" run --config "$TMP/sluice.toml" 2>>"$OUT/sluice.log" &
             PID[sluice]=$!; wait_port "$SLUICE_PORT" ;;
         sluice-base)
-            RUST_LOG=warn "$SLUICE_BASE" run --config "$TMP/sluice-base.toml" 2>>"$OUT/sluice-base.log" &
+            RUST_LOG="$SLUICE_LOG" "$SLUICE_BASE" run --config "$TMP/sluice-base.toml" 2>>"$OUT/sluice-base.log" &
             PID[sluice-base]=$!; wait_port "$SLUICE_BASE_PORT" ;;
         haproxy)
             haproxy -db -f "$TMP/haproxy.cfg" >>"$OUT/haproxy.log" 2>&1 &
