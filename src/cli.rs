@@ -147,20 +147,20 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Health { admin, path } => health(admin, &path),
         Command::EdgeSim(config) => {
-            let _log = crate::logging::init(cli.log_format);
+            crate::logging::init(cli.log_format);
             block_on(async {
                 let result = crate::tools::edge_sim::run(config, crate::signals::terminate()).await;
                 exit("edge-sim", result)
             })
         }
         Command::Spike(config) => {
-            let _log = crate::logging::init_with(cli.log_format, "warn");
+            crate::logging::init_with(cli.log_format, "warn");
             block_on(spike(config))
         }
         Command::Demo(config) => {
             // The report is the output; sluice's own warnings (the outage's 503s) would
             // only interleave with it. RUST_LOG brings them back.
-            let _log = crate::logging::init_with(cli.log_format, "error");
+            crate::logging::init_with(cli.log_format, "error");
             block_on(demo(config))
         }
         Command::CheckConfig { file } => match Config::load(&file) {
@@ -174,7 +174,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let _log = crate::logging::init(cli.log_format);
+            crate::logging::init(cli.log_format);
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {

@@ -1,7 +1,7 @@
 //! Beside the flow (a leaf): log set-up, text or JSON lines on stderr, and log budgets.
 //!
 //! Log set-up: `tracing` to stderr, as text or JSON lines, filtered by `RUST_LOG`
-//! (default `info`), written by a thread of its own ([`init_with`]).
+//! (default `info`).
 //!
 //! Text lines carry ANSI colour only when stderr (where they go) is a terminal and
 //! `NO_COLOR` is not set (<https://no-color.org>), so a log redirected to a file or
@@ -20,52 +20,26 @@ pub enum LogFormat {
     Json,
 }
 
-/// Keeps the log writer's thread alive; dropping it writes out what is still buffered.
-/// Hold it for as long as the process logs (in `main`).
-#[derive(Debug)]
-#[must_use = "dropping it stops the log writer: hold it for the process's lifetime"]
-pub struct LogGuard {
-    /// Held for its `Drop` (which flushes); `None` when a subscriber was already set.
-    _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
-}
-
-/// Lines the writer thread may hold before a logging call waits for it (it never
-/// drops one: a full buffer makes the caller wait, as a blocking write would).
-const BUFFERED_LINES: usize = 16_384;
-
 /// Installs the global subscriber. A second call (as in tests) is a no-op.
-pub fn init(format: LogFormat) -> LogGuard {
-    init_with(format, "info")
+pub fn init(format: LogFormat) {
+    init_with(format, "info");
 }
 
 /// Installs the global subscriber with `default` as the filter when `RUST_LOG` is not
 /// set (the tools use `warn`: their report is the output).
-///
-/// Lines are formatted where they happen and written to stderr by a thread of their
-/// own, through a buffer flushed whenever no line waits: a burst of connects costs a
-/// few large writes instead of one `write(2)` per line on the handshake path, and an
-/// idle process's lines appear at once.
-pub fn init_with(format: LogFormat, default: &str) -> LogGuard {
+pub fn init_with(format: LogFormat, default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(BUFFERED_LINES)
-        .thread_name("sluice-log")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour(
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR"),
         ))
-        .with_writer(writer);
-    let installed = match format {
+        .with_writer(std::io::stderr);
+    let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    LogGuard {
-        _worker: installed.is_ok().then_some(guard),
-    }
 }
 
 /// Whether text lines get ANSI colour: only on a terminal, and not when `NO_COLOR` is
