@@ -993,13 +993,15 @@ async fn a_replica_restarted_under_its_id_gives_the_dead_ones_slots_back_at_once
         .text();
     std::fs::write(&file, &text).unwrap();
     let start_k = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--config"])
-            .arg(&file)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+        KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(["run", "--config"])
+                .arg(&file)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
     };
     let mut k = start_k();
     let k_url = format!("ws://127.0.0.1:{port}/t/t/");
@@ -1020,8 +1022,8 @@ async fn a_replica_restarted_under_its_id_gives_the_dead_ones_slots_back_at_once
     let url = a.proxy.url("/t/t/?i=queued");
     let queued_client = tokio::spawn(async move { connect_ok(&url, &[]).await });
     wait_until("queued on a", async || queued(&a.proxy, "t") == 1).await;
-    k.kill().unwrap();
-    k.wait().unwrap();
+    k.0.kill().unwrap();
+    k.0.wait().unwrap();
     drop(held);
     let restarted = Instant::now();
     let mut k = start_k();
@@ -1032,8 +1034,8 @@ async fn a_replica_restarted_under_its_id_gives_the_dead_ones_slots_back_at_once
     let waited = restarted.elapsed();
     echo(&mut ws, "in").await;
     let counts = hash(&redis, "sluice:t:t:n");
-    k.kill().unwrap();
-    k.wait().unwrap();
+    k.0.kill().unwrap();
+    k.0.wait().unwrap();
     assert!(
         waited < Duration::from_millis(3000),
         "the dead incarnation's slots came back with the new one, not the lease: {waited:?}"
@@ -1194,4 +1196,15 @@ async fn made_up_tenant_names_create_no_redis_state() {
         "{keys:?}"
     );
     assert_eq!(numpat(), 1, "still one pattern subscription per replica");
+}
+
+/// A child process killed when the test ends, however it ends (a failed assertion
+/// must not leave a replica running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

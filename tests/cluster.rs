@@ -224,13 +224,15 @@ async fn a_killed_replicas_slots_come_back_within_the_lease() {
         .set("listen", "address", &quoted(&format!("127.0.0.1:{port}")))
         .text();
     std::fs::write(&file, &text).unwrap();
-    let mut killed = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--config"])
-        .arg(&file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut killed = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let k_url = format!("ws://127.0.0.1:{port}/t/t/");
     let mut held = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -254,8 +256,8 @@ async fn a_killed_replicas_slots_come_back_within_the_lease() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!queued.is_finished(), "the cap holds while k lives");
     let killed_at = Instant::now();
-    killed.kill().unwrap(); // SIGKILL
-    killed.wait().unwrap();
+    killed.0.kill().unwrap(); // SIGKILL
+    killed.0.wait().unwrap();
     let mut ws = tokio::time::timeout(Duration::from_secs(10), queued)
         .await
         .expect("admitted after k's lease ran out")
@@ -496,6 +498,17 @@ async fn the_edge_weights_hold_across_replicas() {
         w3 * 10 >= 22 * w1,
         "weight 3 against 1 across two replicas: {w3} against {w1} handshakes"
     );
+}
+
+/// A child process killed when the test ends, however it ends (a failed assertion
+/// must not leave a replica running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The live counts of tenant `t` in Redis, all replicas.
