@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::cluster::{replica, try_connect, Got, KillOnDrop};
+
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,36 +16,9 @@ use futures_util::future::join_all;
 use support::redis::Redis;
 use support::{
     admin_request, config, connect, connect_ok, echo, edge, proxy_from_file, quoted, reason,
-    scrape, tenant, wait_until, ConfigBuilder, Edge, EdgeLimits, Proxy, TenantSpec,
+    scrape, tenant, wait_until, EdgeLimits, Proxy,
 };
 use tokio::time::Instant;
-
-const HEARTBEAT: &str = "\"150ms\"";
-const LEASE: &str = "\"900ms\"";
-
-/// A replica's config: `[cluster]` on `redis` as replica `id`, with `spec`.
-fn replica(edge: &Edge, redis: &Redis, id: &str, spec: TenantSpec, policy: &str) -> ConfigBuilder {
-    config()
-        .upstream(&edge.url(false))
-        .tenant(spec)
-        .set("cluster", "redis", &quoted(&redis.url()))
-        .set("cluster", "replica_id", &quoted(id))
-        .set("cluster", "heartbeat", HEARTBEAT)
-        .set("cluster", "lease_ttl", LEASE)
-        .set("cluster", "redis_timeout", "\"50ms\"")
-        .set("cluster", "on_redis_failure", &quoted(policy))
-}
-
-/// What one connect got: `Ok(session)` or the refusal's reason.
-type Got = Result<support::Client, String>;
-
-async fn try_connect(url: String) -> Got {
-    match connect(&url, &[]).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(reason(&resp).to_owned()),
-        Err(e) => Err(format!("error: {e}")),
-    }
-}
 
 fn mode(p: &Proxy) -> &'static str {
     p.shared.cluster.as_ref().unwrap().status().mode
@@ -1196,15 +1171,4 @@ async fn made_up_tenant_names_create_no_redis_state() {
         "{keys:?}"
     );
     assert_eq!(numpat(), 1, "still one pattern subscription per replica");
-}
-
-/// A child process killed when the test ends, however it ends (a failed assertion
-/// must not leave a replica running).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -5,33 +5,14 @@
 
 mod support;
 
+use support::cluster::{replica, try_connect, Got, KillOnDrop};
+
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use support::redis::Redis;
-use support::{
-    config, connect, connect_ok, echo, edge, quoted, reason, tenant, ConfigBuilder, Edge, Serving,
-    TenantSpec,
-};
+use support::{connect, connect_ok, echo, edge, quoted, tenant, Edge, Serving, TenantSpec};
 use tokio::time::Instant;
-
-/// Heartbeat and lease short enough for a test: a killed replica's slots are back
-/// within a second.
-const HEARTBEAT: &str = "\"150ms\"";
-const LEASE: &str = "\"900ms\"";
-
-/// A replica's config: `[cluster]` on `redis` as replica `id`, tenant `t` as `spec`.
-fn replica(edge: &Edge, redis: &Redis, id: &str, spec: TenantSpec, policy: &str) -> ConfigBuilder {
-    config()
-        .upstream(&edge.url(false))
-        .tenant(spec)
-        .set("cluster", "redis", &quoted(&redis.url()))
-        .set("cluster", "replica_id", &quoted(id))
-        .set("cluster", "heartbeat", HEARTBEAT)
-        .set("cluster", "lease_ttl", LEASE)
-        .set("cluster", "redis_timeout", "\"50ms\"")
-        .set("cluster", "on_redis_failure", &quoted(policy))
-}
 
 /// `n` replicas `r0…` with tenant `t` as `spec`.
 async fn replicas(
@@ -50,17 +31,6 @@ async fn replicas(
         );
     }
     out
-}
-
-/// What one connect got: `Ok(session)` or the refusal's reason.
-type Got = Result<support::Client, String>;
-
-async fn try_connect(url: String) -> Got {
-    match connect(&url, &[]).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(reason(&resp).to_owned()),
-        Err(e) => Err(format!("error: {e}")),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,23 +462,12 @@ async fn the_edge_weights_hold_across_replicas() {
     for c in clients {
         c.abort();
     }
-    assert!(w1 + w3 >= 60, "the edge's rate was used: {w1} + {w3}");
+    assert!(w1 + w3 >= 30, "enough turns to tell the weights apart: {w1} + {w3}");
     // 3 : 1 asked; 1.7 : 1 is what equal terms between the replicas' arbiters gave.
     assert!(
         w3 * 10 >= 22 * w1,
         "weight 3 against 1 across two replicas: {w3} against {w1} handshakes"
     );
-}
-
-/// A child process killed when the test ends, however it ends (a failed assertion
-/// must not leave a replica running).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The live counts of tenant `t` in Redis, all replicas.

@@ -5,13 +5,14 @@
 //!
 //! Files: `edge.rs` (the edge), `config.rs` (the builder), `admin.rs` (admin requests
 //! and scrapes), `tools.rs` (Chromium, promtool, CI), `redis.rs` (a `redis-server` of
-//! the test's own, for `[cluster]`); this file starts sluice and holds
+//! the test's own, for `[cluster]`), `cluster.rs` (replicas on it); this file starts sluice and holds
 //! the clients and TLS helpers. (`mod.rs`, not `support.rs`: Cargo would build a
 //! `tests/support.rs` as a test of its own.)
 
 #![allow(dead_code, unreachable_pub)]
 
 mod admin;
+pub mod cluster;
 mod config;
 mod edge;
 pub mod redis;
