@@ -462,7 +462,10 @@ async fn the_edge_weights_hold_across_replicas() {
     for c in clients {
         c.abort();
     }
-    assert!(w1 + w3 >= 30, "enough turns to tell the weights apart: {w1} + {w3}");
+    assert!(
+        w1 + w3 >= 30,
+        "enough turns to tell the weights apart: {w1} + {w3}"
+    );
     // 3 : 1 asked; 1.7 : 1 is what equal terms between the replicas' arbiters gave.
     assert!(
         w3 * 10 >= 22 * w1,
