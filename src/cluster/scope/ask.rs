@@ -45,6 +45,20 @@ impl ScopeState {
         )
     }
 
+    /// Runs a decision script (`ACQUIRE`, `TAKE`); its reply, and when it came. Every
+    /// reply starts with its status and Redis's time, which keeps the clock offset.
+    async fn decide(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<(redis::Value, Instant), BackendError> {
+        let sent = Instant::now();
+        let value = self.shared.link.run(invocation, true).await?;
+        let received = Instant::now();
+        self.shared
+            .observe_clock(int(items(&value).get(1)), sent, received);
+        Ok((value, received))
+    }
+
     pub(super) async fn ask_slot(&self, head: Option<Instant>) -> Result<bool, BackendError> {
         let mut pending = Pending::new(self);
         let (count, version) = pending.snapshot;
@@ -85,13 +99,9 @@ impl ScopeState {
             // Registered with a start tag only Redis knows: withdrawn whatever it is.
             self.waiting.store(-1, Ordering::Release);
         }
-        let sent = Instant::now();
-        let reply = shared.link.run(&invocation, true).await?;
-        let received = Instant::now();
-        let reply = items(&reply);
-        let status = text(reply.first());
-        shared.observe_clock(int(reply.get(1)), sent, received);
-        match status.as_str() {
+        let (value, received) = self.decide(&invocation).await?;
+        let reply = items(&value);
+        match text(reply.first()).as_str() {
             "ok" => {
                 pending.granted = true;
                 self.set_cluster_live(int(reply.get(2)));
@@ -165,13 +175,9 @@ impl ScopeState {
         if head_us < 0 && !fair.0.is_empty() {
             self.waiting.store(-1, Ordering::Release);
         }
-        let sent = Instant::now();
-        let reply = shared.link.run(&invocation, true).await?;
-        let received = Instant::now();
-        let reply = items(&reply);
-        let status = text(reply.first());
-        shared.observe_clock(int(reply.get(1)), sent, received);
-        match status.as_str() {
+        let (value, _) = self.decide(&invocation).await?;
+        let reply = items(&value);
+        match text(reply.first()).as_str() {
             "ok" => {
                 self.waiting.store(i64::MIN, Ordering::Release);
                 Ok(Ok(Taken::new(
