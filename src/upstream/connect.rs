@@ -1,20 +1,20 @@
 //! Step 5 of the flow: one handshake attempt on one endpoint.
 //!
-//! [`Connector::attempt`] connects over TCP (and TLS for `wss://`), sends the request of
-//! [`endpoint_request`] with hyper's HTTP/1.1 client, and takes the upgraded connection
-//! when the endpoint answers `101`; any other status becomes [`AttemptError::Status`]
-//! with its `Retry-After` and trace id. Which endpoint, how often and for how long is
-//! [`super::retry`]'s business.
+//! [`Connector::attempt`] connects over TCP (and TLS for `wss://`), writes the request
+//! of [`endpoint_request`] on the socket and reads the answer's head with `httparse`; a
+//! `101` leaves the socket to the relay as it is (no connection task, no upgrade
+//! hand-off), any other status becomes [`AttemptError::Status`] with its `Retry-After`
+//! and trace id. Which endpoint, how often and for how long is [`super::retry`]'s
+//! business.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, StatusCode};
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::request::endpoint_request;
@@ -85,76 +85,213 @@ impl Connector {
             Stream::Plain(tcp)
         };
         *connected = true;
-
-        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await?;
-        let mut conn = std::pin::pin!(conn.with_upgrades());
-        let upstream_req = endpoint_request(endpoint, req);
-        let mut response = std::pin::pin!(sender.send_request(upstream_req));
-        // The connection future finishes by itself once a 101 has handed the socket
-        // over to the upgrade, which may happen before the response is polled.
-        let (mut resp, conn_done) = tokio::select! {
-            resp = &mut response => (resp?, false),
-            done = &mut conn => {
-                done?;
-                (response.await?, true)
-            }
-        };
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let mut stream = stream;
+        stream
+            .write_all(&endpoint_request(endpoint, req))
+            .await
+            .map_err(AttemptError::Http)?;
+        let (answer, early) = read_response(&mut stream).await?;
+        if answer.status != StatusCode::SWITCHING_PROTOCOLS {
             return Err(AttemptError::Status {
-                status: resp.status(),
-                retry_after: retry_after(resp.headers()),
-                trace_id: trace_id(resp.headers()),
+                status: answer.status,
+                retry_after: answer.retry_after,
+                trace_id: answer.trace_id,
             });
         }
-        let mut headers = HeaderMap::new();
-        for name in HANDSHAKE_RESPONSE_HEADERS {
-            for value in resp.headers().get_all(&name) {
-                headers.append(name.clone(), value.clone());
+        Ok((Leg { stream, early }, answer.headers))
+    }
+}
+
+/// The most an upstream's response head may take: an edge's `101` is a few hundred bytes,
+/// an error page's head a few kilobytes.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The most header lines read from a response head (hyper's default too).
+const MAX_RESPONSE_HEADERS: usize = 100;
+
+/// What sluice keeps of the upstream's final response head.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    /// [`HANDSHAKE_RESPONSE_HEADERS`], for the client's `101`.
+    headers: HeaderMap,
+    retry_after: Option<Duration>,
+    trace_id: Option<String>,
+}
+
+/// Reads the response head to the request just written: informational answers other
+/// than `101` (`100`, `103`) are skipped; the bytes after the final head (the first
+/// frames, when the edge speaks first) are returned to be relayed before anything else.
+/// The buffer lives only for the handshake: an idle session holds none.
+async fn read_response(stream: &mut Stream) -> Result<(Answer, Bytes), AttemptError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if let Some((len, answer)) = parse_response(&buf)? {
+            let _ = buf.split_to(len);
+            if answer.status.is_informational() && answer.status != StatusCode::SWITCHING_PROTOCOLS
+            {
+                continue;
+            }
+            return Ok((answer, buf.freeze()));
+        }
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err(AttemptError::Http(invalid(format!(
+                "response head longer than {MAX_RESPONSE_HEAD} bytes"
+            ))));
+        }
+        buf.reserve(1024);
+        if stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(AttemptError::Http)?
+            == 0
+        {
+            return Err(AttemptError::Http(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the upstream closed the connection before it answered",
+            )));
+        }
+    }
+}
+
+/// One response head from the start of `buf`: `None` while it is incomplete, else its
+/// length and what sluice keeps of it.
+fn parse_response(buf: &[u8]) -> Result<Option<(usize, Answer)>, AttemptError> {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut lines);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => {
+            return Err(AttemptError::Http(invalid(format!(
+                "malformed response head: {e}"
+            ))))
+        }
+    };
+    let status = response
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| AttemptError::Http(invalid("malformed response status".into())))?;
+    let mut answer = Answer {
+        status,
+        headers: HeaderMap::new(),
+        retry_after: None,
+        trace_id: None,
+    };
+    let mut trace_rank = usize::MAX;
+    for line in response.headers.iter() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(name) = HANDSHAKE_RESPONSE_HEADERS
+                .iter()
+                .find(|n| line.name.eq_ignore_ascii_case(n.as_str()))
+            {
+                let value = HeaderValue::from_bytes(line.value)
+                    .map_err(|_| AttemptError::Http(invalid(format!("malformed {name} header"))))?;
+                answer.headers.append(name.clone(), value);
+            }
+        } else if line.name.eq_ignore_ascii_case(header::RETRY_AFTER.as_str()) {
+            answer.retry_after = answer.retry_after.or_else(|| retry_after(line.value));
+        } else if let Some(rank) = TRACE_HEADERS
+            .iter()
+            .position(|h| line.name.eq_ignore_ascii_case(h))
+        {
+            // The first of TRACE_HEADERS present, in that list's order; printable only.
+            if trace_rank > rank {
+                if let Some(v) = HeaderValue::from_bytes(line.value)
+                    .ok()
+                    .and_then(|v| v.to_str().map(|v| v.chars().take(128).collect()).ok())
+                {
+                    trace_rank = rank;
+                    answer.trace_id = Some(v);
+                }
             }
         }
-        let on_upgrade = hyper::upgrade::on(&mut resp);
-        let upgraded = if conn_done {
-            on_upgrade.await?
-        } else {
-            let (upgraded, done) = tokio::join!(on_upgrade, conn);
-            done?;
-            upgraded?
-        };
-        let parts = upgraded
-            .downcast::<TokioIo<Stream>>()
-            .map_err(|_| AttemptError::Upgrade("unexpected connection type".into()))?;
-        Ok((
-            Leg {
-                stream: parts.io.into_inner(),
-                early: parts.read_buf,
-            },
-            headers,
-        ))
     }
+    Ok(Some((len, answer)))
+}
+
+fn invalid(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
 }
 
 /// `Retry-After` in delta-seconds (the form edges use for 503/429), at most a day here
 /// (the longest `upstream.max_pause`); [`Connector::connect`] caps it at `max_pause`.
-pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+pub(super) fn retry_after(value: &[u8]) -> Option<Duration> {
+    let secs: u64 = std::str::from_utf8(value).ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(
         secs.min(crate::config::MAX_MAX_PAUSE.as_secs()),
     ))
 }
 
-fn trace_id(headers: &HeaderMap) -> Option<String> {
-    TRACE_HEADERS.iter().find_map(|h| {
-        headers
-            .get(*h)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.chars().take(128).collect())
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// What `read_response` makes of `chunks` written one by one by a server on
+    /// loopback, which then closes.
+    async fn answer_to(chunks: &[&[u8]]) -> Result<(Answer, Bytes), AttemptError> {
+        let chunks: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            for chunk in &chunks {
+                tcp.write_all(chunk).await.unwrap();
+                tcp.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let mut stream = Stream::Plain(TcpStream::connect(addr).await.unwrap());
+        let result = read_response(&mut stream).await;
+        server.await.unwrap();
+        result
+    }
+
+    #[tokio::test]
+    async fn a_101_in_pieces_keeps_the_handshake_headers_and_the_bytes_after_it() {
+        let (answer, early) = answer_to(&[
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 101 Switching",
+            b" Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc=\r\n",
+            b"sec-websocket-protocol: sip\r\nx-other: 1\r\n\r\n\x81\x02hi",
+        ])
+        .await
+        .unwrap();
+        assert_eq!(answer.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(answer.headers.len(), 2);
+        assert_eq!(answer.headers[header::SEC_WEBSOCKET_ACCEPT], "abc=");
+        assert_eq!(answer.headers[header::SEC_WEBSOCKET_PROTOCOL], "sip");
+        assert_eq!(&early[..], b"\x81\x02hi");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_keeps_its_retry_after_and_the_first_trace_header() {
+        let (answer, _) = answer_to(&[
+            b"HTTP/1.1 503 Service Unavailable\r\ntraceparent: 00-t\r\nRetry-After: 12\r\n",
+            b"X-Trace-Id: abc\r\ncontent-length: 4\r\n\r\nbusy",
+        ])
+        .await
+        .unwrap();
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.retry_after, Some(Duration::from_secs(12)));
+        assert_eq!(answer.trace_id.as_deref(), Some("abc"));
+        assert!(answer.headers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn no_answer_a_bad_answer_or_an_endless_head_is_an_http_error() {
+        let bad: [&[u8]; 3] = [
+            b"HTTP/1.1 101 Switching Protocols\r\n",
+            b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+            b"HTTP/1.1 abc OK\r\n\r\n",
+        ];
+        for chunk in bad {
+            let e = answer_to(&[chunk]).await.unwrap_err();
+            assert!(matches!(e, AttemptError::Http(_)), "{e}");
+            assert!(e.request_level());
+        }
+        let mut long = b"HTTP/1.1 200 OK\r\nset-cookie: ".to_vec();
+        long.resize(MAX_RESPONSE_HEAD + 10, b'a');
+        let e = answer_to(&[&long]).await.unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
+    }
 }

@@ -7,11 +7,9 @@
 //! `X-Forwarded-Proto`, `X-Real-IP` and `X-Request-Id` set. [`endpoint_request`] then
 //! adds one endpoint's path prefix, query and authority for each attempt.
 
-use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request};
-use http_body_util::Empty;
+use http::Request;
 
 use super::ClientInfo;
 use crate::auth;
@@ -154,28 +152,41 @@ pub fn build_request(
     req
 }
 
-/// The request for one endpoint: its path prefix and query joined with the client's,
-/// and its authority as `Host`.
-pub(super) fn endpoint_request(endpoint: &Endpoint, req: &Request<()>) -> Request<Empty<Bytes>> {
+/// The request for one endpoint, as written on its socket: its path prefix and query
+/// joined with the client's, its authority as `Host`, then the rebuilt headers.
+pub(super) fn endpoint_request(endpoint: &Endpoint, req: &Request<()>) -> Vec<u8> {
     let path = req.uri().path();
-    let mut target = String::with_capacity(endpoint.path_prefix.len() + path.len() + 16);
-    target.push_str(&endpoint.path_prefix);
-    target.push_str(path);
     let query = join_query(endpoint, req.uri().query().unwrap_or(""));
+    let headers = req.headers();
+    let size = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + endpoint.path_prefix.len()
+        + path.len()
+        + query.len()
+        + endpoint.authority.len()
+        + 40;
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(endpoint.path_prefix.as_bytes());
+    out.extend_from_slice(path.as_bytes());
     if !query.is_empty() {
-        target.push('?');
-        target.push_str(&query);
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
     }
-    let mut out = Request::new(Empty::new());
-    *out.method_mut() = Method::GET;
-    // Both parts were valid URI pieces, so the join is too.
-    *out.uri_mut() = target
-        .parse()
-        .unwrap_or_else(|_| http::Uri::from_static("/"));
-    *out.headers_mut() = req.headers().clone();
-    if let Ok(host) = HeaderValue::from_str(&endpoint.authority) {
-        out.headers_mut().insert(header::HOST, host);
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(endpoint.authority.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // Header values hold no CR or LF (`HeaderValue` refuses them); `Host` was dropped
+    // from the client's headers when the request was rebuilt.
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(b"\r\n");
     out
 }
 
@@ -265,8 +276,26 @@ mod tests {
             query: "org=9".into(),
             query_keys: vec!["org".into()],
         };
-        let out = endpoint_request(&endpoint, &req);
-        assert_eq!(out.uri(), "/base/ws?a=1&b=2&org=9");
+        let wire = endpoint_request(&endpoint, &req);
+        let mut lines = [httparse::EMPTY_HEADER; 32];
+        let mut out = httparse::Request::new(&mut lines);
+        assert_eq!(
+            out.parse(&wire).unwrap(),
+            httparse::Status::Complete(wire.len())
+        );
+        assert_eq!(out.method, Some("GET"));
+        assert_eq!(out.path, Some("/base/ws?a=1&b=2&org=9"));
+        let sent = |name: &str| -> Vec<&[u8]> {
+            out.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+                .collect()
+        };
+        assert_eq!(sent("host"), [b"edge:7001"]);
+        assert_eq!(sent("x-tenant-id"), [b"acme"]);
+        assert_eq!(sent("upgrade"), [b"websocket"]);
+        assert_eq!(out.headers.len(), h.len() + 1);
         assert_eq!(join_query(&endpoint, "org=10&a=1&org=11"), "a=1&org=9");
         assert_eq!(join_query(&endpoint, ""), "org=9");
         let plain = crate::config::Endpoint {
@@ -275,6 +304,5 @@ mod tests {
             ..endpoint
         };
         assert_eq!(join_query(&plain, "a=1&org=2"), "a=1&org=2");
-        assert_eq!(out.headers()[header::HOST], "edge:7001");
     }
 }
