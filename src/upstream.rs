@@ -206,7 +206,6 @@ impl Attempt<'_> {
 mod tests {
     use super::*;
     use connect::retry_after;
-    use http::header::{self, HeaderValue};
 
     #[test]
     fn failures_to_connect_are_the_endpoints_and_answers_the_tenants() {
