@@ -9,6 +9,8 @@
 
 use std::io::IsTerminal;
 
+mod text;
+
 use tracing_subscriber::EnvFilter;
 
 /// Log line format.
@@ -37,7 +39,7 @@ pub fn init_with(format: LogFormat, default: &str) {
         ))
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.event_format(text::Plain::default()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
