@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # sluice against HAProxy and NGINX (and a direct connection), side by side.
 #
-#   bash bench/run.sh            full run (7 interleaved repetitions, about 15 minutes);
+#   bash bench/run.sh            full run (7 interleaved repetitions, about 20 minutes);
 #                                writes bench/RESULTS.md and bench/results/<time>/
 #   bash bench/run.sh --quick    smoke run (1 repetition, short windows, 1,000 idle
-#                                sessions, about a minute after the build); writes only
-#                                bench/results/<time>-quick/
+#                                sessions, 2 fills of 1,000, about a minute after the
+#                                build); writes only bench/results/<time>-quick/
 #   bash bench/run.sh --reps 3   another number of repetitions
 #   bash bench/run.sh --report bench/results/<time>
 #                                rebuild that run's RESULTS.md from its runs.jsonl
@@ -23,7 +23,7 @@
 #                                --percentiles, a few seconds, once per repetition); full
 #                                runs include them, quick runs only with --admission
 #
-#   A comparison against the previous commit, in about 8 minutes after the builds:
+#   A comparison against the previous commit, in about 10 minutes after the builds:
 #   bash bench/run.sh --reps 3 --baseline HEAD~1 --only-sluice
 #
 # What it does: builds sluice and examples/wsbench in release mode; installs haproxy,

@@ -278,7 +278,7 @@ fn fills_table(d: &Data) {
         .filter(|_| d.present.iter().any(|t| d.get(t, "handshakes", "fill_handshakes_per_s").is_some()));
     if let Some(shape) = shape {
         println!("\nConnect fills ({shape}; medians): handshakes/s and CPU over each fill's connect phase, CPU per session over connect + close.\n");
-        println!("| target | handshakes/s | proxy CPU µs / handshake | proxy CPU µs / session (connect + close) | time to 101 p50 ms | p99 ms | errors | listen overflows (machine) | client-leg TIME_WAIT after |");
+        println!("| target | handshakes/s | proxy CPU µs / handshake | proxy CPU µs / session (connect + close) | time to 101 p50 ms | p99 ms | errors | listen overflows (machine) | TIME_WAIT on the target's port after |");
         println!("|---|---|---|---|---|---|---|---|---|");
         for &t in &d.present {
             println!(

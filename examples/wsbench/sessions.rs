@@ -230,6 +230,7 @@ pub(crate) async fn handshakes(url: &str, f: &Fills, pids: &[u32]) -> Result<Val
     let mut done = 0;
     while done < f.fills.max(1) && (done == 0 || start.elapsed().as_secs_f64() < f.max_secs) {
         let c0 = cpu()?;
+        let n0 = tcp_ext();
         let t0 = Instant::now();
         let (open, fill_lat, fill_errors) = fill(url, &addr, f.count, f.concurrency).await;
         let secs_connect = t0.elapsed().as_secs_f64();
@@ -252,6 +253,9 @@ pub(crate) async fn handshakes(url: &str, f: &Fills, pids: &[u32]) -> Result<Val
             "connect_seconds": round3(secs_connect),
             "handshakes_per_s": round1(n as f64 / secs_connect),
         });
+        if let (Some(a), Some(b)) = (n0, tcp_ext()) {
+            one["listen_overflows"] = json!(b.0.saturating_sub(a.0));
+        }
         if let (Some(c0), Some(c1), Some(c2)) = (c0, c1, c2) {
             cpu_connect += c1 - c0;
             cpu_cycle += c2 - c0;
