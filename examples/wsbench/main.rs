@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Sources: this file (command line, shared helpers, `echo`, `rtt`), `load.rs`,
-//! `sessions.rs` (`idle`, `handshakes`), `report.rs` (`report`).
+//! `sessions.rs` (`idle`, `handshakes`), `report.rs` and `report/targets.rs` (`report`).
 //!
 //! # Threads
 //!
