@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # sluice against HAProxy and NGINX (and a direct connection), side by side.
 #
-#   bash bench/run.sh            full run (7 interleaved repetitions, about 15 minutes);
+#   bash bench/run.sh            full run (7 interleaved repetitions, about 20 minutes);
 #                                writes bench/RESULTS.md and bench/results/<time>/
 #   bash bench/run.sh --quick    smoke run (1 repetition, short windows, 1,000 idle
-#                                sessions, about a minute after the build); writes only
-#                                bench/results/<time>-quick/
+#                                sessions, 2 fills of 1,000, about a minute after the
+#                                build); writes only bench/results/<time>-quick/
 #   bash bench/run.sh --reps 3   another number of repetitions
 #   bash bench/run.sh --report bench/results/<time>
 #                                rebuild that run's RESULTS.md from its runs.jsonl
@@ -18,8 +18,12 @@
 #                                <commit>/ (kept, and reused by the next run)
 #   bash bench/run.sh --only-sluice
 #                                leave HAProxy and NGINX out (targets direct and sluice's)
+#   bash bench/run.sh --admission / --no-admission
+#                                run / skip the admission percentiles (benches/admission.rs
+#                                --percentiles, a few seconds, once per repetition); full
+#                                runs include them, quick runs only with --admission
 #
-#   A comparison against the previous commit, in about 8 minutes after the builds:
+#   A comparison against the previous commit, in about 10 minutes after the builds:
 #   bash bench/run.sh --reps 3 --baseline HEAD~1 --only-sluice
 #
 # What it does: builds sluice and examples/wsbench in release mode; installs haproxy,
@@ -40,10 +44,15 @@
 #   load        100 connections, one frame in flight each: round trips/s and the proxy's
 #               CPU time (user+system, /proc/PID/stat; NGINX: its workers summed) per
 #               round trip; syscalls and context switches per round trip with perf
-#   idle        9,000 idle sessions: RSS growth per session, RSS after all close
-#               (each proxy is restarted just before, so it starts from a fresh heap)
-#   handshakes  connect + close cycles, 50 at a time: handshakes/s (sluice's
-#               admission is on, with limits that never bind)
+#   idle        9,000 idle sessions: RSS growth per session, RSS 2 s and 5 s after all
+#               close (each proxy is restarted just before, so it starts from a fresh heap)
+#   handshakes  repeated connect fills: 6,000 sessions opened with 200 handshakes in
+#               flight, held until the fill is complete, then closed; 3 fills (at most
+#               60 s): handshakes/s and proxy CPU per handshake over the connect phases,
+#               CPU per session over connect + close (sluice's admission and [edge] are
+#               on, with limits that never bind)
+#   admission   (sluice only, no proxy) p50/p99 of one admission decision, one thread
+#               on one tenant and two threads on the same tenant
 #
 # Environment: BENCH_PORT_BASE (default 17000; uses BASE..BASE+6), CARGO_TARGET_DIR,
 # BENCH_NICE (default -10: as root, the benchmark's processes get this priority, so
@@ -59,6 +68,7 @@ REPS=7
 REPORT_ONLY=""
 BASELINE=""
 ONLY_SLUICE=0
+ADMISSION=""   # empty: on for full runs, off for quick ones
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1; REPS=1 ;;
@@ -66,6 +76,8 @@ while [ $# -gt 0 ]; do
         --report) REPORT_ONLY=${2:?--report needs a directory}; shift ;;
         --baseline) BASELINE=${2:?--baseline needs a git revision}; shift ;;
         --only-sluice) ONLY_SLUICE=1 ;;
+        --admission) ADMISSION=1 ;;
+        --no-admission) ADMISSION=0 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -80,14 +92,20 @@ fi
 if [ "$QUICK" = 1 ]; then
     RTT_FRAMES=2000; LOAD_WARM=0.5; LOAD_SECS=2; PERF_SECS=1
     IDLE_CONNS=1000; IDLE_HOLD=1; IDLE_SETTLE=1; IDLE_AFTER=2
-    HS_COUNT=500
+    HS_COUNT=1000; HS_FILLS=2; HS_SETTLE=0.5
+    ADMISSION=${ADMISSION:-0}
 else
     RTT_FRAMES=20000; LOAD_WARM=2; LOAD_SECS=10; PERF_SECS=3
     IDLE_CONNS=9000; IDLE_HOLD=3; IDLE_SETTLE=2; IDLE_AFTER=5
-    HS_COUNT=5000
+    HS_COUNT=6000; HS_FILLS=3; HS_SETTLE=1
+    ADMISSION=${ADMISSION:-1}
 fi
 LOAD_CONNS=100
-HS_CONC=50
+# Connect fills: HS_COUNT sessions held open at once need 2 × HS_COUNT descriptors in a
+# proxy (of 20,000) and HS_COUNT client + HS_COUNT proxy-to-echo ports of loopback's
+# ~28,000 ephemeral ones; the client's close leaves no TIME_WAIT (wsbench: "Closing").
+HS_CONC=200
+HS_MAX_SECS=60
 SIZE=1024
 
 # A proxied session holds two descriptors in the proxy; 9,000 sessions need 18,000.
@@ -142,6 +160,15 @@ echo "== cargo build --release --bin sluice --example wsbench"
 cargo build --release --bin sluice --example wsbench
 SLUICE=$CARGO_TARGET_DIR/release/sluice
 W=$CARGO_TARGET_DIR/release/examples/wsbench
+
+# The admission percentiles: benches/admission.rs, built by cargo bench (bench profile).
+ADMISSION_BIN=""
+if [ "$ADMISSION" = 1 ] && [ -z "$REPORT_ONLY" ]; then
+    echo "== cargo bench --bench admission --no-run"
+    ADMISSION_BIN=$(cargo bench --bench admission --no-run --message-format=json \
+        | grep -o '"executable":"[^"]*"' | tail -1 | sed 's/"executable":"\(.*\)"/\1/')
+    [ -x "$ADMISSION_BIN" ] || { echo "warning: no admission benchmark binary; skipping it" >&2; ADMISSION_BIN=""; }
+fi
 
 # The baseline: REV's sluice, built once per commit in a target directory of its own (its
 # dependencies may differ) from a temporary worktree, which goes away after the build.
@@ -403,6 +430,19 @@ for rep in $(seq "$REPS"); do
         order+=("$t")
     done
     echo "== repetition $rep/$REPS (order: ${order[*]})"
+    if [ -n "$ADMISSION_BIN" ]; then
+        # No proxy is busy meanwhile: the two threads have the cores (and whatever else
+        # runs on the machine).
+        [ "$rep" = 1 ] && echo "$ADMISSION_BIN --percentiles --json" >>"$CMDS"
+        line=$(timeout 120 "$ADMISSION_BIN" --percentiles --json 2>>"$LOG" | grep -m1 '^{') || true
+        if [ -n "$line" ]; then
+            line="${line%\}},\"target\":\"sluice\",\"rep\":$rep}"
+        else
+            line="{\"target\":\"sluice\",\"rep\":$rep,\"scenario\":\"admission\",\"error\":\"no output\"}"
+        fi
+        echo "$line" >>"$RUNS"
+        printf '  %-18s %s\n' admission "$line"
+    fi
     for scenario in rtt load idle handshakes; do
         for t in "${order[@]}"; do
             case $scenario in
@@ -415,7 +455,8 @@ for rep in $(seq "$REPS"); do
                     stop_target "$t"; start_target "$t"
                     run "$t" "$rep" idle --conns "$IDLE_CONNS" --hold-secs "$IDLE_HOLD" \
                         --settle-secs "$IDLE_SETTLE" --after-secs "$IDLE_AFTER" ;;
-                handshakes) run "$t" "$rep" handshakes --count "$HS_COUNT" --concurrency "$HS_CONC" ;;
+                handshakes) run "$t" "$rep" handshakes --count "$HS_COUNT" --concurrency "$HS_CONC" \
+                    --fills "$HS_FILLS" --max-secs "$HS_MAX_SECS" --settle-secs "$HS_SETTLE" ;;
             esac
             sleep 1
         done
@@ -462,14 +503,20 @@ show() { echo "${1#"$ROOT"/}"; }   # paths inside the repository, relative to it
     echo "Entry point: \`bash bench/run.sh\` (\`--quick\` for a smoke run); this run: \`bash bench/run.sh${ARGS_TEXT:+ $ARGS_TEXT}\`. Settings:"
     echo "rtt $RTT_FRAMES frames; load $LOAD_CONNS connections, ${LOAD_WARM} s warm-up, ${LOAD_SECS} s CPU window;"
     echo "idle $IDLE_CONNS sessions opened 200 at a time, ${IDLE_SETTLE} s settle, ${IDLE_HOLD} s hold, ${IDLE_AFTER} s after close;"
-    echo "handshakes $HS_COUNT cycles, $HS_CONC at a time; frames of $SIZE bytes."
+    echo "handshakes: $HS_FILLS fills (none started after ${HS_MAX_SECS} s) of $HS_COUNT sessions, $HS_CONC handshakes in flight,"
+    echo "${HS_SETTLE} s after each fill's close; frames of $SIZE bytes;"
+    if [ -n "$ADMISSION_BIN" ]; then
+        echo "admission percentiles once per repetition, before its scenarios."
+    else
+        echo "admission percentiles not run (\`--admission\` runs them)."
+    fi
     echo
     echo '```sh'
     echo "# servers (configs rendered from bench/ into a temporary directory \$TMP)"
     echo "$(show "$W") echo --listen 127.0.0.1:$ECHO_PORT"
-    echo "RUST_LOG=warn $(show "$SLUICE") run --config \$TMP/sluice.toml"
+    echo "RUST_LOG=$SLUICE_LOG $(show "$SLUICE") run --config \$TMP/sluice.toml"
     if [ -n "$SLUICE_BASE" ]; then
-        echo "RUST_LOG=warn $(show "$SLUICE_BASE") run --config \$TMP/sluice-base.toml   # $BASELINE"
+        echo "RUST_LOG=$SLUICE_LOG $(show "$SLUICE_BASE") run --config \$TMP/sluice-base.toml   # $BASELINE"
     fi
     if [ "$ONLY_SLUICE" = 0 ]; then
         echo "haproxy -db -f \$TMP/haproxy.cfg"
