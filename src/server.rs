@@ -90,6 +90,25 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// Connects the kernel may hold for the proxy's listener before sluice accepts them
+/// (capped by `net.core.somaxconn`). tokio's default, 128, overflows when a few hundred
+/// clients connect at once: the kernel drops the excess SYNs and each client retries a
+/// second later. NGINX uses 511 on Linux.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// The proxy's listener: `SO_REUSEADDR` (as `TcpListener::bind` sets it) and a backlog
+/// of [`LISTEN_BACKLOG`].
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 // === impl Server ===
 
 /// How long a replica waits at start for its first heartbeat before serving anyway.
@@ -104,9 +123,7 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let addr = config.listen.address;
         let runtime = Arc::new(Runtime::new(config)?);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| StartError::Bind { addr, source })?;
         if let Some(cluster) = &runtime.cluster {
             // Serve once this replica is published (or, Redis unreachable, on the
             // failure policy: a replica must start while Redis is down).
