@@ -11,18 +11,17 @@ mod dial;
 mod hold;
 mod outcome;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
 use crate::auth;
 use crate::config::QueueMode;
 use crate::parse::{header_has_token, header_tokens};
 use crate::reject::{self, Reason, Rejection};
+use crate::relay::Leg;
 use crate::runtime::Runtime;
 use crate::tenant;
 use crate::upstream::{self, ClientInfo};
@@ -34,16 +33,68 @@ pub(crate) use outcome::{record_admitted, record_refusal, refuse, ClientGone};
 /// Longest `X-Request-Id` kept from a client; longer or odd ones are replaced.
 pub const MAX_REQUEST_ID: usize = 128;
 
+/// The answer to one request, and what runs on its connection after a `101`.
+#[derive(Debug)]
+pub struct Answer {
+    /// The response to write.
+    pub response: Response<Full<Bytes>>,
+    /// After a `101`: the session, given the client's connection.
+    pub then: Option<Then>,
+}
+
+impl From<Response<Full<Bytes>>> for Answer {
+    fn from(response: Response<Full<Bytes>>) -> Self {
+        Self {
+            response,
+            then: None,
+        }
+    }
+}
+
+/// What runs on a connection once its `101` is written.
+// Moved once per connect; boxing the hold-mode variant would cost an allocation per
+// session for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Then {
+    /// A `hold`-mode session: the edge is connected; relay.
+    Hold(hold::Relay),
+    /// An `accept`-mode session: queue, dial and relay behind the `101`.
+    Accept(Box<accept::Pending>),
+}
+
+impl Then {
+    /// Runs the session on the client's connection, to its end.
+    pub async fn run(self, client: Leg) {
+        match self {
+            Self::Hold(relay) => relay.run(client).await,
+            // Boxed: its state is large, and a hold-mode session's task should not
+            // carry it.
+            Self::Accept(pending) => Box::pin(accept::serve(*pending, client)).await,
+        }
+    }
+
+    /// The `101` could not be written: the session ends before it began.
+    pub fn abandon(self, why: &'static str) {
+        match self {
+            Self::Hold(relay) => relay.abandon(why),
+            Self::Accept(pending) => {
+                tracing::debug!(request_id = %pending.request_id, why, "upgrade failed");
+            }
+        }
+    }
+}
+
 /// Serves one request: a WebSocket upgrade is resolved, authenticated, connected
 /// upstream and relayed; anything else gets its refusal. `address_share` (the
 /// connection's count in `protection.max_pending_per_ip`) is given back once the request
 /// is authenticated.
 pub async fn handle(
-    mut req: Request<Incoming>,
+    req: Request<()>,
     runtime: Arc<Runtime>,
     info: ClientInfo,
     address_share: Arc<crate::protect::AddressShare>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Answer {
     let request_id = request_id(req.headers());
 
     // Step 3 comes first in part: an IP that used up its unauthenticated attempts is
@@ -57,29 +108,30 @@ pub async fn handle(
         .retry_after(left);
         let snapshot = runtime.snapshot();
         let tm = snapshot.tenants.unknown();
-        return Ok(refuse(tm, rejection, &request_id, info, None));
+        return refuse(tm, rejection, &request_id, info, None).into();
     }
 
     // Step 1 (rest): only WebSocket upgrades are served.
     if !is_websocket_upgrade(&req) {
         runtime.preauth.failed(ip);
         tracing::debug!(client = %info.addr, request_id, method = %req.method(), "not a WebSocket upgrade");
-        return Ok(reject::upgrade_required(
+        return reject::upgrade_required(
             "sluice only serves WebSocket upgrades (GET with Upgrade: websocket)",
             &request_id,
-        ));
+        )
+        .into();
     }
     if let Err(bad) = check_handshake(&req) {
         runtime.preauth.failed(ip);
         tracing::debug!(client = %info.addr, request_id, detail = bad.detail(), "malformed WebSocket upgrade");
-        return Ok(match bad {
+        return match bad {
             BadUpgrade::Version => reject::upgrade_required(bad.detail(), &request_id),
             BadUpgrade::Malformed(detail) => reject::bad_request(detail, &request_id),
-        });
+        }
+        .into();
     }
     let snapshot = runtime.snapshot();
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let (parts, _body) = req.into_parts();
+    let (parts, ()) = req.into_parts();
 
     // Step 2: tenant, resolved once into its handle; nothing below looks it up again.
     let resolved = match tenant::resolve_in(&snapshot.config.identity, &snapshot.tenants, &parts) {
@@ -88,7 +140,7 @@ pub async fn handle(
             runtime.preauth.failed(ip);
             let rejection = Rejection::new(Reason::TenantUnknown, e.to_string());
             let tm = snapshot.tenants.unknown();
-            return Ok(refuse(tm, rejection, &request_id, info, None));
+            return refuse(tm, rejection, &request_id, info, None).into();
         }
     };
     let tenant = resolved.tenant.clone();
@@ -104,7 +156,7 @@ pub async fn handle(
             runtime.preauth.failed(ip);
         }
         let rejection = Rejection::new(Reason::Unauthorized, e.to_string());
-        return Ok(refuse(tm, rejection, &request_id, info, None));
+        return refuse(tm, rejection, &request_id, info, None).into();
     }
     // Authenticated: from here the tenant's own limits bound this client, not its
     // address's share of the pending places (a fleet behind one NAT address queues).
@@ -112,7 +164,7 @@ pub async fn handle(
 
     // Draining: no new sessions (the load balancer sends the client elsewhere).
     if runtime.control.draining() {
-        return Ok(refuse(tm, Rejection::draining(), &request_id, info, None));
+        return refuse(tm, Rejection::draining(), &request_id, info, None).into();
     }
     // From here the drain waits for this connect (until its session starts or its
     // answer is given).
@@ -136,14 +188,8 @@ pub async fn handle(
 
     match connect.settings.config.limits.queue_mode {
         // `accept` mode: answer 101 now and queue behind it (see [`accept`]).
-        QueueMode::Accept => Ok(accept::start(
-            connect,
-            &parts,
-            upstream_req,
-            credential,
-            on_upgrade,
-        )),
-        QueueMode::Hold => Ok(hold::serve(connect, upstream_req, on_upgrade).await),
+        QueueMode::Accept => accept::start(connect, &parts, upstream_req, credential),
+        QueueMode::Hold => hold::serve(connect, upstream_req).await,
     }
 }
 
@@ -185,13 +231,42 @@ fn new_request_id() -> String {
 /// Whether a path has a `.` or `..` segment, raw or percent-encoded (with `/` or `\`
 /// possibly encoded too, as some servers decode them before normalising).
 fn has_dot_segment(path: &str) -> bool {
-    let decoded = path
-        .to_ascii_lowercase()
-        .replace("%2e", ".")
-        .replace("%2f", "/")
-        .replace("%5c", "/")
-        .replace('\\', "/");
-    decoded.split('/').any(|seg| seg == "." || seg == "..")
+    let bytes = path.as_bytes();
+    // The current segment: how many dots it has, and whether anything else.
+    let (mut dots, mut other) = (0u32, false);
+    let mut i = 0;
+    loop {
+        // One decoded unit: `%2e` is a dot, `%2f`, `%5c` and `\` are separators.
+        let (unit, len) = match bytes.get(i) {
+            None => (b'/', 0),
+            Some(b'%') if i + 2 < bytes.len() => {
+                match [
+                    bytes[i + 1].to_ascii_lowercase(),
+                    bytes[i + 2].to_ascii_lowercase(),
+                ] {
+                    [b'2', b'e'] => (b'.', 3),
+                    [b'2', b'f'] | [b'5', b'c'] => (b'/', 3),
+                    _ => (b'%', 1),
+                }
+            }
+            Some(b'\\') => (b'/', 1),
+            Some(&b) => (b, 1),
+        };
+        match unit {
+            b'/' => {
+                if !other && (dots == 1 || dots == 2) {
+                    return true;
+                }
+                (dots, other) = (0, false);
+            }
+            b'.' => dots += 1,
+            _ => other = true,
+        }
+        if len == 0 {
+            return false;
+        }
+        i += len;
+    }
 }
 
 /// `GET` with `Connection: upgrade` and `Upgrade: websocket`.
@@ -324,8 +399,48 @@ mod tests {
         ] {
             assert!(has_dot_segment(bad), "{bad}");
         }
-        for ok in ["/", "/a/b", "/a/...", "/a/.well-known", "/v1.2/x"] {
+        for ok in [
+            "/",
+            "/a/b",
+            "/a/...",
+            "/a/.well-known",
+            "/v1.2/x",
+            "/a%",
+            "/%2",
+            "/.%2",
+        ] {
             assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
+
+    /// The scan without allocation finds what decoding the path and splitting it did.
+    #[test]
+    fn dot_segments_agree_with_decoding_then_splitting() {
+        fn decoded(path: &str) -> bool {
+            let decoded = path
+                .to_ascii_lowercase()
+                .replace("%2e", ".")
+                .replace("%2f", "/")
+                .replace("%5c", "/")
+                .replace('\\', "/");
+            decoded.split('/').any(|seg| seg == "." || seg == "..")
+        }
+        let alphabet = [
+            "%", "2", "e", "E", "f", "5", "c", "C", "/", "\\", ".", "a", "%2e", "%2F",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..200_000 {
+            let mut path = String::new();
+            for _ in 0..(seed % 9) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                path.push_str(alphabet[(seed % alphabet.len() as u64) as usize]);
+            }
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            assert_eq!(has_dot_segment(&path), decoded(&path), "{path:?}");
         }
     }
 }

@@ -5,6 +5,7 @@
 //! step 1 ([`listen`]); [`drain`] ends the process's life gracefully.
 
 pub mod drain;
+mod head;
 mod listen;
 
 use std::future::Future;

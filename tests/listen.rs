@@ -297,3 +297,35 @@ async fn a_queued_hold_client_over_tls_is_not_cut_by_the_header_timeout() {
         .expect("served after its wait in the queue");
     echo(&mut second, "after the queue").await;
 }
+
+/// A client may send its first frame in the same write as its request head: it is
+/// relayed after the `101`, in `hold` and in `accept` mode.
+#[tokio::test]
+async fn a_frame_sent_with_the_request_head_is_relayed_after_the_101() {
+    let (_edge, proxy) =
+        lab("[tenants.acc]\nqueue_mode = \"accept\"\nauth = { kind = \"none\" }\n").await;
+    for tenant in ["lab", "acc"] {
+        let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut bytes = format!("GET /t/{tenant}/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").into_bytes();
+        // A masked text frame "early" (RFC 6455 §5.3).
+        let mask = [1u8, 2, 3, 4];
+        bytes.extend_from_slice(&[0x81, 0x80 | 5]);
+        bytes.extend_from_slice(&mask);
+        bytes.extend(b"early".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        tcp.write_all(&bytes).await.unwrap();
+        let mut got = Vec::new();
+        let want: &[u8] = b"\x81\x05early";
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut chunk = [0u8; 1024];
+            while !got.ends_with(want) {
+                let n = tcp.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(read.is_ok(), "{tenant}: {text}");
+        assert!(text.starts_with("HTTP/1.1 101"), "{tenant}: {text}");
+    }
+}

@@ -200,10 +200,11 @@ async fn idle_sessions_are_closed_and_busy_ones_are_not() {
         config_for(&edge.url(false), &[("lab", NO_AUTH)])
     );
     let proxy = proxy(&config).await;
+    // Before the first connect: no session can have been idle 300 ms before this.
+    let began = tokio::time::Instant::now();
     let mut idle_hold = connect_ok(&proxy.url("/t/lab/"), &[]).await;
     let mut idle_accept = connect_ok(&proxy.url("/t/acc/"), &[]).await;
     let mut busy = connect_ok(&proxy.url("/t/acc/"), &[]).await;
-    let began = tokio::time::Instant::now();
     let keep_busy = tokio::spawn(async move {
         for i in 0..12 {
             echo(&mut busy, &format!("tick {i}")).await;

@@ -52,17 +52,14 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use http::request::Parts;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+use http::Request;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::{connect_upstream, record_admitted, record_refusal, ClientGone, Connect};
+use super::{connect_upstream, record_admitted, record_refusal, Answer, ClientGone, Connect, Then};
 use crate::auth::Credential;
 use crate::config::{self, Config};
 use crate::control::{Control, SessionCount, SessionStop};
@@ -72,7 +69,6 @@ use crate::relay::messages::{fault_frame, relay};
 use crate::relay::{Leg, Moved};
 use crate::release::Session;
 use crate::runtime::Runtime;
-use crate::stream::Stream;
 use crate::tenants::{CredentialCheck, Tenant};
 use crate::upstream::{ClientInfo, Connected};
 use crate::ws::{
@@ -87,8 +83,7 @@ pub(crate) fn start(
     parts: &Parts,
     mut upstream_req: Request<()>,
     credential: Option<Credential>,
-    on_upgrade: hyper::upgrade::OnUpgrade,
-) -> Response<Full<Bytes>> {
+) -> Answer {
     let tm = c.settings.metrics.clone();
     let tenant_config = &c.settings.config;
     let protocol = match choose_subprotocol(&tenant_config.limits.subprotocols, parts) {
@@ -106,7 +101,7 @@ pub(crate) fn start(
                     "connect refused (400): no acceptable subprotocol"
                 );
             }
-            return reject::bad_request(&detail, &c.request_id);
+            return reject::bad_request(&detail, &c.request_id).into();
         }
     };
     let key = own_handshake(&mut upstream_req, protocol.as_deref());
@@ -128,8 +123,10 @@ pub(crate) fn start(
         credential,
         inflight: c.inflight,
     };
-    tokio::spawn(serve(pending, on_upgrade));
-    resp
+    Answer {
+        response: resp,
+        then: Some(Then::Accept(Box::new(pending))),
+    }
 }
 
 /// Everything [`serve`] needs of the request, owned by its task.
@@ -249,30 +246,12 @@ async fn while_queued<T>(
     }
 }
 
-/// The client's connection after the `101`, as a WebSocket.
-async fn client_ws(
-    on_upgrade: hyper::upgrade::OnUpgrade,
-    config: WebSocketConfig,
-) -> Result<Ws, String> {
-    let upgraded = on_upgrade.await.map_err(|e| e.to_string())?;
-    let parts = upgraded
-        .downcast::<TokioIo<Stream>>()
-        .map_err(|_| "client connection of unexpected type".to_owned())?;
-    Ok(leg_ws(parts.io.into_inner(), parts.read_buf, Role::Server, config).await)
-}
-
 /// The session task of one `accept`-mode client, from its `101` to the end of its relay.
-pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
+pub async fn serve(p: Pending, client: Leg) {
     let ws_config = ws_config(&p.config.accept);
     // Counts and logs `client-gone` if the client leaves before it is answered.
     let mut gone = ClientGone::new(&p.tm, &p.request_id, p.info.addr);
-    let mut client = match client_ws(on_upgrade, ws_config).await {
-        Ok(ws) => ws,
-        Err(error) => {
-            tracing::debug!(request_id = %p.request_id, %error, "upgrade failed");
-            return;
-        }
-    };
+    let mut client = leg_ws(client.stream, client.early, Role::Server, ws_config).await;
     let mut held = Held::new(&p.config.accept);
     // Step 4: admission, while the client's messages are held.
     let control = &p.shared.control;

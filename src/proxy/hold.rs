@@ -5,22 +5,16 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 
-use super::{connect_upstream, record_admitted, refuse, ClientGone, Connect};
+use super::{connect_upstream, record_admitted, refuse, Answer, ClientGone, Connect, Then};
 use crate::control::SessionStop;
 use crate::reject::{self, Rejection};
 use crate::relay::{self, Leg, Moved};
 use crate::release::Session;
-use crate::stream::Stream;
 
-/// Admits, dials and answers one `hold`-mode connect; the relay runs in a task of its
-/// own once the `101` is sent.
-pub(super) async fn serve(
-    c: Connect,
-    upstream_req: Request<()>,
-    on_upgrade: hyper::upgrade::OnUpgrade,
-) -> Response<Full<Bytes>> {
+/// Admits, dials and answers one `hold`-mode connect; the relay runs on the connection
+/// once the `101` is written ([`Relay::run`]).
+pub(super) async fn serve(c: Connect, upstream_req: Request<()>) -> Answer {
     let tm = &*c.settings.metrics;
     let (request_id, info) = (&c.request_id, c.info);
     // If the client goes away from here on until the 101, hyper drops this future; the
@@ -34,7 +28,7 @@ pub(super) async fn serve(
         Ok(a) => a,
         Err(rejection) => {
             gone.disarm();
-            return refuse(tm, rejection, request_id, info, None);
+            return refuse(tm, rejection, request_id, info, None).into();
         }
     };
     gone.stage = Some("upstream-handshake");
@@ -52,7 +46,7 @@ pub(super) async fn serve(
         Ok(c) => c,
         Err((rejection, failed)) => {
             gone.disarm();
-            return refuse(tm, rejection, request_id, info, failed.as_ref());
+            return refuse(tm, rejection, request_id, info, failed.as_ref()).into();
         }
     };
     gone.disarm();
@@ -90,29 +84,39 @@ pub(super) async fn serve(
     let edge = connected.leg;
     let config = c.runtime.config();
     let stop = SessionStop::new(&c.runtime.control, &config.protection, None);
-    tokio::spawn(async move {
-        let client = match on_upgrade.await {
-            Ok(upgraded) => match upgraded.downcast::<TokioIo<Stream>>() {
-                Ok(parts) => Leg {
-                    stream: parts.io.into_inner(),
-                    early: parts.read_buf,
-                },
-                Err(_) => {
-                    tracing::error!(request_id = %session.request_id, "client connection of unexpected type");
-                    session.abandon("client connection of unexpected type");
-                    return;
-                }
-            },
-            Err(e) => {
-                tracing::debug!(request_id = %session.request_id, error = %e, "upgrade failed");
-                session.abandon("client left before the upgrade completed");
-                return;
-            }
-        };
+    Answer {
+        response: resp,
+        then: Some(Then::Hold(Relay {
+            session,
+            edge,
+            stop,
+        })),
+    }
+}
+
+/// A `hold`-mode session whose edge is connected, waiting for its `101` to be written.
+#[derive(Debug)]
+pub struct Relay {
+    session: Session,
+    edge: Leg,
+    stop: SessionStop,
+}
+
+impl Relay {
+    /// Relays until either side ends, then releases the session (step 7).
+    pub(super) async fn run(self, client: Leg) {
+        let Self {
+            session,
+            edge,
+            stop,
+        } = self;
         let moved = Moved::default();
         let stats = relay::relay(client, edge, &moved, stop.wait(&moved)).await;
-        // Step 7: release.
         session.end(stats);
-    });
-    resp
+    }
+
+    /// The client left before its `101` was written.
+    pub(super) fn abandon(self, why: &'static str) {
+        self.session.abandon(why);
+    }
 }

@@ -1,31 +1,36 @@
-//! Step 1 of the flow: accept TCP (TLS optional) and read the HTTP/1.1 request head with
-//! hyper, within `listen.header_timeout` and `protection.max_header_bytes`.
-//!
+//! Step 1 of the flow: accept TCP (TLS optional), read the HTTP/1.1 request head within
+//! `listen.header_timeout` and `protection.max_header_bytes`, serve it, and after a
+//! `101` run the session in the same task.
 //!
 //! `header_timeout` is one budget from the TCP accept: the TLS handshake and the request
-//! head together (hyper's header read timeout gets what the handshake left). It ends
-//! once the head is read: a `hold`-mode request waiting in its tenant's queue is not
-//! cut by it. Every answer but the `101` closes the connection, so there is one head per
-//! connection. A head larger than the limit is answered `431` by hyper; a client that
-//! does not finish TLS and its head in time is disconnected. Neither affects any other
-//! connection: each runs in its own task.
+//! head together. It ends once the head is read: a `hold`-mode request waiting in its
+//! tenant's queue is not cut by it (but is dropped, queue place and all, when its client
+//! closes the connection). Every answer but the `101` closes the connection, so there is
+//! one head per connection. A head larger than the limit is answered `431`, one that is
+//! not HTTP `400`; a client that does not finish TLS and its head in time is
+//! disconnected. Neither affects any other connection: each runs in its own task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use super::head::{self, HeadError};
 use crate::metrics::Outcome;
 use crate::protect::{Full, Place};
 use crate::proxy;
 use crate::reject::{self, Rejection};
+use crate::relay::Leg;
 use crate::runtime::Runtime;
 use crate::stream::Stream;
 use crate::upstream::ClientInfo;
+
+/// How many header lines a head may have, for the `431` text.
+const MAX_HEADERS_TEXT: &str = "100";
 
 /// Answers a connection over `protection.max_pending_handshakes` (or over
 /// `max_pending_per_ip` from its address): [`reject::overloaded_response`], written
@@ -86,17 +91,20 @@ pub(super) async fn serve_connection(
     let deadline = accepted + header_timeout;
     let stream = match tls {
         None => Stream::Plain(tcp),
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => Stream::ServerTls(Box::new(s)),
-            Ok(Err(e)) => {
-                tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
-                return;
+        // Boxed: the handshake's state is large and must not stay in the session's task.
+        Some(acceptor) => {
+            match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await {
+                Ok(Ok(s)) => Stream::ServerTls(Box::new(s)),
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client = %addr, "TLS handshake timed out");
+                    return;
+                }
             }
-            Err(_) => {
-                tracing::debug!(client = %addr, "TLS handshake timed out");
-                return;
-            }
-        },
+        }
     };
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
@@ -107,19 +115,76 @@ pub(super) async fn serve_connection(
         addr,
         tls: matches!(stream, Stream::ServerTls(_)),
     };
-    let share = place.address_share();
-    let service = service_fn(move |req| proxy::handle(req, runtime.clone(), info, share.clone()));
-    // hyper's header read timeout starts as the connection is first polled (now) and
-    // stops once the head is read; the next head would get it anew, but every answer
-    // but the 101 closes the connection.
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(left)
-        .max_buf_size(max_header_bytes)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    if let Err(e) = conn.await {
-        tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
-    }
+    let mut stream = stream;
+    let mut buf = BytesMut::new();
+    let head = match tokio::time::timeout_at(
+        deadline,
+        head::read_head(&mut stream, &mut buf, max_header_bytes),
+    )
+    .await
+    {
+        Ok(Ok(head)) => head,
+        Ok(Err(HeadError::Gone)) => return,
+        Ok(Err(HeadError::TooLarge)) => {
+            let resp = reject::text_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("request head over protection.max_header_bytes ({max_header_bytes} bytes) or {MAX_HEADERS_TEXT} lines\n"),
+                "",
+            );
+            let _ = head::write_response(&mut stream, resp, false).await;
+            return;
+        }
+        Ok(Err(HeadError::Malformed(detail))) => {
+            tracing::debug!(client = %addr, detail, "malformed request head");
+            let resp = reject::bad_request(&detail, "");
+            let _ = head::write_response(&mut stream, resp, false).await;
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %addr, "request head not read within listen.header_timeout");
+            return;
+        }
+    };
+    let head_only = head.request.method() == http::Method::HEAD;
+    // A body on anything else is never read: its answer (426) closes the connection.
+    let answer = if head.has_body && head.request.headers().contains_key(http::header::UPGRADE) {
+        proxy::Answer::from(reject::bad_request(
+            "a WebSocket upgrade request has no body",
+            "",
+        ))
+    } else {
+        // The request is served (it may wait in its tenant's queue) while the client is
+        // watched: if it leaves, the request is dropped (its queue place with it).
+        let serve = Box::pin(proxy::handle(
+            head.request,
+            runtime.clone(),
+            info,
+            place.address_share(),
+        ));
+        tokio::select! {
+            answer = serve => answer,
+            () = head::client_gone(&mut stream, &mut buf, max_header_bytes) => return,
+        }
+    };
+    let upgrade = answer.response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let written = head::write_response(&mut stream, answer.response, head_only).await;
+    // The HTTP phase is over: the connection no longer counts as pending.
     drop(place);
+    let Some(then) = answer.then.filter(|_| upgrade) else {
+        return;
+    };
+    if let Err(e) = written {
+        tracing::debug!(client = %addr, error = %e, "client left before its 101 was written");
+        then.abandon("client left before the upgrade completed");
+        return;
+    }
+    // Whatever the client sent after its head is the first the relay passes on; the
+    // head's buffer itself is not kept for the session.
+    let early = if buf.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&buf)
+    };
+    drop(buf);
+    then.run(Leg { stream, early }).await;
 }

@@ -86,6 +86,8 @@ pub fn build_request(
     *req.uri_mut() = target
         .parse()
         .unwrap_or_else(|_| http::Uri::from_static("/"));
+    // The client's headers and the up to nine sluice sets, without growing the map.
+    *req.headers_mut() = http::HeaderMap::with_capacity(client.headers.len() + 9);
 
     // Headers named in Connection are hop-by-hop too (except the upgrade itself).
     let named: Vec<HeaderName> = header_tokens(&client.headers, &header::CONNECTION)
@@ -121,17 +123,23 @@ pub fn build_request(
     if let Ok(v) = HeaderValue::from_str(identity.1) {
         headers.insert(identity.0.clone(), v);
     }
-    let ip = info.addr.ip();
-    if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+    let ip = ip_text(info.addr.ip());
+    if let Ok(v) = HeaderValue::from_str(&ip) {
         headers.insert(X_FORWARDED_FOR, v.clone());
         headers.insert(X_REAL_IP, v);
     }
     let proto = if info.tls { "https" } else { "http" };
-    let for_node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut forwarded = format!("for={for_node};proto={proto}");
+    let mut forwarded = String::with_capacity(64);
+    forwarded.push_str("for=");
+    if info.addr.is_ipv4() {
+        forwarded.push_str(&ip);
+    } else {
+        forwarded.push_str("\"[");
+        forwarded.push_str(&ip);
+        forwarded.push_str("]\"");
+    }
+    forwarded.push_str(";proto=");
+    forwarded.push_str(proto);
     if let Some(host) = client
         .headers
         .get(header::HOST)
@@ -139,7 +147,9 @@ pub fn build_request(
     {
         // A quoted-string may not hold a bare quote or backslash: leave such a Host out.
         if !host.contains(['"', '\\']) {
-            forwarded.push_str(&format!(";host=\"{host}\""));
+            forwarded.push_str(";host=\"");
+            forwarded.push_str(host);
+            forwarded.push('"');
         }
     }
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
@@ -150,6 +160,31 @@ pub fn build_request(
         headers.insert(REQUEST_ID, v);
     }
     req
+}
+
+/// An address as text: an IPv4 address digit by digit (`Ipv4Addr`'s `Display` goes
+/// through the formatter for each of its four numbers, a few thousand instructions), an
+/// IPv6 address by its `Display`.
+fn ip_text(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(15);
+            for (i, n) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if n >= 100 {
+                    out.push(char::from(b'0' + n / 100));
+                }
+                if n >= 10 {
+                    out.push(char::from(b'0' + n / 10 % 10));
+                }
+                out.push(char::from(b'0' + n % 10));
+            }
+            out
+        }
+        std::net::IpAddr::V6(v6) => v6.to_string(),
+    }
 }
 
 /// The request for one endpoint, as written on its socket: its path prefix and query
@@ -204,6 +239,25 @@ fn join_query(endpoint: &Endpoint, client: &str) -> String {
 mod tests {
     use super::*;
     use crate::test_util::parts;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.99.100",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        for n in 0..=255u8 {
+            let ip = std::net::IpAddr::from([n, 9, n, 100]);
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 
     #[test]
     fn request_is_rebuilt_without_credentials_or_hop_headers() {
