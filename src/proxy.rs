@@ -14,6 +14,7 @@ mod outcome;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{header, Request, Response};
 use http_body_util::Full;
 
@@ -64,13 +65,14 @@ pub enum Then {
 }
 
 impl Then {
-    /// Runs the session on the client's connection, to its end.
-    pub async fn run(self, client: Leg) {
+    /// Runs the session on the client's connection, to its end. (Not an `async fn`, so
+    /// that its arguments are not kept beside the session's own state.)
+    pub fn run(self, client: Leg) -> impl std::future::Future<Output = ()> + Send {
         match self {
-            Self::Hold(relay) => relay.run(client).await,
+            Self::Hold(relay) => Either::Left(relay.run(client)),
             // Boxed: its state is large, and a hold-mode session's task should not
             // carry it.
-            Self::Accept(pending) => Box::pin(accept::serve(*pending, client)).await,
+            Self::Accept(pending) => Either::Right(Box::pin(accept::serve(*pending, client))),
         }
     }
 

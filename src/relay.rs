@@ -40,6 +40,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -196,7 +197,7 @@ pub async fn relay(
     mut client: Leg,
     mut edge: Leg,
     moved: &Moved,
-    stop: impl Future<Output = Stop>,
+    stop: Pin<&mut (impl Future<Output = Stop> + ?Sized)>,
 ) -> RelayStats {
     let mut c2e = PlainDir::default();
     let mut e2c = PlainDir::default();
@@ -211,9 +212,10 @@ pub async fn relay(
             // On the heap: its state is large and only TLS sessions need it.
             (c, e) => {
                 let generic = Box::pin(relay_generic(c, e, moved));
+                let mut stop = stop;
                 tokio::select! {
                     end = generic => end,
-                    stop = stop => End::Stopped(stop.reason),
+                    stop = stop.as_mut() => End::Stopped(stop.reason),
                 }
             }
         },
@@ -285,7 +287,8 @@ mod tests {
             stream: Stream::Plain(s),
             early: Bytes::new(),
         };
-        let relay = relay(leg(a), leg(b), &moved, std::future::pending());
+        let stop = std::pin::pin!(std::future::pending());
+        let relay = relay(leg(a), leg(b), &moved, stop);
         let size = std::mem::size_of_val(&relay);
         eprintln!("relay future: {size} bytes");
         assert!(size <= 1024, "{size}");

@@ -301,5 +301,5 @@ async fn edge_reset_without_a_close_frame_is_an_error_that_names_itself() {
 /// The relay until the session ends by itself (nothing stops it from outside).
 async fn relay_all(client: Leg, edge: Leg) -> sluice::relay::RelayStats {
     let moved = sluice::relay::Moved::default();
-    relay(client, edge, &moved, std::future::pending()).await
+    relay(client, edge, &moved, std::pin::pin!(std::future::pending())).await
 }

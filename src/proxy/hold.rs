@@ -104,15 +104,21 @@ pub struct Relay {
 
 impl Relay {
     /// Relays until either side ends, then releases the session (step 7).
-    pub(super) async fn run(self, client: Leg) {
+    ///
+    /// Not an `async fn`: its arguments would be kept in its state beside the relay's,
+    /// which holds them already (an idle session's memory is mostly this future).
+    pub(super) fn run(self, client: Leg) -> impl std::future::Future<Output = ()> + Send {
         let Self {
             session,
             edge,
             stop,
         } = self;
-        let moved = Moved::default();
-        let stats = relay::relay(client, edge, &moved, stop.wait(&moved)).await;
-        session.end(stats);
+        async move {
+            let moved = Moved::default();
+            let stop = std::pin::pin!(stop.wait(&moved));
+            let stats = relay::relay(client, edge, &moved, stop).await;
+            session.end(stats);
+        }
     }
 
     /// The client left before its `101` was written.

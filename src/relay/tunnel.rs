@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::task::{ready, Context, Poll};
 
@@ -26,9 +27,8 @@ pub(super) async fn relay_plain(
     edge: &TcpStream,
     moved: &Moved,
     (c2e, e2c): (&mut PlainDir, &mut PlainDir),
-    stop: impl Future<Output = Stop>,
+    mut stop: Pin<&mut (impl Future<Output = Stop> + ?Sized)>,
 ) -> End {
-    let mut stop = std::pin::pin!(stop);
     // Which direction goes first alternates, so that one side's bulk flow cannot spend
     // the task's whole cooperative budget before the other is looked at.
     let mut edge_first = false;

@@ -68,9 +68,8 @@ pub(super) fn overloaded(tcp: &TcpStream, addr: SocketAddr, full: Full, runtime:
     }
 }
 
-/// Serves one connection; `place` (its share of `max_pending_handshakes` and of its
-/// address's `max_pending_per_ip`) is held until its HTTP phase ends: the `101` hands
-/// the connection over, or it closes.
+/// Serves one connection: its HTTP phase ([`handshake`]), then after a `101` its
+/// session, in this task.
 pub(super) async fn serve_connection(
     tcp: TcpStream,
     addr: SocketAddr,
@@ -79,6 +78,25 @@ pub(super) async fn serve_connection(
     runtime: Arc<Runtime>,
     place: Place,
 ) {
+    // The HTTP phase's state lives on the heap and is freed when the session starts, so
+    // an idle session's task holds only the relay's state.
+    let handshake = Box::pin(handshake(tcp, addr, accepted, tls, runtime, place));
+    if let Some((then, client)) = handshake.await {
+        then.run(client).await;
+    }
+}
+
+/// The HTTP phase of one connection, up to its answer; after a `101`, the session to
+/// run and the client's side of it. `place` (its share of `max_pending_handshakes` and
+/// of its address's `max_pending_per_ip`) is held until the answer is written.
+async fn handshake(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    accepted: Instant,
+    tls: Option<TlsAcceptor>,
+    runtime: Arc<Runtime>,
+    place: Place,
+) -> Option<(proxy::Then, Leg)> {
     let _ = tcp.set_nodelay(true);
     let (header_timeout, max_header_bytes) = {
         let config = runtime.config();
@@ -97,11 +115,11 @@ pub(super) async fn serve_connection(
                 Ok(Ok(s)) => Stream::ServerTls(Box::new(s)),
                 Ok(Err(e)) => {
                     tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     tracing::debug!(client = %addr, "TLS handshake timed out");
-                    return;
+                    return None;
                 }
             }
         }
@@ -109,7 +127,7 @@ pub(super) async fn serve_connection(
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         tracing::debug!(client = %addr, "TLS handshake took the whole header timeout");
-        return;
+        return None;
     }
     let info = ClientInfo {
         addr,
@@ -124,7 +142,7 @@ pub(super) async fn serve_connection(
     .await
     {
         Ok(Ok(head)) => head,
-        Ok(Err(HeadError::Gone)) => return,
+        Ok(Err(HeadError::Gone)) => return None,
         Ok(Err(HeadError::TooLarge)) => {
             let resp = reject::text_response(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -132,17 +150,17 @@ pub(super) async fn serve_connection(
                 "",
             );
             let _ = head::write_response(&mut stream, resp, false).await;
-            return;
+            return None;
         }
         Ok(Err(HeadError::Malformed(detail))) => {
             tracing::debug!(client = %addr, detail, "malformed request head");
             let resp = reject::bad_request(&detail, "");
             let _ = head::write_response(&mut stream, resp, false).await;
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(client = %addr, "request head not read within listen.header_timeout");
-            return;
+            return None;
         }
     };
     let head_only = head.request.method() == http::Method::HEAD;
@@ -163,20 +181,18 @@ pub(super) async fn serve_connection(
         ));
         tokio::select! {
             answer = serve => answer,
-            () = head::client_gone(&mut stream, &mut buf, max_header_bytes) => return,
+            () = head::client_gone(&mut stream, &mut buf, max_header_bytes) => return None,
         }
     };
     let upgrade = answer.response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let written = head::write_response(&mut stream, answer.response, head_only).await;
     // The HTTP phase is over: the connection no longer counts as pending.
     drop(place);
-    let Some(then) = answer.then.filter(|_| upgrade) else {
-        return;
-    };
+    let then = answer.then.filter(|_| upgrade)?;
     if let Err(e) = written {
         tracing::debug!(client = %addr, error = %e, "client left before its 101 was written");
         then.abandon("client left before the upgrade completed");
-        return;
+        return None;
     }
     // Whatever the client sent after its head is the first the relay passes on; the
     // head's buffer itself is not kept for the session.
@@ -186,5 +202,5 @@ pub(super) async fn serve_connection(
         Bytes::copy_from_slice(&buf)
     };
     drop(buf);
-    then.run(Leg { stream, early }).await;
+    Some((then, Leg { stream, early }))
 }
