@@ -44,8 +44,9 @@
 //! and [`relay()`] sends messages over [`FRAGMENT`] bytes as fragments of that size (its
 //! write buffer stays at one). What remains of a large message is the buffer tungstenite
 //! assembles it in, freed once the message is sent on: an idle session holds no message
-//! buffer (DESIGN step 6). `src/main.rs` fixes glibc's mmap threshold so that such
-//! blocks go back to the OS.
+//! buffer (DESIGN step 6), and no tungstenite buffer either: [`Ws`] parks a leg between
+//! messages (it gives up its context and awaits its socket's readiness). `src/main.rs`
+//! fixes glibc's mmap threshold so that such blocks go back to the OS.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -258,7 +259,12 @@ async fn client_ws(
     let parts = upgraded
         .downcast::<TokioIo<Stream>>()
         .map_err(|_| "client connection of unexpected type".to_owned())?;
-    Ok(leg_ws(parts.io.into_inner(), parts.read_buf, Role::Server, config).await)
+    Ok(leg_ws(
+        parts.io.into_inner(),
+        parts.read_buf,
+        Role::Server,
+        config,
+    ))
 }
 
 /// The session task of one `accept`-mode client, from its `101` to the end of its relay.
@@ -313,7 +319,7 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
         drop(admitted);
         let Connected { leg, lease, .. } = connected;
         drop(lease);
-        let mut edge = edge_ws(leg, ws_config).await;
+        let mut edge = edge_ws(leg, ws_config);
         tokio::join!(
             close_and_wait(
                 &mut client,
@@ -353,7 +359,7 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
         p.info.addr,
         endpoint.url.clone(),
     );
-    let edge = edge_ws(leg, ws_config).await;
+    let edge = edge_ws(leg, ws_config);
     let held = held.into_messages();
     let revocation = p
         .credential
@@ -373,8 +379,8 @@ pub async fn serve(p: Pending, on_upgrade: hyper::upgrade::OnUpgrade) {
 }
 
 /// The upstream connection as a WebSocket.
-async fn edge_ws(leg: Leg, config: WebSocketConfig) -> Ws {
-    leg_ws(leg.stream, leg.early, Role::Client, config).await
+fn edge_ws(leg: Leg, config: WebSocketConfig) -> Ws {
+    leg_ws(leg.stream, leg.early, Role::Client, config)
 }
 
 /// Counts and logs a refusal as in `hold` mode, then tells the client with a close frame.
