@@ -42,13 +42,15 @@ use super::Refragment;
 use crate::stream::Stream;
 
 /// Contexts of parked legs each thread keeps for the next leg to unpark, per role: taking
-/// one is a move, where a new one would take two allocations (its read buffer, and
-/// the shared header that the first message split off the buffer makes it).
+/// one is a move, where a new one would take three allocations (its box, its read
+/// buffer, and the shared header that the first message split off the buffer makes it).
 const SPARES: usize = 8;
 
 thread_local! {
-    /// Spare contexts, as parked (as fresh ones): servers' first, then clients'.
-    static SPARE: RefCell<[Vec<WebSocketContext>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+    /// Spare contexts, as parked (as fresh ones): servers' first, then clients'. Boxed
+    /// as in [`Ws`], so that a leg takes and gives one back by moving a pointer.
+    #[allow(clippy::vec_box)]
+    static SPARE: RefCell<[Vec<Box<WebSocketContext>>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
 }
 
 fn role_index(role: Role) -> usize {
@@ -59,19 +61,19 @@ fn role_index(role: Role) -> usize {
 }
 
 /// A context for a leg in `role` to unpark with: a spare one, or a new one.
-fn take_context(role: Role, config: WebSocketConfig) -> WebSocketContext {
+fn take_context(role: Role, config: WebSocketConfig) -> Box<WebSocketContext> {
     let spare = SPARE.with_borrow_mut(|spare| spare[role_index(role)].pop());
     match spare {
         Some(mut ctx) => {
             ctx.set_config(|c| *c = config);
             ctx
         }
-        None => WebSocketContext::new(role, Some(config)),
+        None => Box::new(WebSocketContext::new(role, Some(config))),
     }
 }
 
 /// Keeps the context of a leg that parks, as a spare (when fewer than [`SPARES`] are).
-fn keep_context(role: Role, ctx: WebSocketContext) {
+fn keep_context(role: Role, ctx: Box<WebSocketContext>) {
     let full = SPARE.with_borrow_mut(|spare| {
         let spare = &mut spare[role_index(role)];
         if spare.len() < SPARES {
@@ -88,8 +90,9 @@ fn keep_context(role: Role, ctx: WebSocketContext) {
 #[derive(Debug)]
 pub struct Ws {
     io: Refragment<Stream>,
-    /// tungstenite's state and buffers; `None` while the leg is parked.
-    ctx: Option<WebSocketContext>,
+    /// tungstenite's state and buffers; `None` while the leg is parked (boxed, so that
+    /// a parked leg does not keep its room either).
+    ctx: Option<Box<WebSocketContext>>,
     role: Role,
     config: WebSocketConfig,
     /// The last read found nothing more to read.
@@ -416,7 +419,7 @@ mod tests {
     fn an_idle_leg_is_small() {
         let size = std::mem::size_of::<Ws>();
         let ctx = std::mem::size_of::<WebSocketContext>();
-        eprintln!("Ws: {size} bytes, of which the context {ctx}");
+        eprintln!("Ws: {size} bytes; its context, boxed while it holds one: {ctx}");
         assert!(size <= 1024, "{size}");
     }
 }
