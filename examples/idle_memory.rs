@@ -2,8 +2,8 @@
 //!
 //! Starts an echo edge in this process, runs the release `sluice` binary in front of it,
 //! opens N sessions through it (each echoes one message, then stays idle), and reads
-//! sluice's resident memory (VmRSS) before, with all sessions idle, and after they all
-//! closed.
+//! sluice's resident memory (VmRSS) before, with all sessions idle, and 2 s and 5 s after
+//! the edge saw the last of them end.
 //!
 //! ```sh
 //! cargo build --release --bins --examples
@@ -39,6 +39,9 @@ fn rss_kib(pid: u32) -> u64 {
 struct Figures {
     before: u64,
     idle: u64,
+    /// 2 s after the edge saw the last session end.
+    after_2s: u64,
+    /// 5 s after.
     after: u64,
 }
 
@@ -88,7 +91,16 @@ fn report(n: usize, mode: &str, large: Option<usize>, f: &Figures) {
     }
     println!("sluice RSS before   {} KiB", f.before);
     println!("sluice RSS idle     {} KiB", f.idle);
-    println!("sluice RSS after    {} KiB (all closed)", f.after);
+    println!(
+        "sluice RSS after 2s {} KiB ({:.2} x before)",
+        f.after_2s,
+        f.after_2s as f64 / f.before as f64
+    );
+    println!(
+        "sluice RSS after 5s {} KiB ({:.2} x before)",
+        f.after,
+        f.after as f64 / f.before as f64
+    );
     println!("per idle session    {:.0} bytes", per_session(f, n));
 }
 
@@ -194,7 +206,9 @@ async fn measure(n: usize, mode: &str, large: Option<usize>) -> Figures {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_2s = rss_kib(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss_kib(pid);
     child.kill().ok();
     child.wait().ok();
@@ -203,6 +217,7 @@ async fn measure(n: usize, mode: &str, large: Option<usize>) -> Figures {
     Figures {
         before,
         idle,
+        after_2s,
         after,
     }
 }

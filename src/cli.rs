@@ -118,11 +118,14 @@ fn health(admin: std::net::SocketAddr, path: &str) -> ExitCode {
     }
 }
 
-/// Runs `job` on a multi-thread runtime; its exit code, or failure when the runtime
-/// cannot start.
+/// Runs `job` on a multi-thread runtime (with the memory watcher,
+/// [`crate::release::memory`]); its exit code, or failure when the runtime cannot start.
 fn block_on(job: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(job),
+        Ok(rt) => {
+            crate::release::memory::watch(rt.handle().clone());
+            rt.block_on(job)
+        }
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             ExitCode::FAILURE

@@ -6,7 +6,7 @@ fn main() -> std::process::ExitCode {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         fixed_mmap_threshold();
-        trim::start();
+        trim::install();
     }
     sluice::cli::main()
 }
@@ -45,40 +45,94 @@ fn fixed_mmap_threshold() {
     }
 }
 
-/// glibc's malloc keeps the memory of ended sessions in its arenas, so after a reconnect
-/// storm RSS would stay at its peak for good. `malloc_trim(0)` hands the free pages of
-/// every arena back to the OS. A background thread calls it when many sessions have
-/// ended since the last call, and never more than once per period: quiet while sessions
-/// are stable.
+/// What [`sluice::release::memory`] runs after many sessions ended: glibc's malloc keeps
+/// their memory in its arenas and in each thread's cache, so after a reconnect storm RSS
+/// would stay at its peak for good.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod trim {
-    use std::sync::atomic::Ordering;
-    use std::time::Duration;
+    use std::cell::RefCell;
 
-    use sluice::release::SESSIONS_ENDED;
+    use sluice::release::memory::Hooks;
 
-    /// How often the thread looks.
-    const PERIOD: Duration = Duration::from_secs(2);
-    /// Sessions that must have ended since the last trim.
-    const ENDED: u64 = 64;
+    /// Size classes of glibc's per-thread cache (tcache): blocks of 32 to 1040 bytes.
+    const CLASSES: usize = 64;
+    /// Blocks it keeps per class (glibc's default `tcache_count`).
+    const CACHED: usize = 7;
 
-    pub(super) fn start() {
-        let _ = std::thread::Builder::new()
-            .name("sluice-trim".into())
-            .spawn(|| {
-                let mut at_last_trim = 0;
-                loop {
-                    std::thread::sleep(PERIOD);
-                    let ended = SESSIONS_ENDED.load(Ordering::Relaxed);
-                    if ended.saturating_sub(at_last_trim) >= ENDED {
-                        at_last_trim = ended;
-                        // SAFETY: malloc_trim has no preconditions; it takes glibc's
-                        // own arena locks.
-                        unsafe {
-                            libc::malloc_trim(0);
-                        }
-                    }
+    thread_local! {
+        /// A worker's stand-ins: [`CACHED`] blocks of each class, taken when the thread
+        /// was new (so from one compact stretch of its arena) and kept.
+        static STAND_INS: RefCell<Vec<*mut libc::c_void>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn install() {
+        sluice::release::memory::install(Hooks {
+            trim,
+            prepare_thread,
+            release_cache,
+        });
+    }
+
+    /// Request size of a block of `class`.
+    fn size(class: usize) -> usize {
+        24 + 16 * class
+    }
+
+    /// Hands the free pages of every arena back to the OS.
+    fn trim() {
+        // SAFETY: malloc_trim has no preconditions; it takes glibc's own arena locks.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    /// Takes the calling thread's stand-ins (once).
+    fn prepare_thread() {
+        STAND_INS.with_borrow_mut(|stand_ins| {
+            if !stand_ins.is_empty() {
+                return;
+            }
+            stand_ins.reserve_exact(CLASSES * CACHED);
+            for class in 0..CLASSES {
+                for _ in 0..CACHED {
+                    // SAFETY: malloc of a non-zero size; kept for the thread's life.
+                    stand_ins.push(unsafe { libc::malloc(size(class)) });
                 }
-            });
+            }
+        });
+    }
+
+    /// The calling thread's tcache keeps the last blocks freed of each size: after a
+    /// storm of closes, blocks of ended sessions all over the heap, each keeping its
+    /// page resident, and `malloc_trim` cannot release them (to the arena they are in
+    /// use). This takes them out of the cache, fills the cache with the thread's
+    /// stand-ins, frees the taken blocks (the cache being full, they go back to the
+    /// arena, where `trim` releases their pages), and takes the stand-ins back: the
+    /// cache is left empty.
+    fn release_cache() {
+        STAND_INS.with_borrow_mut(|stand_ins| {
+            if stand_ins.len() != CLASSES * CACHED {
+                return;
+            }
+            let mut taken = [[std::ptr::null_mut::<libc::c_void>(); CACHED]; CLASSES];
+            for (class, row) in taken.iter_mut().enumerate() {
+                for block in row.iter_mut() {
+                    // SAFETY: malloc of a non-zero size; freed below.
+                    *block = unsafe { libc::malloc(size(class)) };
+                }
+            }
+            for &block in stand_ins.iter() {
+                // SAFETY: a stand-in from malloc, taken again below before any other use.
+                unsafe { libc::free(block) };
+            }
+            for &block in taken.iter().flatten() {
+                // SAFETY: from malloc above (or null), freed once.
+                unsafe { libc::free(block) };
+            }
+            for (at, block) in stand_ins.iter_mut().enumerate() {
+                // SAFETY: malloc of a non-zero size; the cache gives the stand-in back.
+                *block = unsafe { libc::malloc(size(at / CACHED)) };
+            }
+        });
     }
 }

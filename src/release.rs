@@ -19,8 +19,10 @@ use crate::relay::{End, RelayStats};
 use crate::tenants::Tenant;
 use crate::upstream::Lease;
 
-/// Sessions ended in this process so far (every server in it). The binary watches it to
-/// hand freed memory back to the OS after many sessions ended.
+pub mod memory;
+
+/// Sessions ended in this process so far (every server in it). [`memory::watch`] looks
+/// at it to hand freed memory back to the OS after many sessions ended.
 pub static SESSIONS_ENDED: AtomicU64 = AtomicU64::new(0);
 
 /// A live proxied session.

@@ -14,7 +14,9 @@
 //! buffering), bounds the write buffer, and limits frames and messages to
 //! `accept.max_message_bytes`. A leg's bytes reach tungstenite through [`Refragment`],
 //! which hands it large data frames as fragments of [`FRAGMENT`] bytes, so that its read
-//! buffer stays at [`READ_BUFFER`]. Figures are in `docs/benchmarks.md`.
+//! buffer stays at [`READ_BUFFER`]. And an idle leg holds no tungstenite buffer at all:
+//! [`Ws`] parks it (drops its context) between messages. Figures are in
+//! `docs/benchmarks.md`.
 
 use std::time::Duration;
 
@@ -29,34 +31,33 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::auth;
 use crate::config;
 use crate::reject;
 use crate::stream::Stream;
 
-/// Read buffer of each leg, allocated when the leg is set up and kept for its life: most
-/// of an idle session's memory. Signaling messages are small; a larger one is read in
-/// pieces of this size into a buffer grown for it.
+/// Read buffer of a leg's tungstenite context, held while the leg is busy ([`Ws`] parks an
+/// idle leg without one). Signaling messages are small; a larger one is read in pieces
+/// of this size into a buffer grown for it.
 pub const READ_BUFFER: usize = 4096;
 /// How long a closing handshake may take before the connection is dropped.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest close reason a close frame carries (one definition, in [`crate::reject`]).
 pub use crate::reject::MAX_CLOSE_REASON;
 
+mod leg;
 mod refragment;
 
+pub use leg::Ws;
 pub use refragment::{Refragment, FRAGMENT};
 
-/// A WebSocket connection on either leg.
-pub type Ws = WebSocketStream<Refragment<Stream>>;
-
 /// A leg's connection as a WebSocket in `role`: what was read past the handshake
-/// (`early`) first, large incoming frames re-cut ([`Refragment`]).
-pub async fn leg_ws(stream: Stream, early: Bytes, role: Role, config: WebSocketConfig) -> Ws {
+/// (`early`) first, large incoming frames re-cut ([`Refragment`]); parked until it has
+/// something to read or write ([`Ws`]).
+pub fn leg_ws(stream: Stream, early: Bytes, role: Role, config: WebSocketConfig) -> Ws {
     let max = config.max_frame_size.unwrap_or(usize::MAX);
-    WebSocketStream::from_raw_socket(Refragment::new(stream, early, max), role, Some(config)).await
+    Ws::new(Refragment::new(stream, early, max), role, config)
 }
 
 /// The tungstenite configuration of both legs (see the module docs, "Cost").

@@ -44,8 +44,9 @@
 //! and [`relay()`] sends messages over [`FRAGMENT`] bytes as fragments of that size (its
 //! write buffer stays at one). What remains of a large message is the buffer tungstenite
 //! assembles it in, freed once the message is sent on: an idle session holds no message
-//! buffer (DESIGN step 6). `src/main.rs` fixes glibc's mmap threshold so that such
-//! blocks go back to the OS.
+//! buffer (DESIGN step 6), and no tungstenite buffer either: [`Ws`] parks a leg between
+//! messages (it gives up its context and awaits its socket's readiness). `src/main.rs`
+//! fixes glibc's mmap threshold so that such blocks go back to the OS.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -251,7 +252,7 @@ pub async fn serve(p: Pending, client: Leg) {
     let ws_config = ws_config(&p.config.accept);
     // Counts and logs `client-gone` if the client leaves before it is answered.
     let mut gone = ClientGone::new(&p.tm, &p.request_id, p.info.addr);
-    let mut client = leg_ws(client.stream, client.early, Role::Server, ws_config).await;
+    let mut client = leg_ws(client.stream, client.early, Role::Server, ws_config);
     let mut held = Held::new(&p.config.accept);
     // Step 4: admission, while the client's messages are held.
     let control = &p.shared.control;
@@ -292,7 +293,7 @@ pub async fn serve(p: Pending, client: Leg) {
         drop(admitted);
         let Connected { leg, lease, .. } = connected;
         drop(lease);
-        let mut edge = edge_ws(leg, ws_config).await;
+        let mut edge = edge_ws(leg, ws_config);
         tokio::join!(
             close_and_wait(
                 &mut client,
@@ -332,7 +333,7 @@ pub async fn serve(p: Pending, client: Leg) {
         p.info.addr,
         endpoint.url.clone(),
     );
-    let edge = edge_ws(leg, ws_config).await;
+    let edge = edge_ws(leg, ws_config);
     let held = held.into_messages();
     let revocation = p
         .credential
@@ -352,8 +353,8 @@ pub async fn serve(p: Pending, client: Leg) {
 }
 
 /// The upstream connection as a WebSocket.
-async fn edge_ws(leg: Leg, config: WebSocketConfig) -> Ws {
-    leg_ws(leg.stream, leg.early, Role::Client, config).await
+fn edge_ws(leg: Leg, config: WebSocketConfig) -> Ws {
+    leg_ws(leg.stream, leg.early, Role::Client, config)
 }
 
 /// Counts and logs a refusal as in `hold` mode, then tells the client with a close frame.

@@ -109,6 +109,9 @@ pub struct Refragment<S> {
     gathered: Vec<u8>,
     gathered_out: usize,
     coalescing: bool,
+    /// The frames handed out so far began a fragmented data message that has not ended
+    /// (tungstenite is assembling it).
+    in_message: bool,
 }
 
 /// A header's length, from its second byte.
@@ -157,7 +160,24 @@ impl<S> Refragment<S> {
             gathered: Vec::new(),
             gathered_out: 0,
             coalescing: false,
+            in_message: false,
         }
+    }
+
+    /// The connection.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Whether everything read from the connection has been handed out and ended a
+    /// message: then tungstenite, once its last read came back empty-handed, holds
+    /// nothing of the leg's incoming stream (no part of a frame, no part of a message).
+    pub fn between_messages(&self) -> bool {
+        self.remaining == 0
+            && self.have == 0
+            && self.out_at == self.out_len
+            && self.early.is_empty()
+            && !self.in_message
     }
 
     /// A frame's header `h` (whole) was read: decides whether the frame is split and
@@ -168,6 +188,12 @@ impl<S> Refragment<S> {
         self.offset = 0;
         self.split = None;
         let (first, opcode) = (h[0], h[0] & 0x0f);
+        let fin = first & 0x80 != 0;
+        match opcode {
+            1 | 2 => self.in_message = !fin,
+            0 if fin => self.in_message = false,
+            _ => {}
+        }
         let plain_data = first & 0x70 == 0 && opcode <= 2;
         if plain_data && len > FRAGMENT as u64 && len <= self.max_frame {
             h[0] = first & 0x7f;

@@ -37,9 +37,8 @@ async fn legs() -> (Peer, Ws, Ws, Peer) {
         Bytes::new(),
         Role::Server,
         config,
-    )
-    .await;
-    let edge_leg = leg_ws(Stream::Plain(edge_leg), Bytes::new(), Role::Client, config).await;
+    );
+    let edge_leg = leg_ws(Stream::Plain(edge_leg), Bytes::new(), Role::Client, config);
     (client, client_leg, edge_leg, edge)
 }
 
