@@ -70,19 +70,23 @@ pub(super) fn overloaded(tcp: &TcpStream, addr: SocketAddr, full: Full, runtime:
 
 /// Serves one connection: its HTTP phase ([`handshake`]), then after a `101` its
 /// session, in this task.
-pub(super) async fn serve_connection(
+///
+/// The HTTP phase's state lives on the heap and is freed when the session starts, so an
+/// idle session's task holds only the relay's state. (Not an `async fn`: its arguments
+/// would stay in the task's state for the session's whole life.)
+pub(super) fn serve_connection(
     tcp: TcpStream,
     addr: SocketAddr,
     accepted: Instant,
     tls: Option<TlsAcceptor>,
     runtime: Arc<Runtime>,
     place: Place,
-) {
-    // The HTTP phase's state lives on the heap and is freed when the session starts, so
-    // an idle session's task holds only the relay's state.
+) -> impl std::future::Future<Output = ()> + Send {
     let handshake = Box::pin(handshake(tcp, addr, accepted, tls, runtime, place));
-    if let Some((then, client)) = handshake.await {
-        then.run(client).await;
+    async move {
+        if let Some((then, client)) = handshake.await {
+            then.run(client).await;
+        }
     }
 }
 
