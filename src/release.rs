@@ -105,7 +105,7 @@ impl Session {
             target: "sluice::session",
             tenant = %self.tenant.name,
             request_id = %self.request_id,
-            client = %self.client,
+            client = %crate::logging::Addr(self.client),
             endpoint = %self.endpoint,
             end,
             why,

@@ -30,7 +30,7 @@ pub(crate) fn record_admitted(
         outcome = outcome.as_str(),
         request_id,
         queue_wait_ms = waited.map(|w| w.as_millis() as u64),
-        client = %info.addr,
+        client = %crate::logging::Addr(info.addr),
         tenant_source,
         endpoint = %connected.endpoint.url,
         handshake_ms = connected.handshake.as_millis() as u64,
@@ -111,7 +111,7 @@ impl<'a> ClientGone<'a> {
                 queue_wait_ms = queued.then_some(waited.as_millis() as u64),
                 error,
                 request_id = self.request_id,
-                client = %self.client,
+                client = %crate::logging::Addr(self.client),
                 suppressed,
                 "{message}"
             );
@@ -165,7 +165,7 @@ pub(crate) fn record_refusal(
             tenant = tm.name,
             outcome = rejection.reason.as_str(),
             request_id,
-            client = %info.addr,
+            client = %crate::logging::Addr(info.addr),
             detail = %rejection.detail,
             upstream_status = upstream_status.as_deref(),
             retry_after_s = rejection.retry_after_secs(),

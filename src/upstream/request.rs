@@ -162,26 +162,13 @@ pub fn build_request(
     req
 }
 
-/// An address as text: an IPv4 address digit by digit (`Ipv4Addr`'s `Display` goes
-/// through the formatter for each of its four numbers, a few thousand instructions), an
-/// IPv6 address by its `Display`.
+/// An address as text, as its `Display` writes it (an IPv4 address without going
+/// through the formatter: see [`crate::logging::ipv4_text`]).
 fn ip_text(ip: std::net::IpAddr) -> String {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            let mut out = String::with_capacity(15);
-            for (i, n) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                if n >= 100 {
-                    out.push(char::from(b'0' + n / 100));
-                }
-                if n >= 10 {
-                    out.push(char::from(b'0' + n / 10 % 10));
-                }
-                out.push(char::from(b'0' + n % 10));
-            }
-            out
+            let (text, len) = crate::logging::ipv4_text(v4);
+            String::from_utf8_lossy(&text[..len]).into_owned()
         }
         std::net::IpAddr::V6(v6) => v6.to_string(),
     }
