@@ -154,6 +154,16 @@ async fn handshake(
             let _ = stream.shutdown().await;
             return None;
         }
+        Ok(Err(HeadError::TargetTooLong)) => {
+            let resp = reject::text_response(
+                StatusCode::URI_TOO_LONG,
+                format!("request target over {} bytes\n", head::MAX_TARGET),
+                "",
+            );
+            let _ = head::write_response(&mut stream, resp, false).await;
+            let _ = stream.shutdown().await;
+            return None;
+        }
         Ok(Err(HeadError::Malformed(detail))) => {
             tracing::debug!(client = %addr, detail, "malformed request head");
             let resp = reject::bad_request(&detail, "");
