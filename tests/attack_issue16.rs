@@ -801,3 +801,44 @@ async fn a_refusal_over_tls_ends_with_close_notify() {
         assert!(read.is_ok(), "{:?} after {text}", read.unwrap_err());
     }
 }
+
+/// Header names with `_` for `-`: many servers behind a proxy (CGI/WSGI/PHP-FPM, NGINX
+/// with `underscores_in_headers`) read `X_Tenant_Id` as `X-Tenant-Id`. A client must not
+/// get past sluice, as an underscore twin, a header sluice sets itself (the tenant it
+/// authenticated, the client address, the request id) or removes as a lie
+/// (`CLIENT_FORWARDING`): NGINX and Apache drop such names for this reason.
+#[tokio::test]
+async fn underscore_twins_of_the_headers_sluice_sets_do_not_reach_the_edge() {
+    let (edge, proxy) = lab("").await;
+    let twins = [
+        "x_tenant_id",
+        "X_Forwarded_For",
+        "x_real_ip",
+        "x_request_id",
+        "x_forwarded_proto",
+        "x_forwarded_host",
+        "true_client_ip",
+    ];
+    let extra: String = twins.iter().map(|t| format!("{t}: spoofed\r\n")).collect();
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(upgrade_head("/t/lab/", &format!("{extra}x_other: kept\r\n")).as_bytes())
+        .await
+        .unwrap();
+    let got = read_until(&mut tcp, b"\r\n\r\n").await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let seen = edge.requests();
+    assert_eq!(seen.len(), 1);
+    for twin in twins {
+        assert!(
+            seen[0].headers.get(twin).is_none(),
+            "{twin} reached the edge: {}",
+            seen[0].dump()
+        );
+    }
+    assert_eq!(seen[0].headers["x_other"], "kept");
+    assert_eq!(seen[0].tenant(), "lab");
+}
