@@ -842,3 +842,50 @@ async fn underscore_twins_of_the_headers_sluice_sets_do_not_reach_the_edge() {
     assert_eq!(seen[0].headers["x_other"], "kept");
     assert_eq!(seen[0].tenant(), "lab");
 }
+
+/// A queued client that keeps sending while it waits, then times out in the queue: it
+/// still reads its `429` (sluice's close with unread bytes may reset the connection; the
+/// answer written before must not be lost on the way).
+#[tokio::test]
+async fn a_client_streaming_while_queued_still_reads_its_refusal() {
+    let edge = edge().await;
+    let config = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\nheader_timeout = \"30s\"\n{}[tenants.one]\nauth = {{ kind = \"none\" }}\nmax_sessions = 1\nqueue_timeout = \"700ms\"\n",
+        config_for(&edge.url(false), &[("lab", NO_AUTH)])
+    );
+    let proxy = proxy(&config).await;
+    let _holder = connect_ok(&proxy.url("/t/one/"), &[]).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    wr.write_all(upgrade_head("/t/one/", "").as_bytes())
+        .await
+        .unwrap();
+    let writer = tokio::spawn(async move {
+        let frame = masked_text("chatter while queued");
+        let mut sent = 0usize;
+        while sent < 8 << 20 {
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+            sent += frame.len();
+            if sent % 4096 < frame.len() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        wr
+    });
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 429"), "{text:?}");
+}
