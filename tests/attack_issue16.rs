@@ -889,3 +889,48 @@ async fn a_client_streaming_while_queued_still_reads_its_refusal() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 429"), "{text:?}");
 }
+
+/// A client that leaves while its upgrade is being dialled at the edge (hold mode): the
+/// dial is dropped with it, its permit comes back, it is counted `client-gone`, and the
+/// edge's half-open handshake is closed; with bytes sent before leaving, the same.
+#[tokio::test]
+async fn a_client_leaving_mid_dial_leaks_no_permit() {
+    let delay = Arc::new(std::sync::atomic::AtomicU64::new(400));
+    let edge = edge_with(EdgeOptions {
+        delay_ms: Some(delay),
+        ..Default::default()
+    })
+    .await;
+    let proxy = proxy(&config_for(&edge.url(false), &[("lab", NO_AUTH)])).await;
+    for early in [false, true] {
+        let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut bytes = upgrade_head("/t/lab/", "").into_bytes();
+        if early {
+            bytes.extend_from_slice(&masked_text("early"));
+        }
+        tcp.write_all(&bytes).await.unwrap();
+        wait_until("the dial to start", async || {
+            proxy.admission.tenant_load("lab").unwrap().live == 1
+        })
+        .await;
+        drop(tcp);
+        wait_until("the permit back", async || {
+            proxy.admission.tenant_load("lab").unwrap().live == 0
+        })
+        .await;
+        wait_until("the pending place back", async || {
+            proxy.shared.pending.in_use() == 0
+        })
+        .await;
+    }
+    let scraped = scrape(proxy.admin).await;
+    assert_eq!(scraped.connects("lab", "client-gone"), 2.0);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        edge.live.load(Ordering::SeqCst),
+        0,
+        "an edge session was left open"
+    );
+    let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
+    echo(&mut ws, "still served").await;
+}
