@@ -118,7 +118,7 @@ pub async fn handle(
         runtime.preauth.failed(ip);
         tracing::debug!(client = %info.addr, request_id, method = %req.method(), "not a WebSocket upgrade");
         return reject::upgrade_required(
-            "sluice only serves WebSocket upgrades (GET with Upgrade: websocket)",
+            "sluice only serves WebSocket upgrades (HTTP/1.1 GET with Upgrade: websocket)",
             &request_id,
         )
         .into();
@@ -271,9 +271,11 @@ fn has_dot_segment(path: &str) -> bool {
     }
 }
 
-/// `GET` with `Connection: upgrade` and `Upgrade: websocket`.
+/// An HTTP/1.1 `GET` with `Connection: upgrade` and `Upgrade: websocket`. (RFC 9110
+/// §7.8: a server ignores `Upgrade` in an HTTP/1.0 request; RFC 6455 §4.1 asks for 1.1.)
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     req.method() == http::Method::GET
+        && req.version() == http::Version::HTTP_11
         && header_has_token(req.headers(), &header::CONNECTION, "upgrade")
         && header_has_token(req.headers(), &header::UPGRADE, "websocket")
 }

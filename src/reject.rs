@@ -276,8 +276,11 @@ pub fn text_response(status: StatusCode, body: String, request_id: &str) -> Resp
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID_HEADER, v);
+    // None before a request is read (an empty `x-request-id:` line says nothing).
+    if !request_id.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(REQUEST_ID_HEADER, v);
+        }
     }
     resp
 }

@@ -16,6 +16,8 @@ use crate::stream::Stream;
 
 /// The most header lines read from a request head (hyper's default too): more is `431`.
 const MAX_HEADERS: usize = 100;
+/// The longest request target `http::Uri` takes: longer is `414`.
+pub(super) const MAX_TARGET: usize = u16::MAX as usize - 1;
 
 /// Why no request could be read.
 #[derive(Debug)]
@@ -24,6 +26,8 @@ pub(super) enum HeadError {
     TooLarge,
     /// Not an HTTP/1.x request head: `400`.
     Malformed(String),
+    /// A request target longer than [`MAX_TARGET`]: `414` (hyper's answer too).
+    TargetTooLong,
     /// The client closed the connection or it failed before a whole head came.
     Gone,
 }
@@ -79,11 +83,11 @@ fn parse(buf: &[u8]) -> Result<Option<(usize, Head)>, HeadError> {
     let malformed = |what: &str| HeadError::Malformed(format!("malformed request head: {what}"));
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| malformed("method"))?;
-    let uri: Uri = req
-        .path
-        .unwrap_or_default()
-        .parse()
-        .map_err(|_| malformed("request target"))?;
+    let target = req.path.unwrap_or_default();
+    if target.len() > MAX_TARGET {
+        return Err(HeadError::TargetTooLong);
+    }
+    let uri: Uri = target.parse().map_err(|_| malformed("request target"))?;
     let version = match req.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -154,12 +155,24 @@ async fn handshake(
                 "",
             );
             let _ = head::write_response(&mut stream, resp, false).await;
+            let _ = stream.shutdown().await;
+            return None;
+        }
+        Ok(Err(HeadError::TargetTooLong)) => {
+            let resp = reject::text_response(
+                StatusCode::URI_TOO_LONG,
+                format!("request target over {} bytes\n", head::MAX_TARGET),
+                "",
+            );
+            let _ = head::write_response(&mut stream, resp, false).await;
+            let _ = stream.shutdown().await;
             return None;
         }
         Ok(Err(HeadError::Malformed(detail))) => {
             tracing::debug!(client = %addr, detail, "malformed request head");
             let resp = reject::bad_request(&detail, "");
             let _ = head::write_response(&mut stream, resp, false).await;
+            let _ = stream.shutdown().await;
             return None;
         }
         Err(_) => {
@@ -192,6 +205,11 @@ async fn handshake(
     let written = head::write_response(&mut stream, answer.response, head_only).await;
     // The HTTP phase is over: the connection no longer counts as pending.
     drop(place);
+    if !upgrade {
+        // Closed as hyper closed it: over TLS a `close_notify` first, so that the client
+        // sees the answer end cleanly rather than a truncated connection.
+        let _ = stream.shutdown().await;
+    }
     let then = answer.then.filter(|_| upgrade)?;
     if let Err(e) = written {
         tracing::debug!(client = %addr, error = %e, "client left before its 101 was written");

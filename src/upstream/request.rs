@@ -68,8 +68,9 @@ const DROPPED: [HeaderName; 11] = [
 /// whatever the client sent in that header is replaced, so the edge always sees the
 /// tenant sluice authenticated. `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and
 /// `X-Real-IP` are set from the client's address, not appended to, and the other
-/// forwarding headers a client could set ([`CLIENT_FORWARDING`]) are removed: a client
-/// cannot choose what the edge sees.
+/// forwarding headers a client could set ([`CLIENT_FORWARDING`]) are removed, with the
+/// `_`-for-`-` twins of all of these ([`underscore_twin`]): a client cannot choose what
+/// the edge sees.
 pub fn build_request(
     client: &Parts,
     forward_path: &str,
@@ -107,6 +108,7 @@ pub fn build_request(
             || name == header::SEC_WEBSOCKET_PROTOCOL
             || name == REQUEST_ID
             || (name == header::AUTHORIZATION && auth::is_bearer(value))
+            || underscore_twin(name.as_str(), identity.0)
         {
             continue;
         }
@@ -160,6 +162,28 @@ pub fn build_request(
         headers.insert(REQUEST_ID, v);
     }
     req
+}
+
+/// Whether `name` spells, with `_` for `-`, a header sluice sets itself or removes as a
+/// client's lie: servers that map names to variables (CGI, WSGI, PHP-FPM; NGINX with
+/// `underscores_in_headers`) read `x_tenant_id` as `x-tenant-id`, so the twin could
+/// stand in for what sluice vouches for. (NGINX and Apache drop such names for this.)
+fn underscore_twin(name: &str, identity: &HeaderName) -> bool {
+    if !name.contains('_') {
+        return false;
+    }
+    let dashed = name.replace('_', "-");
+    let dashed = dashed.as_str();
+    dashed == identity.as_str()
+        || [
+            X_FORWARDED_FOR.as_str(),
+            X_REAL_IP.as_str(),
+            header::FORWARDED.as_str(),
+            "x-forwarded-proto",
+            REQUEST_ID.as_str(),
+        ]
+        .contains(&dashed)
+        || CLIENT_FORWARDING.contains(&dashed)
 }
 
 /// An address as text, as its `Display` writes it (an IPv4 address without going
