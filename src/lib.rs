@@ -29,9 +29,10 @@
 //!
 //! One connection, top to bottom:
 //!
-//! 1. [`server`] accepts TCP (TLS optional, [`tls`]) and reads the HTTP/1.1 upgrade with
-//!    hyper under a header timeout and size limit; [`protect`] caps connections still in
-//!    their HTTP phase and unauthenticated attempts per address.
+//! 1. [`server`] accepts TCP (TLS optional, [`tls`]) and reads the HTTP/1.1 upgrade head
+//!    itself (httparse) under a header timeout and size limit, answers on the socket and,
+//!    after a `101`, runs the session in the same task; [`protect`] caps connections still
+//!    in their HTTP phase and unauthenticated attempts per address.
 //! 2. [`proxy`] checks the upgrade; [`tenant`] resolves the tenant once, into its handle
 //!    in the [`tenants`] table of the [`runtime`]'s snapshot; nothing below looks a
 //!    tenant up by name again.
