@@ -49,13 +49,19 @@ pub(super) async fn read_head(
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Head, HeadError> {
+    // Where the bytes not yet seen by the parser begin. A head ends with a line end, so
+    // it is parsed again only when new bytes bring one (and on the first bytes, so that
+    // what is not HTTP is refused at once): a head dripped a byte at a time is parsed
+    // once per line, not once per byte.
+    let mut unseen = 0;
     loop {
-        if !buf.is_empty() {
+        if !buf.is_empty() && (unseen == 0 || buf[unseen..].contains(&b'\n')) {
             if let Some((len, head)) = parse(buf)? {
                 buf.advance(len);
                 return Ok(head);
             }
         }
+        unseen = buf.len();
         if buf.len() >= max {
             return Err(HeadError::TooLarge);
         }
@@ -193,6 +199,49 @@ mod tests {
 
     fn parsed(head: &[u8]) -> Result<Option<(usize, Head)>, HeadError> {
         parse(head)
+    }
+
+    /// What `read_head` makes of `chunks` written one by one by a client on loopback.
+    async fn read_from(chunks: Vec<Vec<u8>>) -> (Result<Head, HeadError>, Vec<u8>) {
+        use tokio::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            for chunk in chunks {
+                if tcp.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream = Stream::Plain(tcp);
+        let mut buf = BytesMut::new();
+        let head = read_head(&mut stream, &mut buf, 8192).await;
+        client.abort();
+        (head, buf.to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_dripped_head_is_read_and_garbage_is_refused_at_once() {
+        let head = b"GET /t/a/ HTTP/1.1\r\nHost: s\r\nUpgrade: websocket\r\n\r\n\x81";
+        let drip = head.iter().map(|b| vec![*b]).collect();
+        let (read, rest) = read_from(drip).await;
+        let read = read.unwrap();
+        assert_eq!(read.request.uri(), "/t/a/");
+        assert_eq!(read.request.headers()["upgrade"], "websocket");
+        assert!(rest.is_empty() || rest == b"\x81", "{rest:?}");
+        // No line end at all, and the client keeps the connection open: still a 400 on
+        // the first bytes, not a wait for the header timeout.
+        let started = std::time::Instant::now();
+        let (read, _) = read_from(vec![
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec()
+        ])
+        .await;
+        assert!(matches!(read, Err(HeadError::Malformed(_))), "{read:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
