@@ -294,6 +294,16 @@ fn queued(proxy: &Proxy) -> u32 {
     proxy.admission.tenant_load("one").unwrap().queued
 }
 
+/// A raw client of tenant `one` that has sent its upgrade and waits in the queue.
+async fn queue_one(proxy: &Proxy) -> TcpStream {
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(upgrade_head("/t/one/", "").as_bytes())
+        .await
+        .unwrap();
+    wait_until("the client to queue", async || queued(proxy) == 1).await;
+    tcp
+}
+
 /// A queued client that sends endless bytes: sluice takes at most
 /// `max_header_bytes` of them and then stops reading (the kernel's buffers push back),
 /// so the client cannot make it hold more. On loopback the kernel buffers a few MiB at
@@ -301,11 +311,7 @@ fn queued(proxy: &Proxy) -> u32 {
 #[tokio::test]
 async fn endless_bytes_while_queued_are_not_all_taken() {
     let (_edge, proxy, _holder) = queued_lab("").await;
-    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    tcp.write_all(upgrade_head("/t/one/", "").as_bytes())
-        .await
-        .unwrap();
-    wait_until("the client to queue", async || queued(&proxy) == 1).await;
+    let mut tcp = queue_one(&proxy).await;
     let chunk = vec![0x81u8; 64 * 1024];
     let mut sent = 0usize;
     let _ = tokio::time::timeout(Duration::from_secs(4), async {
@@ -332,11 +338,7 @@ async fn endless_bytes_while_queued_are_not_all_taken() {
 #[tokio::test]
 async fn a_half_close_while_queued_leaves_the_queue() {
     let (edge, proxy, holder) = queued_lab("").await;
-    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    tcp.write_all(upgrade_head("/t/one/", "").as_bytes())
-        .await
-        .unwrap();
-    wait_until("the client to queue", async || queued(&proxy) == 1).await;
+    let mut tcp = queue_one(&proxy).await;
     tcp.shutdown().await.unwrap();
     wait_until("the client to leave the queue", async || {
         queued(&proxy) == 0
@@ -359,11 +361,7 @@ async fn a_half_close_while_queued_leaves_the_queue() {
 #[tokio::test]
 async fn a_client_that_talks_then_leaves_while_queued_leaves_the_queue() {
     let (_edge, proxy, _holder) = queued_lab("").await;
-    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    tcp.write_all(upgrade_head("/t/one/", "").as_bytes())
-        .await
-        .unwrap();
-    wait_until("the client to queue", async || queued(&proxy) == 1).await;
+    let mut tcp = queue_one(&proxy).await;
     for i in 0..10 {
         tcp.write_all(&masked_text(&format!("early {i}")))
             .await
@@ -381,11 +379,7 @@ async fn a_client_that_talks_then_leaves_while_queued_leaves_the_queue() {
 #[tokio::test]
 async fn frames_sent_while_queued_are_relayed_in_order_after_admission() {
     let (edge, proxy, holder) = queued_lab("").await;
-    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    tcp.write_all(upgrade_head("/t/one/", "").as_bytes())
-        .await
-        .unwrap();
-    wait_until("the client to queue", async || queued(&proxy) == 1).await;
+    let mut tcp = queue_one(&proxy).await;
     for i in 0..5 {
         tcp.write_all(&masked_text(&format!("queued {i}")))
             .await

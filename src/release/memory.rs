@@ -92,21 +92,10 @@ fn on_every_worker(handle: &tokio::runtime::Handle, f: fn()) {
         let gate = gate.clone();
         handle.spawn(async move {
             let (lock, cvar) = &*gate;
-            let deadline = Instant::now() + GATHER;
             let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
             g.0 += 1;
             cvar.notify_all();
-            while g.0 < workers {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                g = cvar
-                    .wait_timeout(g, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-            drop(g);
+            drop(wait_while(cvar, g, GATHER, |g| g.0 < workers));
             f();
             let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
             g.1 += 1;
@@ -115,18 +104,20 @@ fn on_every_worker(handle: &tokio::runtime::Handle, f: fn()) {
     }
     // Wait for them to finish (trimming before would miss what they free).
     let (lock, cvar) = &*gate;
-    let deadline = Instant::now() + 2 * GATHER;
-    let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
-    while g.1 < workers {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        g = cvar
-            .wait_timeout(g, left)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-    }
+    let g = lock.lock().unwrap_or_else(|e| e.into_inner());
+    drop(wait_while(cvar, g, 2 * GATHER, |g| g.1 < workers));
+}
+
+/// Waits on `cvar` while `waiting` holds, at most `most` in all.
+fn wait_while<'a, T>(
+    cvar: &Condvar,
+    guard: std::sync::MutexGuard<'a, T>,
+    most: std::time::Duration,
+    waiting: impl FnMut(&mut T) -> bool,
+) -> std::sync::MutexGuard<'a, T> {
+    cvar.wait_timeout_while(guard, most, waiting)
+        .unwrap_or_else(|e| e.into_inner())
+        .0
 }
 
 #[cfg(test)]
