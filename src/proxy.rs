@@ -80,9 +80,7 @@ impl Then {
     pub fn abandon(self, why: &'static str) {
         match self {
             Self::Hold(relay) => relay.abandon(why),
-            Self::Accept(pending) => {
-                tracing::debug!(request_id = %pending.request_id, why, "upgrade failed");
-            }
+            Self::Accept(pending) => accept::abandon(&pending, why),
         }
     }
 }

@@ -247,6 +247,13 @@ async fn while_queued<T>(
     }
 }
 
+/// The client left before its `101` was written: counted and logged `client-gone`, as
+/// a client that leaves while queued is.
+pub(super) fn abandon(p: &Pending, why: &'static str) {
+    tracing::debug!(request_id = %p.request_id, why, "upgrade failed");
+    drop(ClientGone::new(&p.tm, &p.request_id, p.info.addr));
+}
+
 /// The session task of one `accept`-mode client, from its `101` to the end of its relay.
 pub async fn serve(p: Pending, client: Leg) {
     let ws_config = ws_config(&p.config.accept);
