@@ -12,6 +12,25 @@ use super::{Pending, ScopeState, FROM_REDIS};
 use crate::admission::capacity::{BackendError, Taken};
 
 impl ScopeState {
+    /// An invocation of a decision script (ACQUIRE, TAKE): the replica set and the
+    /// epoch, then this scope's keys with these suffixes (in the script's order), then
+    /// this replica's id and epoch as its first two arguments.
+    fn decision<'s>(
+        &self,
+        script: &'s redis::Script,
+        suffixes: &[&str],
+    ) -> redis::ScriptInvocation<'s> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key("sluice:replicas").key("sluice:epoch");
+        for suffix in suffixes {
+            invocation.key(format!("{}:{suffix}", self.prefix));
+        }
+        invocation
+            .arg(&self.shared.replica_id)
+            .arg(self.shared.epoch.load().as_str());
+        invocation
+    }
+
     /// The tenant and weight the edge's next turn is for ('' and 0: none, or a tenant
     /// scope, which keeps FIFO instead).
     pub(super) fn fair(&self) -> (Arc<str>, u32) {
@@ -66,19 +85,9 @@ impl ScopeState {
         let fair = self.fair();
         let (interval, tolerance) = self.gcra();
         let shared = &self.shared;
-        let mut invocation = scripts::ACQUIRE.prepare_invoke();
+        let mut invocation =
+            self.decision(&scripts::ACQUIRE, &["n", "v", "r", "w", "p", "f", "vt"]);
         invocation
-            .key("sluice:replicas")
-            .key("sluice:epoch")
-            .key(format!("{}:n", self.prefix))
-            .key(format!("{}:v", self.prefix))
-            .key(format!("{}:r", self.prefix))
-            .key(format!("{}:w", self.prefix))
-            .key(format!("{}:p", self.prefix))
-            .key(format!("{}:f", self.prefix))
-            .key(format!("{}:vt", self.prefix))
-            .arg(&shared.replica_id)
-            .arg(shared.epoch.load().as_str())
             .arg(count)
             .arg(&self.incarnation)
             .arg(version)
@@ -154,18 +163,8 @@ impl ScopeState {
         let head_us = self.head_us(head);
         let fair = self.fair();
         let (interval, tolerance) = self.gcra();
-        let shared = &self.shared;
-        let mut invocation = scripts::TAKE.prepare_invoke();
+        let mut invocation = self.decision(&scripts::TAKE, &["r", "w", "p", "f", "vt"]);
         invocation
-            .key("sluice:replicas")
-            .key("sluice:epoch")
-            .key(format!("{}:r", self.prefix))
-            .key(format!("{}:w", self.prefix))
-            .key(format!("{}:p", self.prefix))
-            .key(format!("{}:f", self.prefix))
-            .key(format!("{}:vt", self.prefix))
-            .arg(&shared.replica_id)
-            .arg(shared.epoch.load().as_str())
             .arg(interval)
             .arg(tolerance)
             .arg(head_us)
