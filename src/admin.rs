@@ -211,6 +211,27 @@ pub struct TenantStatus {
     pub outcomes: std::collections::BTreeMap<&'static str, u64>,
     /// The last minute and the recent upstream handshake times.
     pub recent: RecentWindow,
+    /// A SIP tenant's calls against its cap (`None`: it has no call limits).
+    pub calls: Option<CallsStatus>,
+}
+
+/// A SIP tenant's calls in `/api/tenants`.
+#[derive(Debug, Serialize)]
+pub struct CallsStatus {
+    /// Calls counted now.
+    pub active: u32,
+    /// `max_calls` (`null`: not capped).
+    pub max_calls: Option<u32>,
+    /// INVITEs held now.
+    pub queued: u32,
+    /// `call_rate` (`null`: not paced).
+    pub call_rate: Option<f64>,
+    /// `invite_queue_depth`
+    pub invite_queue_depth: u32,
+    /// Initial INVITEs so far by outcome label (`reaped`: calls ended by the reaper).
+    pub outcomes: std::collections::BTreeMap<&'static str, u64>,
+    /// Messages that were not SIP.
+    pub unparsed: u64,
 }
 
 /// A tenant's effective limits in `/api/tenants`.
@@ -230,6 +251,23 @@ pub struct LimitsStatus {
     pub queue_mode: &'static str,
     /// `weight`
     pub weight: u32,
+}
+
+fn calls_status(gate: &crate::calls::CallGate) -> CallsStatus {
+    let load = gate.load();
+    let limits = gate.limits();
+    CallsStatus {
+        active: load.active,
+        max_calls: load.max_calls,
+        queued: load.queued,
+        call_rate: limits.call_rate,
+        invite_queue_depth: limits.invite_queue_depth,
+        outcomes: crate::metrics::CallOutcome::ALL
+            .iter()
+            .map(|o| (o.as_str(), gate.metrics.outcome_count(*o)))
+            .collect(),
+        unparsed: gate.metrics.unparsed.get(),
+    }
 }
 
 /// The snapshot `/api/tenants` serves: the tenant table in force.
@@ -262,6 +300,7 @@ pub fn status(runtime: &Runtime) -> Status {
                 .map(|o| (o.as_str(), tm.outcome_count(*o)))
                 .collect(),
             recent: tm.recent_window(),
+            calls: tenant.and_then(|t| t.settings().calls.as_deref().map(calls_status)),
         }
     };
     let mut tenants: Vec<TenantStatus> = snapshot

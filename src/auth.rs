@@ -320,6 +320,7 @@ mod tests {
                 endpoints: vec![],
             }),
             auth,
+            calls: None,
         })
     }
 

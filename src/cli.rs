@@ -386,6 +386,11 @@ pub fn describe(config: &Config, name: &str) -> String {
             a.held_bytes
         );
     }
+    for t in settings.iter().map(|s| &s.config) {
+        if let Some(c) = &t.calls {
+            let _ = writeln!(out, "{}", describe_calls(&t.name, c));
+        }
+    }
     let _ = writeln!(out);
     let header = [
         "tenant", "sessions", "rate/s", "burst", "queue", "timeout", "mode", "weight", "group",
@@ -426,6 +431,22 @@ fn describe_cluster(c: &Cluster) -> String {
         humantime::format_duration(c.lease_ttl),
         humantime::format_duration(c.redis_timeout),
         c.on_redis_failure.as_str()
+    )
+}
+
+/// The call limits line of a SIP tenant in `check-config`.
+fn describe_calls(name: &str, c: &crate::config::Calls) -> String {
+    let cap = c
+        .max_calls
+        .map_or("not capped".to_owned(), |n| format!("max {n}"));
+    let rate = c.call_rate.map_or("not paced".to_owned(), |r| {
+        format!("{r} INVITEs/s, burst {}", c.call_burst)
+    });
+    format!(
+        "calls of {name} (SIP): {cap}, {rate}; INVITEs held up to {} for {}; silent calls reaped after {}",
+        c.invite_queue_depth,
+        humantime::format_duration(c.invite_queue_timeout),
+        humantime::format_duration(c.call_idle_timeout)
     )
 }
 
@@ -491,5 +512,19 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("on Redis failure closed"), "{out}");
+    }
+
+    #[test]
+    fn check_config_describes_call_limits() {
+        let text = "[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:1\"]\n\
+                    [tenants.acme]\nauth = { kind = \"none\" }\nqueue_mode = \"accept\"\n\
+                    subprotocols = [\"sip\"]\nmax_calls = 40\ncall_rate = 5.0\n";
+        let env = std::collections::HashMap::new();
+        let out = describe(&Config::parse(text, &env).unwrap(), "sip.toml");
+        let line = out.lines().find(|l| l.starts_with("calls of")).unwrap();
+        assert_eq!(
+            line,
+            "calls of acme (SIP): max 40, 5 INVITEs/s, burst 5; INVITEs held up to 100 for 8s; silent calls reaped after 4h"
+        );
     }
 }

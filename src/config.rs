@@ -404,6 +404,27 @@ pub struct Tenant {
     pub group: Arc<Group>,
     /// How the tenant proves who it is.
     pub auth: Auth,
+    /// Its SIP call limits (`max_calls` …, DESIGN.md "SIP awareness"); `None`: calls are
+    /// not counted and its messages are not parsed.
+    pub calls: Option<Calls>,
+}
+
+/// A tenant's SIP call limits, every key filled in: present when any call key is set,
+/// valid only with `queue_mode = "accept"` and `sip` among its `subprotocols`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calls {
+    /// Concurrent calls; `None`: not capped (calls are still counted).
+    pub max_calls: Option<u32>,
+    /// Initial INVITEs per second; `None`: not paced.
+    pub call_rate: Option<f64>,
+    /// INVITEs at once before the pacing (`call_burst`, default: `call_rate` rounded up).
+    pub call_burst: u32,
+    /// INVITEs held at once, waiting for a call to end.
+    pub invite_queue_depth: u32,
+    /// The longest an INVITE is held before sluice answers it `503` itself.
+    pub invite_queue_timeout: Duration,
+    /// A call with no message of its dialog for this long stops counting.
+    pub call_idle_timeout: Duration,
 }
 
 /// How a tenant authenticates.

@@ -61,6 +61,7 @@
 pub mod admin;
 pub mod admission;
 pub mod auth;
+pub mod calls;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -77,6 +78,7 @@ pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod signals;
+pub mod sip;
 pub mod stats;
 pub mod stream;
 pub mod tenant;

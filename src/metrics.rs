@@ -11,6 +11,7 @@
 //! page and `/api/tenants`: outcomes per second over the last minute and the last
 //! upstream handshake times, both fixed-size (`metrics/recent.rs`).
 
+mod calls;
 mod cluster;
 mod recent;
 
@@ -27,6 +28,7 @@ use crate::config::{Config, Tenant};
 use crate::logging::LogBudget;
 use crate::reject::Reason;
 
+pub use self::calls::{CallMetrics, CallOutcome, TenantCallMetrics};
 pub use self::cluster::{ClusterMetrics, ScopeMetrics};
 pub use self::recent::RecentWindow;
 use self::recent::{Class, Recent};
@@ -141,6 +143,8 @@ pub struct Metrics {
     edge_rate: Option<prometheus::Gauge>,
     /// `sluice_cluster_*`, with `[cluster]`.
     cluster: Option<ClusterMetrics>,
+    /// `sluice_calls_*` and the other call families of SIP tenants.
+    calls: CallMetrics,
     /// The last upstream errors, newest last.
     edge_errors: Mutex<VecDeque<EdgeError>>,
 }
@@ -280,8 +284,10 @@ impl Metrics {
             .cluster
             .as_ref()
             .map(|_| ClusterMetrics::register(&registry));
+        let calls = CallMetrics::register(&registry);
         Self {
             cluster,
+            calls,
             registry,
             sessions_active,
             queue_depth,
@@ -322,6 +328,19 @@ impl Metrics {
                 .with_label_values(&[name, limit])
                 .set(value);
         }
+        if let Some(c) = &t.calls {
+            for (limit, value) in [
+                ("max_calls", c.max_calls.map(f64::from)),
+                ("call_rate", c.call_rate),
+                ("invite_queue_depth", Some(f64::from(c.invite_queue_depth))),
+            ] {
+                if let Some(value) = value {
+                    self.tenant_limit
+                        .with_label_values(&[name, limit])
+                        .set(value);
+                }
+            }
+        }
     }
 
     /// New per-tenant children for `name` (a configured tenant `tenant`, or `_unknown`
@@ -359,6 +378,11 @@ impl Metrics {
     /// The `sluice_cluster_*` metrics, with `[cluster]`.
     pub fn cluster(&self) -> Option<&ClusterMetrics> {
         self.cluster.as_ref()
+    }
+
+    /// The call families (SIP tenants).
+    pub fn calls(&self) -> &CallMetrics {
+        &self.calls
     }
 
     /// `sluice_effective_handshake_rate{tenant="_edge"}`, when there is an `[edge]`.

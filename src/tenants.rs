@@ -7,7 +7,8 @@
 //! A handle holds everything a connect of its tenant needs: its admission gate (with its
 //! queue, session count and pause state), and, swapped whole by a reload, its validated
 //! limits and credential settings, its upstream group and that group's pool (shared by
-//! the group's tenants), and its metrics children with their log budgets.
+//! the group's tenants), its metrics children with their log budgets, and its call gate
+//! when it has call limits ([`crate::calls`]).
 //!
 //! # A tenant that a reload removes or brings back
 //!
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::admission::{Admission, Gauges, Pauses, TenantGate};
 use crate::auth::{self, Credential};
+use crate::calls::CallGate;
 use crate::config::{self, Config, Group, DEFAULT_TENANT};
 use crate::control::Revocation;
 use crate::metrics::{Metrics, TenantMetrics, UNKNOWN_TENANT};
@@ -57,6 +59,9 @@ pub struct Settings {
     pub pool: Arc<Pool>,
     /// Its metric children and log budgets.
     pub metrics: Arc<TenantMetrics>,
+    /// Its call gate, when it has call limits (SIP, `accept` mode): kept across reloads
+    /// while it has them.
+    pub calls: Option<Arc<CallGate>>,
 }
 
 impl Tenant {
@@ -174,11 +179,18 @@ impl Table {
                     handle
                         .gate
                         .configure(&t.limits, Some(pool.clone() as Arc<dyn Pauses>));
+                    let calls = crate::calls::reconcile(
+                        &t.name,
+                        before.calls.as_ref(),
+                        t.calls.as_ref(),
+                        || metrics.calls().tenant(&t.name),
+                    );
                     handle.settings.store(Arc::new(Settings {
                         config: t.clone(),
                         group,
                         pool,
                         metrics: children,
+                        calls,
                     }));
                     handle
                 }
@@ -201,6 +213,9 @@ impl Table {
                             group,
                             pool,
                             metrics: children,
+                            calls: crate::calls::reconcile(&t.name, None, t.calls.as_ref(), || {
+                                metrics.calls().tenant(&t.name)
+                            }),
                         }),
                     })
                 }

@@ -61,7 +61,9 @@ async fn the_status_page_shows_tenants_and_live_sessions_in_chromium() {
     let proxy = proxy(&format!(
         "[upstream.groups.primary]\nendpoints = [\"{}\"]\n\
          [tenants.alpha]\nauth = {{ kind = \"none\" }}\nmax_sessions = 5\n\
-         [tenants.beta]\nauth = {{ kind = \"none\" }}\n",
+         [tenants.beta]\nauth = {{ kind = \"none\" }}\n\
+         [tenants.gamma]\nauth = {{ kind = \"none\" }}\nqueue_mode = \"accept\"\n\
+         subprotocols = [\"sip\"]\nmax_calls = 3\n",
         edge.url(false)
     ))
     .await;
@@ -74,6 +76,10 @@ async fn the_status_page_shows_tenants_and_live_sessions_in_chromium() {
     );
     assert_eq!(shown_sessions(&dom, "beta"), Some(0));
     assert!(dom.contains("0</span> / 5"), "alpha's cap is shown");
+    assert!(
+        dom.contains("calls <span class=\"calls-active\">0</span> / 3"),
+        "gamma's calls against its cap are shown:\n{dom}"
+    );
 
     let mut open = Vec::new();
     for tenant in ["alpha", "alpha", "beta"] {

@@ -64,6 +64,13 @@ pub const MAX_MAX_HEADER_BYTES: usize = 1 << 20;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default largest WebSocket message (and frame) relayed in `accept` mode.
 pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 2 << 20;
+/// `invite_queue_depth` of a tenant with call limits.
+pub const DEFAULT_INVITE_QUEUE_DEPTH: u32 = 100;
+/// `invite_queue_timeout`: after sluice's `100 Trying` a UA waits indefinitely, so this
+/// is the only limit on a held INVITE.
+pub const DEFAULT_INVITE_QUEUE_TIMEOUT: Duration = Duration::from_secs(8);
+/// `call_idle_timeout`: a dialog silent this long stops counting.
+pub const DEFAULT_CALL_IDLE_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 /// Largest accepted `accept.max_message_bytes`.
 pub const MAX_MAX_MESSAGE_BYTES: u32 = 64 << 20;
 /// Default bytes of messages an `accept`-mode client may send while queued.

@@ -162,6 +162,14 @@ pub struct TenantFile {
     pub weight: Option<i64>,
     pub upstream_group: Option<String>,
     pub auth: Option<AuthFile>,
+    pub max_calls: Option<i64>,
+    pub call_rate: Option<f64>,
+    pub call_burst: Option<i64>,
+    pub invite_queue_depth: Option<i64>,
+    #[serde(with = "humantime_serde")]
+    pub invite_queue_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub call_idle_timeout: Option<Duration>,
 }
 
 impl TenantFile {

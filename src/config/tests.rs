@@ -426,3 +426,75 @@ fn cluster_keys_come_from_the_environment_too() {
     );
     assert_eq!(c.replica_id, "pod-7");
 }
+
+const SIP_TENANT: &str = r#"
+[upstream.groups.primary]
+endpoints = ["ws://127.0.0.1:7001"]
+
+[tenants.acme]
+auth = { kind = "none" }
+queue_mode = "accept"
+subprotocols = ["sip"]
+"#;
+
+#[test]
+fn call_limits_are_absent_without_call_keys() {
+    let c = parse(SIP_TENANT).unwrap();
+    assert!(c.tenants["acme"].calls.is_none());
+}
+
+#[test]
+fn call_limits_take_documented_defaults() {
+    let c = parse(&format!("{SIP_TENANT}max_calls = 40\ncall_rate = 2.5\n")).unwrap();
+    let calls = c.tenants["acme"].calls.clone().unwrap();
+    assert_eq!(calls.max_calls, Some(40));
+    assert_eq!(calls.call_rate, Some(2.5));
+    assert_eq!(calls.call_burst, 3, "a second's calls, rounded up");
+    assert_eq!(calls.invite_queue_depth, 100);
+    assert_eq!(calls.invite_queue_timeout, Duration::from_secs(8));
+    assert_eq!(calls.call_idle_timeout, Duration::from_secs(4 * 3600));
+    // Any one call key turns counting on; the others keep their defaults.
+    let c = parse(&format!("{SIP_TENANT}call_idle_timeout = \"1h\"\n")).unwrap();
+    let calls = c.tenants["acme"].calls.clone().unwrap();
+    assert_eq!((calls.max_calls, calls.call_rate), (None, None));
+}
+
+#[test]
+fn call_limits_need_accept_mode_and_the_sip_subprotocol() {
+    let hold = SIP_TENANT.replace("queue_mode = \"accept\"", "queue_mode = \"hold\"");
+    let errors = invalid(&format!("{hold}max_calls = 4\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "tenants.acme.max_calls");
+    assert!(
+        errors[0].reason.contains("queue_mode = \"accept\""),
+        "{}",
+        errors[0].reason
+    );
+
+    let no_sip = SIP_TENANT.replace("[\"sip\"]", "[\"chat\"]");
+    let errors = invalid(&format!("{no_sip}call_rate = 4.0\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "tenants.acme.call_rate");
+    assert!(errors[0].reason.contains("\"sip\""), "{}", errors[0].reason);
+}
+
+#[test]
+fn bad_call_values_name_their_keys() {
+    let keys = invalid_keys(&format!(
+        "{SIP_TENANT}max_calls = 0\ncall_burst = 3\ninvite_queue_depth = -1\ninvite_queue_timeout = \"0s\"\ncall_idle_timeout = \"0s\"\n"
+    ));
+    for key in [
+        "max_calls",
+        "call_burst",
+        "invite_queue_depth",
+        "invite_queue_timeout",
+        "call_idle_timeout",
+    ] {
+        assert!(
+            keys.contains(&format!("tenants.acme.{key}")),
+            "{key}: {keys:?}"
+        );
+    }
+    let keys = invalid_keys(&format!("{SIP_TENANT}call_rate = -1.0\n"));
+    assert_eq!(keys, ["tenants.acme.call_rate"]);
+}

@@ -147,6 +147,7 @@ impl Config {
                 continue;
             }
             let limits = v.limits(&prefix, &tenant.limits(), Some(&defaults));
+            let calls = v.calls(&prefix, tenant, &limits);
             let group = match &tenant.upstream_group {
                 None => upstream.default(),
                 Some(name) => upstream.groups.get(name).cloned().unwrap_or_else(|| {
@@ -177,6 +178,7 @@ impl Config {
                     limits,
                     group,
                     auth,
+                    calls,
                 }),
             );
         }
@@ -187,6 +189,7 @@ impl Config {
                 limits: defaults.clone(),
                 group: upstream.default(),
                 auth: Auth::None,
+                calls: None,
             })
         });
 

@@ -62,11 +62,12 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::{connect_upstream, record_admitted, record_refusal, Answer, ClientGone, Connect, Then};
 use crate::auth::Credential;
+use crate::calls::CallHook;
 use crate::config::{self, Config};
 use crate::control::{Control, SessionCount, SessionStop};
 use crate::metrics::TenantMetrics;
 use crate::reject::{self, Rejection};
-use crate::relay::messages::{fault_frame, relay};
+use crate::relay::messages::{fault_frame, relay, relay_with};
 use crate::relay::{Leg, Moved};
 use crate::release::Session;
 use crate::runtime::Runtime;
@@ -346,6 +347,13 @@ pub async fn serve(p: Pending, client: Leg) {
         .credential
         .map(|credential| Box::new(CredentialCheck::new(p.tenant.clone(), credential)) as Box<_>);
     let stop = SessionStop::new(&p.shared.control, &p.shared.config().protection, revocation);
+    // A SIP session of a tenant with call limits: its calls are counted (DESIGN.md "SIP
+    // awareness"), through the relay's message hook.
+    let calls = p.tenant.settings().calls.clone().filter(|_| {
+        p.protocol
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("sip"))
+    });
     // The relay gets a task of its own: this one's future is sized for the admission
     // and upstream handshake futures it held, far more than an idle session needs.
     tokio::spawn(async move {
@@ -353,7 +361,14 @@ pub async fn serve(p: Pending, client: Leg) {
         // would take their room twice in this task.
         let (mut client, mut edge) = (client, edge);
         let moved = Moved::default();
-        let stats = relay(&mut client, &mut edge, held, &moved, stop.wait(&moved)).await;
+        let stop = stop.wait(&moved);
+        let stats = match calls {
+            None => relay(&mut client, &mut edge, held, &moved, stop).await,
+            Some(gate) => {
+                let hook = CallHook::new(gate);
+                relay_with(&mut client, &mut edge, held, &moved, stop, hook).await
+            }
+        };
         // Step 7: release.
         session.end(stats);
     });

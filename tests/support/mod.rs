@@ -16,6 +16,7 @@ pub mod cluster;
 mod config;
 mod edge;
 pub mod redis;
+pub mod sip;
 mod tools;
 
 #[allow(unused_imports)]
@@ -72,6 +73,13 @@ impl Loads {
     /// The handshake rate `name` is allowed now (adaptive).
     pub fn effective_rate(&self, name: &str) -> Option<f64> {
         self.0.tenant(name).map(|t| t.gate.effective_rate())
+    }
+
+    /// The calls and held INVITEs of the SIP tenant `name` (`None`: no call limits).
+    pub fn call_load(&self, name: &str) -> Option<sluice::calls::CallLoad> {
+        let tenant = self.0.tenant(name)?;
+        let gate = tenant.settings().calls.clone()?;
+        Some(gate.load())
     }
 
     /// The `[edge]` ceiling's state.

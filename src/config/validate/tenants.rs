@@ -3,8 +3,11 @@
 use std::collections::HashMap;
 
 use super::super::defaults::builtin_limits;
-use super::super::file::{AuthFile, LimitsFile};
-use super::super::{Auth, Limits, QueueMode, MAX_TENANT_NAME};
+use super::super::file::{AuthFile, LimitsFile, TenantFile};
+use super::super::{
+    Auth, Calls, Limits, QueueMode, DEFAULT_CALL_IDLE_TIMEOUT, DEFAULT_INVITE_QUEUE_DEPTH,
+    DEFAULT_INVITE_QUEUE_TIMEOUT, MAX_TENANT_NAME,
+};
 use super::Validator;
 
 /// Checks a tenant name: 1 to 64 of `a-z 0-9 - _`, not starting with `_` (reserved for
@@ -104,6 +107,77 @@ impl Validator {
             subprotocols,
             weight: self.positive_u32(&key("weight"), file.weight, base.weight),
         }
+    }
+
+    /// A tenant's call limits (`None` when it sets none of the call keys); they need
+    /// `queue_mode = "accept"` and `sip` among its `subprotocols` (`limits`, validated).
+    pub(super) fn calls(
+        &mut self,
+        prefix: &str,
+        file: &TenantFile,
+        limits: &Limits,
+    ) -> Option<Calls> {
+        let key = |k: &str| format!("{prefix}.{k}");
+        let set = [
+            ("max_calls", file.max_calls.is_some()),
+            ("call_rate", file.call_rate.is_some()),
+            ("call_burst", file.call_burst.is_some()),
+            ("invite_queue_depth", file.invite_queue_depth.is_some()),
+            ("invite_queue_timeout", file.invite_queue_timeout.is_some()),
+            ("call_idle_timeout", file.call_idle_timeout.is_some()),
+        ];
+        let first = set.iter().find(|(_, present)| *present)?.0;
+        if limits.queue_mode != QueueMode::Accept {
+            self.fail(
+                &key(first),
+                "call limits need queue_mode = \"accept\": sluice must read the tenant's SIP messages, which it does only when it answers the upgrade itself",
+            );
+        }
+        if !limits
+            .subprotocols
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case("sip"))
+        {
+            self.fail(
+                &key(first),
+                "call limits need \"sip\" among the tenant's subprotocols (SIP over WebSocket, RFC 7118)",
+            );
+        }
+        let max_calls = file
+            .max_calls
+            .map(|n| self.positive_u32(&key("max_calls"), Some(n), 1));
+        let call_rate = file
+            .call_rate
+            .map(|r| self.positive_rate(&key("call_rate"), Some(r), 1.0));
+        if file.call_burst.is_some() && call_rate.is_none() {
+            self.fail(
+                &key("call_burst"),
+                "only means something with call_rate: set call_rate (initial INVITEs per second) or leave call_burst out",
+            );
+        }
+        // A burst of one second's calls unless set: the rate's own default shape.
+        let burst_default =
+            call_rate.map_or(1, |r| r.ceil().clamp(1.0, f64::from(u32::MAX)) as u32);
+        Some(Calls {
+            max_calls,
+            call_rate,
+            call_burst: self.positive_u32(&key("call_burst"), file.call_burst, burst_default),
+            invite_queue_depth: self.u32_allow_zero(
+                &key("invite_queue_depth"),
+                file.invite_queue_depth,
+                DEFAULT_INVITE_QUEUE_DEPTH,
+            ),
+            invite_queue_timeout: self.positive_duration(
+                &key("invite_queue_timeout"),
+                file.invite_queue_timeout,
+                DEFAULT_INVITE_QUEUE_TIMEOUT,
+            ),
+            call_idle_timeout: self.positive_duration(
+                &key("call_idle_timeout"),
+                file.call_idle_timeout,
+                DEFAULT_CALL_IDLE_TIMEOUT,
+            ),
+        })
     }
 
     pub(super) fn auth(

@@ -1,0 +1,557 @@
+//! Beside step 6 (DESIGN.md, "SIP awareness"): the message hook that counts one session's calls.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{CallGate, CallPermit, CallWait};
+use crate::metrics::CallOutcome;
+use crate::reject::{Reason, Rejection};
+use crate::relay::messages::{Direction, MessageHook, Verdict};
+use crate::sip::{self, SipMessage};
+
+/// Calls (held or up) one session may have at once; an initial INVITE beyond them is
+/// answered `503` by sluice. A softphone has a few lines; the bound keeps a client from
+/// growing the session's table when its tenant's calls are not capped.
+pub const MAX_SESSION_CALLS: usize = 256;
+
+/// Final answers sluice sent itself whose ACK it absorbs, per session (oldest forgotten).
+const ABSORB_KEPT: usize = 32;
+
+/// How long an ACK for sluice's own final answer is awaited (RFC 3261 Timer H, 64·T1).
+const ABSORB_FOR: Duration = Duration::from_secs(32);
+
+/// One call of the session, by Call-ID.
+#[derive(Debug)]
+enum Call {
+    /// Its initial INVITE waits in the tenant's queue (the client got `100 Trying`).
+    Held {
+        invite: Message,
+        cseq: u32,
+        since: Instant,
+        wait: Held,
+    },
+    /// Forwarded and counted.
+    Up {
+        _permit: CallPermit,
+        /// The initial INVITE's CSeq number.
+        cseq: u32,
+        stage: Stage,
+        /// The last message of its dialog, either way (the reaper's clock).
+        last: Instant,
+    },
+}
+
+/// The wait of a held INVITE (a wrapper so that [`Call`] can derive `Debug`).
+struct Held(CallWait);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held")
+    }
+}
+
+/// Where a counted call is.
+#[derive(Debug)]
+enum Stage {
+    /// Waiting for the INVITE's final answer; `cancel` is the client's CANCEL of it, if
+    /// one was sent (what sluice needs to end a `200` that crosses it).
+    Proceeding { cancel: Option<Message> },
+    /// Answered `2xx`: up until a BYE. `to_tag` is the edge's tag of the dialog that
+    /// counts: a BYE of another (forked) dialog of the same INVITE ends nothing.
+    Confirmed { to_tag: Box<str> },
+    /// The client sent BYE (this CSeq number): counted until its final answer.
+    ClientBye { cseq: u32, to_tag: Box<str> },
+    /// sluice sent ACK and BYE for a `200` that crossed the client's CANCEL: counted
+    /// until the edge answers that BYE, which the client never sees.
+    SluiceBye { cseq: u32 },
+}
+
+/// The message hook of a SIP session of a tenant with call limits (DESIGN.md "SIP
+/// awareness").
+///
+/// - An initial INVITE from the client is counted when a place is free and no INVITE
+///   is held; otherwise it is held (the client gets `100 Trying` at once) in the
+///   tenant's queue and forwarded in order when a call ends and the pacing allows, or
+///   answered `503` (`Retry-After`, `Reason: SIP;cause=503;text="call-cap"` when the
+///   queue is full, `"call-queue-timeout"` after `invite_queue_timeout`).
+/// - A CANCEL of a held INVITE is answered `200`, the INVITE `487`; nothing reaches the
+///   edge. A CANCEL of a forwarded INVITE is passed on and ends nothing: the INVITE's
+///   final answer does, and a `2xx` that crosses the CANCEL is kept from the client
+///   (it dropped the call) and ended by sluice with an ACK and a BYE.
+/// - The ACK for a final answer sluice sent itself is absorbed.
+/// - Re-INVITEs (a To tag) and every other message pass unchanged; a message that is
+///   not SIP is relayed unchanged and counted (`sluice_sip_unparsed_total`).
+/// - Dropping the hook (the session ended) ends its calls and takes its held INVITEs
+///   out of the queue.
+pub struct CallHook {
+    gate: Arc<CallGate>,
+    calls: HashMap<Box<str>, Call>,
+    /// Messages to send next, either way (`100 Trying`, sluice's own answers, ACK and
+    /// BYE, released INVITEs).
+    outbox: VecDeque<(Direction, Message)>,
+    /// `(Call-ID, CSeq number, until)` of INVITEs sluice answered finally itself.
+    absorb: VecDeque<(Box<str>, u32, Instant)>,
+    /// The relay task's waker, from its last poll.
+    waker: Option<Waker>,
+    /// Wakes the hook for the oldest silent call (reaper), while calls are up.
+    reaper: Option<std::pin::Pin<Box<Sleep>>>,
+}
+
+impl std::fmt::Debug for CallHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallHook")
+            .field("calls", &self.calls.len())
+            .field("outbox", &self.outbox.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The same kind of message as `like` (text or binary), carrying `text`.
+fn reply(like: &Message, text: String) -> Message {
+    match like {
+        Message::Binary(_) => Message::binary(text.into_bytes()),
+        _ => Message::text(text),
+    }
+}
+
+/// The bytes of a data message.
+fn bytes(msg: &Message) -> Option<&[u8]> {
+    match msg {
+        Message::Text(t) => Some(t.as_bytes()),
+        Message::Binary(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// sluice's `503` to an INVITE it will not forward.
+fn unavailable(invite: &SipMessage<'_>, outcome: CallOutcome, retry_after: u64) -> String {
+    let reason = format!("SIP;cause=503;text=\"{}\"", outcome.as_str());
+    sip::response(
+        invite,
+        503,
+        "Service Unavailable",
+        &sip::new_tag(),
+        &[
+            ("Retry-After", &retry_after.to_string()),
+            ("Reason", &reason),
+        ],
+    )
+}
+
+impl CallHook {
+    /// The hook of one session of the tenant whose calls `gate` counts.
+    pub fn new(gate: Arc<CallGate>) -> Self {
+        Self {
+            gate,
+            calls: HashMap::new(),
+            outbox: VecDeque::new(),
+            absorb: VecDeque::new(),
+            waker: None,
+            reaper: None,
+        }
+    }
+
+    /// Queues `msg` to be sent `dir` and wakes the relay to send it.
+    fn send(&mut self, dir: Direction, msg: Message) {
+        self.outbox.push_back((dir, msg));
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Remembers that sluice answered INVITE `(call_id, cseq)` finally: its ACK stays here.
+    fn absorb_ack(&mut self, call_id: &str, cseq: u32) {
+        if self.absorb.len() == ABSORB_KEPT {
+            self.absorb.pop_front();
+        }
+        self.absorb
+            .push_back((call_id.into(), cseq, Instant::now() + ABSORB_FOR));
+    }
+
+    /// The `Retry-After` seconds of a refusal (the queue's estimate, else the queue
+    /// timeout).
+    fn retry_after(&self, refusal: Option<&Rejection>) -> u64 {
+        refusal
+            .and_then(Rejection::retry_after_secs)
+            .unwrap_or_else(|| self.gate.limits().invite_queue_timeout.as_secs().max(1))
+    }
+
+    /// Polls a fresh wait once (with the relay's waker when known): an INVITE the queue
+    /// refuses at once is answered at once.
+    fn first_poll(&self, wait: &mut CallWait) -> Poll<Result<CallPermit, Rejection>> {
+        let waker = self.waker.clone().unwrap_or_else(|| Waker::noop().clone());
+        wait.as_mut().poll(&mut Context::from_waker(&waker))
+    }
+
+    /// A message from the client.
+    fn client_message(&mut self, m: &SipMessage<'_>, msg: &Message) -> Verdict {
+        let now = Instant::now();
+        match m.method() {
+            Some("INVITE") if m.to_tag.is_none() => self.initial_invite(m, msg, now),
+            Some("CANCEL") => self.cancel(m, msg),
+            Some("ACK") => {
+                let absorbed = self.absorb.iter().position(|(id, n, until)| {
+                    **id == *m.call_id && *n == m.cseq.number && *until > now
+                });
+                if let Some(i) = absorbed {
+                    self.absorb.remove(i);
+                    return Verdict::Drop;
+                }
+                self.touch(m.call_id, now);
+                Verdict::Pass
+            }
+            Some("BYE") => {
+                if let Some(Call::Up { stage, last, .. }) = self.calls.get_mut(m.call_id) {
+                    *last = now;
+                    if let Stage::Confirmed { to_tag } | Stage::ClientBye { to_tag, .. } = stage {
+                        // The client's BYE names the edge's tag in its To.
+                        if m.to_tag == Some(&**to_tag) {
+                            let to_tag = std::mem::take(to_tag);
+                            *stage = Stage::ClientBye {
+                                cseq: m.cseq.number,
+                                to_tag,
+                            };
+                        }
+                    }
+                }
+                Verdict::Pass
+            }
+            _ => {
+                self.touch(m.call_id, now);
+                Verdict::Pass
+            }
+        }
+    }
+
+    /// An INVITE without a To tag: a new call, unless its Call-ID is known already (a
+    /// retransmission, or a new INVITE after an authentication challenge ended the
+    /// first).
+    fn initial_invite(&mut self, m: &SipMessage<'_>, msg: &Message, now: Instant) -> Verdict {
+        match self.calls.get_mut(m.call_id) {
+            // A retransmission of a held INVITE: it is answered already.
+            Some(Call::Held { .. }) => return Verdict::Drop,
+            Some(Call::Up { last, .. }) => {
+                *last = now;
+                return Verdict::Pass;
+            }
+            None => {}
+        }
+        let cseq = m.cseq.number;
+        if self.calls.len() >= MAX_SESSION_CALLS {
+            self.gate.metrics.outcome(CallOutcome::CallCap);
+            self.absorb_ack(m.call_id, cseq);
+            let secs = self.retry_after(None);
+            return Verdict::Answer(reply(msg, unavailable(m, CallOutcome::CallCap, secs)));
+        }
+        if let Some(permit) = self.gate.try_admit() {
+            self.gate.metrics.outcome(CallOutcome::Admitted);
+            self.up(m.call_id, permit, cseq, now);
+            return Verdict::Pass;
+        }
+        let mut wait = self.gate.admit();
+        match self.first_poll(&mut wait) {
+            Poll::Ready(Ok(permit)) => {
+                self.gate.metrics.outcome(CallOutcome::Admitted);
+                self.up(m.call_id, permit, cseq, now);
+                Verdict::Pass
+            }
+            Poll::Ready(Err(refusal)) => {
+                self.gate.metrics.outcome(CallOutcome::CallCap);
+                self.absorb_ack(m.call_id, cseq);
+                let secs = self.retry_after(Some(&refusal));
+                Verdict::Answer(reply(msg, unavailable(m, CallOutcome::CallCap, secs)))
+            }
+            Poll::Pending => {
+                let trying = reply(msg, sip::response(m, 100, "Trying", "", &[]));
+                self.calls.insert(
+                    m.call_id.into(),
+                    Call::Held {
+                        invite: msg.clone(),
+                        cseq,
+                        since: now,
+                        wait: Held(wait),
+                    },
+                );
+                self.send(Direction::EdgeToClient, trying);
+                Verdict::Hold
+            }
+        }
+    }
+
+    /// Counts a call that goes to the edge now.
+    fn up(&mut self, call_id: &str, permit: CallPermit, cseq: u32, now: Instant) {
+        self.calls.insert(
+            call_id.into(),
+            Call::Up {
+                _permit: permit,
+                cseq,
+                stage: Stage::Proceeding { cancel: None },
+                last: now,
+            },
+        );
+        self.arm_reaper(now);
+    }
+
+    /// A CANCEL from the client.
+    fn cancel(&mut self, m: &SipMessage<'_>, msg: &Message) -> Verdict {
+        let now = Instant::now();
+        match self.calls.get_mut(m.call_id) {
+            Some(Call::Held { cseq, .. }) if *cseq == m.cseq.number => {
+                let Some(Call::Held { invite, since, .. }) = self.calls.remove(m.call_id) else {
+                    unreachable!("matched as held just above");
+                };
+                self.gate.metrics.outcome(CallOutcome::Cancelled);
+                self.gate.metrics.queue_wait(since.elapsed());
+                let tag = sip::new_tag();
+                if let Some(inv) = bytes(&invite).and_then(|b| sip::parse(b).ok()) {
+                    let terminated = sip::response(&inv, 487, "Request Terminated", &tag, &[]);
+                    self.send(Direction::EdgeToClient, reply(&invite, terminated));
+                }
+                self.absorb_ack(m.call_id, m.cseq.number);
+                Verdict::Answer(reply(msg, sip::response(m, 200, "OK", &tag, &[])))
+            }
+            Some(Call::Up {
+                cseq, stage, last, ..
+            }) if *cseq == m.cseq.number => {
+                *last = now;
+                if let Stage::Proceeding { cancel } = stage {
+                    *cancel = Some(msg.clone());
+                }
+                Verdict::Pass
+            }
+            _ => Verdict::Pass,
+        }
+    }
+
+    /// A message from the edge.
+    fn edge_message(&mut self, m: &SipMessage<'_>, msg: &Message) -> Verdict {
+        let now = Instant::now();
+        let Some(Call::Up {
+            cseq, stage, last, ..
+        }) = self.calls.get_mut(m.call_id)
+        else {
+            return Verdict::Pass;
+        };
+        *last = now;
+        let Some(code) = m.code() else {
+            // A request: the edge's BYE (its From tag is the edge's tag of the dialog)
+            // ends the call; the edge's own count dropped already.
+            let counted = match &*stage {
+                Stage::Confirmed { to_tag } | Stage::ClientBye { to_tag, .. } => {
+                    m.from_tag == Some(&**to_tag)
+                }
+                _ => false,
+            };
+            if m.method() == Some("BYE") && counted {
+                self.calls.remove(m.call_id);
+            }
+            return Verdict::Pass;
+        };
+        match (m.cseq.method, &*stage) {
+            ("INVITE", Stage::Proceeding { cancel }) if m.cseq.number == *cseq => {
+                if code < 200 {
+                    Verdict::Pass
+                } else if code >= 300 {
+                    self.calls.remove(m.call_id);
+                    Verdict::Pass
+                } else if let Some(cancel) = cancel.clone() {
+                    // The 200 crossed the client's CANCEL: the client dropped the call
+                    // and will not end it; sluice does, and keeps the 200 from it.
+                    let bye_cseq = *cseq + 1;
+                    *stage = Stage::SluiceBye { cseq: bye_cseq };
+                    self.end_crossed(&cancel, m, msg);
+                    Verdict::Drop
+                } else {
+                    *stage = Stage::Confirmed {
+                        to_tag: m.to_tag.unwrap_or_default().into(),
+                    };
+                    Verdict::Pass
+                }
+            }
+            // A 200 sluice's own BYE already answers for: the client never saw it.
+            ("INVITE", Stage::SluiceBye { .. }) => Verdict::Drop,
+            ("BYE", Stage::ClientBye { cseq: bye, .. }) if m.cseq.number == *bye && code >= 200 => {
+                self.calls.remove(m.call_id);
+                Verdict::Pass
+            }
+            ("BYE", Stage::SluiceBye { cseq: bye }) if m.cseq.number == *bye => {
+                if code >= 200 {
+                    self.calls.remove(m.call_id);
+                }
+                Verdict::Drop
+            }
+            _ => Verdict::Pass,
+        }
+    }
+
+    /// Sends the ACK and the BYE that end a `2xx` (`ok`) which crossed `cancel`.
+    fn end_crossed(&mut self, cancel: &Message, ok: &SipMessage<'_>, ok_msg: &Message) {
+        // The CANCEL carries what the ACK and BYE need of the INVITE: its Request-URI,
+        // top Via, From, Call-ID and CSeq number (RFC 3261 §9.1).
+        let Some(invite) = bytes(cancel).and_then(|b| sip::parse(b).ok()) else {
+            return;
+        };
+        let ack = sip::ack_for_2xx(&invite, ok, &sip::new_branch());
+        let bye = sip::bye_for(&invite, ok, &sip::new_branch());
+        self.send(Direction::ClientToEdge, reply(ok_msg, ack));
+        self.send(Direction::ClientToEdge, reply(ok_msg, bye));
+    }
+
+    /// A message of call `call_id`'s dialog went by.
+    fn touch(&mut self, call_id: &str, now: Instant) {
+        if let Some(Call::Up { last, .. }) = self.calls.get_mut(call_id) {
+            *last = now;
+        }
+    }
+
+    /// Makes sure the reaper wakes by the time a call up since `now` could be silent too
+    /// long.
+    fn arm_reaper(&mut self, now: Instant) {
+        let at = now + self.gate.limits().call_idle_timeout;
+        match &mut self.reaper {
+            Some(sleep) if sleep.deadline() <= at => {}
+            Some(sleep) => sleep.as_mut().reset(at),
+            None => self.reaper = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// Ends the calls silent for `call_idle_timeout`, and sets the reaper for the next.
+    fn reap(&mut self, cx: &mut Context<'_>) {
+        let Some(sleep) = &mut self.reaper else {
+            return;
+        };
+        if sleep.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        let idle = self.gate.limits().call_idle_timeout;
+        let now = Instant::now();
+        let metrics = &self.gate.metrics;
+        self.calls.retain(|_, call| match call {
+            Call::Up { last, .. } if *last + idle <= now => {
+                metrics.outcome(CallOutcome::Reaped);
+                false
+            }
+            _ => true,
+        });
+        let next = self
+            .calls
+            .values()
+            .filter_map(|c| match c {
+                Call::Up { last, .. } => Some(*last + idle),
+                Call::Held { .. } => None,
+            })
+            .min();
+        match next {
+            Some(at) => {
+                let mut sleep = Box::pin(tokio::time::sleep_until(at));
+                // Registers the waker for the new deadline.
+                let _ = sleep.as_mut().poll(cx);
+                self.reaper = Some(sleep);
+            }
+            None => self.reaper = None,
+        }
+    }
+
+    /// Polls the held INVITEs: forwards those given a place, answers those refused.
+    fn release_held(&mut self, cx: &mut Context<'_>) {
+        let mut done = Vec::new();
+        for (id, call) in &mut self.calls {
+            if let Call::Held { wait, .. } = call {
+                if let Poll::Ready(result) = wait.0.as_mut().poll(cx) {
+                    done.push((id.clone(), result));
+                }
+            }
+        }
+        for (id, result) in done {
+            let Some(Call::Held {
+                invite,
+                cseq,
+                since,
+                ..
+            }) = self.calls.remove(&id)
+            else {
+                continue;
+            };
+            self.gate.metrics.queue_wait(since.elapsed());
+            match result {
+                Ok(permit) => {
+                    self.gate.metrics.outcome(CallOutcome::QueuedAdmitted);
+                    let now = Instant::now();
+                    self.up(&id, permit, cseq, now);
+                    self.outbox.push_back((Direction::ClientToEdge, invite));
+                }
+                Err(refusal) => {
+                    let outcome = if refusal.reason == Reason::QueueTimeout {
+                        CallOutcome::CallQueueTimeout
+                    } else {
+                        CallOutcome::CallCap
+                    };
+                    self.gate.metrics.outcome(outcome);
+                    let secs = self.retry_after(Some(&refusal));
+                    if let Some(inv) = bytes(&invite).and_then(|b| sip::parse(b).ok()) {
+                        let answer = reply(&invite, unavailable(&inv, outcome, secs));
+                        self.outbox.push_back((Direction::EdgeToClient, answer));
+                    }
+                    self.absorb_ack(&id, cseq);
+                }
+            }
+        }
+    }
+}
+
+impl MessageHook for CallHook {
+    fn on_message(&mut self, dir: Direction, msg: &Message) -> Verdict {
+        let Some(data) = bytes(msg) else {
+            return Verdict::Pass;
+        };
+        let m = match sip::parse(data) {
+            Ok(m) => m,
+            Err(_) => {
+                // A keep-alive (CRLF, RFC 5626) is not a message that failed.
+                if !data.iter().all(u8::is_ascii_whitespace) {
+                    self.gate.metrics.unparsed.inc();
+                }
+                return Verdict::Pass;
+            }
+        };
+        match dir {
+            Direction::ClientToEdge => self.client_message(&m, msg),
+            Direction::EdgeToClient => self.edge_message(&m, msg),
+        }
+    }
+
+    fn hold(&mut self, _dir: Direction, _msg: Message) {
+        // The held INVITE was kept by `initial_invite` already (it needed it to answer).
+    }
+
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<(Direction, Message)> {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+        if self.outbox.is_empty() {
+            self.release_held(cx);
+            self.reap(cx);
+        }
+        match self.outbox.pop_front() {
+            Some(out) => Poll::Ready(out),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for CallHook {
+    fn drop(&mut self) {
+        // Held INVITEs leave the queue as their waits drop; their time counts.
+        for call in self.calls.values() {
+            if let Call::Held { since, .. } = call {
+                self.gate.metrics.queue_wait(since.elapsed());
+            }
+        }
+    }
+}

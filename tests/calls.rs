@@ -1,0 +1,463 @@
+//! Per-tenant SIP call caps (DESIGN.md "SIP awareness"): SIP-over-WebSocket phones
+//! through sluice in `accept` mode to a SIP edge, all real WebSocket sessions on
+//! 127.0.0.1. The phones send hand-written SIP as a UA does (tests/sip_ua.rs drives
+//! JsSIP); the edge is the scripted one of tests/support/sip.rs.
+
+mod support;
+
+use std::time::Duration;
+
+use support::sip::{header, status, Phone, SipEdge};
+use support::{config, connect_ok, scrape, tenant, wait_until, Proxy, TenantSpec};
+use tokio::time::Instant;
+
+/// Tenant `acme` speaking SIP in `accept` mode, with the call keys of `calls`
+/// (`key = value` TOML lines), roomy session limits.
+fn sip_tenant(calls: &[(&str, &str)]) -> TenantSpec {
+    let mut t = tenant("acme")
+        .accept_mode()
+        .subprotocols(&["sip"])
+        .max_sessions(100)
+        .unpaced();
+    for (k, v) in calls {
+        t = t.key(k, v);
+    }
+    t
+}
+
+async fn sip_proxy(edge: &SipEdge, calls: &[(&str, &str)]) -> Proxy {
+    config()
+        .upstream(&edge.url())
+        .tenant(sip_tenant(calls))
+        .start()
+        .await
+}
+
+/// A phone with a session through sluice.
+async fn phone(proxy: &Proxy, name: &str) -> Phone {
+    let ws = connect_ok(&proxy.url("/t/acme/"), &[("sec-websocket-protocol", "sip")]).await;
+    Phone::new(ws, name)
+}
+
+fn active(proxy: &Proxy) -> u32 {
+    proxy
+        .admission
+        .call_load("acme")
+        .expect("acme counts calls")
+        .active
+}
+
+fn queued(proxy: &Proxy) -> u32 {
+    proxy
+        .admission
+        .call_load("acme")
+        .expect("acme counts calls")
+        .queued
+}
+
+async fn calls_total(proxy: &Proxy, outcome: &str) -> f64 {
+    scrape(proxy.admin).await.get(
+        "sluice_calls_total",
+        &[("tenant", "acme"), ("outcome", outcome)],
+    )
+}
+
+/// Places call `call_id` from `p` on an auto-answering edge; returns the 200's To.
+async fn established(p: &mut Phone, call_id: &str) -> String {
+    p.invite(call_id).await;
+    let ok = p.expect(200, call_id).await;
+    let to = header(&ok, "to").unwrap().to_owned();
+    p.ack(call_id, &to).await;
+    to
+}
+
+#[tokio::test]
+async fn over_the_cap_invites_get_100_trying_and_reach_the_edge_in_order_as_calls_end() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "5")]).await;
+    let mut phones = Vec::new();
+    for i in 0..8 {
+        phones.push(phone(&proxy, &format!("p{i}")).await);
+    }
+    let mut tos = Vec::new();
+    for (i, p) in phones.iter_mut().enumerate().take(5) {
+        tos.push(established(p, &format!("call-{i}")).await);
+    }
+    // Three more: each hears 100 Trying from sluice at once, and the edge sees nothing.
+    for (i, p) in phones.iter_mut().enumerate().skip(5) {
+        p.invite(&format!("call-{i}")).await;
+        let trying = p.recv().await;
+        assert_eq!(status(&trying), Some(100), "{trying}");
+        assert_eq!(
+            header(&trying, "call-id"),
+            Some(format!("call-{i}").as_str())
+        );
+        wait_until("the INVITE is held", async || {
+            queued(&proxy) == (i - 4) as u32
+        })
+        .await;
+    }
+    assert_eq!(edge.invites().len(), 5);
+    assert_eq!(active(&proxy), 5);
+    assert_eq!(edge.count("SIP/2.0 503", None), 0);
+
+    // Each call that ends lets the next held INVITE through, oldest first.
+    for (i, to) in tos.iter().enumerate().take(3) {
+        let call = format!("call-{i}");
+        phones[i].bye(&call, to).await;
+        phones[i].expect(200, &call).await;
+        let released = format!("call-{}", i + 5);
+        phones[i + 5].expect(200, &released).await;
+        assert_eq!(edge.invites().last(), Some(&released));
+    }
+    let order: Vec<String> = (0..8).map(|i| format!("call-{i}")).collect();
+    assert_eq!(edge.invites(), order, "FIFO through the call queue");
+    // Held INVITEs were released on the BYE's answer, never before: the edge, whose
+    // count drops on the BYE, never had to refuse one.
+    assert_eq!(edge.count("SIP/2.0 503", None), 0);
+    assert_eq!(active(&proxy), 5);
+    assert_eq!(queued(&proxy), 0);
+    assert_eq!(calls_total(&proxy, "admitted").await, 5.0);
+    assert_eq!(calls_total(&proxy, "queued_admitted").await, 3.0);
+}
+
+#[tokio::test]
+async fn call_rate_paces_initial_invites_to_the_edge() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("call_rate", "5.0"), ("call_burst", "1")]).await;
+    let mut p = phone(&proxy, "pacer").await;
+    let started = Instant::now();
+    for i in 0..6 {
+        p.invite(&format!("paced-{i}")).await;
+    }
+    edge.wait_for("six INVITEs", |e| e.invites().len() == 6)
+        .await;
+    let seen = edge.seen();
+    let times: Vec<Instant> = seen
+        .iter()
+        .filter(|s| s.first_line().starts_with("INVITE "))
+        .map(|s| s.at)
+        .collect();
+    // 5/s with a burst of one: five gaps of 200 ms (generous bound for a shared machine).
+    let span = times[5] - times[0];
+    assert!(span >= Duration::from_millis(800), "span {span:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        edge.invites(),
+        (0..6).map(|i| format!("paced-{i}")).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_full_call_queue_and_a_queue_timeout_are_answered_503_by_sluice() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(
+        &edge,
+        &[
+            ("max_calls", "1"),
+            ("invite_queue_depth", "1"),
+            ("invite_queue_timeout", "\"400ms\""),
+        ],
+    )
+    .await;
+    let mut a = phone(&proxy, "a").await;
+    let mut b = phone(&proxy, "b").await;
+    let mut c = phone(&proxy, "c").await;
+    established(&mut a, "up").await;
+    b.invite("held").await;
+    assert_eq!(status(&b.recv().await), Some(100));
+    // The queue (depth 1) is full: answered at once, no 100 first.
+    c.invite("full").await;
+    let full = c.recv().await;
+    assert_eq!(status(&full), Some(503), "{full}");
+    assert!(header(&full, "retry-after").is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
+    assert_eq!(
+        header(&full, "reason"),
+        Some("SIP;cause=503;text=\"call-cap\"")
+    );
+    assert!(header(&full, "to").unwrap().contains("tag="), "{full}");
+    // The held one times out.
+    let timed_out = b.expect(503, "held").await;
+    assert_eq!(
+        header(&timed_out, "reason"),
+        Some("SIP;cause=503;text=\"call-queue-timeout\"")
+    );
+    assert!(header(&timed_out, "retry-after").is_some());
+    // Their ACKs are sluice's to absorb.
+    let to = header(&full, "to").unwrap().to_owned();
+    c.ack("full", &to).await;
+    let to = header(&timed_out, "to").unwrap().to_owned();
+    b.ack("held", &to).await;
+    // A marker after the ACKs: once it arrived, the ACKs would have too.
+    b.send("OPTIONS sip:edge.invalid SIP/2.0\r\nVia: SIP/2.0/WS b.invalid;branch=z9hG4bKo\r\nFrom: <sip:b@x>;tag=1\r\nTo: <sip:edge@x>\r\nCall-ID: marker\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n".into()).await;
+    b.expect(200, "marker").await;
+    assert_eq!(edge.invites(), ["up"]);
+    assert_eq!(edge.count("ACK ", Some("full")), 0);
+    assert_eq!(edge.count("ACK ", Some("held")), 0);
+    assert_eq!(calls_total(&proxy, "call-cap").await, 1.0);
+    assert_eq!(calls_total(&proxy, "call-queue-timeout").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_cancel_of_a_held_invite_is_answered_200_and_487_and_nothing_reaches_the_edge() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = phone(&proxy, "a").await;
+    let mut b = phone(&proxy, "b").await;
+    established(&mut a, "up").await;
+    b.invite("held").await;
+    assert_eq!(status(&b.recv().await), Some(100));
+    b.cancel("held").await;
+    let first = b.recv().await;
+    assert_eq!(status(&first), Some(200), "{first}");
+    assert!(header(&first, "cseq").unwrap().ends_with("CANCEL"));
+    let terminated = b.recv().await;
+    assert_eq!(status(&terminated), Some(487), "{terminated}");
+    assert!(header(&terminated, "cseq").unwrap().ends_with("INVITE"));
+    let to = header(&terminated, "to").unwrap().to_owned();
+    b.ack("held", &to).await;
+    wait_until("the queue is empty", async || queued(&proxy) == 0).await;
+    // A later call of b goes through once a's ends: the cancelled one left no trace.
+    let a_to = edge_to(&edge, "up");
+    a.bye("up", &a_to).await;
+    a.expect(200, "up").await;
+    established(&mut b, "after").await;
+    assert_eq!(edge.invites(), ["up", "after"]);
+    assert_eq!(
+        edge.count("", Some("held")),
+        0,
+        "the edge saw nothing of the cancelled call"
+    );
+    assert_eq!(calls_total(&proxy, "cancelled").await, 1.0);
+}
+
+/// The To (with tag) the edge gave call `call_id`.
+fn edge_to(edge: &SipEdge, call_id: &str) -> String {
+    let invite = edge
+        .seen()
+        .into_iter()
+        .find(|s| s.header("call-id") == Some(call_id))
+        .expect("the edge saw the call");
+    let ok = support::sip::response(&invite.text, "200 OK", true);
+    header(&ok, "to").unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_200_that_crosses_a_cancel_is_acked_and_byed_by_sluice() {
+    let edge = SipEdge::start(false).await;
+    edge.ignore_cancels();
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = phone(&proxy, "a").await;
+    a.invite("crossed").await;
+    assert_eq!(status(&a.recv().await), Some(100));
+    a.cancel("crossed").await;
+    edge.wait_for("the CANCEL", |e| e.count("CANCEL ", Some("crossed")) == 1)
+        .await;
+    edge.answer("crossed", 200);
+    // sluice ends the dialog itself: ACK, then BYE, to the 200's Contact through its
+    // Record-Route set reversed.
+    edge.wait_for("ACK and BYE", |e| e.count("BYE ", Some("crossed")) == 1)
+        .await;
+    let seen = edge.seen();
+    let ack = seen
+        .iter()
+        .find(|s| s.first_line().starts_with("ACK "))
+        .unwrap();
+    let bye = seen
+        .iter()
+        .find(|s| s.first_line().starts_with("BYE "))
+        .unwrap();
+    assert_eq!(
+        ack.first_line(),
+        "ACK sip:edge@127.0.0.1;transport=ws SIP/2.0"
+    );
+    assert_eq!(
+        bye.first_line(),
+        "BYE sip:edge@127.0.0.1;transport=ws SIP/2.0"
+    );
+    assert_eq!(ack.header("cseq"), Some("1 ACK"));
+    assert_eq!(bye.header("cseq"), Some("2 BYE"));
+    assert!(ack.header("to").unwrap().contains("tag=edge1"));
+    let routes: Vec<&str> = bye
+        .text
+        .split("\r\n")
+        .filter(|l| l.to_ascii_lowercase().starts_with("route:"))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "Route: <sip:rr2.edge.invalid;lr>",
+            "Route: <sip:rr1.edge.invalid;lr>"
+        ]
+    );
+    assert!(ack.at <= bye.at);
+    // The edge answered the BYE: the call is over, and the client never saw the 200 or
+    // the BYE's answer.
+    wait_until("the call ends", async || active(&proxy) == 0).await;
+    let mut statuses = Vec::new();
+    while let Some(m) = a.recv_within(Duration::from_millis(300)).await {
+        statuses.push(status(&m));
+    }
+    assert!(
+        !statuses.contains(&Some(200)),
+        "the client saw a 200: {statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bye_from_the_edge_ends_the_call_and_releases_a_held_invite() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = phone(&proxy, "a").await;
+    let mut b = phone(&proxy, "b").await;
+    established(&mut a, "up").await;
+    b.invite("next").await;
+    assert_eq!(status(&b.recv().await), Some(100));
+    edge.bye("up");
+    let bye = a.recv().await;
+    assert!(bye.starts_with("BYE "), "{bye}");
+    b.expect(200, "next").await;
+    assert_eq!(edge.invites(), ["up", "next"]);
+    assert_eq!(active(&proxy), 1);
+}
+
+#[tokio::test]
+async fn a_final_refusal_from_the_edge_ends_the_call() {
+    let edge = SipEdge::start(false).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = phone(&proxy, "a").await;
+    a.invite("busy").await;
+    edge.wait_for("the INVITE", |e| e.invites().len() == 1)
+        .await;
+    assert_eq!(active(&proxy), 1);
+    edge.answer("busy", 486);
+    a.expect(486, "busy").await;
+    wait_until("the call ends", async || active(&proxy) == 0).await;
+}
+
+#[tokio::test]
+async fn a_session_closed_mid_call_frees_its_calls() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = phone(&proxy, "a").await;
+    let mut b = phone(&proxy, "b").await;
+    established(&mut a, "up").await;
+    b.invite("waiting").await;
+    assert_eq!(status(&b.recv().await), Some(100));
+    drop(a);
+    b.expect(200, "waiting").await;
+    assert_eq!(edge.invites(), ["up", "waiting"]);
+    // And a session that leaves while its INVITE is held leaves the queue.
+    let mut c = phone(&proxy, "c").await;
+    c.invite("gone").await;
+    assert_eq!(status(&c.recv().await), Some(100));
+    assert_eq!(queued(&proxy), 1);
+    drop(c);
+    wait_until("the held INVITE leaves", async || queued(&proxy) == 0).await;
+}
+
+#[tokio::test]
+async fn a_reinvite_does_not_count_again() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = phone(&proxy, "a").await;
+    let to = established(&mut a, "up").await;
+    a.reinvite("up", &to).await;
+    let ok = a.expect(200, "up").await;
+    assert!(header(&ok, "cseq").unwrap().starts_with("3 "), "{ok}");
+    assert_eq!(edge.count("INVITE ", Some("up")), 2);
+    assert_eq!(active(&proxy), 1);
+    assert_eq!(calls_total(&proxy, "admitted").await, 1.0);
+    // `/api/tenants` shows the call against the cap.
+    let (code, body) = support::admin_get(proxy.admin, "/api/tenants").await;
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let acme = status["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "acme")
+        .unwrap();
+    assert_eq!(acme["calls"]["active"], 1);
+    assert_eq!(acme["calls"]["max_calls"], 1);
+    assert_eq!(acme["calls"]["outcomes"]["admitted"], 1);
+}
+
+#[tokio::test]
+async fn a_silent_dialog_is_reaped() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(
+        &edge,
+        &[("max_calls", "1"), ("call_idle_timeout", "\"300ms\"")],
+    )
+    .await;
+    let mut a = phone(&proxy, "a").await;
+    let mut b = phone(&proxy, "b").await;
+    established(&mut a, "silent").await;
+    b.invite("next").await;
+    assert_eq!(status(&b.recv().await), Some(100));
+    // Nothing of "silent" moves: it stops counting, and "next" goes on.
+    b.expect(200, "next").await;
+    assert_eq!(calls_total(&proxy, "reaped").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_message_that_is_not_sip_passes_unchanged_and_is_counted() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = phone(&proxy, "a").await;
+    a.send("hello, not SIP".into()).await;
+    edge.wait_for("the message", |e| {
+        e.seen().iter().any(|s| s.text == "hello, not SIP")
+    })
+    .await;
+    let unparsed = scrape(proxy.admin)
+        .await
+        .get("sluice_sip_unparsed_total", &[("tenant", "acme")]);
+    assert_eq!(unparsed, 1.0);
+    // And calls still count after it.
+    established(&mut a, "after").await;
+    assert_eq!(active(&proxy), 1);
+}
+
+#[tokio::test]
+async fn a_reload_changes_max_calls_for_new_invites_and_cuts_no_live_call() {
+    let edge = SipEdge::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    let write = |max_calls: u32| {
+        let text = config()
+            .upstream(&edge.url())
+            .tenant(sip_tenant(&[("max_calls", &max_calls.to_string())]))
+            .text();
+        std::fs::write(&path, text).unwrap();
+    };
+    write(2);
+    let proxy = support::proxy_from_file(&path).await;
+    let mut a = phone(&proxy, "a").await;
+    let mut b = phone(&proxy, "b").await;
+    let mut c = phone(&proxy, "c").await;
+    let a_to = established(&mut a, "a1").await;
+    established(&mut b, "b1").await;
+    // Lowered below the live calls: both stay up, a new INVITE waits.
+    write(1);
+    let (code, body) = support::admin_request(proxy.admin, "POST", "/-/reload").await;
+    assert_eq!(code, 200, "{body}");
+    c.invite("c1").await;
+    assert_eq!(status(&c.recv().await), Some(100));
+    assert_eq!(active(&proxy), 2);
+    // One call ending is not enough under the new cap of 1.
+    a.bye("a1", &a_to).await;
+    a.expect(200, "a1").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(queued(&proxy), 1, "still held: 1 call up, cap 1");
+    assert_eq!(edge.invites(), ["a1", "b1"]);
+    // Raised: the held INVITE goes on at once; the live call was never touched.
+    write(3);
+    let (code, body) = support::admin_request(proxy.admin, "POST", "/-/reload").await;
+    assert_eq!(code, 200, "{body}");
+    c.expect(200, "c1").await;
+    assert_eq!(edge.invites(), ["a1", "b1", "c1"]);
+    assert_eq!(edge.count("BYE ", Some("b1")), 0);
+    assert_eq!(active(&proxy), 2);
+}

@@ -1,0 +1,446 @@
+//! A SIP-over-WebSocket edge the call tests script (RFC 7118), and SIP phones that talk
+//! through sluice.
+//!
+//! The edge accepts subprotocol `sip`, records every message it receives (with its
+//! session and arrival time), and answers as a registrar and a call server: REGISTER,
+//! OPTIONS → `200`; an initial INVITE → `100 Trying`, then `200 OK` at once (with a To
+//! tag and a Contact) when it answers automatically, or when the test says
+//! ([`SipEdge::answer`]); BYE → `200`; CANCEL → `200`, and `487` for an INVITE it has not
+//! answered yet — unless it was told to ignore CANCELs ([`SipEdge::ignore_cancels`]), the
+//! way a `200` crosses a CANCEL on the wire. [`SipEdge::bye`] sends a BYE of its own.
+//! Messages are built by copying header lines, independent of `sluice::sip`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::Client;
+
+/// One message the edge received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Which session (numbered from 1 in accept order).
+    pub session: u64,
+    /// The message.
+    pub text: String,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Seen {
+    /// Its first line.
+    pub fn first_line(&self) -> &str {
+        self.text.lines().next().unwrap_or("")
+    }
+
+    /// The value of header `name` (case-insensitive, full name only).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.text, name)
+    }
+}
+
+/// The value of header `name` in SIP `text`.
+pub fn header<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.split("\r\n").skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The status code of a SIP response.
+pub fn status(text: &str) -> Option<u16> {
+    text.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+}
+
+#[derive(Debug, Default)]
+struct State {
+    seen: Vec<Seen>,
+    sessions: HashMap<u64, mpsc::UnboundedSender<Message>>,
+    /// Initial INVITEs not answered finally yet: Call-ID → (session, INVITE).
+    pending: HashMap<String, (u64, String)>,
+    /// Answered 2xx: Call-ID → (session, INVITE, the 200).
+    up: HashMap<String, (u64, String, String)>,
+}
+
+/// A running SIP edge.
+#[derive(Debug, Clone)]
+pub struct SipEdge {
+    /// Its address.
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    auto_answer: Arc<AtomicBool>,
+    ignore_cancels: Arc<AtomicBool>,
+}
+
+impl SipEdge {
+    /// Starts an edge on 127.0.0.1:0; it answers INVITEs `200` at once when
+    /// `auto_answer`, else when the test says.
+    pub async fn start(auto_answer: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let edge = Self {
+            addr: listener.local_addr().unwrap(),
+            state: Arc::default(),
+            auto_answer: Arc::new(AtomicBool::new(auto_answer)),
+            ignore_cancels: Arc::default(),
+        };
+        let e = edge.clone();
+        let ids = Arc::new(AtomicU64::new(0));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let e = e.clone();
+                let id = ids.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::spawn(async move { e.serve(tcp, id).await });
+            }
+        });
+        edge
+    }
+
+    /// `ws://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// From now on, CANCELs are recorded and otherwise ignored.
+    pub fn ignore_cancels(&self) {
+        self.ignore_cancels.store(true, Ordering::SeqCst);
+    }
+
+    #[allow(clippy::result_large_err)] // tungstenite's callback type
+    async fn serve(&self, tcp: tokio::net::TcpStream, id: u64) {
+        let callback = |req: &Request, mut resp: Response| {
+            let offered = req
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if offered.split(',').any(|p| p.trim() == "sip") {
+                resp.headers_mut()
+                    .insert("sec-websocket-protocol", "sip".parse().unwrap());
+            }
+            Ok(resp)
+        };
+        let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+            return;
+        };
+        let (mut tx, mut rx) = ws.split();
+        let (out, mut outq) = mpsc::unbounded_channel();
+        self.state.lock().unwrap().sessions.insert(id, out.clone());
+        let writer = tokio::spawn(async move {
+            while let Some(m) = outq.recv().await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        while let Some(Ok(msg)) = rx.next().await {
+            let text = match msg {
+                Message::Text(t) => t.to_string(),
+                Message::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            for reply in self.on_message(id, text) {
+                let _ = out.send(Message::text(reply));
+            }
+        }
+        let mut state = self.state.lock().unwrap();
+        state.sessions.remove(&id);
+        state.pending.retain(|_, (s, _)| *s != id);
+        state.up.retain(|_, (s, _, _)| *s != id);
+        drop(state);
+        writer.abort();
+    }
+
+    fn on_message(&self, id: u64, text: String) -> Vec<String> {
+        let mut state = self.state.lock().unwrap();
+        state.seen.push(Seen {
+            session: id,
+            text: text.clone(),
+            at: Instant::now(),
+        });
+        let first = text.lines().next().unwrap_or("").to_owned();
+        let method = first.split(' ').next().unwrap_or("");
+        let call_id = header(&text, "call-id").unwrap_or("").to_owned();
+        let to_tagged = header(&text, "to").is_some_and(|t| t.contains("tag="));
+        match method {
+            "INVITE" if !to_tagged => {
+                let mut out = vec![response(&text, "100 Trying", false)];
+                if self.auto_answer.load(Ordering::SeqCst) {
+                    let ok = response(&text, "200 OK", true);
+                    state.up.insert(call_id, (id, text.clone(), ok.clone()));
+                    out.push(ok);
+                } else {
+                    state.pending.insert(call_id, (id, text.clone()));
+                }
+                out
+            }
+            "INVITE" | "REGISTER" | "OPTIONS" => vec![response(&text, "200 OK", true)],
+            "BYE" => {
+                let known = state.up.remove(&call_id).is_some();
+                vec![response(
+                    &text,
+                    if known {
+                        "200 OK"
+                    } else {
+                        "481 Call/Transaction Does Not Exist"
+                    },
+                    true,
+                )]
+            }
+            "CANCEL" if self.ignore_cancels.load(Ordering::SeqCst) => Vec::new(),
+            "CANCEL" => {
+                let mut out = vec![response(&text, "200 OK", true)];
+                if let Some((_, invite)) = state.pending.remove(&call_id) {
+                    out.push(response(&invite, "487 Request Terminated", true));
+                }
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Answers the pending INVITE of `call_id` with `code` (`200`: the call is up).
+    pub fn answer(&self, call_id: &str, code: u16) {
+        let mut state = self.state.lock().unwrap();
+        let (session, invite) = state
+            .pending
+            .remove(call_id)
+            .unwrap_or_else(|| panic!("no pending INVITE {call_id}"));
+        let line = match code {
+            200 => "200 OK".to_owned(),
+            486 => "486 Busy Here".to_owned(),
+            503 => "503 Service Unavailable".to_owned(),
+            other => format!("{other} Other"),
+        };
+        let resp = response(&invite, &line, true);
+        if code == 200 {
+            state
+                .up
+                .insert(call_id.to_owned(), (session, invite, resp.clone()));
+        }
+        if let Some(out) = state.sessions.get(&session) {
+            let _ = out.send(Message::text(resp));
+        }
+    }
+
+    /// Ends the call `call_id` with a BYE of the edge's own.
+    pub fn bye(&self, call_id: &str) {
+        let mut state = self.state.lock().unwrap();
+        let (session, invite, ok) = state
+            .up
+            .remove(call_id)
+            .unwrap_or_else(|| panic!("no call {call_id} up"));
+        let from = header(&invite, "from").unwrap_or("");
+        let to = header(&ok, "to").unwrap_or("");
+        let bye = format!(
+            "BYE sip:phone@client.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/WS edge.invalid;branch=z9hG4bKedgebye{session}\r\nMax-Forwards: 70\r\nFrom: {to}\r\nTo: {from}\r\nCall-ID: {call_id}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        if let Some(out) = state.sessions.get(&session) {
+            let _ = out.send(Message::text(bye));
+        }
+    }
+
+    /// Everything received so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    /// The Call-IDs of initial INVITEs received, in order.
+    pub fn invites(&self) -> Vec<String> {
+        self.seen()
+            .iter()
+            .filter(|s| {
+                s.first_line().starts_with("INVITE ")
+                    && !s.header("to").is_some_and(|t| t.contains("tag="))
+            })
+            .filter_map(|s| s.header("call-id").map(str::to_owned))
+            .collect()
+    }
+
+    /// How many received messages start with `prefix` (`"INVITE "`, `"SIP/2.0 200"`…)
+    /// and belong to `call_id` (any call when `None`).
+    pub fn count(&self, prefix: &str, call_id: Option<&str>) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.first_line().starts_with(prefix))
+            .filter(|s| call_id.is_none_or(|c| s.header("call-id") == Some(c)))
+            .count()
+    }
+
+    /// Calls up now.
+    pub fn calls_up(&self) -> usize {
+        self.state.lock().unwrap().up.len()
+    }
+
+    /// Waits until `cond` holds, up to 10 s.
+    pub async fn wait_for(&self, what: &str, cond: impl Fn(&SipEdge) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A response to `request` with status `line`: its Via, From, To (with a tag when
+/// `tag`), Call-ID and CSeq; a `200` to an INVITE carries a Contact and an SDP answer.
+pub fn response(request: &str, line: &str, tag: bool) -> String {
+    let mut out = format!("SIP/2.0 {line}\r\n");
+    for l in request.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
+        let name = l
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "from" | "call-id" | "cseq" => {
+                out.push_str(l);
+                out.push_str("\r\n");
+            }
+            "to" => {
+                out.push_str(l);
+                if tag && !l.contains("tag=") {
+                    out.push_str(";tag=edge1");
+                }
+                out.push_str("\r\n");
+            }
+            _ => {}
+        }
+    }
+    let invite_ok =
+        line.starts_with("200") && header(request, "cseq").is_some_and(|c| c.ends_with("INVITE"));
+    if invite_ok {
+        let sdp = "v=0\r\no=edge 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n";
+        out.push_str("Contact: <sip:edge@127.0.0.1;transport=ws>\r\nRecord-Route: <sip:rr1.edge.invalid;lr>\r\nRecord-Route: <sip:rr2.edge.invalid;lr>\r\nContent-Type: application/sdp\r\n");
+        out.push_str(&format!("Content-Length: {}\r\n\r\n{sdp}", sdp.len()));
+    } else {
+        out.push_str("Content-Length: 0\r\n\r\n");
+    }
+    out
+}
+
+/// A phone: a SIP-over-WebSocket client session (through sluice), sending hand-written
+/// SIP the way a UA does.
+pub struct Phone {
+    /// Its session.
+    pub ws: Client,
+    /// Its name (in URIs and tags).
+    pub name: String,
+}
+
+impl Phone {
+    /// A phone on an open session.
+    pub fn new(ws: Client, name: &str) -> Self {
+        Self {
+            ws,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Sends SIP `text`.
+    pub async fn send(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The initial INVITE of call `call_id` (CSeq 1).
+    pub fn invite_text(&self, call_id: &str) -> String {
+        let n = &self.name;
+        let sdp = "v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n";
+        format!(
+            "INVITE sip:queue@edge.invalid SIP/2.0\r\nVia: SIP/2.0/WS {n}.invalid;branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:{n}@edge.invalid>;tag=t{n}\r\nTo: <sip:queue@edge.invalid>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{n}@client.invalid;transport=ws>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+    }
+
+    /// Sends the initial INVITE of `call_id`.
+    pub async fn invite(&mut self, call_id: &str) {
+        let text = self.invite_text(call_id);
+        self.send(text).await;
+    }
+
+    /// Sends a CANCEL of `call_id`'s INVITE.
+    pub async fn cancel(&mut self, call_id: &str) {
+        let n = &self.name;
+        self.send(format!(
+            "CANCEL sip:queue@edge.invalid SIP/2.0\r\nVia: SIP/2.0/WS {n}.invalid;branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:{n}@edge.invalid>;tag=t{n}\r\nTo: <sip:queue@edge.invalid>\r\nCall-ID: {call_id}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+        ))
+        .await;
+    }
+
+    /// Sends the ACK for a final answer to `call_id`'s INVITE (`to`: that answer's To).
+    pub async fn ack(&mut self, call_id: &str, to: &str) {
+        let n = &self.name;
+        self.send(format!(
+            "ACK sip:queue@edge.invalid SIP/2.0\r\nVia: SIP/2.0/WS {n}.invalid;branch=z9hG4bKack{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:{n}@edge.invalid>;tag=t{n}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        ))
+        .await;
+    }
+
+    /// Sends a BYE for `call_id` (`to`: the 200's To), CSeq 2.
+    pub async fn bye(&mut self, call_id: &str, to: &str) {
+        let n = &self.name;
+        self.send(format!(
+            "BYE sip:edge@127.0.0.1;transport=ws SIP/2.0\r\nVia: SIP/2.0/WS {n}.invalid;branch=z9hG4bKbye{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:{n}@edge.invalid>;tag=t{n}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        ))
+        .await;
+    }
+
+    /// Sends a re-INVITE in `call_id`'s dialog (`to`: the 200's To), CSeq 3.
+    pub async fn reinvite(&mut self, call_id: &str, to: &str) {
+        let n = &self.name;
+        self.send(format!(
+            "INVITE sip:edge@127.0.0.1;transport=ws SIP/2.0\r\nVia: SIP/2.0/WS {n}.invalid;branch=z9hG4bKre{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:{n}@edge.invalid>;tag=t{n}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 3 INVITE\r\nContent-Length: 0\r\n\r\n"
+        ))
+        .await;
+    }
+
+    /// The next SIP message, within `within` (`None`: none came).
+    pub async fn recv_within(&mut self, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(Some(Ok(Message::Text(t)))) => return Some(t.to_string()),
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    return Some(String::from_utf8_lossy(&b).into_owned())
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => panic!("{}: session ended: {other:?}", self.name),
+            }
+        }
+    }
+
+    /// The next SIP message (within 10 s, else the test fails).
+    pub async fn recv(&mut self) -> String {
+        let name = self.name.clone();
+        self.recv_within(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{name}: no SIP message within 10 s"))
+    }
+
+    /// Reads until a response with status `code` to `call_id` comes (10 s); returns it.
+    pub async fn expect(&mut self, code: u16, call_id: &str) -> String {
+        loop {
+            let m = self.recv().await;
+            if status(&m) == Some(code) && header(&m, "call-id") == Some(call_id) {
+                return m;
+            }
+            assert!(
+                status(&m).is_none_or(|s| s < 200 || header(&m, "call-id") != Some(call_id)),
+                "{}: expected {code} for {call_id}, got {m}",
+                self.name
+            );
+        }
+    }
+}
