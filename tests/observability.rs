@@ -278,7 +278,21 @@ async fn the_admin_listener_answers_its_paths_and_only_those() {
 /// The Grafana dashboard parses and queries only metrics a real scrape has.
 #[tokio::test]
 async fn the_grafana_dashboard_queries_only_exposed_metrics() {
-    let (_edge, proxy) = support::lab("").await;
+    // Tenant lab, and a SIP tenant with call limits (whose call series exist from the
+    // start).
+    let edge = support::edge().await;
+    let proxy = support::config()
+        .upstream(&edge.url(false))
+        .tenant(support::tenant("lab"))
+        .tenant(
+            support::tenant("voice")
+                .accept_mode()
+                .subprotocols(&["sip"])
+                .key("max_calls", "5")
+                .key("call_rate", "2.0"),
+        )
+        .start()
+        .await;
     // One session, so that the series created on first use exist too.
     close(connect_ok(&proxy.url("/t/lab/"), &[]).await).await;
     let names = scrape(proxy.admin).await.names();
