@@ -101,6 +101,8 @@ pub struct CallHook {
     waker: Option<Waker>,
     /// Wakes the hook for the oldest silent call (reaper), while calls are up.
     reaper: Option<std::pin::Pin<Box<Sleep>>>,
+    /// How many of `calls` are held (none: nothing to poll on a wake).
+    held: usize,
 }
 
 impl std::fmt::Debug for CallHook {
@@ -154,6 +156,7 @@ impl CallHook {
             absorb: VecDeque::new(),
             waker: None,
             reaper: None,
+            held: 0,
         }
     }
 
@@ -278,6 +281,7 @@ impl CallHook {
                         wait: Held(wait),
                     },
                 );
+                self.held += 1;
                 self.send(Direction::EdgeToClient, trying);
                 Verdict::Hold
             }
@@ -306,6 +310,7 @@ impl CallHook {
                 let Some(Call::Held { invite, since, .. }) = self.calls.remove(m.call_id) else {
                     unreachable!("matched as held just above");
                 };
+                self.held -= 1;
                 self.gate.metrics.outcome(CallOutcome::Cancelled);
                 self.gate.metrics.queue_wait(since.elapsed());
                 let tag = sip::new_tag();
@@ -460,6 +465,9 @@ impl CallHook {
 
     /// Polls the held INVITEs: forwards those given a place, answers those refused.
     fn release_held(&mut self, cx: &mut Context<'_>) {
+        if self.held == 0 {
+            return;
+        }
         let mut done = Vec::new();
         for (id, call) in &mut self.calls {
             if let Call::Held { wait, .. } = call {
@@ -478,6 +486,7 @@ impl CallHook {
             else {
                 continue;
             };
+            self.held -= 1;
             self.gate.metrics.queue_wait(since.elapsed());
             match result {
                 Ok(permit) => {
