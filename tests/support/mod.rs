@@ -5,7 +5,8 @@
 //!
 //! Files: `edge.rs` (the edge), `config.rs` (the builder), `admin.rs` (admin requests
 //! and scrapes), `tools.rs` (Chromium, promtool, CI), `redis.rs` (a `redis-server` of
-//! the test's own, for `[cluster]`), `cluster.rs` (replicas on it); this file starts sluice and holds
+//! the test's own, for `[cluster]`), `cluster.rs` (replicas on it), `jssip.rs` (JsSIP
+//! user agents in a node process, for SIP over WebSocket); this file starts sluice and holds
 //! the clients and TLS helpers. (`mod.rs`, not `support.rs`: Cargo would build a
 //! `tests/support.rs` as a test of its own.)
 
@@ -15,6 +16,7 @@ mod admin;
 pub mod cluster;
 mod config;
 mod edge;
+mod jssip;
 pub mod redis;
 pub mod sip;
 mod tools;
@@ -27,6 +29,8 @@ pub use admin::{admin_get, admin_request, scrape, Scrape};
 pub use config::{config, quoted, tenant, ConfigBuilder, EdgeLimits, TenantSpec};
 #[allow(unused_imports)]
 pub use edge::{edge, edge_with, Edge, EdgeOptions, Recorded};
+#[allow(unused_imports)]
+pub use jssip::Jssip;
 #[allow(unused_imports)]
 pub use tools::{chromium, tool_missing, under_ci, CHROMIUM_FLAGS};
 
