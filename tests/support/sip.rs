@@ -3,7 +3,7 @@
 //!
 //! The edge accepts subprotocol `sip`, records every message it receives (with its
 //! session and arrival time), and answers as a registrar and a call server: REGISTER,
-//! OPTIONS → `200`; an initial INVITE → `100 Trying`, then `200 OK` at once (with a To
+//! OPTIONS → `200` (REGISTER's with the Contact it was given); an initial INVITE → `100 Trying`, then `200 OK` at once (with a To
 //! tag and a Contact) when it answers automatically, or when the test says
 //! ([`SipEdge::answer`]); BYE → `200`; CANCEL → `200`, and `487` for an INVITE it has not
 //! answered yet — unless it was told to ignore CANCELs ([`SipEdge::ignore_cancels`]), the
@@ -317,8 +317,14 @@ pub fn response(request: &str, line: &str, tag: bool) -> String {
             _ => {}
         }
     }
-    let invite_ok =
-        line.starts_with("200") && header(request, "cseq").is_some_and(|c| c.ends_with("INVITE"));
+    let cseq = header(request, "cseq").unwrap_or("");
+    // A registrar's 200 names the bindings (JsSIP ignores one without).
+    if line.starts_with("200") && cseq.ends_with("REGISTER") {
+        if let Some(contact) = header(request, "contact") {
+            out.push_str(&format!("Contact: {contact};expires=600\r\n"));
+        }
+    }
+    let invite_ok = line.starts_with("200") && cseq.ends_with("INVITE");
     if invite_ok {
         let sdp = "v=0\r\no=edge 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n";
         out.push_str("Contact: <sip:edge@127.0.0.1;transport=ws>\r\nRecord-Route: <sip:rr1.edge.invalid;lr>\r\nRecord-Route: <sip:rr2.edge.invalid;lr>\r\nContent-Type: application/sdp\r\n");
