@@ -72,7 +72,8 @@ pub enum Command {
     /// `--call-hangup-after`. Counters as JSON at GET /stats.
     EdgeSim(crate::tools::edge_sim::SimConfig),
     /// Fire a softphone spike: N phones over T tenants, with a ramp-up, a hold time and a
-    /// retry policy; prints an aggregate report per tenant.
+    /// retry policy; prints an aggregate report per tenant. With `--sip --calls N` each
+    /// registered phone places N calls and the report counts them.
     Spike(crate::tools::spike::SpikeConfig),
     /// Show the field problem and its cure: a spike of softphones straight at an edge
     /// simulator with naive retries, then the same spike through sluice; prints both

@@ -1,6 +1,6 @@
 //! The edge simulator as a SIP call server: its call cap (503 with Retry-After), CANCEL
 //! before and after the 200, calls freed by BYE, by the session's end and by the edge's
-//! own BYE.
+//! own BYE, and spike's calls phase counted the same on both sides.
 
 mod support;
 
@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use sluice::tools::edge_sim::{EdgeSim, SessionMode, SimConfig, CALL_RETRY_AFTER_S};
 use sluice::tools::sip_lines::{tag, uri, SipMessage};
+use sluice::tools::spike::{run_spike, RetryPolicy, SpikeConfig, TenantVia};
 use support::Client;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -288,4 +289,56 @@ async fn a_session_closed_mid_call_frees_it_and_the_edge_hangs_up_after_its_time
     // Its BYE crossing the edge's: 481.
     send(&mut ws, request("BYE", "hung", 3, Some(&edge_tag))).await;
     expect(&mut ws, "481", "BYE").await;
+}
+
+#[tokio::test]
+async fn spike_calls_add_up_and_match_what_the_simulator_counted() {
+    let sim = sim(SimConfig {
+        org_max_calls: 3,
+        call_answer_delay: Duration::from_millis(30),
+        ..SimConfig::default()
+    })
+    .await;
+    let report = run_spike(&SpikeConfig {
+        url: sim.url(),
+        phones: 6,
+        tenants: vec!["acme".into()],
+        tenant_via: TenantVia::Header,
+        hold: Duration::ZERO,
+        retry: RetryPolicy::None,
+        sip: true,
+        calls: 2,
+        call_length: Duration::from_millis(300),
+        call_gap: Duration::from_millis(50),
+        call_timeout: Duration::from_secs(10),
+        ..SpikeConfig::default()
+    })
+    .await
+    .unwrap();
+    let t = &report.total;
+    assert_eq!((t.connected, t.registered), (6, 6), "{t:?}");
+    let c = &t.calls;
+    assert_eq!(c.placed, 12, "{c:?}");
+    assert_eq!(
+        c.placed,
+        c.established + c.refused + c.failed.values().sum::<u64>(),
+        "{c:?}"
+    );
+    assert!(c.failed.is_empty() && c.bye_failed == 0, "{c:?}");
+    assert!(c.refused > 0 && c.established >= 3, "{c:?}");
+    assert!(c.refused_by_proxy.is_empty(), "{c:?}");
+    assert_eq!(
+        c.trying, c.established,
+        "the edge's 503 comes without a 100"
+    );
+    assert!(c.setup.p50.is_some() && c.retry_after.max == Some(CALL_RETRY_AFTER_S as f64));
+
+    until(&sim, |s| s.calls.calls_active == 0).await;
+    let s = sim.stats().calls;
+    assert_eq!(s.invites, c.placed);
+    assert_eq!(s.calls_answered, c.established);
+    assert_eq!(s.calls_refused, c.refused_by_edge);
+    assert_eq!(s.byes_from_client, c.established);
+    assert!(s.calls_peak <= 3, "{s:?}");
+    assert_eq!(report.tenants[0].calls.placed, 12);
 }
