@@ -369,3 +369,106 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::tools::edge_sim::{Org, SessionMode, SimConfig, State};
+
+    fn sim(max_calls: u32, hangup: Option<Duration>) -> Arc<Sim> {
+        let mut state = State::default();
+        state.orgs.insert("acme".into(), Org::default());
+        Arc::new(Sim {
+            config: SimConfig {
+                mode: SessionMode::Sip,
+                org_max_calls: max_calls,
+                call_answer_delay: Duration::from_millis(100),
+                call_hangup_after: hangup,
+                ..SimConfig::default()
+            },
+            addr: "127.0.0.1:7001".parse().unwrap(),
+            state: Mutex::new(state),
+        })
+    }
+
+    fn invite(call: &str) -> String {
+        format!(
+            "INVITE sip:q@edge SIP/2.0\r\nVia: SIP/2.0/WS p;branch=z9hG4bK{call}\r\nFrom: <sip:a@p>;tag=f{call}\r\n\
+             To: <sip:q@edge>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@p;transport=ws>\r\n\r\n"
+        )
+    }
+
+    fn starts(out: &[String]) -> Vec<&str> {
+        out.iter()
+            .map(|m| m.split("\r\n").next().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_timers_answer_then_hang_up_and_dropping_the_session_frees_its_calls() {
+        let sim = sim(2, Some(Duration::from_secs(1)));
+        let mut calls = Calls::new(sim.clone(), "acme".into());
+        let t0 = Instant::now();
+        let out = calls.on_text(&invite("a"), t0);
+        assert_eq!(starts(&out), ["SIP/2.0 100 Trying", "SIP/2.0 180 Ringing"]);
+        assert_eq!(calls.next_deadline(), Some(t0 + Duration::from_millis(100)));
+        assert!(calls.on_timer(t0 + Duration::from_millis(99)).is_empty());
+        let out = calls.on_timer(t0 + Duration::from_millis(100));
+        assert_eq!(starts(&out), ["SIP/2.0 200 OK"]);
+        let hangup = t0 + Duration::from_millis(1100);
+        assert_eq!(calls.next_deadline(), Some(hangup));
+        calls.on_text(&invite("b"), t0);
+        let refused = calls.on_text(&invite("c"), t0);
+        assert_eq!(starts(&refused), ["SIP/2.0 503 Service Unavailable"]);
+        assert!(refused[0].contains("\r\nRetry-After: 5\r\n"));
+        let out = calls.on_timer(hangup);
+        // b is answered (its 200 was due), a hung up by the edge.
+        assert_eq!(
+            starts(&out),
+            ["SIP/2.0 200 OK", "BYE sip:a@p;transport=ws SIP/2.0"]
+        );
+        let s = sim.stats();
+        assert_eq!(
+            (
+                s.calls.calls_active,
+                s.calls.byes_from_edge,
+                s.calls.calls_refused
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(s.orgs["acme"].calls.calls_peak, 2);
+        drop(calls);
+        let s = sim.stats();
+        assert_eq!(
+            (s.calls.calls_active, s.orgs["acme"].calls.calls_active),
+            (0, 0)
+        );
+        assert_eq!(s.invite_order, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn ack_responses_and_garbage_are_absorbed_and_unknown_methods_get_405() {
+        let mut calls = Calls::new(sim(0, None), "acme".into());
+        let now = Instant::now();
+        assert!(calls
+            .on_text(
+                "ACK sip:q SIP/2.0\r\nCall-ID: x\r\nCSeq: 1 ACK\r\n\r\n",
+                now
+            )
+            .is_empty());
+        assert!(calls
+            .on_text("SIP/2.0 200 OK\r\nCall-ID: x\r\nCSeq: 1 BYE\r\n\r\n", now)
+            .is_empty());
+        assert!(calls.on_text("not sip at all", now).is_empty());
+        let out = calls.on_text(
+            "INFO sip:q SIP/2.0\r\nCall-ID: x\r\nCSeq: 2 INFO\r\n\r\n",
+            now,
+        );
+        assert_eq!(starts(&out), ["SIP/2.0 405 Method Not Allowed"]);
+        let out = calls.on_text("INVITE sip:q SIP/2.0\r\nVia: SIP/2.0/WS p\r\n\r\n", now);
+        assert_eq!(starts(&out), ["SIP/2.0 400 Bad Request"]);
+    }
+}
