@@ -23,6 +23,14 @@ use crate::tools::sip_lines::{param, uri, Echo, SipMessage};
 /// carrying one was sluice's, any other the edge's.
 pub const PROXY_REASONS: [&str; 2] = ["call-cap", "call-queue-timeout"];
 
+/// The limit of sluice's that refused a `503` (its `Reason` text, one of
+/// [`PROXY_REASONS`]); `None` for the edge's own.
+fn proxy_reason<'a>(resp: &SipMessage<'a>) -> Option<&'a str> {
+    resp.headers("reason")
+        .filter_map(|r| param(r, "text"))
+        .find(|t| PROXY_REASONS.contains(t))
+}
+
 /// What one phone's calls came to.
 #[derive(Debug, Clone, Default)]
 pub(super) struct PhoneCalls {
@@ -228,16 +236,42 @@ where
 /// The ACK of a final answer `resp` to `invite`: for a 2xx a new transaction
 /// to the remote target along the Route set; else the INVITE's own branch and R-URI.
 fn ack(invite: &Invite, resp: &SipMessage<'_>, success: bool) -> String {
-    let to = resp.header("to").unwrap_or("");
-    let (ruri, branch, routes) = if success {
-        let target = resp.header("contact").map_or(invite.ruri.as_str(), uri);
-        // The UAC's Route set is the Record-Route in reverse (§12.1.2).
-        let routes: Vec<&str> = resp.headers("record-route").collect();
-        (target.to_owned(), hex(), routes.into_iter().rev().collect())
+    if success {
+        invite.request("ACK", &Dialog::of(invite, resp), &hex(), 1, None)
     } else {
-        (invite.ruri.clone(), invite.branch.clone(), Vec::new())
-    };
-    invite.request("ACK", &ruri, &branch, &routes, to, 1, None)
+        let to = resp.header("to").unwrap_or("").to_owned();
+        let hop = Dialog {
+            target: invite.ruri.clone(),
+            routes: Vec::new(),
+            to,
+        };
+        invite.request("ACK", &hop, &invite.branch, 1, None)
+    }
+}
+
+/// Where the phone's requests go and what they carry as To: before a dialog the
+/// INVITE's; inside one, from its 2xx.
+struct Dialog {
+    /// The Request-URI: the remote target (the 2xx's Contact).
+    target: String,
+    /// The Route set: the 2xx's Record-Route in reverse (RFC 3261 §12.1.2).
+    routes: Vec<String>,
+    /// To, with the other side's tag.
+    to: String,
+}
+
+impl Dialog {
+    fn of(invite: &Invite, ok: &SipMessage<'_>) -> Self {
+        let routes: Vec<String> = ok.headers("record-route").map(str::to_owned).collect();
+        Self {
+            target: ok
+                .header("contact")
+                .map_or(invite.ruri.as_str(), uri)
+                .to_owned(),
+            routes: routes.into_iter().rev().collect(),
+            to: ok.header("to").unwrap_or("").to_owned(),
+        }
+    }
 }
 
 /// What an INVITE was sent with.
@@ -251,22 +285,21 @@ struct Invite {
 }
 
 impl Invite {
-    #[allow(clippy::too_many_arguments)]
+    /// A request of this call to `hop` on a transaction of branch `branch`.
     fn request(
         &self,
         method: &str,
-        ruri: &str,
+        hop: &Dialog,
         branch: &str,
-        routes: &[&str],
-        to: &str,
         cseq: u32,
         sdp: Option<&str>,
     ) -> String {
+        let (ruri, to) = (&hop.target, &hop.to);
         let mut r = format!(
             "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/WSS phone{}.invalid;branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\n",
             self.index
         );
-        for route in routes {
+        for route in &hop.routes {
             r.push_str(&format!("Route: {route}\r\n"));
         }
         r.push_str(&format!(
@@ -330,17 +363,13 @@ where
         contact: format!("<sip:phone{index}@phone{index}.invalid;transport=ws>"),
         index,
     };
-    let to = "<sip:queue@edge.invalid>";
+    let first = Dialog {
+        target: invite.ruri.clone(),
+        routes: Vec::new(),
+        to: "<sip:queue@edge.invalid>".to_owned(),
+    };
     let sdp = sdp_offer(index, n);
-    let text = invite.request(
-        "INVITE",
-        &invite.ruri,
-        &invite.branch,
-        &[],
-        to,
-        1,
-        Some(&sdp),
-    );
+    let text = invite.request("INVITE", &first, &invite.branch, 1, Some(&sdp));
     let sent = Instant::now();
     if !phone.send(text).await {
         return false;
@@ -382,11 +411,7 @@ where
             }) {
                 out.retry_after.push(s);
             }
-            match resp
-                .header("reason")
-                .and_then(|r| param(r, "text"))
-                .filter(|t| PROXY_REASONS.contains(t))
-            {
+            match proxy_reason(&resp) {
                 Some(reason) => *out.refused_by_proxy.entry(reason.to_owned()).or_default() += 1,
                 None => out.refused_by_edge += 1,
             }
@@ -397,7 +422,6 @@ where
     }
     out.established += 1;
     out.setup.push(sent.elapsed().as_secs_f64());
-    let to = resp.header("to").unwrap_or(to).to_owned();
     let hung_up = edge_bye || {
         match phone
             .hold(&invite.call_id, Instant::now() + config.call_length)
@@ -411,10 +435,7 @@ where
         out.hung_up_by_edge += 1;
         return true;
     }
-    let target = resp.header("contact").map_or(invite.ruri.as_str(), uri);
-    let routes: Vec<&str> = resp.headers("record-route").collect();
-    let routes: Vec<&str> = routes.into_iter().rev().collect();
-    let bye = invite.request("BYE", target, &hex(), &routes, &to, 2, None);
+    let bye = invite.request("BYE", &Dialog::of(&invite, &resp), &hex(), 2, None);
     let sent = Instant::now();
     if !phone.send(bye).await {
         return false;
@@ -470,4 +491,73 @@ pub(super) fn summary(c: &CallsReport) -> String {
         super::secs(c.setup.p99),
         super::secs(c.setup.max),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invite() -> Invite {
+        Invite {
+            ruri: "sip:queue@edge.invalid".into(),
+            branch: "b1".into(),
+            from: "<sip:phone1@edge.invalid>;tag=f1".into(),
+            call_id: "c1".into(),
+            contact: "<sip:phone1@phone1.invalid;transport=ws>".into(),
+            index: 1,
+        }
+    }
+
+    #[test]
+    fn the_ack_of_a_2xx_goes_to_the_contact_along_the_reversed_record_route() {
+        let ok = "SIP/2.0 200 OK\r\nRecord-Route: <sip:p2;lr>\r\nRecord-Route: <sip:p1;lr>\r\n\
+                  From: <sip:phone1@edge.invalid>;tag=f1\r\nTo: <sip:queue@edge.invalid>;tag=e9\r\n\
+                  Call-ID: c1\r\nCSeq: 1 INVITE\r\nContact: <sip:edge@10.0.0.1;transport=ws>\r\n\r\n";
+        let ack = super::ack(&invite(), &SipMessage::parse(ok).unwrap(), true);
+        let m = SipMessage::parse(&ack).unwrap();
+        assert_eq!(m.request(), Some(("ACK", "sip:edge@10.0.0.1;transport=ws")));
+        assert_eq!(
+            m.headers("route").collect::<Vec<_>>(),
+            ["<sip:p1;lr>", "<sip:p2;lr>"]
+        );
+        assert_eq!(m.cseq(), Some((1, "ACK")));
+        assert_eq!(m.header("to"), Some("<sip:queue@edge.invalid>;tag=e9"));
+        assert!(
+            !m.header("via").unwrap().ends_with("branch=z9hG4bKb1"),
+            "{ack}"
+        );
+        // A non-2xx is ACKed on the INVITE's own transaction.
+        let no = ok.replace("200 OK", "486 Busy Here");
+        let ack = super::ack(&invite(), &SipMessage::parse(&no).unwrap(), false);
+        let m = SipMessage::parse(&ack).unwrap();
+        assert_eq!(m.request(), Some(("ACK", "sip:queue@edge.invalid")));
+        assert!(
+            m.header("via").unwrap().ends_with("branch=z9hG4bKb1"),
+            "{ack}"
+        );
+        assert_eq!(m.headers("route").count(), 0);
+    }
+
+    #[test]
+    fn a_503_is_sluices_when_its_reason_names_one_of_sluices_limits() {
+        let with = |reason: &str| {
+            format!(
+                "SIP/2.0 503 Service Unavailable\r\n{reason}Call-ID: c\r\nCSeq: 1 INVITE\r\n\r\n"
+            )
+        };
+        let text = with("Reason: SIP;cause=503;text=\"call-cap\"\r\n");
+        assert_eq!(
+            proxy_reason(&SipMessage::parse(&text).unwrap()),
+            Some("call-cap")
+        );
+        let text = with("Reason: SIP;cause=503;text=\"call-queue-timeout\"\r\n");
+        assert_eq!(
+            proxy_reason(&SipMessage::parse(&text).unwrap()),
+            Some("call-queue-timeout")
+        );
+        let text = with("Reason: Q.850;cause=34;text=\"no circuit\"\r\n");
+        assert_eq!(proxy_reason(&SipMessage::parse(&text).unwrap()), None);
+        let text = with("");
+        assert_eq!(proxy_reason(&SipMessage::parse(&text).unwrap()), None);
+    }
 }
