@@ -156,4 +156,32 @@ mod tests {
         assert_eq!(b.header("max-forwards"), Some("70"));
         assert!(b.header("via").unwrap().contains(";branch=z9hG4bK"));
     }
+
+    #[test]
+    fn the_registrar_answers_with_its_bindings_and_expires() {
+        let register = |extra: &str| {
+            format!(
+                "REGISTER sip:edge SIP/2.0\r\nVia: SIP/2.0/WS p;branch=z9hG4bKr\r\nFrom: <sip:a@edge>;tag=1\r\n\
+                 To: <sip:a@edge>\r\nCall-ID: r1\r\nCSeq: 1 REGISTER\r\n{extra}\r\n"
+            )
+        };
+        let text = register("Contact: <sip:a@p;transport=ws>\r\nExpires: 300\r\n");
+        let ok = register_ok(&SipMessage::parse(&text).unwrap());
+        let m = SipMessage::parse(&ok).unwrap();
+        assert_eq!(m.status(), Some(200));
+        assert_eq!(
+            m.header("contact"),
+            Some("<sip:a@p;transport=ws>;expires=300")
+        );
+        assert_eq!(m.header("expires"), Some("300"));
+        assert!(m.header("to").unwrap().contains(";tag="));
+        // A removal: no binding left.
+        let text = register("Contact: *\r\nExpires: 0\r\n");
+        let ok = register_ok(&SipMessage::parse(&text).unwrap());
+        let m = SipMessage::parse(&ok).unwrap();
+        assert_eq!(
+            (m.header("contact"), m.header("expires")),
+            (None, Some("0"))
+        );
+    }
 }
