@@ -64,11 +64,16 @@ pub enum Command {
     /// sessions and handshakes per second; above all it caps sessions and models the
     /// node's CPU: latency climbs past 85 % of `--capacity`, handshakes beyond it get
     /// 503 with Retry-After and x-trace-id, handshakes slower than `--drop-after` are
-    /// dropped. Every handshake beyond its limits counts as a violation. Counters as
-    /// JSON at GET /stats.
+    /// dropped. Every handshake beyond its limits counts as a violation. With `--mode
+    /// sip` it is a registrar and a call server with its own per-organisation call cap
+    /// (`--org-max-calls`: an INVITE above it gets 503 with Retry-After), answering
+    /// INVITEs 100/180 at once and 200 with SDP after `--call-answer-delay`, CANCEL
+    /// (487), BYE (481 for an unknown call), and hanging up itself after
+    /// `--call-hangup-after`. Counters as JSON at GET /stats.
     EdgeSim(crate::tools::edge_sim::SimConfig),
     /// Fire a softphone spike: N phones over T tenants, with a ramp-up, a hold time and a
-    /// retry policy; prints an aggregate report per tenant.
+    /// retry policy; prints an aggregate report per tenant. With `--sip --calls N` each
+    /// registered phone places N calls and the report counts them.
     Spike(crate::tools::spike::SpikeConfig),
     /// Show the field problem and its cure: a spike of softphones straight at an edge
     /// simulator with naive retries, then the same spike through sluice; prints both

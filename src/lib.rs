@@ -12,7 +12,7 @@
 //! dependencies --lib`; the table there mirrors this one).
 //!
 //! ```text
-//! entry       cli, tools (edge_sim, spike, demo), main.rs
+//! entry       cli, tools (edge_sim, spike, demo, sip_lines), main.rs
 //!   │
 //! wiring      server (listen: step 1; the accept loop; drain), admin, reload, signals, run/Bound
 //!   │

@@ -2,8 +2,10 @@
 //!
 //! The tools that reproduce the field problem (DESIGN.md "Command line"): an edge
 //! simulator ([`edge_sim`]), a softphone spike generator ([`spike`]), and the demo that
-//! runs a spike against the simulator directly and through sluice ([`demo`]).
+//! runs a spike against the simulator directly and through sluice ([`demo`]). The
+//! first two read SIP text with [`sip_lines`].
 
 pub mod demo;
 pub mod edge_sim;
+pub mod sip_lines;
 pub mod spike;

@@ -14,8 +14,23 @@
 //! `Retry-After` and an `x-trace-id`, and counts as a **violation**: a handshake the
 //! edge received beyond its own limits.
 //!
-//! Sessions speak `echo`, or `sip`: REGISTER → 200, INVITE → 100/180/200, BYE → 200,
-//! OPTIONS → 200. `GET /stats` serves the counters as JSON ([`SimStats`]).
+//! Sessions speak `echo`, or `sip` (subprotocol `sip` chosen when offered): a registrar
+//! (REGISTER → 200 with the bindings and `Expires`) and a call server with its own call
+//! cap per organisation (`org_max_calls`), like a contact-center edge ([`calls`]). An
+//! initial INVITE above the cap is answered `503` with `Retry-After` and counted in
+//! `calls_refused` (the edge had to refuse it); one below is answered `100`, `180`, and
+//! `200 OK` with a Contact and an SDP answer after `call_answer_delay` ([`sip`]). A call
+//! counts until a non-2xx final answer (`487` to a CANCEL while ringing), a BYE from the
+//! client (`481` for an unknown one), the edge's own BYE after `call_hangup_after`, or
+//! the session's end. ACK is absorbed, a re-INVITE answered `200` without counting,
+//! OPTIONS → 200. `GET /stats` serves the counters as JSON ([`SimStats`]), with the
+//! Call-IDs of the initial INVITEs in the order received (`invite_order`).
+
+mod calls;
+mod sip;
+mod stats;
+
+pub use stats::{CallStats, OrgStats, SimStats};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -45,7 +60,7 @@ use tokio_tungstenite::WebSocketStream;
 pub enum SessionMode {
     /// Every text or binary message is sent back.
     Echo,
-    /// A minimal SIP registrar and call peer.
+    /// A SIP registrar and call server with its own call cap (`--org-max-calls`).
     Sip,
 }
 
@@ -83,6 +98,18 @@ pub struct SimConfig {
     /// What sessions speak.
     #[arg(long, value_enum, default_value_t = SessionMode::Echo)]
     pub mode: SessionMode,
+    /// Concurrent SIP calls per organisation (`--mode sip`; 0: unlimited). An initial
+    /// INVITE beyond it is answered 503 with Retry-After and counted in `calls_refused`.
+    #[arg(long, default_value_t = 0)]
+    pub org_max_calls: u32,
+    /// How long an INVITE rings (100 and 180 at once) before its 200 OK (`--mode sip`);
+    /// a CANCEL meanwhile ends it with 487.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub call_answer_delay: Duration,
+    /// The edge hangs up a call that has been up this long: it sends its own BYE and
+    /// the call ends (`--mode sip`; default: never).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub call_hangup_after: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -98,59 +125,19 @@ impl Default for SimConfig {
             reject_status: 503,
             org_header: "x-tenant-id".to_owned(),
             mode: SessionMode::Echo,
+            org_max_calls: 0,
+            call_answer_delay: Duration::from_millis(100),
+            call_hangup_after: None,
         }
     }
 }
 
-/// Counters of one organisation.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct OrgStats {
-    /// Handshakes received.
-    pub handshakes: u64,
-    /// Answered `101`.
-    pub accepted: u64,
-    /// Refused (each is a violation).
-    pub rejected: u64,
-    /// Dropped unanswered (too slow).
-    pub dropped: u64,
-    /// Live sessions now.
-    pub live: u32,
-    /// Most live sessions at once.
-    pub peak: u32,
-}
-
-/// What `GET /stats` answers.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SimStats {
-    /// Handshakes received.
-    pub handshakes: u64,
-    /// Answered `101`.
-    pub accepted: u64,
-    /// Refused with the reject status.
-    pub rejected: u64,
-    /// Dropped unanswered after `drop_after`.
-    pub dropped: u64,
-    /// Handshakes received beyond the simulator's own limits (refused or dropped).
-    pub violations: u64,
-    /// Handshakes refused because the edge was down (an outage), not counted as
-    /// violations.
-    pub refused_outage: u64,
-    /// Violations by limit: `org-rate`, `org-sessions`, `sessions`, `capacity`, `slow`.
-    pub violations_by_limit: BTreeMap<String, u64>,
-    /// Live sessions now.
-    pub live: u32,
-    /// Most live sessions at once.
-    pub peak: u32,
-    /// Median latency of answered handshakes, seconds.
-    pub handshake_p50: Option<f64>,
-    /// 99th percentile of the same.
-    pub handshake_p99: Option<f64>,
-    /// Per organisation.
-    pub orgs: BTreeMap<String, OrgStats>,
-}
-
 /// Handshake latencies kept for the quantiles.
 const LATENCIES_KEPT: usize = 100_000;
+/// `Retry-After` of a `503` for the call cap, seconds.
+pub const CALL_RETRY_AFTER_S: u64 = 5;
+/// Call-IDs kept in `invite_order`.
+pub const INVITE_ORDER_KEPT: usize = 10_000;
 /// Organisations tracked; more names share one `other` entry (bounded memory).
 const MAX_ORGS: usize = 1000;
 
@@ -168,11 +155,20 @@ struct State {
     orgs: HashMap<String, Org>,
     window: VecDeque<Instant>,
     latencies: VecDeque<f64>,
+    invite_order: VecDeque<String>,
+}
+
+/// The entry of a session's organisation in `orgs` (`other` past [`MAX_ORGS`]).
+fn org_mut<'a>(orgs: &'a mut HashMap<String, Org>, org: &str) -> Option<&'a mut Org> {
+    let key = if orgs.contains_key(org) { org } else { "other" };
+    orgs.get_mut(key)
 }
 
 #[derive(Debug)]
 struct Sim {
     config: SimConfig,
+    /// The address it listens on (the SIP Contact and Via it writes).
+    addr: SocketAddr,
     state: Mutex<State>,
 }
 
@@ -201,6 +197,7 @@ impl EdgeSim {
         let addr = listener.local_addr()?;
         let sim = Arc::new(Sim {
             config,
+            addr,
             state: Mutex::default(),
         });
         let s = sim.clone();
@@ -262,7 +259,9 @@ impl Sim {
                 .map(|(k, v)| (k.clone(), v.stats.clone()))
                 .collect();
             let l: Vec<f64> = state.latencies.iter().copied().collect();
-            (state.stats.clone(), l, orgs)
+            let mut stats = state.stats.clone();
+            stats.invite_order = state.invite_order.iter().cloned().collect();
+            (stats, l, orgs)
         };
         // Sorted outside the lock: handshakes keep being decided meanwhile.
         l.sort_by(f64::total_cmp);
@@ -348,12 +347,7 @@ impl Sim {
         let mut state = self.lock();
         let state = &mut *state;
         state.stats.live -= 1;
-        let key = if state.orgs.contains_key(org) {
-            org
-        } else {
-            "other"
-        };
-        if let Some(o) = state.orgs.get_mut(key) {
+        if let Some(o) = org_mut(&mut state.orgs, org) {
             o.stats.live -= 1;
             if outcome == End::Dropped {
                 o.stats.dropped += 1;
@@ -377,12 +371,7 @@ impl Sim {
             state.latencies.pop_front();
         }
         state.latencies.push_back(latency.as_secs_f64());
-        let key = if state.orgs.contains_key(org) {
-            org
-        } else {
-            "other"
-        };
-        if let Some(o) = state.orgs.get_mut(key) {
+        if let Some(o) = org_mut(&mut state.orgs, org) {
             o.stats.accepted += 1;
         }
     }
@@ -483,6 +472,15 @@ async fn serve(
             sim.accepted(&org, latency);
             let on_upgrade = hyper::upgrade::on(&mut req);
             let mode = sim.config.mode;
+            // A SIP edge chooses subprotocol `sip` (RFC 7118) when the client offers it.
+            let offers_sip = mode == SessionMode::Sip
+                && req
+                    .headers()
+                    .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .any(|p| p.trim().eq_ignore_ascii_case("sip"));
             tokio::spawn(async move {
                 let Ok(upgraded) = on_upgrade.await else {
                     return;
@@ -501,6 +499,12 @@ async fn serve(
                 HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
                     .expect("base64 is a valid header value"),
             );
+            if offers_sip {
+                headers.insert(
+                    header::SEC_WEBSOCKET_PROTOCOL,
+                    HeaderValue::from_static("sip"),
+                );
+            }
             Ok(resp)
         }
     }
@@ -509,76 +513,32 @@ async fn serve(
 /// Serves one session. Its place in the counters (`held`) is given back as soon as the
 /// client's close arrives or the connection ends, before the socket closes: whoever
 /// sees the end (sluice) may send the next handshake at once without finding the
-/// session still counted.
+/// session still counted. A SIP session's calls are given back just before.
 async fn session<S>(mut ws: WebSocketStream<S>, mode: SessionMode, held: Held)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut held = Some(held);
-    while let Some(Ok(msg)) = ws.next().await {
-        let replies = match (&msg, mode) {
-            (Message::Text(t), SessionMode::Sip) => sip_replies(t.as_str()),
-            (Message::Text(_) | Message::Binary(_), SessionMode::Echo) => vec![msg.clone()],
-            (Message::Close(_), _) => break,
-            _ => Vec::new(),
-        };
-        for reply in replies {
-            if ws.send(reply).await.is_err() {
-                return;
+    match mode {
+        SessionMode::Echo => {
+            while let Some(Ok(msg)) = ws.next().await {
+                let echo = match msg {
+                    Message::Text(_) | Message::Binary(_) => msg,
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                if ws.send(echo).await.is_err() {
+                    break;
+                }
             }
         }
+        SessionMode::Sip => {
+            let mut calls = calls::Calls::new(held.sim.clone(), held.org.clone());
+            calls::serve(&mut ws, &mut calls).await;
+            drop(calls);
+        }
     }
-    drop(held.take());
+    drop(held);
     let _ = ws.close(None).await;
-}
-
-/// The answers of a SIP peer to one request (none to responses and ACK).
-pub fn sip_replies(request: &str) -> Vec<Message> {
-    let mut lines = request.split("\r\n");
-    let Some(first) = lines.next() else {
-        return Vec::new();
-    };
-    let method = first.split(' ').next().unwrap_or("");
-    if method.starts_with("SIP/") || method == "ACK" || method.is_empty() {
-        return Vec::new();
-    }
-    let copied: Vec<&str> = lines
-        .take_while(|l| !l.is_empty())
-        .filter(|l| {
-            let name = l
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            matches!(
-                name.as_str(),
-                "via" | "v" | "from" | "f" | "to" | "t" | "call-id" | "i" | "cseq"
-            )
-        })
-        .collect();
-    let response = |code: &str| {
-        let mut r = format!("SIP/2.0 {code}\r\n");
-        for h in &copied {
-            r.push_str(h);
-            let lower = h.to_ascii_lowercase();
-            if (lower.starts_with("to:") || lower.starts_with("t:")) && !lower.contains("tag=") {
-                r.push_str(";tag=edgesim");
-            }
-            r.push_str("\r\n");
-        }
-        r.push_str("Content-Length: 0\r\n\r\n");
-        Message::text(r)
-    };
-    match method {
-        "INVITE" => vec![
-            response("100 Trying"),
-            response("180 Ringing"),
-            response("200 OK"),
-        ],
-        "REGISTER" | "BYE" | "OPTIONS" | "CANCEL" => vec![response("200 OK")],
-        _ => vec![response("405 Method Not Allowed")],
-    }
 }
 
 /// `sluice edge-sim`: runs until `shutdown` completes.
@@ -596,6 +556,7 @@ pub async fn run(
         org_handshake_rate = config.org_handshake_rate,
         capacity = config.capacity,
         mode = ?config.mode,
+        org_max_calls = config.org_max_calls,
         "edge simulator listening; counters at http://{}/stats",
         sim.addr()
     );

@@ -11,6 +11,16 @@
 //! The report reads like a load tool's aggregate report: per tenant the final outcomes
 //! (connected, 429, 503, timeout, error), attempts, every attempt's answer (what the edge
 //! saw), handshake latency p50/p90/p99/max and when the last phone connected.
+//!
+//! With `--sip --calls N` each registered phone then places N calls one after another
+//! ([`calls`]), each `--call-length` long, `--call-gap` apart; the report counts them per
+//! tenant: placed, established, refused by the edge or by sluice (told apart by the
+//! `Reason` of the `503`), failed, `100 Trying` seen, and INVITE-to-200 p50/p99/max. A
+//! phone keeps its session for `--hold` or until its calls are done, whichever is later.
+
+mod calls;
+
+pub use calls::{CallsReport, PROXY_REASONS};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -99,6 +109,19 @@ pub struct SpikeConfig {
     /// Speak SIP: REGISTER once connected and expect `200 OK` (offers subprotocol `sip`).
     #[arg(long)]
     pub sip: bool,
+    /// Calls each registered phone places, one after another (with `--sip`).
+    #[arg(long, default_value_t = 0, requires = "sip")]
+    pub calls: u32,
+    /// How long an established call lasts before the phone's BYE.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub call_length: Duration,
+    /// Pause between the end of one call and the next INVITE.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub call_gap: Duration,
+    /// Longest wait for an INVITE's or a BYE's final answer (RFC 3261 Timer B: 32 s; a
+    /// held INVITE waits in sluice up to its invite_queue_timeout).
+    #[arg(long, default_value = "32s", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -121,6 +144,10 @@ impl Default for SpikeConfig {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(5),
             sip: false,
+            calls: 0,
+            call_length: Duration::from_secs(2),
+            call_gap: Duration::from_millis(200),
+            call_timeout: Duration::from_secs(32),
             json: false,
         }
     }
@@ -143,6 +170,8 @@ struct PhoneResult {
     connected_at: Option<Duration>,
     /// SIP REGISTER answered 200 (when `--sip`).
     registered: bool,
+    /// Its calls (`--calls`).
+    calls: calls::PhoneCalls,
 }
 
 /// Latency quantiles, seconds.
@@ -195,6 +224,8 @@ pub struct TenantReport {
     pub time_to_connect: Quantiles,
     /// When the last phone connected, seconds after the spike started.
     pub last_connected_s: Option<f64>,
+    /// The phones' calls (`--sip --calls N`).
+    pub calls: CallsReport,
 }
 
 /// What a spike reports.
@@ -263,6 +294,8 @@ pub async fn run_spike(config: &SpikeConfig) -> Result<SpikeReport, String> {
                 .collect::<Result<_, _>>()
         })
         .collect::<Result<_, _>>()?;
+    // In every Call-ID: this run's calls are not mistaken for another run's.
+    let run = format!("{:08x}", rand::random::<u32>());
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(config.phones);
     for i in 0..config.phones {
@@ -279,9 +312,10 @@ pub async fn run_spike(config: &SpikeConfig) -> Result<SpikeReport, String> {
         };
         let req = requests[base][tenant].clone();
         let config = config.clone();
+        let run = run.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(start + delay).await;
-            phone(&config, tenant, req, i, start).await
+            phone(&config, tenant, req, i, start, &run).await
         }));
     }
     let mut results = Vec::with_capacity(tasks.len());
@@ -344,6 +378,7 @@ async fn phone(
     req: http::Request<()>,
     index: usize,
     spike_start: Instant,
+    run: &str,
 ) -> PhoneResult {
     let began = Instant::now();
     let deadline = began + config.give_up;
@@ -356,6 +391,7 @@ async fn phone(
         connected_after: None,
         connected_at: None,
         registered: false,
+        calls: calls::PhoneCalls::default(),
     };
     loop {
         result.attempts += 1;
@@ -377,7 +413,7 @@ async fn phone(
                 result.handshake = Some(took);
                 result.connected_after = Some(began.elapsed());
                 result.connected_at = Some(spike_start.elapsed());
-                result.registered = session(config, ws, index).await;
+                (result.registered, result.calls) = session(config, ws, index, run).await;
                 return result;
             }
             Ok(Err(WsError::Http(resp))) => resp.status().as_u16().to_string(),
@@ -410,39 +446,51 @@ async fn phone(
     }
 }
 
-/// Holds a connected session: with `--sip`, REGISTER and wait for `200 OK`; else one
-/// echo. Returns whether the SIP registration succeeded.
+/// Holds a connected session for `hold`: with `--sip`, REGISTER and wait for `200 OK`,
+/// then place the calls (the session lasts until they are done if that is later).
+/// Returns whether the SIP registration succeeded, and the calls.
 async fn session<S>(
     config: &SpikeConfig,
     mut ws: tokio_tungstenite::WebSocketStream<S>,
     index: usize,
-) -> bool
+    run: &str,
+) -> (bool, calls::PhoneCalls)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let until = Instant::now() + config.hold;
     let mut registered = false;
+    let mut placed = calls::PhoneCalls::default();
     if config.sip {
         let register = format!(
-            "REGISTER sip:edge.invalid SIP/2.0\r\nVia: SIP/2.0/WSS phone{index}.invalid;branch=z9hG4bK{index}\r\n\
-             From: <sip:phone{index}@edge.invalid>;tag={index}\r\nTo: <sip:phone{index}@edge.invalid>\r\n\
-             Call-ID: spike-{index}\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+            "REGISTER sip:edge.invalid SIP/2.0\r\nVia: SIP/2.0/WSS phone{index}.invalid;branch=z9hG4bK{run}r{index}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:phone{index}@edge.invalid>;tag={run}r{index}\r\n\
+             To: <sip:phone{index}@edge.invalid>\r\nCall-ID: spike-{run}-{index}\r\nCSeq: 1 REGISTER\r\n\
+             Contact: <sip:phone{index}@phone{index}.invalid;transport=ws>\r\nExpires: 600\r\n\
+             Content-Length: 0\r\n\r\n"
         );
         if ws.send(Message::text(register)).await.is_ok() {
             let answer = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
             registered =
                 matches!(answer, Ok(Some(Ok(Message::Text(t)))) if t.starts_with("SIP/2.0 200"));
         }
+        if registered && config.calls > 0 {
+            placed = calls::place_calls(config, &mut ws, index, run).await;
+        }
     }
-    tokio::time::sleep(config.hold).await;
+    tokio::time::sleep_until(until).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = ws.close(None).await;
         while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
-    registered
+    (registered, placed)
 }
 
-fn aggregate<'a>(name: &str, results: impl Iterator<Item = &'a PhoneResult>) -> TenantReport {
+fn aggregate<'a>(
+    name: &str,
+    results: impl Iterator<Item = &'a PhoneResult> + Clone,
+) -> TenantReport {
     let mut r = TenantReport {
         tenant: name.to_owned(),
         ..TenantReport::default()
@@ -450,6 +498,7 @@ fn aggregate<'a>(name: &str, results: impl Iterator<Item = &'a PhoneResult>) -> 
     let mut handshakes = Vec::new();
     let mut to_connect = Vec::new();
     let mut last: Option<Duration> = None;
+    r.calls = CallsReport::of(results.clone().map(|p| &p.calls));
     for p in results {
         r.phones += 1;
         r.attempts += u64::from(p.attempts);
@@ -539,6 +588,11 @@ pub fn render(report: &SpikeReport) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let _ = writeln!(out, "answers to all attempts: {answers}");
+    if report.total.calls.placed > 0 {
+        for t in report.tenants.iter().chain(std::iter::once(&report.total)) {
+            let _ = writeln!(out, "{:<12} {}", t.tenant, calls::summary(&t.calls));
+        }
+    }
     let _ = writeln!(
         out,
         "(p50…max: handshake time of the successful attempt, queueing included; last in: when the last phone connected)"
