@@ -459,7 +459,7 @@ async fn sip_sim() -> EdgeSim {
 }
 
 #[tokio::test]
-#[ignore = "needs the simulator's SIP answers being added in parallel: `sip` echoed in the 101, Contact in the 200s, SDP in the INVITE's 200"]
+
 async fn a_jssip_ua_registers_and_calls_on_the_edge_simulator() {
     let Some(mut js) = Jssip::start().await else {
         return;
@@ -481,7 +481,7 @@ async fn a_jssip_ua_registers_and_calls_on_the_edge_simulator() {
 }
 
 #[tokio::test]
-#[ignore = "needs the simulator's SIP answers being added in parallel: `sip` echoed in the 101, Contact in the 200s, SDP in the INVITE's 200"]
+
 async fn eight_jssip_uas_register_through_sluice_in_accept_mode_to_the_edge_simulator() {
     let sim = sip_sim().await;
     eight_register_through_sluice(&sim.url()).await;
