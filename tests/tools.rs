@@ -244,6 +244,13 @@ async fn demo_shows_violations_directly_and_none_through_sluice() {
                 "1s",
                 "--outage-at",
                 "1s",
+                // The calls phases: 12 phones, 2 calls each, 2 calls per organisation.
+                "--call-phones",
+                "12",
+                "--org-max-calls",
+                "2",
+                "--call-length",
+                "300ms",
             ])
             .output()
             .unwrap()
@@ -256,6 +263,21 @@ async fn demo_shows_violations_directly_and_none_through_sluice() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Calls: directly the edge refuses INVITEs over its call cap; through sluice it
+    // refuses none, sluice holds them and every call is established.
+    let calls = &report["calls"];
+    assert!(
+        calls["direct"]["edge"]["calls_refused"].as_u64().unwrap() > 0,
+        "{calls}"
+    );
+    assert_eq!(calls["sluice"]["edge"]["calls_refused"], 0, "{calls}");
+    let placed = &calls["sluice"]["phones"]["total"]["calls"]["placed"];
+    assert_eq!(placed, 24, "{calls}");
+    assert_eq!(
+        &calls["sluice"]["phones"]["total"]["calls"]["established"], placed,
+        "{calls}"
+    );
+    assert!(calls["held_by_sluice"].as_u64().unwrap() > 0, "{calls}");
     let direct = &report["direct"];
     let through = &report["sluice"];
     assert!(
@@ -312,6 +334,8 @@ async fn demo_with_three_replicas_keeps_the_edge_within_its_limits_through_redis
         std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args([
                 "demo",
+                "--calls",
+                "0",
                 "--replicas",
                 "3",
                 "--json",

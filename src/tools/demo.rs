@@ -21,6 +21,10 @@
 //! the spike, answering `503` with the time left as `Retry-After`: the naive phones
 //! storm it, sluice obeys the pause and holds its queue.
 //!
+//! Then, with `--calls` above 0 (the default), the calls phases ([`calls`]): SIP phones
+//! place calls against an edge with a per-organisation call cap, directly and through
+//! sluice's call caps.
+//!
 //! The table compares what the edge suffered (handshakes, violations, 503s, drops,
 //! handshakes during the outage) and what the phones got (connected, time until the last
 //! one connected, handshake times).
@@ -35,6 +39,7 @@ use super::edge_sim::{EdgeSim, SimConfig, SimStats};
 use super::spike::{render, run_spike, secs, RetryPolicy, SpikeConfig, SpikeReport, TenantVia};
 use replicas::{sluice_phase, Fleet, RedisServer};
 
+pub mod calls;
 pub mod replicas;
 
 pub use replicas::{redis_missing, Endpoints};
@@ -89,6 +94,19 @@ pub struct DemoConfig {
     /// shows the same replicas without `[cluster]`.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
     pub replicas: u8,
+    /// Calls each softphone places in the calls phases (0: no calls phases).
+    #[arg(long, default_value_t = 2)]
+    pub calls: u32,
+    /// Softphones in the calls phases.
+    #[arg(long, default_value_t = 60)]
+    pub call_phones: usize,
+    /// The edge's concurrent calls per organisation in the calls phases (sluice's
+    /// `max_calls` is the same).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub org_max_calls: u32,
+    /// How long each call lasts.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub call_length: Duration,
     /// Print the numbers as JSON instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -121,6 +139,10 @@ impl Default for DemoConfig {
             outage: Duration::from_secs(2),
             outage_at: Duration::from_secs(2),
             replicas: 1,
+            calls: 2,
+            call_phones: 60,
+            org_max_calls: 10,
+            call_length: Duration::from_secs(2),
             json: false,
             serve: false,
             listen: "127.0.0.1:8080".parse().expect("valid"),
@@ -155,6 +177,10 @@ pub struct DemoReport {
     /// `[cluster]`, each enforcing every limit alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plain_replicas: Option<Phase>,
+    /// The calls phases (`--calls` above 0): INVITEs against the edge's call cap,
+    /// directly and through sluice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<calls::CallsDemo>,
 }
 
 fn sim_config(c: &DemoConfig) -> SimConfig {
@@ -231,7 +257,7 @@ pub async fn run_demo(
     progress: impl Fn(&str),
 ) -> Result<(DemoReport, Option<Running>), String> {
     let n = usize::from(c.replicas);
-    let steps = if n > 1 { 3 } else { 2 };
+    let steps = if n > 1 { 3 } else { 2 } + usize::from(c.calls > 0);
     // Before anything runs: without a redis-server there is no demo of replicas.
     let redis = if n > 1 {
         Some(RedisServer::start(c.replicas).await?)
@@ -255,9 +281,9 @@ pub async fn run_demo(
 
     let redis_url = redis.as_ref().map(RedisServer::url);
     match &redis_url {
-        None => progress("2/2: the same spike through sluice"),
+        None => progress(&format!("2/{steps}: the same spike through sluice")),
         Some(url) => progress(&format!(
-            "2/3: the same spike through {n} sluice replicas sharing their limits on Redis ([cluster], {url}), each tenant's phones dealt to them in turn"
+            "2/{steps}: the same spike through {n} sluice replicas sharing their limits on Redis ([cluster], {url}), each tenant's phones dealt to them in turn"
         )),
     }
     let (through, fleet) = sluice_phase(c, n, redis_url.as_deref()).await?;
@@ -270,7 +296,7 @@ pub async fn run_demo(
     };
     let plain = if n > 1 {
         progress(&format!(
-            "3/3: the same spike through {n} plain replicas (no [cluster]: each enforces every limit alone)"
+            "3/{steps}: the same spike through {n} plain replicas (no [cluster]: each enforces every limit alone)"
         ));
         let (phase, plain) = sluice_phase(
             &DemoConfig {
@@ -286,12 +312,22 @@ pub async fn run_demo(
     } else {
         None
     };
+    let calls = if c.calls > 0 {
+        progress(&format!(
+            "{steps}/{steps}: {} SIP phones place {} calls each against an edge with {} concurrent calls per organisation, directly, then through sluice (max_calls {})",
+            c.call_phones, c.calls, c.org_max_calls, c.org_max_calls
+        ));
+        Some(calls::calls_phases(c).await?)
+    } else {
+        None
+    };
     let report = DemoReport {
         direct,
         sluice: through,
         sluice_config,
         replicas: (n > 1).then_some(c.replicas),
         plain_replicas: plain,
+        calls,
     };
     let running = fleet.map(|fleet| Running {
         proxy: fleet.replicas[0].proxy,
@@ -437,6 +473,14 @@ pub fn render_report(r: &DemoReport) -> String {
             other => other,
         };
         let _ = write!(out, "\n{title}:\n{}", render(&phase.phones));
+    }
+    if let Some(calls) = &r.calls {
+        let _ = write!(
+            out,
+            "\ncalls (SIP, the edge's call cap {} per organisation):\n{}",
+            calls.org_max_calls,
+            calls::render_calls(calls)
+        );
     }
     out
 }

@@ -209,6 +209,48 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// No replica yet, in front of `edge`.
+    pub(super) fn new(edge: EdgeSim) -> Self {
+        Self {
+            replicas: Vec::new(),
+            edge,
+            config: String::new(),
+            runtimes: Vec::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Starts a replica on config `text` (its admin listener on `admin`); the first
+    /// one's config is kept as the fleet's.
+    pub(super) async fn add(&mut self, text: String, admin: SocketAddr) -> Result<(), String> {
+        let config =
+            Config::parse(&text, &HashMap::new()).map_err(|e| format!("demo config: {e}"))?;
+        let server = crate::Server::bind(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let admin = crate::admin::Admin::bind(admin, server.runtime())
+            .await
+            .map_err(|e| format!("admin listener on {admin}: {e}"))?;
+        self.replicas.push(Endpoints {
+            proxy: server.local_addr(),
+            admin: admin.local_addr(),
+        });
+        self.runtimes.push(server.runtime());
+        self.tasks
+            .push(tokio::spawn(server.run(std::future::pending())));
+        self.tasks
+            .push(tokio::spawn(admin.run(std::future::pending())));
+        if self.config.is_empty() {
+            self.config = text;
+        }
+        Ok(())
+    }
+
+    /// The runtime of replica `i`.
+    pub(super) fn runtime(&self, i: usize) -> Option<&Arc<Runtime>> {
+        self.runtimes.get(i)
+    }
+
     /// Leaves the cluster (when in one) and stops serving.
     pub async fn stop(mut self) {
         for r in &self.runtimes {
@@ -264,41 +306,14 @@ pub async fn sluice_phase(
     let sim = EdgeSim::start(sim_config(c))
         .await
         .map_err(|e| format!("edge simulator: {e}"))?;
-    let mut fleet = Fleet {
-        replicas: Vec::new(),
-        edge: sim.clone(),
-        config: String::new(),
-        runtimes: Vec::new(),
-        tasks: Vec::new(),
-    };
+    let mut fleet = Fleet::new(sim.clone());
     for i in 0..replicas {
         let (listen, admin) = addresses(c, i)?;
         let mut text = sluice_config(c, &sim.url(), listen, admin);
         if let Some(url) = redis {
             text.push_str(&cluster_section(url, i));
         }
-        let config =
-            Config::parse(&text, &HashMap::new()).map_err(|e| format!("demo config: {e}"))?;
-        let server = crate::Server::bind(config)
-            .await
-            .map_err(|e| e.to_string())?;
-        let admin = crate::admin::Admin::bind(admin, server.runtime())
-            .await
-            .map_err(|e| format!("admin listener on {admin}: {e}"))?;
-        fleet.replicas.push(Endpoints {
-            proxy: server.local_addr(),
-            admin: admin.local_addr(),
-        });
-        fleet.runtimes.push(server.runtime());
-        fleet
-            .tasks
-            .push(tokio::spawn(server.run(std::future::pending())));
-        fleet
-            .tasks
-            .push(tokio::spawn(admin.run(std::future::pending())));
-        if i == 0 {
-            fleet.config = text;
-        }
+        fleet.add(text, admin).await?;
     }
     let urls: Vec<String> = fleet
         .replicas
