@@ -169,6 +169,22 @@ pub struct EdgeError {
     pub trace_id: Option<String>,
 }
 
+/// `metric`, registered in `registry`.
+///
+/// # Panics
+/// When the definition is invalid or the name taken: both are fixed in this module and
+/// its tests register every family.
+pub(crate) fn registered<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let m = metric.expect("valid metric definition");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help)
 }
@@ -182,13 +198,9 @@ impl Metrics {
     pub fn new(config: &Config) -> Self {
         let registry = Registry::new();
         macro_rules! register {
-            ($metric:expr) => {{
-                let m = $metric.expect("valid metric definition");
-                registry
-                    .register(Box::new(m.clone()))
-                    .expect("metric registered once");
-                m
-            }};
+            ($metric:expr) => {
+                registered(&registry, $metric)
+            };
         }
         let sessions_active = register!(IntGaugeVec::new(
             opts("sluice_sessions_active", "Live proxied sessions."),

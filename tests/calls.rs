@@ -7,31 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::sip::{header, status, Phone, SipEdge};
-use support::{config, connect_ok, scrape, tenant, wait_until, Proxy, TenantSpec};
+use support::sip::{header, sip_proxy, sip_tenant, status, Phone, SipEdge};
+use support::{config, connect_ok, scrape, wait_until, Proxy};
 use tokio::time::Instant;
-
-/// Tenant `acme` speaking SIP in `accept` mode, with the call keys of `calls`
-/// (`key = value` TOML lines), roomy session limits.
-fn sip_tenant(calls: &[(&str, &str)]) -> TenantSpec {
-    let mut t = tenant("acme")
-        .accept_mode()
-        .subprotocols(&["sip"])
-        .max_sessions(100)
-        .unpaced();
-    for (k, v) in calls {
-        t = t.key(k, v);
-    }
-    t
-}
-
-async fn sip_proxy(edge: &SipEdge, calls: &[(&str, &str)]) -> Proxy {
-    config()
-        .upstream(&edge.url())
-        .tenant(sip_tenant(calls))
-        .start()
-        .await
-}
 
 /// A phone with a session through sluice.
 async fn phone(proxy: &Proxy, name: &str) -> Phone {

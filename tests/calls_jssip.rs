@@ -12,22 +12,10 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::sip::SipEdge;
-use support::{config, tenant, wait_until, Jssip, Proxy};
+use support::sip::{sip_proxy, SipEdge};
+use support::{wait_until, Jssip, Proxy};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-async fn sip_proxy(edge: &SipEdge, calls: &[(&str, &str)]) -> Proxy {
-    let mut t = tenant("acme")
-        .accept_mode()
-        .subprotocols(&["sip"])
-        .max_sessions(100)
-        .unpaced();
-    for (k, v) in calls {
-        t = t.key(k, v);
-    }
-    config().upstream(&edge.url()).tenant(t).start().await
-}
 
 /// A traced UA `name` through `proxy` (no registration: calls need none here).
 fn ua(js: &mut Jssip, proxy: &Proxy, name: &str) {
@@ -36,6 +24,14 @@ fn ua(js: &mut Jssip, proxy: &Proxy, name: &str) {
         "uri": format!("sip:{name}@example.invalid"),
         "register": false, "trace": true,
     }));
+}
+
+/// UAs `names` through `proxy`, once each is connected.
+async fn uas(js: &mut Jssip, proxy: &Proxy, names: &[&str]) {
+    for name in names {
+        ua(js, proxy, name);
+        js.wait_ua(name, "connected", WAIT).await;
+    }
 }
 
 fn call(js: &mut Jssip, ua: &str, call: &str) {
@@ -117,10 +113,7 @@ async fn jssip_cancels_a_held_invite_and_sluice_answers_200_and_487() {
     };
     let edge = SipEdge::start(true).await;
     let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
-    for name in ["a", "b"] {
-        ua(&mut js, &proxy, name);
-        js.wait_ua(name, "connected", WAIT).await;
-    }
+    uas(&mut js, &proxy, &["a", "b"]).await;
     call(&mut js, "a", "up");
     js.wait_call("up", &["confirmed"], WAIT).await;
     call(&mut js, "b", "held");
@@ -164,10 +157,7 @@ async fn jssip_hears_sluice_503_with_retry_after_and_reason_when_its_invite_time
         &[("max_calls", "1"), ("invite_queue_timeout", "\"500ms\"")],
     )
     .await;
-    for name in ["a", "b"] {
-        ua(&mut js, &proxy, name);
-        js.wait_ua(name, "connected", WAIT).await;
-    }
+    uas(&mut js, &proxy, &["a", "b"]).await;
     call(&mut js, "a", "up");
     js.wait_call("up", &["confirmed"], WAIT).await;
     call(&mut js, "b", "late");
@@ -201,8 +191,7 @@ async fn a_200_crossing_a_jssip_cancel_is_acked_and_byed_by_sluice() {
     let edge = SipEdge::start(false).await;
     edge.ignore_cancels();
     let proxy = sip_proxy(&edge, &[("max_calls", "2")]).await;
-    ua(&mut js, &proxy, "a");
-    js.wait_ua("a", "connected", WAIT).await;
+    uas(&mut js, &proxy, &["a"]).await;
     call(&mut js, "a", "x");
     let trying = js.wait_call("x", &["progress"], WAIT).await;
     let call_id = s(&trying["call_id"]);
@@ -238,10 +227,7 @@ async fn a_jssip_session_dropped_mid_call_frees_its_call_for_a_held_invite() {
     };
     let edge = SipEdge::start(true).await;
     let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
-    for name in ["a", "b"] {
-        ua(&mut js, &proxy, name);
-        js.wait_ua(name, "connected", WAIT).await;
-    }
+    uas(&mut js, &proxy, &["a", "b"]).await;
     call(&mut js, "a", "up");
     js.wait_call("up", &["confirmed"], WAIT).await;
     call(&mut js, "b", "next");

@@ -1,5 +1,6 @@
 //! Beside the flow (DESIGN.md, "SIP awareness"): the per-tenant call metrics of SIP tenants.
 
+use super::registered;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -74,13 +75,9 @@ pub struct TenantCallMetrics {
 impl CallMetrics {
     pub(crate) fn register(registry: &Registry) -> Self {
         macro_rules! register {
-            ($metric:expr) => {{
-                let m = $metric.expect("valid metric definition");
-                registry
-                    .register(Box::new(m.clone()))
-                    .expect("metric registered once");
-                m
-            }};
+            ($metric:expr) => {
+                registered(registry, $metric)
+            };
         }
         Self {
             active: register!(IntGaugeVec::new(

@@ -1,5 +1,6 @@
 //! Beside the flow (DESIGN.md, "Scale-out"): the `sluice_cluster_*` metrics of a replica in a `[cluster]`.
 
+use super::registered;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Buckets of `sluice_cluster_decision_seconds`: a Redis round trip on a LAN is well
@@ -36,13 +37,9 @@ pub struct ScopeMetrics {
 impl ClusterMetrics {
     pub(super) fn register(registry: &Registry) -> Self {
         macro_rules! register {
-            ($metric:expr) => {{
-                let m = $metric.expect("valid metric definition");
-                registry
-                    .register(Box::new(m.clone()))
-                    .expect("metric registered once");
-                m
-            }};
+            ($metric:expr) => {
+                registered(registry, $metric)
+            };
         }
         Self {
             redis_up: register!(IntGauge::new(

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::Client;
+use super::{config, tenant, Client, Proxy, TenantSpec};
 
 /// One message the edge received.
 #[derive(Debug, Clone)]
@@ -449,4 +449,27 @@ impl Phone {
             );
         }
     }
+}
+
+/// Tenant `acme` speaking SIP in `accept` mode with the call keys of `calls`
+/// (`key = value` TOML lines) and roomy session limits.
+pub fn sip_tenant(calls: &[(&str, &str)]) -> TenantSpec {
+    let mut t = tenant("acme")
+        .accept_mode()
+        .subprotocols(&["sip"])
+        .max_sessions(100)
+        .unpaced();
+    for (k, v) in calls {
+        t = t.key(k, v);
+    }
+    t
+}
+
+/// sluice in front of `edge` with [`sip_tenant`]`(calls)`.
+pub async fn sip_proxy(edge: &SipEdge, calls: &[(&str, &str)]) -> Proxy {
+    config()
+        .upstream(&edge.url())
+        .tenant(sip_tenant(calls))
+        .start()
+        .await
 }
