@@ -364,9 +364,10 @@ pub async fn serve(p: Pending, client: Leg) {
         let stop = stop.wait(&moved);
         let stats = match calls {
             None => relay(&mut client, &mut edge, held, &moved, stop).await,
+            // Boxed: sessions that count no calls keep the relay's size.
             Some(gate) => {
                 let hook = CallHook::new(gate);
-                relay_with(&mut client, &mut edge, held, &moved, stop, hook).await
+                Box::pin(relay_with(&mut client, &mut edge, held, &moved, stop, hook)).await
             }
         };
         // Step 7: release.
