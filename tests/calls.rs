@@ -439,3 +439,48 @@ async fn a_reload_changes_max_calls_for_new_invites_and_cuts_no_live_call() {
     assert_eq!(edge.count("BYE ", Some("b1")), 0);
     assert_eq!(active(&proxy), 2);
 }
+
+/// A held INVITE goes on when the edge has answered the BYE, never on the BYE itself:
+/// released on the request it would race the BYE to an edge that counts calls too, on
+/// another connection, and be refused there. The edge caps calls like sluice (2) and
+/// takes 50 ms to tear a call down before it answers a BYE (a real call server measured
+/// 2–4 refusals in 15 when sluice freed the place on the request); 15 rounds of "a call
+/// ends while another INVITE is held" see no refusal.
+#[tokio::test]
+async fn a_held_invite_released_by_a_bye_is_not_refused_by_an_edge_with_the_same_cap() {
+    let edge = SipEdge::start(true).await;
+    edge.cap_calls(2);
+    edge.slow_byes(Duration::from_millis(50));
+    let proxy = sip_proxy(&edge, &[("max_calls", "2")]).await;
+    let mut phones = Vec::new();
+    for i in 0..3 {
+        phones.push(phone(&proxy, &format!("p{i}")).await);
+    }
+    // Calls up, oldest first: (phone, call, its To).
+    let mut up = std::collections::VecDeque::new();
+    for (i, p) in phones.iter_mut().enumerate().take(2) {
+        let call = format!("r0-{i}");
+        let to = established(p, &call).await;
+        up.push_back((i, call, to));
+    }
+    for round in 1..=15 {
+        // The phone with no call places one: held, as both places are taken.
+        let caller = (0..3).find(|i| !up.iter().any(|(p, _, _)| p == i)).unwrap();
+        let call = format!("r{round}");
+        phones[caller].invite(&call).await;
+        let trying = phones[caller].recv().await;
+        assert_eq!(status(&trying), Some(100), "{trying}");
+        // The oldest call ends; the held INVITE must reach the edge only after the
+        // edge has freed that call.
+        let (ender, ended, to) = up.pop_front().unwrap();
+        phones[ender].bye(&ended, &to).await;
+        phones[ender].expect(200, &ended).await;
+        let ok = phones[caller].expect(200, &call).await;
+        let to = header(&ok, "to").unwrap().to_owned();
+        phones[caller].ack(&call, &to).await;
+        up.push_back((caller, call, to));
+    }
+    assert_eq!(edge.refused(), 0, "the edge refused a released INVITE");
+    assert_eq!(edge.invites().len(), 17);
+    assert_eq!(calls_total(&proxy, "queued_admitted").await, 15.0);
+}

@@ -8,6 +8,8 @@
 //! ([`SipEdge::answer`]); BYE → `200`; CANCEL → `200`, and `487` for an INVITE it has not
 //! answered yet — unless it was told to ignore CANCELs ([`SipEdge::ignore_cancels`]), the
 //! way a `200` crosses a CANCEL on the wire. [`SipEdge::bye`] sends a BYE of its own.
+//! Optionally it caps calls (`503` above, [`SipEdge::cap_calls`]) and takes its time to
+//! tear a call down on a BYE ([`SipEdge::slow_byes`]), as a real call server may.
 //! Messages are built by copying header lines, independent of `sluice::sip`.
 
 use std::collections::HashMap;
@@ -69,6 +71,8 @@ struct State {
     pending: HashMap<String, (u64, String)>,
     /// Answered 2xx: Call-ID → (session, INVITE, the 200).
     up: HashMap<String, (u64, String, String)>,
+    /// INVITEs answered `503` for the call cap.
+    refused: usize,
 }
 
 /// A running SIP edge.
@@ -79,6 +83,11 @@ pub struct SipEdge {
     state: Arc<Mutex<State>>,
     auto_answer: Arc<AtomicBool>,
     ignore_cancels: Arc<AtomicBool>,
+    /// Calls at once (ringing or up) above which an initial INVITE gets `503`; 0: none.
+    max_calls: Arc<AtomicU64>,
+    /// How long a BYE takes to tear its call down (the call counts until then; the
+    /// `200` follows), in milliseconds.
+    bye_delay_ms: Arc<AtomicU64>,
 }
 
 impl SipEdge {
@@ -91,6 +100,8 @@ impl SipEdge {
             state: Arc::default(),
             auto_answer: Arc::new(AtomicBool::new(auto_answer)),
             ignore_cancels: Arc::default(),
+            max_calls: Arc::default(),
+            bye_delay_ms: Arc::default(),
         };
         let e = edge.clone();
         let ids = Arc::new(AtomicU64::new(0));
@@ -112,6 +123,24 @@ impl SipEdge {
     /// From now on, CANCELs are recorded and otherwise ignored.
     pub fn ignore_cancels(&self) {
         self.ignore_cancels.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on, an initial INVITE while `n` calls ring or are up is answered `503`,
+    /// like an edge's call cap.
+    pub fn cap_calls(&self, n: u64) {
+        self.max_calls.store(n, Ordering::SeqCst);
+    }
+
+    /// From now on, a BYE takes `d` to end its call (answered `200` then), like an edge
+    /// that tears a call down before it confirms.
+    pub fn slow_byes(&self, d: Duration) {
+        self.bye_delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// INVITEs answered `503` for the call cap.
+    pub fn refused(&self) -> usize {
+        self.state.lock().unwrap().refused
     }
 
     #[allow(clippy::result_large_err)] // tungstenite's callback type
@@ -173,6 +202,11 @@ impl SipEdge {
         let to_tagged = header(&text, "to").is_some_and(|t| t.contains("tag="));
         match method {
             "INVITE" if !to_tagged => {
+                let cap = self.max_calls.load(Ordering::SeqCst);
+                if cap > 0 && (state.up.len() + state.pending.len()) as u64 >= cap {
+                    state.refused += 1;
+                    return vec![response(&text, "503 Service Unavailable", true)];
+                }
                 let mut out = vec![response(&text, "100 Trying", false)];
                 if self.auto_answer.load(Ordering::SeqCst) {
                     let ok = response(&text, "200 OK", true);
@@ -184,6 +218,24 @@ impl SipEdge {
                 out
             }
             "INVITE" | "REGISTER" | "OPTIONS" => vec![response(&text, "200 OK", true)],
+            "BYE" if self.bye_delay_ms.load(Ordering::SeqCst) > 0 => {
+                let delay = Duration::from_millis(self.bye_delay_ms.load(Ordering::SeqCst));
+                let state = self.state.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let mut state = state.lock().unwrap();
+                    let known = state.up.remove(&call_id).is_some();
+                    let line = if known {
+                        "200 OK"
+                    } else {
+                        "481 Call/Transaction Does Not Exist"
+                    };
+                    if let Some(out) = state.sessions.get(&id) {
+                        let _ = out.send(Message::text(response(&text, line, true)));
+                    }
+                });
+                Vec::new()
+            }
             "BYE" => {
                 let known = state.up.remove(&call_id).is_some();
                 vec![response(
