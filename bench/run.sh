@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # sluice against HAProxy and NGINX (and a direct connection), side by side.
 #
-#   bash bench/run.sh            full run (7 interleaved repetitions, about 20 minutes);
+#   bash bench/run.sh            full run (7 interleaved repetitions, about 25 minutes with the sip scenario);
 #                                writes bench/RESULTS.md and bench/results/<time>/
 #   bash bench/run.sh --quick    smoke run (1 repetition, short windows, 1,000 idle
 #                                sessions, 2 fills of 1,000, about a minute after the
