@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # sluice against HAProxy and NGINX (and a direct connection), side by side.
 #
-#   bash bench/run.sh            full run (7 interleaved repetitions, about 20 minutes);
+#   bash bench/run.sh            full run (7 interleaved repetitions, about 25 minutes with the sip scenario);
 #                                writes bench/RESULTS.md and bench/results/<time>/
 #   bash bench/run.sh --quick    smoke run (1 repetition, short windows, 1,000 idle
 #                                sessions, 2 fills of 1,000, about a minute after the
@@ -21,7 +21,14 @@
 #   bash bench/run.sh --admission / --no-admission
 #                                run / skip the admission percentiles (benches/admission.rs
 #                                --percentiles, a few seconds, once per repetition); full
-#                                runs include them, quick runs only with --admission
+#                                runs include them, quick runs and --scenarios runs only
+#                                with --admission
+#   bash bench/run.sh --scenarios sip[,load,…]
+#                                run only these scenarios (of rtt, load, idle, handshakes,
+#                                sip; default all of them)
+#
+#   The SIP call counting figures of issue 17 alone, 5 repetitions (a few minutes):
+#   bash bench/run.sh --reps 5 --only-sluice --scenarios sip
 #
 #   A comparison against the previous commit, in about 10 minutes after the builds:
 #   bash bench/run.sh --reps 3 --baseline HEAD~1 --only-sluice
@@ -37,7 +44,9 @@
 # sluice-accept (the same process, an accept-mode tenant: sluice's message relay),
 # HAProxy, NGINX; with --baseline, sluice-base and sluice-accept-base (the same two
 # tenants in a second process, REV's binary; sluice-accept-base only when REV accepts
-# the accept-mode tenant).
+# the accept-mode tenant). Scenario sip only: sluice-sip and sluice-sip-off (the same
+# sluice process, two accept-mode tenants with subprotocol sip: bench_sip counts calls,
+# bench_sip_off has no call keys); never a baseline.
 #
 # Scenarios (1 KiB text frames, all on loopback):
 #   rtt         one connection, sequential frames: latency p50/p99
@@ -53,6 +62,12 @@
 #               on, with limits that never bind)
 #   admission   (sluice only, no proxy) p50/p99 of one admission decision, one thread
 #               on one tenant and two threads on the same tenant
+#   sip         (issue 17; sluice-sip and sluice-sip-off only) load --sip: 100
+#               connections, one SIP call up on each, in-dialog INFOs of 1 KiB: proxy
+#               CPU per round trip with call counting on and off; then calls (on
+#               sluice-sip, restarted just before): RSS with 4,000 idle SIP sessions open
+#               and again with one call up on each: bytes per tracked call and per idle
+#               SIP session
 #
 # Environment: BENCH_PORT_BASE (default 17000; uses BASE..BASE+6), CARGO_TARGET_DIR,
 # BENCH_NICE (default -10: as root, the benchmark's processes get this priority, so
@@ -69,6 +84,8 @@ REPORT_ONLY=""
 BASELINE=""
 ONLY_SLUICE=0
 ADMISSION=""   # empty: on for full runs, off for quick ones
+ALL_SCENARIOS="rtt load idle handshakes sip"
+SCENARIOS=""   # empty: all of them
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1; REPS=1 ;;
@@ -78,11 +95,31 @@ while [ $# -gt 0 ]; do
         --only-sluice) ONLY_SLUICE=1 ;;
         --admission) ADMISSION=1 ;;
         --no-admission) ADMISSION=0 ;;
+        --scenarios) SCENARIOS=${2:?--scenarios needs a list, e.g. sip or load,sip}; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
 done
+
+if [ -n "$SCENARIOS" ]; then
+    SCENARIOS=${SCENARIOS//,/ }
+    for s in $SCENARIOS; do
+        case " $ALL_SCENARIOS " in
+            *" $s "*) ;;
+            *) echo "--scenarios: unknown scenario $s (known: $ALL_SCENARIOS)" >&2; exit 2 ;;
+        esac
+    done
+    # In the order of a full run, whatever order they were given in.
+    picked=""
+    for s in $ALL_SCENARIOS; do
+        case " $SCENARIOS " in *" $s "*) picked="$picked $s" ;; esac
+    done
+    SCENARIOS=${picked# }
+    ADMISSION=${ADMISSION:-0}
+else
+    SCENARIOS=$ALL_SCENARIOS
+fi
 
 if [ -n "$BASELINE" ]; then
     BASE_COMMIT=$(git rev-parse --verify --quiet "$BASELINE^{commit}") \
@@ -93,11 +130,13 @@ if [ "$QUICK" = 1 ]; then
     RTT_FRAMES=2000; LOAD_WARM=0.5; LOAD_SECS=2; PERF_SECS=1
     IDLE_CONNS=1000; IDLE_HOLD=1; IDLE_SETTLE=1; IDLE_AFTER=2
     HS_COUNT=1000; HS_FILLS=2; HS_SETTLE=0.5
+    CALLS_CONNS=1000; CALLS_SETTLE=1
     ADMISSION=${ADMISSION:-0}
 else
     RTT_FRAMES=20000; LOAD_WARM=2; LOAD_SECS=10; PERF_SECS=3
     IDLE_CONNS=9000; IDLE_HOLD=3; IDLE_SETTLE=2; IDLE_AFTER=5
     HS_COUNT=6000; HS_FILLS=3; HS_SETTLE=1
+    CALLS_CONNS=4000; CALLS_SETTLE=2
     ADMISSION=${ADMISSION:-1}
 fi
 LOAD_CONNS=100
@@ -107,6 +146,9 @@ LOAD_CONNS=100
 HS_CONC=200
 HS_MAX_SECS=60
 SIZE=1024
+# The sip scenario's calls run: CALLS_CONNS sessions (2 descriptors each in sluice), one
+# call each, placed 200 at a time.
+CALLS_CONC=200
 
 # A proxied session holds two descriptors in the proxy; 9,000 sessions need 18,000.
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -201,7 +243,8 @@ assemble() {
     { cat "$dir/meta.md"; echo; echo "$table"; echo; cat "$dir/commands.md"; } >"$dir/RESULTS.md"
     case "${dir%/}" in
         *-quick) echo "== wrote $dir/RESULTS.md (quick run: bench/RESULTS.md left as it is)" ;;
-        *-vs-*|*-only-sluice) echo "== wrote $dir/RESULTS.md (baseline or --only-sluice run: bench/RESULTS.md left as it is)" ;;
+        *-vs-*|*-only-sluice*) echo "== wrote $dir/RESULTS.md (baseline or --only-sluice run: bench/RESULTS.md left as it is)" ;;
+        *-scenarios-*) echo "== wrote $dir/RESULTS.md (--scenarios run: bench/RESULTS.md left as it is)" ;;
         *) cp "$dir/RESULTS.md" bench/RESULTS.md; echo "== wrote bench/RESULTS.md and $dir/" ;;
     esac
 }
@@ -297,9 +340,11 @@ fi
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=bench/results/$STAMP
-# Only a full run of all targets, without a baseline, becomes bench/RESULTS.md.
+# Only a full run of all targets and scenarios, without a baseline, becomes
+# bench/RESULTS.md.
 [ -n "$SLUICE_BASE" ] && OUT=$OUT-vs-$(git rev-parse --short "$BASE_COMMIT")
 [ "$ONLY_SLUICE" = 1 ] && OUT=$OUT-only-sluice
+[ "$SCENARIOS" != "$ALL_SCENARIOS" ] && OUT=$OUT-scenarios-${SCENARIOS// /-}
 [ "$QUICK" = 1 ] && OUT=$OUT-quick
 mkdir -p "$OUT"
 RUNS=$OUT/runs.jsonl
@@ -319,10 +364,11 @@ wait_port() {
     return 1
 }
 
-# sluice-accept is the sluice process too (its accept-mode tenant); likewise the baseline's.
+# sluice-accept is the sluice process too (its accept-mode tenant); likewise the baseline's,
+# and the SIP tenants' targets.
 proc_of() {
     case "$1" in
-        sluice-accept) echo sluice ;;
+        sluice-accept|sluice-sip|sluice-sip-off) echo sluice ;;
         sluice-accept-base) echo sluice-base ;;
         *) echo "$1" ;;
     esac
@@ -373,6 +419,8 @@ url_of() {
     case "$1" in
         direct) port=$ECHO_PORT ;; sluice) port=$SLUICE_PORT ;;
         sluice-accept) port=$SLUICE_PORT; tenant=bench_accept ;;
+        sluice-sip) port=$SLUICE_PORT; tenant=bench_sip ;;
+        sluice-sip-off) port=$SLUICE_PORT; tenant=bench_sip_off ;;
         sluice-base) port=$SLUICE_BASE_PORT ;;
         sluice-accept-base) port=$SLUICE_BASE_PORT; tenant=bench_accept ;;
         haproxy) port=$HAPROXY_PORT ;; nginx) port=$NGINX_PORT ;;
@@ -380,7 +428,9 @@ url_of() {
     echo "ws://127.0.0.1:$port/t/$tenant/echo"
 }
 
-"$W" echo --listen "127.0.0.1:$ECHO_PORT" 2>>"$OUT/echo.log" &
+# --sip: it also answers INVITE and BYE like a minimal SIP call server (scenario sip);
+# every other message is echoed as without it.
+"$W" --sip echo --listen "127.0.0.1:$ECHO_PORT" 2>>"$OUT/echo.log" &
 ECHO_PID=$!
 wait_port "$ECHO_PORT"
 PROCS=(sluice)
@@ -411,6 +461,7 @@ TARGETS=(direct sluice)
 TARGETS+=(sluice-accept)
 [ "$BASE_ACCEPT" = 1 ] && TARGETS+=(sluice-accept-base)
 [ "$ONLY_SLUICE" = 0 ] && TARGETS+=(haproxy nginx)
+METRICS_URL="http://127.0.0.1:$SLUICE_ADMIN_PORT/metrics"
 START=$(date +%s)
 for rep in $(seq "$REPS"); do
     # Rotate the order each repetition so no target always runs first or last; every
@@ -429,7 +480,13 @@ for rep in $(seq "$REPS"); do
         fi
         order+=("$t")
     done
-    echo "== repetition $rep/$REPS (order: ${order[*]})"
+    sip_order=(sluice-sip sluice-sip-off)
+    [ $((rep % 2)) = 0 ] && sip_order=(sluice-sip-off sluice-sip)
+    case "$SCENARIOS" in
+        sip) echo "== repetition $rep/$REPS (sip: ${sip_order[*]}, then calls on sluice-sip)" ;;
+        *sip) echo "== repetition $rep/$REPS (order: ${order[*]}; sip: ${sip_order[*]}, then calls on sluice-sip)" ;;
+        *) echo "== repetition $rep/$REPS (order: ${order[*]})" ;;
+    esac
     if [ -n "$ADMISSION_BIN" ]; then
         # No proxy is busy meanwhile: the two threads have the cores (and whatever else
         # runs on the machine).
@@ -443,7 +500,22 @@ for rep in $(seq "$REPS"); do
         echo "$line" >>"$RUNS"
         printf '  %-18s %s\n' admission "$line"
     fi
-    for scenario in rtt load idle handshakes; do
+    for scenario in $SCENARIOS; do
+        if [ "$scenario" = sip ]; then
+            # Counting on and off side by side (the order alternates each repetition), then
+            # the memory of a tracked call on a freshly started sluice.
+            for t in "${sip_order[@]}"; do
+                run "$t" "$rep" load --sip --conns "$LOAD_CONNS" --seconds "$LOAD_SECS" \
+                    --warmup-secs "$LOAD_WARM" --size "$SIZE" --echo-pid "$ECHO_PID" \
+                    --metrics "$METRICS_URL"
+                sleep 1
+            done
+            stop_target sluice-sip; start_target sluice-sip
+            run sluice-sip "$rep" calls --conns "$CALLS_CONNS" --concurrency "$CALLS_CONC" \
+                --settle-secs "$CALLS_SETTLE" --size "$SIZE" --metrics "$METRICS_URL"
+            sleep 1
+            continue
+        fi
         for t in "${order[@]}"; do
             case $scenario in
                 rtt) run "$t" "$rep" rtt --frames "$RTT_FRAMES" --size "$SIZE" ;;
@@ -505,6 +577,9 @@ show() { echo "${1#"$ROOT"/}"; }   # paths inside the repository, relative to it
     echo "idle $IDLE_CONNS sessions opened 200 at a time, ${IDLE_SETTLE} s settle, ${IDLE_HOLD} s hold, ${IDLE_AFTER} s after close;"
     echo "handshakes: $HS_FILLS fills (none started after ${HS_MAX_SECS} s) of $HS_COUNT sessions, $HS_CONC handshakes in flight,"
     echo "${HS_SETTLE} s after each fill's close; frames of $SIZE bytes;"
+    echo "sip: load --sip as load (no perf window) on sluice-sip and sluice-sip-off, then calls on sluice-sip:"
+    echo "$CALLS_CONNS SIP sessions, one call each, $CALLS_CONC at a time, ${CALLS_SETTLE} s settle per phase;"
+    echo "scenarios run: $SCENARIOS;"
     if [ -n "$ADMISSION_BIN" ]; then
         echo "admission percentiles once per repetition, before its scenarios."
     else
@@ -513,7 +588,7 @@ show() { echo "${1#"$ROOT"/}"; }   # paths inside the repository, relative to it
     echo
     echo '```sh'
     echo "# servers (configs rendered from bench/ into a temporary directory \$TMP)"
-    echo "$(show "$W") echo --listen 127.0.0.1:$ECHO_PORT"
+    echo "$(show "$W") --sip echo --listen 127.0.0.1:$ECHO_PORT"
     echo "RUST_LOG=$SLUICE_LOG $(show "$SLUICE") run --config \$TMP/sluice.toml"
     if [ -n "$SLUICE_BASE" ]; then
         echo "RUST_LOG=$SLUICE_LOG $(show "$SLUICE_BASE") run --config \$TMP/sluice-base.toml   # $BASELINE"
@@ -523,7 +598,7 @@ show() { echo "${1#"$ROOT"/}"; }   # paths inside the repository, relative to it
         echo "nginx -p \$TMP -c \$TMP/nginx.conf -e \$TMP/nginx-error.log"
     fi
     echo "# measurements of repetition 1 (later ones differ only in pids); each also gets"
-    echo "# --tag target=NAME --tag rep=N, and idle restarts the proxy first"
+    echo "# --tag target=NAME --tag rep=N, and idle and calls restart the proxy first"
     sed "s|$ROOT/||g" "$CMDS"
     echo "# medians and ratios"
     echo "$(show "$W") report --input $RUNS"

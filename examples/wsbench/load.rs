@@ -1,6 +1,11 @@
 //! `wsbench load`: N connections, one frame in flight each, for a fixed time: round trips
 //! per second, the proxy's CPU time per round trip and, with `--perf`, its syscalls and
 //! context switches per round trip.
+//!
+//! With `--sip` each connection places one call first (INVITE → `200` → ACK, before the
+//! warm-up) and its frames are in-dialog INFOs of that call; it hangs up (BYE) before
+//! closing. With `--metrics`, `sluice_calls_active` of the URL's tenant is read once
+//! every call is up.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,8 +16,8 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Semaphore};
 
 use crate::{
-    authority, clk_tck, close, connect, cpu_us, machine_us, payload, pct, round1, round3,
-    round_trip, secs, self_us, STEP_TIMEOUT,
+    authority, calls, clk_tck, close, connect, cpu_us, machine_us, pct, round1, round3, round_trip,
+    secs, self_us, sip, Frames, STEP_TIMEOUT,
 };
 
 const RUN: u8 = 0;
@@ -32,12 +37,11 @@ pub(crate) async fn load(
     conns: usize,
     (warmup_secs, seconds): (f64, f64),
     size: usize,
-    pids: &[u32],
-    echo_pids: &[u32],
+    (pids, echo_pids): (&[u32], &[u32]),
     perf: Option<f64>,
+    metrics: Option<&str>,
 ) -> Result<Value, String> {
     let addr = authority(url)?;
-    let frame = payload(size);
     let tck = clk_tck();
 
     // Open every connection first (50 at a time).
@@ -47,7 +51,10 @@ pub(crate) async fn load(
         let (gate, url, addr) = (gate.clone(), url.to_string(), addr.clone());
         opening.spawn(async move {
             let _p = gate.acquire().await;
-            connect(&url, &addr).await
+            let mut ws = connect(&url, &addr).await?;
+            let mut frames = Frames::new(size);
+            frames.start(&mut ws).await?;
+            Ok::<_, String>((ws, frames))
         });
     }
     let mut sockets = Vec::with_capacity(conns);
@@ -63,8 +70,12 @@ pub(crate) async fn load(
     });
     let (phase_tx, phase_rx) = watch::channel(RUN);
     let mut tasks = tokio::task::JoinSet::new();
-    for mut ws in sockets {
-        let (shared, frame, mut phase) = (shared.clone(), frame.clone(), phase_rx.clone());
+    let calls_active = match (metrics, calls::tenant_of(url)) {
+        (Some(m), Some(t)) if sip::on() => calls::calls_active(m, &t).await,
+        _ => None,
+    };
+    for (mut ws, mut frames) in sockets {
+        let (shared, mut phase) = (shared.clone(), phase_rx.clone());
         tasks.spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -79,6 +90,7 @@ pub(crate) async fn load(
                     }
                     _ => {}
                 }
+                let frame = frames.next();
                 shared.in_flight.fetch_add(1, Ordering::SeqCst);
                 let t = Instant::now();
                 let r = round_trip(&mut ws, &frame).await;
@@ -94,6 +106,9 @@ pub(crate) async fn load(
                 if shared.record.load(Ordering::Relaxed) {
                     lat.push(dt);
                 }
+            }
+            if let Err(e) = frames.end(&mut ws).await {
+                eprintln!("load: {e}");
             }
             close(ws).await;
             lat
@@ -145,6 +160,7 @@ pub(crate) async fn load(
         "url": url,
         "conns": conns,
         "size": size,
+        "sip": sip::on(),
         "seconds": round3(window),
         "round_trips": n,
         "rt_per_s": round1(n as f64 / window),
@@ -184,6 +200,9 @@ pub(crate) async fn load(
     out["p50_us"] = json!(round1(pct(&lat, 50.0) / 1e3));
     out["p99_us"] = json!(round1(pct(&lat, 99.0) / 1e3));
     out["errors"] = json!(shared.errors.load(Ordering::Relaxed));
+    if let Some(n) = calls_active {
+        out["calls_active"] = json!(n);
+    }
     Ok(out)
 }
 

@@ -11,11 +11,25 @@
 //! $W load --url ws://… --conns 100 --seconds 10 --size 1024 --pids 1234
 //! $W idle --url ws://… --conns 9000 --hold-secs 3 --pids 1234
 //! $W handshakes --url ws://… --count 6000 --concurrency 200 --fills 3 --pids 1234
+//! $W --sip echo --listen 127.0.0.1:17000                           # also a minimal SIP call server
+//! $W --sip load --url ws://127.0.0.1:17001/t/bench_sip/echo --conns 100 --pids 1234
+//! $W calls --url ws://…/t/bench_sip/echo --conns 2000 --pids 1234  # memory per SIP call
 //! $W report --input bench/results/…/runs.jsonl                     # Markdown table of medians
 //! ```
 //!
 //! Sources: this file (command line, shared helpers, `echo`, `rtt`), `load.rs`,
-//! `sessions.rs` (`idle`, `handshakes`), `report.rs` and `report/targets.rs` (`report`).
+//! `sessions.rs` (`idle`, `handshakes`), `sip.rs` (`--sip`: SIP messages, the echo
+//! server's call answers), `calls.rs` (`calls`), `report.rs` and `report/` (`report`).
+//!
+//! # SIP (issue 17)
+//!
+//! With the global `--sip`, clients offer subprotocol `sip` and send real SIP messages
+//! (`sip.rs`): `rtt` and `load` place one call per connection (INVITE → `200` → ACK)
+//! and then send in-dialog `INFO`s of about `--size` bytes, which the echo server echoes;
+//! `idle` sends an `OPTIONS`. The echo server always accepts subprotocol `sip`, and with
+//! `--sip` answers INVITE and BYE like a minimal call server. `calls` (always SIP) reads
+//! the proxy's RSS with N idle SIP sessions open and again with one call up on each:
+//! memory per tracked call.
 //!
 //! # Threads
 //!
@@ -40,6 +54,8 @@
 //!   round trips only.
 //! - `idle` reads the summed VmRSS before opening, with every session open and idle,
 //!   after the hold, 2 s after every session has been closed, and `--after-secs` after.
+//! - `calls` reads it before opening, with every SIP session open and idle, with one call
+//!   up on each, and after every call was hung up.
 //! - `handshakes` runs repeated connect fills (`--count` sessions opened with
 //!   `--concurrency` handshakes in flight, held until the fill is complete, then closed)
 //!   and reads CPU time before each fill, when its last handshake has ended, and after
@@ -53,11 +69,13 @@
 //! neither side of the client's leg stays in TIME_WAIT, and tens of thousands of
 //! sessions a minute leave loopback's ephemeral ports (about 28,000) free.
 
+mod calls;
 mod load;
 #[path = "../support/numbers.rs"]
 mod numbers;
 mod report;
 mod sessions;
+mod sip;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -68,6 +86,9 @@ use numbers::{mean, pct, round1, round3, secs};
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -84,6 +105,10 @@ struct Cli {
     /// Worker threads of the tokio runtime (1 keeps the client off the proxy's core).
     #[arg(long, global = true, default_value_t = 1)]
     threads: usize,
+    /// SIP over WebSocket: clients offer subprotocol `sip` and send SIP messages; the
+    /// echo server answers INVITE and BYE like a call server (see "SIP" above).
+    #[arg(long, global = true)]
+    sip: bool,
     /// `key=value` added to the JSON output (repeatable), e.g. `--tag target=sluice`.
     #[arg(long = "tag", global = true)]
     tags: Vec<String>,
@@ -133,6 +158,10 @@ enum Cmd {
         /// The echo server, whose CPU is reported too (to tell what else ran).
         #[arg(long)]
         echo_pid: Option<u32>,
+        /// sluice's admin `/metrics` URL: with `--sip`, `sluice_calls_active` of the
+        /// URL's tenant is read once every call is up (shows they are counted).
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// Open N idle sessions, hold them, close them: memory per idle session.
     Idle {
@@ -157,6 +186,33 @@ enum Cmd {
         /// Processes whose VmRSS is summed (comma-separated).
         #[arg(long, value_delimiter = ',')]
         pids: Vec<u32>,
+    },
+    /// SIP sessions, idle and then with one call up each: memory per tracked call.
+    Calls {
+        #[arg(long)]
+        url: String,
+        /// SIP sessions opened (each gets one call).
+        #[arg(long, default_value_t = 2000)]
+        conns: usize,
+        /// Sessions being opened, calls being placed, at once.
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+        /// Sessions opened, given a call and closed before the baseline is read.
+        #[arg(long, default_value_t = 16)]
+        warm: usize,
+        /// Wait after each phase (open, calls up, calls ended) before reading memory.
+        #[arg(long, default_value_t = 2.0)]
+        settle_secs: f64,
+        /// Bytes of each session's OPTIONS (the largest message a session relays).
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Processes whose VmRSS is summed (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+        /// sluice's admin `/metrics` URL: `sluice_calls_active` of the URL's tenant is
+        /// read at each phase.
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// Repeated connect fills: handshakes per second and proxy CPU per handshake.
     Handshakes {
@@ -200,6 +256,7 @@ fn main() {
         report::report(input);
         return;
     }
+    sip::set(cli.sip || matches!(cli.cmd, Cmd::Calls { .. }));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads.max(1))
         .enable_all()
@@ -224,6 +281,7 @@ fn main() {
                 perf,
                 perf_secs,
                 echo_pid,
+                metrics,
             } => {
                 let perf = if perf { Some(perf_secs) } else { None };
                 let echo: Vec<u32> = echo_pid.into_iter().collect();
@@ -232,11 +290,31 @@ fn main() {
                     conns,
                     (warmup_secs, seconds),
                     size,
-                    &pids,
-                    &echo,
+                    (&pids, &echo),
                     perf,
+                    metrics.as_deref(),
                 )
                 .await
+            }
+            Cmd::Calls {
+                url,
+                conns,
+                concurrency,
+                warm,
+                settle_secs,
+                size,
+                pids,
+                metrics,
+            } => {
+                let c = calls::CallsRun {
+                    conns,
+                    concurrency,
+                    warm,
+                    settle_secs,
+                    size,
+                    metrics,
+                };
+                calls::calls(&url, &c, &pids).await
             }
             Cmd::Idle {
                 url,
@@ -312,6 +390,47 @@ fn payload(size: usize) -> Utf8Bytes {
     Utf8Bytes::from(s)
 }
 
+/// The frames one connection of `rtt` or `load` sends: the same printable payload
+/// every time, or (`--sip`) in-dialog SIP INFOs of one call.
+pub(crate) enum Frames {
+    Plain(Utf8Bytes),
+    Sip(sip::Dialog),
+}
+
+impl Frames {
+    pub(crate) fn new(size: usize) -> Self {
+        if sip::on() {
+            Frames::Sip(sip::Dialog::new(size))
+        } else {
+            Frames::Plain(payload(size))
+        }
+    }
+
+    /// The next frame to send.
+    pub(crate) fn next(&mut self) -> Utf8Bytes {
+        match self {
+            Frames::Plain(f) => f.clone(),
+            Frames::Sip(d) => Utf8Bytes::from(d.info()),
+        }
+    }
+
+    /// Before the first frame: with `--sip`, places the connection's call.
+    pub(crate) async fn start(&mut self, ws: &mut Ws) -> Result<(), String> {
+        match self {
+            Frames::Plain(_) => Ok(()),
+            Frames::Sip(d) => sip::place_call(ws, d).await,
+        }
+    }
+
+    /// After the last frame: with `--sip`, hangs the call up.
+    pub(crate) async fn end(&mut self, ws: &mut Ws) -> Result<(), String> {
+        match self {
+            Frames::Plain(_) => Ok(()),
+            Frames::Sip(d) => sip::hang_up(ws, d).await,
+        }
+    }
+}
+
 /// `ws://host:port/path` → (`host:port`, the URL).
 fn authority(url: &str) -> Result<String, String> {
     let rest = url
@@ -326,7 +445,17 @@ async fn connect(url: &str, addr: &str) -> Result<Ws, String> {
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
         tcp.set_nodelay(true).ok();
-        let (ws, resp) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config()))
+        let mut req = url
+            .into_client_request()
+            .map_err(|e| format!("handshake {url}: {e}"))?;
+        if sip::on() {
+            req.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                http::HeaderValue::from_static(sip::PROTOCOL),
+            );
+        }
+        // tungstenite fails the handshake when an offered subprotocol is not answered.
+        let (ws, resp) = tokio_tungstenite::client_async_with_config(req, tcp, Some(ws_config()))
             .await
             .map_err(|e| format!("handshake {url}: {e}"))?;
         if resp.status() != 101 {
@@ -473,21 +602,54 @@ async fn echo(listen: SocketAddr) -> Result<Value, String> {
         tokio::spawn(async move {
             let Ok(Ok(mut ws)) = tokio::time::timeout(
                 STEP_TIMEOUT,
-                tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config())),
+                tokio_tungstenite::accept_hdr_async_with_config(tcp, take_sip, Some(ws_config())),
             )
             .await
             else {
                 return;
             };
+            let sip = sip::on();
             while let Some(Ok(m)) = ws.next().await {
-                if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
-                    break;
+                let out = match m {
+                    // A call server's answer to INVITE and BYE; nothing for an ACK.
+                    Message::Text(t) if sip => match sip::answer(&t) {
+                        None => Some(Message::Text(t)),
+                        Some(answer) => answer.map(Message::text),
+                    },
+                    m if m.is_text() || m.is_binary() => Some(m),
+                    // Ping: tungstenite queues the Pong itself; Close: it answers and
+                    // the stream ends.
+                    _ => None,
+                };
+                if let Some(out) = out {
+                    if ws.send(out).await.is_err() {
+                        break;
+                    }
                 }
-                // Ping: tungstenite queues the Pong itself; Close: it answers and the
-                // stream ends.
             }
         });
     }
+}
+
+/// The echo server's handshake: subprotocol `sip` is taken when offered (sluice's
+/// `accept` mode closes a client whose edge does not take it); other offers are left
+/// unanswered, as before.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+fn take_sip(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    let offered = req
+        .headers()
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case(sip::PROTOCOL));
+    if offered {
+        resp.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static(sip::PROTOCOL),
+        );
+    }
+    Ok(resp)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -495,24 +657,28 @@ async fn echo(listen: SocketAddr) -> Result<Value, String> {
 
 async fn rtt(url: &str, frames: usize, size: usize, warmup: usize) -> Result<Value, String> {
     let addr = authority(url)?;
-    let frame = payload(size);
+    let mut source = Frames::new(size);
     let mut ws = connect(url, &addr).await?;
+    source.start(&mut ws).await?;
     for _ in 0..warmup {
-        round_trip(&mut ws, &frame).await?;
+        round_trip(&mut ws, &source.next()).await?;
     }
     let mut lat = Vec::with_capacity(frames);
     let start = Instant::now();
     for _ in 0..frames {
+        let frame = source.next();
         let t = Instant::now();
         round_trip(&mut ws, &frame).await?;
         lat.push(t.elapsed().as_nanos() as u64);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    source.end(&mut ws).await?;
     close(ws).await;
     lat.sort_unstable();
     Ok(json!({
         "scenario": "rtt",
         "url": url,
+        "sip": sip::on(),
         "frames": frames,
         "size": size,
         "p50_us": round1(pct(&lat, 50.0) / 1e3),

@@ -1,6 +1,7 @@
 //! `wsbench report`: the medians of a `runs.jsonl` (one JSON object per measurement, as
 //! `bench/run.sh` writes it) as Markdown tables, the ratios within each repetition, and
-//! where sluice stands against the targets of issue 16.
+//! where sluice stands against the targets of issue 16; the SIP call counting section
+//! (issue 17, `report/sip.rs`) for targets `sluice-sip` and `sluice-sip-off`.
 //!
 //! A figure a run did not record (an older run, a scenario left out, a target absent)
 //! shows as "—".
@@ -10,6 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+mod sip;
 mod targets;
 
 /// Every target `bench/run.sh` knows, in table order. `sluice-base` and
@@ -180,12 +182,17 @@ fn stats(r: &[f64]) -> Option<(f64, f64, f64)> {
 
 pub(crate) fn report(input: &Path) {
     let d = Data::load(input);
-    main_tables(&d);
-    fills_table(&d);
-    baselines(&d);
-    versus_proxies(&d);
-    targets::targets(&d);
-    issue7(&d);
+    // A run of only the SIP scenario (bench/run.sh --scenarios sip) has none of these
+    // targets: their tables are left out.
+    if !d.present.is_empty() {
+        main_tables(&d);
+        fills_table(&d);
+        baselines(&d);
+        versus_proxies(&d);
+        targets::targets(&d);
+        issue7(&d);
+    }
+    sip::sip(&d);
     if !d.errors.is_empty() {
         println!("\nFailed runs (left out of the medians): {:?}", d.errors);
     }

@@ -10,8 +10,9 @@ use tokio::sync::Semaphore;
 
 use crate::{
     authority, clk_tck, close, connect, cpu_us, payload, pct, round1, round3, round_trip, rss_kib,
-    secs, Ws,
+    secs, sip, Ws,
 };
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The issue-16 memory figure is read this long after the last session closed.
 const AFTER_CLOSE_SECS: f64 = 2.0;
@@ -42,6 +43,7 @@ pub(crate) async fn idle(
     pids: &[u32],
 ) -> Result<Value, String> {
     let addr = authority(url)?;
+    // With --sip, each session's echo is an OPTIONS (a SIP message is larger than 64 B).
     let frame = payload(64);
     let rss = |pids: &[u32]| -> Result<Option<u64>, String> {
         if pids.is_empty() {
@@ -61,6 +63,11 @@ pub(crate) async fn idle(
                 let _p = gate.acquire().await;
                 let mut ws = connect(&url, &addr).await?;
                 // One echo: the session is relayed end to end, then idle.
+                let frame = if sip::on() {
+                    Utf8Bytes::from(sip::Dialog::new(0).options())
+                } else {
+                    frame
+                };
                 round_trip(&mut ws, &frame).await?;
                 Ok::<Ws, String>(ws)
             });
