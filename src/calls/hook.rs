@@ -288,6 +288,16 @@ impl CallHook {
         }
     }
 
+    /// Takes call `call_id` out of the table; an emptied table gives its memory back
+    /// (a session between calls holds none).
+    fn forget(&mut self, call_id: &str) -> Option<Call> {
+        let call = self.calls.remove(call_id);
+        if self.calls.is_empty() {
+            self.calls = HashMap::new();
+        }
+        call
+    }
+
     /// Counts a call that goes to the edge now.
     fn up(&mut self, call_id: &str, permit: CallPermit, cseq: u32, now: Instant) {
         self.calls.insert(
@@ -307,7 +317,7 @@ impl CallHook {
         let now = Instant::now();
         match self.calls.get_mut(m.call_id) {
             Some(Call::Held { cseq, .. }) if *cseq == m.cseq.number => {
-                let Some(Call::Held { invite, since, .. }) = self.calls.remove(m.call_id) else {
+                let Some(Call::Held { invite, since, .. }) = self.forget(m.call_id) else {
                     unreachable!("matched as held just above");
                 };
                 self.held -= 1;
@@ -354,7 +364,7 @@ impl CallHook {
                 _ => false,
             };
             if m.method() == Some("BYE") && counted {
-                self.calls.remove(m.call_id);
+                self.forget(m.call_id);
             }
             return Verdict::Pass;
         };
@@ -363,7 +373,7 @@ impl CallHook {
                 if code < 200 {
                     Verdict::Pass
                 } else if code >= 300 {
-                    self.calls.remove(m.call_id);
+                    self.forget(m.call_id);
                     Verdict::Pass
                 } else if let Some(cancel) = cancel.clone() {
                     // The 200 crossed the client's CANCEL: the client dropped the call
@@ -382,12 +392,12 @@ impl CallHook {
             // A 200 sluice's own BYE already answers for: the client never saw it.
             ("INVITE", Stage::SluiceBye { .. }) => Verdict::Drop,
             ("BYE", Stage::ClientBye { cseq: bye, .. }) if m.cseq.number == *bye && code >= 200 => {
-                self.calls.remove(m.call_id);
+                self.forget(m.call_id);
                 Verdict::Pass
             }
             ("BYE", Stage::SluiceBye { cseq: bye }) if m.cseq.number == *bye => {
                 if code >= 200 {
-                    self.calls.remove(m.call_id);
+                    self.forget(m.call_id);
                 }
                 Verdict::Drop
             }
@@ -444,6 +454,9 @@ impl CallHook {
             }
             _ => true,
         });
+        if self.calls.is_empty() {
+            self.calls = HashMap::new();
+        }
         let next = self
             .calls
             .values()
@@ -482,7 +495,7 @@ impl CallHook {
                 cseq,
                 since,
                 ..
-            }) = self.calls.remove(&id)
+            }) = self.forget(&id)
             else {
                 continue;
             };
