@@ -60,7 +60,11 @@ fn active(proxy: &Proxy) -> u32 {
 }
 
 fn queued(proxy: &Proxy) -> u32 {
-    proxy.admission.call_load("acme").expect("counts calls").queued
+    proxy
+        .admission
+        .call_load("acme")
+        .expect("counts calls")
+        .queued
 }
 
 async fn calls_total(proxy: &Proxy, outcome: &str) -> f64 {
@@ -102,7 +106,10 @@ fn invite_with(p: &Phone, call_id: &str, cseq: u32, from_tag: &str, branch: &str
     p.invite_text(call_id)
         .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
         .replace(&format!(";tag=t{}", p.name), &format!(";tag={from_tag}"))
-        .replace(&format!("branch=z9hG4bK{call_id}"), &format!("branch={branch}"))
+        .replace(
+            &format!("branch=z9hG4bK{call_id}"),
+            &format!("branch={branch}"),
+        )
 }
 
 // --- Hostile neighbours --------------------------------------------------------------
@@ -491,7 +498,8 @@ async fn a_client_that_does_not_read_cannot_pile_up_sluices_answers() {
         .await
         .expect("the sender ends")
         .unwrap();
-    let seen = calls_total(&proxy, "call-queue-timeout").await + calls_total(&proxy, "call-cap").await;
+    let seen =
+        calls_total(&proxy, "call-queue-timeout").await + calls_total(&proxy, "call-cap").await;
     assert!(
         seen < 1500.0,
         "sluice read {seen} of {sent} INVITEs from a client that reads nothing"
@@ -573,7 +581,11 @@ async fn whatever_happened_every_call_is_freed_when_the_sessions_end() {
         c.invite(&format!("after-{i}")).await;
     }
     edge.wait_for("three more INVITEs", |e| {
-        e.invites().iter().filter(|i| i.starts_with("after-")).count() == 3
+        e.invites()
+            .iter()
+            .filter(|i| i.starts_with("after-"))
+            .count()
+            == 3
     })
     .await;
     assert_eq!(queued(&proxy), 0);
