@@ -33,6 +33,9 @@ enum Call {
     Held {
         invite: Message,
         cseq: u32,
+        /// The INVITE's From tag (with `cseq`, what tells its retransmissions and its
+        /// CANCEL from another dialog's requests with the same Call-ID).
+        from_tag: Box<str>,
         since: Instant,
         wait: Held,
     },
@@ -41,6 +44,8 @@ enum Call {
         _permit: CallPermit,
         /// The initial INVITE's CSeq number.
         cseq: u32,
+        /// The initial INVITE's From tag.
+        from_tag: Box<str>,
         stage: Stage,
         /// The last message of its dialog, either way (the reaper's clock).
         last: Instant,
@@ -95,8 +100,9 @@ pub struct CallHook {
     /// Messages to send next, either way (`100 Trying`, sluice's own answers, ACK and
     /// BYE, released INVITEs).
     outbox: VecDeque<(Direction, Message)>,
-    /// `(Call-ID, CSeq number, until)` of INVITEs sluice answered finally itself.
-    absorb: VecDeque<(Box<str>, u32, Instant)>,
+    /// `(Call-ID, CSeq number, sluice's To tag, until)` of INVITEs sluice answered
+    /// finally itself.
+    absorb: VecDeque<(Box<str>, u32, Box<str>, Instant)>,
     /// The relay task's waker, from its last poll.
     waker: Option<Waker>,
     /// Wakes the hook for the oldest silent call (reaper), while calls are up.
@@ -131,14 +137,19 @@ fn bytes(msg: &Message) -> Option<&[u8]> {
     }
 }
 
-/// sluice's `503` to an INVITE it will not forward.
-fn unavailable(invite: &SipMessage<'_>, outcome: CallOutcome, retry_after: u64) -> String {
+/// sluice's `503` to an INVITE it will not forward, with To tag `tag`.
+fn unavailable(
+    invite: &SipMessage<'_>,
+    outcome: CallOutcome,
+    retry_after: u64,
+    tag: &str,
+) -> String {
     let reason = format!("SIP;cause=503;text=\"{}\"", outcome.as_str());
     sip::response(
         invite,
         503,
         "Service Unavailable",
-        &sip::new_tag(),
+        tag,
         &[
             ("Retry-After", &retry_after.to_string()),
             ("Reason", &reason),
@@ -168,13 +179,32 @@ impl CallHook {
         }
     }
 
-    /// Remembers that sluice answered INVITE `(call_id, cseq)` finally: its ACK stays here.
-    fn absorb_ack(&mut self, call_id: &str, cseq: u32) {
+    /// Remembers that sluice answered INVITE `(call_id, cseq)` finally, with To tag
+    /// `tag`: its ACK (which names that tag, so it is no ACK of the edge's answer to
+    /// another INVITE with the same Call-ID and CSeq) stays here.
+    fn absorb_ack(&mut self, call_id: &str, cseq: u32, tag: &str) {
         if self.absorb.len() == ABSORB_KEPT {
             self.absorb.pop_front();
         }
-        self.absorb
-            .push_back((call_id.into(), cseq, Instant::now() + ABSORB_FOR));
+        self.absorb.push_back((
+            call_id.into(),
+            cseq,
+            tag.into(),
+            Instant::now() + ABSORB_FOR,
+        ));
+    }
+
+    /// sluice's `503` to initial INVITE `m` (sent as `msg`), whose ACK it absorbs.
+    fn refuse(
+        &mut self,
+        m: &SipMessage<'_>,
+        msg: &Message,
+        outcome: CallOutcome,
+        secs: u64,
+    ) -> Message {
+        let tag = sip::new_tag();
+        self.absorb_ack(m.call_id, m.cseq.number, &tag);
+        reply(msg, unavailable(m, outcome, secs, &tag))
     }
 
     /// The `Retry-After` seconds of a refusal (the queue's estimate, else the queue
@@ -199,8 +229,11 @@ impl CallHook {
             Some("INVITE") if m.to_tag.is_none() => self.initial_invite(m, msg, now),
             Some("CANCEL") => self.cancel(m, msg),
             Some("ACK") => {
-                let absorbed = self.absorb.iter().position(|(id, n, until)| {
-                    **id == *m.call_id && *n == m.cseq.number && *until > now
+                let absorbed = self.absorb.iter().position(|(id, n, tag, until)| {
+                    **id == *m.call_id
+                        && *n == m.cseq.number
+                        && m.to_tag == Some(&**tag)
+                        && *until > now
                 });
                 if let Some(i) = absorbed {
                     self.absorb.remove(i);
@@ -233,42 +266,63 @@ impl CallHook {
     }
 
     /// An INVITE without a To tag: a new call, unless its Call-ID is known already (a
-    /// retransmission, or a new INVITE after an authentication challenge ended the
-    /// first).
+    /// retransmission; a new INVITE after an authentication challenge comes after the
+    /// challenge ended the first).
     fn initial_invite(&mut self, m: &SipMessage<'_>, msg: &Message, now: Instant) -> Verdict {
+        let from_tag = m.from_tag.unwrap_or_default();
         match self.calls.get_mut(m.call_id) {
-            // A retransmission of a held INVITE: it is answered already.
-            Some(Call::Held { .. }) => return Verdict::Drop,
-            Some(Call::Up { last, .. }) => {
+            // A retransmission (same CSeq, same From tag) of a held INVITE: it is
+            // answered already.
+            Some(Call::Held {
+                cseq, from_tag: f, ..
+            }) if *cseq == m.cseq.number && **f == *from_tag => return Verdict::Drop,
+            // Of a forwarded one: the edge answers it again.
+            Some(Call::Up {
+                cseq,
+                from_tag: f,
+                last,
+                ..
+            }) if *cseq == m.cseq.number && **f == *from_tag => {
                 *last = now;
                 return Verdict::Pass;
+            }
+            // Another CSeq or From tag: to the edge a new dialog (RFC 3261 §12: no To
+            // tag, so outside any dialog), a second call on a Call-ID counted once. It
+            // cannot be counted apart (calls are known by Call-ID), so sluice refuses it
+            // the way a UAS refuses a merged request (§8.2.2.2, `482`), and absorbs its
+            // ACK; the call up is untouched.
+            Some(_) => {
+                let tag = sip::new_tag();
+                self.absorb_ack(m.call_id, m.cseq.number, &tag);
+                let reason = "SIP;cause=482;text=\"call-id-in-use\"";
+                let loop_detected =
+                    sip::response(m, 482, "Loop Detected", &tag, &[("Reason", reason)]);
+                return Verdict::Answer(reply(msg, loop_detected));
             }
             None => {}
         }
         let cseq = m.cseq.number;
         if self.calls.len() >= MAX_SESSION_CALLS {
             self.gate.metrics.outcome(CallOutcome::CallCap);
-            self.absorb_ack(m.call_id, cseq);
             let secs = self.retry_after(None);
-            return Verdict::Answer(reply(msg, unavailable(m, CallOutcome::CallCap, secs)));
+            return Verdict::Answer(self.refuse(m, msg, CallOutcome::CallCap, secs));
         }
         if let Some(permit) = self.gate.try_admit() {
             self.gate.metrics.outcome(CallOutcome::Admitted);
-            self.up(m.call_id, permit, cseq, now);
+            self.up(m.call_id, permit, cseq, from_tag, now);
             return Verdict::Pass;
         }
         let mut wait = self.gate.admit();
         match self.first_poll(&mut wait) {
             Poll::Ready(Ok(permit)) => {
                 self.gate.metrics.outcome(CallOutcome::Admitted);
-                self.up(m.call_id, permit, cseq, now);
+                self.up(m.call_id, permit, cseq, from_tag, now);
                 Verdict::Pass
             }
             Poll::Ready(Err(refusal)) => {
                 self.gate.metrics.outcome(CallOutcome::CallCap);
-                self.absorb_ack(m.call_id, cseq);
                 let secs = self.retry_after(Some(&refusal));
-                Verdict::Answer(reply(msg, unavailable(m, CallOutcome::CallCap, secs)))
+                Verdict::Answer(self.refuse(m, msg, CallOutcome::CallCap, secs))
             }
             Poll::Pending => {
                 let trying = reply(msg, sip::response(m, 100, "Trying", "", &[]));
@@ -277,6 +331,7 @@ impl CallHook {
                     Call::Held {
                         invite: msg.clone(),
                         cseq,
+                        from_tag: from_tag.into(),
                         since: now,
                         wait: Held(wait),
                     },
@@ -289,12 +344,13 @@ impl CallHook {
     }
 
     /// Counts a call that goes to the edge now.
-    fn up(&mut self, call_id: &str, permit: CallPermit, cseq: u32, now: Instant) {
+    fn up(&mut self, call_id: &str, permit: CallPermit, cseq: u32, from_tag: &str, now: Instant) {
         self.calls.insert(
             call_id.into(),
             Call::Up {
                 _permit: permit,
                 cseq,
+                from_tag: from_tag.into(),
                 stage: Stage::Proceeding { cancel: None },
                 last: now,
             },
@@ -302,11 +358,18 @@ impl CallHook {
         self.arm_reaper(now);
     }
 
-    /// A CANCEL from the client.
+    /// A CANCEL from the client. It cancels the INVITE whose CSeq number and From tag it
+    /// has (RFC 3261 §9.1); any other passes on and ends nothing here (the edge answers
+    /// it `481`). The From tag matters: a `200` that crosses the CANCEL is ended with an
+    /// ACK and a BYE built from it, and a BYE naming another dialog would be refused by
+    /// the edge, which would keep up a call sluice stops counting on that refusal.
     fn cancel(&mut self, m: &SipMessage<'_>, msg: &Message) -> Verdict {
         let now = Instant::now();
+        let from_tag = m.from_tag.unwrap_or_default();
         match self.calls.get_mut(m.call_id) {
-            Some(Call::Held { cseq, .. }) if *cseq == m.cseq.number => {
+            Some(Call::Held {
+                cseq, from_tag: f, ..
+            }) if *cseq == m.cseq.number && **f == *from_tag => {
                 let Some(Call::Held { invite, since, .. }) = self.calls.remove(m.call_id) else {
                     unreachable!("matched as held just above");
                 };
@@ -318,12 +381,16 @@ impl CallHook {
                     let terminated = sip::response(&inv, 487, "Request Terminated", &tag, &[]);
                     self.send(Direction::EdgeToClient, reply(&invite, terminated));
                 }
-                self.absorb_ack(m.call_id, m.cseq.number);
+                self.absorb_ack(m.call_id, m.cseq.number, &tag);
                 Verdict::Answer(reply(msg, sip::response(m, 200, "OK", &tag, &[])))
             }
             Some(Call::Up {
-                cseq, stage, last, ..
-            }) if *cseq == m.cseq.number => {
+                cseq,
+                from_tag: f,
+                stage,
+                last,
+                ..
+            }) if *cseq == m.cseq.number && **f == *from_tag => {
                 *last = now;
                 if let Stage::Proceeding { cancel } = stage {
                     *cancel = Some(msg.clone());
@@ -480,6 +547,7 @@ impl CallHook {
             let Some(Call::Held {
                 invite,
                 cseq,
+                from_tag,
                 since,
                 ..
             }) = self.calls.remove(&id)
@@ -492,7 +560,7 @@ impl CallHook {
                 Ok(permit) => {
                     self.gate.metrics.outcome(CallOutcome::QueuedAdmitted);
                     let now = Instant::now();
-                    self.up(&id, permit, cseq, now);
+                    self.up(&id, permit, cseq, &from_tag, now);
                     self.outbox.push_back((Direction::ClientToEdge, invite));
                 }
                 Err(refusal) => {
@@ -503,11 +571,12 @@ impl CallHook {
                     };
                     self.gate.metrics.outcome(outcome);
                     let secs = self.retry_after(Some(&refusal));
+                    let tag = sip::new_tag();
                     if let Some(inv) = bytes(&invite).and_then(|b| sip::parse(b).ok()) {
-                        let answer = reply(&invite, unavailable(&inv, outcome, secs));
+                        let answer = reply(&invite, unavailable(&inv, outcome, secs, &tag));
                         self.outbox.push_back((Direction::EdgeToClient, answer));
                     }
-                    self.absorb_ack(&id, cseq);
+                    self.absorb_ack(&id, cseq, &tag);
                 }
             }
         }
