@@ -5,13 +5,59 @@
 
 mod support;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use support::sip::{edge_bye, header, ok_tagged, status, Phone, SipEdge};
 use support::{config, connect_ok, scrape, tenant, wait_until, Proxy, TenantSpec};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+
+/// The global allocator of this test binary: the system's, counting the bytes live that
+/// were allocated on each thread (a `#[tokio::test]` runs its sluice, edge and clients
+/// on one thread, so what one test keeps is its thread's count).
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+}
+
+fn count(delta: isize) {
+    let _ = LIVE.try_with(|live| live.set(live.get() + delta));
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            count(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(p, layout) };
+        count(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, layout, new_size) };
+        if !q.is_null() {
+            count(new_size as isize - layout.size() as isize);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Bytes live now that this thread allocated.
+fn live_bytes() -> isize {
+    LIVE.with(Cell::get)
+}
 
 /// SIP tenant `name` in `accept` mode with the call keys of `calls`.
 fn sip_tenant(name: &str, calls: &[(&str, &str)]) -> TenantSpec {
@@ -454,6 +500,71 @@ async fn one_session_cannot_grow_its_call_table_past_the_bound() {
     drop(a);
     wait_until("every call is freed", async || active(&proxy) == 0).await;
     assert_eq!(gauge_active(&proxy).await, 0.0);
+}
+
+/// A SIP edge that keeps nothing: it answers OPTIONS `200` and drops everything else.
+async fn forgetful_edge() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                #[allow(clippy::result_large_err)] // tungstenite's callback type
+                let sip = |_: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                           mut resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                    resp.headers_mut()
+                        .insert("sec-websocket-protocol", "sip".parse().unwrap());
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, sip).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Text(t) = msg {
+                        if t.starts_with("OPTIONS ") {
+                            let ok = support::sip::response(&t, "200 OK", true);
+                            let _ = ws.send(Message::text(ok)).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// Calls of a session with huge Call-IDs, From tags and CANCELs (valid SIP, each within
+/// the message size limit): what sluice keeps per call does not grow with them.
+#[tokio::test]
+async fn huge_call_ids_tags_and_cancels_do_not_pin_memory_per_call() {
+    let url = forgetful_edge().await;
+    let proxy = config()
+        .upstream(&url)
+        .tenant(sip_tenant("acme", &[("call_idle_timeout", "\"1h\"")]))
+        .start()
+        .await;
+    let mut a = phone(&proxy, "a").await;
+    sync(&mut a, "warm-up").await;
+    let before = live_bytes();
+    let calls = 200;
+    let big = 128 * 1024;
+    for i in 0..calls {
+        let call_id = format!("{i}-{}", "c".repeat(big));
+        let tag = format!("{i}-{}", "t".repeat(big / 4));
+        let invite = invite_with(&a, &call_id, 1, &tag, &format!("z9hG4bK{i}"));
+        a.send(invite).await;
+        let cancel = format!(
+            "CANCEL sip:queue@edge.invalid SIP/2.0\r\nVia: SIP/2.0/WS a.invalid;branch=z9hG4bK{i}\r\nFrom: <sip:a@edge.invalid>;tag={tag}\r\nTo: <sip:queue@edge.invalid>\r\nCall-ID: {call_id}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+        );
+        a.send(cancel).await;
+    }
+    sync(&mut a, "after").await;
+    assert_eq!(active(&proxy), calls);
+    let kept = live_bytes() - before;
+    // The client sent ~200 × 2 × 160 KiB; a call must cost bytes, not its Call-ID.
+    assert!(kept < 8 << 20, "{} KiB kept for {calls} calls", kept / 1024);
+    drop(a);
+    wait_until("the calls end", async || active(&proxy) == 0).await;
 }
 
 /// A client that never reads what sluice sends it keeps INVITEs coming; they are held

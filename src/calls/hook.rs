@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -26,7 +27,23 @@ const ABSORB_KEPT: usize = 32;
 /// How long an ACK for sluice's own final answer is awaited (RFC 3261 Timer H, 64·T1).
 const ABSORB_FOR: Duration = Duration::from_secs(32);
 
-/// One call of the session, by Call-ID.
+/// The largest CANCEL kept for ending a `200` that crosses it. A UA's CANCEL is a few
+/// hundred bytes (no body); one up to the message size limit (megabytes), kept for each
+/// of a session's calls, would pin as much memory as the client liked. A larger CANCEL
+/// passes on but is not kept: a `200` crossing it goes to the client as any `200`, and
+/// the call counts until it ends as any call (its BYE, the edge's, the session's end or
+/// the reaper).
+const MAX_KEPT_CANCEL: usize = 8 * 1024;
+
+/// What the hook keeps of a Call-ID or a tag the client chose: a hash with a key of the
+/// session's own, so that a call costs the same few bytes however long the client made
+/// them (up to the message size limit, megabytes: 256 calls of a session, each with its
+/// Call-ID, From tag and absorbed ACKs, kept as text, could pin a gigabyte). Equal
+/// strings have equal keys; two different ones of one session colliding is a 2^-64
+/// chance the client cannot aim at (it does not know the hash key).
+type Key = u64;
+
+/// One call of the session, by its Call-ID's [`Key`].
 #[derive(Debug)]
 enum Call {
     /// Its initial INVITE waits in the tenant's queue (the client got `100 Trying`).
@@ -35,7 +52,7 @@ enum Call {
         cseq: u32,
         /// The INVITE's From tag (with `cseq`, what tells its retransmissions and its
         /// CANCEL from another dialog's requests with the same Call-ID).
-        from_tag: Box<str>,
+        from_tag: Key,
         since: Instant,
         wait: Held,
     },
@@ -45,7 +62,7 @@ enum Call {
         /// The initial INVITE's CSeq number.
         cseq: u32,
         /// The initial INVITE's From tag.
-        from_tag: Box<str>,
+        from_tag: Key,
         stage: Stage,
         /// The last message of its dialog, either way (the reaper's clock).
         last: Instant,
@@ -96,13 +113,15 @@ enum Stage {
 ///   out of the queue.
 pub struct CallHook {
     gate: Arc<CallGate>,
-    calls: HashMap<Box<str>, Call>,
+    calls: HashMap<Key, Call>,
+    /// The hash key of the session's [`Key`]s.
+    ids: RandomState,
     /// Messages to send next, either way (`100 Trying`, sluice's own answers, ACK and
     /// BYE, released INVITEs).
     outbox: VecDeque<(Direction, Message)>,
     /// `(Call-ID, CSeq number, sluice's To tag, until)` of INVITEs sluice answered
     /// finally itself.
-    absorb: VecDeque<(Box<str>, u32, Box<str>, Instant)>,
+    absorb: VecDeque<(Key, u32, Key, Instant)>,
     /// The relay task's waker, from its last poll.
     waker: Option<Waker>,
     /// Wakes the hook for the oldest silent call (reaper), while calls are up.
@@ -163,6 +182,7 @@ impl CallHook {
         Self {
             gate,
             calls: HashMap::new(),
+            ids: RandomState::new(),
             outbox: VecDeque::new(),
             absorb: VecDeque::new(),
             waker: None,
@@ -182,16 +202,17 @@ impl CallHook {
     /// Remembers that sluice answered INVITE `(call_id, cseq)` finally, with To tag
     /// `tag`: its ACK (which names that tag, so it is no ACK of the edge's answer to
     /// another INVITE with the same Call-ID and CSeq) stays here.
-    fn absorb_ack(&mut self, call_id: &str, cseq: u32, tag: &str) {
+    fn absorb_ack(&mut self, call_id: Key, cseq: u32, tag: &str) {
         if self.absorb.len() == ABSORB_KEPT {
             self.absorb.pop_front();
         }
-        self.absorb.push_back((
-            call_id.into(),
-            cseq,
-            tag.into(),
-            Instant::now() + ABSORB_FOR,
-        ));
+        let entry = (call_id, cseq, self.key(tag), Instant::now() + ABSORB_FOR);
+        self.absorb.push_back(entry);
+    }
+
+    /// The [`Key`] the hook keeps for Call-ID or tag `text`.
+    fn key(&self, text: &str) -> Key {
+        self.ids.hash_one(text)
     }
 
     /// sluice's `503` to initial INVITE `m` (sent as `msg`), whose ACK it absorbs.
@@ -203,7 +224,7 @@ impl CallHook {
         secs: u64,
     ) -> Message {
         let tag = sip::new_tag();
-        self.absorb_ack(m.call_id, m.cseq.number, &tag);
+        self.absorb_ack(self.key(m.call_id), m.cseq.number, &tag);
         reply(msg, unavailable(m, outcome, secs, &tag))
     }
 
@@ -229,21 +250,20 @@ impl CallHook {
             Some("INVITE") if m.to_tag.is_none() => self.initial_invite(m, msg, now),
             Some("CANCEL") => self.cancel(m, msg),
             Some("ACK") => {
-                let absorbed = self.absorb.iter().position(|(id, n, tag, until)| {
-                    **id == *m.call_id
-                        && *n == m.cseq.number
-                        && m.to_tag == Some(&**tag)
-                        && *until > now
+                let (id, to_tag) = (self.key(m.call_id), m.to_tag.map(|t| self.key(t)));
+                let absorbed = self.absorb.iter().position(|(i, n, tag, until)| {
+                    *i == id && *n == m.cseq.number && to_tag == Some(*tag) && *until > now
                 });
                 if let Some(i) = absorbed {
                     self.absorb.remove(i);
                     return Verdict::Drop;
                 }
-                self.touch(m.call_id, now);
+                self.touch(self.key(m.call_id), now);
                 Verdict::Pass
             }
             Some("BYE") => {
-                if let Some(Call::Up { stage, last, .. }) = self.calls.get_mut(m.call_id) {
+                let id = self.key(m.call_id);
+                if let Some(Call::Up { stage, last, .. }) = self.calls.get_mut(&id) {
                     *last = now;
                     if let Stage::Confirmed { to_tag } | Stage::ClientBye { to_tag, .. } = stage {
                         // The client's BYE names the edge's tag in its To.
@@ -259,7 +279,7 @@ impl CallHook {
                 Verdict::Pass
             }
             _ => {
-                self.touch(m.call_id, now);
+                self.touch(self.key(m.call_id), now);
                 Verdict::Pass
             }
         }
@@ -269,20 +289,23 @@ impl CallHook {
     /// retransmission; a new INVITE after an authentication challenge comes after the
     /// challenge ended the first).
     fn initial_invite(&mut self, m: &SipMessage<'_>, msg: &Message, now: Instant) -> Verdict {
-        let from_tag = m.from_tag.unwrap_or_default();
-        match self.calls.get_mut(m.call_id) {
+        let (id, from_tag) = (
+            self.key(m.call_id),
+            self.key(m.from_tag.unwrap_or_default()),
+        );
+        match self.calls.get_mut(&id) {
             // A retransmission (same CSeq, same From tag) of a held INVITE: it is
             // answered already.
             Some(Call::Held {
                 cseq, from_tag: f, ..
-            }) if *cseq == m.cseq.number && **f == *from_tag => return Verdict::Drop,
+            }) if *cseq == m.cseq.number && *f == from_tag => return Verdict::Drop,
             // Of a forwarded one: the edge answers it again.
             Some(Call::Up {
                 cseq,
                 from_tag: f,
                 last,
                 ..
-            }) if *cseq == m.cseq.number && **f == *from_tag => {
+            }) if *cseq == m.cseq.number && *f == from_tag => {
                 *last = now;
                 return Verdict::Pass;
             }
@@ -293,7 +316,7 @@ impl CallHook {
             // ACK; the call up is untouched.
             Some(_) => {
                 let tag = sip::new_tag();
-                self.absorb_ack(m.call_id, m.cseq.number, &tag);
+                self.absorb_ack(id, m.cseq.number, &tag);
                 let reason = "SIP;cause=482;text=\"call-id-in-use\"";
                 let loop_detected =
                     sip::response(m, 482, "Loop Detected", &tag, &[("Reason", reason)]);
@@ -309,14 +332,14 @@ impl CallHook {
         }
         if let Some(permit) = self.gate.try_admit() {
             self.gate.metrics.outcome(CallOutcome::Admitted);
-            self.up(m.call_id, permit, cseq, from_tag, now);
+            self.up(id, permit, cseq, from_tag, now);
             return Verdict::Pass;
         }
         let mut wait = self.gate.admit();
         match self.first_poll(&mut wait) {
             Poll::Ready(Ok(permit)) => {
                 self.gate.metrics.outcome(CallOutcome::Admitted);
-                self.up(m.call_id, permit, cseq, from_tag, now);
+                self.up(id, permit, cseq, from_tag, now);
                 Verdict::Pass
             }
             Poll::Ready(Err(refusal)) => {
@@ -327,11 +350,11 @@ impl CallHook {
             Poll::Pending => {
                 let trying = reply(msg, sip::response(m, 100, "Trying", "", &[]));
                 self.calls.insert(
-                    m.call_id.into(),
+                    id,
                     Call::Held {
                         invite: msg.clone(),
                         cseq,
-                        from_tag: from_tag.into(),
+                        from_tag,
                         since: now,
                         wait: Held(wait),
                     },
@@ -344,13 +367,13 @@ impl CallHook {
     }
 
     /// Counts a call that goes to the edge now.
-    fn up(&mut self, call_id: &str, permit: CallPermit, cseq: u32, from_tag: &str, now: Instant) {
+    fn up(&mut self, id: Key, permit: CallPermit, cseq: u32, from_tag: Key, now: Instant) {
         self.calls.insert(
-            call_id.into(),
+            id,
             Call::Up {
                 _permit: permit,
                 cseq,
-                from_tag: from_tag.into(),
+                from_tag,
                 stage: Stage::Proceeding { cancel: None },
                 last: now,
             },
@@ -365,12 +388,15 @@ impl CallHook {
     /// the edge, which would keep up a call sluice stops counting on that refusal.
     fn cancel(&mut self, m: &SipMessage<'_>, msg: &Message) -> Verdict {
         let now = Instant::now();
-        let from_tag = m.from_tag.unwrap_or_default();
-        match self.calls.get_mut(m.call_id) {
+        let (id, from_tag) = (
+            self.key(m.call_id),
+            self.key(m.from_tag.unwrap_or_default()),
+        );
+        match self.calls.get_mut(&id) {
             Some(Call::Held {
                 cseq, from_tag: f, ..
-            }) if *cseq == m.cseq.number && **f == *from_tag => {
-                let Some(Call::Held { invite, since, .. }) = self.calls.remove(m.call_id) else {
+            }) if *cseq == m.cseq.number && *f == from_tag => {
+                let Some(Call::Held { invite, since, .. }) = self.calls.remove(&id) else {
                     unreachable!("matched as held just above");
                 };
                 self.held -= 1;
@@ -381,7 +407,7 @@ impl CallHook {
                     let terminated = sip::response(&inv, 487, "Request Terminated", &tag, &[]);
                     self.send(Direction::EdgeToClient, reply(&invite, terminated));
                 }
-                self.absorb_ack(m.call_id, m.cseq.number, &tag);
+                self.absorb_ack(id, m.cseq.number, &tag);
                 Verdict::Answer(reply(msg, sip::response(m, 200, "OK", &tag, &[])))
             }
             Some(Call::Up {
@@ -390,10 +416,12 @@ impl CallHook {
                 stage,
                 last,
                 ..
-            }) if *cseq == m.cseq.number && **f == *from_tag => {
+            }) if *cseq == m.cseq.number && *f == from_tag => {
                 *last = now;
                 if let Stage::Proceeding { cancel } = stage {
-                    *cancel = Some(msg.clone());
+                    if msg.len() <= MAX_KEPT_CANCEL {
+                        *cancel = Some(msg.clone());
+                    }
                 }
                 Verdict::Pass
             }
@@ -404,9 +432,10 @@ impl CallHook {
     /// A message from the edge.
     fn edge_message(&mut self, m: &SipMessage<'_>, msg: &Message) -> Verdict {
         let now = Instant::now();
+        let id = self.key(m.call_id);
         let Some(Call::Up {
             cseq, stage, last, ..
-        }) = self.calls.get_mut(m.call_id)
+        }) = self.calls.get_mut(&id)
         else {
             return Verdict::Pass;
         };
@@ -421,7 +450,7 @@ impl CallHook {
                 _ => false,
             };
             if m.method() == Some("BYE") && counted {
-                self.calls.remove(m.call_id);
+                self.calls.remove(&id);
             }
             return Verdict::Pass;
         };
@@ -430,7 +459,7 @@ impl CallHook {
                 if code < 200 {
                     Verdict::Pass
                 } else if code >= 300 {
-                    self.calls.remove(m.call_id);
+                    self.calls.remove(&id);
                     Verdict::Pass
                 } else if let Some(cancel) = cancel.clone() {
                     // The 200 crossed the client's CANCEL: the client dropped the call
@@ -449,12 +478,12 @@ impl CallHook {
             // A 200 sluice's own BYE already answers for: the client never saw it.
             ("INVITE", Stage::SluiceBye { .. }) => Verdict::Drop,
             ("BYE", Stage::ClientBye { cseq: bye, .. }) if m.cseq.number == *bye && code >= 200 => {
-                self.calls.remove(m.call_id);
+                self.calls.remove(&id);
                 Verdict::Pass
             }
             ("BYE", Stage::SluiceBye { cseq: bye }) if m.cseq.number == *bye => {
                 if code >= 200 {
-                    self.calls.remove(m.call_id);
+                    self.calls.remove(&id);
                 }
                 Verdict::Drop
             }
@@ -475,9 +504,9 @@ impl CallHook {
         self.send(Direction::ClientToEdge, reply(ok_msg, bye));
     }
 
-    /// A message of call `call_id`'s dialog went by.
-    fn touch(&mut self, call_id: &str, now: Instant) {
-        if let Some(Call::Up { last, .. }) = self.calls.get_mut(call_id) {
+    /// A message of call `id`'s dialog went by.
+    fn touch(&mut self, id: Key, now: Instant) {
+        if let Some(Call::Up { last, .. }) = self.calls.get_mut(&id) {
             *last = now;
         }
     }
@@ -539,7 +568,7 @@ impl CallHook {
         for (id, call) in &mut self.calls {
             if let Call::Held { wait, .. } = call {
                 if let Poll::Ready(result) = wait.0.as_mut().poll(cx) {
-                    done.push((id.clone(), result));
+                    done.push((*id, result));
                 }
             }
         }
@@ -560,7 +589,7 @@ impl CallHook {
                 Ok(permit) => {
                     self.gate.metrics.outcome(CallOutcome::QueuedAdmitted);
                     let now = Instant::now();
-                    self.up(&id, permit, cseq, &from_tag, now);
+                    self.up(id, permit, cseq, from_tag, now);
                     self.outbox.push_back((Direction::ClientToEdge, invite));
                 }
                 Err(refusal) => {
@@ -576,7 +605,7 @@ impl CallHook {
                         let answer = reply(&invite, unavailable(&inv, outcome, secs, &tag));
                         self.outbox.push_back((Direction::EdgeToClient, answer));
                     }
-                    self.absorb_ack(&id, cseq, &tag);
+                    self.absorb_ack(id, cseq, &tag);
                 }
             }
         }
