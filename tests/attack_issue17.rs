@@ -567,6 +567,51 @@ async fn huge_call_ids_tags_and_cancels_do_not_pin_memory_per_call() {
     wait_until("the calls end", async || active(&proxy) == 0).await;
 }
 
+/// A client over the cap sends INVITEs with bodies up to the message size limit: sluice
+/// keeps each INVITE it holds, so the tenant's whole queue of them would pin
+/// `invite_queue_depth` × the limit (200 MiB by default) for `invite_queue_timeout`.
+/// An INVITE too large to keep is answered `503` at once; one of a UA's size is held.
+#[tokio::test]
+async fn held_invites_cannot_pin_the_message_size_limit_each() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(
+        &edge,
+        &[
+            ("max_calls", "1"),
+            ("invite_queue_depth", "100"),
+            ("invite_queue_timeout", "\"30s\""),
+        ],
+    )
+    .await;
+    let mut a = phone(&proxy, "a").await;
+    established(&mut a, "up").await;
+    let mut m = phone(&proxy, "m").await;
+    sync(&mut m, "warm-up").await;
+    let before = live_bytes();
+    let body = format!("v=0\r\n{}\r\n", "a=x-pad:".repeat(64 * 1024));
+    for i in 0..40 {
+        let id = format!("big-{i}");
+        let small = m.invite_text(&id);
+        let (head, _) = small.split_once("Content-Length:").unwrap();
+        let invite = format!("{head}Content-Length: {}\r\n\r\n{body}", body.len());
+        m.send(invite).await;
+        let answer = m.recv().await;
+        assert!(matches!(status(&answer), Some(100 | 503)), "{answer}");
+    }
+    sync(&mut m, "after").await;
+    let kept = live_bytes() - before;
+    assert!(
+        kept < 8 << 20,
+        "{} KiB kept for 40 held INVITEs of {} KiB",
+        kept / 1024,
+        body.len() / 1024
+    );
+    // A UA-sized INVITE is still held.
+    m.invite("small").await;
+    assert_eq!(status(&m.expect(100, "small").await), Some(100));
+    assert_eq!(edge.invites(), ["up"]);
+}
+
 /// A client that never reads what sluice sends it keeps INVITEs coming; they are held
 /// (`100 Trying`) and time out (`503`). sluice's answers to it must not pile up in
 /// sluice's memory: like any answers to a client that does not read, they stop sluice

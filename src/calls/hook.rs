@@ -35,6 +35,13 @@ const ABSORB_FOR: Duration = Duration::from_secs(32);
 /// the reaper).
 const MAX_KEPT_CANCEL: usize = 8 * 1024;
 
+/// The largest INVITE sluice holds. A held INVITE is kept whole until it goes on; up to
+/// the message size limit each (megabytes), the tenant's queue of them would pin
+/// `invite_queue_depth` times that (200 MiB with the defaults) for the queue timeout.
+/// A UA's INVITE is a few KiB, a WebRTC one with many ICE candidates some tens; a larger
+/// one that would be held is answered `503` (`call-cap`) at once instead.
+const MAX_HELD_INVITE: usize = 64 * 1024;
+
 /// What the hook keeps of a Call-ID or a tag the client chose: a hash with a key of the
 /// session's own, so that a call costs the same few bytes however long the client made
 /// them (up to the message size limit, megabytes: 256 calls of a session, each with its
@@ -334,6 +341,12 @@ impl CallHook {
             self.gate.metrics.outcome(CallOutcome::Admitted);
             self.up(id, permit, cseq, from_tag, now);
             return Verdict::Pass;
+        }
+        if msg.len() > MAX_HELD_INVITE {
+            // Too large to keep while it waits (see the constant).
+            self.gate.metrics.outcome(CallOutcome::CallCap);
+            let secs = self.retry_after(None);
+            return Verdict::Answer(self.refuse(m, msg, CallOutcome::CallCap, secs));
         }
         let mut wait = self.gate.admit();
         match self.first_poll(&mut wait) {
