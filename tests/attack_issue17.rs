@@ -234,6 +234,23 @@ fn sluice_load(active: u32, max_calls: u32, queued: u32) -> sluice::calls::CallL
     }
 }
 
+/// A client of a SIP tenant that offers no subprotocol at all still gets a session (the
+/// `subprotocols` list only refuses unlisted offers), and an edge that serves one
+/// protocol takes it as SIP (Asterisk does): its INVITEs must count like any.
+#[tokio::test]
+async fn a_session_without_a_subprotocol_does_not_escape_the_cap() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = Phone::new(connect_ok(&proxy.url("/t/acme/"), &[]).await, "a");
+    established(&mut a, "first").await;
+    a.invite("second").await;
+    let trying = a.recv().await;
+    assert_eq!(status(&trying), Some(100), "{trying}");
+    assert_eq!(edge.invites(), ["first"], "past max_calls = 1");
+    assert_eq!(active(&proxy), 1);
+    assert_eq!(queued(&proxy), 1);
+}
+
 /// A client sends CANCEL, BYE and ACK with the Call-ID (and tags) of another session's
 /// calls of the same tenant: sluice cancels, ends and absorbs nothing of them.
 #[tokio::test]
