@@ -251,6 +251,36 @@ async fn a_session_without_a_subprotocol_does_not_escape_the_cap() {
     assert_eq!(queued(&proxy), 1);
 }
 
+/// One WebSocket message with two SIP messages (RFC 7118 allows one): an edge that reads
+/// its WebSocket as a stream (pjsip's) takes the second as a request of its own, which
+/// sluice, parsing the first, never counted. Not forwarded; the request is answered 400.
+#[tokio::test]
+async fn a_second_sip_message_smuggled_after_the_first_does_not_reach_the_edge() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = phone(&proxy, "a").await;
+    established(&mut a, "first").await;
+    let options = "OPTIONS sip:edge.invalid SIP/2.0\r\nVia: SIP/2.0/WS a.invalid;branch=z9hG4bKsm\r\nFrom: <sip:a@x>;tag=oa\r\nTo: <sip:edge@x>\r\nCall-ID: smuggler\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let bundle = format!("{options}{}", a.invite_text("smuggled"));
+    a.send(bundle).await;
+    let bad = a.recv().await;
+    assert_eq!(status(&bad), Some(400), "{bad}");
+    sync(&mut a, "after").await;
+    for seen in edge.seen() {
+        assert!(
+            !seen.text.contains("Call-ID: smuggled"),
+            "the edge got a request sluice did not count: {}",
+            seen.text
+        );
+    }
+    // A message with its body and trailing CRLFs (a keep-alive's) is one message.
+    let mut with_crlf = options.replace("smuggler", "crlf");
+    with_crlf.push_str("\r\n\r\n");
+    a.send(with_crlf).await;
+    a.expect(200, "crlf").await;
+    assert_eq!(active(&proxy), 1);
+}
+
 /// A client sends CANCEL, BYE and ACK with the Call-ID (and tags) of another session's
 /// calls of the same tenant: sluice cancels, ends and absorbs nothing of them.
 #[tokio::test]

@@ -163,6 +163,21 @@ fn bytes(msg: &Message) -> Option<&[u8]> {
     }
 }
 
+/// Whether `data`, parsed as `m`, has more than whitespace after the end its
+/// Content-Length gives it: another SIP message in the same WebSocket message. (Without a
+/// Content-Length the body is the rest of the message, and nothing comes after it.)
+fn carries_more(m: &SipMessage<'_>, data: &[u8]) -> bool {
+    let length = m
+        .content_length
+        .or_else(|| m.header("content-length")?.parse().ok());
+    let head = data.windows(4).position(|w| w == b"\r\n\r\n");
+    let (Some(length), Some(head)) = (length, head) else {
+        return false;
+    };
+    data.get(head + 4 + length..)
+        .is_some_and(|rest| !rest.iter().all(u8::is_ascii_whitespace))
+}
+
 /// sluice's `503` to an INVITE it will not forward, with To tag `tag`.
 fn unavailable(
     invite: &SipMessage<'_>,
@@ -641,6 +656,26 @@ impl MessageHook for CallHook {
             }
         };
         match dir {
+            Direction::ClientToEdge if carries_more(&m, data) => {
+                // A second SIP message after the first one's body (RFC 7118 §5: one per
+                // WebSocket message): an edge that reads its WebSocket as a stream
+                // (pjsip) would take it as a request sluice never saw, an INVITE past
+                // the cap. Not forwarded; a request is answered `400`.
+                match m.method() {
+                    Some("ACK") | None => Verdict::Drop,
+                    Some(_) => {
+                        let reason = "SIP;cause=400;text=\"one SIP message per WebSocket message\"";
+                        let bad = sip::response(
+                            &m,
+                            400,
+                            "Bad Request",
+                            &sip::new_tag(),
+                            &[("Reason", reason)],
+                        );
+                        Verdict::Answer(reply(msg, bad))
+                    }
+                }
+            }
             Direction::ClientToEdge => self.client_message(&m, msg),
             Direction::EdgeToClient => self.edge_message(&m, msg),
         }
