@@ -794,6 +794,27 @@ async fn whatever_happened_every_call_is_freed_when_the_sessions_end() {
     assert_eq!(queued(&proxy), 0);
 }
 
+/// A client's BYE the edge never answers: the call is not leaked, the reaper ends it.
+#[tokio::test]
+async fn a_bye_that_is_never_answered_is_reaped_not_leaked() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(
+        &edge,
+        &[("max_calls", "1"), ("call_idle_timeout", "\"300ms\"")],
+    )
+    .await;
+    let mut a = phone(&proxy, "a").await;
+    let mut b = phone(&proxy, "b").await;
+    let to = established(&mut a, "unanswered").await;
+    edge.ignore_byes();
+    a.bye("unanswered", &to).await;
+    b.invite("next").await;
+    assert_eq!(status(&b.recv().await), Some(100));
+    b.expect(200, "next").await;
+    assert_eq!(calls_total(&proxy, "reaped").await, 1.0);
+    assert_eq!(active(&proxy), 1);
+}
+
 // --- Order -------------------------------------------------------------------------------
 
 /// A held client retransmits its INVITE, re-sends it with another CSeq, or cancels it
@@ -825,6 +846,8 @@ async fn a_held_client_cannot_jump_the_queue_or_hold_two_places() {
     }
     let text = invite_with(&x, "x1", 2, "tx", "z9hG4bKx1b");
     x.send(text).await;
+    let refused = x.expect(482, "x1").await;
+    assert_eq!(header(&refused, "cseq"), Some("2 INVITE"));
     sync(&mut x, "x-sync").await;
     assert_eq!(queued(&proxy), 2);
     x.cancel("x1").await;

@@ -79,6 +79,7 @@ pub struct SipEdge {
     state: Arc<Mutex<State>>,
     auto_answer: Arc<AtomicBool>,
     ignore_cancels: Arc<AtomicBool>,
+    ignore_byes: Arc<AtomicBool>,
 }
 
 impl SipEdge {
@@ -91,6 +92,7 @@ impl SipEdge {
             state: Arc::default(),
             auto_answer: Arc::new(AtomicBool::new(auto_answer)),
             ignore_cancels: Arc::default(),
+            ignore_byes: Arc::default(),
         };
         let e = edge.clone();
         let ids = Arc::new(AtomicU64::new(0));
@@ -112,6 +114,11 @@ impl SipEdge {
     /// From now on, CANCELs are recorded and otherwise ignored.
     pub fn ignore_cancels(&self) {
         self.ignore_cancels.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on, BYEs are recorded and otherwise ignored (never answered).
+    pub fn ignore_byes(&self) {
+        self.ignore_byes.store(true, Ordering::SeqCst);
     }
 
     #[allow(clippy::result_large_err)] // tungstenite's callback type
@@ -184,6 +191,7 @@ impl SipEdge {
                 out
             }
             "INVITE" | "REGISTER" | "OPTIONS" => vec![response(&text, "200 OK", true)],
+            "BYE" if self.ignore_byes.load(Ordering::SeqCst) => Vec::new(),
             "BYE" => {
                 // A BYE ends the dialog it names: from the caller, its From tag is the
                 // INVITE's (a real edge answers `481` to a BYE of no dialog it knows).
