@@ -440,6 +440,35 @@ async fn an_edge_bye_racing_a_client_bye_ends_the_call_once() {
     assert_eq!(gauge_active(&proxy).await, 2.0);
 }
 
+/// A client forges the edge's answers into its own direction (a `486` to its INVITE, a
+/// `200` to a BYE it never sent): only the edge's answers end a call, so its place is
+/// not freed while the edge has the call.
+#[tokio::test]
+async fn a_client_cannot_free_its_place_by_sending_the_edges_answers_itself() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = phone(&proxy, "a").await;
+    let mut b = phone(&proxy, "b").await;
+    let to = established(&mut a, "kept").await;
+    let invite = a.invite_text("kept");
+    a.send(support::sip::response(&invite, "486 Busy Here", true))
+        .await;
+    let bye = format!(
+        "BYE sip:edge@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WS a.invalid;branch=z9hG4bKf\r\nFrom: <sip:a@edge.invalid>;tag=ta\r\nTo: {to}\r\nCall-ID: kept\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    a.send(support::sip::response(&bye, "200 OK", false)).await;
+    sync(&mut a, "a-sync").await;
+    assert_eq!(active(&proxy), 1);
+    b.invite("waits").await;
+    assert_eq!(status(&b.recv().await), Some(100));
+    assert!(
+        b.recv_within(Duration::from_millis(300)).await.is_none(),
+        "b's INVITE went on while a's call is up"
+    );
+    assert_eq!(edge.invites(), ["kept"]);
+    assert_eq!(edge.calls_up(), 1);
+}
+
 // --- The crossing 200 ------------------------------------------------------------------
 
 /// A CANCEL with a From tag that is not the INVITE's: when a `200` crosses it, sluice's
