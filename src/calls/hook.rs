@@ -108,11 +108,16 @@ enum Stage {
 ///   is held; otherwise it is held (the client gets `100 Trying` at once) in the
 ///   tenant's queue and forwarded in order when a call ends and the pacing allows, or
 ///   answered `503` (`Retry-After`, `Reason: SIP;cause=503;text="call-cap"` when the
-///   queue is full, `"call-queue-timeout"` after `invite_queue_timeout`).
-/// - A CANCEL of a held INVITE is answered `200`, the INVITE `487`; nothing reaches the
-///   edge. A CANCEL of a forwarded INVITE is passed on and ends nothing: the INVITE's
-///   final answer does, and a `2xx` that crosses the CANCEL is kept from the client
-///   (it dropped the call) and ended by sluice with an ACK and a BYE.
+///   queue is full, `"call-queue-timeout"` after `invite_queue_timeout`; at once when
+///   it is over 64 KiB, too large to keep while held). An initial INVITE with the
+///   Call-ID of a call of the session is a retransmission when its CSeq and From tag
+///   are the call's, else a second dialog, answered `482`.
+/// - A client message with more than one SIP message in it is not forwarded (`400`).
+/// - A CANCEL (with the INVITE's CSeq and From tag) of a held INVITE is answered `200`,
+///   the INVITE `487`; nothing reaches the edge. A CANCEL of a forwarded INVITE is
+///   passed on and ends nothing: the INVITE's final answer does, and a `2xx` that
+///   crosses the CANCEL is kept from the client (it dropped the call) and ended by
+///   sluice with an ACK and a BYE.
 /// - The ACK for a final answer sluice sent itself is absorbed.
 /// - Re-INVITEs (a To tag) and every other message pass unchanged; a message that is
 ///   not SIP is relayed unchanged and counted (`sluice_sip_unparsed_total`).
