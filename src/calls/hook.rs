@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -26,13 +27,39 @@ const ABSORB_KEPT: usize = 32;
 /// How long an ACK for sluice's own final answer is awaited (RFC 3261 Timer H, 64·T1).
 const ABSORB_FOR: Duration = Duration::from_secs(32);
 
-/// One call of the session, by Call-ID.
+/// The largest CANCEL kept for ending a `200` that crosses it. A UA's CANCEL is a few
+/// hundred bytes (no body); one up to the message size limit (megabytes), kept for each
+/// of a session's calls, would pin as much memory as the client liked. A larger CANCEL
+/// passes on but is not kept: a `200` crossing it goes to the client as any `200`, and
+/// the call counts until it ends as any call (its BYE, the edge's, the session's end or
+/// the reaper).
+const MAX_KEPT_CANCEL: usize = 8 * 1024;
+
+/// The largest INVITE sluice holds. A held INVITE is kept whole until it goes on; up to
+/// the message size limit each (megabytes), the tenant's queue of them would pin
+/// `invite_queue_depth` times that (200 MiB with the defaults) for the queue timeout.
+/// A UA's INVITE is a few KiB, a WebRTC one with many ICE candidates some tens; a larger
+/// one that would be held is answered `503` (`call-cap`) at once instead.
+const MAX_HELD_INVITE: usize = 64 * 1024;
+
+/// What the hook keeps of a Call-ID or a tag the client chose: a hash with a key of the
+/// session's own, so that a call costs the same few bytes however long the client made
+/// them (up to the message size limit, megabytes: 256 calls of a session, each with its
+/// Call-ID, From tag and absorbed ACKs, kept as text, could pin a gigabyte). Equal
+/// strings have equal keys; two different ones of one session colliding is a 2^-64
+/// chance the client cannot aim at (it does not know the hash key).
+type Key = u64;
+
+/// One call of the session, by its Call-ID's [`Key`].
 #[derive(Debug)]
 enum Call {
     /// Its initial INVITE waits in the tenant's queue (the client got `100 Trying`).
     Held {
         invite: Message,
         cseq: u32,
+        /// The INVITE's From tag (with `cseq`, what tells its retransmissions and its
+        /// CANCEL from another dialog's requests with the same Call-ID).
+        from_tag: Key,
         since: Instant,
         wait: Held,
     },
@@ -41,6 +68,8 @@ enum Call {
         _permit: CallPermit,
         /// The initial INVITE's CSeq number.
         cseq: u32,
+        /// The initial INVITE's From tag.
+        from_tag: Key,
         stage: Stage,
         /// The last message of its dialog, either way (the reaper's clock).
         last: Instant,
@@ -79,11 +108,16 @@ enum Stage {
 ///   is held; otherwise it is held (the client gets `100 Trying` at once) in the
 ///   tenant's queue and forwarded in order when a call ends and the pacing allows, or
 ///   answered `503` (`Retry-After`, `Reason: SIP;cause=503;text="call-cap"` when the
-///   queue is full, `"call-queue-timeout"` after `invite_queue_timeout`).
-/// - A CANCEL of a held INVITE is answered `200`, the INVITE `487`; nothing reaches the
-///   edge. A CANCEL of a forwarded INVITE is passed on and ends nothing: the INVITE's
-///   final answer does, and a `2xx` that crosses the CANCEL is kept from the client
-///   (it dropped the call) and ended by sluice with an ACK and a BYE.
+///   queue is full, `"call-queue-timeout"` after `invite_queue_timeout`; at once when
+///   it is over 64 KiB, too large to keep while held). An initial INVITE with the
+///   Call-ID of a call of the session is a retransmission when its CSeq and From tag
+///   are the call's, else a second dialog, answered `482`.
+/// - A client message with more than one SIP message in it is not forwarded (`400`).
+/// - A CANCEL (with the INVITE's CSeq and From tag) of a held INVITE is answered `200`,
+///   the INVITE `487`; nothing reaches the edge. A CANCEL of a forwarded INVITE is
+///   passed on and ends nothing: the INVITE's final answer does, and a `2xx` that
+///   crosses the CANCEL is kept from the client (it dropped the call) and ended by
+///   sluice with an ACK and a BYE.
 /// - The ACK for a final answer sluice sent itself is absorbed.
 /// - Re-INVITEs (a To tag) and every other message pass unchanged; a message that is
 ///   not SIP is relayed unchanged and counted (`sluice_sip_unparsed_total`).
@@ -91,12 +125,15 @@ enum Stage {
 ///   out of the queue.
 pub struct CallHook {
     gate: Arc<CallGate>,
-    calls: HashMap<Box<str>, Call>,
+    calls: HashMap<Key, Call>,
+    /// The hash key of the session's [`Key`]s.
+    ids: RandomState,
     /// Messages to send next, either way (`100 Trying`, sluice's own answers, ACK and
     /// BYE, released INVITEs).
     outbox: VecDeque<(Direction, Message)>,
-    /// `(Call-ID, CSeq number, until)` of INVITEs sluice answered finally itself.
-    absorb: VecDeque<(Box<str>, u32, Instant)>,
+    /// `(Call-ID, CSeq number, sluice's To tag, until)` of INVITEs sluice answered
+    /// finally itself.
+    absorb: VecDeque<(Key, u32, Key, Instant)>,
     /// The relay task's waker, from its last poll.
     waker: Option<Waker>,
     /// Wakes the hook for the oldest silent call (reaper), while calls are up.
@@ -131,14 +168,34 @@ fn bytes(msg: &Message) -> Option<&[u8]> {
     }
 }
 
-/// sluice's `503` to an INVITE it will not forward.
-fn unavailable(invite: &SipMessage<'_>, outcome: CallOutcome, retry_after: u64) -> String {
+/// Whether `data`, parsed as `m`, has more than whitespace after the end its
+/// Content-Length gives it: another SIP message in the same WebSocket message. (Without a
+/// Content-Length the body is the rest of the message, and nothing comes after it.)
+fn carries_more(m: &SipMessage<'_>, data: &[u8]) -> bool {
+    let length = m
+        .content_length
+        .or_else(|| m.header("content-length")?.parse().ok());
+    let head = data.windows(4).position(|w| w == b"\r\n\r\n");
+    let (Some(length), Some(head)) = (length, head) else {
+        return false;
+    };
+    data.get(head + 4 + length..)
+        .is_some_and(|rest| !rest.iter().all(u8::is_ascii_whitespace))
+}
+
+/// sluice's `503` to an INVITE it will not forward, with To tag `tag`.
+fn unavailable(
+    invite: &SipMessage<'_>,
+    outcome: CallOutcome,
+    retry_after: u64,
+    tag: &str,
+) -> String {
     let reason = format!("SIP;cause=503;text=\"{}\"", outcome.as_str());
     sip::response(
         invite,
         503,
         "Service Unavailable",
-        &sip::new_tag(),
+        tag,
         &[
             ("Retry-After", &retry_after.to_string()),
             ("Reason", &reason),
@@ -152,6 +209,7 @@ impl CallHook {
         Self {
             gate,
             calls: HashMap::new(),
+            ids: RandomState::new(),
             outbox: VecDeque::new(),
             absorb: VecDeque::new(),
             waker: None,
@@ -168,13 +226,33 @@ impl CallHook {
         }
     }
 
-    /// Remembers that sluice answered INVITE `(call_id, cseq)` finally: its ACK stays here.
-    fn absorb_ack(&mut self, call_id: &str, cseq: u32) {
+    /// Remembers that sluice answered INVITE `(call_id, cseq)` finally, with To tag
+    /// `tag`: its ACK (which names that tag, so it is no ACK of the edge's answer to
+    /// another INVITE with the same Call-ID and CSeq) stays here.
+    fn absorb_ack(&mut self, call_id: Key, cseq: u32, tag: &str) {
         if self.absorb.len() == ABSORB_KEPT {
             self.absorb.pop_front();
         }
-        self.absorb
-            .push_back((call_id.into(), cseq, Instant::now() + ABSORB_FOR));
+        let entry = (call_id, cseq, self.key(tag), Instant::now() + ABSORB_FOR);
+        self.absorb.push_back(entry);
+    }
+
+    /// The [`Key`] the hook keeps for Call-ID or tag `text`.
+    fn key(&self, text: &str) -> Key {
+        self.ids.hash_one(text)
+    }
+
+    /// sluice's `503` to initial INVITE `m` (sent as `msg`), whose ACK it absorbs.
+    fn refuse(
+        &mut self,
+        m: &SipMessage<'_>,
+        msg: &Message,
+        outcome: CallOutcome,
+        secs: u64,
+    ) -> Message {
+        let tag = sip::new_tag();
+        self.absorb_ack(self.key(m.call_id), m.cseq.number, &tag);
+        reply(msg, unavailable(m, outcome, secs, &tag))
     }
 
     /// The `Retry-After` seconds of a refusal (the queue's estimate, else the queue
@@ -199,18 +277,20 @@ impl CallHook {
             Some("INVITE") if m.to_tag.is_none() => self.initial_invite(m, msg, now),
             Some("CANCEL") => self.cancel(m, msg),
             Some("ACK") => {
-                let absorbed = self.absorb.iter().position(|(id, n, until)| {
-                    **id == *m.call_id && *n == m.cseq.number && *until > now
+                let (id, to_tag) = (self.key(m.call_id), m.to_tag.map(|t| self.key(t)));
+                let absorbed = self.absorb.iter().position(|(i, n, tag, until)| {
+                    *i == id && *n == m.cseq.number && to_tag == Some(*tag) && *until > now
                 });
                 if let Some(i) = absorbed {
                     self.absorb.remove(i);
                     return Verdict::Drop;
                 }
-                self.touch(m.call_id, now);
+                self.touch(self.key(m.call_id), now);
                 Verdict::Pass
             }
             Some("BYE") => {
-                if let Some(Call::Up { stage, last, .. }) = self.calls.get_mut(m.call_id) {
+                let id = self.key(m.call_id);
+                if let Some(Call::Up { stage, last, .. }) = self.calls.get_mut(&id) {
                     *last = now;
                     if let Stage::Confirmed { to_tag } | Stage::ClientBye { to_tag, .. } = stage {
                         // The client's BYE names the edge's tag in its To.
@@ -226,57 +306,88 @@ impl CallHook {
                 Verdict::Pass
             }
             _ => {
-                self.touch(m.call_id, now);
+                self.touch(self.key(m.call_id), now);
                 Verdict::Pass
             }
         }
     }
 
     /// An INVITE without a To tag: a new call, unless its Call-ID is known already (a
-    /// retransmission, or a new INVITE after an authentication challenge ended the
-    /// first).
+    /// retransmission; a new INVITE after an authentication challenge comes after the
+    /// challenge ended the first).
     fn initial_invite(&mut self, m: &SipMessage<'_>, msg: &Message, now: Instant) -> Verdict {
-        match self.calls.get_mut(m.call_id) {
-            // A retransmission of a held INVITE: it is answered already.
-            Some(Call::Held { .. }) => return Verdict::Drop,
-            Some(Call::Up { last, .. }) => {
+        let (id, from_tag) = (
+            self.key(m.call_id),
+            self.key(m.from_tag.unwrap_or_default()),
+        );
+        match self.calls.get_mut(&id) {
+            // A retransmission (same CSeq, same From tag) of a held INVITE: it is
+            // answered already.
+            Some(Call::Held {
+                cseq, from_tag: f, ..
+            }) if *cseq == m.cseq.number && *f == from_tag => return Verdict::Drop,
+            // Of a forwarded one: the edge answers it again.
+            Some(Call::Up {
+                cseq,
+                from_tag: f,
+                last,
+                ..
+            }) if *cseq == m.cseq.number && *f == from_tag => {
                 *last = now;
                 return Verdict::Pass;
+            }
+            // Another CSeq or From tag: to the edge a new dialog (RFC 3261 §12: no To
+            // tag, so outside any dialog), a second call on a Call-ID counted once. It
+            // cannot be counted apart (calls are known by Call-ID), so sluice refuses it
+            // the way a UAS refuses a merged request (§8.2.2.2, `482`), and absorbs its
+            // ACK; the call up is untouched.
+            Some(_) => {
+                let tag = sip::new_tag();
+                self.absorb_ack(id, m.cseq.number, &tag);
+                let reason = "SIP;cause=482;text=\"call-id-in-use\"";
+                let loop_detected =
+                    sip::response(m, 482, "Loop Detected", &tag, &[("Reason", reason)]);
+                return Verdict::Answer(reply(msg, loop_detected));
             }
             None => {}
         }
         let cseq = m.cseq.number;
         if self.calls.len() >= MAX_SESSION_CALLS {
             self.gate.metrics.outcome(CallOutcome::CallCap);
-            self.absorb_ack(m.call_id, cseq);
             let secs = self.retry_after(None);
-            return Verdict::Answer(reply(msg, unavailable(m, CallOutcome::CallCap, secs)));
+            return Verdict::Answer(self.refuse(m, msg, CallOutcome::CallCap, secs));
         }
         if let Some(permit) = self.gate.try_admit() {
             self.gate.metrics.outcome(CallOutcome::Admitted);
-            self.up(m.call_id, permit, cseq, now);
+            self.up(id, permit, cseq, from_tag, now);
             return Verdict::Pass;
+        }
+        if msg.len() > MAX_HELD_INVITE {
+            // Too large to keep while it waits (see the constant).
+            self.gate.metrics.outcome(CallOutcome::CallCap);
+            let secs = self.retry_after(None);
+            return Verdict::Answer(self.refuse(m, msg, CallOutcome::CallCap, secs));
         }
         let mut wait = self.gate.admit();
         match self.first_poll(&mut wait) {
             Poll::Ready(Ok(permit)) => {
                 self.gate.metrics.outcome(CallOutcome::Admitted);
-                self.up(m.call_id, permit, cseq, now);
+                self.up(id, permit, cseq, from_tag, now);
                 Verdict::Pass
             }
             Poll::Ready(Err(refusal)) => {
                 self.gate.metrics.outcome(CallOutcome::CallCap);
-                self.absorb_ack(m.call_id, cseq);
                 let secs = self.retry_after(Some(&refusal));
-                Verdict::Answer(reply(msg, unavailable(m, CallOutcome::CallCap, secs)))
+                Verdict::Answer(self.refuse(m, msg, CallOutcome::CallCap, secs))
             }
             Poll::Pending => {
                 let trying = reply(msg, sip::response(m, 100, "Trying", "", &[]));
                 self.calls.insert(
-                    m.call_id.into(),
+                    id,
                     Call::Held {
                         invite: msg.clone(),
                         cseq,
+                        from_tag,
                         since: now,
                         wait: Held(wait),
                     },
@@ -288,10 +399,10 @@ impl CallHook {
         }
     }
 
-    /// Takes call `call_id` out of the table; an emptied table gives its memory back
+    /// Takes call `id` out of the table; an emptied table gives its memory back
     /// (a session between calls holds none).
-    fn forget(&mut self, call_id: &str) -> Option<Call> {
-        let call = self.calls.remove(call_id);
+    fn forget(&mut self, id: &Key) -> Option<Call> {
+        let call = self.calls.remove(id);
         if self.calls.is_empty() {
             self.calls = HashMap::new();
         }
@@ -299,12 +410,13 @@ impl CallHook {
     }
 
     /// Counts a call that goes to the edge now.
-    fn up(&mut self, call_id: &str, permit: CallPermit, cseq: u32, now: Instant) {
+    fn up(&mut self, id: Key, permit: CallPermit, cseq: u32, from_tag: Key, now: Instant) {
         self.calls.insert(
-            call_id.into(),
+            id,
             Call::Up {
                 _permit: permit,
                 cseq,
+                from_tag,
                 stage: Stage::Proceeding { cancel: None },
                 last: now,
             },
@@ -312,12 +424,22 @@ impl CallHook {
         self.arm_reaper(now);
     }
 
-    /// A CANCEL from the client.
+    /// A CANCEL from the client. It cancels the INVITE whose CSeq number and From tag it
+    /// has (RFC 3261 §9.1); any other passes on and ends nothing here (the edge answers
+    /// it `481`). The From tag matters: a `200` that crosses the CANCEL is ended with an
+    /// ACK and a BYE built from it, and a BYE naming another dialog would be refused by
+    /// the edge, which would keep up a call sluice stops counting on that refusal.
     fn cancel(&mut self, m: &SipMessage<'_>, msg: &Message) -> Verdict {
         let now = Instant::now();
-        match self.calls.get_mut(m.call_id) {
-            Some(Call::Held { cseq, .. }) if *cseq == m.cseq.number => {
-                let Some(Call::Held { invite, since, .. }) = self.forget(m.call_id) else {
+        let (id, from_tag) = (
+            self.key(m.call_id),
+            self.key(m.from_tag.unwrap_or_default()),
+        );
+        match self.calls.get_mut(&id) {
+            Some(Call::Held {
+                cseq, from_tag: f, ..
+            }) if *cseq == m.cseq.number && *f == from_tag => {
+                let Some(Call::Held { invite, since, .. }) = self.forget(&id) else {
                     unreachable!("matched as held just above");
                 };
                 self.held -= 1;
@@ -328,15 +450,21 @@ impl CallHook {
                     let terminated = sip::response(&inv, 487, "Request Terminated", &tag, &[]);
                     self.send(Direction::EdgeToClient, reply(&invite, terminated));
                 }
-                self.absorb_ack(m.call_id, m.cseq.number);
+                self.absorb_ack(id, m.cseq.number, &tag);
                 Verdict::Answer(reply(msg, sip::response(m, 200, "OK", &tag, &[])))
             }
             Some(Call::Up {
-                cseq, stage, last, ..
-            }) if *cseq == m.cseq.number => {
+                cseq,
+                from_tag: f,
+                stage,
+                last,
+                ..
+            }) if *cseq == m.cseq.number && *f == from_tag => {
                 *last = now;
                 if let Stage::Proceeding { cancel } = stage {
-                    *cancel = Some(msg.clone());
+                    if msg.len() <= MAX_KEPT_CANCEL {
+                        *cancel = Some(msg.clone());
+                    }
                 }
                 Verdict::Pass
             }
@@ -347,9 +475,10 @@ impl CallHook {
     /// A message from the edge.
     fn edge_message(&mut self, m: &SipMessage<'_>, msg: &Message) -> Verdict {
         let now = Instant::now();
+        let id = self.key(m.call_id);
         let Some(Call::Up {
             cseq, stage, last, ..
-        }) = self.calls.get_mut(m.call_id)
+        }) = self.calls.get_mut(&id)
         else {
             return Verdict::Pass;
         };
@@ -364,7 +493,7 @@ impl CallHook {
                 _ => false,
             };
             if m.method() == Some("BYE") && counted {
-                self.forget(m.call_id);
+                self.forget(&id);
             }
             return Verdict::Pass;
         };
@@ -373,7 +502,7 @@ impl CallHook {
                 if code < 200 {
                     Verdict::Pass
                 } else if code >= 300 {
-                    self.forget(m.call_id);
+                    self.forget(&id);
                     Verdict::Pass
                 } else if let Some(cancel) = cancel.clone() {
                     // The 200 crossed the client's CANCEL: the client dropped the call
@@ -392,12 +521,12 @@ impl CallHook {
             // A 200 sluice's own BYE already answers for: the client never saw it.
             ("INVITE", Stage::SluiceBye { .. }) => Verdict::Drop,
             ("BYE", Stage::ClientBye { cseq: bye, .. }) if m.cseq.number == *bye && code >= 200 => {
-                self.forget(m.call_id);
+                self.forget(&id);
                 Verdict::Pass
             }
             ("BYE", Stage::SluiceBye { cseq: bye }) if m.cseq.number == *bye => {
                 if code >= 200 {
-                    self.forget(m.call_id);
+                    self.forget(&id);
                 }
                 Verdict::Drop
             }
@@ -418,9 +547,9 @@ impl CallHook {
         self.send(Direction::ClientToEdge, reply(ok_msg, bye));
     }
 
-    /// A message of call `call_id`'s dialog went by.
-    fn touch(&mut self, call_id: &str, now: Instant) {
-        if let Some(Call::Up { last, .. }) = self.calls.get_mut(call_id) {
+    /// A message of call `id`'s dialog went by.
+    fn touch(&mut self, id: Key, now: Instant) {
+        if let Some(Call::Up { last, .. }) = self.calls.get_mut(&id) {
             *last = now;
         }
     }
@@ -485,7 +614,7 @@ impl CallHook {
         for (id, call) in &mut self.calls {
             if let Call::Held { wait, .. } = call {
                 if let Poll::Ready(result) = wait.0.as_mut().poll(cx) {
-                    done.push((id.clone(), result));
+                    done.push((*id, result));
                 }
             }
         }
@@ -493,6 +622,7 @@ impl CallHook {
             let Some(Call::Held {
                 invite,
                 cseq,
+                from_tag,
                 since,
                 ..
             }) = self.forget(&id)
@@ -505,7 +635,7 @@ impl CallHook {
                 Ok(permit) => {
                     self.gate.metrics.outcome(CallOutcome::QueuedAdmitted);
                     let now = Instant::now();
-                    self.up(&id, permit, cseq, now);
+                    self.up(id, permit, cseq, from_tag, now);
                     self.outbox.push_back((Direction::ClientToEdge, invite));
                 }
                 Err(refusal) => {
@@ -516,11 +646,12 @@ impl CallHook {
                     };
                     self.gate.metrics.outcome(outcome);
                     let secs = self.retry_after(Some(&refusal));
+                    let tag = sip::new_tag();
                     if let Some(inv) = bytes(&invite).and_then(|b| sip::parse(b).ok()) {
-                        let answer = reply(&invite, unavailable(&inv, outcome, secs));
+                        let answer = reply(&invite, unavailable(&inv, outcome, secs, &tag));
                         self.outbox.push_back((Direction::EdgeToClient, answer));
                     }
-                    self.absorb_ack(&id, cseq);
+                    self.absorb_ack(id, cseq, &tag);
                 }
             }
         }
@@ -543,6 +674,26 @@ impl MessageHook for CallHook {
             }
         };
         match dir {
+            Direction::ClientToEdge if carries_more(&m, data) => {
+                // A second SIP message after the first one's body (RFC 7118 §5: one per
+                // WebSocket message): an edge that reads its WebSocket as a stream
+                // (pjsip) would take it as a request sluice never saw, an INVITE past
+                // the cap. Not forwarded; a request is answered `400`.
+                match m.method() {
+                    Some("ACK") | None => Verdict::Drop,
+                    Some(_) => {
+                        let reason = "SIP;cause=400;text=\"one SIP message per WebSocket message\"";
+                        let bad = sip::response(
+                            &m,
+                            400,
+                            "Bad Request",
+                            &sip::new_tag(),
+                            &[("Reason", reason)],
+                        );
+                        Verdict::Answer(reply(msg, bad))
+                    }
+                }
+            }
             Direction::ClientToEdge => self.client_message(&m, msg),
             Direction::EdgeToClient => self.edge_message(&m, msg),
         }

@@ -348,11 +348,15 @@ pub async fn serve(p: Pending, client: Leg) {
         .map(|credential| Box::new(CredentialCheck::new(p.tenant.clone(), credential)) as Box<_>);
     let stop = SessionStop::new(&p.shared.control, &p.shared.config().protection, revocation);
     // A SIP session of a tenant with call limits: its calls are counted (DESIGN.md "SIP
-    // awareness"), through the relay's message hook.
+    // awareness"), through the relay's message hook. So is a session that chose no
+    // subprotocol: a client that offers none is not refused, and an edge serving one
+    // protocol takes the connection as SIP (Asterisk does), so skipping it would let any
+    // client place calls past the cap by leaving `Sec-WebSocket-Protocol` out. (Messages
+    // that are not SIP pass unchanged; another listed subprotocol is not SIP.)
     let calls = p.tenant.settings().calls.clone().filter(|_| {
         p.protocol
             .as_deref()
-            .is_some_and(|s| s.eq_ignore_ascii_case("sip"))
+            .is_none_or(|s| s.eq_ignore_ascii_case("sip"))
     });
     // The relay gets a task of its own: this one's future is sized for the admission
     // and upstream handshake futures it held, far more than an idle session needs.

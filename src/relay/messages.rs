@@ -21,9 +21,10 @@
 //!
 //! Backpressure stays per direction: one direction reads no more from its source while
 //! the other leg has not taken what it has (bounded by [`TURN`] messages per turn). An
-//! answer waits for the sender among the answers to it (sent before the rest), and a
-//! direction stops reading while [`TURN`] answers or more wait there, so a sender that
-//! does not read cannot make its answers pile up.
+//! answer waits for the sender among the answers to it (sent before the rest), and so
+//! does what the hook releases towards a leg; a direction stops reading while [`TURN`]
+//! answers or more wait there, so a sender that does not read cannot make its answers
+//! pile up.
 //!
 //! [`Moved`] counts the payload bytes written to each leg: an answer counts towards the
 //! leg it is written to, a dropped or held message towards none (until it is released
@@ -101,8 +102,10 @@ pub trait MessageHook: Send {
 
     /// A message to send now, and which way (`ClientToEdge`: to the edge). The relay
     /// polls this whenever its task wakes, before it moves anything else, and sends what
-    /// comes out without showing it to [`on_message`](Self::on_message) again; when a
-    /// message becomes ready the hook wakes `cx`'s waker. The default never releases.
+    /// comes out without showing it to [`on_message`](Self::on_message) again, among the
+    /// answers to that leg (before messages read and not sent yet, and counting towards
+    /// the bound on answers waiting for a leg); when a message becomes ready the hook
+    /// wakes `cx`'s waker. The default never releases.
     fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<(Direction, Message)> {
         let _ = cx;
         Poll::Pending
@@ -140,10 +143,11 @@ struct Dir<'a> {
     /// Which way it goes.
     way: Direction,
     /// Messages to send to the other leg: read and passed by the hook (the held ones, at
-    /// first), answers to that leg's own messages, and what the hook released.
+    /// first).
     queue: VecDeque<Message>,
-    /// The hook's answers to the other leg's messages, sent before `queue` (apart, so
-    /// that their number bounds how far the other direction reads ahead).
+    /// The hook's answers to the other leg's messages and what it released towards that
+    /// leg, sent before `queue` (apart, so that their number bounds how far the other
+    /// direction reads ahead).
     answers: VecDeque<Message>,
     /// It stopped reading its source because [`TURN`] answers to it wait.
     stalled: bool,
@@ -420,10 +424,15 @@ pub async fn relay_with<H: MessageHook>(
         if let Poll::Ready(stop) = stop.as_mut().poll(cx) {
             return Poll::Ready(Ending::Stop(stop));
         }
+        // What the hook releases towards a leg waits among the answers to that leg: it
+        // is sluice's to send (a SIP hook's `100 Trying` and `503`s, its ACK and BYE),
+        // and so it stops the relay reading from that leg while [`TURN`] or more wait,
+        // as answers do. In the queue it would not, and a client that does not read
+        // could keep sending INVITEs whose answers pile up in sluice without bound.
         while let Poll::Ready((way, msg)) = hook.poll_release(cx) {
             match way {
-                Direction::ClientToEdge => up.queue.push_back(msg),
-                Direction::EdgeToClient => down.queue.push_back(msg),
+                Direction::ClientToEdge => up.answers.push_back(msg),
+                Direction::EdgeToClient => down.answers.push_back(msg),
             }
         }
         // Which direction goes first alternates (fairness under a one-sided flood).

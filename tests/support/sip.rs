@@ -88,6 +88,7 @@ pub struct SipEdge {
     /// How long a BYE takes to tear its call down (the call counts until then; the
     /// `200` follows), in milliseconds.
     bye_delay_ms: Arc<AtomicU64>,
+    ignore_byes: Arc<AtomicBool>,
 }
 
 impl SipEdge {
@@ -102,6 +103,7 @@ impl SipEdge {
             ignore_cancels: Arc::default(),
             max_calls: Arc::default(),
             bye_delay_ms: Arc::default(),
+            ignore_byes: Arc::default(),
         };
         let e = edge.clone();
         let ids = Arc::new(AtomicU64::new(0));
@@ -141,6 +143,11 @@ impl SipEdge {
     /// INVITEs answered `503` for the call cap.
     pub fn refused(&self) -> usize {
         self.state.lock().unwrap().refused
+    }
+
+    /// From now on, BYEs are recorded and otherwise ignored (never answered).
+    pub fn ignore_byes(&self) {
+        self.ignore_byes.store(true, Ordering::SeqCst);
     }
 
     #[allow(clippy::result_large_err)] // tungstenite's callback type
@@ -236,8 +243,20 @@ impl SipEdge {
                 });
                 Vec::new()
             }
+            "BYE" if self.ignore_byes.load(Ordering::SeqCst) => Vec::new(),
             "BYE" => {
-                let known = state.up.remove(&call_id).is_some();
+                // A BYE ends the dialog it names: from the caller, its From tag is the
+                // INVITE's (a real edge answers `481` to a BYE of no dialog it knows).
+                let from_tag = |t: &str| {
+                    header(t, "from").and_then(|f| f.split(";tag=").nth(1).map(str::to_owned))
+                };
+                let known = state
+                    .up
+                    .get(&call_id)
+                    .is_some_and(|(_, invite, _)| from_tag(invite) == from_tag(&text));
+                if known {
+                    state.up.remove(&call_id);
+                }
                 vec![response(
                     &text,
                     if known {
@@ -298,6 +317,21 @@ impl SipEdge {
         );
         if let Some(out) = state.sessions.get(&session) {
             let _ = out.send(Message::text(bye));
+        }
+    }
+
+    /// Sends the session of call `call_id` (pending or up) what `make` writes from its
+    /// INVITE: a forked or retransmitted `200`, a BYE of another fork…
+    pub fn send_for(&self, call_id: &str, make: impl FnOnce(&str) -> String) {
+        let state = self.state.lock().unwrap();
+        let (session, invite) = state
+            .pending
+            .get(call_id)
+            .map(|(s, i)| (*s, i.clone()))
+            .or_else(|| state.up.get(call_id).map(|(s, i, _)| (*s, i.clone())))
+            .unwrap_or_else(|| panic!("no call {call_id}"));
+        if let Some(out) = state.sessions.get(&session) {
+            let _ = out.send(Message::text(make(&invite)));
         }
     }
 
@@ -524,4 +558,20 @@ pub async fn sip_proxy(edge: &SipEdge, calls: &[(&str, &str)]) -> Proxy {
         .tenant(sip_tenant(calls))
         .start()
         .await
+}
+
+/// The `200 OK` to `invite` with To tag `tag` (another fork than `edge1`'s, or the same
+/// again: a retransmission).
+pub fn ok_tagged(invite: &str, tag: &str) -> String {
+    response(invite, "200 OK", true).replace(";tag=edge1", &format!(";tag={tag}"))
+}
+
+/// A BYE from the edge side in the dialog of `invite` whose edge tag is `tag`.
+pub fn edge_bye(invite: &str, tag: &str) -> String {
+    let from = header(invite, "from").unwrap_or("");
+    let to = header(invite, "to").unwrap_or("");
+    let call_id = header(invite, "call-id").unwrap_or("");
+    format!(
+        "BYE sip:phone@client.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/WS edge.invalid;branch=z9hG4bKfork{tag}\r\nMax-Forwards: 70\r\nFrom: {to};tag={tag}\r\nTo: {from}\r\nCall-ID: {call_id}\r\nCSeq: 7 BYE\r\nContent-Length: 0\r\n\r\n"
+    )
 }
