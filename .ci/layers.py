@@ -12,7 +12,7 @@ import sys
 # Lowest first; a module may use its own layer and those below. Keep in step with the
 # "Layout" section of src/lib.rs.
 LAYERS = [
-    ("leaves", {"config", "reject", "logging", "stream", "parse", "tls", "stats"}),
+    ("leaves", {"config", "reject", "logging", "stream", "parse", "tls", "stats", "sip"}),
     ("metrics", {"metrics"}),
     ("mechanisms", {"admission", "upstream", "relay", "ws", "control", "auth", "tenant",
                     "protect", "cluster"}),
