@@ -56,14 +56,15 @@ pub fn response(
 /// The ACK for a 2xx `ok` to `invite` (RFC 3261 §13.2.2.4), sent in the dialog the 2xx
 /// made: Request-URI the Contact URI of `ok` (else the INVITE's Request-URI), Route the
 /// Record-Route values of `ok` reversed, one line each (loose routing), Via the
-/// INVITE's top Via with its branch replaced by `branch` (added if it had none),
-/// Max-Forwards 70, From the INVITE's, To the 2xx's (with the remote tag), Call-ID,
-/// `CSeq: <invite number> ACK`, the INVITE's Authorization and Proxy-Authorization
-/// (the ACK carries the INVITE's credentials), `Content-Length: 0`.
+/// INVITE's top Via with its branch replaced by `branch` (added at its end if it had
+/// none; a Via with an unclosed quote or `<` then keeps none), Max-Forwards 70, From the
+/// INVITE's, To the 2xx's (with the remote tag), Call-ID, `CSeq: <invite number> ACK`,
+/// the INVITE's Authorization and Proxy-Authorization (the ACK carries the INVITE's
+/// credentials), `Content-Length: 0`.
 ///
-/// It carries no body: right when the INVITE had the offer, which is how every UA
-/// sluice serves sends an INVITE; a 2xx with an offer (to an INVITE without SDP) would
-/// want an answer in the ACK, which sluice cannot make.
+/// It carries no body: right when the INVITE carried the SDP offer, as JsSIP's and
+/// SIP.js's do; a 2xx with an offer (to an INVITE without SDP) wants an answer in the
+/// ACK, which sluice cannot make.
 pub fn ack_for_2xx(invite: &SipMessage<'_>, ok: &SipMessage<'_>, branch: &str) -> String {
     in_dialog(invite, ok, branch, "ACK", invite.cseq.number)
 }
