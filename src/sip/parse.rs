@@ -44,9 +44,23 @@ pub fn parse(bytes: &[u8]) -> Result<SipMessage<'_>, ParseError> {
         .position(|&b| b != b'\r' && b != b'\n')
         .ok_or(ParseError::Empty)?;
     let bytes = bytes.get(skip..).unwrap_or_default();
-    let (head, body) = split_head(bytes);
-    let head =
-        std::str::from_utf8(head).map_err(|e| ParseError::NotUtf8(skip + e.valid_up_to()))?;
+    // The UTF-8 prefix of the message, searched for the empty line with `str::find`
+    // (memchr): a head that does not end inside it holds the invalid byte.
+    let (text, invalid) = match std::str::from_utf8(bytes) {
+        Ok(text) => (text, None),
+        Err(e) => {
+            let valid = bytes.get(..e.valid_up_to()).unwrap_or_default();
+            (
+                std::str::from_utf8(valid).unwrap_or_default(),
+                Some(e.valid_up_to()),
+            )
+        }
+    };
+    let (head, body) = match (split_head(text), invalid) {
+        (Some((head, body_at)), _) => (head, bytes.get(body_at..).unwrap_or_default()),
+        (None, None) => (text, &[][..]),
+        (None, Some(at)) => return Err(ParseError::NotUtf8(skip + at)),
+    };
     let (first, rest) = match head.find('\n') {
         Some(nl) => (
             head.get(..nl).unwrap_or_default(),
@@ -118,25 +132,19 @@ pub fn is_keepalive(bytes: &[u8]) -> bool {
     !bytes.is_empty() && bytes.iter().all(|&b| b == b'\r' || b == b'\n')
 }
 
-/// The head (up to the empty line, the last header's line end included) and the body
-/// (after the empty line); a head without an empty line runs to the end.
-fn split_head(bytes: &[u8]) -> (&[u8], &[u8]) {
+/// The head (up to the empty line, the last header's line end included) and the offset
+/// of the body (after the empty line); `None` without an empty line.
+fn split_head(text: &str) -> Option<(&str, usize)> {
     let mut at = 0;
-    while let Some(nl) = bytes
-        .get(at..)
-        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
-    {
+    while let Some(nl) = text.get(at..).and_then(|rest| rest.find('\n')) {
         let nl = at + nl;
-        let line = bytes.get(at..nl).unwrap_or_default();
-        if line.is_empty() || line == b"\r" {
-            return (
-                bytes.get(..at).unwrap_or_default(),
-                bytes.get(nl + 1..).unwrap_or_default(),
-            );
+        let line = text.get(at..nl).unwrap_or_default();
+        if line.is_empty() || line == "\r" {
+            return Some((text.get(..at).unwrap_or_default(), nl + 1));
         }
         at = nl + 1;
     }
-    (bytes, &[])
+    None
 }
 
 /// A request line or a status line (without its line end).
@@ -230,10 +238,7 @@ pub(super) fn lines(head: &str) -> impl Iterator<Item = &str> {
         let bytes = rest.as_bytes();
         let mut end = bytes.len();
         let mut at = 0;
-        while let Some(nl) = bytes
-            .get(at..)
-            .and_then(|r| r.iter().position(|&b| b == b'\n'))
-        {
+        while let Some(nl) = rest.get(at..).and_then(|r| r.find('\n')) {
             let nl = at + nl;
             if matches!(bytes.get(nl + 1), Some(b' ' | b'\t')) {
                 at = nl + 1;
