@@ -179,3 +179,110 @@ frames = {
 }
 for name, (limits, body) in frames.items():
     out("accept_frames", name, limits + body)
+
+
+# --- sip: one WebSocket message of a SIP tenant (RFC 7118) -------------------------
+def sip(name, text, body=None, eol="\r\n"):
+    text = text.replace("\n", eol)
+    if body is not None:
+        body = body.replace("\n", "\r\n")
+        text += f"Content-Length: {len(body)}{eol}{eol}{body}"
+    out("sip", name, text)
+
+
+SDP = """v=0
+o=- 4611731400430051336 2 IN IP4 127.0.0.1
+s=-
+t=0 0
+a=group:BUNDLE 0
+m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8
+c=IN IP4 0.0.0.0
+a=ice-ufrag:8hhY
+a=ice-pwd:asd88fgpdd777uzjYhagZg2b
+a=setup:actpass
+a=mid:0
+a=rtpmap:111 opus/48000/2
+"""
+sip("jssip-invite", """INVITE sip:bob@example.com SIP/2.0
+Via: SIP/2.0/WSS 8d1pjr0hq8vg.invalid;branch=z9hG4bK1735891
+Max-Forwards: 69
+To: <sip:bob@example.com>
+From: "Alice Smith" <sip:alice@example.com>;tag=q3k1mm2hn0
+Call-ID: 6ii6pr7g0ol0fd4bq5k9
+CSeq: 8027 INVITE
+Contact: <sip:3m8pf1vf@8d1pjr0hq8vg.invalid;transport=ws;ob>
+Content-Type: application/sdp
+Supported: timer,ice,replaces,outbound
+User-Agent: JsSIP 3.10.1
+""", SDP)
+sip("edge-200", """SIP/2.0 200 OK
+Via: SIP/2.0/WSS 8d1pjr0hq8vg.invalid;rport=52341;received=203.0.113.7;branch=z9hG4bK1735891
+Record-Route: <sip:edge2.example.net;lr;ftag=q3k1mm2hn0>, <sip:198.51.100.10;transport=ws;r2=on;lr>
+Record-Route: <sip:edge3.example.net;lr>
+From: "Alice Smith" <sip:alice@example.com>;tag=q3k1mm2hn0
+To: <sip:bob@example.com>;tag=as5f3c1e2a
+Call-ID: 6ii6pr7g0ol0fd4bq5k9
+CSeq: 8027 INVITE
+Contact: "Bob" <sip:bob@192.0.2.44:5060;transport=udp>;expires=3600
+Content-Type: application/sdp
+""", "v=0\no=edge 1 1 IN IP4 192.0.2.44\ns=-\nc=IN IP4 192.0.2.44\nt=0 0\nm=audio 30000 RTP/SAVPF 111\n")
+sip("sipjs-register", """REGISTER sip:example.com SIP/2.0
+Via: SIP/2.0/WSS 2f5mhk0u7l3e.invalid;branch=z9hG4bK5427836
+To: <sip:alice@example.com>
+From: <sip:alice@example.com>;tag=h4rtq8d2ib
+CSeq: 2 REGISTER
+Call-ID: 9tm0eprg8ot3a8iu3mvbfd
+Max-Forwards: 70
+Authorization: Digest algorithm=MD5, username="alice", realm="example.com", nonce="YzQ4ZDk1", uri="sip:example.com", response="9c2d0a3b0f8e4e5f", qop=auth, cnonce="p1v6", nc=00000001
+Contact: <sip:k3u5o0v4@2f5mhk0u7l3e.invalid;transport=ws>;reg-id=1;+sip.instance="<urn:uuid:bb5e2e6c-d3a2-4c1f-9b0a-1f3c7e0d9a11>";expires=600
+Expires: 600
+User-Agent: SIP.js/0.21.2
+Content-Length: 0
+
+""")
+sip("compact-folded-lf", """OPTIONS sip:user@example.com SIP/2.0
+v: SIP/2.0/WSS df7jal23ls0d.invalid
+  ;BRANCH=z9hG4bKfold1
+t: sip:user@example.com
+f: "Caller, Inc." <sip:caller@example.net;tag=inside>
+ ;TAG=98asjd8
+i: wsinv.ndaksdj@192.0.2.1
+CSeq:
+\t9 OPTIONS
+m: <sip:caller@192.0.2.4;transport=ws>
+l: 0
+
+""", eol="\n")
+sip("cancel", """CANCEL sip:bob@example.com SIP/2.0
+Via: SIP/2.0/WSS 8d1pjr0hq8vg.invalid;branch=z9hG4bK1735891
+Max-Forwards: 69
+To: <sip:bob@example.com>
+From: "Alice Smith" <sip:alice@example.com>;tag=q3k1mm2hn0
+Call-ID: 6ii6pr7g0ol0fd4bq5k9
+CSeq: 8027 CANCEL
+Content-Length: 0
+
+""")
+sip("edge-bye", """BYE sip:3m8pf1vf@8d1pjr0hq8vg.invalid;transport=ws;ob SIP/2.0
+Via: SIP/2.0/WSS 198.51.100.10;branch=z9hG4bK2c6a.7e1f3d2a0b
+Via: SIP/2.0/UDP 192.0.2.44:5060;rport=5060;branch=z9hG4bK-524287-1---9a8b
+Max-Forwards: 69
+Route: <sip:edge2.example.net;lr;ftag=q3k1mm2hn0>
+From: <sip:bob@example.com>;tag=as5f3c1e2a
+To: "Alice Smith" <sip:alice@example.com>;tag=q3k1mm2hn0
+Call-ID: 6ii6pr7g0ol0fd4bq5k9
+CSeq: 102 BYE
+Content-Length: 0
+
+""")
+sip("ringing-many-vias", """SIP/2.0 180 Ringing
+Via: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK.proxy2, SIP/2.0/UDP 10.0.0.4;branch=z9hG4bK.proxy1
+Via: SIP/2.0/WSS 8d1pjr0hq8vg.invalid;received=203.0.113.7;branch=z9hG4bK1735891;rport=52341
+From: "Alice Smith" <sip:alice@example.com>;tag=q3k1mm2hn0
+To: <sip:bob@example.com>;tag=as5f3c1e2a
+Call-ID: 6ii6pr7g0ol0fd4bq5k9
+CSeq: 8027 INVITE
+Content-Length: 0
+
+""")
+sip("keepalive", "\n\n")

@@ -24,7 +24,7 @@
 //!   │
 //! metrics     metrics
 //!   │
-//! leaves      config, reject, logging, stream, parse, tls, stats
+//! leaves      config, reject, logging, stream, parse, tls, stats, sip
 //! ```
 //!
 //! One connection, top to bottom:
@@ -52,7 +52,9 @@
 //! [`reject`] builds every refusal from one reason; [`metrics`] holds every Prometheus
 //! series and the status page's recent windows, [`admin`] serves them; [`control`]
 //! carries drain and reload notices to live sessions; [`config`] loads and validates
-//! the file; [`reload`] applies a new one as one new snapshot.
+//! the file; [`reload`] applies a new one as one new snapshot. [`sip`] reads (without
+//! allocating) and builds the SIP messages of tenants that speak SIP over WebSocket, for
+//! their call caps.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

@@ -384,6 +384,8 @@ async fn a_message_that_is_not_sip_passes_unchanged_and_is_counted() {
     let edge = SipEdge::start(true).await;
     let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
     let mut a = phone(&proxy, "a").await;
+    // A CRLF keep-alive (RFC 5626, SIP.js sends them) is neither a call nor a failure.
+    a.send("\r\n\r\n".into()).await;
     a.send("hello, not SIP".into()).await;
     edge.wait_for("the message", |e| {
         e.seen().iter().any(|s| s.text == "hello, not SIP")

@@ -168,19 +168,15 @@ fn bytes(msg: &Message) -> Option<&[u8]> {
     }
 }
 
-/// Whether `data`, parsed as `m`, has more than whitespace after the end its
-/// Content-Length gives it: another SIP message in the same WebSocket message. (Without a
-/// Content-Length the body is the rest of the message, and nothing comes after it.)
-fn carries_more(m: &SipMessage<'_>, data: &[u8]) -> bool {
-    let length = m
-        .content_length
-        .or_else(|| m.header("content-length")?.parse().ok());
-    let head = data.windows(4).position(|w| w == b"\r\n\r\n");
-    let (Some(length), Some(head)) = (length, head) else {
-        return false;
-    };
-    data.get(head + 4 + length..)
-        .is_some_and(|rest| !rest.iter().all(u8::is_ascii_whitespace))
+/// Whether `m` has more than whitespace after the end its Content-Length gives its
+/// body: another SIP message in the same WebSocket message. (Without a Content-Length
+/// the body is the rest of the message, and nothing comes after it.)
+fn carries_more(m: &SipMessage<'_>) -> bool {
+    m.content_length.is_some_and(|length| {
+        m.body()
+            .get(length..)
+            .is_some_and(|rest| !rest.iter().all(u8::is_ascii_whitespace))
+    })
 }
 
 /// sluice's `503` to an INVITE it will not forward, with To tag `tag`.
@@ -667,14 +663,14 @@ impl MessageHook for CallHook {
             Ok(m) => m,
             Err(_) => {
                 // A keep-alive (CRLF, RFC 5626) is not a message that failed.
-                if !data.iter().all(u8::is_ascii_whitespace) {
+                if !sip::is_keepalive(data) {
                     self.gate.metrics.unparsed.inc();
                 }
                 return Verdict::Pass;
             }
         };
         match dir {
-            Direction::ClientToEdge if carries_more(&m, data) => {
+            Direction::ClientToEdge if carries_more(&m) => {
                 // A second SIP message after the first one's body (RFC 7118 §5: one per
                 // WebSocket message): an edge that reads its WebSocket as a stream
                 // (pjsip) would take it as a request sluice never saw, an INVITE past
