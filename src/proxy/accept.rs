@@ -19,14 +19,14 @@
 //!    (bounded in bytes and messages, `[accept]`) while admission runs and then while the
 //!    upstream handshake runs; pings are answered by sluice. A client that overflows it
 //!    is closed with `1008`; one that leaves frees its place in the queue at once; one
-//!    that breaks the protocol or a size limit frees it too and is told as in [`relay()`]
+//!    that breaks the protocol or a size limit frees it too and is told as in [`relay()`](crate::relay::messages::relay)
 //!    (`1002`, `1007`, `1009`; counted `protocol-error`).
 //! 4. A refusal is a close frame ([`Rejection::close_code`], [`Rejection::close_reason`]),
 //!    counted and logged exactly as in `hold` mode.
 //! 5. Admitted: the upstream handshake is sluice's own (a fresh key, the chosen
 //!    subprotocol only, no extensions) and is checked ([`check_edge_handshake`]); an edge
 //!    that does not take the subprotocol closes the client with `1011`. The held
-//!    messages go first, then [`relay()`] moves messages both ways.
+//!    messages go first, then [`relay()`](crate::relay::messages::relay) moves messages both ways.
 //!
 //! # Cost
 //!
@@ -41,7 +41,7 @@
 //! long as the session lasts (8 MB per idle session for one echoed 2 MB message). So a
 //! leg's bytes reach tungstenite through [`Refragment`], which hands it large data
 //! frames as fragments of [`FRAGMENT`] bytes (its read buffer stays at [`READ_BUFFER`]),
-//! and [`relay()`] sends messages over [`FRAGMENT`] bytes as fragments of that size (its
+//! and [`relay()`](crate::relay::messages::relay) sends messages over [`FRAGMENT`] bytes as fragments of that size (its
 //! write buffer stays at one). What remains of a large message is the buffer tungstenite
 //! assembles it in, freed once the message is sent on: an idle session holds no message
 //! buffer (DESIGN step 6), and no tungstenite buffer either: [`Ws`] parks a leg between
@@ -67,7 +67,7 @@ use crate::config::{self, Config};
 use crate::control::{Control, SessionCount, SessionStop};
 use crate::metrics::TenantMetrics;
 use crate::reject::{self, Rejection};
-use crate::relay::messages::{fault_frame, relay, relay_with};
+use crate::relay::messages::{fault_frame, relay_with};
 use crate::relay::{Leg, Moved};
 use crate::release::Session;
 use crate::runtime::Runtime;
@@ -221,7 +221,7 @@ enum Left {
 /// Runs `work` while reading the queued client: data messages go to `held`, pings are
 /// answered (by tungstenite, on the next read), everything else is dropped. Gives up at
 /// the drain's deadline, and when the client leaves, overflows `held`, or breaks the
-/// protocol or a size limit (which [`leave`] answers with the close frame [`relay()`]
+/// protocol or a size limit (which [`leave`] answers with the close frame [`relay()`](crate::relay::messages::relay)
 /// would send after admission).
 async fn while_queued<T>(
     client: &mut Ws,
@@ -366,14 +366,10 @@ pub async fn serve(p: Pending, client: Leg) {
         let (mut client, mut edge) = (client, edge);
         let moved = Moved::default();
         let stop = stop.wait(&moved);
-        let stats = match calls {
-            None => relay(&mut client, &mut edge, held, &moved, stop).await,
-            // Boxed: sessions that count no calls keep the relay's size.
-            Some(gate) => {
-                let hook = CallHook::new(gate);
-                Box::pin(relay_with(&mut client, &mut edge, held, &moved, stop, hook)).await
-            }
-        };
+        // One relay either way: a session that counts no calls carries an empty hook
+        // (a word), one that does its hook on the heap.
+        let hook = calls.map(|gate| Box::new(CallHook::new(gate)));
+        let stats = relay_with(&mut client, &mut edge, held, &moved, stop, hook).await;
         // Step 7: release.
         session.end(stats);
     });

@@ -126,6 +126,31 @@ impl<H: MessageHook + ?Sized> MessageHook for Box<H> {
     }
 }
 
+/// An optional hook: with none, every message passes (one type for sessions with and
+/// without a hook, so a task that may run either holds one relay future, not room for
+/// both).
+impl<H: MessageHook> MessageHook for Option<H> {
+    fn on_message(&mut self, dir: Direction, msg: &Message) -> Verdict {
+        match self {
+            Some(hook) => hook.on_message(dir, msg),
+            None => Verdict::Pass,
+        }
+    }
+
+    fn hold(&mut self, dir: Direction, msg: Message) {
+        if let Some(hook) = self {
+            hook.hold(dir, msg);
+        }
+    }
+
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<(Direction, Message)> {
+        match self {
+            Some(hook) => hook.poll_release(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
 /// The hook of today's relay: every message passes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PassThrough;
