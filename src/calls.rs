@@ -27,7 +27,7 @@ mod hook;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 use prometheus::IntGauge;
@@ -170,22 +170,27 @@ impl CallGate {
     }
 }
 
-/// The call gate a tenant's handle keeps after a reload to `calls` (`None`: the tenant
-/// counts no calls any more; sessions that do keep their gate until they end).
+/// The call gate a tenant's handle keeps after a reload to `calls`, and the one it
+/// remembers: `before` is the gate in force, `gone` the one of call keys a reload
+/// removed (alive while sessions still count on it). Keys that stay reconfigure their
+/// gate (live calls stay counted); keys put back while `gone` lives find it again, so
+/// the cap still counts the calls that never ended; removed keys leave their gate to
+/// the sessions that hold it, remembered weakly.
 pub fn reconcile(
     name: &str,
-    before: Option<&Arc<CallGate>>,
+    (before, gone): (Option<&Arc<CallGate>>, &Weak<CallGate>),
     calls: Option<&config::Calls>,
     metrics: impl FnOnce() -> TenantCallMetrics,
-) -> Option<Arc<CallGate>> {
-    let calls = calls?;
-    Some(match before {
-        Some(gate) => {
+) -> (Option<Arc<CallGate>>, Weak<CallGate>) {
+    match (calls, before.cloned().or_else(|| gone.upgrade())) {
+        (Some(calls), Some(gate)) => {
             gate.configure(calls);
-            gate.clone()
+            (Some(gate), Weak::new())
         }
-        None => CallGate::new(name, calls, metrics()),
-    })
+        (Some(calls), None) => (Some(CallGate::new(name, calls, metrics())), Weak::new()),
+        (None, Some(gate)) => (None, Arc::downgrade(&gate)),
+        (None, None) => (None, Weak::new()),
+    }
 }
 
 #[cfg(test)]

@@ -62,6 +62,9 @@ pub struct Settings {
     /// Its call gate, when it has call limits (SIP, `accept` mode): kept across reloads
     /// while it has them.
     pub calls: Option<Arc<CallGate>>,
+    /// The gate of call limits a reload removed, while sessions still count on it
+    /// ([`crate::calls::reconcile`]).
+    calls_gone: Weak<CallGate>,
 }
 
 impl Tenant {
@@ -179,9 +182,9 @@ impl Table {
                     handle
                         .gate
                         .configure(&t.limits, Some(pool.clone() as Arc<dyn Pauses>));
-                    let calls = crate::calls::reconcile(
+                    let (calls, calls_gone) = crate::calls::reconcile(
                         &t.name,
-                        before.calls.as_ref(),
+                        (before.calls.as_ref(), &before.calls_gone),
                         t.calls.as_ref(),
                         || metrics.calls().tenant(&t.name),
                     );
@@ -191,6 +194,7 @@ impl Table {
                         pool,
                         metrics: children,
                         calls,
+                        calls_gone,
                     }));
                     handle
                 }
@@ -213,9 +217,14 @@ impl Table {
                             group,
                             pool,
                             metrics: children,
-                            calls: crate::calls::reconcile(&t.name, None, t.calls.as_ref(), || {
-                                metrics.calls().tenant(&t.name)
-                            }),
+                            calls: crate::calls::reconcile(
+                                &t.name,
+                                (None, &Weak::new()),
+                                t.calls.as_ref(),
+                                || metrics.calls().tenant(&t.name),
+                            )
+                            .0,
+                            calls_gone: Weak::new(),
                         }),
                     })
                 }

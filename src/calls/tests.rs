@@ -76,13 +76,27 @@ async fn a_held_invite_gets_the_place_a_call_frees() {
 async fn reconcile_keeps_the_gate_and_its_live_calls() {
     let before = CallGate::new("acme", &calls(Some(1), None), metrics());
     let permit = before.try_admit().unwrap();
-    let after = reconcile("acme", Some(&before), Some(&calls(Some(3), None)), metrics)
-        .expect("still a SIP tenant");
+    let none = std::sync::Weak::new();
+    let (after, _) = reconcile(
+        "acme",
+        (Some(&before), &none),
+        Some(&calls(Some(3), None)),
+        metrics,
+    );
+    let after = after.expect("still a SIP tenant");
     assert!(Arc::ptr_eq(&before, &after));
     assert_eq!(after.load().active, 1);
     assert_eq!(after.load().max_calls, Some(3));
     assert!(after.try_admit().is_some(), "room under the raised cap");
-    assert!(reconcile("acme", Some(&before), None, metrics).is_none());
-    drop(permit);
+    // Call keys removed: no gate in force, the old one remembered while it counts calls;
+    // put back, the same gate, its live call still counted against the cap.
+    let (gate, gone) = reconcile("acme", (Some(&before), &none), None, metrics);
+    assert!(gate.is_none());
+    let (back, _) = reconcile("acme", (None, &gone), Some(&calls(Some(1), None)), metrics);
+    let back = back.unwrap();
+    assert!(Arc::ptr_eq(&before, &back));
+    assert!(back.try_admit().is_none(), "the live call still counts");
+    drop((permit, after, back, before));
+    assert!(gone.upgrade().is_none(), "remembered weakly");
     assert_eq!(CallOutcome::ALL.len(), 6);
 }
