@@ -20,7 +20,7 @@
 //!   │
 //! state       runtime (the shared snapshot), tenants (the tenant table), release (step 7)
 //!   │
-//! mechanisms  tenant (2), auth (3), admission (4) ─ cluster, upstream (5), relay (6), ws, control, protect
+//! mechanisms  tenant (2), auth (3), admission (4) ─ cluster, upstream (5), relay (6) ─ calls, ws, control, protect
 //!   │
 //! metrics     metrics
 //!   │

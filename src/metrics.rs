@@ -340,16 +340,24 @@ impl Metrics {
                 .with_label_values(&[name, limit])
                 .set(value);
         }
-        if let Some(c) = &t.calls {
-            for (limit, value) in [
-                ("max_calls", c.max_calls.map(f64::from)),
-                ("call_rate", c.call_rate),
-                ("invite_queue_depth", Some(f64::from(c.invite_queue_depth))),
-            ] {
-                if let Some(value) = value {
-                    self.tenant_limit
-                        .with_label_values(&[name, limit])
-                        .set(value);
+        // A call limit a reload removed leaves no stale series for a cap line or an
+        // alert to compare against.
+        let calls = t.calls.as_ref();
+        for (limit, value) in [
+            ("max_calls", calls.and_then(|c| c.max_calls.map(f64::from))),
+            ("call_rate", calls.and_then(|c| c.call_rate)),
+            (
+                "invite_queue_depth",
+                calls.map(|c| f64::from(c.invite_queue_depth)),
+            ),
+        ] {
+            match value {
+                Some(value) => self
+                    .tenant_limit
+                    .with_label_values(&[name, limit])
+                    .set(value),
+                None => {
+                    let _ = self.tenant_limit.remove_label_values(&[name, limit]);
                 }
             }
         }

@@ -7,6 +7,8 @@ mod support;
 
 use std::time::Duration;
 
+use futures_util::SinkExt;
+
 use support::sip::{header, sip_proxy, sip_tenant, status, Phone, SipEdge};
 use support::{config, connect_ok, scrape, wait_until, Proxy};
 use tokio::time::Instant;
@@ -134,7 +136,9 @@ async fn a_full_call_queue_and_a_queue_timeout_are_answered_503_by_sluice() {
         &[
             ("max_calls", "1"),
             ("invite_queue_depth", "1"),
-            ("invite_queue_timeout", "\"400ms\""),
+            // Long enough that c's INVITE comes while b's is still held, on a loaded
+            // machine too.
+            ("invite_queue_timeout", "\"2s\""),
         ],
     )
     .await;
@@ -166,9 +170,12 @@ async fn a_full_call_queue_and_a_queue_timeout_are_answered_503_by_sluice() {
     c.ack("full", &to).await;
     let to = header(&timed_out, "to").unwrap().to_owned();
     b.ack("held", &to).await;
-    // A marker after the ACKs: once it arrived, the ACKs would have too.
-    b.send("OPTIONS sip:edge.invalid SIP/2.0\r\nVia: SIP/2.0/WS b.invalid;branch=z9hG4bKo\r\nFrom: <sip:b@x>;tag=1\r\nTo: <sip:edge@x>\r\nCall-ID: marker\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n".into()).await;
-    b.expect(200, "marker").await;
+    // A marker after each ACK on its session: once it arrived, the ACK would have too.
+    for p in [&mut b, &mut c] {
+        let marker = format!("marker-{}", p.name);
+        p.send(format!("OPTIONS sip:edge.invalid SIP/2.0\r\nVia: SIP/2.0/WS x.invalid;branch=z9hG4bKo\r\nFrom: <sip:x@x>;tag=1\r\nTo: <sip:edge@x>\r\nCall-ID: {marker}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")).await;
+        p.expect(200, &marker).await;
+    }
     assert_eq!(edge.invites(), ["up"]);
     assert_eq!(edge.count("ACK ", Some("full")), 0);
     assert_eq!(edge.count("ACK ", Some("held")), 0);
@@ -485,4 +492,60 @@ async fn a_held_invite_released_by_a_bye_is_not_refused_by_an_edge_with_the_same
     assert_eq!(edge.refused(), 0, "the edge refused a released INVITE");
     assert_eq!(edge.invites().len(), 17);
     assert_eq!(calls_total(&proxy, "queued_admitted").await, 15.0);
+}
+
+#[tokio::test]
+async fn an_invite_sluice_cannot_parse_does_not_go_past_the_cap() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = phone(&proxy, "a").await;
+    established(&mut a, "up").await;
+    // A CSeq over 2^31 (RFC 3261 wants less) and a header byte that is not UTF-8: an
+    // edge might read either, sluice cannot count it, so neither goes on.
+    let big = a
+        .invite_text("big-cseq")
+        .replace("CSeq: 1 INVITE", "CSeq: 3000000000 INVITE");
+    a.send(big).await;
+    let mut latin1 = a.invite_text("latin1").into_bytes();
+    let at = latin1.windows(5).position(|w| w == b"<sip:").unwrap();
+    latin1.splice(at..at, *b"\"Jos\xe9\" ");
+    a.ws.send(tokio_tungstenite::tungstenite::Message::binary(latin1))
+        .await
+        .unwrap();
+    // Any other message that does not parse still passes.
+    a.send("not SIP at all".into()).await;
+    edge.wait_for("the marker", |e| {
+        e.seen().iter().any(|s| s.text == "not SIP at all")
+    })
+    .await;
+    assert_eq!(
+        edge.invites(),
+        ["up"],
+        "an unreadable INVITE reached the edge"
+    );
+    assert_eq!(active(&proxy), 1);
+}
+
+#[tokio::test]
+async fn a_challenge_to_a_bye_does_not_end_the_call() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = phone(&proxy, "a").await;
+    let mut b = phone(&proxy, "b").await;
+    let to = established(&mut a, "up").await;
+    b.invite("next").await;
+    assert_eq!(status(&b.recv().await), Some(100));
+    edge.challenge_next_bye();
+    a.bye("up", &to).await;
+    a.expect(401, "up").await;
+    // The edge still has the call: sluice still counts it, the held INVITE waits.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(active(&proxy), 1);
+    assert_eq!(queued(&proxy), 1);
+    // The BYE again (with credentials, as a UA does): answered 200, the call ends.
+    let again = a.bye_text("up", &to, 3);
+    a.send(again).await;
+    a.expect(200, "up").await;
+    b.expect(200, "next").await;
+    assert_eq!(edge.invites(), ["up", "next"]);
 }

@@ -21,11 +21,18 @@ use crate::sip::{self, SipMessage};
 /// growing the session's table when its tenant's calls are not capped.
 pub const MAX_SESSION_CALLS: usize = 256;
 
-/// Final answers sluice sent itself whose ACK it absorbs, per session (oldest forgotten).
-const ABSORB_KEPT: usize = 32;
+/// Final answers sluice sent itself whose ACK it absorbs, per session (oldest
+/// forgotten): as many as the session may have calls, so that a burst of held INVITEs
+/// timing out together has every ACK absorbed.
+const ABSORB_KEPT: usize = MAX_SESSION_CALLS;
 
 /// How long an ACK for sluice's own final answer is awaited (RFC 3261 Timer H, 64·T1).
 const ABSORB_FOR: Duration = Duration::from_secs(32);
+
+/// How long a call waits for the final answer to a BYE before it stops counting: a BYE
+/// unanswered for 64·T1 ends the dialog (RFC 3261 §15.1.1), whatever
+/// `call_idle_timeout` says.
+const BYE_WAIT: Duration = Duration::from_secs(32);
 
 /// The largest CANCEL kept for ending a `200` that crosses it. A UA's CANCEL is a few
 /// hundred bytes (no body); one up to the message size limit (megabytes), kept for each
@@ -74,6 +81,32 @@ enum Call {
         /// The last message of its dialog, either way (the reaper's clock).
         last: Instant,
     },
+}
+
+impl Call {
+    /// When it stops counting unless a message of its dialog comes first: silent for
+    /// `idle`, or its BYE unanswered for [`BYE_WAIT`]; `None` while held (the queue
+    /// times it out).
+    fn deadline(&self, idle: Duration) -> Option<Instant> {
+        match self {
+            Self::Held { .. } => None,
+            Self::Up { last, stage, .. } => Some(match stage {
+                Stage::ClientBye { .. } | Stage::SluiceBye { .. } => *last + idle.min(BYE_WAIT),
+                _ => *last + idle,
+            }),
+        }
+    }
+}
+
+/// Whether a message that did not parse starts (after any empty lines) as an INVITE.
+fn looks_like_invite(data: &[u8]) -> bool {
+    let start = data.iter().position(|&b| b != b'\r' && b != b'\n');
+    start.is_some_and(|at| data[at..].starts_with(b"INVITE "))
+}
+
+/// A challenge for credentials: not the end of the request it answers.
+fn is_challenge(code: u16) -> bool {
+    matches!(code, 401 | 407)
 }
 
 /// The wait of a held INVITE (a wrapper so that [`Call`] can derive `Debug`).
@@ -138,8 +171,9 @@ pub struct CallHook {
     waker: Option<Waker>,
     /// Wakes the hook for the oldest silent call (reaper), while calls are up.
     reaper: Option<std::pin::Pin<Box<Sleep>>>,
-    /// How many of `calls` are held (none: nothing to poll on a wake).
-    held: usize,
+    /// The held calls of `calls`, oldest first: polled (and released) in this order;
+    /// none, nothing to poll on a wake.
+    held: VecDeque<Key>,
 }
 
 impl std::fmt::Debug for CallHook {
@@ -179,14 +213,10 @@ fn carries_more(m: &SipMessage<'_>) -> bool {
     })
 }
 
-/// sluice's `503` to an INVITE it will not forward, with To tag `tag`.
-fn unavailable(
-    invite: &SipMessage<'_>,
-    outcome: CallOutcome,
-    retry_after: u64,
-    tag: &str,
-) -> String {
-    let reason = format!("SIP;cause=503;text=\"{}\"", outcome.as_str());
+/// sluice's `503` to an INVITE it will not forward, with To tag `tag`; `why` is the
+/// `Reason` text (an outcome's label, or a bound of the session's).
+fn unavailable(invite: &SipMessage<'_>, why: &str, retry_after: u64, tag: &str) -> String {
+    let reason = format!("SIP;cause=503;text=\"{why}\"");
     sip::response(
         invite,
         503,
@@ -210,7 +240,7 @@ impl CallHook {
             absorb: VecDeque::new(),
             waker: None,
             reaper: None,
-            held: 0,
+            held: VecDeque::new(),
         }
     }
 
@@ -238,17 +268,13 @@ impl CallHook {
         self.ids.hash_one(text)
     }
 
-    /// sluice's `503` to initial INVITE `m` (sent as `msg`), whose ACK it absorbs.
-    fn refuse(
-        &mut self,
-        m: &SipMessage<'_>,
-        msg: &Message,
-        outcome: CallOutcome,
-        secs: u64,
-    ) -> Message {
+    /// sluice's `503` to initial INVITE `m` (sent as `msg`) with `Reason` text `why`,
+    /// whose ACK it absorbs; counted `call-cap`.
+    fn refuse(&mut self, m: &SipMessage<'_>, msg: &Message, why: &str, secs: u64) -> Message {
+        self.gate.metrics.outcome(CallOutcome::CallCap);
         let tag = sip::new_tag();
         self.absorb_ack(self.key(m.call_id), m.cseq.number, &tag);
-        reply(msg, unavailable(m, outcome, secs, &tag))
+        reply(msg, unavailable(m, why, secs, &tag))
     }
 
     /// The `Retry-After` seconds of a refusal (the queue's estimate, else the queue
@@ -296,6 +322,7 @@ impl CallHook {
                                 cseq: m.cseq.number,
                                 to_tag,
                             };
+                            self.arm_reaper(now + BYE_WAIT);
                         }
                     }
                 }
@@ -349,9 +376,8 @@ impl CallHook {
         }
         let cseq = m.cseq.number;
         if self.calls.len() >= MAX_SESSION_CALLS {
-            self.gate.metrics.outcome(CallOutcome::CallCap);
             let secs = self.retry_after(None);
-            return Verdict::Answer(self.refuse(m, msg, CallOutcome::CallCap, secs));
+            return Verdict::Answer(self.refuse(m, msg, "session-call-limit", secs));
         }
         if let Some(permit) = self.gate.try_admit() {
             self.gate.metrics.outcome(CallOutcome::Admitted);
@@ -360,9 +386,8 @@ impl CallHook {
         }
         if msg.len() > MAX_HELD_INVITE {
             // Too large to keep while it waits (see the constant).
-            self.gate.metrics.outcome(CallOutcome::CallCap);
             let secs = self.retry_after(None);
-            return Verdict::Answer(self.refuse(m, msg, CallOutcome::CallCap, secs));
+            return Verdict::Answer(self.refuse(m, msg, "invite-too-large", secs));
         }
         let mut wait = self.gate.admit();
         match self.first_poll(&mut wait) {
@@ -372,9 +397,9 @@ impl CallHook {
                 Verdict::Pass
             }
             Poll::Ready(Err(refusal)) => {
-                self.gate.metrics.outcome(CallOutcome::CallCap);
                 let secs = self.retry_after(Some(&refusal));
-                Verdict::Answer(self.refuse(m, msg, CallOutcome::CallCap, secs))
+                let why = CallOutcome::CallCap.as_str();
+                Verdict::Answer(self.refuse(m, msg, why, secs))
             }
             Poll::Pending => {
                 let trying = reply(msg, sip::response(m, 100, "Trying", "", &[]));
@@ -388,7 +413,7 @@ impl CallHook {
                         wait: Held(wait),
                     },
                 );
-                self.held += 1;
+                self.held.push_back(id);
                 self.send(Direction::EdgeToClient, trying);
                 Verdict::Hold
             }
@@ -417,7 +442,7 @@ impl CallHook {
                 last: now,
             },
         );
-        self.arm_reaper(now);
+        self.arm_reaper(now + self.gate.limits().call_idle_timeout);
     }
 
     /// A CANCEL from the client. It cancels the INVITE whose CSeq number and From tag it
@@ -438,7 +463,7 @@ impl CallHook {
                 let Some(Call::Held { invite, since, .. }) = self.forget(&id) else {
                     unreachable!("matched as held just above");
                 };
-                self.held -= 1;
+                self.held.retain(|h| *h != id);
                 self.gate.metrics.outcome(CallOutcome::Cancelled);
                 self.gate.metrics.queue_wait(since.elapsed());
                 let tag = sip::new_tag();
@@ -506,6 +531,7 @@ impl CallHook {
                     let bye_cseq = *cseq + 1;
                     *stage = Stage::SluiceBye { cseq: bye_cseq };
                     self.end_crossed(&cancel, m, msg);
+                    self.arm_reaper(now + BYE_WAIT);
                     Verdict::Drop
                 } else {
                     *stage = Stage::Confirmed {
@@ -516,12 +542,19 @@ impl CallHook {
             }
             // A 200 sluice's own BYE already answers for: the client never saw it.
             ("INVITE", Stage::SluiceBye { .. }) => Verdict::Drop,
-            ("BYE", Stage::ClientBye { cseq: bye, .. }) if m.cseq.number == *bye && code >= 200 => {
+            // The BYE's final answer ends the call, but a challenge (`401`, `407`) does
+            // not: the client sends the BYE again with credentials, and the edge still
+            // counts the call meanwhile.
+            ("BYE", Stage::ClientBye { cseq: bye, .. })
+                if m.cseq.number == *bye && code >= 200 && !is_challenge(code) =>
+            {
                 self.forget(&id);
                 Verdict::Pass
             }
+            // sluice cannot answer a challenge to its own BYE: the call counts until
+            // the edge ends it or `BYE_WAIT` passes.
             ("BYE", Stage::SluiceBye { cseq: bye }) if m.cseq.number == *bye => {
-                if code >= 200 {
+                if code >= 200 && !is_challenge(code) {
                     self.forget(&id);
                 }
                 Verdict::Drop
@@ -550,14 +583,17 @@ impl CallHook {
         }
     }
 
-    /// Makes sure the reaper wakes by the time a call up since `now` could be silent too
-    /// long.
-    fn arm_reaper(&mut self, now: Instant) {
-        let at = now + self.gate.limits().call_idle_timeout;
+    /// Makes sure the reaper wakes by `at`. A new or earlier timer is registered at the
+    /// relay task's next poll, which this wakes it for (a silent session might
+    /// otherwise never poll it).
+    fn arm_reaper(&mut self, at: Instant) {
         match &mut self.reaper {
-            Some(sleep) if sleep.deadline() <= at => {}
+            Some(sleep) if sleep.deadline() <= at => return,
             Some(sleep) => sleep.as_mut().reset(at),
             None => self.reaper = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
         }
     }
 
@@ -572,8 +608,8 @@ impl CallHook {
         let idle = self.gate.limits().call_idle_timeout;
         let now = Instant::now();
         let metrics = &self.gate.metrics;
-        self.calls.retain(|_, call| match call {
-            Call::Up { last, .. } if *last + idle <= now => {
+        self.calls.retain(|_, call| match call.deadline(idle) {
+            Some(at) if at <= now => {
                 metrics.outcome(CallOutcome::Reaped);
                 false
             }
@@ -582,14 +618,7 @@ impl CallHook {
         if self.calls.is_empty() {
             self.calls = HashMap::new();
         }
-        let next = self
-            .calls
-            .values()
-            .filter_map(|c| match c {
-                Call::Up { last, .. } => Some(*last + idle),
-                Call::Held { .. } => None,
-            })
-            .min();
+        let next = self.calls.values().filter_map(|c| c.deadline(idle)).min();
         match next {
             Some(at) => {
                 let mut sleep = Box::pin(tokio::time::sleep_until(at));
@@ -603,16 +632,21 @@ impl CallHook {
 
     /// Polls the held INVITEs: forwards those given a place, answers those refused.
     fn release_held(&mut self, cx: &mut Context<'_>) {
-        if self.held == 0 {
+        if self.held.is_empty() {
             return;
         }
+        // Oldest first, so that two INVITEs of the session released at once go out in
+        // the order they came.
         let mut done = Vec::new();
-        for (id, call) in &mut self.calls {
-            if let Call::Held { wait, .. } = call {
+        for id in &self.held {
+            if let Some(Call::Held { wait, .. }) = self.calls.get_mut(id) {
                 if let Poll::Ready(result) = wait.0.as_mut().poll(cx) {
                     done.push((*id, result));
                 }
             }
+        }
+        if !done.is_empty() {
+            self.held.retain(|h| !done.iter().any(|(d, _)| d == h));
         }
         for (id, result) in done {
             let Some(Call::Held {
@@ -625,7 +659,6 @@ impl CallHook {
             else {
                 continue;
             };
-            self.held -= 1;
             self.gate.metrics.queue_wait(since.elapsed());
             match result {
                 Ok(permit) => {
@@ -644,7 +677,8 @@ impl CallHook {
                     let secs = self.retry_after(Some(&refusal));
                     let tag = sip::new_tag();
                     if let Some(inv) = bytes(&invite).and_then(|b| sip::parse(b).ok()) {
-                        let answer = reply(&invite, unavailable(&inv, outcome, secs, &tag));
+                        let answer =
+                            reply(&invite, unavailable(&inv, outcome.as_str(), secs, &tag));
                         self.outbox.push_back((Direction::EdgeToClient, answer));
                     }
                     self.absorb_ack(id, cseq, &tag);
@@ -663,8 +697,16 @@ impl MessageHook for CallHook {
             Ok(m) => m,
             Err(_) => {
                 // A keep-alive (CRLF, RFC 5626) is not a message that failed.
-                if !sip::is_keepalive(data) {
-                    self.gate.metrics.unparsed.inc();
+                if sip::is_keepalive(data) {
+                    return Verdict::Pass;
+                }
+                self.gate.metrics.unparsed.inc();
+                // What is not SIP passes unchanged (DESIGN.md), but an INVITE sluice
+                // cannot read it cannot count: to an edge that reads it anyway (a CSeq
+                // over 2^31, a byte that is not UTF-8 in a header), it would be a call
+                // past the cap. It does not go on.
+                if dir == Direction::ClientToEdge && looks_like_invite(data) {
+                    return Verdict::Drop;
                 }
                 return Verdict::Pass;
             }
@@ -677,15 +719,15 @@ impl MessageHook for CallHook {
                 // the cap. Not forwarded; a request is answered `400`.
                 match m.method() {
                     Some("ACK") | None => Verdict::Drop,
-                    Some(_) => {
+                    Some(method) => {
                         let reason = "SIP;cause=400;text=\"one SIP message per WebSocket message\"";
-                        let bad = sip::response(
-                            &m,
-                            400,
-                            "Bad Request",
-                            &sip::new_tag(),
-                            &[("Reason", reason)],
-                        );
+                        let tag = sip::new_tag();
+                        let bad =
+                            sip::response(&m, 400, "Bad Request", &tag, &[("Reason", reason)]);
+                        // The ACK for a final answer to an INVITE is sluice's to absorb.
+                        if method == "INVITE" {
+                            self.absorb_ack(self.key(m.call_id), m.cseq.number, &tag);
+                        }
                         Verdict::Answer(reply(msg, bad))
                     }
                 }

@@ -89,6 +89,8 @@ pub struct SipEdge {
     /// `200` follows), in milliseconds.
     bye_delay_ms: Arc<AtomicU64>,
     ignore_byes: Arc<AtomicBool>,
+    /// The next BYE is answered `401` (the call stays up).
+    challenge_bye: Arc<AtomicBool>,
 }
 
 impl SipEdge {
@@ -104,6 +106,7 @@ impl SipEdge {
             max_calls: Arc::default(),
             bye_delay_ms: Arc::default(),
             ignore_byes: Arc::default(),
+            challenge_bye: Arc::default(),
         };
         let e = edge.clone();
         let ids = Arc::new(AtomicU64::new(0));
@@ -143,6 +146,12 @@ impl SipEdge {
     /// INVITEs answered `503` for the call cap.
     pub fn refused(&self) -> usize {
         self.state.lock().unwrap().refused
+    }
+
+    /// The next BYE is answered `401 Unauthorized`, and its call stays up (the client
+    /// is to send it again with credentials).
+    pub fn challenge_next_bye(&self) {
+        self.challenge_bye.store(true, Ordering::SeqCst);
     }
 
     /// From now on, BYEs are recorded and otherwise ignored (never answered).
@@ -244,6 +253,9 @@ impl SipEdge {
                 Vec::new()
             }
             "BYE" if self.ignore_byes.load(Ordering::SeqCst) => Vec::new(),
+            "BYE" if self.challenge_bye.swap(false, Ordering::SeqCst) => {
+                vec![response(&text, "401 Unauthorized", true)]
+            }
             "BYE" => {
                 // A BYE ends the dialog it names: from the caller, its From tag is the
                 // INVITE's (a real edge answers `481` to a BYE of no dialog it knows).
@@ -480,11 +492,16 @@ impl Phone {
 
     /// Sends a BYE for `call_id` (`to`: the 200's To), CSeq 2.
     pub async fn bye(&mut self, call_id: &str, to: &str) {
+        let text = self.bye_text(call_id, to, 2);
+        self.send(text).await;
+    }
+
+    /// A BYE for `call_id` (`to`: the 200's To) with CSeq number `cseq`.
+    pub fn bye_text(&self, call_id: &str, to: &str, cseq: u32) -> String {
         let n = &self.name;
-        self.send(format!(
-            "BYE sip:edge@127.0.0.1;transport=ws SIP/2.0\r\nVia: SIP/2.0/WS {n}.invalid;branch=z9hG4bKbye{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:{n}@edge.invalid>;tag=t{n}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
-        ))
-        .await;
+        format!(
+            "BYE sip:edge@127.0.0.1;transport=ws SIP/2.0\r\nVia: SIP/2.0/WS {n}.invalid;branch=z9hG4bKbye{cseq}{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:{n}@edge.invalid>;tag=t{n}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\nContent-Length: 0\r\n\r\n"
+        )
     }
 
     /// Sends a re-INVITE in `call_id`'s dialog (`to`: the 200's To), CSeq 3.
