@@ -23,6 +23,7 @@
 //! the session's end, or `call_idle_timeout` without a message of its dialog. The rest
 //! is in [`CallHook`]'s docs.
 
+mod dialog;
 mod hook;
 
 use std::future::Future;
@@ -37,7 +38,8 @@ use crate::config::{self, Calls, Limits, QueueMode};
 use crate::metrics::TenantCallMetrics;
 use crate::reject::Rejection;
 
-pub use hook::{CallHook, MAX_SESSION_CALLS};
+pub use dialog::MAX_SESSION_CALLS;
+pub use hook::CallHook;
 
 /// The rate that stands for "not paced": one call per nanosecond.
 const UNPACED_RATE: f64 = 1e9;

@@ -549,3 +549,40 @@ async fn a_challenge_to_a_bye_does_not_end_the_call() {
     b.expect(200, "next").await;
     assert_eq!(edge.invites(), ["up", "next"]);
 }
+
+/// The `200` passed sluice on its way to the client before the client's CANCEL did: the
+/// two crossed on the client's leg, and the client (which ignores such a `200`, as
+/// JsSIP does) never ACKs or BYEs it. sluice ends the call as for a `200` that crossed
+/// the CANCEL on the edge's leg.
+#[tokio::test]
+async fn a_200_that_crosses_a_cancel_on_the_clients_leg_is_ended_by_sluice() {
+    let edge = SipEdge::start(true).await;
+    let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
+    let mut a = phone(&proxy, "a").await;
+    a.invite("x").await;
+    a.expect(200, "x").await;
+    a.cancel("x").await;
+    edge.wait_for("sluice's BYE", |e| e.count("BYE ", Some("x")) == 1)
+        .await;
+    let seen = edge.seen();
+    let ack = seen
+        .iter()
+        .find(|s| s.first_line().starts_with("ACK ") && s.header("call-id") == Some("x"))
+        .expect("sluice's ACK");
+    assert_eq!(ack.header("cseq"), Some("1 ACK"));
+    let bye = seen
+        .iter()
+        .find(|s| s.first_line().starts_with("BYE "))
+        .unwrap();
+    assert_eq!(bye.header("cseq"), Some("2 BYE"));
+    assert!(bye.header("to").unwrap().contains("tag=edge1"));
+    wait_until("the call ends", async || active(&proxy) == 0).await;
+    // A call acknowledged first is the client's: its CANCEL then ends nothing.
+    let to = established(&mut a, "y").await;
+    a.cancel("y").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(edge.count("BYE ", Some("y")), 0);
+    assert_eq!(active(&proxy), 1);
+    a.bye("y", &to).await;
+    a.expect(200, "y").await;
+}
