@@ -50,7 +50,7 @@ pub fn parse(bytes: &[u8]) -> Result<SipMessage<'_>, ParseError> {
         .ok_or(ParseError::Empty)?;
     let bytes = bytes.get(skip..).unwrap_or_default();
     let len = bytes.len();
-    let first_nl = bytes.iter().position(|&b| b == b'\n');
+    let first_nl = find_lf(bytes, 0);
 
     // The header lines, up to the empty line: byte ranges of the values wanted, the
     // first line that is not a header (reported only once the head is known to be UTF-8
@@ -203,18 +203,35 @@ fn token_len(bytes: &[u8]) -> usize {
 /// followed by SP or HT folds), or the end of `bytes`.
 fn line_end(bytes: &[u8], mut from: usize) -> usize {
     loop {
-        let Some(nl) = bytes
-            .get(from..)
-            .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
-        else {
+        let Some(nl) = find_lf(bytes, from) else {
             return bytes.len();
         };
-        let nl = from + nl;
         if !matches!(bytes.get(nl + 1), Some(b' ' | b'\t')) {
             return nl;
         }
         from = nl + 1;
     }
+}
+
+/// The offset of the first `\n` at or after `from`, eight bytes at a time (a header
+/// line is too short for `memchr`'s setup to pay).
+fn find_lf(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const LF: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut chunks = bytes.get(from..)?.chunks_exact(8);
+    let mut at = from;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default()) ^ LF;
+        // A zero byte of `word` is a `\n`; the lowest flagged byte is the first one.
+        let zero = word.wrapping_sub(ONES) & !word & HIGH;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let rest = chunks.remainder();
+    rest.iter().position(|&b| b == b'\n').map(|i| at + i)
 }
 
 /// `from..to` without the SP, HT, CR and LF at either end.
@@ -390,26 +407,27 @@ pub(super) fn split_values(value: &str) -> impl Iterator<Item = &str> {
 }
 
 /// The byte offset of the first `wanted` (an ASCII delimiter) that is outside quoted
-/// strings and `<…>`.
+/// strings and `<…>` (a quoted string and an `<…>` are skipped whole, a `\` in a quoted
+/// string escaping the next byte).
 fn find_outside(text: &str, wanted: u8) -> Option<usize> {
-    let (mut quoted, mut escaped, mut angle) = (false, false, false);
-    for (i, b) in text.bytes().enumerate() {
-        if quoted {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => quoted = false,
-                _ => {}
-            }
-        } else if angle {
-            angle = b != b'>';
-        } else if b == wanted {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == wanted {
             return Some(i);
         } else if b == b'"' {
-            quoted = true;
+            i += 1;
+            loop {
+                match bytes.get(i)? {
+                    b'\\' => i += 2,
+                    b'"' => break,
+                    _ => i += 1,
+                }
+            }
         } else if b == b'<' {
-            angle = true;
+            i += 1 + bytes.get(i + 1..)?.iter().position(|&c| c == b'>')?;
         }
+        i += 1;
     }
     None
 }
@@ -445,14 +463,28 @@ pub(super) fn params(value: &str) -> impl Iterator<Item = (&str, Option<(usize, 
 }
 
 /// The value of header parameter `name` (case-insensitive) of one header value: the
-/// first non-empty one (an empty value counts as absent).
+/// first non-empty one (an empty value counts as absent). [`params`] without its
+/// iterator: each parameter's name is looked at only up to its `=`.
 pub(super) fn header_param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
-    params(value)
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .find_map(|(_, range)| {
-            let (from, to) = range?;
-            value.get(from..to).filter(|v| !v.is_empty())
-        })
+    let mut start = params_start(value)?;
+    loop {
+        let rest = value.get(start..)?;
+        let end = find_outside(rest, b';').map_or(value.len(), |e| start + e);
+        let param = value.get(start..end)?;
+        if let Some(eq) = param.bytes().position(|b| b == b'=') {
+            let key = param.get(..eq).unwrap_or_default().trim_matches(is_lws);
+            if key.eq_ignore_ascii_case(name) {
+                let found = param.get(eq + 1..).unwrap_or_default().trim_matches(is_lws);
+                if !found.is_empty() {
+                    return Some(found);
+                }
+            }
+        }
+        if end >= value.len() {
+            return None;
+        }
+        start = end + 1;
+    }
 }
 
 /// The URI of a name-addr (inside `<…>`) or of an addr-spec (up to its parameters);
@@ -481,5 +513,21 @@ fn is_token(s: &str) -> bool {
 
 /// A byte of an RFC 3261 token.
 fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    TOKEN.get(usize::from(b)).copied().unwrap_or(false)
 }
+
+/// Which bytes are token bytes: alphanumerics and `-.!%*_+`'~`.
+const TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < table.len() {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        b += 1;
+    }
+    table
+};

@@ -247,6 +247,27 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// `header_param` (no longer an iterator), `split_values` and `addr_uri` (a new
+    /// `find_outside`) on any header value.
+    #[test]
+    fn header_param_same_as_reference(bytes in sipish(), name in 0usize..4) {
+        let value = String::from_utf8_lossy(&bytes);
+        let name = ["tag", "branch", "TAG", "x"][name];
+        prop_assert_eq!(
+            crate::sip::parse::header_param(&value, name),
+            reference::header_param(&value, name)
+        );
+        prop_assert_eq!(
+            crate::sip::parse::split_values(&value).collect::<Vec<_>>(),
+            reference::split_values(&value).collect::<Vec<_>>()
+        );
+        prop_assert_eq!(crate::sip::parse::addr_uri(&value), reference::addr_uri(&value));
+    }
+}
+
 #[test]
 fn same_as_reference_on_every_seed() {
     for seed in seeds() {
