@@ -61,6 +61,8 @@ pub fn parse(bytes: &[u8]) -> Result<SipMessage<'_>, ParseError> {
     let mut at = first_nl.map_or(len, |nl| nl + 1);
     let (head_end, body_at) = loop {
         match bytes.get(at..) {
+            // No empty line: the head runs to the end (a lone CR last is an empty
+            // line without its LF, no header).
             None | Some([] | [b'\r']) => break (len, len),
             Some([b'\n', ..]) => break (at, at + 1),
             Some([b'\r', b'\n', ..]) => break (at, at + 2),
