@@ -35,6 +35,11 @@ const MAX_CSEQ: u32 = 1 << 31;
 /// headers call counting needs; every other header stays in the borrowed head, read on
 /// demand. Allocates nothing.
 ///
+/// One pass over the head finds the line ends, the folded lines, the empty line and the
+/// six headers' values (by byte range); then only the head is checked to be UTF-8 (the
+/// body stays bytes). The parser this replaced (`src/sip/tests/reference.rs`) is the
+/// reference of a property test: both give the same result on any bytes.
+///
 /// # Errors
 /// [`ParseError`] when the message is not well-formed SIP as the module docs describe.
 pub fn parse(bytes: &[u8]) -> Result<SipMessage<'_>, ParseError> {
@@ -44,24 +49,44 @@ pub fn parse(bytes: &[u8]) -> Result<SipMessage<'_>, ParseError> {
         .position(|&b| b != b'\r' && b != b'\n')
         .ok_or(ParseError::Empty)?;
     let bytes = bytes.get(skip..).unwrap_or_default();
-    // The UTF-8 prefix of the message, searched for the empty line with `str::find`
-    // (memchr): a head that does not end inside it holds the invalid byte.
-    let (text, invalid) = match std::str::from_utf8(bytes) {
-        Ok(text) => (text, None),
-        Err(e) => {
-            let valid = bytes.get(..e.valid_up_to()).unwrap_or_default();
-            (
-                std::str::from_utf8(valid).unwrap_or_default(),
-                Some(e.valid_up_to()),
-            )
+    let len = bytes.len();
+    let first_nl = find_lf(bytes, 0);
+
+    // The header lines, up to the empty line: byte ranges of the values wanted, the
+    // first line that is not a header (reported only once the head is known to be UTF-8
+    // and the start line well-formed, as before).
+    let mut found = Found::default();
+    let mut bad_line = None;
+    let mut line_no = 1;
+    let mut at = first_nl.map_or(len, |nl| nl + 1);
+    let (head_end, body_at) = loop {
+        match bytes.get(at..) {
+            // No empty line: the head runs to the end (a lone CR last is an empty
+            // line without its LF, no header).
+            None | Some([] | [b'\r']) => break (len, len),
+            Some([b'\n', ..]) => break (at, at + 1),
+            Some([b'\r', b'\n', ..]) => break (at, at + 2),
+            Some(_) => {}
         }
+        line_no += 1;
+        let name_end = at + bytes.get(at..).map_or(0, token_len);
+        let colon = name_end
+            + bytes.get(name_end..).map_or(0, |r| {
+                r.iter().take_while(|&&b| b == b' ' || b == b'\t').count()
+            });
+        let end = line_end(bytes, colon);
+        if bad_line.is_none() {
+            if name_end == at || bytes.get(colon) != Some(&b':') {
+                bad_line = Some(line_no);
+            } else if let Some(which) = wanted(bytes.get(at..name_end).unwrap_or_default()) {
+                found.record(which, trim_lws(bytes, colon + 1, end));
+            }
+        }
+        at = end + 1;
     };
-    let (head, body) = match (split_head(text), invalid) {
-        (Some((head, body_at)), _) => (head, bytes.get(body_at..).unwrap_or_default()),
-        (None, None) => (text, &[][..]),
-        (None, Some(at)) => return Err(ParseError::NotUtf8(skip + at)),
-    };
-    let (first, rest) = match head.find('\n') {
+    let head = std::str::from_utf8(bytes.get(..head_end).unwrap_or_default())
+        .map_err(|e| ParseError::NotUtf8(skip + e.valid_up_to()))?;
+    let (first, rest) = match first_nl {
         Some(nl) => (
             head.get(..nl).unwrap_or_default(),
             head.get(nl + 1..).unwrap_or_default(),
@@ -69,46 +94,31 @@ pub fn parse(bytes: &[u8]) -> Result<SipMessage<'_>, ParseError> {
         None => (head, ""),
     };
     let start = start_line(first.strip_suffix('\r').unwrap_or(first))?;
-
-    let mut call_id = None;
-    let mut cseq = None;
-    let mut from = None;
-    let mut to = None;
-    let mut via = None;
-    let mut content_length = None;
-    for (index, line) in lines(rest).enumerate() {
-        let (name, value) = header_line(line).ok_or(ParseError::Header(index + 2))?;
-        let slot = match full_name(name) {
-            n if n.eq_ignore_ascii_case("Call-ID") => &mut call_id,
-            n if n.eq_ignore_ascii_case("CSeq") => &mut cseq,
-            n if n.eq_ignore_ascii_case("From") => &mut from,
-            n if n.eq_ignore_ascii_case("To") => &mut to,
-            n if n.eq_ignore_ascii_case("Content-Length") => &mut content_length,
-            // The top Via: the first non-empty value of the Via headers.
-            n if n.eq_ignore_ascii_case("Via") => {
-                if via.is_none() {
-                    via = split_values(value).next();
-                }
-                continue;
-            }
-            _ => continue,
-        };
-        if slot.is_none() {
-            *slot = Some(value);
-        }
+    if let Some(line) = bad_line {
+        return Err(ParseError::Header(line));
     }
-    let call_id = call_id
+    let value = |range: Option<(usize, usize)>| range.and_then(|(from, to)| head.get(from..to));
+    let call_id = value(found.call_id)
         .filter(|v| !v.is_empty())
         .ok_or(ParseError::Missing("Call-ID"))?;
-    let cseq = cseq_value(cseq.ok_or(ParseError::Missing("CSeq"))?)?;
-    let from = from
+    let cseq = cseq_value(value(found.cseq).ok_or(ParseError::Missing("CSeq"))?)?;
+    let from = value(found.from)
         .filter(|v| !v.is_empty())
         .ok_or(ParseError::Missing("From"))?;
-    let to = to
+    let to = value(found.to)
         .filter(|v| !v.is_empty())
         .ok_or(ParseError::Missing("To"))?;
-    let via = via.ok_or(ParseError::Missing("Via"))?;
-    let content_length = match content_length {
+    // The top Via: the first non-empty value of the Via headers (a first Via line
+    // without one is rare: then every line is looked at again).
+    let via = value(found.via)
+        .and_then(|v| split_values(v).next())
+        .or_else(|| {
+            headers(rest)
+                .filter(|(n, _)| wanted(n.as_bytes()) == Some(Wanted::Via))
+                .find_map(|(_, v)| split_values(v).next())
+        })
+        .ok_or(ParseError::Missing("Via"))?;
+    let content_length = match value(found.content_length) {
         None => None,
         Some(v) => Some(number(v).ok_or(ParseError::ContentLength)?),
     };
@@ -121,8 +131,121 @@ pub fn parse(bytes: &[u8]) -> Result<SipMessage<'_>, ParseError> {
         branch: header_param(via, "branch"),
         content_length,
         head: rest,
-        body,
+        body: bytes.get(body_at..).unwrap_or_default(),
     })
+}
+
+/// The headers [`parse`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    CallId,
+    CSeq,
+    From,
+    To,
+    Via,
+    ContentLength,
+}
+
+/// The byte ranges of the first value of each header [`parse`] reads (the first Via
+/// line's, whose first non-empty value is the top Via).
+#[derive(Debug, Default)]
+struct Found {
+    call_id: Option<(usize, usize)>,
+    cseq: Option<(usize, usize)>,
+    from: Option<(usize, usize)>,
+    to: Option<(usize, usize)>,
+    via: Option<(usize, usize)>,
+    content_length: Option<(usize, usize)>,
+}
+
+impl Found {
+    /// Keeps `range` as `which`'s value unless an earlier line gave one.
+    fn record(&mut self, which: Wanted, range: (usize, usize)) {
+        let slot = match which {
+            Wanted::CallId => &mut self.call_id,
+            Wanted::CSeq => &mut self.cseq,
+            Wanted::From => &mut self.from,
+            Wanted::To => &mut self.to,
+            Wanted::Via => &mut self.via,
+            Wanted::ContentLength => &mut self.content_length,
+        };
+        if slot.is_none() {
+            *slot = Some(range);
+        }
+    }
+}
+
+/// Which of the headers [`parse`] reads `name` (a token) is, by its length and first
+/// byte before any comparison (compact forms understood); `None` for any other.
+fn wanted(name: &[u8]) -> Option<Wanted> {
+    let first = name.first()?.to_ascii_lowercase();
+    let is = |full: &[u8]| name.eq_ignore_ascii_case(full);
+    match (name.len(), first) {
+        (1, b'i') => Some(Wanted::CallId),
+        (1, b'f') => Some(Wanted::From),
+        (1, b't') => Some(Wanted::To),
+        (1, b'v') => Some(Wanted::Via),
+        (1, b'l') => Some(Wanted::ContentLength),
+        (2, b't') if is(b"To") => Some(Wanted::To),
+        (3, b'v') if is(b"Via") => Some(Wanted::Via),
+        (4, b'f') if is(b"From") => Some(Wanted::From),
+        (4, b'c') if is(b"CSeq") => Some(Wanted::CSeq),
+        (7, b'c') if is(b"Call-ID") => Some(Wanted::CallId),
+        (14, b'c') if is(b"Content-Length") => Some(Wanted::ContentLength),
+        _ => None,
+    }
+}
+
+/// How many bytes at the start of `bytes` are token bytes.
+fn token_len(bytes: &[u8]) -> usize {
+    bytes.iter().take_while(|&&b| is_token_byte(b)).count()
+}
+
+/// The offset of the `\n` that ends the logical line going on at `from` (a `\n`
+/// followed by SP or HT folds), or the end of `bytes`.
+fn line_end(bytes: &[u8], mut from: usize) -> usize {
+    loop {
+        let Some(nl) = find_lf(bytes, from) else {
+            return bytes.len();
+        };
+        if !matches!(bytes.get(nl + 1), Some(b' ' | b'\t')) {
+            return nl;
+        }
+        from = nl + 1;
+    }
+}
+
+/// The offset of the first `\n` at or after `from`, eight bytes at a time (a header
+/// line is too short for `memchr`'s setup to pay).
+fn find_lf(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const LF: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut chunks = bytes.get(from..)?.chunks_exact(8);
+    let mut at = from;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default()) ^ LF;
+        // A zero byte of `word` is a `\n`; the lowest flagged byte is the first one.
+        let zero = word.wrapping_sub(ONES) & !word & HIGH;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let rest = chunks.remainder();
+    rest.iter().position(|&b| b == b'\n').map(|i| at + i)
+}
+
+/// `from..to` without the SP, HT, CR and LF at either end.
+fn trim_lws(bytes: &[u8], mut from: usize, mut to: usize) -> (usize, usize) {
+    let lws = |at: usize| bytes.get(at).is_some_and(|&b| is_lws(char::from(b)));
+    while from < to && lws(from) {
+        from += 1;
+    }
+    while to > from && lws(to - 1) {
+        to -= 1;
+    }
+    (from, to)
 }
 
 /// Whether a message is only line ends: the CRLF keep-alive of RFC 5626 §4.4.1 that SIP
@@ -130,21 +253,6 @@ pub fn parse(bytes: &[u8]) -> Result<SipMessage<'_>, ParseError> {
 /// [`ParseError::Empty`]; this tells it from garbage without parsing.
 pub fn is_keepalive(bytes: &[u8]) -> bool {
     !bytes.is_empty() && bytes.iter().all(|&b| b == b'\r' || b == b'\n')
-}
-
-/// The head (up to the empty line, the last header's line end included) and the offset
-/// of the body (after the empty line); `None` without an empty line.
-fn split_head(text: &str) -> Option<(&str, usize)> {
-    let mut at = 0;
-    while let Some(nl) = text.get(at..).and_then(|rest| rest.find('\n')) {
-        let nl = at + nl;
-        let line = text.get(at..nl).unwrap_or_default();
-        if line.is_empty() || line == "\r" {
-            return Some((text.get(..at).unwrap_or_default(), nl + 1));
-        }
-        at = nl + 1;
-    }
-    None
 }
 
 /// A request line or a status line (without its line end).
@@ -301,26 +409,27 @@ pub(super) fn split_values(value: &str) -> impl Iterator<Item = &str> {
 }
 
 /// The byte offset of the first `wanted` (an ASCII delimiter) that is outside quoted
-/// strings and `<…>`.
+/// strings and `<…>` (a quoted string and an `<…>` are skipped whole, a `\` in a quoted
+/// string escaping the next byte).
 fn find_outside(text: &str, wanted: u8) -> Option<usize> {
-    let (mut quoted, mut escaped, mut angle) = (false, false, false);
-    for (i, b) in text.bytes().enumerate() {
-        if quoted {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => quoted = false,
-                _ => {}
-            }
-        } else if angle {
-            angle = b != b'>';
-        } else if b == wanted {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == wanted {
             return Some(i);
         } else if b == b'"' {
-            quoted = true;
+            i += 1;
+            loop {
+                match bytes.get(i)? {
+                    b'\\' => i += 2,
+                    b'"' => break,
+                    _ => i += 1,
+                }
+            }
         } else if b == b'<' {
-            angle = true;
+            i += 1 + bytes.get(i + 1..)?.iter().position(|&c| c == b'>')?;
         }
+        i += 1;
     }
     None
 }
@@ -356,14 +465,28 @@ pub(super) fn params(value: &str) -> impl Iterator<Item = (&str, Option<(usize, 
 }
 
 /// The value of header parameter `name` (case-insensitive) of one header value: the
-/// first non-empty one (an empty value counts as absent).
+/// first non-empty one (an empty value counts as absent). [`params`] without its
+/// iterator: each parameter's name is looked at only up to its `=`.
 pub(super) fn header_param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
-    params(value)
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .find_map(|(_, range)| {
-            let (from, to) = range?;
-            value.get(from..to).filter(|v| !v.is_empty())
-        })
+    let mut start = params_start(value)?;
+    loop {
+        let rest = value.get(start..)?;
+        let end = find_outside(rest, b';').map_or(value.len(), |e| start + e);
+        let param = value.get(start..end)?;
+        if let Some(eq) = param.bytes().position(|b| b == b'=') {
+            let key = param.get(..eq).unwrap_or_default().trim_matches(is_lws);
+            if key.eq_ignore_ascii_case(name) {
+                let found = param.get(eq + 1..).unwrap_or_default().trim_matches(is_lws);
+                if !found.is_empty() {
+                    return Some(found);
+                }
+            }
+        }
+        if end >= value.len() {
+            return None;
+        }
+        start = end + 1;
+    }
 }
 
 /// The URI of a name-addr (inside `<…>`) or of an addr-spec (up to its parameters);
@@ -387,7 +510,26 @@ pub(super) fn is_lws(c: char) -> bool {
 
 /// An RFC 3261 token: one or more of alphanumerics and `-.!%*_+`'~`.
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+    !s.is_empty() && s.bytes().all(is_token_byte)
 }
+
+/// A byte of an RFC 3261 token.
+fn is_token_byte(b: u8) -> bool {
+    TOKEN.get(usize::from(b)).copied().unwrap_or(false)
+}
+
+/// Which bytes are token bytes: alphanumerics and `-.!%*_+`'~`.
+const TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < table.len() {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        b += 1;
+    }
+    table
+};

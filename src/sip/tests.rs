@@ -1,6 +1,8 @@
 //! Tests of `sip`: real messages parsed, malformed ones refused, built ones parsed back.
 
 mod build;
+mod reference;
+mod same_as_reference;
 mod samples;
 
 use super::*;

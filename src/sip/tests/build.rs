@@ -199,7 +199,7 @@ fn check_builders(m: &SipMessage<'_>, ok: &SipMessage<'_>) {
     }
 }
 
-fn real_messages() -> Vec<String> {
+pub(super) fn real_messages() -> Vec<String> {
     vec![
         jssip_invite(),
         ok_200(true),
@@ -224,7 +224,7 @@ fn builders_on_every_real_message() {
 }
 
 /// Bytes that make a mutation interesting: delimiters the parser looks at.
-const SPICE: &[&[u8]] = &[
+pub(super) const SPICE: &[&[u8]] = &[
     b"\r\n",
     b"\n",
     b"\r\n ",
