@@ -10,8 +10,11 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::sip::{edge_bye, header, ok_tagged, status, Phone, SipEdge};
-use support::{config, connect_ok, scrape, tenant, wait_until, Proxy, TenantSpec};
+use support::sip::{
+    active, active_of, calls_total, edge_bye, established, header, ok_tagged, phone, phone_of,
+    queued, sip_proxy, sip_tenant_named, status, Phone, SipEdge,
+};
+use support::{config, connect_ok, scrape, tenant, wait_until, Proxy};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -66,80 +69,10 @@ fn live_bytes() -> isize {
     LIVE.with(Cell::get)
 }
 
-/// SIP tenant `name` in `accept` mode with the call keys of `calls`.
-fn sip_tenant(name: &str, calls: &[(&str, &str)]) -> TenantSpec {
-    let mut t = tenant(name)
-        .accept_mode()
-        .subprotocols(&["sip"])
-        .max_sessions(100)
-        .unpaced();
-    for (k, v) in calls {
-        t = t.key(k, v);
-    }
-    t
-}
-
-async fn sip_proxy(edge: &SipEdge, calls: &[(&str, &str)]) -> Proxy {
-    config()
-        .upstream(&edge.url())
-        .tenant(sip_tenant("acme", calls))
-        .start()
-        .await
-}
-
-async fn phone_of(proxy: &Proxy, tenant: &str, name: &str) -> Phone {
-    let ws = connect_ok(
-        &proxy.url(&format!("/t/{tenant}/")),
-        &[("sec-websocket-protocol", "sip")],
-    )
-    .await;
-    Phone::new(ws, name)
-}
-
-async fn phone(proxy: &Proxy, name: &str) -> Phone {
-    phone_of(proxy, "acme", name).await
-}
-
-fn active_of(proxy: &Proxy, tenant: &str) -> u32 {
-    proxy
-        .admission
-        .call_load(tenant)
-        .expect("counts calls")
-        .active
-}
-
-fn active(proxy: &Proxy) -> u32 {
-    active_of(proxy, "acme")
-}
-
-fn queued(proxy: &Proxy) -> u32 {
-    proxy
-        .admission
-        .call_load("acme")
-        .expect("counts calls")
-        .queued
-}
-
-async fn calls_total(proxy: &Proxy, outcome: &str) -> f64 {
-    scrape(proxy.admin).await.get(
-        "sluice_calls_total",
-        &[("tenant", "acme"), ("outcome", outcome)],
-    )
-}
-
 async fn gauge_active(proxy: &Proxy) -> f64 {
     scrape(proxy.admin)
         .await
         .get("sluice_calls_active", &[("tenant", "acme")])
-}
-
-/// Places `call_id` from `p` on an auto-answering edge and ACKs it; the 200's To.
-async fn established(p: &mut Phone, call_id: &str) -> String {
-    p.invite(call_id).await;
-    let ok = p.expect(200, call_id).await;
-    let to = header(&ok, "to").unwrap().to_owned();
-    p.ack(call_id, &to).await;
-    to
 }
 
 /// A marker request from `p` and its answer: once it came back, everything `p` sent
@@ -175,7 +108,7 @@ async fn another_tenants_invite_flood_neither_slows_nor_spends_acmes_calls() {
     let edge = SipEdge::start(true).await;
     let proxy = config()
         .upstream(&edge.url())
-        .tenant(sip_tenant(
+        .tenant(sip_tenant_named(
             "noisy",
             &[
                 ("max_calls", "1"),
@@ -183,7 +116,7 @@ async fn another_tenants_invite_flood_neither_slows_nor_spends_acmes_calls() {
                 ("invite_queue_timeout", "\"30s\""),
             ],
         ))
-        .tenant(sip_tenant("acme", &[("max_calls", "2")]))
+        .tenant(sip_tenant_named("acme", &[("max_calls", "2")]))
         .tenant(tenant("plain").accept_mode().max_sessions(10).unpaced())
         .start()
         .await;
@@ -624,7 +557,7 @@ async fn huge_call_ids_tags_and_cancels_do_not_pin_memory_per_call() {
     let url = forgetful_edge().await;
     let proxy = config()
         .upstream(&url)
-        .tenant(sip_tenant("acme", &[("call_idle_timeout", "\"1h\"")]))
+        .tenant(sip_tenant_named("acme", &[("call_idle_timeout", "\"1h\"")]))
         .start()
         .await;
     let mut a = phone(&proxy, "a").await;

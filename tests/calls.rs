@@ -9,47 +9,11 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 
-use support::sip::{header, sip_proxy, sip_tenant, status, Phone, SipEdge};
-use support::{config, connect_ok, scrape, wait_until, Proxy};
+use support::sip::{
+    active, calls_total, established, header, phone, queued, sip_proxy, sip_tenant, status, SipEdge,
+};
+use support::{config, scrape, wait_until};
 use tokio::time::Instant;
-
-/// A phone with a session through sluice.
-async fn phone(proxy: &Proxy, name: &str) -> Phone {
-    let ws = connect_ok(&proxy.url("/t/acme/"), &[("sec-websocket-protocol", "sip")]).await;
-    Phone::new(ws, name)
-}
-
-fn active(proxy: &Proxy) -> u32 {
-    proxy
-        .admission
-        .call_load("acme")
-        .expect("acme counts calls")
-        .active
-}
-
-fn queued(proxy: &Proxy) -> u32 {
-    proxy
-        .admission
-        .call_load("acme")
-        .expect("acme counts calls")
-        .queued
-}
-
-async fn calls_total(proxy: &Proxy, outcome: &str) -> f64 {
-    scrape(proxy.admin).await.get(
-        "sluice_calls_total",
-        &[("tenant", "acme"), ("outcome", outcome)],
-    )
-}
-
-/// Places call `call_id` from `p` on an auto-answering edge; returns the 200's To.
-async fn established(p: &mut Phone, call_id: &str) -> String {
-    p.invite(call_id).await;
-    let ok = p.expect(200, call_id).await;
-    let to = header(&ok, "to").unwrap().to_owned();
-    p.ack(call_id, &to).await;
-    to
-}
 
 #[tokio::test]
 async fn over_the_cap_invites_get_100_trying_and_reach_the_edge_in_order_as_calls_end() {

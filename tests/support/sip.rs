@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{config, tenant, Client, Proxy, TenantSpec};
+use super::{config, connect_ok, scrape, tenant, Client, Proxy, TenantSpec};
 
 /// One message the edge received.
 #[derive(Debug, Clone)]
@@ -557,7 +557,12 @@ impl Phone {
 /// Tenant `acme` speaking SIP in `accept` mode with the call keys of `calls`
 /// (`key = value` TOML lines) and roomy session limits.
 pub fn sip_tenant(calls: &[(&str, &str)]) -> TenantSpec {
-    let mut t = tenant("acme")
+    sip_tenant_named("acme", calls)
+}
+
+/// [`sip_tenant`] called `name`.
+pub fn sip_tenant_named(name: &str, calls: &[(&str, &str)]) -> TenantSpec {
+    let mut t = tenant(name)
         .accept_mode()
         .subprotocols(&["sip"])
         .max_sessions(100)
@@ -591,4 +596,50 @@ pub fn edge_bye(invite: &str, tag: &str) -> String {
     format!(
         "BYE sip:phone@client.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/WS edge.invalid;branch=z9hG4bKfork{tag}\r\nMax-Forwards: 70\r\nFrom: {to};tag={tag}\r\nTo: {from}\r\nCall-ID: {call_id}\r\nCSeq: 7 BYE\r\nContent-Length: 0\r\n\r\n"
     )
+}
+
+/// A phone with a session through `proxy` as a client of `tenant` (subprotocol `sip`).
+pub async fn phone_of(proxy: &Proxy, tenant: &str, name: &str) -> Phone {
+    let url = proxy.url(&format!("/t/{tenant}/"));
+    let ws = connect_ok(&url, &[("sec-websocket-protocol", "sip")]).await;
+    Phone::new(ws, name)
+}
+
+/// A phone of `acme`.
+pub async fn phone(proxy: &Proxy, name: &str) -> Phone {
+    phone_of(proxy, "acme", name).await
+}
+
+/// Calls `tenant` counts now.
+pub fn active_of(proxy: &Proxy, tenant: &str) -> u32 {
+    let load = proxy.admission.call_load(tenant);
+    load.expect("the tenant counts calls").active
+}
+
+/// Calls `acme` counts now.
+pub fn active(proxy: &Proxy) -> u32 {
+    active_of(proxy, "acme")
+}
+
+/// INVITEs `acme` holds now.
+pub fn queued(proxy: &Proxy) -> u32 {
+    let load = proxy.admission.call_load("acme");
+    load.expect("acme counts calls").queued
+}
+
+/// `sluice_calls_total{tenant="acme",outcome}` as scraped.
+pub async fn calls_total(proxy: &Proxy, outcome: &str) -> f64 {
+    scrape(proxy.admin).await.get(
+        "sluice_calls_total",
+        &[("tenant", "acme"), ("outcome", outcome)],
+    )
+}
+
+/// Places call `call_id` from `p` on an auto-answering edge and ACKs it; the 200's To.
+pub async fn established(p: &mut Phone, call_id: &str) -> String {
+    p.invite(call_id).await;
+    let ok = p.expect(200, call_id).await;
+    let to = header(&ok, "to").unwrap().to_owned();
+    p.ack(call_id, &to).await;
+    to
 }
