@@ -241,8 +241,7 @@ async fn another_sessions_call_id_in_cancel_bye_or_ack_touches_nothing_of_its_ca
     let mut c = phone(&proxy, "c").await;
     let mut m = phone(&proxy, "m").await;
     let a_to = established(&mut a, "a-up").await;
-    b.invite("b-held").await;
-    assert_eq!(status(&b.recv().await), Some(100));
+    b.invite_trying("b-held").await;
     c.invite("c-full").await;
     let full = c.expect(503, "c-full").await;
     let full_to = header(&full, "to").unwrap().to_owned();
@@ -400,8 +399,7 @@ async fn a_client_cannot_free_its_place_by_sending_the_edges_answers_itself() {
     a.send(support::sip::response(&bye, "200 OK", false)).await;
     sync(&mut a, "a-sync").await;
     assert_eq!(active(&proxy), 1);
-    b.invite("waits").await;
-    assert_eq!(status(&b.recv().await), Some(100));
+    b.invite_trying("waits").await;
     assert!(
         b.recv_within(Duration::from_millis(300)).await.is_none(),
         "b's INVITE went on while a's call is up"
@@ -421,8 +419,7 @@ async fn a_forged_cancel_cannot_free_the_place_of_a_call_the_edge_keeps_up() {
     edge.ignore_cancels();
     let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
     let mut a = phone(&proxy, "a").await;
-    a.invite("forged").await;
-    assert_eq!(status(&a.recv().await), Some(100));
+    a.invite_trying("forged").await;
     a.send(
         "CANCEL sip:queue@edge.invalid SIP/2.0\r\nVia: SIP/2.0/WS a.invalid;branch=z9hG4bKforged\r\nMax-Forwards: 70\r\nFrom: <sip:a@edge.invalid>;tag=not-the-invites\r\nTo: <sip:queue@edge.invalid>\r\nCall-ID: forged\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n".into(),
     )
@@ -462,8 +459,7 @@ async fn a_crossed_200_retransmitted_or_forked_gets_one_bye_from_sluice() {
     edge.ignore_cancels();
     let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
     let mut a = phone(&proxy, "a").await;
-    a.invite("crossed").await;
-    assert_eq!(status(&a.recv().await), Some(100));
+    a.invite_trying("crossed").await;
     a.cancel("crossed").await;
     edge.wait_for("the CANCEL", |e| e.count("CANCEL ", Some("crossed")) == 1)
         .await;
@@ -778,8 +774,7 @@ async fn a_bye_that_is_never_answered_is_reaped_not_leaked() {
     let to = established(&mut a, "unanswered").await;
     edge.ignore_byes();
     a.bye("unanswered", &to).await;
-    b.invite("next").await;
-    assert_eq!(status(&b.recv().await), Some(100));
+    b.invite_trying("next").await;
     b.expect(200, "next").await;
     assert_eq!(calls_total(&proxy, "reaped").await, 1.0);
     assert_eq!(active(&proxy), 1);
@@ -806,10 +801,8 @@ async fn a_held_client_cannot_jump_the_queue_or_hold_two_places() {
     let mut x = phone(&proxy, "x").await;
     let mut y = phone(&proxy, "y").await;
     let a_to = established(&mut a, "up").await;
-    x.invite("x1").await;
-    assert_eq!(status(&x.recv().await), Some(100));
-    y.invite("y1").await;
-    assert_eq!(status(&y.recv().await), Some(100));
+    x.invite_trying("x1").await;
+    y.invite_trying("y1").await;
     // x: retransmissions, another CSeq, then CANCEL and a new INVITE.
     for _ in 0..5 {
         x.invite("x1").await;

@@ -110,8 +110,7 @@ async fn a_full_call_queue_and_a_queue_timeout_are_answered_503_by_sluice() {
     let mut b = phone(&proxy, "b").await;
     let mut c = phone(&proxy, "c").await;
     established(&mut a, "up").await;
-    b.invite("held").await;
-    assert_eq!(status(&b.recv().await), Some(100));
+    b.invite_trying("held").await;
     // The queue (depth 1) is full: answered at once, no 100 first.
     c.invite("full").await;
     let full = c.recv().await;
@@ -154,8 +153,7 @@ async fn a_cancel_of_a_held_invite_is_answered_200_and_487_and_nothing_reaches_t
     let mut a = phone(&proxy, "a").await;
     let mut b = phone(&proxy, "b").await;
     established(&mut a, "up").await;
-    b.invite("held").await;
-    assert_eq!(status(&b.recv().await), Some(100));
+    b.invite_trying("held").await;
     b.cancel("held").await;
     let first = b.recv().await;
     assert_eq!(status(&first), Some(200), "{first}");
@@ -197,8 +195,7 @@ async fn a_200_that_crosses_a_cancel_is_acked_and_byed_by_sluice() {
     edge.ignore_cancels();
     let proxy = sip_proxy(&edge, &[("max_calls", "1")]).await;
     let mut a = phone(&proxy, "a").await;
-    a.invite("crossed").await;
-    assert_eq!(status(&a.recv().await), Some(100));
+    a.invite_trying("crossed").await;
     a.cancel("crossed").await;
     edge.wait_for("the CANCEL", |e| e.count("CANCEL ", Some("crossed")) == 1)
         .await;
@@ -260,8 +257,7 @@ async fn a_bye_from_the_edge_ends_the_call_and_releases_a_held_invite() {
     let mut a = phone(&proxy, "a").await;
     let mut b = phone(&proxy, "b").await;
     established(&mut a, "up").await;
-    b.invite("next").await;
-    assert_eq!(status(&b.recv().await), Some(100));
+    b.invite_trying("next").await;
     edge.bye("up");
     let bye = a.recv().await;
     assert!(bye.starts_with("BYE "), "{bye}");
@@ -291,15 +287,13 @@ async fn a_session_closed_mid_call_frees_its_calls() {
     let mut a = phone(&proxy, "a").await;
     let mut b = phone(&proxy, "b").await;
     established(&mut a, "up").await;
-    b.invite("waiting").await;
-    assert_eq!(status(&b.recv().await), Some(100));
+    b.invite_trying("waiting").await;
     drop(a);
     b.expect(200, "waiting").await;
     assert_eq!(edge.invites(), ["up", "waiting"]);
     // And a session that leaves while its INVITE is held leaves the queue.
     let mut c = phone(&proxy, "c").await;
-    c.invite("gone").await;
-    assert_eq!(status(&c.recv().await), Some(100));
+    c.invite_trying("gone").await;
     assert_eq!(queued(&proxy), 1);
     drop(c);
     wait_until("the held INVITE leaves", async || queued(&proxy) == 0).await;
@@ -343,8 +337,7 @@ async fn a_silent_dialog_is_reaped() {
     let mut a = phone(&proxy, "a").await;
     let mut b = phone(&proxy, "b").await;
     established(&mut a, "silent").await;
-    b.invite("next").await;
-    assert_eq!(status(&b.recv().await), Some(100));
+    b.invite_trying("next").await;
     // Nothing of "silent" moves: it stops counting, and "next" goes on.
     b.expect(200, "next").await;
     assert_eq!(calls_total(&proxy, "reaped").await, 1.0);
@@ -394,8 +387,7 @@ async fn a_reload_changes_max_calls_for_new_invites_and_cuts_no_live_call() {
     write(1);
     let (code, body) = support::admin_request(proxy.admin, "POST", "/-/reload").await;
     assert_eq!(code, 200, "{body}");
-    c.invite("c1").await;
-    assert_eq!(status(&c.recv().await), Some(100));
+    c.invite_trying("c1").await;
     assert_eq!(active(&proxy), 2);
     // One call ending is not enough under the new cap of 1.
     a.bye("a1", &a_to).await;
@@ -497,8 +489,7 @@ async fn a_challenge_to_a_bye_does_not_end_the_call() {
     let mut a = phone(&proxy, "a").await;
     let mut b = phone(&proxy, "b").await;
     let to = established(&mut a, "up").await;
-    b.invite("next").await;
-    assert_eq!(status(&b.recv().await), Some(100));
+    b.invite_trying("next").await;
     edge.challenge_next_bye();
     a.bye("up", &to).await;
     a.expect(401, "up").await;

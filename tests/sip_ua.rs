@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 use sluice::tools::edge_sim::{EdgeSim, SessionMode, SimConfig};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
+use support::sip::{offer_sip, response};
 use support::{config, tenant, Jssip};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -35,59 +35,6 @@ struct Peer {
     received: UnboundedReceiver<(usize, String)>,
     /// Each connection's sender, by connection number.
     conns: Arc<Mutex<Vec<UnboundedSender<String>>>>,
-}
-
-const SDP: &str =
-    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
-                   c=IN IP4 127.0.0.1\r\na=rtpmap:111 opus/48000/2\r\na=sendrecv\r\n";
-
-/// The response `status` to `request`: its Via, From, To (tagged), Call-ID and CSeq;
-/// a Contact (the request's for REGISTER); SDP when `sdp`.
-fn response(request: &str, status: &str, sdp: bool) -> String {
-    let mut out = format!("SIP/2.0 {status}\r\n");
-    let register = request.starts_with("REGISTER ");
-    for line in request.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
-        let name = line
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match name.as_str() {
-            "via" | "from" | "call-id" | "cseq" => out.push_str(&format!("{line}\r\n")),
-            "to" if line.contains(";tag=") => out.push_str(&format!("{line}\r\n")),
-            "to" => out.push_str(&format!("{line};tag=peer\r\n")),
-            "contact" if register => out.push_str(&format!("{line};expires=600\r\n")),
-            _ => {}
-        }
-    }
-    if !register && !status.starts_with("100") {
-        out.push_str("Contact: <sip:peer@127.0.0.1;transport=ws>\r\n");
-    }
-    let body = if sdp { SDP } else { "" };
-    if sdp {
-        out.push_str("Content-Type: application/sdp\r\n");
-    }
-    out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    out
-}
-
-/// Answers the WebSocket upgrade with subprotocol `sip` when it is offered.
-// tungstenite fixes the callback's error type.
-#[allow(clippy::result_large_err)]
-fn offer_sip(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
-    let offered = req
-        .headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == "sip");
-    if offered {
-        resp.headers_mut()
-            .insert("sec-websocket-protocol", "sip".parse().unwrap());
-    }
-    Ok(resp)
 }
 
 /// The method of a request ("" for a response).
@@ -139,14 +86,14 @@ impl Peer {
                                 let text = text.to_string();
                                 let answers: Vec<String> = match method(&text) {
                                     "REGISTER" | "BYE" | "OPTIONS" => {
-                                        vec![response(&text, "200 OK", false)]
+                                        vec![response(&text, "200 OK", true)]
                                     }
                                     "CANCEL" if auto_answer => {
-                                        vec![response(&text, "200 OK", false)]
+                                        vec![response(&text, "200 OK", true)]
                                     }
                                     "INVITE" if auto_answer => vec![
                                         response(&text, "100 Trying", false),
-                                        response(&text, "180 Ringing", false),
+                                        response(&text, "180 Ringing", true),
                                         response(&text, "200 OK", true),
                                     ],
                                     _ => Vec::new(),
@@ -184,9 +131,9 @@ impl Peer {
     }
 
     /// Sends `status` in answer to `request` on connection `conn`.
-    fn reply(&self, conn: usize, request: &str, status: &str, sdp: bool) {
+    fn reply(&self, conn: usize, request: &str, status: &str) {
         self.conns.lock().unwrap()[conn]
-            .send(response(request, status, sdp))
+            .send(response(request, status, !status.starts_with("100")))
             .unwrap();
     }
 }
@@ -338,11 +285,11 @@ async fn jssip_cancels_only_after_a_provisional_and_byes_a_200_when_cancelled_be
         [invite.lines().next().unwrap()]
     );
 
-    peer.reply(conn, &invite, "100 Trying", false);
+    peer.reply(conn, &invite, "100 Trying");
     let (_, cancel) = peer.request("CANCEL").await;
     assert!(cancel.contains(&call_id));
-    peer.reply(conn, &invite, "200 OK", true);
-    peer.reply(conn, &cancel, "200 OK", false);
+    peer.reply(conn, &invite, "200 OK");
+    peer.reply(conn, &cancel, "200 OK");
     let (_, ack) = peer.request("ACK").await;
     let (_, bye) = peer.request("BYE").await;
     assert!(ack.contains(&call_id) && bye.contains(&call_id));
@@ -364,7 +311,7 @@ async fn jssip_ignores_a_200_that_crosses_its_cancel_after_a_provisional_no_ack_
         json!({"cmd": "call", "ua": "p1", "call": "c1", "target": "sip:queue@example.invalid"}),
     );
     let (conn, invite) = peer.request("INVITE").await;
-    peer.reply(conn, &invite, "100 Trying", false);
+    peer.reply(conn, &invite, "100 Trying");
     let trying = js.wait_call("c1", &["progress"], WAIT).await;
     assert_eq!(trying["status"], 100);
     let call_id = s(&trying["call_id"]).to_owned();
@@ -375,9 +322,9 @@ async fn jssip_ignores_a_200_that_crosses_its_cancel_after_a_provisional_no_ack_
     js.wait_call("c1", &["failed"], WAIT).await;
     // The edge had answered before the CANCEL reached it: 200 for the INVITE (sent
     // twice, as a UAS retransmits a 2xx without an ACK), then 200 for the CANCEL.
-    peer.reply(conn, &invite, "200 OK", true);
-    peer.reply(conn, &invite, "200 OK", true);
-    peer.reply(conn, &cancel, "200 OK", false);
+    peer.reply(conn, &invite, "200 OK");
+    peer.reply(conn, &invite, "200 OK");
+    peer.reply(conn, &cancel, "200 OK");
     js.gather_for(Duration::from_millis(1500)).await;
     let out = traced(&js, "p1", "sip_out", &call_id);
     assert_eq!(

@@ -22,7 +22,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{config, connect_ok, scrape, tenant, Client, Proxy, TenantSpec};
@@ -159,21 +159,8 @@ impl SipEdge {
         self.ignore_byes.store(true, Ordering::SeqCst);
     }
 
-    #[allow(clippy::result_large_err)] // tungstenite's callback type
     async fn serve(&self, tcp: tokio::net::TcpStream, id: u64) {
-        let callback = |req: &Request, mut resp: Response| {
-            let offered = req
-                .headers()
-                .get("sec-websocket-protocol")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if offered.split(',').any(|p| p.trim() == "sip") {
-                resp.headers_mut()
-                    .insert("sec-websocket-protocol", "sip".parse().unwrap());
-            }
-            Ok(resp)
-        };
-        let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+        let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, offer_sip).await else {
             return;
         };
         let (mut tx, mut rx) = ws.split();
@@ -389,6 +376,25 @@ impl SipEdge {
     }
 }
 
+/// Answers a WebSocket upgrade with subprotocol `sip` when it is offered (a SIP server
+/// over WebSocket, RFC 7118).
+// tungstenite fixes the callback's error type.
+#[allow(clippy::result_large_err)]
+pub fn offer_sip(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    let offered = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == "sip");
+    if offered {
+        resp.headers_mut()
+            .insert("sec-websocket-protocol", "sip".parse().unwrap());
+    }
+    Ok(resp)
+}
+
 /// A response to `request` with status `line`: its Via, From, To (with a tag when
 /// `tag`), Call-ID and CSeq; a `200` to an INVITE carries a Contact and an SDP answer.
 pub fn response(request: &str, line: &str, tag: bool) -> String {
@@ -470,6 +476,15 @@ impl Phone {
     pub async fn invite(&mut self, call_id: &str) {
         let text = self.invite_text(call_id);
         self.send(text).await;
+    }
+
+    /// Sends the initial INVITE of `call_id` and reads its `100 Trying` (the next
+    /// message; the test fails otherwise): sluice's when it holds the INVITE.
+    pub async fn invite_trying(&mut self, call_id: &str) {
+        self.invite(call_id).await;
+        let trying = self.recv().await;
+        assert_eq!(status(&trying), Some(100), "{}: {trying}", self.name);
+        assert_eq!(header(&trying, "call-id"), Some(call_id), "{trying}");
     }
 
     /// Sends a CANCEL of `call_id`'s INVITE.
