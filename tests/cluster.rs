@@ -410,7 +410,15 @@ async fn a_reloaded_cap_applies_to_the_replica_that_reloaded_and_a_drain_hands_s
         r1.proxy.admission.tenant_load("t").unwrap().queued == 1
     })
     .await;
-    held.push(connect_ok(&r0.proxy.url("/t/t/?i=r0"), &[]).await);
+    // r1's queued client arrived first, but r1's own cap holds it back: it does not
+    // hold back r0's client, which r0's cap has room for (it waited for r1's head, up
+    // to its whole queue timeout, before the caps went with the heads to Redis).
+    let r0_url = r0.proxy.url("/t/t/?i=r0");
+    held.push(
+        tokio::time::timeout(Duration::from_secs(5), connect_ok(&r0_url, &[]))
+            .await
+            .expect("r0's client is not held behind r1's queued one"),
+    );
     assert_eq!(edge.live.load(std::sync::atomic::Ordering::SeqCst), 3);
     assert!(!on_r1.is_finished(), "r1 still decides on its own cap of 2");
     // r0 drains: its two sessions end (the drain closes them), and their slots go to

@@ -154,6 +154,12 @@ pub trait SharedCapacity: Send + Sync + std::fmt::Debug {
     fn cluster_live(&self) -> Option<u32> {
         None
     }
+    /// The client after the head of the queue joined at `next` (`None`: nobody waits
+    /// behind the head). A backend keeping a cluster-wide FIFO registers it as this
+    /// replica's head in the same step that serves the head, so that a later client of
+    /// another replica cannot slip in between (and then have to give its edge turn
+    /// back). Must not block.
+    fn following(&self, _next: Option<Instant>) {}
     /// The pump stopped: its queue is empty, nobody of this replica waits for this
     /// scope any more (a backend that keeps a cluster-wide queue withdraws from it).
     /// Must not block.
@@ -303,6 +309,13 @@ impl Capacity<'_> {
         match self {
             Capacity::Local(l) => l.tokens.refund(taken),
             Capacity::Shared(b) => b.refund(taken),
+        }
+    }
+
+    /// Who comes after the head ([`SharedCapacity::following`]).
+    pub fn following(self, next: Option<Instant>) {
+        if let Capacity::Shared(b) = self {
+            b.following(next);
         }
     }
 

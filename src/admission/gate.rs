@@ -528,6 +528,12 @@ impl TenantGate {
         Some(self.epoch + Duration::from_micros(since))
     }
 
+    /// When the client after the head joined the queue.
+    fn next_since(&self) -> Option<Instant> {
+        let since = self.lock().waiters.get(1).map(|w| w.since)?;
+        Some(self.epoch + Duration::from_micros(since))
+    }
+
     /// Whether the queue has a client; when it has none, the pump stops (under the
     /// lock, so an enqueue either sees the pump running or starts a new one).
     fn keep_pumping(&self) -> bool {

@@ -71,6 +71,9 @@ pub(crate) struct ScopeState {
     /// The head's arrival this replica registered among the scope's waiters (Redis
     /// µs), to withdraw it when the queue empties; `i64::MIN`: none.
     waiting: std::sync::atomic::AtomicI64,
+    /// The arrival of the client after the head (Redis µs; -1: none), registered as
+    /// the head when the head is served.
+    following: std::sync::atomic::AtomicI64,
     /// The bucket of local decisions (breaker open, settling), and the `(rate, burst)`
     /// it is set to.
     local: Tokens,
@@ -138,6 +141,7 @@ impl ScopeState {
             paused_until: AtomicU64::new(0),
             prefetched: Mutex::new(None),
             waiting: std::sync::atomic::AtomicI64::new(i64::MIN),
+            following: std::sync::atomic::AtomicI64::new(-1),
             local: Tokens::new(1.0, 1),
             local_rate: Mutex::new((1.0, 1)),
             cluster_live: AtomicU32::new(u32::MAX),
@@ -285,6 +289,14 @@ impl SharedCapacity for ScopeState {
         {
             *c = Some((Arc::from(tenant), weight));
         }
+    }
+
+    fn following(&self, next: Option<Instant>) {
+        let next = match next {
+            Some(at) if self.fifo => self.shared.redis_us(at).unwrap_or(-1),
+            _ => -1,
+        };
+        self.following.store(next, Ordering::Release);
     }
 
     fn set_rate(&self, rate: f64) {

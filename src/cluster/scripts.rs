@@ -13,6 +13,7 @@
 //! | `P:p` | string | until when (µs) the edge asked that the scope send nothing (`Retry-After`), expiring then |
 //! | `P:f`, `P:vt` | hash, string | the edge's fair queuing across replicas: each tenant's finish tag, and the virtual time |
 //! | `P:w` | sorted set | replica id → when the client at the head of its queue arrived (µs, Redis time) |
+//! | `P:c` | hash | replica id → the session cap its head's last ask decided with (an earlier head its own cap holds back does not hold back another replica's) |
 //!
 //! `P` is `sluice:t:TENANT` for a tenant and `sluice:edge` for the `[edge]` ceiling;
 //! `sluice:freed:…` (the same suffix) is the channel a replica waiting for capacity
@@ -84,11 +85,37 @@ local function behind(w, replicas, me, before)
   end
   return false
 end
--- The head of me's queue got what it waited for: out of the waiters; the others
--- may go now.
-local function served(w, me, channel)
-  redis.call('ZREM', w, me)
-  if redis.call('ZCARD', w) > 0 then redis.call('PUBLISH', channel, 't') end
+-- Whether another live replica's head arrived before `before` and could take a slot
+-- now under its own cap (`caps`: replica id -> the cap of its head's last ask): a head
+-- its own cap holds back (replicas between two reloads disagree on the cap) does not
+-- hold back one whose cap has room. `total`: the scope's sessions with the slot asked.
+local function behind_fitting(w, caps, replicas, me, before, total)
+  local rows = redis.call('ZRANGEBYSCORE', w, '-inf', '(' .. s(before))
+  for _, r in ipairs(rows) do
+    if r ~= me then
+      if alive(replicas, r) then
+        local cap = tonumber(redis.call('HGET', caps, r) or '-1')
+        if cap < 0 or total <= cap then return true end
+      else
+        redis.call('ZREM', w, r)
+      end
+    end
+  end
+  return false
+end
+-- The head of me's queue got what it waited for: the client after it (`next`, its
+-- arrival; -1 or nil: none) is me's head among the waiters from now, in the same step,
+-- so that another replica's later client cannot slip in before it; else me is out of
+-- the waiters. The others may ask again.
+local function served(w, me, channel, next)
+  local mine = 0
+  if next and next >= 0 then
+    redis.call('ZADD', w, s(next), me)
+    mine = 1
+  else
+    redis.call('ZREM', w, me)
+  end
+  if redis.call('ZCARD', w) > mine then redis.call('PUBLISH', channel, 't') end
 end
 -- The start tag of tenant t's next turn at a fair scope (start-time fair queuing
 -- across replicas): max(virtual time, t's last finish tag).
@@ -114,10 +141,11 @@ end
 
 /// A session slot (and, with `take`, a token with it).
 ///
-/// KEYS: replicas, epoch, P:n, P:v, P:r, P:w, P:p, P:f, P:vt.
+/// KEYS: replicas, epoch, P:n, P:v, P:r, P:w, P:p, P:f, P:vt, P:c.
 /// ARGV: me, epoch, count (this replica's, the slot asked for included), incarnation,
 /// version, cap, interval µs, tolerance µs, head µs (-1: no FIFO), take (0/1), lease µs,
-/// channel, tenant ('' : not fair-queued), weight. A tenant scope keeps FIFO by its
+/// channel, tenant ('' : not fair-queued), weight, the arrival of the client after the
+/// head (µs, -1: none; registered as the head when the head is served). A tenant scope keeps FIFO by its
 /// heads' arrivals; the edge orders the replicas' arbiters by their next tenant's start
 /// tag (start-time fair queuing across replicas).
 /// Returns `{'ok', now, cluster total, tat (0: no token), token ready at}`,
@@ -132,23 +160,28 @@ local me, head, interval = ARGV[1], tonumber(ARGV[9]), tonumber(ARGV[7])
 local paused = tonumber(redis.call('GET', KEYS[7]) or '0')
 if paused > now then return {{'paused', now, paused}} end
 local tenant, tag = ARGV[13], 0
+local total = others(KEYS[3], KEYS[4], KEYS[1], me) + tonumber(ARGV[3])
 if head >= 0 then
+  local ttl = s(math.floor(tonumber(ARGV[11]) / 1000))
   redis.call('ZADD', KEYS[6], s(head), me)
-  redis.call('PEXPIRE', KEYS[6], s(math.floor(tonumber(ARGV[11]) / 1000)))
-  if behind(KEYS[6], KEYS[1], me, head - interval) then return {{'turn', now, 0}} end
+  redis.call('PEXPIRE', KEYS[6], ttl)
+  redis.call('HSET', KEYS[10], me, ARGV[6])
+  redis.call('PEXPIRE', KEYS[10], ttl)
+  if behind_fitting(KEYS[6], KEYS[10], KEYS[1], me, head - interval, total) then
+    return {{'turn', now, 0}}
+  end
 elseif tenant ~= '' then
   tag = start_tag(KEYS[8], KEYS[9], tenant)
   redis.call('ZADD', KEYS[6], s(tag), me)
   redis.call('PEXPIRE', KEYS[6], s(math.floor(tonumber(ARGV[11]) / 1000)))
   if behind(KEYS[6], KEYS[1], me, tag) then return {{'turn', now, 0}} end
 end
-local total = others(KEYS[3], KEYS[4], KEYS[1], me) + tonumber(ARGV[3])
 if total > tonumber(ARGV[6]) then return {{'full', now, total - 1}} end
 apply(KEYS[3], KEYS[4], me, ARGV[3], ARGV[4], tonumber(ARGV[5]))
 local tat, ready = 0, 0
 if ARGV[10] == '1' then
   tat, ready = take(KEYS[5], interval, tonumber(ARGV[8]))
-  if tat > 0 and head >= 0 then served(KEYS[6], me, ARGV[12]) end
+  if tat > 0 and head >= 0 then served(KEYS[6], me, ARGV[12], tonumber(ARGV[15])) end
   if tat > 0 and tenant ~= '' then
     turned(KEYS[8], KEYS[9], tenant, tonumber(ARGV[14]), tag)
     served(KEYS[6], me, ARGV[12])
@@ -162,7 +195,8 @@ return {{'ok', now, total, tat, ready}}"
 ///
 /// KEYS: replicas, epoch, P:r, P:w, P:p, P:f, P:vt.
 /// ARGV: me, epoch, interval µs, tolerance µs, head µs (-1: no FIFO), channel, tenant
-/// ('': not fair-queued), weight.
+/// ('': not fair-queued), weight, the arrival of the client after the head (µs, -1:
+/// none).
 /// Returns `{'ok', now, tat}`, `{'rate', now, ready at}`, `{'turn', now, 0}`,
 /// `{'paused', now, until}` or `{'epoch', now, 0}`.
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
@@ -182,7 +216,7 @@ if head < 0 and tenant ~= '' then
 end
 local tat, ready = take(KEYS[3], interval, tonumber(ARGV[4]))
 if tat == 0 then return {{'rate', now, ready}} end
-if head >= 0 then served(KEYS[4], me, ARGV[6]) end
+if head >= 0 then served(KEYS[4], me, ARGV[6], tonumber(ARGV[9])) end
 if head < 0 and tenant ~= '' then
   turned(KEYS[6], KEYS[7], tenant, tonumber(ARGV[8]), tag)
   served(KEYS[4], me, ARGV[6])

@@ -48,7 +48,12 @@ async fn reserve(
     finish: u128,
 ) -> Option<(Option<Reserved>, u128)> {
     gate.set_blocker(Blocker::Slot);
-    let slot = slot(gate, &|| gate.head_since()).await;
+    // At each ask: the head now, and who comes after it.
+    let slot = slot(gate, &|| {
+        gate.capacity().following(gate.next_since());
+        gate.head_since()
+    })
+    .await;
     gate.set_blocker(Blocker::Token);
     // Until the next token; a reload that raised the rate wakes this early (the token is
     // then taken below if it is due, or the pump starts over). A token due already is not
@@ -85,6 +90,7 @@ async fn reserve(
     // token seen ready above is still there, unless the queue emptied meanwhile and a
     // new client took it directly (or, shared, another replica took it, or the backend
     // failed): then everything above goes back and the pump starts over.
+    gate.capacity().following(gate.next_since());
     let Some(token) = token(gate, Instant::now(), gate.head_since()).await else {
         return Some((None, finish));
     };

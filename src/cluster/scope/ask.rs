@@ -52,6 +52,24 @@ impl ScopeState {
         }
     }
 
+    /// The client after the head (see
+    /// [`crate::admission::capacity::SharedCapacity::following`]) on Redis's clock,
+    /// or -1: nobody, or no FIFO ask (`head_us` -1).
+    fn next_us(&self, head_us: i64) -> i64 {
+        if head_us < 0 {
+            return -1;
+        }
+        self.following.load(Ordering::Acquire)
+    }
+
+    /// The head got what it asked for: the script registered the client after it as
+    /// this replica's head among the waiters (or nobody), which `idle` withdraws.
+    fn served(&self, head_us: i64) {
+        let next = self.next_us(head_us);
+        self.waiting
+            .store(if next >= 0 { next } else { i64::MIN }, Ordering::Release);
+    }
+
     /// A reply that is neither a grant nor a refusal (`epoch`: Redis is not the one
     /// this replica republished to): heartbeat now, decide after.
     pub(super) fn not_decided(&self, status: &str) -> BackendError {
@@ -85,8 +103,10 @@ impl ScopeState {
         let fair = self.fair();
         let (interval, tolerance) = self.gcra();
         let shared = &self.shared;
-        let mut invocation =
-            self.decision(&scripts::ACQUIRE, &["n", "v", "r", "w", "p", "f", "vt"]);
+        let mut invocation = self.decision(
+            &scripts::ACQUIRE,
+            &["n", "v", "r", "w", "p", "f", "vt", "c"],
+        );
         invocation
             .arg(count)
             .arg(&self.incarnation)
@@ -99,7 +119,8 @@ impl ScopeState {
             .arg(shared.lease_ttl.as_micros() as i64)
             .arg(&self.channel)
             .arg(&*fair.0)
-            .arg(fair.1);
+            .arg(fair.1)
+            .arg(self.next_us(head_us));
         // Registered before the ask: if this future is dropped before the answer, the
         // pump's `idle` still withdraws the head the script may have registered.
         if head_us >= 0 {
@@ -123,7 +144,7 @@ impl ScopeState {
                         Taken::new(tat as u64, interval as u64 | FROM_REDIS),
                         received,
                     ));
-                    self.waiting.store(i64::MIN, Ordering::Release);
+                    self.served(head_us);
                 } else {
                     self.set_ready(int(reply.get(4)));
                 }
@@ -170,7 +191,8 @@ impl ScopeState {
             .arg(head_us)
             .arg(&self.channel)
             .arg(&*fair.0)
-            .arg(fair.1);
+            .arg(fair.1)
+            .arg(self.next_us(head_us));
         if head_us < 0 && !fair.0.is_empty() {
             self.waiting.store(-1, Ordering::Release);
         }
@@ -178,7 +200,7 @@ impl ScopeState {
         let reply = items(&value);
         match text(reply.first()).as_str() {
             "ok" => {
-                self.waiting.store(i64::MIN, Ordering::Release);
+                self.served(head_us);
                 Ok(Ok(Taken::new(
                     int(reply.get(2)) as u64,
                     interval as u64 | FROM_REDIS,
