@@ -355,6 +355,12 @@ const MEASURE: &str = r##"(async () => {
   const scrolling = [...document.querySelectorAll("*")]
     .filter((e) => ["auto", "scroll"].includes(getComputedStyle(e).overflowX) && e.scrollWidth > e.clientWidth)
     .map((e) => e.tagName + " " + e.className + " " + e.scrollWidth + ">" + e.clientWidth);
+  // Hovering the last second drawn shows its numbers.
+  const storm = document.querySelector('figure.chart[data-chart="storm"]');
+  const box = storm.querySelector("svg").getBoundingClientRect();
+  storm.querySelector("svg").dispatchEvent(new MouseEvent("mousemove",
+    { bubbles: true, clientX: box.right - 1, clientY: box.top + 10 }));
+  const hover = storm.querySelector(".readout").textContent;
   const clipped = (e) => !!e && getComputedStyle(e).textOverflow === "ellipsis" && e.scrollWidth > e.clientWidth;
   return {
     innerWidth: window.innerWidth,
@@ -379,6 +385,7 @@ const MEASURE: &str = r##"(async () => {
     resources: performance.getEntriesByType("resource").map((e) => e.name),
     links: [...document.querySelectorAll("[src], [href]")].map((e) => e.getAttribute("src") ?? e.getAttribute("href")),
     stale: document.getElementById("stale").style.display,
+    hover,
   };
 })()"##;
 
@@ -518,6 +525,11 @@ async fn the_status_page_charts_every_tenant_within_1280_pixels_in_chromium() {
             "storm's {class} rises: {d}"
         );
     }
+    let hover = seen["hover"].as_str().unwrap();
+    assert!(
+        hover.contains(" admitted, ") && hover.ends_with(" refused, queue 2"),
+        "the last whole second under the pointer (two queued in it): {hover}"
+    );
     let calm = chart("tenant-1");
     assert_eq!(calm["admitted"], 0);
     assert_eq!(
