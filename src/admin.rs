@@ -111,15 +111,18 @@ impl Admin {
     }
 }
 
-/// Samples every configured tenant's queue depth into its history, forever.
-async fn sample_queue_depths(runtime: &Runtime) -> std::convert::Infallible {
+/// Samples every tenant's queue depth into its history, forever.
+async fn sample_queue_depths(runtime: &Runtime) -> Infallible {
     let mut tick = tokio::time::interval(DEPTH_SAMPLE_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        for tenant in runtime.snapshot().tenants.iter() {
+        let snapshot = runtime.snapshot();
+        for tenant in snapshot.tenants.iter() {
             tenant.settings().metrics.sample_queue_depth();
         }
+        // `_unknown` has no queue: sampled (0) so that its chart has no gaps either.
+        snapshot.tenants.unknown().sample_queue_depth();
     }
 }
 
