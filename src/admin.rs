@@ -8,9 +8,31 @@
 //! | `GET /metrics` | Prometheus text exposition ([`crate::metrics`]) |
 //! | `GET /healthz` | `200` while the process runs |
 //! | `GET /readyz` | `200` while the proxy accepts connects, `503` while it drains |
-//! | `GET /api/tenants` | JSON: per tenant its limits, live sessions, queue depth, outcome counts and the recent window; the edge ceiling; the last upstream errors |
-//! | `GET /` | the status page (`src/admin/status.html`, self-contained) |
+//! | `GET /api/tenants` | JSON: per tenant its limits, live sessions, queue depth, outcome counts, the recent window and the five-minute `history`; the edge ceiling; the last upstream errors |
+//! | `GET /` | the status page (`src/admin/status.html`, self-contained: no script, font or style from elsewhere) |
 //! | `POST /-/reload` | re-read the config file ([`crate::reload`]): `200` with what changed, `422` with every invalid key when refused |
+//!
+//! A tenant's `history` in `/api/tenants` ([`History`]) is its last five minutes second
+//! by second, which the status page draws as a chart per tenant:
+//!
+//! ```json
+//! "history": {
+//!   "start": 1764612000.25,
+//!   "step_s": 1,
+//!   "admitted": [0,0,…,12,40,40,3],
+//!   "refused": [0,0,…,0,5,0,0],
+//!   "queue_depth": [null,0,…,0,18,7,0]
+//! }
+//! ```
+//!
+//! Each list has 301 entries, oldest first: the last 300 whole seconds, then the
+//! current one, still counting; entry `i` covers Unix time `start + i` to
+//! `start + i + 1`. `admitted`: connects admitted in that second, at once or after
+//! queueing; `refused`: refused for any reason, gone while waiting, or closed for a
+//! protocol error (what `recent.rejected_per_min` sums); `queue_depth`: the largest
+//! queue depth sampled in that second (`null`: none was). While the admin listener
+//! runs it samples every tenant's queue depth twice a second; a connect's outcome and
+//! an `/api/tenants` read sample it too.
 
 use std::convert::Infallible;
 use std::io;
@@ -26,12 +48,16 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::metrics::{self, EdgeError, Outcome, RecentWindow, TenantMetrics};
+use crate::metrics::{self, EdgeError, History, Outcome, RecentWindow, TenantMetrics};
 use crate::runtime::Runtime;
 use crate::tenants::Tenant;
 
 /// The status page, served from the binary.
 const STATUS_PAGE: &str = include_str!("admin/status.html");
+
+/// How often the admin listener samples every tenant's queue depth into its history:
+/// twice a second, so that no second goes without a sample when a tick comes late.
+const DEPTH_SAMPLE_PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The admin listener, bound.
 #[derive(Debug)]
@@ -60,11 +86,12 @@ impl Admin {
             .expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes, sampling the tenants' queue depths for their
+    /// history meanwhile.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tracing::info!(addr = %self.local_addr(), "admin listening");
         let runtime = &self.runtime;
-        crate::server::accept_loop(&self.listener, "admin", shutdown, |tcp, _| {
+        let serving = crate::server::accept_loop(&self.listener, "admin", shutdown, |tcp, _| {
             let runtime = runtime.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| serve(req, runtime.clone()));
@@ -75,8 +102,27 @@ impl Admin {
                     .serve_connection(TokioIo::new(tcp), service)
                     .await;
             });
-        })
-        .await;
+        });
+        // The sampler never ends: it stops with the listener (or when this is dropped).
+        tokio::select! {
+            () = serving => {}
+            never = sample_queue_depths(runtime) => match never {},
+        }
+    }
+}
+
+/// Samples every tenant's queue depth into its history, forever.
+async fn sample_queue_depths(runtime: &Runtime) -> Infallible {
+    let mut tick = tokio::time::interval(DEPTH_SAMPLE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let snapshot = runtime.snapshot();
+        for tenant in snapshot.tenants.iter() {
+            tenant.settings().metrics.sample_queue_depth();
+        }
+        // `_unknown` has no queue: sampled (0) so that its chart has no gaps either.
+        snapshot.tenants.unknown().sample_queue_depth();
     }
 }
 
@@ -211,6 +257,8 @@ pub struct TenantStatus {
     pub outcomes: std::collections::BTreeMap<&'static str, u64>,
     /// The last minute and the recent upstream handshake times.
     pub recent: RecentWindow,
+    /// The last five minutes second by second: admitted, refused, queue depth.
+    pub history: History,
     /// A SIP tenant's calls against its cap (`None`: it has no call limits).
     pub calls: Option<CallsStatus>,
 }
@@ -300,6 +348,7 @@ pub fn status(runtime: &Runtime) -> Status {
                 .map(|o| (o.as_str(), tm.outcome_count(*o)))
                 .collect(),
             recent: tm.recent_window(),
+            history: tm.history(),
             calls: tenant.and_then(|t| t.settings().calls.as_deref().map(calls_status)),
         }
     };

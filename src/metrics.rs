@@ -7,9 +7,9 @@
 //! from the config plus `_default` and `_unknown`; nothing a client sends becomes a
 //! label.
 //!
-//! Beside the Prometheus series, each tenant keeps a small recent window for the status
-//! page and `/api/tenants`: outcomes per second over the last minute and the last
-//! upstream handshake times, both fixed-size (`metrics/recent.rs`).
+//! Beside the Prometheus series, each tenant keeps a small recent past for the status
+//! page and `/api/tenants`: outcomes and queue depth per second over the last five
+//! minutes and the last upstream handshake times, both fixed-size (`metrics/recent.rs`).
 
 mod calls;
 mod cluster;
@@ -30,8 +30,8 @@ use crate::reject::Reason;
 
 pub use self::calls::{CallMetrics, CallOutcome, TenantCallMetrics};
 pub use self::cluster::{ClusterMetrics, ScopeMetrics};
-pub use self::recent::RecentWindow;
 use self::recent::{Class, Recent};
+pub use self::recent::{History, RecentWindow, HISTORY_SECONDS};
 
 // Kept here too (they lived here first): `crate::metrics::{quantile, unix_now}`.
 pub use crate::stats::{quantile, unix_now};
@@ -473,7 +473,8 @@ impl TenantMetrics {
     /// Counts a connect's outcome.
     pub fn outcome(&self, outcome: Outcome) {
         self.connects[outcome.index()].inc();
-        self.recent().count(outcome.class());
+        let depth = self.queue_depth_now();
+        self.recent().count(outcome.class(), depth);
     }
 
     /// Records how long a client waited in the queue, whichever way it left it.
@@ -513,6 +514,26 @@ impl TenantMetrics {
     /// The recent window: outcomes in the last minute and handshake quantiles.
     pub fn recent_window(&self) -> RecentWindow {
         self.recent().window()
+    }
+
+    /// Records the queue depth now in the current second of the history (the admin
+    /// listener calls this once a second).
+    pub fn sample_queue_depth(&self) {
+        let depth = self.queue_depth_now();
+        self.recent().sample_depth(depth);
+    }
+
+    /// The last five minutes second by second, the queue depth now sampled first.
+    pub fn history(&self) -> History {
+        let depth = self.queue_depth_now();
+        let mut recent = self.recent();
+        recent.sample_depth(depth);
+        recent.history(unix_now())
+    }
+
+    /// `sluice_queue_depth` now (one atomic read).
+    fn queue_depth_now(&self) -> u32 {
+        u32::try_from(self.queue_depth.get()).unwrap_or(0)
     }
 }
 

@@ -4,7 +4,8 @@
 //! TLS.
 //!
 //! Files: `edge.rs` (the edge), `config.rs` (the builder), `admin.rs` (admin requests
-//! and scrapes), `tools.rs` (Chromium, promtool, CI), `redis.rs` (a `redis-server` of
+//! and scrapes), `tools.rs` (Chromium, promtool, CI), `cdp.rs` (a Chromium page driven
+//! over the DevTools protocol), `redis.rs` (a `redis-server` of
 //! the test's own, for `[cluster]`), `cluster.rs` (replicas on it), `jssip.rs` (JsSIP
 //! user agents in a node process, for SIP over WebSocket); this file starts sluice and holds
 //! the clients and TLS helpers. (`mod.rs`, not `support.rs`: Cargo would build a
@@ -13,6 +14,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 mod admin;
+pub mod cdp;
 pub mod cluster;
 mod config;
 mod edge;
