@@ -36,6 +36,11 @@
 //! A shared scope's fast path answers "ask the backend", so its clients queue and the
 //! pump asks, in FIFO order; a backend failure delays, it never refuses (see
 //! [`capacity`]).
+//!
+//! A tenant in shadow mode (`enforce = false`) is not decided here but admitted at once
+//! by [`Admission::admit_shadow`]: its session counts in its gate and the edge without
+//! waiting, and what enforcing would have done is decided on a model gate and counted
+//! ([`shadow`]).
 
 pub mod adaptive;
 pub mod capacity;

@@ -44,9 +44,14 @@
 //! queue does) until that token time and until the edge's sessions are back within the
 //! cap (looked at every [`EDGE_POLL`]), or counts `edge-capacity` at its
 //! `queue_timeout`. This is an estimate: the weighted share between tenants is not
-//! modelled (the edge's own order of handshakes, first come first served, is), and a
+//! modelled (the edge's own order of handshakes, first come first served, is), a
 //! ticket waiting for the edge has already left the model's queue, so while the edge
-//! binds the would-be queue can look shorter than an enforced one would be.
+//! binds the would-be queue can look shorter than an enforced one would be, and several
+//! tickets waiting for edge sessions to end all go when one does; the token time comes
+//! from the edge's own bucket, so it shares its bound of one burst of debt (a storm far
+//! over the edge's rate is told shorter would-be edge waits than it would have had). At most the model's
+//! `max_sessions` tickets wait for the edge at once (each holds a model slot), each for
+//! at most its `queue_timeout`.
 //!
 //! # What ends a ticket early
 //!
@@ -92,7 +97,7 @@ use crate::config::Limits;
 use crate::reject::{Reason, Rejection};
 
 /// How often a ticket waiting for the edge's sessions to be back within the cap looks.
-pub const EDGE_POLL: Duration = Duration::from_millis(20);
+pub const EDGE_POLL: Duration = Duration::from_millis(50);
 
 /// What enforcing would have done with one connect: the `would` label of
 /// `sluice_shadow_decisions_total`.
