@@ -569,6 +569,35 @@ async fn a_ticket_whose_session_ends_while_it_waits_is_withdrawn_as_client_gone(
     close(third).await;
 }
 
+#[tokio::test]
+async fn an_accept_mode_shadow_tenant_is_relayed_at_once_over_its_cap() {
+    let (_edge, proxy) = setup(
+        config().tenant(
+            tenant("lab")
+                .accept_mode()
+                .key("enforce", "false")
+                .max_sessions(1)
+                .queue_depth(0),
+        ),
+    )
+    .await;
+    let url = proxy.url("/t/lab/");
+    let mut a = connect_ok(&url, &[]).await;
+    let mut b = connect_ok(&url, &[]).await;
+    echo(&mut a, "first").await;
+    echo(&mut b, "over the cap, relayed all the same").await;
+    let s = scrape(proxy.admin).await;
+    assert_eq!(would(&s, "lab", "admit"), 1.0);
+    assert_eq!(would(&s, "lab", "queue-full"), 1.0);
+    assert_eq!(s.connects("lab", "admitted"), 2.0);
+    close(a).await;
+    close(b).await;
+    wait_until("the slots back", async || {
+        proxy.admission.tenant_load("lab").unwrap().live == 0
+    })
+    .await;
+}
+
 #[test]
 fn enforce_is_a_boolean_and_shadow_mode_is_refused_with_a_cluster() {
     let base = "[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:1\"]\n\
