@@ -66,6 +66,10 @@
 //!   enforced are not in its would-be count.
 //! * The drain: like every gate, the model is closed; queued tickets count `draining`.
 //!
+//! The other way round, clients already queued in the real gate when a reload flips the
+//! tenant to shadow stay queued under the enforced rules (the flip applies to the next
+//! connect); they are admitted or refused as before.
+//!
 //! # Bounds
 //!
 //! Per shadow tenant one model gate; per queued ticket one queue entry and one small
