@@ -598,6 +598,47 @@ async fn an_accept_mode_shadow_tenant_is_relayed_at_once_over_its_cap() {
     .await;
 }
 
+#[tokio::test]
+async fn the_drain_refuses_a_shadow_tenants_new_connects_and_counts_its_waiting_tickets() {
+    let edge = edge().await;
+    let mut sluice = config()
+        .upstream(&edge.url(false))
+        .tenant(
+            tenant("lab")
+                .key("enforce", "false")
+                .max_sessions(1)
+                .queue_depth(1)
+                .queue_timeout(Duration::from_secs(60))
+                .unpaced(),
+        )
+        .drain_timeout(Duration::from_secs(20))
+        .serve()
+        .await;
+    let proxy = sluice.proxy.clone();
+    let url = proxy.url("/t/lab/");
+    let mut first = connect_ok(&url, &[]).await;
+    let mut second = connect_ok(&url, &[]).await;
+    assert_eq!(status_of(&proxy, "lab").await["shadow"]["would_queued"], 1);
+    sluice.shutdown();
+    wait_until("the waiting ticket to count draining", async || {
+        would(&scrape(proxy.admin).await, "lab", "draining") == 1.0
+    })
+    .await;
+    // Shadow mode does not keep a draining server open to new sessions; live ones go on.
+    match connect(&url, &[]).await {
+        Ok(_) => panic!("a shadow connect was admitted while draining"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(reason(&resp), "draining");
+        }
+        Err(_) => {} // the listener is already closed
+    }
+    echo(&mut first, "still relayed while draining").await;
+    echo(&mut second, "this one too").await;
+    close(first).await;
+    close(second).await;
+    sluice.stopped(Duration::from_secs(20)).await;
+}
+
 #[test]
 fn enforce_is_a_boolean_and_shadow_mode_is_refused_with_a_cluster() {
     let base = "[upstream.groups.primary]\nendpoints = [\"ws://127.0.0.1:1\"]\n\
