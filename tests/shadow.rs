@@ -662,3 +662,20 @@ fn enforce_is_a_boolean_and_shadow_mode_is_refused_with_a_cluster() {
     let line = out.lines().find(|l| l.starts_with("shadow")).unwrap();
     assert!(line.contains("lab"), "{line}");
 }
+
+#[test]
+fn check_config_accepts_the_shipped_roll_out_example_and_names_its_shadow_tenant() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check-config", "config/shadow.toml"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().find(|l| l.starts_with("shadow")).unwrap();
+    assert!(line.contains("acme") && !line.contains("globex"), "{line}");
+}
