@@ -261,6 +261,21 @@ pub struct TenantStatus {
     pub history: History,
     /// A SIP tenant's calls against its cap (`None`: it has no call limits).
     pub calls: Option<CallsStatus>,
+    /// Shadow mode (`enforce = false`): what enforcing would have done; `None` while
+    /// the tenant is enforced.
+    pub shadow: Option<ShadowStatus>,
+}
+
+/// A shadow tenant in `/api/tenants`: nothing of this was applied.
+#[derive(Debug, Serialize)]
+pub struct ShadowStatus {
+    /// Sessions enforcing would have let in and that still live.
+    pub would_live: u32,
+    /// Connects that would be waiting in the queue now.
+    pub would_queued: u32,
+    /// Would-be decisions so far by `would` label (`admit`, `queue`, refusal reasons,
+    /// `client-gone`).
+    pub would: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// A SIP tenant's calls in `/api/tenants`.
@@ -350,6 +365,11 @@ pub fn status(runtime: &Runtime) -> Status {
             recent: tm.recent_window(),
             history: tm.history(),
             calls: tenant.and_then(|t| t.settings().calls.as_deref().map(calls_status)),
+            shadow: tenant.and_then(Tenant::shadow).map(|v| ShadowStatus {
+                would_live: v.load.live,
+                would_queued: v.load.queued,
+                would: v.counts.into_iter().collect(),
+            }),
         }
     };
     let mut tenants: Vec<TenantStatus> = snapshot

@@ -36,11 +36,17 @@
 //! A shared scope's fast path answers "ask the backend", so its clients queue and the
 //! pump asks, in FIFO order; a backend failure delays, it never refuses (see
 //! [`capacity`]).
+//!
+//! A tenant in shadow mode (`enforce = false`) is not decided here but admitted at once
+//! by [`Admission::admit_shadow`]: its session counts in its gate and the edge without
+//! waiting, and what enforcing would have done is decided on a model gate and counted
+//! ([`shadow`]).
 
 pub mod adaptive;
 pub mod capacity;
 mod edge;
 mod gate;
+pub mod shadow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,6 +119,10 @@ pub struct Permit {
     gate: Arc<TenantGate>,
     /// Whether it holds an edge slot (of `gate.edge`).
     edge: bool,
+    /// A shadow tenant's session: its would-be decision ([`shadow`]), withdrawn or
+    /// released after the slots above (held for its `Drop`).
+    #[allow(dead_code)]
+    shadow: Option<Box<shadow::Watch>>,
 }
 
 impl Drop for Permit {
@@ -245,13 +255,19 @@ impl Admission {
             gauges,
             backend,
         ));
+        self.register(&gate);
+        gate
+    }
+
+    /// Keeps `gate` among the live gates (the drain closes it; a draining scheduler
+    /// closes it now).
+    fn register(&self, gate: &Arc<TenantGate>) {
         let mut gates = self.lock_gates();
         gates.retain(|g| g.strong_count() > 0);
-        gates.push(Arc::downgrade(&gate));
+        gates.push(Arc::downgrade(gate));
         if self.draining.load(std::sync::atomic::Ordering::Acquire) {
             gate.close(Closed::Draining);
         }
-        gate
     }
 
     fn lock_gates(&self) -> std::sync::MutexGuard<'_, Vec<Weak<TenantGate>>> {
@@ -292,6 +308,7 @@ impl Admission {
         let mut permit = Permit {
             gate: gate.clone(),
             edge: false,
+            shadow: None,
         };
         if let Some(edge) = &self.edge {
             if edge.capacity().try_acquire_slot() != Fast::Yes(()) {
@@ -492,6 +509,14 @@ impl Admission {
     /// when that cannot happen before `deadline`. Without an `[edge]` ceiling, no token
     /// is needed.
     pub async fn retry_token(&self, gate: &TenantGate, deadline: Instant) -> bool {
+        if gate.shadow() {
+            // A shadow tenant's retry goes on at once too; its handshake counts at the
+            // edge all the same.
+            if let Some(edge) = &self.edge {
+                let _ = edge.limit.tokens.force_take(Instant::now());
+            }
+            return true;
+        }
         while let Some(until) = gate.paused(Instant::now()) {
             // A pause the edge asked for (the tenant's, or its whole group's for it)
             // holds the tenant's clients on every replica of a cluster too.

@@ -314,6 +314,7 @@ mod tests {
                 queue_mode: crate::config::QueueMode::Hold,
                 subprotocols: vec![],
                 weight: 1,
+                enforce: true,
             },
             group: Arc::new(crate::config::Group {
                 name: "primary".into(),

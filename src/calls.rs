@@ -98,6 +98,7 @@ fn gate_limits(calls: &Calls) -> Limits {
         queue_mode: QueueMode::Accept,
         subprotocols: Vec::new(),
         weight: 1,
+        enforce: true,
     }
 }
 

@@ -396,6 +396,18 @@ pub fn describe(config: &Config, name: &str) -> String {
             let _ = writeln!(out, "{}", describe_calls(&t.name, c));
         }
     }
+    let shadow: Vec<&str> = settings
+        .iter()
+        .filter(|s| !s.config.limits.enforce)
+        .map(|s| s.config.name.as_str())
+        .collect();
+    if !shadow.is_empty() {
+        let _ = writeln!(
+            out,
+            "shadow (enforce = false): {}; limits computed and counted (sluice_shadow_*), not applied: every connect goes on",
+            shadow.join(", ")
+        );
+    }
     let _ = writeln!(out);
     let header = [
         "tenant", "sessions", "rate/s", "burst", "queue", "timeout", "mode", "weight", "group",

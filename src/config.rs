@@ -372,6 +372,9 @@ pub struct Limits {
     pub subprotocols: Vec<String>,
     /// Share of the edge ceiling.
     pub weight: u32,
+    /// `enforce`: `false` puts the tenant in shadow mode (admission's `shadow` module):
+    /// its decisions are computed and counted, never applied.
+    pub enforce: bool,
 }
 
 /// `queue_mode`

@@ -39,10 +39,11 @@
 //! 3. [`auth`] checks the tenant's credential (none, API key, JWT) and strips it.
 //! 4. [`admission`] decides on the handle's gate: per-tenant session caps, handshake
 //!    token buckets and bounded FIFO queues, the `[edge]` ceiling shared by weight;
-//!    queued connects are paced out. It imports neither upstream nor metrics, and its
-//!    capacity sits behind an interface a shared backend can implement: [`cluster`]
-//!    (`[cluster]`) puts it on Redis, so that several replicas enforce one set of
-//!    limits.
+//!    queued connects are paced out; a shadow tenant (`enforce = false`) goes on at
+//!    once while what enforcing would do is counted. It imports neither upstream nor
+//!    metrics, and its capacity sits behind an interface a shared backend can
+//!    implement: [`cluster`] (`[cluster]`) puts it on Redis, so that several replicas
+//!    enforce one set of limits.
 //! 5. [`proxy`]'s `dial` opens the upstream WebSocket through [`upstream`] (request,
 //!    connect, retry, the endpoint pool of the tenant's group).
 //! 6. [`relay`]: in `hold` mode a byte tunnel that holds no buffer while idle; in

@@ -14,6 +14,7 @@
 mod calls;
 mod cluster;
 mod recent;
+mod shadow;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -32,6 +33,7 @@ pub use self::calls::{CallMetrics, CallOutcome, TenantCallMetrics};
 pub use self::cluster::{ClusterMetrics, ScopeMetrics};
 use self::recent::{Class, Recent};
 pub use self::recent::{History, RecentWindow, HISTORY_SECONDS};
+pub use self::shadow::{ShadowFamilies, ShadowMetrics};
 
 // Kept here too (they lived here first): `crate::metrics::{quantile, unix_now}`.
 pub use crate::stats::{quantile, unix_now};
@@ -145,6 +147,8 @@ pub struct Metrics {
     cluster: Option<ClusterMetrics>,
     /// `sluice_calls_*` and the other call families of SIP tenants.
     calls: CallMetrics,
+    /// `sluice_shadow_*`: shadow tenants' would-be decisions.
+    shadow: ShadowFamilies,
     /// The last upstream errors, newest last.
     edge_errors: Mutex<VecDeque<EdgeError>>,
 }
@@ -297,9 +301,11 @@ impl Metrics {
             .as_ref()
             .map(|_| ClusterMetrics::register(&registry));
         let calls = CallMetrics::register(&registry);
+        let shadow = ShadowFamilies::register(&registry);
         Self {
             cluster,
             calls,
+            shadow,
             registry,
             sessions_active,
             queue_depth,
@@ -335,6 +341,8 @@ impl Metrics {
             ("queue_depth", f64::from(l.queue_depth)),
             ("queue_timeout_seconds", l.queue_timeout.as_secs_f64()),
             ("weight", f64::from(l.weight)),
+            // 0: shadow mode, decisions counted in sluice_shadow_* and not applied.
+            ("enforce", if l.enforce { 1.0 } else { 0.0 }),
         ] {
             self.tenant_limit
                 .with_label_values(&[name, limit])
@@ -403,6 +411,11 @@ impl Metrics {
     /// The call families (SIP tenants).
     pub fn calls(&self) -> &CallMetrics {
         &self.calls
+    }
+
+    /// The shadow families (tenants with `enforce = false`).
+    pub fn shadow(&self) -> &ShadowFamilies {
+        &self.shadow
     }
 
     /// `sluice_effective_handshake_rate{tenant="_edge"}`, when there is an `[edge]`.

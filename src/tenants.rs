@@ -8,7 +8,10 @@
 //! queue, session count and pause state), and, swapped whole by a reload, its validated
 //! limits and credential settings, its upstream group and that group's pool (shared by
 //! the group's tenants), its metrics children with their log budgets, and its call gate
-//! when it has call limits ([`crate::calls`]).
+//! when it has call limits ([`crate::calls`]). A tenant in shadow mode (`enforce =
+//! false`) also holds its would-be admission ([`crate::admission::shadow`]): a reload
+//! that flips `enforce` builds or ends it, live sessions going on either way, and the
+//! next connect is decided by the new setting.
 //!
 //! # A tenant that a reload removes or brings back
 //!
@@ -28,12 +31,14 @@ use std::sync::{Arc, Weak};
 
 use tokio::time::Instant;
 
-use crate::admission::{Admission, Gauges, Pauses, TenantGate};
+use crate::admission::shadow::{Shadow, ShadowSink, Would};
+use crate::admission::{Admission, Admitted, Gauges, Pauses, TenantGate, TenantLoad};
 use crate::auth::{self, Credential};
 use crate::calls::CallGate;
 use crate::config::{self, Config, Group, DEFAULT_TENANT};
 use crate::control::Revocation;
-use crate::metrics::{Metrics, TenantMetrics, UNKNOWN_TENANT};
+use crate::metrics::{Metrics, ShadowMetrics, TenantMetrics, UNKNOWN_TENANT};
+use crate::reject::Rejection;
 use crate::tenant::Directory;
 use crate::upstream::{Pool, Pools};
 
@@ -46,6 +51,53 @@ pub struct Tenant {
     pub gate: Arc<TenantGate>,
     /// Its settings, swapped whole by a reload.
     settings: arc_swap::ArcSwap<Settings>,
+    /// In shadow mode (`enforce = false`): its model and counters; `None` while
+    /// enforced. Set and cleared by a reload.
+    shadow: arc_swap::ArcSwapOption<ShadowMode>,
+}
+
+/// A shadow tenant's would-be admission ([`crate::admission::shadow`]) and its counters.
+#[derive(Debug)]
+struct ShadowMode {
+    model: Arc<Shadow>,
+    metrics: Arc<ShadowMetrics>,
+}
+
+/// What enforcing would have done, for the status page.
+#[derive(Debug, Clone)]
+pub struct ShadowView {
+    /// The model's would-be live sessions and queue.
+    pub load: TenantLoad,
+    /// Would-be decisions so far by `would` label.
+    pub counts: Vec<(&'static str, u64)>,
+}
+
+/// A shadow tenant's would-be decisions land in its metrics (a type of its own here, so
+/// that the metrics layer implements nothing of admission's).
+#[derive(Debug)]
+struct ShadowCount(Arc<ShadowMetrics>);
+
+impl ShadowSink for ShadowCount {
+    fn decided(&self, would: Would) {
+        self.0.count(would.as_str());
+    }
+    fn waited(&self, waited: std::time::Duration) {
+        self.0.waited(waited);
+    }
+}
+
+/// The `would` labels a shadow tenant's counter has.
+fn would_labels() -> [&'static str; Would::ALL.len()] {
+    Would::ALL.map(Would::as_str)
+}
+
+/// The shadow mode of tenant `t` on `admission`, counting into `metrics`.
+fn shadow_mode(t: &config::Tenant, admission: &Admission, metrics: &Metrics) -> ShadowMode {
+    let counters = Arc::new(metrics.shadow().tenant(&t.name, &would_labels()));
+    ShadowMode {
+        model: admission.shadow(&t.name, &t.limits, Arc::new(ShadowCount(counters.clone()))),
+        metrics: counters,
+    }
 }
 
 /// What a reload may change of a tenant, swapped as one.
@@ -68,6 +120,48 @@ pub struct Settings {
 }
 
 impl Tenant {
+    /// Step 4 for a connect of this tenant: enforced, [`Admission::admit`]; in shadow
+    /// mode, admitted at once with its would-be decision on the side
+    /// ([`Admission::admit_shadow`]).
+    ///
+    /// # Errors
+    /// The refusal to send.
+    pub async fn admit(&self, admission: &Admission) -> Result<Admitted, Rejection> {
+        match self.shadow.load_full() {
+            Some(mode) => admission.admit_shadow(&self.gate, &mode.model),
+            None => admission.admit(&self.gate).await,
+        }
+    }
+
+    /// In shadow mode, what enforcing would have done; `None` while enforced.
+    pub fn shadow(&self) -> Option<ShadowView> {
+        let mode = self.shadow.load_full()?;
+        Some(ShadowView {
+            load: mode.model.load(),
+            counts: mode.metrics.counts().collect(),
+        })
+    }
+
+    /// Applies `t`'s `enforce` (a reload): a flip to shadow builds the model, a flip to
+    /// enforce ends it; a tenant that stays shadow gets its new limits in the model.
+    fn set_shadow(&self, t: &config::Tenant, admission: &Admission, metrics: &Metrics) {
+        match (self.shadow.load_full(), t.limits.enforce) {
+            (Some(mode), false) => mode.model.configure(&t.limits),
+            (Some(_), true) => self.end_shadow(),
+            (None, false) => self
+                .shadow
+                .store(Some(Arc::new(shadow_mode(t, admission, metrics)))),
+            (None, true) => {}
+        }
+    }
+
+    /// Ends shadow mode (a flip to enforce, or the tenant removed).
+    fn end_shadow(&self) {
+        if let Some(mode) = self.shadow.swap(None) {
+            mode.model.end();
+        }
+    }
+
     /// The settings in force now (one atomic load).
     pub fn settings(&self) -> Arc<Settings> {
         self.settings.load_full()
@@ -182,6 +276,7 @@ impl Table {
                     handle
                         .gate
                         .configure(&t.limits, Some(pool.clone() as Arc<dyn Pauses>));
+                    handle.set_shadow(t, admission, metrics);
                     let (calls, calls_gone) = crate::calls::reconcile(
                         &t.name,
                         (before.calls.as_ref(), &before.calls_gone),
@@ -209,9 +304,12 @@ impl Table {
                         },
                         Some(pool.clone() as Arc<dyn Pauses>),
                     );
+                    let shadow =
+                        (!t.limits.enforce).then(|| Arc::new(shadow_mode(t, admission, metrics)));
                     Arc::new(Tenant {
                         name: t.name.as_str().into(),
                         gate,
+                        shadow: arc_swap::ArcSwapOption::new(shadow),
                         settings: arc_swap::ArcSwap::from_pointee(Settings {
                             config: t.clone(),
                             group,
@@ -235,6 +333,7 @@ impl Table {
             for (name, handle) in &old.tenants {
                 if !tenants.contains_key(name) {
                     handle.gate.retire();
+                    handle.end_shadow();
                     retired.insert(name.clone(), Arc::downgrade(handle));
                 }
             }

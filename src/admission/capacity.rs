@@ -409,6 +409,14 @@ impl Slots {
             .is_ok()
     }
 
+    /// Takes a slot whether or not one is free (a shadow tenant's session, which is
+    /// counted but never held back: it may take the count over the cap). Whether it
+    /// fitted under the cap. Released like any other, exactly once.
+    pub fn force_acquire(&self) -> bool {
+        let before = self.live.fetch_add(1, Ordering::SeqCst);
+        before < self.cap.load(Ordering::SeqCst)
+    }
+
     /// About how long sessions take to free a slot: the time between releases over
     /// the last one to two minutes (counting the silence since, so it grows while
     /// nothing ends); `None` before any release.

@@ -203,6 +203,10 @@ pub struct TenantGate {
     weight: AtomicU32,
     /// Why the queue takes nobody any more ([`Closed`]), as its `u8`; 0: open.
     closed: AtomicU8,
+    /// `!enforce`: the tenant is in shadow mode; its clients go on untouched (no pause,
+    /// no wait for an edge token on a retry) and its decisions are modelled elsewhere
+    /// ([`super::shadow`]). Changed by a reload.
+    shadow: std::sync::atomic::AtomicBool,
     queue: Mutex<Queue>,
     /// `sluice_queue_depth` of this tenant, set wherever `queued` changes.
     depth_gauge: prometheus::IntGauge,
@@ -261,6 +265,7 @@ impl TenantGate {
             queue_timeout: AtomicU64::new(duration_nanos(limits.queue_timeout)),
             weight: AtomicU32::new(limits.weight),
             closed: AtomicU8::new(0),
+            shadow: std::sync::atomic::AtomicBool::new(!limits.enforce),
             queue: Mutex::default(),
             depth_gauge: gauges.queue_depth,
             adaptive: Adaptive::new(
@@ -367,6 +372,11 @@ impl TenantGate {
         own.max(group).max(shared)
     }
 
+    /// Whether the tenant is in shadow mode (`enforce = false`) now.
+    pub fn shadow(&self) -> bool {
+        self.shadow.load(Ordering::Acquire)
+    }
+
     /// The tenant's queue depth.
     pub(crate) fn queue_depth(&self) -> u32 {
         self.queue_depth.load(Ordering::Relaxed)
@@ -394,6 +404,7 @@ impl TenantGate {
         self.queue_timeout
             .store(duration_nanos(limits.queue_timeout), Ordering::Relaxed);
         self.weight.store(limits.weight, Ordering::Relaxed);
+        self.shadow.store(!limits.enforce, Ordering::Release);
         self.adaptive.reconfigure(
             &self.limit.tokens,
             limits.handshake_rate,

@@ -132,6 +132,7 @@ pub(super) fn builtin_limits() -> Limits {
         queue_mode: QueueMode::Hold,
         subprotocols: vec!["sip".to_owned()],
         weight: DEFAULT_WEIGHT,
+        enforce: true,
     }
 }
 

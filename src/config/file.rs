@@ -146,6 +146,7 @@ pub struct LimitsFile {
     pub queue_mode: Option<String>,
     pub subprotocols: Option<Vec<String>>,
     pub weight: Option<i64>,
+    pub enforce: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +161,7 @@ pub struct TenantFile {
     pub queue_mode: Option<String>,
     pub subprotocols: Option<Vec<String>>,
     pub weight: Option<i64>,
+    pub enforce: Option<bool>,
     pub upstream_group: Option<String>,
     pub auth: Option<AuthFile>,
     pub max_calls: Option<i64>,
@@ -184,6 +186,7 @@ impl TenantFile {
             queue_mode: self.queue_mode.clone(),
             subprotocols: self.subprotocols.clone(),
             weight: self.weight,
+            enforce: self.enforce,
         }
     }
 }

@@ -102,6 +102,8 @@ impl Config {
 
         let upstream = v.upstream(file.upstream);
         let defaults = v.limits("defaults", &file.defaults, None);
+        let clustered = cluster.is_some();
+        v.shadow_alone("defaults", file.defaults.enforce, clustered);
 
         let protection = Protection {
             preauth_rate_per_ip: v.positive_rate(
@@ -147,6 +149,7 @@ impl Config {
                 continue;
             }
             let limits = v.limits(&prefix, &tenant.limits(), Some(&defaults));
+            v.shadow_alone(&prefix, tenant.enforce, clustered);
             let calls = v.calls(&prefix, tenant, &limits);
             let group = match &tenant.upstream_group {
                 None => upstream.default(),

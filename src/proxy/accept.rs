@@ -264,7 +264,7 @@ pub async fn serve(p: Pending, client: Leg) {
     let mut held = Held::new(&p.config.accept);
     // Step 4: admission, while the client's messages are held.
     let control = &p.shared.control;
-    let admission = p.shared.admission.admit(&p.tenant.gate);
+    let admission = p.tenant.admit(&p.shared.admission);
     let admitted = match while_queued(&mut client, &mut held, control, admission).await {
         Ok(Ok(admitted)) => admitted,
         Ok(Err(rejection)) => {

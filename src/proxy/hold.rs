@@ -24,7 +24,7 @@ pub(super) async fn serve(c: Connect, upstream_req: Request<()>) -> Answer {
 
     // Step 4: admission. The permit moves into the Session below and is released when
     // the session ends.
-    let admitted = match c.runtime.admission.admit(&c.tenant.gate).await {
+    let admitted = match c.tenant.admit(&c.runtime.admission).await {
         Ok(a) => a,
         Err(rejection) => {
             gone.disarm();

@@ -20,6 +20,47 @@ async fn burst_then_one_token_per_interval() {
     assert_eq!(taken, 5);
 }
 
+/// A shadow handshake is taken whatever the bucket holds and says when an enforced one
+/// would have gone; the debt it leaves is at most one burst beyond empty.
+#[tokio::test(start_paused = true)]
+async fn forced_takes_say_when_they_would_have_gone_and_leave_at_most_a_burst_of_debt() {
+    let t = Tokens::new(10.0, 3);
+    let start = Instant::now();
+    let interval = Duration::from_millis(100);
+    let ready: Vec<Duration> = (0..6).map(|_| t.force_take(start) - start).collect();
+    assert_eq!(
+        ready,
+        [0, 0, 0, 1, 2, 3].map(|k| interval * k),
+        "the burst at once, then one interval apart"
+    );
+    // A storm of a thousand more: the debt stops at one burst past empty.
+    for _ in 0..1000 {
+        let _ = t.force_take(start);
+    }
+    let next = t.try_take(start).unwrap_err();
+    assert_eq!(
+        next - start,
+        interval * 3,
+        "one burst of intervals, not 1000"
+    );
+    // Enforced clients after it are paced from there, not refused for ever.
+    assert!(t.try_take(next).is_ok());
+}
+
+/// A forced slot may go over the cap, says whether it fitted, and is released like any.
+#[test]
+fn forced_slots_count_over_the_cap() {
+    let s = Slots::new(2);
+    assert!(s.force_acquire());
+    assert!(s.force_acquire());
+    assert!(!s.force_acquire());
+    assert_eq!(s.live(), 3);
+    assert!(!s.try_acquire(), "over the cap: an enforced client waits");
+    s.release();
+    s.release();
+    assert!(s.try_acquire());
+}
+
 #[tokio::test(start_paused = true)]
 async fn refund_restores_the_token() {
     let t = Tokens::new(10.0, 1);

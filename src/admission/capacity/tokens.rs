@@ -113,6 +113,38 @@ impl Tokens {
         }
     }
 
+    /// Takes a token at `now` whether or not one is ready (a shadow tenant's handshake:
+    /// counted, never held back), and returns when it would have been ready: `now` when
+    /// it was, else when an enforced client arriving now would have been let through.
+    ///
+    /// The debt this can build is bounded: the TAT never moves past `now + tolerance +
+    /// burst · interval`, i.e. one burst beyond what the bucket holds. While a shadow
+    /// storm lasts the bucket stays empty (every handshake the edge really gets counts),
+    /// but once it ends enforced clients wait at most one burst's worth of intervals, not
+    /// for every handshake the storm ever sent (docs/security.md, shadow mode).
+    pub fn force_take(&self, now: Instant) -> Instant {
+        let at = self.nanos(now);
+        let interval = self.interval.load(Ordering::Relaxed);
+        let tolerance = self.tolerance.load(Ordering::Relaxed);
+        let ceiling = at
+            .saturating_add(tolerance)
+            .saturating_add(tolerance.saturating_add(interval));
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let next = (tat.max(at) + interval).min(ceiling.max(tat));
+            match self
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let ready = tat.saturating_sub(tolerance).max(at);
+                    return self.epoch + Duration::from_nanos(ready);
+                }
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
     /// When the next token can be taken (`<= now` means now).
     pub fn ready_at(&self) -> Instant {
         let tat = self.tat.load(Ordering::Acquire);

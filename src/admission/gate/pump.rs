@@ -103,6 +103,7 @@ async fn reserve(
             permit: super::super::Permit {
                 gate: slot.into_permit_part(),
                 edge: edge_slot.map(Slot::into_permit_part).is_some(),
+                shadow: None,
             },
             tenant_token: token,
             edge_token,

@@ -106,6 +106,19 @@ impl Validator {
             queue_mode,
             subprotocols,
             weight: self.positive_u32(&key("weight"), file.weight, base.weight),
+            enforce: file.enforce.unwrap_or(base.enforce),
+        }
+    }
+
+    /// Shadow mode (`enforce = false` at `prefix`) is refused with `[cluster]`: a shadow
+    /// tenant's sessions must count in the edge's totals without waiting, which the
+    /// shared (Redis) capacity has no operation for (see [`crate::admission::shadow`]).
+    pub(super) fn shadow_alone(&mut self, prefix: &str, enforce: Option<bool>, clustered: bool) {
+        if enforce == Some(false) && clustered {
+            self.fail(
+                &format!("{prefix}.enforce"),
+                "shadow mode (enforce = false) is not supported with [cluster] yet: its sessions could not count in the limits the replicas share; run the roll-out on one replica without [cluster], or enforce",
+            );
         }
     }
 
