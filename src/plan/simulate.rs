@@ -237,6 +237,16 @@ async fn client(sim: Rc<Sim>, i: usize) {
     }
 }
 
+/// The gate a connect of `tenant` goes to: its own, else `_default` when unknown
+/// tenants are admitted as such, else none (it is refused `tenant-unknown`).
+pub(crate) fn gate_of(config: &Config, tenant: &str) -> Option<String> {
+    if config.tenants.contains_key(tenant) {
+        Some(tenant.to_owned())
+    } else {
+        config.default_tenant.as_ref().map(|d| d.name.clone())
+    }
+}
+
 /// Replays `clients` (sorted by `at`) through the scheduler of `config`; the report.
 ///
 /// # Panics
@@ -259,16 +269,7 @@ pub fn simulate(config: &Config, clients: &[Client], options: &Options) -> Repor
             })
         })
         .collect();
-    let gates: Vec<Option<String>> = names
-        .iter()
-        .map(|n| {
-            if config.tenants.contains_key(&**n) {
-                Some(n.to_string())
-            } else {
-                config.default_tenant.as_ref().map(|d| d.name.clone())
-            }
-        })
-        .collect();
+    let gates: Vec<Option<String>> = names.iter().map(|n| gate_of(config, n)).collect();
     let span = clients.last().map_or(Duration::ZERO, |c| c.at);
     // About 600 points across the arrivals, at least one a second.
     let step = Duration::from_secs((span.as_secs() / 600).max(1));
