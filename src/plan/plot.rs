@@ -15,6 +15,20 @@ use super::PlanError;
 /// The most tenants drawn.
 pub const MAX_LINES: usize = 10;
 
+/// Line colours (Tableau 10), readable on white.
+const PALETTE: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
 /// Draws `report` to `path`.
 ///
 /// # Errors
@@ -63,7 +77,29 @@ fn draw_inner(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Er
     };
     let root = root.titled(&title, ("sans-serif", 20))?;
     let (top, bottom) = root.split_vertically(340);
-    let colour = |i: usize| Palette99::pick(i).to_rgba();
+    let colour = |i: usize| {
+        let (r, g, b) = PALETTE[i % PALETTE.len()];
+        RGBColor(r, g, b).to_rgba()
+    };
+    // A count series ends at its last admission (0 after it); a level series at its last
+    // change (its level after it).
+    let padded = |values: &[u32], after: u32| -> Vec<(f64, f64)> {
+        (0..points)
+            .map(|k| {
+                (
+                    minutes(k),
+                    f64::from(values.get(k).copied().unwrap_or(after)),
+                )
+            })
+            .collect()
+    };
+    let minute_label = |m: &f64| {
+        if x_end >= 5.0 {
+            format!("{m:.0}")
+        } else {
+            format!("{m:.1}")
+        }
+    };
 
     let mut chart = ChartBuilder::on(&top)
         .caption("queue depth (clients)", ("sans-serif", 16))
@@ -75,16 +111,14 @@ fn draw_inner(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Er
         .configure_mesh()
         .x_desc("minutes")
         .y_desc("queued")
+        .x_label_formatter(&minute_label)
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     for (i, (name, t)) in tenants.iter().enumerate() {
         let c = colour(i);
         chart
             .draw_series(LineSeries::new(
-                t.queue
-                    .values()
-                    .iter()
-                    .enumerate()
-                    .map(|(k, v)| (minutes(k), f64::from(*v))),
+                padded(t.queue.values(), t.queue.level_now()),
                 c.stroke_width(2),
             ))?
             .label(name.as_str())
@@ -94,7 +128,7 @@ fn draw_inner(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Er
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .draw()?;
 
     let mut chart = ChartBuilder::on(&bottom)
@@ -107,16 +141,14 @@ fn draw_inner(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Er
         .configure_mesh()
         .x_desc("minutes")
         .y_desc("per second")
+        .x_label_formatter(&minute_label)
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     for (i, (_, t)) in tenants.iter().enumerate() {
-        chart.draw_series(LineSeries::new(
-            t.admitted
-                .values()
-                .iter()
-                .enumerate()
-                .map(|(k, v)| (minutes(k), f64::from(*v) / step)),
-            colour(i).stroke_width(2),
-        ))?;
+        let per_second = padded(t.admitted.values(), 0)
+            .into_iter()
+            .map(|(x, n)| (x, n / step));
+        chart.draw_series(LineSeries::new(per_second, colour(i).stroke_width(2)))?;
     }
     root.present()?;
     Ok(())

@@ -136,6 +136,11 @@ impl Series {
     pub fn values(&self) -> &[u32] {
         &self.values
     }
+
+    /// The level after the last change (a level series), `0` for a count.
+    pub fn level_now(&self) -> u32 {
+        self.current
+    }
 }
 
 fn secs(v: Option<f64>) -> String {
@@ -143,7 +148,11 @@ fn secs(v: Option<f64>) -> String {
         None => "-".to_owned(),
         Some(s) if s < 1.0 && s > 0.0 => format!("{:.0}ms", s * 1000.0),
         Some(s) if s < 120.0 => format!("{s:.1}s"),
-        Some(s) => format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64),
+        Some(s) if s < 3600.0 => format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64),
+        Some(s) => {
+            let s = s as u64;
+            format!("{}h{:02}m{:02}s", s / 3600, s / 60 % 60, s % 60)
+        }
     }
 }
 
