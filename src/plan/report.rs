@@ -17,6 +17,22 @@ pub struct Report {
     pub span: f64,
     /// Seconds per point of the time series (plot).
     pub step: f64,
+    /// Per client of the profile (in its order), what happened to it.
+    #[serde(skip)]
+    pub clients: Vec<ClientTrace>,
+}
+
+/// What happened to one client.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientTrace {
+    /// When it was admitted, seconds from the start.
+    pub admitted_at: Option<f64>,
+    /// How long it waited from its first attempt.
+    pub wait: Option<f64>,
+    /// Every refusal it saw, in order.
+    pub refusals: Vec<&'static str>,
+    /// Whether it gave up.
+    pub gave_up: bool,
 }
 
 /// One tenant's result.

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::report::{EdgeAloneReport, EdgeReport, Report, Series, TenantReport};
+use super::report::{ClientTrace, EdgeAloneReport, EdgeReport, Report, Series, TenantReport};
 use super::{Client, RetryPolicy};
 use crate::admission::{Jitter, Scheduler};
 use crate::config::Config;
@@ -101,6 +101,8 @@ struct State {
     sessions: Series,
     /// Admissions per whole second.
     per_second: Vec<u32>,
+    /// Per client, what happened to it.
+    traces: Vec<ClientTrace>,
 }
 
 impl Sim {
@@ -126,11 +128,13 @@ impl Sim {
         });
     }
 
-    fn admitted(&self, t: usize, first: Instant) {
+    fn admitted(&self, i: usize, t: usize, first: Instant) {
         let now = Instant::now();
         let b = self.bucket(now);
         let second = (now - self.start).as_secs() as usize;
         self.with(|s| {
+            s.traces[i].admitted_at = Some((now - self.start).as_secs_f64());
+            s.traces[i].wait = Some((now - first).as_secs_f64());
             let tally = &mut s.tenants[t];
             tally.connected += 1;
             tally.waits.push((now - first).as_secs_f64());
@@ -201,11 +205,14 @@ async fn client(sim: Rc<Sim>, i: usize) {
         };
         let refusal = match result {
             None => {
-                sim.with(|s| s.tenants[t].gave_up += 1);
+                sim.with(|s| {
+                    s.tenants[t].gave_up += 1;
+                    s.traces[i].gave_up = true;
+                });
                 return;
             }
             Some(Ok(admitted)) => {
-                sim.admitted(t, first);
+                sim.admitted(i, t, first);
                 tokio::time::sleep(c.hold).await;
                 drop(admitted);
                 sim.ended();
@@ -218,6 +225,7 @@ async fn client(sim: Rc<Sim>, i: usize) {
                 .refused
                 .entry(refusal.reason.as_str())
                 .or_default() += 1;
+            s.traces[i].refusals.push(refusal.reason.as_str());
         });
         if attempt >= retry.attempts {
             sim.with(|s| s.tenants[t].failed += 1);
@@ -230,7 +238,10 @@ async fn client(sim: Rc<Sim>, i: usize) {
             _ => retry.pause(attempt, refusal.retry_after, || sim.rng.unit()),
         };
         if deadline.is_some_and(|d| Instant::now() + pause >= d) {
-            sim.with(|s| s.tenants[t].gave_up += 1);
+            sim.with(|s| {
+                s.tenants[t].gave_up += 1;
+                s.traces[i].gave_up = true;
+            });
             return;
         }
         tokio::time::sleep(pause).await;
@@ -284,6 +295,7 @@ pub fn simulate(config: &Config, clients: &[Client], options: &Options) -> Repor
             rng: Jitter::seeded(options.seed ^ 0x5eed),
             state: RefCell::new(State {
                 tenants: names.iter().map(|_| Tally::default()).collect(),
+                traces: vec![ClientTrace::default(); clients.len()],
                 ..State::default()
             }),
         });
@@ -362,6 +374,7 @@ fn build_report(
         edge,
         span: end.as_secs_f64(),
         step: step.as_secs_f64(),
+        clients: state.traces,
     }
 }
 
