@@ -18,7 +18,7 @@
 //! [clients]                       # every tenant's clients, unless its table says otherwise
 //! hold = { uniform = ["2h", "8h"] }   # or "4h", or { exponential = "3h" } (the mean)
 //! give_up_after = "2m"            # patience from the first attempt; absent: waits forever
-//! retry = "backoff"               # none | immediate | backoff | jitter | retry-after
+//! retry = "backoff"               # none | immediate (50 ms) | backoff | jitter | retry-after
 //! retry_initial = "1s"            # first pause (backoff, jitter; retry-after without one)
 //! retry_max = "30s"               # longest pause
 //! retry_factor = 2.0              # growth of the pause per attempt
@@ -39,7 +39,8 @@
 //! arrivals = "umbrella.csv"       # relative to the profile
 //! ```
 //!
-//! Retry policies, after a refusal: `none` gives up; `immediate` tries again at once;
+//! Retry policies, after a refusal: `none` gives up; `immediate` tries again after 50 ms
+//! (`sluice spike`'s naive client);
 //! `backoff` waits `retry_initial · retry_factor^(n-1)`, at most `retry_max`; `jitter`
 //! waits a uniform draw below that (full jitter); `retry-after` waits what sluice's
 //! `Retry-After` said. A client that is still queued or waiting when its patience runs
@@ -139,7 +140,9 @@ impl Retry {
             Duration::from_secs_f64(grown.min(self.max.as_secs_f64()))
         };
         match self.policy {
-            RetryPolicy::None | RetryPolicy::Immediate => Duration::ZERO,
+            RetryPolicy::None => Duration::ZERO,
+            // The naive client: a short fixed pause, as `sluice spike --retry immediate`.
+            RetryPolicy::Immediate => crate::tools::spike::IMMEDIATE_RETRY_PAUSE,
             RetryPolicy::Backoff => backoff(),
             RetryPolicy::Jitter => backoff().mul_f64(unit()),
             RetryPolicy::RetryAfter => retry_after.unwrap_or(self.initial).min(self.max),
@@ -153,7 +156,7 @@ impl Retry {
 pub enum RetryPolicy {
     /// Gives up after the first refusal.
     None,
-    /// Tries again at once.
+    /// Tries again after a short fixed pause (`sluice spike`'s 50 ms), whatever it was told.
     Immediate,
     /// Exponential backoff.
     Backoff,
@@ -277,7 +280,7 @@ Example profile (monday.toml):
   [clients]                          # every tenant's clients
   hold = { uniform = [\"2h\", \"8h\"] }  # or \"4h\", or { exponential = \"3h\" }
   give_up_after = \"2m\"               # patience; absent: waits forever
-  retry = \"jitter\"                   # none | immediate | backoff | jitter | retry-after
+  retry = \"jitter\"                   # none | immediate (50 ms) | backoff | jitter | retry-after
   retry_initial = \"1s\"
   retry_max = \"30s\"
   max_attempts = 10
@@ -355,4 +358,50 @@ pub fn run(args: &PlanArgs) -> Result<(), PlanError> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_pauses_follow_their_policy() {
+        let retry = |policy| Retry {
+            policy,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+            factor: 2.0,
+            attempts: 10,
+        };
+        let pauses = |r: &Retry| -> Vec<Duration> {
+            (2..=6)
+                .map(|n| r.pause(n, Some(Duration::from_secs(3)), || 0.5))
+                .collect()
+        };
+        let s = Duration::from_secs;
+        assert_eq!(
+            pauses(&retry(RetryPolicy::Backoff)),
+            [s(1), s(2), s(4), s(5), s(5)]
+        );
+        assert_eq!(
+            pauses(&retry(RetryPolicy::Jitter)),
+            [
+                Duration::from_millis(500),
+                s(1),
+                s(2),
+                Duration::from_millis(2500),
+                Duration::from_millis(2500)
+            ]
+        );
+        assert_eq!(pauses(&retry(RetryPolicy::RetryAfter)), [s(3); 5]);
+        assert_eq!(
+            pauses(&retry(RetryPolicy::Immediate)),
+            [crate::tools::spike::IMMEDIATE_RETRY_PAUSE; 5]
+        );
+        assert_eq!(
+            retry(RetryPolicy::RetryAfter).pause(2, None, || 0.0),
+            s(1),
+            "no Retry-After: the first pause"
+        );
+    }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::report::{ClientTrace, EdgeAloneReport, EdgeReport, Report, Series, TenantReport};
-use super::{Client, RetryPolicy};
+use super::Client;
 use crate::admission::{Jitter, Scheduler};
 use crate::config::Config;
 use crate::reject::Reason;
@@ -232,11 +232,7 @@ async fn client(sim: Rc<Sim>, i: usize) {
             return;
         }
         attempt += 1;
-        let pause = match retry.policy {
-            // The naive client: a short fixed pause, as `sluice spike --retry immediate`.
-            RetryPolicy::Immediate => crate::tools::spike::IMMEDIATE_RETRY_PAUSE,
-            _ => retry.pause(attempt, refusal.retry_after, || sim.rng.unit()),
-        };
+        let pause = retry.pause(attempt, refusal.retry_after, || sim.rng.unit());
         if deadline.is_some_and(|d| Instant::now() + pause >= d) {
             sim.with(|s| {
                 s.tenants[t].gave_up += 1;

@@ -335,3 +335,45 @@ pub fn render(s: &Suggestion, target: Duration) -> String {
     let _ = writeln!(out, "# p99 waits with these limits: {}", p99.join(", "));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_round_up_to_figures_worth_writing() {
+        assert_eq!(round_up(0.031), 0.1);
+        assert_eq!(round_up(0.84), 0.9);
+        assert_eq!(round_up(7.01), 7.5);
+        assert_eq!(round_up(7.5), 7.5);
+        assert_eq!(round_up(99.6), 100.0);
+        assert_eq!(round_up(123.2), 124.0);
+    }
+
+    #[test]
+    fn bisection_finds_the_threshold_from_above() {
+        let mut asked = 0;
+        let found = smallest(0.05, 1000.0, &mut |r| {
+            asked += 1;
+            r >= 12.3
+        });
+        assert!((12.3..12.31).contains(&found), "{found}");
+        assert_eq!(asked, 1 + STEPS, "one look at the floor, then the steps");
+        assert_eq!(smallest(0.05, 10.0, &mut |_| true), 0.05);
+    }
+
+    #[test]
+    fn the_raw_peak_counts_sessions_held_at_once() {
+        let b = Arc::new(super::super::Behaviour::default());
+        let c = |at: u64, hold: u64| Client {
+            tenant: "t".into(),
+            at: Duration::from_secs(at),
+            hold: Duration::from_secs(hold),
+            behaviour: b.clone(),
+        };
+        // [0,10) [5,15) [10,20) [12,13): at most three at once (12 s); one ending when
+        // another starts does not overlap it.
+        assert_eq!(raw_peak(&[c(0, 10), c(5, 10), c(10, 10), c(12, 1)]), 3);
+        assert_eq!(raw_peak(&[]), 0);
+    }
+}
