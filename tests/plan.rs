@@ -80,6 +80,13 @@ fn profile_errors_name_the_key() {
     assert!(e.starts_with("clients.give_up_after:"), "{e}");
     let e = profile_error("[tenants.a]\nburst = { connects = 0 }\n");
     assert_eq!(e, "tenants.a.burst.connects: must be at least 1");
+    let e = profile_error("[tenants.a]\nburst = { connects = 9000000 }\n[tenants.b]\nburst = { connects = 2000000 }\n");
+    assert!(
+        e.starts_with(
+            "tenants.b.burst.connects: 2000000 makes 11000000 connects, more than a plan takes"
+        ),
+        "{e}"
+    );
     let e = profile_error("[tenants.a]\nburst = { connects = 1 }\nmax_attempts = 0\n");
     assert_eq!(
         e,

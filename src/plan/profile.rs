@@ -30,6 +30,8 @@ pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETRY_FACTOR: f64 = 2.0;
 /// `max_attempts` by default (with a retry policy other than `none`).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+/// The most connects a profile may describe (each costs about 100 bytes while planned).
+pub const MAX_CONNECTS: usize = 10_000_000;
 
 /// The profile file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +190,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Profile, PlanError> {
     let defaults = behaviour("clients", &file.clients, &ClientKeys::default())?;
     let mut behaviours: BTreeMap<&str, (Arc<Behaviour>, Hold)> = BTreeMap::new();
     let mut clients = Vec::new();
+    let mut planned = 0usize;
     for (name, t) in &file.tenants {
         let key = format!("tenants.{name}");
         let (b, hold) = behaviour(&key, &t.client_keys(), &file.clients)?;
@@ -202,7 +205,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Profile, PlanError> {
             });
         };
         if let Some(r) = &t.ramp {
-            positive(&format!("{key}.ramp.connects"), r.connects)?;
+            positive(&format!("{key}.ramp.connects"), r.connects, &mut planned)?;
             for i in 0..r.connects {
                 push(
                     r.from + r.over.mul_f64(f64::from(i) / f64::from(r.connects)),
@@ -211,7 +214,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Profile, PlanError> {
             }
         }
         if let Some(b) = &t.burst {
-            positive(&format!("{key}.burst.connects"), b.connects)?;
+            positive(&format!("{key}.burst.connects"), b.connects, &mut planned)?;
             for i in 0..b.connects {
                 push(
                     b.at + b.within.mul_f64(f64::from(i) / f64::from(b.connects)),
@@ -220,7 +223,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Profile, PlanError> {
             }
         }
         if let Some(s) = &t.storm {
-            positive(&format!("{key}.storm.sessions"), s.sessions)?;
+            positive(&format!("{key}.storm.sessions"), s.sessions, &mut planned)?;
             for _ in 0..s.sessions {
                 push(s.at + s.spread.mul_f64(rng.unit()), None);
             }
@@ -261,6 +264,12 @@ pub fn parse(text: &str, base: &Path) -> Result<Profile, PlanError> {
             });
         }
     }
+    if clients.len() > MAX_CONNECTS {
+        return Err(PlanError::Profile(format!(
+            "{} connects in all, more than a plan takes ({MAX_CONNECTS})",
+            clients.len()
+        )));
+    }
     if clients.is_empty() {
         return Err(PlanError::Profile(
             "no connects: give a tenant a ramp, burst, storm or arrivals, or the profile an arrivals file".into(),
@@ -290,9 +299,17 @@ pub fn from_csv(path: &Path) -> Result<Profile, PlanError> {
     Ok(Profile { clients, seed: 1 })
 }
 
-fn positive(key: &str, n: u32) -> Result<(), PlanError> {
+/// Checks a shape's count `n` under `key`, and that the profile's `planned` connects so
+/// far plus these stay within [`MAX_CONNECTS`].
+fn positive(key: &str, n: u32, planned: &mut usize) -> Result<(), PlanError> {
     if n == 0 {
         return Err(PlanError::Profile(format!("{key}: must be at least 1")));
+    }
+    *planned += n as usize;
+    if *planned > MAX_CONNECTS {
+        return Err(PlanError::Profile(format!(
+            "{key}: {n} makes {planned} connects, more than a plan takes ({MAX_CONNECTS})"
+        )));
     }
     Ok(())
 }
