@@ -418,6 +418,19 @@ fn csv_errors_name_the_line_and_arrivals_run_without_a_profile() {
     assert_eq!(v["tenants"]["a"]["connected"], 2);
     assert_eq!(v["tenants"]["nobody"]["refused"]["tenant-unknown"], 1);
 
+    // The same CSV for every tenant of a profile: a tenant's own keys apply to its rows,
+    // so the empty hold is a's 400 ms (not the default hour): all is over at 10 s.
+    let prof = write(
+        dir.path(),
+        "all.toml",
+        "arrivals = \"day.csv\"\n[tenants.a]\nhold = \"400ms\"\n",
+    );
+    let (ok, stdout, stderr) = plan(&["--config", s(&cfg), "--profile", s(&prof), "--json"]);
+    assert!(ok, "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["tenants"]["a"]["connects"], 2);
+    assert!((v["span"].as_f64().unwrap() - 10.0).abs() < 0.01, "{v}");
+
     // A profile's per-tenant CSV is relative to the profile and holds only its tenant.
     let sub = dir.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
