@@ -19,7 +19,7 @@ LAYERS = [
     ("state", {"runtime", "tenants", "release"}),
     ("flow", {"proxy"}),
     ("wiring", {"server", "admin", "reload", "signals", "(root)"}),
-    ("entry", {"cli", "tools"}),
+    ("entry", {"cli", "tools", "plan"}),
 ]
 LAYER = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
 

@@ -1,6 +1,6 @@
-//! Entry: the command line (`run`, `check-config`, `edge-sim`, `spike`, `demo`, `health`).
+//! Entry: the command line (`run`, `check-config`, `edge-sim`, `spike`, `demo`, `plan`, `health`).
 //!
-//! The command line: `sluice run`, `check-config`, `edge-sim`, `spike`, `demo`,
+//! The command line: `sluice run`, `check-config`, `edge-sim`, `spike`, `demo`, `plan`,
 //! `health`, and the shared logging flags.
 
 use std::fmt::Write as _;
@@ -79,6 +79,13 @@ pub enum Command {
     /// simulator with naive retries, then the same spike through sluice; prints both
     /// side by side.
     Demo(crate::tools::demo::DemoConfig),
+    /// Plan capacity: replay a profile of connects (ramps, bursts, reconnect storms or a
+    /// CSV) through the same admission scheduler the proxy runs, in virtual time, and
+    /// report per tenant how long until all are connected, the queue waits
+    /// (p50/p95/p99/max), refusals by reason and the deepest queue, and the edge's peak
+    /// sessions and handshake rate. --suggest searches for limits that keep every p99
+    /// wait under --max-wait; --from-log turns sluice's JSON log into an arrivals CSV.
+    Plan(crate::plan::PlanArgs),
     /// Probe a running sluice's admin listener: exits 0 when GET PATH answers 200, 1
     /// otherwise (for container HEALTHCHECKs, which have no curl).
     Health {
@@ -171,6 +178,7 @@ pub fn main() -> ExitCode {
             crate::logging::init_with(cli.log_format, "error");
             block_on(demo(config))
         }
+        Command::Plan(args) => exit("plan", crate::plan::run(&args)),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 print!("{}", describe(&config, &file.display().to_string()));

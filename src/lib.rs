@@ -12,7 +12,7 @@
 //! dependencies --lib`; the table there mirrors this one).
 //!
 //! ```text
-//! entry       cli, tools (edge_sim, spike, demo, sip_lines), main.rs
+//! entry       cli, tools (edge_sim, spike, demo, sip_lines), plan (capacity planning), main.rs
 //!   │
 //! wiring      server (listen: step 1; the accept loop; drain), admin, reload, signals, run/Bound
 //!   │
@@ -72,6 +72,7 @@ pub mod control;
 pub mod logging;
 pub mod metrics;
 pub mod parse;
+pub mod plan;
 pub mod protect;
 pub mod proxy;
 pub mod reject;
