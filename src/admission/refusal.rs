@@ -39,7 +39,12 @@ impl Admission {
                     gate.name,
                     gate.queued(),
                     gate.queue_depth(),
-                    gate.capacity().live(),
+                    // Sessions, not this replica's slots: those count a slot a pump
+                    // is asking a shared backend for (one too many for a moment),
+                    // and a shared cap is the cluster's.
+                    gate.capacity()
+                        .cluster_live()
+                        .unwrap_or(gate.capacity().live()),
                     gate.limit.slots.cap()
                 ),
             ),
