@@ -349,10 +349,11 @@ async fn jssip_ignores_a_200_that_crosses_its_cancel_after_a_provisional_no_ack_
 // ---- through sluice in accept mode ------------------------------------------------
 
 /// Eight JsSIP UAs register through sluice (tenant `acme`, `accept` mode, subprotocol
-/// `sip`) to the SIP server at `upstream`, and one of them places a call.
-async fn eight_register_through_sluice(upstream: &str) {
+/// `sip`) to the SIP server at `upstream`, and one of them places a call. `false`
+/// when it was skipped (no node or JsSIP here, and `CI` unset).
+async fn eight_register_through_sluice(upstream: &str) -> bool {
     let Some(mut js) = Jssip::start().await else {
-        return;
+        return false;
     };
     let proxy = config()
         .upstream(upstream)
@@ -384,6 +385,7 @@ async fn eight_register_through_sluice(upstream: &str) {
     for i in 1..=8 {
         js.wait_ua(&format!("p{i}"), "unregistered", WAIT).await;
     }
+    true
 }
 
 #[tokio::test]
@@ -406,7 +408,6 @@ async fn sip_sim() -> EdgeSim {
 }
 
 #[tokio::test]
-
 async fn a_jssip_ua_registers_and_calls_on_the_edge_simulator() {
     let Some(mut js) = Jssip::start().await else {
         return;
@@ -431,6 +432,7 @@ async fn a_jssip_ua_registers_and_calls_on_the_edge_simulator() {
 
 async fn eight_jssip_uas_register_through_sluice_in_accept_mode_to_the_edge_simulator() {
     let sim = sip_sim().await;
-    eight_register_through_sluice(&sim.url()).await;
-    assert_eq!(sim.stats().orgs["acme"].accepted, 8);
+    if eight_register_through_sluice(&sim.url()).await {
+        assert_eq!(sim.stats().orgs["acme"].accepted, 8);
+    }
 }
