@@ -62,7 +62,7 @@ use edge::EdgeGate;
 use gate::Closed;
 pub use gate::TenantGate;
 pub use jitter::Jitter;
-pub use standalone::Scheduler;
+pub use standalone::{Scheduler, ShadowTally};
 
 mod estimate;
 mod inputs;

@@ -619,3 +619,41 @@ async fn from_log_turns_a_real_morning_into_arrivals_that_replay_to_it() {
     assert_eq!(v["tenants"]["small"]["connected"], 1, "{v}");
     assert_eq!(v["tenants"]["small"]["refused"]["queue-full"], 1, "{v}");
 }
+
+/// A shadow tenant (`enforce = false`) is planned as the proxy runs it: every connect
+/// goes on at once, and what enforcing would have done is reported — the same
+/// decisions as a plan of the same tenant enforced (the same model, driven the same way).
+#[test]
+fn a_shadow_tenant_goes_on_at_once_and_reports_what_enforcing_would_have_done() {
+    let limits = "auth = { kind = \"none\" }\nmax_sessions = 3\nhandshake_rate = 2.0\nhandshake_burst = 1\nqueue_depth = 4\nqueue_timeout = \"2s\"\n";
+    let profile = "[tenants.t]\nburst = { connects = 12 }\nhold = \"1h\"\n";
+    let enforced = run(&format!("[tenants.t]\n{limits}"), profile);
+    let shadow = run(&format!("[tenants.t]\n{limits}enforce = false\n"), profile);
+    let (e, s) = (&enforced.tenants["t"], &shadow.tenants["t"]);
+    assert!(
+        e.shadow.is_none(),
+        "an enforced tenant has no shadow report"
+    );
+    // Enforced: 1 at once (burst 1), 4 queue, 7 refused queue-full; of the 4 queued,
+    // 2 more get in (2/s, cap 3) and 2 time out.
+    assert_eq!(e.connected, 3);
+    assert_eq!(e.refused.get("queue-full"), Some(&7));
+    assert_eq!(e.refused.get("queue-timeout"), Some(&2));
+    // Shadow: all 12 in, none waited.
+    assert_eq!(s.connected, 12);
+    assert!(s.refused.is_empty(), "{:?}", s.refused);
+    assert_eq!(s.wait_max, Some(0.0));
+    let would = &s.shadow.as_ref().expect("a shadow report").would;
+    let got = |k: &str| would.get(k).copied().unwrap_or(0);
+    assert_eq!(got("admit"), 1, "{would:?}");
+    assert_eq!(got("queue"), 4, "{would:?}");
+    assert_eq!(got("queue-full"), e.refused["queue-full"], "{would:?}");
+    assert_eq!(
+        got("queue-timeout"),
+        e.refused["queue-timeout"],
+        "{would:?}"
+    );
+    // The would-be waits are the enforced waits of the clients that queued.
+    let max = s.shadow.as_ref().unwrap().would_wait_max.unwrap();
+    assert!((max - 2.0).abs() < 0.01, "would-be wait max {max}");
+}

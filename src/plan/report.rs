@@ -71,6 +71,40 @@ pub struct TenantReport {
     /// Admissions per step.
     #[serde(skip)]
     pub admitted: Series,
+    /// A shadow tenant (`enforce = false`): its connects went on at once, as the proxy
+    /// lets them; this is what enforcing would have done. Absent for enforced tenants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowReport>,
+}
+
+/// What enforcing a shadow tenant would have done (the proxy's
+/// `sluice_shadow_decisions_total` and `sluice_shadow_wait_seconds`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowReport {
+    /// Would-be decisions by `would` label (`admit`, `queue`, refusal reasons,
+    /// `client-gone`).
+    pub would: BTreeMap<String, u64>,
+    /// Would-be waits of the clients that would have queued: 99th percentile.
+    pub would_wait_p99: Option<f64>,
+    /// The longest would-be wait.
+    pub would_wait_max: Option<f64>,
+}
+
+impl ShadowReport {
+    /// From the scheduler's tally of one shadow tenant.
+    pub fn of(tally: &crate::admission::ShadowTally) -> Self {
+        let mut waits: Vec<f64> = tally.waits().iter().map(|w| w.as_secs_f64()).collect();
+        waits.sort_by(f64::total_cmp);
+        Self {
+            would: tally
+                .decisions()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            would_wait_p99: crate::stats::quantile(&waits, 0.99),
+            would_wait_max: waits.last().copied(),
+        }
+    }
 }
 
 /// The edge's result.
@@ -230,6 +264,23 @@ pub fn render(r: &Report) -> String {
             })
             .collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    for (name, t) in &r.tenants {
+        if let Some(s) = &t.shadow {
+            let would: Vec<String> = s
+                .would
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{name} is in shadow mode (enforce = false): its connects went on at once; enforcing would have decided {} (would-be wait p99 {}, max {})",
+                if would.is_empty() { "nothing".to_owned() } else { would.join(", ") },
+                secs(s.would_wait_p99),
+                secs(s.would_wait_max)
+            );
+        }
     }
     let e = &r.edge;
     let ceiling = e.ceiling.map_or("no [edge] ceiling".to_owned(), |c| {

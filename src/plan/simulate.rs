@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::report::{ClientTrace, EdgeAloneReport, EdgeReport, Report, Series, TenantReport};
+use super::report::{
+    ClientTrace, EdgeAloneReport, EdgeReport, Report, Series, ShadowReport, TenantReport,
+};
 use super::Client;
 use crate::admission::{Jitter, Scheduler};
 use crate::config::Config;
@@ -308,10 +310,24 @@ pub fn simulate(config: &Config, clients: &[Client], options: &Options) -> Repor
         }
         let end = Instant::now() - sim.start;
         let sim = Rc::into_inner(sim).expect("every client task has ended");
-        (sim.state.into_inner(), end)
+        // Shadow tenants (`enforce = false`): what enforcing would have done.
+        let shadows: BTreeMap<String, ShadowReport> = config
+            .tenants
+            .keys()
+            .chain(config.default_tenant.as_ref().map(|d| &d.name))
+            .filter_map(|name| {
+                let tally = sim.scheduler.shadow_tally(name)?;
+                Some((name.clone(), ShadowReport::of(tally)))
+            })
+            .collect();
+        (sim.state.into_inner(), end, shadows)
     });
-    let (state, end) = state;
-    build_report(names, state, end, step, config, clients, options)
+    let (state, end, mut shadows) = state;
+    let mut report = build_report(names, state, end, step, config, clients, options);
+    for (name, t) in &mut report.tenants {
+        t.shadow = shadows.remove(name);
+    }
+    report
 }
 
 fn build_report(
@@ -350,6 +366,7 @@ fn build_report(
                 peak_queue: t.peak_queue,
                 queue: t.queue,
                 admitted: t.admitted,
+                shadow: None,
             };
             (name.to_string(), report)
         })
