@@ -278,12 +278,13 @@ async fn the_admin_listener_answers_its_paths_and_only_those() {
 /// The Grafana dashboard parses and queries only metrics a real scrape has.
 #[tokio::test]
 async fn the_grafana_dashboard_queries_only_exposed_metrics() {
-    // Tenant lab, and a SIP tenant with call limits (whose call series exist from the
-    // start).
+    // Tenant lab, a SIP tenant with call limits (whose call series exist from the
+    // start), and a shadow tenant (its would-be series too).
     let edge = support::edge().await;
     let proxy = support::config()
         .upstream(&edge.url(false))
         .tenant(support::tenant("lab"))
+        .tenant(support::tenant("trial").key("enforce", "false"))
         .tenant(
             support::tenant("voice")
                 .accept_mode()
@@ -295,6 +296,7 @@ async fn the_grafana_dashboard_queries_only_exposed_metrics() {
         .await;
     // One session, so that the series created on first use exist too.
     close(connect_ok(&proxy.url("/t/lab/"), &[]).await).await;
+    close(connect_ok(&proxy.url("/t/trial/"), &[]).await).await;
     let names = scrape(proxy.admin).await.names();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/sluice.json");
     let text = std::fs::read_to_string(path).unwrap();
