@@ -1,0 +1,125 @@
+//! Issue 18's adversarial round: shadow mode (`enforce = false`) and the status page's
+//! history, attacked through a real sluice and a real WebSocket edge on loopback
+//! (docs/security.md, "Issue 18").
+//!
+//! Times are real: assertions are counts and generous orderings, never wall-clock speed.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{
+    close, config, connect, edge, reason, scrape, tenant, wait_until, Proxy, Scrape, TenantSpec,
+};
+
+fn would(s: &Scrape, t: &str, would: &str) -> f64 {
+    s.get(
+        "sluice_shadow_decisions_total",
+        &[("tenant", t), ("would", would)],
+    )
+}
+
+/// (at once, queued, queue-full, queue-timeout, edge-capacity, waits observed), shadow.
+fn shadow_counts(s: &Scrape, t: &str) -> [f64; 6] {
+    [
+        would(s, t, "admit"),
+        would(s, t, "queue"),
+        would(s, t, "queue-full"),
+        would(s, t, "queue-timeout"),
+        would(s, t, "edge-capacity"),
+        s.get("sluice_shadow_wait_seconds_count", &[("tenant", t)]),
+    ]
+}
+
+/// The same, enforced.
+fn enforced_counts(s: &Scrape, t: &str) -> [f64; 6] {
+    [
+        s.connects(t, "admitted"),
+        s.connects(t, "queued_admitted")
+            + s.connects(t, "queue-timeout")
+            + s.connects(t, "client-gone"),
+        s.connects(t, "queue-full"),
+        s.connects(t, "queue-timeout"),
+        s.connects(t, "edge-capacity"),
+        s.get("sluice_queue_wait_seconds_count", &[("tenant", t)]),
+    ]
+}
+
+/// `n` clients of `lab` connect at once; each that gets through keeps its session for
+/// `hold`, then closes. The counts once every (would-be) decision is in.
+async fn short_sessions(spec: TenantSpec, enforce: bool, n: usize, hold: Duration) -> [f64; 6] {
+    let spec = spec.key("enforce", if enforce { "true" } else { "false" });
+    let edge = edge().await;
+    let proxy: Proxy = config()
+        .upstream(&edge.url(false))
+        .tenant(spec)
+        .start()
+        .await;
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            let url = proxy.url(&format!("/t/lab/?i={i}"));
+            tokio::spawn(async move {
+                match connect(&url, &[]).await {
+                    Ok((ws, _)) => {
+                        tokio::time::sleep(hold).await;
+                        close(ws).await;
+                        Ok(())
+                    }
+                    Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                        Err(reason(&resp).to_owned())
+                    }
+                    Err(e) => Err(format!("no HTTP answer: {e}")),
+                }
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for c in clients {
+        if let Err(why) = c.await.unwrap() {
+            refused.push(why);
+        }
+    }
+    if !enforce {
+        assert!(
+            refused.is_empty(),
+            "a shadow tenant was refused: {refused:?}"
+        );
+    }
+    let counts = |s: &Scrape| {
+        if enforce {
+            enforced_counts(s, "lab")
+        } else {
+            shadow_counts(s, "lab")
+        }
+    };
+    // Every connect decided, every queued one admitted or refused (its wait observed).
+    wait_until("every decision in", async || {
+        let c = counts(&scrape(proxy.admin).await);
+        c[0] + c[1] + c[2] == n as f64 && c[5] == c[1]
+    })
+    .await;
+    counts(&scrape(proxy.admin).await)
+}
+
+#[tokio::test]
+async fn short_sessions_count_the_queue_timeouts_enforcing_has() {
+    // 12 at once, 2 slots, each session 1.5 s: enforced, 2 go on, 10 queue; 2 more are
+    // let in at about 1.5 s and 2 at about 3 s; the other 6 time out at 3.75 s. A shadow
+    // tenant's real sessions all end at 1.5 s; its would-be queue must not empty then
+    // (those clients would still be waiting, and their sessions still to come).
+    let spec = || {
+        tenant("lab")
+            .max_sessions(2)
+            .queue_depth(10)
+            .queue_timeout(Duration::from_millis(3750))
+            .unpaced()
+    };
+    let hold = Duration::from_millis(1500);
+    let shadow = short_sessions(spec(), false, 12, hold).await;
+    let enforced = short_sessions(spec(), true, 12, hold).await;
+    assert_eq!(enforced, [2.0, 10.0, 0.0, 6.0, 0.0, 10.0]);
+    assert_eq!(
+        shadow, enforced,
+        "shadow {shadow:?} vs enforced {enforced:?}"
+    );
+}
