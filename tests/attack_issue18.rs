@@ -123,3 +123,85 @@ async fn short_sessions_count_the_queue_timeouts_enforcing_has() {
         "shadow {shadow:?} vs enforced {enforced:?}"
     );
 }
+
+/// The status page's layout, measured in the page once it shows `shadow`'s row marked:
+/// whether the page or a part of it scrolls sideways.
+const LAYOUT: &str = r#"(async () => {
+  const deadline = Date.now() + 20000;
+  const marked = () => [...document.querySelectorAll('#tenants tr[data-tenant="shadow"] td.name *')]
+    .some((e) => /would/.test(e.textContent));
+  while (!marked() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  await new Promise((r) => requestAnimationFrame(() => r()));
+  const doc = document.documentElement;
+  return {
+    marked: marked(),
+    shadowRow: document.querySelector('#tenants tr[data-tenant="shadow"] td.name').innerText,
+    innerWidth: window.innerWidth,
+    clientWidth: doc.clientWidth,
+    scrollWidth: doc.scrollWidth,
+    scrolling: [...document.querySelectorAll("*")]
+      .filter((e) => ["auto", "scroll"].includes(getComputedStyle(e).overflowX) && e.scrollWidth > e.clientWidth)
+      .map((e) => e.tagName + " " + e.className + " " + e.scrollWidth + ">" + e.clientWidth),
+  };
+})()"#;
+
+#[tokio::test]
+async fn a_shadow_tenants_mark_fits_the_status_page_at_1280_pixels() {
+    let Some(browser) = support::chromium() else {
+        support::tool_missing(
+            "Chromium (apt-get install chromium)",
+            "the shadow mark on the status page was not measured in a browser",
+        );
+        return;
+    };
+    let edge = edge().await;
+    let mut cfg = config()
+        .upstream(&edge.url(false))
+        .tenant(
+            tenant("shadow")
+                .key("enforce", "false")
+                .max_sessions(1)
+                .queue_depth(2)
+                .queue_timeout(Duration::from_secs(60))
+                .unpaced(),
+        )
+        .tenant(
+            tenant("sip")
+                .accept_mode()
+                .subprotocols(&["sip"])
+                .key("max_calls", "3"),
+        );
+    for n in 0..6 {
+        cfg = cfg.tenant(tenant(&format!("tenant-{n}")));
+    }
+    let proxy = cfg.start().await;
+    // A storm over its limits: every connect goes on, most would have been refused.
+    let mut held = Vec::new();
+    for i in 0..40 {
+        held.push(support::connect_ok(&proxy.url(&format!("/t/shadow/?i={i}")), &[]).await);
+    }
+    let mut page =
+        support::cdp::Page::open(&browser, &format!("http://{}/", proxy.admin), 1280, 800).await;
+    let seen = page.eval(LAYOUT).await;
+    let text = serde_json::to_string_pretty(&seen).unwrap();
+    assert_eq!(seen["marked"], true, "the shadow tenant is marked: {text}");
+    // 1 slot, 2 queue places, the other 37 refused (queue-full), 2 waiting still.
+    let row = seen["shadowRow"].as_str().unwrap();
+    assert!(
+        row.contains("would admit 1, queue 2, refuse 37; 2 would wait now"),
+        "{text}"
+    );
+    assert_eq!(seen["innerWidth"], 1280, "{text}");
+    assert!(
+        seen["scrollWidth"].as_u64() <= seen["clientWidth"].as_u64(),
+        "the page scrolls sideways at 1280 pixels: {text}"
+    );
+    assert_eq!(
+        seen["scrolling"],
+        serde_json::json!([]),
+        "a part of the page scrolls sideways: {text}"
+    );
+    for ws in held {
+        close(ws).await;
+    }
+}
