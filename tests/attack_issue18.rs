@@ -205,3 +205,106 @@ async fn a_shadow_tenants_mark_fits_the_status_page_at_1280_pixels() {
         close(ws).await;
     }
 }
+
+/// The config file: the edge's group, port 0 listeners, then `tenants`.
+fn write_config(path: &std::path::Path, edge: &support::Edge, tenants: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [upstream.groups.primary]\nendpoints = [\"{}\"]\n\
+             [tenants.other]\nauth = {{ kind = \"none\" }}\n{tenants}",
+            edge.url(false)
+        ),
+    )
+    .unwrap();
+}
+
+/// `lab`, shadow or enforced: one slot, four queue places, two minutes of patience.
+fn lab(enforce: bool) -> String {
+    format!(
+        "[tenants.lab]\nauth = {{ kind = \"none\" }}\nmax_sessions = 1\nqueue_depth = 4\n\
+         queue_timeout = \"2m\"\nhandshake_rate = 1000.0\nhandshake_burst = 100\n\
+         enforce = {enforce}\n"
+    )
+}
+
+async fn reload(proxy: &Proxy) {
+    let (status, body) = support::admin_request(proxy.admin, "POST", "/-/reload").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Five short sessions of `lab` at once: one would-be slot, four tickets that go on
+/// waiting (for two minutes) after their sessions end.
+async fn five_short_sessions(proxy: &Proxy) {
+    let mut held = Vec::new();
+    for i in 0..5 {
+        held.push(support::connect_ok(&proxy.url(&format!("/t/lab/?i={i}")), &[]).await);
+    }
+    for ws in held {
+        close(ws).await;
+    }
+    wait_until("the real sessions to end", async || {
+        proxy.admission.tenant_load("lab").unwrap().live == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn flips_and_removal_end_every_waiting_ticket_at_once() {
+    // Tickets outlive their sessions (a would-be client still waits): a reload that
+    // ends shadow mode must end them at once, with their model gate, not after their
+    // two-minute queue_timeout; round after round, nothing piles up.
+    let edge = edge().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.toml");
+    write_config(&file, &edge, &lab(false));
+    let proxy = support::proxy_from_file(&file).await;
+    let gates = || proxy.shared.admission.gate_count();
+    // other, lab, lab's model.
+    assert_eq!(gates(), 3);
+    for round in 0..5 {
+        if round > 0 {
+            write_config(&file, &edge, &lab(false));
+            reload(&proxy).await;
+        }
+        five_short_sessions(&proxy).await;
+        let s = scrape(proxy.admin).await;
+        assert_eq!(would(&s, "lab", "queue"), 4.0 * f64::from(round + 1));
+        assert_eq!(gates(), 3, "round {round}");
+        write_config(&file, &edge, &lab(true));
+        reload(&proxy).await;
+        wait_until("the model and its tickets gone", async || gates() == 2).await;
+    }
+    // A ticket let through while its session lives holds a would-be slot until that
+    // session ends (and as long again as it waited): a flip ends it at once too.
+    write_config(&file, &edge, &lab(false));
+    reload(&proxy).await;
+    let waits = async || {
+        let s = scrape(proxy.admin).await;
+        s.get("sluice_shadow_wait_seconds_count", &[("tenant", "lab")])
+    };
+    let before = waits().await;
+    let first = support::connect_ok(&proxy.url("/t/lab/"), &[]).await;
+    let mut second = support::connect_ok(&proxy.url("/t/lab/"), &[]).await;
+    close(first).await;
+    wait_until("the ticket let through", async || {
+        waits().await == before + 1.0
+    })
+    .await;
+    write_config(&file, &edge, &lab(true));
+    reload(&proxy).await;
+    wait_until("the held would-be slot's task gone", async || gates() == 2).await;
+    support::echo(&mut second, "the real session goes on").await;
+    close(second).await;
+    // Removed while tickets wait: the same.
+    write_config(&file, &edge, &lab(false));
+    reload(&proxy).await;
+    five_short_sessions(&proxy).await;
+    write_config(&file, &edge, "");
+    reload(&proxy).await;
+    wait_until("lab's gates gone", async || gates() == 1).await;
+    let s = scrape(proxy.admin).await;
+    assert_eq!(would(&s, "lab", "queue-timeout"), 0.0);
+    assert_eq!(would(&s, "lab", "queue"), 25.0);
+}
