@@ -308,3 +308,43 @@ async fn flips_and_removal_end_every_waiting_ticket_at_once() {
     assert_eq!(would(&s, "lab", "queue-timeout"), 0.0);
     assert_eq!(would(&s, "lab", "queue"), 25.0);
 }
+
+#[tokio::test]
+async fn a_shadow_storm_over_the_edge_rate_delays_a_neighbour_by_one_burst_at_most() {
+    // The edge takes 2 handshakes a second (burst 2); a shadow tenant sends 40 at once.
+    // They all go on, and count: the enforced neighbour right after them waits for the
+    // edge's bucket. But not for 40 handshakes' worth (20 s, past its 5 s patience):
+    // the forced tokens leave the bucket at most one burst (1 s) in debt.
+    let edge = edge().await;
+    let proxy = config()
+        .upstream(&edge.url(false))
+        .tenant(tenant("loud").key("enforce", "false").unpaced())
+        .tenant(
+            tenant("calm")
+                .unpaced()
+                .queue_timeout(Duration::from_secs(5)),
+        )
+        .edge_limits(support::EdgeLimits {
+            max_sessions: Some(1000),
+            handshake_rate: Some(2.0),
+            handshake_burst: Some(2),
+        })
+        .start()
+        .await;
+    for i in 0..40 {
+        let ws = support::connect_ok(&proxy.url(&format!("/t/loud/?i={i}")), &[]).await;
+        close(ws).await;
+    }
+    let calm = support::connect_ok(&proxy.url("/t/calm/"), &[]).await;
+    let s = scrape(proxy.admin).await;
+    assert_eq!(s.connects("loud", "admitted"), 40.0);
+    assert_eq!(
+        (
+            s.connects("calm", "admitted"),
+            s.connects("calm", "queued_admitted")
+        ),
+        (0.0, 1.0),
+        "the neighbour waited for the edge's bucket, and got in"
+    );
+    close(calm).await;
+}
