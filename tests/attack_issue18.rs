@@ -136,6 +136,7 @@ const LAYOUT: &str = r#"(async () => {
   return {
     marked: marked(),
     shadowRow: document.querySelector('#tenants tr[data-tenant="shadow"] td.name').innerText,
+    shadowChart: document.querySelector('figure.chart[data-chart="shadow"] figcaption').innerText,
     innerWidth: window.innerWidth,
     clientWidth: doc.clientWidth,
     scrollWidth: doc.scrollWidth,
@@ -191,6 +192,9 @@ async fn a_shadow_tenants_mark_fits_the_status_page_at_1280_pixels() {
         row.contains("would admit 1, queue 2, refuse 37; 2 would wait now"),
         "{text}"
     );
+    // Its chart (all admitted, nothing queued: the real traffic) says it is shadow.
+    let chart = seen["shadowChart"].as_str().unwrap();
+    assert!(chart.contains("shadow · 2 would wait"), "{text}");
     assert_eq!(seen["innerWidth"], 1280, "{text}");
     assert!(
         seen["scrollWidth"].as_u64() <= seen["clientWidth"].as_u64(),
