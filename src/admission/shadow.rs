@@ -175,9 +175,9 @@ impl Shadow {
         self.model.reconfigure(limits, None);
     }
 
-    /// The tenant is no longer shadow (flipped to enforce, or removed): queued tickets
-    /// are withdrawn, nothing more is counted. Live would-be slots go with their
-    /// sessions.
+    /// The tenant is no longer shadow (flipped to enforce, or removed): every ticket's
+    /// task ends now (queued, or holding a would-be slot), nothing more is counted. Would-be
+    /// slots of sessions admitted at once go with their sessions.
     pub fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.ended_tx.send_replace(true);
