@@ -269,12 +269,12 @@ pub struct TenantStatus {
 /// A shadow tenant in `/api/tenants`: nothing of this was applied.
 #[derive(Debug, Serialize)]
 pub struct ShadowStatus {
-    /// Sessions enforcing would have let in and that still live.
+    /// Sessions enforcing would have let in and that would still live (a session let
+    /// in after a wait would end that much later than the real one).
     pub would_live: u32,
     /// Connects that would be waiting in the queue now.
     pub would_queued: u32,
-    /// Would-be decisions so far by `would` label (`admit`, `queue`, refusal reasons,
-    /// `client-gone`).
+    /// Would-be decisions so far by `would` label (`admit`, `queue`, refusal reasons).
     pub would: std::collections::BTreeMap<&'static str, u64>,
 }
 

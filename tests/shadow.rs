@@ -19,14 +19,13 @@ use support::{
 };
 
 /// Every `would` label a shadow tenant's counter has.
-const WOULD: [&str; 7] = [
+const WOULD: [&str; 6] = [
     "admit",
     "queue",
     "queue-full",
     "queue-timeout",
     "edge-capacity",
     "draining",
-    "client-gone",
 ];
 
 async fn setup(config: ConfigBuilder) -> (Edge, Proxy) {
@@ -111,12 +110,7 @@ async fn run(spec: support::TenantSpec, enforce: bool, n: usize) -> [f64; 6] {
             shadow_counts(s, "lab")
         };
         // Every connect at once or from the queue; every queued one admitted or refused.
-        let queued_done = if enforce {
-            c[1]
-        } else {
-            c[5] + would(s, "lab", "client-gone")
-        };
-        c[0] + c[1] + c[2] == n as f64 && queued_done == c[1]
+        c[0] + c[1] + c[2] == n as f64 && c[5] == c[1]
     };
     let mut last = scrape(proxy.admin).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -477,8 +471,9 @@ fn check_with_promtool(scrape: &str) {
 #[tokio::test]
 async fn a_hostile_shadow_tenant_pins_nothing_beyond_its_sessions() {
     // A storm far over the limits, then every session ends while tickets still wait:
-    // the would-be queue stays within queue_depth, the waiting tickets are withdrawn
-    // (client-gone), and every slot — real, would-be, edge — comes back.
+    // the would-be queue stays within queue_depth, the waiting tickets are let through
+    // as would-be slots free (each holding one as long as its session lasted), and
+    // every slot — real, would-be, edge — comes back.
     let (_edge, proxy) = setup(
         config()
             .tenant(
@@ -486,7 +481,7 @@ async fn a_hostile_shadow_tenant_pins_nothing_beyond_its_sessions() {
                     .key("enforce", "false")
                     .max_sessions(2)
                     .queue_depth(3)
-                    .queue_timeout(Duration::from_secs(60))
+                    .queue_timeout(Duration::from_secs(20))
                     .unpaced(),
             )
             .edge_limits(EdgeLimits {
@@ -516,10 +511,10 @@ async fn a_hostile_shadow_tenant_pins_nothing_beyond_its_sessions() {
     })
     .await;
     let s = scrape(proxy.admin).await;
-    // Each of the three queued tickets ended once: withdrawn with its session, or let
-    // through (its wait observed) when a would-be slot freed before its session ended.
+    // Each of the three queued tickets was let through once, its wait observed.
     let waited = s.get("sluice_shadow_wait_seconds_count", &[("tenant", "lab")]);
-    assert_eq!(would(&s, "lab", "client-gone") + waited, 3.0);
+    assert_eq!(waited, 3.0);
+    assert_eq!(would(&s, "lab", "queue-timeout"), 0.0);
     assert_eq!(would(&s, "lab", "queue-full"), 25.0);
     // The tickets' tasks are gone with them: the model's pump stopped too (a new
     // connect is decided at once again).
@@ -529,7 +524,11 @@ async fn a_hostile_shadow_tenant_pins_nothing_beyond_its_sessions() {
 }
 
 #[tokio::test]
-async fn a_ticket_whose_session_ends_while_it_waits_is_withdrawn_as_client_gone() {
+async fn a_ticket_whose_session_ends_while_it_waits_still_waits_its_turn() {
+    // Enforcing, a queued client would still be waiting, its session still to come,
+    // whatever its real session did meanwhile: the ticket stays in the would-be queue,
+    // is let through when a would-be slot frees, and then holds one as long as its
+    // session lasted.
     let (_edge, proxy) = setup(
         config().tenant(
             tenant("lab")
@@ -546,27 +545,34 @@ async fn a_ticket_whose_session_ends_while_it_waits_is_withdrawn_as_client_gone(
     let second = connect_ok(&url, &[]).await;
     assert_eq!(status_of(&proxy, "lab").await["shadow"]["would_queued"], 1);
     close(second).await;
-    wait_until("the ticket to leave the would-be queue", async || {
-        status_of(&proxy, "lab").await["shadow"]["would_queued"] == 0
+    wait_until("the real session to end", async || {
+        proxy.admission.tenant_load("lab").unwrap().live == 1
     })
+    .await;
+    let row = status_of(&proxy, "lab").await;
+    assert_eq!(row["shadow"]["would_queued"], 1, "{row}");
+    assert_eq!(row["shadow"]["would_live"], 1, "{row}");
+    // So the would-be queue is still full for the next one.
+    let third = connect_ok(&url, &[]).await;
+    assert_eq!(would(&scrape(proxy.admin).await, "lab", "queue-full"), 1.0);
+    close(third).await;
+    // The first session's end frees its would-be slot: the ticket is let through, and
+    // its would-be session (as short as its real one) ends too.
+    close(first).await;
+    wait_until(
+        "the ticket let through and its would-be session over",
+        async || {
+            let row = status_of(&proxy, "lab").await;
+            row["shadow"]["would_queued"] == 0 && row["shadow"]["would_live"] == 0
+        },
+    )
     .await;
     let s = scrape(proxy.admin).await;
-    assert_eq!(would(&s, "lab", "client-gone"), 1.0);
     assert_eq!(
         s.get("sluice_shadow_wait_seconds_count", &[("tenant", "lab")]),
-        0.0
+        1.0
     );
-    // The first session still holds its would-be slot: the next ticket queues.
-    let third = connect_ok(&url, &[]).await;
-    assert_eq!(would(&scrape(proxy.admin).await, "lab", "queue"), 2.0);
-    // Its session's end frees that slot, and the waiting ticket is let through.
-    close(first).await;
-    wait_until("the waiting ticket to be let through", async || {
-        let row = status_of(&proxy, "lab").await;
-        row["shadow"]["would_queued"] == 0 && row["shadow"]["would_live"] == 1
-    })
-    .await;
-    close(third).await;
+    assert_eq!(would(&s, "lab", "queue-timeout"), 0.0);
 }
 
 #[tokio::test]

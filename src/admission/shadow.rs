@@ -53,14 +53,18 @@
 //! `max_sessions` tickets wait for the edge at once (each holds a model slot), each for
 //! at most its `queue_timeout`.
 //!
-//! # What ends a ticket early
+//! # A ticket's life
 //!
 //! * The real session ends (or its upstream handshake fails) while its ticket is still
-//!   queued: the ticket leaves the model's queue at once (its task is aborted; RAII gives
-//!   back whatever was reserved for it) and counts `client-gone` — what an enforced
-//!   client that hangs up while queued counts. Nothing of it outlives the real session.
+//!   queued: the ticket goes on waiting. Enforcing, that client would still be in the
+//!   queue, its session still to come: withdrawing it would empty the would-be queue
+//!   whenever sessions are shorter than the waits, and count none of the timeouts
+//!   enforcing has (tests/attack_issue18.rs). A ticket let through holds its model slot
+//!   as long as its session lasts or lasted, counted from the moment it would have gone
+//!   on; so its task may outlive the session, by at most its wait.
 //! * A reload flips the tenant to `enforce = true`, or removes it: the model is retired,
-//!   its queued tickets are withdrawn and count nothing more than their `queue`.
+//!   its tickets' tasks end at once (queued or holding a model slot) and count nothing
+//!   more than their `queue`.
 //!   Sessions already live keep counting in the real gate (above). A flip back to shadow
 //!   builds a fresh model, which starts empty: sessions admitted while the tenant was
 //!   enforced are not in its would-be count.
@@ -74,7 +78,8 @@
 //!
 //! Per shadow tenant one model gate; per queued ticket one queue entry and one small
 //! task, at most `queue_depth` of them (a ticket the full queue refuses is counted and
-//! gone); per shadow session one boxed [`Watch`]. Nothing is keyed by what a client
+//! gone), and at most `max_sessions` tasks of tickets let through (each holds a model
+//! slot); per shadow session one boxed [`Watch`]. Nothing is keyed by what a client
 //! sends. The would-be rate is the configured one (the adaptive back-off acts on real
 //! handshakes of enforced tenants only), and an edge `429` pause is not modelled.
 //!
@@ -86,11 +91,10 @@
 //! replicas share.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-use tokio::task::AbortHandle;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::capacity::{Capacity, Scope};
@@ -113,29 +117,25 @@ pub enum Would {
     Queue,
     /// Refused for this reason (after queueing, or at once for `queue-full`).
     Refuse(Reason),
-    /// Its real session ended while its ticket still waited (`client-gone`).
-    Gone,
 }
 
 impl Would {
     /// Every label a shadow tenant's counter has, in order.
-    pub const ALL: [Would; 7] = [
+    pub const ALL: [Would; 6] = [
         Would::Admit,
         Would::Queue,
         Would::Refuse(Reason::QueueFull),
         Would::Refuse(Reason::QueueTimeout),
         Would::Refuse(Reason::EdgeCapacity),
         Would::Refuse(Reason::Draining),
-        Would::Gone,
     ];
 
-    /// The label value: `admit`, `queue`, the refusal's reason string, `client-gone`.
+    /// The label value: `admit`, `queue`, the refusal's reason string.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Admit => "admit",
             Self::Queue => "queue",
             Self::Refuse(reason) => reason.as_str(),
-            Self::Gone => "client-gone",
         }
     }
 }
@@ -145,7 +145,7 @@ pub trait ShadowSink: Send + Sync + std::fmt::Debug {
     /// One would-be decision.
     fn decided(&self, would: Would);
     /// The would-be wait of a ticket that queued, however it left the queue (admitted,
-    /// timed out, drained; not when its real session ended first).
+    /// timed out, drained).
     fn waited(&self, waited: Duration);
 }
 
@@ -158,6 +158,9 @@ pub struct Shadow {
     /// Set when the tenant stops being shadow (a flip to enforce, or removed): nothing
     /// more is counted.
     ended: AtomicBool,
+    /// The same, for the tickets' tasks to end on (each holds a receiver).
+    ended_tx: watch::Sender<bool>,
+    ended_rx: watch::Receiver<bool>,
 }
 
 impl Shadow {
@@ -172,11 +175,12 @@ impl Shadow {
         self.model.reconfigure(limits, None);
     }
 
-    /// The tenant is no longer shadow (flipped to enforce, or removed): queued tickets
-    /// are withdrawn, nothing more is counted. Live would-be slots go with their
-    /// sessions.
+    /// The tenant is no longer shadow (flipped to enforce, or removed): every ticket's
+    /// task ends now (queued, or holding a would-be slot), nothing more is counted. Would-be
+    /// slots of sessions admitted at once go with their sessions.
     pub fn end(&self) {
         self.ended.store(true, Ordering::Release);
+        self.ended_tx.send_replace(true);
         self.model.retire();
     }
 
@@ -227,15 +231,13 @@ impl Shadow {
             id,
             queued: true,
         };
-        let pending = Arc::new(Pending {
-            decided: AtomicBool::new(false),
-            permit: Mutex::new(None),
-            shadow: self.clone(),
-        });
-        let task = tokio::spawn(wait(place, pending.clone(), grant, seen, now));
+        let (end, session) = oneshot::channel();
+        // Its own task, at most `queue_depth` queued and `max_sessions` holding a model
+        // slot; it ends when the tenant stops being shadow.
+        tokio::spawn(ticket(place, grant, seen, now, session));
         Watch::Queued {
-            pending,
-            task: task.abort_handle(),
+            end: Some(end),
+            since: now,
         }
     }
 }
@@ -304,32 +306,9 @@ impl Drop for Place {
     }
 }
 
-/// A queued ticket's outcome, shared by its task and its session's [`Watch`]: whichever
-/// comes first decides (so it is counted once), and the would-be slot it ends with
-/// lives until both are gone.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    decided: AtomicBool,
-    permit: Mutex<Option<Permit>>,
-    shadow: Arc<Shadow>,
-}
-
-impl Pending {
-    /// Counts `would` and the wait, and keeps `permit`, unless the session's end
-    /// decided first.
-    fn finish(&self, would: Option<Would>, waited: Option<Duration>, permit: Option<Permit>) {
-        if self.decided.swap(true, Ordering::AcqRel) || self.shadow.ended() {
-            return;
-        }
-        if let Some(would) = would {
-            self.shadow.sink.decided(would);
-        }
-        if let Some(waited) = waited {
-            self.shadow.sink.waited(waited);
-        }
-        *self.permit.lock().unwrap_or_else(PoisonError::into_inner) = permit;
-    }
-}
+/// A queued ticket's session, seen from its task: the real session's length once it
+/// has ended (sent by the [`Watch`]'s `Drop`).
+type SessionEnd = oneshot::Receiver<Duration>;
 
 /// A shadow session's would-be decision, held in its permit for its life.
 #[derive(Debug)]
@@ -338,32 +317,69 @@ pub(crate) enum Watch {
     Done,
     /// Admitted at once: its would-be slot (held for its `Drop`).
     Admitted(#[allow(dead_code)] Permit),
-    /// Queued: its task decides, unless the session ends first.
+    /// Queued: its task decides, and learns the session's length when it ends.
     Queued {
-        pending: Arc<Pending>,
-        task: AbortHandle,
+        /// Where the session's length goes when it ends.
+        end: Option<oneshot::Sender<Duration>>,
+        /// When the session went on (its ticket joined the would-be queue).
+        since: Instant,
     },
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        if let Watch::Queued { pending, task } = self {
-            task.abort();
-            if !pending.decided.swap(true, Ordering::AcqRel) && !pending.shadow.ended() {
-                pending.shadow.sink.decided(Would::Gone);
+        if let Watch::Queued { end, since } = self {
+            // The ticket goes on without its session: the client would still be
+            // waiting, and its session (this long) still to come. Its task may be gone
+            // already (decided and released, or the model retired).
+            if let Some(end) = end.take() {
+                let _ = end.send(since.elapsed());
             }
         }
     }
 }
 
+impl Shadow {
+    /// Counts one would-be decision, unless the tenant is no longer shadow.
+    fn count(&self, would: Would, waited: Option<Duration>) {
+        if self.ended() {
+            return;
+        }
+        self.sink.decided(would);
+        if let Some(waited) = waited {
+            self.sink.waited(waited);
+        }
+    }
+}
+
+/// A queued ticket's life, until the tenant stops being shadow: [`wait`], whose end
+/// releases whatever it holds (RAII), at once when the model is retired.
+async fn ticket(
+    place: Place,
+    grant: oneshot::Receiver<Reserved>,
+    seen: EdgeSeen,
+    since: Instant,
+    end: SessionEnd,
+) {
+    let mut ended = place.shadow.ended_rx.clone();
+    tokio::select! {
+        () = wait(place, grant, seen, since, end) => {}
+        _ = ended.wait_for(|ended| *ended) => {}
+    }
+}
+
 /// A queued ticket's wait: for the model's pump until `queue_timeout`, then for the
-/// edge ([`EdgeSeen::room`]) until the same deadline.
+/// edge ([`EdgeSeen::room`]) until the same deadline; once let through, its would-be
+/// session holds a model slot as long as the real one lasts (or lasted), counted from
+/// the moment it would have gone on. Enforcing, the client would have waited whatever
+/// its real session did meanwhile: a session that ends while its ticket waits does
+/// not take the ticket out of the queue.
 async fn wait(
     mut place: Place,
-    pending: Arc<Pending>,
     mut grant: oneshot::Receiver<Reserved>,
     seen: EdgeSeen,
     since: Instant,
+    end: SessionEnd,
 ) {
     let shadow = place.shadow.clone();
     let deadline = since + shadow.model.queue_timeout();
@@ -376,9 +392,9 @@ async fn wait(
             // Closed: the drain (counted as an enforced queued client is), or the end
             // of shadow mode (nothing more counted).
             place.queued = false;
-            let would = (shadow.model.closed() == Some(Closed::Draining))
-                .then_some(Would::Refuse(Reason::Draining));
-            pending.finish(would, would.map(|_| since.elapsed()), None);
+            if shadow.model.closed() == Some(Closed::Draining) {
+                shadow.count(Would::Refuse(Reason::Draining), Some(since.elapsed()));
+            }
             return;
         }
         Err(_) => match place.leave() {
@@ -388,19 +404,24 @@ async fn wait(
         },
     };
     let Some(reserved) = reserved else {
-        let would = Would::Refuse(Reason::QueueTimeout);
-        pending.finish(Some(would), Some(since.elapsed()), None);
+        shadow.count(Would::Refuse(Reason::QueueTimeout), Some(since.elapsed()));
         return;
     };
-    if seen.room(shadow.edge.as_deref(), deadline).await {
-        let permit = reserved.commit();
-        pending.finish(None, Some(since.elapsed()), Some(permit));
-    } else {
+    if !seen.room(shadow.edge.as_deref(), deadline).await {
         // Everything reserved for it goes back (its token refunded, its slot released).
         drop(reserved);
-        let would = Would::Refuse(Reason::EdgeCapacity);
-        pending.finish(Some(would), Some(since.elapsed()), None);
+        shadow.count(Would::Refuse(Reason::EdgeCapacity), Some(since.elapsed()));
+        return;
     }
+    let permit = reserved.commit();
+    let went_on = Instant::now();
+    if !shadow.ended() {
+        shadow.sink.waited(went_on - since);
+    }
+    // The would-be session: as long as the real one, from now.
+    let lasted = end.await.unwrap_or_default();
+    tokio::time::sleep_until(went_on + lasted).await;
+    drop(permit);
 }
 
 impl Admission {
@@ -416,11 +437,14 @@ impl Admission {
             None,
         ));
         self.register(&model);
+        let (ended_tx, ended_rx) = watch::channel(false);
         Arc::new(Shadow {
             model,
             sink,
             edge: self.edge.clone(),
             ended: AtomicBool::new(false),
+            ended_tx,
+            ended_rx,
         })
     }
 
