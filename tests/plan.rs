@@ -656,4 +656,41 @@ fn a_shadow_tenant_goes_on_at_once_and_reports_what_enforcing_would_have_done() 
     // The would-be waits are the enforced waits of the clients that queued.
     let max = s.shadow.as_ref().unwrap().would_wait_max.unwrap();
     assert!((max - 2.0).abs() < 0.01, "would-be wait max {max}");
+
+    // Sessions of 1 s, shorter than the would-be waits: a would-be session lasts as
+    // long as its real one from when enforcing would have let it in, so it outlives
+    // it, and the report counts every decision, made after the last real session.
+    let profile = "[tenants.t]\nburst = { connects = 12 }\nhold = \"1s\"\n";
+    let enforced = run(&format!("[tenants.t]\n{limits}"), profile);
+    let shadow = run(&format!("[tenants.t]\n{limits}enforce = false\n"), profile);
+    let (e, s) = (&enforced.tenants["t"], &shadow.tenants["t"]);
+    let would = &s.shadow.as_ref().expect("a shadow report").would;
+    let got = |k: &str| would.get(k).copied().unwrap_or(0);
+    let refused = |k: &str| e.refused.get(k).copied().unwrap_or(0);
+    assert_eq!(s.connected, 12);
+    assert_eq!(
+        got("queue-full"),
+        refused("queue-full"),
+        "{would:?} {:?}",
+        e.refused
+    );
+    assert_eq!(
+        got("queue-timeout"),
+        refused("queue-timeout"),
+        "{would:?} {:?}",
+        e.refused
+    );
+    assert_eq!(
+        got("admit") + got("queue"),
+        12 - refused("queue-full"),
+        "{would:?}"
+    );
+    // Would-be waits count the timed-out tickets' waits too (as
+    // sluice_shadow_wait_seconds does), the plan's waits only the admitted clients'.
+    let expected = if refused("queue-timeout") > 0 {
+        Some(2.0)
+    } else {
+        e.wait_max
+    };
+    assert_eq!(s.shadow.as_ref().unwrap().would_wait_max, expected);
 }

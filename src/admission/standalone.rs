@@ -129,6 +129,16 @@ impl Scheduler {
         }
     }
 
+    /// Whether every shadow tenant's would-be decisions are all made: no ticket queued
+    /// and no would-be session left (a would-be session lasts as long as its real one,
+    /// from when enforcing would have let it in, so it can outlive it).
+    pub fn shadows_settled(&self) -> bool {
+        self.shadows.values().all(|(shadow, _)| {
+            let load = shadow.load();
+            load.queued == 0 && load.live == 0
+        })
+    }
+
     /// What enforcing would have done with `tenant`'s connects; `None` when it is
     /// enforced.
     pub fn shadow_tally(&self, tenant: &str) -> Option<&Arc<ShadowTally>> {

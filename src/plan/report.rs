@@ -81,8 +81,7 @@ pub struct TenantReport {
 /// `sluice_shadow_decisions_total` and `sluice_shadow_wait_seconds`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ShadowReport {
-    /// Would-be decisions by `would` label (`admit`, `queue`, refusal reasons,
-    /// `client-gone`).
+    /// Would-be decisions by `would` label (`admit`, `queue`, refusal reasons).
     pub would: BTreeMap<String, u64>,
     /// Would-be waits of the clients that would have queued: 99th percentile.
     pub would_wait_p99: Option<f64>,

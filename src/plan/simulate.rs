@@ -309,6 +309,11 @@ pub fn simulate(config: &Config, clients: &[Client], options: &Options) -> Repor
             task.await.expect("a client task does not panic");
         }
         let end = Instant::now() - sim.start;
+        // A shadow tenant's would-be sessions can outlive its real ones: their
+        // decisions are counted once they are all over (virtual time, so cheap).
+        while !sim.scheduler.shadows_settled() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         let sim = Rc::into_inner(sim).expect("every client task has ended");
         // Shadow tenants (`enforce = false`): what enforcing would have done.
         let shadows: BTreeMap<String, ShadowReport> = config
