@@ -219,34 +219,7 @@ upstream_group = "down"
     assert_eq!(errors[0]["tenant"], "broken");
     assert_eq!(errors[0]["trace_id"], "trace-1");
 
-    check_with_promtool(&end.text);
-}
-
-/// `promtool check metrics` on a scrape, when promtool is installed (`.ci/run` installs
-/// it); says loudly when it is not, and fails when it is not under CI.
-fn check_with_promtool(scrape: &str) {
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scrape.prom");
-    std::fs::write(&path, scrape).unwrap();
-    let Ok(out) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-    else {
-        support::tool_missing(
-            "promtool (apt-get install prometheus)",
-            &format!(
-                "`promtool check metrics` did not run (the scrape is at {})",
-                path.display()
-            ),
-        );
-        return;
-    };
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::check_with_promtool(&end.text, "scrape");
 }
 
 #[tokio::test]

@@ -440,32 +440,9 @@ async fn the_shadow_series_have_their_labels_and_pass_promtool() {
     assert!(status_of(&proxy, "other").await["shadow"].is_null());
     let (_, page) = admin_get(proxy.admin, "/").await;
     assert!(page.contains("t.shadow"), "the page shows shadow tenants");
-    check_with_promtool(&s.text);
+    support::check_with_promtool(&s.text, "shadow-scrape");
     close(a).await;
     close(b).await;
-}
-
-/// `promtool check metrics` on a scrape, when promtool is installed.
-fn check_with_promtool(scrape: &str) {
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("shadow-scrape.prom");
-    std::fs::write(&path, scrape).unwrap();
-    let Ok(out) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-    else {
-        support::tool_missing(
-            "promtool (apt-get install prometheus)",
-            "`promtool check metrics` did not run",
-        );
-        return;
-    };
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test]

@@ -111,3 +111,31 @@ pub async fn scrape(admin: SocketAddr) -> Scrape {
     assert_eq!(status, 200);
     Scrape::parse(&body)
 }
+
+/// `promtool check metrics` on a scrape, when promtool is installed (`.ci/run` installs
+/// it); says loudly when it is not, and fails when it is not under CI. `name` names the
+/// file the scrape is kept in (under the target's test directory).
+pub fn check_with_promtool(scrape: &str, name: &str) {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.prom"));
+    std::fs::write(&path, scrape).unwrap();
+    let Ok(out) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+    else {
+        super::tool_missing(
+            "promtool (apt-get install prometheus)",
+            &format!(
+                "`promtool check metrics` did not run (the scrape is at {})",
+                path.display()
+            ),
+        );
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -26,7 +26,7 @@ mod tools;
 #[allow(unused_imports)]
 pub use self::redis::Redis;
 #[allow(unused_imports)]
-pub use admin::{admin_get, admin_request, scrape, Scrape};
+pub use admin::{admin_get, admin_request, check_with_promtool, scrape, Scrape};
 #[allow(unused_imports)]
 pub use config::{config, quoted, tenant, ConfigBuilder, EdgeLimits, TenantSpec};
 #[allow(unused_imports)]
