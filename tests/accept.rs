@@ -386,10 +386,7 @@ async fn close_codes_and_reasons_pass_both_ways() {
     ws.send(Message::text("drop-me")).await.unwrap();
     let frame = close_frame(&mut ws).await;
     assert_eq!(frame.code, CloseCode::Error);
-    wait_until("every session to end", async || {
-        proxy.admission.tenant_load("lab").unwrap().live == 0
-    })
-    .await;
+    proxy.wait_sessions_ended("lab").await;
 }
 
 #[tokio::test]

@@ -908,10 +908,7 @@ async fn a_client_leaving_mid_dial_leaks_no_permit() {
         })
         .await;
         drop(tcp);
-        wait_until("the permit back", async || {
-            proxy.admission.tenant_load("lab").unwrap().live == 0
-        })
-        .await;
+        proxy.wait_sessions_ended("lab").await;
         wait_until("the pending place back", async || {
             proxy.shared.pending.in_use() == 0
         })

@@ -248,10 +248,7 @@ async fn five_short_sessions(proxy: &Proxy) {
     for ws in held {
         close(ws).await;
     }
-    wait_until("the real sessions to end", async || {
-        proxy.admission.tenant_load("lab").unwrap().live == 0
-    })
-    .await;
+    proxy.wait_sessions_ended("lab").await;
 }
 
 #[tokio::test]

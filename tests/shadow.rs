@@ -292,10 +292,7 @@ async fn a_reload_flips_enforce_both_ways_and_live_sessions_go_on() {
         "queue-full"
     );
     close(sessions.pop().unwrap()).await;
-    wait_until("the last session to end", async || {
-        proxy.admission.tenant_load("lab").unwrap().live == 0
-    })
-    .await;
+    proxy.wait_sessions_ended("lab").await;
     let mut enforced = connect_ok(&url, &[]).await;
     assert_eq!(
         reason(&support::connect_refused(&url, &[]).await),
@@ -319,10 +316,7 @@ async fn a_reload_flips_enforce_both_ways_and_live_sessions_go_on() {
     for ws in more {
         close(ws).await;
     }
-    wait_until("every slot back", async || {
-        proxy.admission.tenant_load("lab").unwrap().live == 0
-    })
-    .await;
+    proxy.wait_sessions_ended("lab").await;
 }
 
 #[tokio::test]
@@ -575,10 +569,7 @@ async fn an_accept_mode_shadow_tenant_is_relayed_at_once_over_its_cap() {
     assert_eq!(s.connects("lab", "admitted"), 2.0);
     close(a).await;
     close(b).await;
-    wait_until("the slots back", async || {
-        proxy.admission.tenant_load("lab").unwrap().live == 0
-    })
-    .await;
+    proxy.wait_sessions_ended("lab").await;
 }
 
 #[tokio::test]

@@ -95,6 +95,15 @@ impl Loads {
 }
 
 impl Proxy {
+    /// Waits until `tenant` holds no session slot any more (its sessions ended and
+    /// their permits went back); fails the test after [`wait_until`]'s 20 s.
+    pub async fn wait_sessions_ended(&self, tenant: &str) {
+        wait_until(&format!("every session of {tenant} to end"), async || {
+            self.admission.tenant_load(tenant).unwrap().live == 0
+        })
+        .await;
+    }
+
     /// `ws://addr{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
