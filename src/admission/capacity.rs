@@ -133,9 +133,12 @@ pub trait SharedCapacity: Send + Sync + std::fmt::Debug {
     /// complete [`Self::freed`], which is what wakes a waiting pump.
     fn reconfigure(&self, _max_sessions: u32, _rate: f64, _burst: u32) {}
     /// The edge's arbiter will give its next turn to a client of `tenant`, of
-    /// `weight`: a backend shared by several arbiters (one per replica) can order their
-    /// turns by the tenants' weights across all of them. Must not block.
-    fn candidate(&self, _tenant: &str, _weight: u32) {}
+    /// `weight`, and the turn after it to one of `then` (as far as it knows now): a
+    /// backend shared by several arbiters (one per replica) can order their turns by the
+    /// tenants' weights across all of them, and register `then` in the same step that
+    /// serves `tenant`, so that another replica does not take the next turn only because
+    /// this one had not asked yet. Must not block.
+    fn candidate(&self, _tenant: &str, _weight: u32, _then: Option<&str>) {}
     /// The edge asked (`429`/`503` with `Retry-After`) that this scope send nothing
     /// until `until`: a shared backend tells the other replicas. Must not block.
     fn pause(&self, _until: Instant) {}

@@ -229,17 +229,20 @@ impl EdgeGate {
     /// [`SharedCapacity::candidate`]).
     fn announce(&self) {
         if let Some(backend) = &self.backend {
-            if let Some((tenant, weight)) = self.peek() {
-                backend.candidate(&tenant, weight);
+            if let Some((tenant, weight, then)) = self.peek() {
+                backend.candidate(&tenant, weight, then.as_deref());
             }
         }
     }
 
-    /// The tenant and weight of the request [`Self::next`] would take now.
-    fn peek(&self) -> Option<(Arc<str>, u32)> {
+    /// The tenant and weight of the request [`Self::next`] would take now, and the
+    /// tenant of the one after it.
+    fn peek(&self) -> Option<(Arc<str>, u32, Option<Arc<str>>)> {
         let fair = self.lock();
-        let (_, request) = fair.requests.first_key_value()?;
-        Some((request.tenant.clone(), request.weight))
+        let mut requests = fair.requests.values();
+        let first = requests.next()?;
+        let then = requests.next().map(|r| r.tenant.clone());
+        Some((first.tenant.clone(), first.weight, then))
     }
 
     /// Removes the request with the smallest start tag and advances virtual time to it.

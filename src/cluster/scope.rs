@@ -50,6 +50,9 @@ pub(crate) struct ScopeState {
     /// The tenant (and weight) the edge's arbiter gives its next turn to: the edge
     /// orders the replicas' arbiters by it (fair queuing across replicas).
     candidate: Mutex<Option<(Arc<str>, u32)>>,
+    /// The tenant the arbiter's turn after that is for (registered among the waiters
+    /// when the candidate's turn is served).
+    candidate_then: Mutex<Option<Arc<str>>>,
     cap: AtomicU32,
     /// The rate tokens are spaced for, as `f64` bits: the configured
     /// `handshake_rate`, or the adaptive one below it after edge trouble.
@@ -131,6 +134,7 @@ impl ScopeState {
             fifo,
             prefetch,
             candidate: Mutex::new(None),
+            candidate_then: Mutex::new(None),
             cap: AtomicU32::new(0),
             rate: AtomicU64::new(1f64.to_bits()),
             burst: AtomicU32::new(1),
@@ -279,7 +283,7 @@ impl ScopeState {
 }
 
 impl SharedCapacity for ScopeState {
-    fn candidate(&self, tenant: &str, weight: u32) {
+    fn candidate(&self, tenant: &str, weight: u32, then: Option<&str>) {
         let mut c = self
             .candidate
             .lock()
@@ -288,6 +292,14 @@ impl SharedCapacity for ScopeState {
             .is_none_or(|(t, w)| &**t != tenant || *w != weight)
         {
             *c = Some((Arc::from(tenant), weight));
+        }
+        drop(c);
+        let mut n = self
+            .candidate_then
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if n.as_deref() != then {
+            *n = then.map(Arc::from);
         }
     }
 

@@ -129,6 +129,12 @@ local function turned(f, vt, t, w, tag)
   redis.call('PEXPIRE', f, 3600000)
   redis.call('SET', vt, s(tag), 'PX', 3600000)
 end
+-- At a fair scope, after a turn: the start tag of the arbiter's turn after it, for
+-- tenant `t` (-1: none, '').
+local function then_tag(f, vt, t)
+  if t == nil or t == '' then return -1 end
+  return start_tag(f, vt, t)
+end
 -- Takes a GCRA token: the new TAT, or 0 and when one is ready.
 local function take(r, interval, tolerance)
   local tat = tonumber(redis.call('GET', r) or '0')
@@ -145,7 +151,9 @@ end
 /// ARGV: me, epoch, count (this replica's, the slot asked for included), incarnation,
 /// version, cap, interval µs, tolerance µs, head µs (-1: no FIFO), take (0/1), lease µs,
 /// channel, tenant ('' : not fair-queued), weight, the arrival of the client after the
-/// head (µs, -1: none; registered as the head when the head is served). A tenant scope keeps FIFO by its
+/// head (µs, -1: none; registered as the head when the head is served), the tenant of
+/// the edge arbiter's turn after this one ('': none; registered with its start tag when
+/// this turn is served). A tenant scope keeps FIFO by its
 /// heads' arrivals; the edge orders the replicas' arbiters by their next tenant's start
 /// tag (start-time fair queuing across replicas).
 /// Returns `{'ok', now, cluster total, tat (0: no token), token ready at}`,
@@ -184,7 +192,7 @@ if ARGV[10] == '1' then
   if tat > 0 and head >= 0 then served(KEYS[6], me, ARGV[12], tonumber(ARGV[15])) end
   if tat > 0 and tenant ~= '' then
     turned(KEYS[8], KEYS[9], tenant, tonumber(ARGV[14]), tag)
-    served(KEYS[6], me, ARGV[12])
+    served(KEYS[6], me, ARGV[12], then_tag(KEYS[8], KEYS[9], ARGV[16]))
   end
 end
 return {{'ok', now, total, tat, ready}}"
@@ -196,7 +204,7 @@ return {{'ok', now, total, tat, ready}}"
 /// KEYS: replicas, epoch, P:r, P:w, P:p, P:f, P:vt.
 /// ARGV: me, epoch, interval µs, tolerance µs, head µs (-1: no FIFO), channel, tenant
 /// ('': not fair-queued), weight, the arrival of the client after the head (µs, -1:
-/// none).
+/// none), the tenant of the edge arbiter's turn after this one ('': none).
 /// Returns `{'ok', now, tat}`, `{'rate', now, ready at}`, `{'turn', now, 0}`,
 /// `{'paused', now, until}` or `{'epoch', now, 0}`.
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
@@ -219,7 +227,7 @@ if tat == 0 then return {{'rate', now, ready}} end
 if head >= 0 then served(KEYS[4], me, ARGV[6], tonumber(ARGV[9])) end
 if head < 0 and tenant ~= '' then
   turned(KEYS[6], KEYS[7], tenant, tonumber(ARGV[8]), tag)
-  served(KEYS[4], me, ARGV[6])
+  served(KEYS[4], me, ARGV[6], then_tag(KEYS[6], KEYS[7], ARGV[10]))
 end
 return {{'ok', now, tat}}"
     ))

@@ -44,6 +44,18 @@ impl ScopeState {
             .unwrap_or_else(|| (Arc::from(""), 0))
     }
 
+    /// The tenant the edge's turn after the next is for ('': none, or a tenant scope).
+    fn fair_then(&self) -> Arc<str> {
+        if self.fifo {
+            return Arc::from("");
+        }
+        self.candidate_then
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| Arc::from(""))
+    }
+
     /// The head's arrival on Redis's clock, or -1 (no FIFO).
     pub(super) fn head_us(&self, head: Option<Instant>) -> i64 {
         match head {
@@ -63,11 +75,19 @@ impl ScopeState {
     }
 
     /// The head got what it asked for: the script registered the client after it as
-    /// this replica's head among the waiters (or nobody), which `idle` withdraws.
-    fn served(&self, head_us: i64) {
+    /// this replica's head among the waiters (or nobody), which `idle` withdraws; at the
+    /// edge, `then_registered`: the tenant of the arbiter's turn after it, with a start
+    /// tag only Redis knows (withdrawn whatever it is).
+    fn served(&self, head_us: i64, then_registered: bool) {
         let next = self.next_us(head_us);
-        self.waiting
-            .store(if next >= 0 { next } else { i64::MIN }, Ordering::Release);
+        let waiting = if next >= 0 {
+            next
+        } else if then_registered {
+            -1
+        } else {
+            i64::MIN
+        };
+        self.waiting.store(waiting, Ordering::Release);
     }
 
     /// A reply that is neither a grant nor a refusal (`epoch`: Redis is not the one
@@ -101,6 +121,7 @@ impl ScopeState {
         let (count, version) = pending.snapshot;
         let head_us = self.head_us(head);
         let fair = self.fair();
+        let then = self.fair_then();
         let (interval, tolerance) = self.gcra();
         let shared = &self.shared;
         let mut invocation = self.decision(
@@ -120,7 +141,8 @@ impl ScopeState {
             .arg(&self.channel)
             .arg(&*fair.0)
             .arg(fair.1)
-            .arg(self.next_us(head_us));
+            .arg(self.next_us(head_us))
+            .arg(&*then);
         // Registered before the ask: if this future is dropped before the answer, the
         // pump's `idle` still withdraws the head the script may have registered.
         if head_us >= 0 {
@@ -144,7 +166,10 @@ impl ScopeState {
                         Taken::new(tat as u64, interval as u64 | FROM_REDIS),
                         received,
                     ));
-                    self.served(head_us);
+                    self.served(
+                        head_us,
+                        head_us < 0 && !fair.0.is_empty() && !then.is_empty(),
+                    );
                 } else {
                     self.set_ready(int(reply.get(4)));
                 }
@@ -183,6 +208,7 @@ impl ScopeState {
     ) -> Result<Result<Taken, Instant>, BackendError> {
         let head_us = self.head_us(head);
         let fair = self.fair();
+        let then = self.fair_then();
         let (interval, tolerance) = self.gcra();
         let mut invocation = self.decision(&scripts::TAKE, &["r", "w", "p", "f", "vt"]);
         invocation
@@ -192,7 +218,8 @@ impl ScopeState {
             .arg(&self.channel)
             .arg(&*fair.0)
             .arg(fair.1)
-            .arg(self.next_us(head_us));
+            .arg(self.next_us(head_us))
+            .arg(&*then);
         if head_us < 0 && !fair.0.is_empty() {
             self.waiting.store(-1, Ordering::Release);
         }
@@ -200,7 +227,10 @@ impl ScopeState {
         let reply = items(&value);
         match text(reply.first()).as_str() {
             "ok" => {
-                self.served(head_us);
+                self.served(
+                    head_us,
+                    head_us < 0 && !fair.0.is_empty() && !then.is_empty(),
+                );
                 Ok(Ok(Taken::new(
                     int(reply.get(2)) as u64,
                     interval as u64 | FROM_REDIS,
