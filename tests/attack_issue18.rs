@@ -9,41 +9,9 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    close, config, connect, edge, reason, scrape, tenant, wait_until, Proxy, Scrape, TenantSpec,
+    close, config, connect, edge, enforced_counts, reason, scrape, shadow_counts, tenant,
+    wait_until, would, Proxy, Scrape, TenantSpec,
 };
-
-fn would(s: &Scrape, t: &str, would: &str) -> f64 {
-    s.get(
-        "sluice_shadow_decisions_total",
-        &[("tenant", t), ("would", would)],
-    )
-}
-
-/// (at once, queued, queue-full, queue-timeout, edge-capacity, waits observed), shadow.
-fn shadow_counts(s: &Scrape, t: &str) -> [f64; 6] {
-    [
-        would(s, t, "admit"),
-        would(s, t, "queue"),
-        would(s, t, "queue-full"),
-        would(s, t, "queue-timeout"),
-        would(s, t, "edge-capacity"),
-        s.get("sluice_shadow_wait_seconds_count", &[("tenant", t)]),
-    ]
-}
-
-/// The same, enforced.
-fn enforced_counts(s: &Scrape, t: &str) -> [f64; 6] {
-    [
-        s.connects(t, "admitted"),
-        s.connects(t, "queued_admitted")
-            + s.connects(t, "queue-timeout")
-            + s.connects(t, "client-gone"),
-        s.connects(t, "queue-full"),
-        s.connects(t, "queue-timeout"),
-        s.connects(t, "edge-capacity"),
-        s.get("sluice_queue_wait_seconds_count", &[("tenant", t)]),
-    ]
-}
 
 /// `n` clients of `lab` connect at once; each that gets through keeps its session for
 /// `hold`, then closes. The counts once every (would-be) decision is in.
@@ -210,18 +178,13 @@ async fn a_shadow_tenants_mark_fits_the_status_page_at_1280_pixels() {
     }
 }
 
-/// The config file: the edge's group, port 0 listeners, then `tenants`.
+/// The config file: the edge's group, port 0 listeners, tenant `other`, then `tenants`.
 fn write_config(path: &std::path::Path, edge: &support::Edge, tenants: &str) {
-    std::fs::write(
+    support::write_config_file(
         path,
-        format!(
-            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
-             [upstream.groups.primary]\nendpoints = [\"{}\"]\n\
-             [tenants.other]\nauth = {{ kind = \"none\" }}\n{tenants}",
-            edge.url(false)
-        ),
-    )
-    .unwrap();
+        edge,
+        &format!("[tenants.other]\nauth = {{ kind = \"none\" }}\n{tenants}"),
+    );
 }
 
 /// `lab`, shadow or enforced: one slot, four queue places, two minutes of patience.

@@ -20,19 +20,6 @@ use support::{
     test_ca, wait_until, Edge, Proxy,
 };
 
-/// Writes the config file: the edge's group, `[listen]`/`[admin]` on port 0, then `rest`.
-fn write_config(path: &Path, edge: &Edge, rest: &str) {
-    std::fs::write(
-        path,
-        format!(
-            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
-             [upstream.groups.primary]\nendpoints = [\"{}\"]\n{rest}",
-            edge.url(false)
-        ),
-    )
-    .unwrap();
-}
-
 async fn reload(proxy: &Proxy) -> (u16, String) {
     admin_request(proxy.admin, "POST", "/-/reload").await
 }
@@ -71,7 +58,7 @@ async fn a_lower_cap_keeps_all_live_sessions_and_admits_no_new_one_until_they_fa
             "[tenants.lab]\nauth = {{ kind = \"none\" }}\nmax_sessions = {cap}\nhandshake_rate = 1000.0\nhandshake_burst = 100\nqueue_timeout = \"30s\"\n"
         )
     };
-    write_config(&file, &edge, &tenant(30));
+    support::write_config_file(&file, &edge, &tenant(30));
     let proxy = proxy_from_file(&file).await;
     let url = proxy.url("/t/lab/");
     let mut sessions = Vec::new();
@@ -79,7 +66,7 @@ async fn a_lower_cap_keeps_all_live_sessions_and_admits_no_new_one_until_they_fa
         sessions.push(connect_ok(&url, &[]).await);
     }
 
-    write_config(&file, &edge, &tenant(10));
+    support::write_config_file(&file, &edge, &tenant(10));
     let (status, body) = reload(&proxy).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(proxy.admission.tenant_load("lab").unwrap().max_sessions, 10);
@@ -129,13 +116,13 @@ async fn a_raised_cap_admits_queued_clients_at_once() {
     let tenant = |cap: u32| {
         format!("[tenants.lab]\nauth = {{ kind = \"none\" }}\nmax_sessions = {cap}\nqueue_timeout = \"30s\"\n")
     };
-    write_config(&file, &edge, &tenant(1));
+    support::write_config_file(&file, &edge, &tenant(1));
     let proxy = proxy_from_file(&file).await;
     let url = proxy.url("/t/lab/");
     let _first = connect_ok(&url, &[]).await;
     let waiting = queue_behind(&proxy, &url).await;
 
-    write_config(&file, &edge, &tenant(2));
+    support::write_config_file(&file, &edge, &tenant(2));
     assert_eq!(reload(&proxy).await.0, 200);
     let mut second = admitted(waiting, "the cap rose").await;
     echo(&mut second, "in").await;
@@ -146,7 +133,7 @@ async fn an_invalid_reload_keeps_the_old_config_and_says_so() {
     let edge = edge().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sluice.toml");
-    write_config(
+    support::write_config_file(
         &file,
         &edge,
         "[tenants.lab]\nauth = { kind = \"none\" }\nmax_sessions = 5\n",
@@ -154,7 +141,7 @@ async fn an_invalid_reload_keeps_the_old_config_and_says_so() {
     let proxy = proxy_from_file(&file).await;
     let mut ws = connect_ok(&proxy.url("/t/lab/"), &[]).await;
 
-    write_config(
+    support::write_config_file(
         &file,
         &edge,
         "[tenants.lab]\nauth = { kind = \"none\" }\nmax_sessions = 0\nhandshake_rate = -1.0\n",
@@ -201,7 +188,7 @@ async fn a_removed_tenant_keeps_its_live_sessions_but_is_no_longer_admitted() {
     let both =
         "[tenants.lab]\nauth = { kind = \"none\" }\nmax_sessions = 1\nqueue_timeout = \"30s\"\n\
                 [tenants.other]\nauth = { kind = \"none\" }\n";
-    write_config(&file, &edge, both);
+    support::write_config_file(&file, &edge, both);
     let proxy = proxy_from_file(&file).await;
     let url = proxy.url("/t/lab/");
     let mut live_one = connect_ok(&url, &[]).await;
@@ -209,7 +196,7 @@ async fn a_removed_tenant_keeps_its_live_sessions_but_is_no_longer_admitted() {
     let waiting = tokio::spawn(async move { connect(&u, &[]).await });
     wait_until("queued", async || queued(&proxy, "lab") == 1).await;
 
-    write_config(
+    support::write_config_file(
         &file,
         &edge,
         "[tenants.other]\nauth = { kind = \"none\" }\n",
@@ -237,7 +224,7 @@ async fn a_removed_tenant_keeps_its_live_sessions_but_is_no_longer_admitted() {
     echo(&mut other, "other is fine").await;
 
     // Back again (cap 1): its live session still counts, so a new client waits.
-    write_config(&file, &edge, both);
+    support::write_config_file(&file, &edge, both);
     assert_eq!(reload(&proxy).await.0, 200);
     let waiting = queue_behind(&proxy, &url).await;
     assert_eq!(live(&proxy, "lab"), 1);
@@ -260,7 +247,7 @@ async fn a_revoked_key_closes_accept_mode_sessions_with_1008() {
              [tenants.hld]\nauth = {{ kind = \"api-key\", key_sha256 = [{list}] }}\n"
         )
     };
-    write_config(&file, &edge, &tenants(&["old-key", "kept-key"]));
+    support::write_config_file(&file, &edge, &tenants(&["old-key", "kept-key"]));
     let proxy = proxy_from_file(&file).await;
     let bearer = |k: &str| format!("Bearer {k}");
     let mut revoked = connect_ok(
@@ -280,7 +267,7 @@ async fn a_revoked_key_closes_accept_mode_sessions_with_1008() {
     .await;
     echo(&mut revoked, "before").await;
 
-    write_config(&file, &edge, &tenants(&["kept-key"]));
+    support::write_config_file(&file, &edge, &tenants(&["kept-key"]));
     assert_eq!(reload(&proxy).await.0, 200);
     let frame = loop {
         match tokio::time::timeout(Duration::from_secs(10), revoked.next())
@@ -500,13 +487,13 @@ async fn a_raised_rate_releases_a_client_waiting_for_a_token_at_once() {
         format!("[tenants.lab]\nauth = {{ kind = \"none\" }}\nhandshake_rate = {rate}\nhandshake_burst = 1\nqueue_timeout = \"60s\"\n")
     };
     // One handshake per 30 s: the second client would wait about 30 s.
-    write_config(&file, &edge, &tenant("0.0333"));
+    support::write_config_file(&file, &edge, &tenant("0.0333"));
     let proxy = proxy_from_file(&file).await;
     let url = proxy.url("/t/lab/");
     let _first = connect_ok(&url, &[]).await;
     let waiting = queue_behind(&proxy, &url).await;
 
-    write_config(&file, &edge, &tenant("100.0"));
+    support::write_config_file(&file, &edge, &tenant("100.0"));
     assert_eq!(reload(&proxy).await.0, 200);
     let mut second = admitted(waiting, "well before the old rate's 30 s").await;
     echo(&mut second, "in").await;

@@ -10,12 +10,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use support::{
-    admin_get, admin_request, close, config, connect, connect_ok, echo, edge, proxy_from_file,
-    reason, scrape, tenant, wait_until, Client, ConfigBuilder, Edge, EdgeLimits, Proxy, Scrape,
+    admin_get, admin_request, close, config, connect, connect_ok, echo, edge, enforced_counts,
+    proxy_from_file, reason, scrape, shadow_counts, tenant, wait_until, would, Client,
+    ConfigBuilder, Edge, EdgeLimits, Proxy, Scrape,
 };
 
 /// Every `would` label a shadow tenant's counter has.
@@ -34,13 +34,6 @@ async fn setup(config: ConfigBuilder) -> (Edge, Proxy) {
     (edge, proxy)
 }
 
-fn would(s: &Scrape, tenant: &str, would: &str) -> f64 {
-    s.get(
-        "sluice_shadow_decisions_total",
-        &[("tenant", tenant), ("would", would)],
-    )
-}
-
 /// `n` connects of `url` at once; each task gives its client, or the refusal's reason.
 async fn storm(url: &str, n: usize) -> Vec<tokio::task::JoinHandle<Result<Client, String>>> {
     (0..n)
@@ -57,35 +50,6 @@ async fn storm(url: &str, n: usize) -> Vec<tokio::task::JoinHandle<Result<Client
             })
         })
         .collect()
-}
-
-/// The would-be decisions of a shadow run, as (admit, queued, queue-full, queue-timeout,
-/// edge-capacity, waits observed).
-fn shadow_counts(s: &Scrape, t: &str) -> [f64; 6] {
-    [
-        would(s, t, "admit"),
-        would(s, t, "queue"),
-        would(s, t, "queue-full"),
-        would(s, t, "queue-timeout"),
-        would(s, t, "edge-capacity"),
-        s.get("sluice_shadow_wait_seconds_count", &[("tenant", t)]),
-    ]
-}
-
-/// The same for an enforced run: admitted at once; queued (admitted after waiting, or
-/// refused after waiting); refusals; waits observed.
-fn enforced_counts(s: &Scrape, t: &str) -> [f64; 6] {
-    let queued = s.connects(t, "queued_admitted")
-        + s.connects(t, "queue-timeout")
-        + s.connects(t, "client-gone");
-    [
-        s.connects(t, "admitted"),
-        queued,
-        s.connects(t, "queue-full"),
-        s.connects(t, "queue-timeout"),
-        s.connects(t, "edge-capacity"),
-        s.get("sluice_queue_wait_seconds_count", &[("tenant", t)]),
-    ]
 }
 
 /// Runs a storm of `n` held-open connects against `lab` with `spec`, shadow or
@@ -191,19 +155,6 @@ async fn a_storm_over_the_rate_counts_the_waits_enforcing_would_have() {
     assert_eq!(enforced, [2.0, 4.0, 6.0, 0.0, 0.0, 4.0]);
 }
 
-/// Writes the config file: the edge's group, port 0 listeners, then `rest`.
-fn write_config(path: &Path, edge: &Edge, rest: &str) {
-    std::fs::write(
-        path,
-        format!(
-            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
-             [upstream.groups.primary]\nendpoints = [\"{}\"]\n{rest}",
-            edge.url(false)
-        ),
-    )
-    .unwrap();
-}
-
 fn lab(enforce: bool) -> String {
     format!(
         "[tenants.lab]\nauth = {{ kind = \"none\" }}\nmax_sessions = 1\nqueue_depth = 0\nhandshake_rate = 1000.0\nhandshake_burst = 100\nenforce = {enforce}\n"
@@ -234,7 +185,7 @@ async fn a_reload_flips_enforce_both_ways_and_live_sessions_go_on() {
     let edge = edge().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sluice.toml");
-    write_config(&file, &edge, &lab(false));
+    support::write_config_file(&file, &edge, &lab(false));
     let proxy = proxy_from_file(&file).await;
     let url = proxy.url("/t/lab/");
 
@@ -258,7 +209,7 @@ async fn a_reload_flips_enforce_both_ways_and_live_sessions_go_on() {
     assert_eq!(row["shadow"]["would_live"], 1);
 
     // Enforced from the next connect: the three live sessions count against the cap.
-    write_config(&file, &edge, &lab(true));
+    support::write_config_file(&file, &edge, &lab(true));
     reload(&proxy).await;
     let refused = support::connect_refused(&url, &[]).await;
     assert_eq!(refused.status(), 429);
@@ -300,7 +251,7 @@ async fn a_reload_flips_enforce_both_ways_and_live_sessions_go_on() {
     );
 
     // Back to shadow: over the cap again, nothing refused; the enforced session goes on.
-    write_config(&file, &edge, &lab(false));
+    support::write_config_file(&file, &edge, &lab(false));
     reload(&proxy).await;
     let mut more = vec![connect_ok(&url, &[]).await, connect_ok(&url, &[]).await];
     echo(&mut enforced, "survived the flip back").await;

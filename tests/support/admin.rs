@@ -139,3 +139,40 @@ pub fn check_with_promtool(scrape: &str, name: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `sluice_shadow_decisions_total{tenant=t, would}` of a scrape.
+pub fn would(s: &Scrape, t: &str, would: &str) -> f64 {
+    s.get(
+        "sluice_shadow_decisions_total",
+        &[("tenant", t), ("would", would)],
+    )
+}
+
+/// The would-be decisions of a shadow tenant, as (admit, queued, queue-full,
+/// queue-timeout, edge-capacity, waits observed): comparable with [`enforced_counts`].
+pub fn shadow_counts(s: &Scrape, t: &str) -> [f64; 6] {
+    [
+        would(s, t, "admit"),
+        would(s, t, "queue"),
+        would(s, t, "queue-full"),
+        would(s, t, "queue-timeout"),
+        would(s, t, "edge-capacity"),
+        s.get("sluice_shadow_wait_seconds_count", &[("tenant", t)]),
+    ]
+}
+
+/// The same for an enforced tenant: admitted at once; queued (admitted after waiting,
+/// or refused after waiting); refusals; waits observed.
+pub fn enforced_counts(s: &Scrape, t: &str) -> [f64; 6] {
+    let queued = s.connects(t, "queued_admitted")
+        + s.connects(t, "queue-timeout")
+        + s.connects(t, "client-gone");
+    [
+        s.connects(t, "admitted"),
+        queued,
+        s.connects(t, "queue-full"),
+        s.connects(t, "queue-timeout"),
+        s.connects(t, "edge-capacity"),
+        s.get("sluice_queue_wait_seconds_count", &[("tenant", t)]),
+    ]
+}

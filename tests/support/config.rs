@@ -260,3 +260,17 @@ impl ConfigBuilder {
         super::serve(&self.text()).await
     }
 }
+
+/// Writes a config file for `sluice run` / reload tests: the edge's group as
+/// `primary`, `[listen]` and `[admin]` on port 0, then `rest`.
+pub fn write_config_file(path: &std::path::Path, edge: &super::Edge, rest: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [upstream.groups.primary]\nendpoints = [\"{}\"]\n{rest}",
+            edge.url(false)
+        ),
+    )
+    .unwrap();
+}

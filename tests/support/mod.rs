@@ -26,9 +26,14 @@ mod tools;
 #[allow(unused_imports)]
 pub use self::redis::Redis;
 #[allow(unused_imports)]
-pub use admin::{admin_get, admin_request, check_with_promtool, scrape, Scrape};
+pub use admin::{
+    admin_get, admin_request, check_with_promtool, enforced_counts, scrape, shadow_counts, would,
+    Scrape,
+};
 #[allow(unused_imports)]
-pub use config::{config, quoted, tenant, ConfigBuilder, EdgeLimits, TenantSpec};
+pub use config::{
+    config, quoted, tenant, write_config_file, ConfigBuilder, EdgeLimits, TenantSpec,
+};
 #[allow(unused_imports)]
 pub use edge::{edge, edge_with, Edge, EdgeOptions, Recorded};
 #[allow(unused_imports)]
