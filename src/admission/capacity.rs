@@ -315,10 +315,11 @@ impl Capacity<'_> {
         }
     }
 
-    /// Who comes after the head ([`SharedCapacity::following`]).
-    pub fn following(self, next: Option<Instant>) {
+    /// Who comes after the head ([`SharedCapacity::following`]); `next` is only
+    /// asked (it takes the queue's lock) for a shared backend.
+    pub fn following(self, next: impl FnOnce() -> Option<Instant>) {
         if let Capacity::Shared(b) = self {
-            b.following(next);
+            b.following(next());
         }
     }
 

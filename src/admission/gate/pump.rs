@@ -50,7 +50,7 @@ async fn reserve(
     gate.set_blocker(Blocker::Slot);
     // At each ask: the head now, and who comes after it.
     let slot = slot(gate, &|| {
-        gate.capacity().following(gate.next_since());
+        gate.capacity().following(|| gate.next_since());
         gate.head_since()
     })
     .await;
@@ -90,7 +90,7 @@ async fn reserve(
     // token seen ready above is still there, unless the queue emptied meanwhile and a
     // new client took it directly (or, shared, another replica took it, or the backend
     // failed): then everything above goes back and the pump starts over.
-    gate.capacity().following(gate.next_since());
+    gate.capacity().following(|| gate.next_since());
     let Some(token) = token(gate, Instant::now(), gate.head_since()).await else {
         return Some((None, finish));
     };
