@@ -302,13 +302,14 @@ impl Admission {
     /// The fast path at `now`. One conversion of the clock serves the pause check and
     /// both token buckets (the gate's and the edge's count from [`Self::epoch`]); the
     /// in-process path takes no lock, loads no `Arc` and makes one atomic
-    /// read-modify-write per slot and per token.
+    /// read-modify-write per slot and per token, the tenant's two before the edge's:
+    /// each scope's hot cache line is taken once, not twice, while another core
+    /// decides too.
     fn try_now(&self, gate: &Arc<TenantGate>, now: Instant) -> Option<Permit> {
         let epoch = gate.limit.tokens.epoch();
         let nanos = capacity::nanos_since(now, epoch);
-        if gate.queued() > 0
-            || self.edge.as_ref().is_some_and(|e| e.waiting() > 0)
-            || gate.paused_at(now, nanos)
+        let edge = self.edge.as_deref();
+        if gate.queued() > 0 || edge.is_some_and(|e| e.waiting() > 0) || gate.paused_at(now, nanos)
         {
             return None;
         }
@@ -322,16 +323,18 @@ impl Admission {
             edge: false,
             shadow: None,
         };
-        if let Some(edge) = &self.edge {
-            if edge.capacity().try_acquire_slot() != Fast::Yes(()) {
-                return None;
-            }
-            permit.edge = true;
-        }
         let Fast::Yes(taken) = gate.capacity().try_take_at(now, epoch, nanos) else {
             return None;
         };
-        if let Some(edge) = &self.edge {
+        if let Some(edge) = edge {
+            // The tenant's token goes back if the edge has no slot or no token: the
+            // refund restores the bucket unless another take came in between, and then
+            // it is dropped (a lost token slows, it never lets one more through).
+            if edge.capacity().try_acquire_slot() != Fast::Yes(()) {
+                gate.capacity().refund(taken);
+                return None;
+            }
+            permit.edge = true;
             if !matches!(edge.capacity().try_take_at(now, epoch, nanos), Fast::Yes(_)) {
                 gate.capacity().refund(taken);
                 return None;
