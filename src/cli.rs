@@ -133,7 +133,16 @@ fn health(admin: std::net::SocketAddr, path: &str) -> ExitCode {
 /// Runs `job` on a multi-thread runtime (with the memory watcher,
 /// [`crate::release::memory`]); its exit code, or failure when the runtime cannot start.
 fn block_on(job: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Runtime::new() {
+    block_on_with(tokio::runtime::Runtime::new(), job)
+}
+
+/// Runs `job` on `rt` (with the memory watcher); its exit code, or failure when the
+/// runtime could not be built.
+fn block_on_with(
+    rt: std::io::Result<tokio::runtime::Runtime>,
+    job: impl std::future::Future<Output = ExitCode>,
+) -> ExitCode {
+    match rt {
         Ok(rt) => {
             crate::release::memory::watch(rt.handle().clone());
             rt.block_on(job)
@@ -199,7 +208,12 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            block_on(async {
+            // A current-thread runtime: the main thread is one of the proxy's per-core
+            // runtimes, the server starts the others (crate::server::workers).
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            block_on_with(rt, async {
                 let result = crate::run(config, crate::signals::terminate()).await;
                 if let Err(e) = &result {
                     tracing::error!("{e}");
@@ -294,9 +308,16 @@ pub fn describe(config: &Config, name: &str) -> String {
     } else {
         "plain"
     };
+    let workers = match config.listen.workers {
+        Some(n) => format!("{n} worker thread{}", if n == 1 { "" } else { "s" }),
+        None => format!(
+            "one worker thread per core ({} here)",
+            crate::server::workers::default_count()
+        ),
+    };
     let _ = writeln!(
         out,
-        "listen   {} ({tls}), header timeout {}, max header {} bytes",
+        "listen   {} ({tls}), header timeout {}, max header {} bytes, {workers}",
         config.listen.address,
         humantime::format_duration(config.listen.header_timeout),
         config.protection.max_header_bytes

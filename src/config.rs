@@ -119,6 +119,9 @@ pub struct Listen {
     pub tls: Option<TlsFiles>,
     /// Time a client gets to finish TLS and send its request head.
     pub header_timeout: Duration,
+    /// Runtimes (threads) that serve the proxy port, one listener each; `None`: one per
+    /// core the process may use.
+    pub workers: Option<u32>,
 }
 
 /// A PEM certificate chain and its private key.

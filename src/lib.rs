@@ -14,7 +14,8 @@
 //! ```text
 //! entry       cli, tools (edge_sim, spike, demo, sip_lines), plan (capacity planning), main.rs
 //!   │
-//! wiring      server (listen: step 1; the accept loop; drain), admin, reload, signals, run/Bound
+//! wiring      server (listen: step 1; the accept loop; workers: one runtime per core; drain),
+//!             admin, reload, signals, run/Bound
 //!   │
 //! flow        proxy (steps 1–3, dispatch) ─ hold │ accept (steps 4–7) ─ dial (5), outcome
 //!   │
@@ -126,6 +127,24 @@ impl Bound {
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let admin_addr = config.admin.address;
         let server = Server::bind(config).await?;
+        Self::with_admin(server, admin_addr).await
+    }
+
+    /// [`Bound::bind`] with `workers` runtimes serving the proxy port whatever
+    /// `listen.workers` says ([`Server::bind_with_workers`]).
+    ///
+    /// # Errors
+    /// As [`Bound::bind`].
+    pub async fn bind_with_workers(config: Config, workers: usize) -> Result<Self, StartError> {
+        let admin_addr = config.admin.address;
+        let server = Server::bind_with_workers(config, workers).await?;
+        Self::with_admin(server, admin_addr).await
+    }
+
+    async fn with_admin(
+        server: Server,
+        admin_addr: std::net::SocketAddr,
+    ) -> Result<Self, StartError> {
         let admin = admin::Admin::bind(admin_addr, server.runtime())
             .await
             .map_err(|source| StartError::AdminBind {
@@ -159,7 +178,9 @@ impl Bound {
         let admin = tokio::spawn(self.admin.run(std::future::pending()));
         let hangups = hangups.then(|| tokio::spawn(signals::reload_on_hangup(runtime.clone())));
         let ready = runtime.clone();
-        self.server
+        // The per-core runtimes serve their sessions through the drain.
+        let workers = self
+            .server
             .run(async move {
                 shutdown.await;
                 // Not ready from the first moment, before the listener closes.
@@ -174,5 +195,6 @@ impl Bound {
             h.abort();
         }
         admin.abort();
+        drop(workers);
     }
 }

@@ -141,6 +141,12 @@ fn apply_locked(runtime: &Runtime, mut config: Config) -> Result<Applied, Reload
             config.listen.address, old.listen.address
         ));
     }
+    if config.listen.workers != old.listen.workers {
+        applied.warnings.push(
+            "listen.workers changed but takes a restart; the worker threads stay as they are"
+                .to_owned(),
+        );
+    }
     if config.admin.address != old.admin.address {
         applied.warnings.push(format!(
             "admin.address changed to {} but takes a restart; still on {}",

@@ -1,12 +1,14 @@
-//! Wiring: the listeners, the one accept loop they share, and the drain.
+//! Wiring: the listeners, the accept loop they share, and the drain.
 //!
-//! [`Server`] binds the proxy port and runs the one accept loop
+//! [`Server`] binds the proxy port, one listener per runtime that serves it
+//! ([`workers`]: one current-thread runtime per core), and runs on each the accept loop
 //! ([`accept_loop`], which the admin listener shares) that hands each connection to
 //! step 1 ([`listen`]); [`drain`] ends the process's life gracefully.
 
 pub mod drain;
 mod head;
 mod listen;
+pub mod workers;
 
 use std::future::Future;
 use std::io;
@@ -49,6 +51,9 @@ pub enum StartError {
     /// TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A per-core runtime (listen.workers) could not start.
+    #[error("cannot start the proxy's worker threads (listen.workers): {0}")]
+    Workers(io::Error),
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, handing each to
@@ -78,7 +83,11 @@ pub async fn accept_loop(
 
 /// The proxy listener, bound and ready to run.
 pub struct Server {
+    /// The calling runtime's listener.
     listener: TcpListener,
+    /// One listener for each of `workers`' runtimes, in order.
+    more: Vec<std::net::TcpListener>,
+    workers: workers::Workers,
     runtime: Arc<Runtime>,
 }
 
@@ -87,6 +96,7 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("addr", &self.listener.local_addr().ok())
             .field("tls", &self.runtime.snapshot().tls.is_some())
+            .field("workers", &(self.more.len() + 1))
             .finish()
     }
 }
@@ -97,34 +107,42 @@ impl std::fmt::Debug for Server {
 /// second later. NGINX uses 511 on Linux.
 pub const LISTEN_BACKLOG: u32 = 1024;
 
-/// The proxy's listener: `SO_REUSEADDR` (as `TcpListener::bind` sets it) and a backlog
-/// of [`LISTEN_BACKLOG`].
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
 // === impl Server ===
 
 /// How long a replica waits at start for its first heartbeat before serving anyway.
 const CLUSTER_JOIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Server {
-    /// Binds `listen.address` and builds the runtime (the tenant table, the TLS
-    /// material).
+    /// Binds `listen.address` (one listener per runtime that serves it:
+    /// `listen.workers`, by default one per core), starts the per-core runtimes beside
+    /// the calling one ([`workers`]) and builds the runtime state (the tenant table, the
+    /// TLS material).
     ///
     /// # Errors
-    /// [`StartError`] when the address cannot be bound or a TLS file is unusable.
+    /// [`StartError`] when the address cannot be bound, a TLS file is unusable or a
+    /// worker thread cannot start.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let count = config
+            .listen
+            .workers
+            .map_or_else(workers::default_count, |n| n as usize);
+        Self::bind_with_workers(config, count).await
+    }
+
+    /// [`Server::bind`] with `count` runtimes serving the port, whatever
+    /// `listen.workers` says (1: only the calling runtime, as an embedding program or a
+    /// test that wants its own runtime to run everything may ask).
+    ///
+    /// # Errors
+    /// As [`Server::bind`].
+    pub async fn bind_with_workers(config: Config, count: usize) -> Result<Self, StartError> {
         let addr = config.listen.address;
+        let count = count.max(1);
         let runtime = Arc::new(Runtime::new(config)?);
-        let listener = listen(addr).map_err(|source| StartError::Bind { addr, source })?;
+        let bind_error = |source| StartError::Bind { addr, source };
+        let mut listeners = workers::bind_group(addr, count).map_err(bind_error)?;
+        let listener = TcpListener::from_std(listeners.remove(0)).map_err(bind_error)?;
+        let workers = workers::Workers::start(listeners.len()).map_err(StartError::Workers)?;
         if let Some(cluster) = &runtime.cluster {
             // Serve once this replica is published (or, Redis unreachable, on the
             // failure policy: a replica must start while Redis is down).
@@ -139,7 +157,12 @@ impl Server {
                 tracing::warn!(replica = %cluster.status().replica_id, mode = cluster.status().mode, "cluster: Redis not reachable at start; admitting on the failure policy until it is");
             }
         }
-        Ok(Self { listener, runtime })
+        Ok(Self {
+            listener,
+            more: listeners,
+            workers,
+            runtime,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -158,35 +181,82 @@ impl Server {
         self.runtime.clone()
     }
 
-    /// Accepts connections until `shutdown` completes. Live sessions run in their own
-    /// tasks and are not waited for here.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Accepts connections on every runtime's listener until `shutdown` completes. Live
+    /// sessions run in their own tasks and are not waited for here; the per-core
+    /// runtimes stop (dropping what they still run) when the returned future is done,
+    /// so the caller drains first ([`drain`]) and keeps the `Server`'s runtimes by
+    /// awaiting this to the end.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Stopped {
         let runtime = &self.runtime;
         tracing::info!(
             addr = %self.local_addr(),
             tls = runtime.snapshot().tls.is_some(),
+            workers = self.more.len() + 1,
             "proxy listening"
         );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut loops = Vec::with_capacity(self.more.len());
+        for (listener, handle) in self.more.into_iter().zip(self.workers.handles()) {
+            let runtime = runtime.clone();
+            let mut stopped = stopped.clone();
+            loops.push(handle.spawn(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a worker cannot accept on the proxy port");
+                        return;
+                    }
+                };
+                let stop = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                accept_loop(&listener, "proxy", stop, |tcp, addr| {
+                    accept(&runtime, tcp, addr);
+                })
+                .await;
+            }));
+        }
         accept_loop(&self.listener, "proxy", shutdown, |tcp, addr| {
-            let accepted = Instant::now();
-            let place = match runtime.pending.try_enter(addr.ip()) {
-                Ok(place) => place,
-                Err(full) => {
-                    listen::overloaded(&tcp, addr, full, runtime);
-                    return;
-                }
-            };
-            let tls = runtime.snapshot().tls.clone().map(TlsAcceptor::from);
-            tokio::spawn(listen::serve_connection(
-                tcp,
-                addr,
-                accepted,
-                tls,
-                runtime.clone(),
-                place,
-            ));
+            accept(runtime, tcp, addr);
         })
         .await;
+        let _ = stop.send(true);
+        for accepting in loops {
+            let _ = accepting.await;
+        }
         tracing::info!("proxy listener stopped");
+        Stopped {
+            _workers: self.workers,
+        }
     }
+}
+
+/// The per-core runtimes of a [`Server`] that stopped accepting: they keep serving the
+/// sessions they hold (the drain waits for those) until this is dropped.
+#[derive(Debug)]
+#[must_use = "dropping it stops the per-core runtimes and the sessions they serve"]
+pub struct Stopped {
+    _workers: workers::Workers,
+}
+
+/// Hands an accepted connection to step 1 on the accepting runtime, or answers it
+/// `503` when too many handshakes are pending.
+fn accept(runtime: &Arc<Runtime>, tcp: TcpStream, addr: SocketAddr) {
+    let accepted = Instant::now();
+    let place = match runtime.pending.try_enter(addr.ip()) {
+        Ok(place) => place,
+        Err(full) => {
+            listen::overloaded(&tcp, addr, full, runtime);
+            return;
+        }
+    };
+    let tls = runtime.snapshot().tls.clone().map(TlsAcceptor::from);
+    tokio::spawn(listen::serve_connection(
+        tcp,
+        addr,
+        accepted,
+        tls,
+        runtime.clone(),
+        place,
+    ));
 }

@@ -145,3 +145,6 @@ impl Default for Accept {
         }
     }
 }
+
+/// Most runtimes (threads) `listen.workers` may ask for.
+pub const MAX_WORKERS: u32 = 1024;

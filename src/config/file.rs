@@ -59,6 +59,7 @@ pub struct ListenFile {
     pub tls_key: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub header_timeout: Option<Duration>,
+    pub workers: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -25,7 +25,8 @@ use super::{
     DEFAULT_HELD_MESSAGES, DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_MAX_PENDING_PER_IP,
     DEFAULT_PREAUTH_BURST_PER_IP, DEFAULT_PREAUTH_RATE_PER_IP, DEFAULT_TENANT,
-    DEFAULT_TENANT_HEADER, MAX_MAX_HEADER_BYTES, MAX_MAX_MESSAGE_BYTES, MIN_MAX_HEADER_BYTES,
+    DEFAULT_TENANT_HEADER, MAX_MAX_HEADER_BYTES, MAX_MAX_MESSAGE_BYTES, MAX_WORKERS,
+    MIN_MAX_HEADER_BYTES,
 };
 
 pub use self::cluster::redact_redis_url;
@@ -69,6 +70,7 @@ impl Config {
                 file.listen.header_timeout,
                 DEFAULT_HEADER_TIMEOUT,
             ),
+            workers: file.listen.workers.map(|n| v.workers(n)),
         };
 
         let admin = Admin {
@@ -290,6 +292,20 @@ impl Validator {
             return None;
         }
         value
+    }
+
+    /// `listen.workers`: 1 to [`MAX_WORKERS`].
+    fn workers(&mut self, n: i64) -> u32 {
+        match u32::try_from(n) {
+            Ok(n @ 1..=MAX_WORKERS) => n,
+            _ => {
+                self.fail(
+                    "listen.workers",
+                    format!("must be 1 to {MAX_WORKERS} (threads serving the proxy port; leave it out for one per core), got {n}"),
+                );
+                1
+            }
+        }
     }
 
     fn positive_u32(&mut self, key: &str, value: Option<i64>, default: u32) -> u32 {

@@ -10,7 +10,8 @@
 //! [`watch`] runs them:
 //!
 //! - `prepare_thread` on every runtime worker (the threads that free sessions), at
-//!   start;
+//!   start: the workers of the runtime given to [`watch`], and each of the proxy's
+//!   per-core runtimes as it starts ([`worker`]);
 //! - every [`TICK`] it looks at the count of ended sessions
 //!   ([`super::SESSIONS_ENDED`]); once [`ENDED`] or more have ended since it last ran
 //!   the hooks, it runs them as soon as a tick passes with no session ending (the storm
@@ -54,7 +55,12 @@ pub fn install(hooks: Hooks) {
     let _ = HOOKS.set(hooks);
 }
 
-/// Starts the watcher thread for the runtime of `handle`, if hooks are installed.
+/// The runtimes whose workers the watcher asks: the one [`watch`] was given and the
+/// proxy's per-core runtimes ([`worker`]), each under a number of its own.
+static RUNTIMES: Mutex<Vec<(u64, tokio::runtime::Handle)>> = Mutex::new(Vec::new());
+
+/// Starts the watcher thread for the runtime of `handle` (and the runtimes [`worker`]
+/// adds), if hooks are installed.
 pub fn watch(handle: tokio::runtime::Handle) {
     let Some(&hooks) = HOOKS.get() else {
         return;
@@ -63,6 +69,7 @@ pub fn watch(handle: tokio::runtime::Handle) {
         .name("sluice-memory".into())
         .spawn(move || {
             on_every_worker(&handle, hooks.prepare_thread);
+            let _main = register(handle);
             let mut at_last_run = SESSIONS_ENDED.load(Ordering::Relaxed);
             let mut last_run = Instant::now();
             let mut seen = at_last_run;
@@ -76,11 +83,44 @@ pub fn watch(handle: tokio::runtime::Handle) {
                 {
                     at_last_run = ended;
                     last_run = Instant::now();
-                    on_every_worker(&handle, hooks.release_cache);
+                    let runtimes: Vec<_> = lock(&RUNTIMES).iter().map(|(_, h)| h.clone()).collect();
+                    for handle in &runtimes {
+                        on_every_worker(handle, hooks.release_cache);
+                    }
                     (hooks.trim)();
                 }
             }
         });
+}
+
+/// Called on a per-core runtime's own thread before it runs: readies the thread
+/// (`prepare_thread`) and adds the runtime to the watcher's, until the guard drops
+/// (when the runtime stops). Nothing when no hooks are installed.
+pub fn worker(handle: &tokio::runtime::Handle) -> Option<Registered> {
+    let hooks = HOOKS.get()?;
+    (hooks.prepare_thread)();
+    Some(register(handle.clone()))
+}
+
+/// A runtime the watcher asks, until dropped.
+#[derive(Debug)]
+pub struct Registered(u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&RUNTIMES).retain(|(id, _)| *id != self.0);
+    }
+}
+
+fn register(handle: tokio::runtime::Handle) -> Registered {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    lock(&RUNTIMES).push((id, handle));
+    Registered(id)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs `f` once on each worker of the runtime: one task per worker, each holding its

@@ -156,7 +156,15 @@ async fn start_until(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (Proxy, tokio::task::JoinHandle<()>) {
-    let bound = sluice::Bound::bind(config).await.expect("sluice binds");
+    // One runtime, the test's own, unless the test asks for `listen.workers`: many
+    // tests send right after their upgrade and rely on sluice having run to its next
+    // await first, which a test's single-threaded runtime guarantees and per-core
+    // runtimes beside it would not (tests/workers.rs runs several).
+    let bound = match config.listen.workers {
+        Some(_) => sluice::Bound::bind(config).await,
+        None => sluice::Bound::bind_with_workers(config, 1).await,
+    }
+    .expect("sluice binds");
     let shared = bound.runtime();
     let proxy = Proxy {
         addr: bound.local_addr(),

@@ -236,8 +236,10 @@ impl Fleet {
             admin: admin.local_addr(),
         });
         self.runtimes.push(server.runtime());
-        self.tasks
-            .push(tokio::spawn(server.run(std::future::pending())));
+        self.tasks.push(tokio::spawn(async move {
+            // Never returns: the replica serves until the demo aborts it.
+            let _workers = server.run(std::future::pending()).await;
+        }));
         self.tasks
             .push(tokio::spawn(admin.run(std::future::pending())));
         if self.config.is_empty() {
