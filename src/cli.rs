@@ -171,20 +171,20 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Health { admin, path } => health(admin, &path),
         Command::EdgeSim(config) => {
-            crate::logging::init(cli.log_format);
+            let _log = crate::logging::init(cli.log_format);
             block_on(async {
                 let result = crate::tools::edge_sim::run(config, crate::signals::terminate()).await;
                 exit("edge-sim", result)
             })
         }
         Command::Spike(config) => {
-            crate::logging::init_with(cli.log_format, "warn");
+            let _log = crate::logging::init_with(cli.log_format, "warn");
             block_on(spike(config))
         }
         Command::Demo(config) => {
             // The report is the output; sluice's own warnings (the outage's 503s) would
             // only interleave with it. RUST_LOG brings them back.
-            crate::logging::init_with(cli.log_format, "error");
+            let _log = crate::logging::init_with(cli.log_format, "error");
             block_on(demo(config))
         }
         Command::Plan(args) => exit("plan", crate::plan::run(&args)),
@@ -199,7 +199,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            crate::logging::init(cli.log_format);
+            let _log = crate::logging::init(cli.log_format);
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {

@@ -3,15 +3,27 @@
 //! Log set-up: `tracing` to stderr, as text or JSON lines, filtered by `RUST_LOG`
 //! (default `info`).
 //!
+//! The thread that logs formats its line and hands it to the log's own thread, which
+//! writes to stderr in batches ([`writer`]): no worker makes a system call for a line or
+//! waits for a slow log reader. The buffer is bounded (`SLUICE_LOG_BUFFER` bytes, 1 MiB
+//! by default); when stderr does not keep up, lines are dropped and counted rather than
+//! waited for, and the log says how many. [`init`] returns a [`LogGuard`]: keep it until
+//! the end of `main`, its drop writes what is still buffered.
+//!
 //! Text lines carry ANSI colour only when stderr (where they go) is a terminal and
 //! `NO_COLOR` is not set (<https://no-color.org>), so a log redirected to a file or
 //! collected by journald stays plain.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 mod text;
+mod writer;
 
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
+
+pub use writer::dropped_lines;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,25 +35,148 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber. A second call (as in tests) is a no-op.
-pub fn init(format: LogFormat) {
-    init_with(format, "info");
+pub fn init(format: LogFormat) -> LogGuard {
+    init_with(format, "info")
 }
 
 /// Installs the global subscriber with `default` as the filter when `RUST_LOG` is not
 /// set (the tools use `warn`: their report is the output).
-pub fn init_with(format: LogFormat, default: &str) {
+pub fn init_with(format: LogFormat, default: &str) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let (capacity, bad_capacity) = buffer_capacity(std::env::var_os("SLUICE_LOG_BUFFER"));
+    let Ok(shared) = writer::start(std::io::stderr(), capacity, report_dropped) else {
+        // No thread for it: the lines are written by the threads that log them.
+        install(format, filter, std::io::stderr);
+        return LogGuard(None);
+    };
+    if !install(format, filter, Lines(shared.clone())) {
+        shared.finish(writer::EXIT_LIMIT);
+        return LogGuard(None);
+    }
+    writer::flush_on_panic(shared.clone());
+    if let Some(value) = bad_capacity {
+        tracing::warn!(
+            "SLUICE_LOG_BUFFER={value:?} is not a number of bytes: the log buffer keeps {capacity}"
+        );
+    }
+    LogGuard(Some(shared))
+}
+
+/// Installs the global subscriber writing to `writer`; `false` when there already is one.
+fn install<W>(format: LogFormat, filter: EnvFilter, writer: W) -> bool
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour(
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR"),
         ))
-        .with_writer(std::io::stderr);
-    let _ = match format {
+        .with_writer(writer);
+    match format {
         LogFormat::Text => builder.event_format(text::Plain::default()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    }
+    .is_ok()
+}
+
+/// Keeps the log's thread writing; dropped (at the end of `main`), it waits until the
+/// lines logged so far reached stderr (at most a few seconds: see [`writer`]), and lines
+/// logged afterwards go straight to stderr.
+#[must_use = "dropping the guard stops the log's thread: keep it until the end of main"]
+#[derive(Debug)]
+pub struct LogGuard(Option<Arc<writer::Shared>>);
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.finish(writer::EXIT_LIMIT);
+        }
+    }
+}
+
+/// The buffer's bound from `SLUICE_LOG_BUFFER` (bytes), and the value when it is not a
+/// number (the default is kept).
+fn buffer_capacity(value: Option<std::ffi::OsString>) -> (usize, Option<String>) {
+    let Some(value) = value else {
+        return (writer::DEFAULT_CAPACITY, None);
     };
+    let text = value.to_string_lossy();
+    match text.trim().parse::<usize>() {
+        Ok(n) if n > 0 => (n, None),
+        _ => (writer::DEFAULT_CAPACITY, Some(text.into_owned())),
+    }
+}
+
+/// The log's line after lines were dropped.
+fn report_dropped(dropped: u64) {
+    tracing::warn!(
+        dropped,
+        total = dropped_lines(),
+        "log lines dropped: stderr did not take them fast enough"
+    );
+}
+
+/// The subscriber's writer: each formatted line goes to the log's thread.
+#[derive(Debug)]
+struct Lines(Arc<writer::Shared>);
+
+/// One line's writer.
+#[derive(Debug)]
+struct Line<'a>(&'a writer::Shared);
+
+impl<'a> MakeWriter<'a> for Lines {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Line(&self.0)
+    }
+}
+
+impl std::io::Write for Line<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The subscriber writes each line whole, in one call.
+        self.0.append(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `sluice_log_lines_dropped_total`, read when scraped.
+#[derive(Debug, Clone)]
+pub struct DroppedLinesMetric {
+    counter: prometheus::IntCounter,
+}
+
+impl Default for DroppedLinesMetric {
+    fn default() -> Self {
+        Self {
+            counter: prometheus::IntCounter::new(
+                "sluice_log_lines_dropped_total",
+                "Log lines dropped because stderr did not take them fast enough.",
+            )
+            .expect("valid metric definition"),
+        }
+    }
+}
+
+impl prometheus::core::Collector for DroppedLinesMetric {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.counter.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let now = dropped_lines();
+        let seen = self.counter.get();
+        if now > seen {
+            self.counter.inc_by(now - seen);
+        }
+        self.counter.collect()
+    }
 }
 
 /// A client's address in a log line (`%Addr(addr)`), as `SocketAddr`'s `Display` writes

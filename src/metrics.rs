@@ -270,6 +270,7 @@ impl Metrics {
             opts("sluice_tenant_limit", "Configured limits of each tenant."),
             &["tenant", "limit"]
         ));
+        register!(Ok(crate::logging::DroppedLinesMetric::default()));
         let config_reloads = register!(IntCounterVec::new(
             opts("sluice_config_reloads_total", "Config reloads by result."),
             &["result"]
