@@ -136,18 +136,13 @@ async fn sluice_serves_while_nobody_reads_its_log_and_logs_its_drain_after() {
     let edge = edge().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sluice.toml");
-    std::fs::write(
+    support::write_config_file(
         &file,
-        format!(
-            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
-             [shutdown]\ndrain_timeout = \"2s\"\n\
-             [upstream.groups.primary]\nendpoints = [\"{}\"]\n\
-             [tenants.lab]\nauth = {{ kind = \"none\" }}\nmax_sessions = 10000\n\
-             handshake_rate = 10000\nhandshake_burst = 10000\n",
-            edge.url(false)
-        ),
-    )
-    .unwrap();
+        &edge,
+        "[shutdown]\ndrain_timeout = \"2s\"\n\
+         [tenants.lab]\nauth = { kind = \"none\" }\nmax_sessions = 10000\n\
+         handshake_rate = 10000\nhandshake_burst = 10000\n",
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["--log-format", "json", "run", "--config"])
         .arg(&file)

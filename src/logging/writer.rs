@@ -118,38 +118,35 @@ impl Shared {
 
     /// Waits (at most `limit`) until every line appended before the call was written.
     pub(super) fn flush(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
         let mut state = self.lock();
         let target = state.appended;
-        if std::mem::take(&mut state.asleep) {
-            self.wake.notify_one();
-        }
-        state.flushers += 1;
-        while state.written < target && !state.direct {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            state = self
-                .progress
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        state.flushers -= 1;
+        state = self.wait_while(state, limit, |s| s.written < target);
+        drop(state);
     }
 
     /// Asks the log thread to write what is left and finish, and waits (at most
     /// `limit`) until it has.
     pub(super) fn finish(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
         let mut state = self.lock();
         state.stop = true;
+        state = self.wait_while(state, limit, |_| true);
+        drop(state);
+    }
+
+    /// Wakes the log thread and waits (at most `limit`) while `pending` holds and lines
+    /// are not yet written straight to stderr.
+    fn wait_while<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        limit: Duration,
+        pending: impl Fn(&State) -> bool,
+    ) -> MutexGuard<'a, State> {
+        let deadline = Instant::now() + limit;
         if std::mem::take(&mut state.asleep) {
             self.wake.notify_one();
         }
         state.flushers += 1;
-        while !state.direct {
+        while pending(&state) && !state.direct {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -161,6 +158,7 @@ impl Shared {
                 .0;
         }
         state.flushers -= 1;
+        state
     }
 }
 
