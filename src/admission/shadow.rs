@@ -435,7 +435,6 @@ impl Admission {
             None,
             Gauges::detached(),
             None,
-            self.epoch,
         ));
         self.register(&model);
         let (ended_tx, ended_rx) = watch::channel(false);
