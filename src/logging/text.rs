@@ -7,19 +7,70 @@
 //! that writes nothing without colour, and the timestamp's padded integers). Lines with
 //! colour (a terminal) and lines bridged from the `log` crate go to the default format.
 
+use std::cell::RefCell;
 use std::fmt::{self, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::{Format, Full, Writer};
-use tracing_subscriber::fmt::time::SystemTime;
+use tracing_subscriber::fmt::time::SystemTime as DefaultTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// The plain line; see the module header.
 #[derive(Debug, Default)]
 pub(super) struct Plain {
-    fallback: Format<Full, SystemTime>,
+    fallback: Format<Full, DefaultTime>,
+}
+
+/// A thread's line under construction, and the text of the second it last stamped.
+///
+/// The line is built in this `String` (pushes the compiler can inline) and handed to the
+/// subscriber's writer in one call, instead of a dozen calls through its `dyn Write` per
+/// field; the date and time up to the second are formatted once a second, not per line.
+#[derive(Default)]
+struct Line {
+    text: String,
+    /// The second (since the epoch) `second` spells, `2026-12-01T13:24:49.`.
+    stamped: Option<u64>,
+    second: String,
+}
+
+thread_local! {
+    static LINE: RefCell<Line> = RefCell::new(Line::default());
+}
+
+/// A line longer than this gives its buffer back after it is written.
+const KEPT_LINE_CAPACITY: usize = 4096;
+
+impl Line {
+    /// `2026-12-01T13:24:49.252595Z `, as the default format's timer writes it.
+    fn stamp(&mut self, now: SystemTime) {
+        // A clock set before 1970 (which `humantime` refuses) stamps the epoch.
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        if self.stamped != Some(secs) {
+            self.second.clear();
+            let whole = humantime::format_rfc3339_micros(UNIX_EPOCH + since);
+            let _ = write!(self.second, "{whole}");
+            // Up to and with the dot before the microseconds.
+            self.second.truncate(self.second.len() - "252595Z".len());
+            self.stamped = Some(secs);
+        }
+        self.text.push_str(&self.second);
+        let micros = since.subsec_micros();
+        let mut digits = [b'0'; 6];
+        let mut n = micros;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        // Six ASCII digits.
+        self.text
+            .push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
+        self.text.push_str("Z ");
+    }
 }
 
 impl<S, N> FormatEvent<S, N> for Plain
@@ -39,101 +90,108 @@ where
         if writer.has_ansi_escapes() || meta.target() == "log" || ctx.lookup_current().is_some() {
             return self.fallback.format_event(ctx, writer, event);
         }
-        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
-        write!(writer, "{now} ")?;
-        writer.write_str(match *meta.level() {
-            Level::TRACE => "TRACE ",
-            Level::DEBUG => "DEBUG ",
-            Level::INFO => " INFO ",
-            Level::WARN => " WARN ",
-            Level::ERROR => "ERROR ",
-        })?;
-        writer.write_str(meta.target())?;
-        writer.write_str(": ")?;
-        let mut fields = Fields {
-            writer: &mut writer,
-            first: true,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        writer.write_char('\n')
+        LINE.with(|line| {
+            // A value's `Display` that logs itself finds the line taken: it gets the
+            // default format.
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return self.fallback.format_event(ctx, writer, event);
+            };
+            let line = &mut *line;
+            line.text.clear();
+            line.stamp(SystemTime::now());
+            let text = &mut line.text;
+            text.push_str(match *meta.level() {
+                Level::TRACE => "TRACE ",
+                Level::DEBUG => "DEBUG ",
+                Level::INFO => " INFO ",
+                Level::WARN => " WARN ",
+                Level::ERROR => "ERROR ",
+            });
+            text.push_str(meta.target());
+            text.push_str(": ");
+            let mut fields = Fields {
+                text,
+                first: true,
+                result: Ok(()),
+            };
+            event.record(&mut fields);
+            let result = fields.result;
+            text.push('\n');
+            let written = result.and_then(|()| writer.write_str(text));
+            if text.capacity() > KEPT_LINE_CAPACITY {
+                *text = String::new();
+            }
+            written
+        })
     }
 }
 
 /// Writes an event's fields as the default format does: the message first as it is
 /// (control characters that steer a terminal escaped), then `name=value` with the
 /// value's `Debug` (strings quoted and escaped), separated by spaces.
-struct Fields<'a, 'w> {
-    writer: &'a mut Writer<'w>,
+struct Fields<'a> {
+    text: &'a mut String,
     first: bool,
     result: fmt::Result,
 }
 
-impl Fields<'_, '_> {
+impl Fields<'_> {
     /// The separator and `name=`, or nothing for the message; `false` when the field is
     /// the message.
     fn name(&mut self, field: &Field) -> bool {
         if self.first {
             self.first = false;
-        } else if self.result.is_ok() {
-            self.result = self.writer.write_char(' ');
+        } else {
+            self.text.push(' ');
         }
         let name = field.name();
         if name == "message" {
             return false;
         }
-        if self.result.is_ok() {
-            let name = name.strip_prefix("r#").unwrap_or(name);
-            self.result = self
-                .writer
-                .write_str(name)
-                .and_then(|()| self.writer.write_char('='));
-        }
+        self.text.push_str(name.strip_prefix("r#").unwrap_or(name));
+        self.text.push('=');
         true
     }
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.result.is_err() {
             return;
         }
         if !self.name(field) {
-            self.result = Escaping(self.writer).write_str(value);
+            self.result = Escaping(&mut *self.text).write_str(value);
         } else if value
             .bytes()
             .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
         {
             // What `Debug` writes for such a string, without going through it.
-            self.result = self
-                .writer
-                .write_char('"')
-                .and_then(|()| self.writer.write_str(value))
-                .and_then(|()| self.writer.write_char('"'));
+            self.text.push('"');
+            self.text.push_str(value);
+            self.text.push('"');
         } else {
-            self.result = write!(self.writer, "{value:?}");
+            self.result = write!(self.text, "{value:?}");
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.result.is_ok() {
             self.name(field);
-            self.result = write!(self.writer, "{value}");
+            self.text.push_str(itoa::Buffer::new().format(value));
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         if self.result.is_ok() {
             self.name(field);
-            self.result = write!(self.writer, "{value}");
+            self.text.push_str(itoa::Buffer::new().format(value));
         }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
         if self.result.is_ok() {
             self.name(field);
-            self.result = self.writer.write_str(if value { "true" } else { "false" });
+            self.text.push_str(if value { "true" } else { "false" });
         }
     }
 
@@ -142,7 +200,7 @@ impl Visit for Fields<'_, '_> {
             return;
         }
         self.name(field);
-        self.result = write!(Escaping(self.writer), "{value}");
+        self.result = write!(Escaping(&mut *self.text), "{value}");
         if let (Ok(()), Some(source)) = (&self.result, value.source()) {
             // As the default format: ` name.sources=[source, its source, …]`.
             let name = field.name();
@@ -153,7 +211,7 @@ impl Visit for Fields<'_, '_> {
                 chain.push(Escaped(e.to_string()));
                 next = e.source();
             }
-            self.result = write!(self.writer, " {name}.sources={chain:?}");
+            self.result = write!(self.text, " {name}.sources={chain:?}");
         }
     }
 
@@ -162,9 +220,9 @@ impl Visit for Fields<'_, '_> {
             return;
         }
         if self.name(field) {
-            self.result = write!(self.writer, "{value:?}");
+            self.result = write!(self.text, "{value:?}");
         } else {
-            self.result = write!(Escaping(self.writer), "{value:?}");
+            self.result = write!(Escaping(&mut *self.text), "{value:?}");
         }
     }
 }
@@ -270,6 +328,25 @@ mod tests {
         );
         tracing::debug!("not shown at info");
         tracing::info!(empty = "", "");
+    }
+
+    #[test]
+    fn the_stamp_is_humantimes_within_a_second_and_across_seconds() {
+        let mut line = super::Line::default();
+        let start = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_796_131_489_999_998);
+        for step in [0u64, 1, 2, 3, 1_000_000, 86_400_000_000, 5] {
+            let t = start + std::time::Duration::from_micros(step);
+            line.text.clear();
+            line.stamp(t);
+            assert_eq!(
+                line.text,
+                format!("{} ", humantime::format_rfc3339_micros(t))
+            );
+        }
+        let before = std::time::UNIX_EPOCH - std::time::Duration::from_secs(1);
+        line.text.clear();
+        line.stamp(before);
+        assert_eq!(line.text, "1970-01-01T00:00:00.000000Z ");
     }
 
     #[test]
