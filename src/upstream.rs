@@ -39,7 +39,9 @@ use crate::config::Endpoint;
 use crate::relay::Leg;
 pub use connect::{Connector, HANDSHAKE_RESPONSE_HEADERS, TRACE_HEADERS};
 pub use pool::{Choice, Lease, Pool, Pools};
-pub use request::{build_request, CLIENT_FORWARDING, REQUEST_ID, X_FORWARDED_FOR, X_REAL_IP};
+pub use request::{
+    build_request, UpstreamRequest, CLIENT_FORWARDING, REQUEST_ID, X_FORWARDED_FOR, X_REAL_IP,
+};
 pub use retry::{Blocked, RetryPolicy, UpstreamFailed};
 
 /// Where a request came from, for the forwarding headers.

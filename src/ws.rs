@@ -23,8 +23,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
+
+use crate::upstream::UpstreamRequest;
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -142,20 +144,19 @@ pub fn switching_protocols(
 
 /// Makes the upstream request sluice's own handshake: a fresh key, only the chosen
 /// subprotocol, no extensions. Returns the key, to check the edge's answer with.
-pub fn own_handshake(req: &mut Request<()>, protocol: Option<&str>) -> String {
+pub fn own_handshake(req: &mut UpstreamRequest, protocol: Option<&str>) -> String {
     let key = generate_key();
-    let headers = req.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&key) {
-        headers.insert(header::SEC_WEBSOCKET_KEY, v);
+        req.set(header::SEC_WEBSOCKET_KEY, v);
     }
-    headers.insert(
+    req.set(
         header::SEC_WEBSOCKET_VERSION,
         HeaderValue::from_static("13"),
     );
-    headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
-    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    req.remove(&header::SEC_WEBSOCKET_EXTENSIONS);
+    req.remove(&header::SEC_WEBSOCKET_PROTOCOL);
     if let Some(v) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
-        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        req.set(header::SEC_WEBSOCKET_PROTOCOL, v);
     }
     key
 }
@@ -233,6 +234,7 @@ pub async fn drain(ws: &mut Ws) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     fn parts(protocols: &str) -> Parts {
         let req = Request::builder()

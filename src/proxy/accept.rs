@@ -55,7 +55,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use http::request::Parts;
-use http::Request;
+
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -72,7 +72,7 @@ use crate::relay::{Leg, Moved};
 use crate::release::Session;
 use crate::runtime::Runtime;
 use crate::tenants::{CredentialCheck, Tenant};
-use crate::upstream::{ClientInfo, Connected};
+use crate::upstream::{ClientInfo, Connected, UpstreamRequest};
 use crate::ws::{
     check_edge_handshake, choose_subprotocol, close_and_wait, close_frame, drain, leg_ws,
     own_handshake, switching_protocols, ws_config, Ws,
@@ -83,7 +83,7 @@ use crate::ws::{
 pub(crate) fn start(
     c: Connect,
     parts: &Parts,
-    mut upstream_req: Request<()>,
+    mut upstream_req: UpstreamRequest,
     credential: Option<Credential>,
 ) -> Answer {
     let tm = c.settings.metrics.clone();
@@ -147,7 +147,7 @@ pub struct Pending {
     /// Where the client connects from.
     pub info: ClientInfo,
     /// The upstream request, with sluice's own key ([`own_handshake`]).
-    pub upstream_req: Request<()>,
+    pub upstream_req: UpstreamRequest,
     /// That key.
     pub key: String,
     /// The subprotocol answered to the client and asked of the edge.

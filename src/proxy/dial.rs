@@ -2,14 +2,16 @@
 //! under its retry policy, feeding every attempt to the metrics, the log, the adaptive
 //! rates and the tenant's pause, and turning a failure into the client's refusal.
 
-use http::{Request, StatusCode};
+use http::StatusCode;
 
 use crate::config::Config;
 use crate::metrics::{self, EdgeError, Metrics, TenantMetrics};
 use crate::reject::{Reason, Rejection};
 use crate::runtime::Runtime;
 use crate::tenants::Tenant;
-use crate::upstream::{self, AttemptError, Connected, RetryPolicy, UpstreamFailed};
+use crate::upstream::{
+    self, AttemptError, Connected, RetryPolicy, UpstreamFailed, UpstreamRequest,
+};
 
 /// How long a tenant is held back after an edge `429` that named no `Retry-After`.
 pub const TENANT_PAUSE_WITHOUT_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -26,7 +28,7 @@ pub(crate) async fn connect_upstream(
     runtime: &Runtime,
     tenant: &Tenant,
     request_id: &str,
-    upstream_req: &Request<()>,
+    upstream_req: &UpstreamRequest,
 ) -> Result<Connected, (Rejection, Option<UpstreamFailed>)> {
     // The config, connector, group and pool as they are now: a reload since this
     // request was resolved may have changed the group's endpoints.

@@ -3,7 +3,7 @@
 //! answers `101` with the edge's handshake headers and relays bytes both ways.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use super::{connect_upstream, record_admitted, refuse, Answer, ClientGone, Connect, Then};
@@ -11,10 +11,11 @@ use crate::control::SessionStop;
 use crate::reject::{self, Rejection};
 use crate::relay::{self, Leg, Moved};
 use crate::release::Session;
+use crate::upstream::UpstreamRequest;
 
 /// Admits, dials and answers one `hold`-mode connect; the relay runs on the connection
 /// once the `101` is written ([`Relay::run`]).
-pub(super) async fn serve(c: Connect, upstream_req: Request<()>) -> Answer {
+pub(super) async fn serve(c: Connect, upstream_req: UpstreamRequest) -> Answer {
     let tm = &*c.settings.metrics;
     let (request_id, info) = (&c.request_id, c.info);
     // If the client goes away from here on until the 101, hyper drops this future; the

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, StatusCode};
+use http::StatusCode;
+
+use super::request::UpstreamRequest;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -64,7 +66,7 @@ impl Connector {
     pub(super) async fn attempt(
         &self,
         endpoint: &Endpoint,
-        req: &Request<()>,
+        req: &UpstreamRequest,
         connected: &mut bool,
     ) -> Result<(Leg, HeaderMap), AttemptError> {
         let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))

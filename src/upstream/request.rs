@@ -9,7 +9,6 @@
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::Request;
 
 use super::ClientInfo;
 use crate::auth;
@@ -20,6 +19,9 @@ use crate::parse::{header_tokens, query_pairs_except};
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// Header carrying a request id end to end.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// `X-Forwarded-Proto`: set by sluice to the scheme the client used.
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// `X-Real-IP`: set by sluice to the client's address, like `X-Forwarded-For`.
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -59,6 +61,48 @@ const DROPPED: [HeaderName; 11] = [
     header::HOST,
 ];
 
+/// The request sent upstream, before an endpoint's parts are added: the path and query
+/// after tenant resolution and credential removal, and the header lines in order.
+///
+/// A list, not a `HeaderMap`: it is built once, written once per attempt, and looked up
+/// only by `accept` mode's own handshake, so hashing every name bought nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamRequest {
+    /// The path (the tenant prefix stripped), without the query.
+    pub path: String,
+    /// The query without `access_token`; empty when none is left.
+    pub query: String,
+    /// The header lines, `Host` excepted (each endpoint's authority is written).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl UpstreamRequest {
+    /// The first value of `name`.
+    pub fn get(&self, name: impl AsRef<str>) -> Option<&HeaderValue> {
+        self.get_all(name).next()
+    }
+
+    /// Every value of `name`, in order.
+    pub fn get_all(&self, name: impl AsRef<str>) -> impl Iterator<Item = &HeaderValue> {
+        let name = name.as_ref().to_ascii_lowercase();
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.as_str() == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Removes every line of `name`.
+    pub fn remove(&mut self, name: &HeaderName) {
+        self.headers.retain(|(n, _)| n != name);
+    }
+
+    /// Sets `name` to `value`, replacing every line it had.
+    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.remove(&name);
+        self.headers.push((name, value));
+    }
+}
+
 /// Rebuilds the client's upgrade request for the upstream (without endpoint-specific
 /// parts: see [`Connector::connect`](super::Connector::connect)).
 ///
@@ -77,26 +121,21 @@ pub fn build_request(
     info: ClientInfo,
     request_id: &str,
     identity: (&HeaderName, &str),
-) -> Request<()> {
-    let mut target = forward_path.to_owned();
-    if let Some(q) = client.uri.query().and_then(auth::strip_query) {
-        target.push('?');
-        target.push_str(&q);
-    }
-    let mut req = Request::new(());
-    *req.uri_mut() = target
-        .parse()
-        .unwrap_or_else(|_| http::Uri::from_static("/"));
-    // The client's headers and the up to nine sluice sets, without growing the map.
-    *req.headers_mut() = http::HeaderMap::with_capacity(client.headers.len() + 9);
+) -> UpstreamRequest {
+    let query = client
+        .uri
+        .query()
+        .and_then(auth::strip_query)
+        .unwrap_or_default();
+    // The client's headers and the up to nine sluice sets.
+    let mut headers = Vec::with_capacity(client.headers.len() + 9);
 
     // Headers named in Connection are hop-by-hop too (except the upgrade itself).
     let named: Vec<HeaderName> = header_tokens(&client.headers, &header::CONNECTION)
+        .filter(|n| !n.eq_ignore_ascii_case("upgrade"))
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .filter(|n| n != header::UPGRADE)
         .collect();
 
-    let headers = req.headers_mut();
     for (name, value) in &client.headers {
         if DROPPED.contains(name)
             || named.contains(name)
@@ -104,6 +143,7 @@ pub fn build_request(
             || name == X_FORWARDED_FOR
             || name == X_REAL_IP
             || name == header::FORWARDED
+            || name == X_FORWARDED_PROTO
             || CLIENT_FORWARDING.contains(&name.as_str())
             || name == header::SEC_WEBSOCKET_PROTOCOL
             || name == REQUEST_ID
@@ -112,23 +152,23 @@ pub fn build_request(
         {
             continue;
         }
-        headers.append(name.clone(), value.clone());
+        headers.push((name.clone(), value.clone()));
     }
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.push((header::CONNECTION, HeaderValue::from_static("Upgrade")));
+    headers.push((header::UPGRADE, HeaderValue::from_static("websocket")));
     if let Some(protocols) = auth::strip_subprotocols(client) {
         if let Ok(v) = HeaderValue::from_str(&protocols) {
-            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+            headers.push((header::SEC_WEBSOCKET_PROTOCOL, v));
         }
     }
 
     if let Ok(v) = HeaderValue::from_str(identity.1) {
-        headers.insert(identity.0.clone(), v);
+        headers.push((identity.0.clone(), v));
     }
     let ip = ip_text(info.addr.ip());
     if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.insert(X_FORWARDED_FOR, v.clone());
-        headers.insert(X_REAL_IP, v);
+        headers.push((X_FORWARDED_FOR, v.clone()));
+        headers.push((X_REAL_IP, v));
     }
     let proto = if info.tls { "https" } else { "http" };
     let mut forwarded = String::with_capacity(64);
@@ -155,13 +195,21 @@ pub fn build_request(
         }
     }
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(header::FORWARDED, v);
+        headers.push((header::FORWARDED, v));
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    headers.push((X_FORWARDED_PROTO, HeaderValue::from_static(proto)));
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID, v);
+        headers.push((REQUEST_ID, v));
     }
-    req
+    UpstreamRequest {
+        path: if forward_path.is_empty() {
+            "/".to_owned()
+        } else {
+            forward_path.to_owned()
+        },
+        query,
+        headers,
+    }
 }
 
 /// Whether `name` spells, with `_` for `-`, a header sluice sets itself or removes as a
@@ -179,7 +227,7 @@ fn underscore_twin(name: &str, identity: &HeaderName) -> bool {
             X_FORWARDED_FOR.as_str(),
             X_REAL_IP.as_str(),
             header::FORWARDED.as_str(),
-            "x-forwarded-proto",
+            X_FORWARDED_PROTO.as_str(),
             REQUEST_ID.as_str(),
         ]
         .contains(&dashed)
@@ -200,10 +248,10 @@ fn ip_text(ip: std::net::IpAddr) -> String {
 
 /// The request for one endpoint, as written on its socket: its path prefix and query
 /// joined with the client's, its authority as `Host`, then the rebuilt headers.
-pub(super) fn endpoint_request(endpoint: &Endpoint, req: &Request<()>) -> Vec<u8> {
-    let path = req.uri().path();
-    let query = join_query(endpoint, req.uri().query().unwrap_or(""));
-    let headers = req.headers();
+pub(super) fn endpoint_request(endpoint: &Endpoint, req: &UpstreamRequest) -> Vec<u8> {
+    let path = req.path.as_str();
+    let query = join_query(endpoint, &req.query);
+    let headers = &req.headers;
     let size = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
@@ -226,7 +274,7 @@ pub(super) fn endpoint_request(endpoint: &Endpoint, req: &Request<()>) -> Vec<u8
     out.extend_from_slice(b"\r\n");
     // Header values hold no CR or LF (`HeaderValue` refuses them); `Host` was dropped
     // from the client's headers when the request was rebuilt.
-    for (name, value) in headers {
+    for (name, value) in headers.iter() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -239,11 +287,14 @@ pub(super) fn endpoint_request(endpoint: &Endpoint, req: &Request<()>) -> Vec<u8
 /// The client's query parameters, minus any whose name the endpoint's query pins, then
 /// the endpoint's: what the operator wrote in the endpoint URL cannot be overridden by a
 /// client, whichever occurrence the edge reads.
-fn join_query(endpoint: &Endpoint, client: &str) -> String {
+fn join_query<'a>(endpoint: &Endpoint, client: &'a str) -> std::borrow::Cow<'a, str> {
+    if endpoint.query.is_empty() && endpoint.query_keys.is_empty() {
+        return client.into();
+    }
     let mut parts: Vec<&str> =
         query_pairs_except(client, |k| endpoint.query_keys.iter().any(|p| p == k)).collect();
     parts.extend(endpoint.query.split('&').filter(|p| !p.is_empty()));
-    parts.join("&")
+    parts.join("&").into()
 }
 
 #[cfg(test)]
@@ -300,35 +351,33 @@ mod tests {
         };
         let tenant_header = HeaderName::from_static("x-tenant-id");
         let req = build_request(&p, "/ws", info, "rid-1", (&tenant_header, "acme"));
-        assert_eq!(req.uri(), "/ws?a=1&b=2");
-        let h = req.headers();
-        assert!(h.get("x-hop").is_none());
-        assert!(h.get(header::AUTHORIZATION).is_none());
-        assert!(h.get(header::HOST).is_none());
-        assert_eq!(h[header::SEC_WEBSOCKET_PROTOCOL], "sip");
-        assert_eq!(h[header::SEC_WEBSOCKET_KEY], "dGhlIHNhbXBsZSBub25jZQ==");
-        assert_eq!(h[header::SEC_WEBSOCKET_EXTENSIONS], "permessage-deflate");
-        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!((req.path.as_str(), req.query.as_str()), ("/ws", "a=1&b=2"));
+        let one = |name: &str| -> &str {
+            let all: Vec<&HeaderValue> = req.get_all(name).collect();
+            assert_eq!(all.len(), 1, "{name}: {all:?}");
+            all[0].to_str().unwrap()
+        };
+        assert!(req.get("x-hop").is_none());
+        assert!(req.get(header::AUTHORIZATION).is_none());
+        assert!(req.get(header::HOST).is_none());
+        assert_eq!(one("sec-websocket-protocol"), "sip");
+        assert_eq!(one("sec-websocket-key"), "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(one("sec-websocket-extensions"), "permessage-deflate");
+        assert_eq!(one("x-forwarded-for"), "192.0.2.7");
+        assert_eq!(one("X-Real-IP"), "192.0.2.7");
+        assert_eq!(one("x-forwarded-proto"), "http");
+        assert!(req.get("true-client-ip").is_none());
+        assert!(req.get("x-forwarded-host").is_none());
+        assert_eq!(one("x-tenant-id"), "acme");
         assert_eq!(
-            h.get_all(X_REAL_IP).iter().collect::<Vec<_>>(),
-            ["192.0.2.7"]
-        );
-        assert_eq!(
-            h.get_all("x-forwarded-proto").iter().collect::<Vec<_>>(),
-            ["http"]
-        );
-        assert!(h.get("true-client-ip").is_none());
-        assert!(h.get("x-forwarded-host").is_none());
-        assert_eq!(
-            h.get_all("x-tenant-id").iter().collect::<Vec<_>>(),
-            ["acme"]
-        );
-        assert_eq!(
-            h[header::FORWARDED],
+            one("forwarded"),
             "for=192.0.2.7;proto=http;host=\"sluice.example:8080\""
         );
-        assert_eq!(h[REQUEST_ID], "rid-1");
-        assert_eq!(h["origin"], "https://app.example");
+        assert_eq!(one("x-request-id"), "rid-1");
+        assert_eq!(one("origin"), "https://app.example");
+        assert_eq!(one("connection"), "Upgrade");
+        assert_eq!(one("upgrade"), "websocket");
+        let h = &req.headers;
         assert!(!format!("{h:?}").contains("secret"));
 
         let endpoint = crate::config::Endpoint {
@@ -369,5 +418,14 @@ mod tests {
             ..endpoint
         };
         assert_eq!(join_query(&plain, "a=1&org=2"), "a=1&org=2");
+        assert_eq!(
+            endpoint_request(
+                &plain,
+                &build_request(&p, "", info, "r", (&tenant_header, "acme"))
+            )
+            .split(|b| *b == b'\r')
+            .next(),
+            Some(&b"GET /base/?a=1&b=2 HTTP/1.1"[..])
+        );
     }
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Request;
+use super::request::UpstreamRequest;
 use tokio::time::Instant;
 
 use super::pool::{self, Choice, Pool};
@@ -122,7 +122,7 @@ impl Connector {
         group: &Group,
         pool: &Arc<Pool>,
         tenant: &str,
-        req: &Request<()>,
+        req: &UpstreamRequest,
         policy: &RetryPolicy,
         observe: &mut (dyn FnMut(Attempt<'_>) + Send),
         on_pause: &mut (dyn FnMut(Instant) + Send),
