@@ -73,7 +73,8 @@ pub(super) fn overloaded(tcp: &TcpStream, addr: SocketAddr, full: Full, runtime:
 /// session, in this task.
 ///
 /// The HTTP phase's state lives on the heap and is freed when the session starts, so an
-/// idle session's task holds only the relay's state. (Not an `async fn`: its arguments
+/// idle session holds only the relay's state (on the heap too: the task's own future is
+/// a few words, which `tokio::spawn` moves cheaply). (Not an `async fn`: its arguments
 /// would stay in the task's state for the session's whole life.)
 pub(super) fn serve_connection(
     tcp: TcpStream,
@@ -86,7 +87,9 @@ pub(super) fn serve_connection(
     let handshake = Box::pin(handshake(tcp, addr, accepted, tls, runtime, place));
     async move {
         if let Some((then, client)) = handshake.await {
-            then.run(client).await;
+            // Boxed too: the task's own future stays a few words, so `tokio::spawn`
+            // moves a few words into the task instead of the session's whole state.
+            Box::pin(then.run(client)).await;
         }
     }
 }
