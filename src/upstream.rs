@@ -60,8 +60,9 @@ pub struct Connected {
     pub leg: Leg,
     /// `Sec-WebSocket-Accept`, `-Protocol` and `-Extensions` of the upstream's `101`.
     pub headers: HeaderMap,
-    /// The endpoint that answered.
-    pub endpoint: Endpoint,
+    /// The url of the endpoint that answered (only its url: cloning the whole
+    /// [`Endpoint`] cost seven allocations a connect).
+    pub endpoint: String,
     /// Time of the successful attempt's handshake.
     pub handshake: Duration,
     /// Attempts made, including the successful one.

@@ -339,7 +339,7 @@ pub async fn serve(p: Pending, client: Leg) {
         p.tenant.clone(),
         p.request_id.clone(),
         p.info.addr,
-        endpoint.url.clone(),
+        endpoint,
     );
     let edge = edge_ws(leg, ws_config);
     let held = held.into_messages();

@@ -63,28 +63,26 @@ pub(super) async fn serve(c: Connect, upstream_req: UpstreamRequest) -> Answer {
     // Step 6: answer 101 with the upstream's handshake headers, then relay.
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *resp.headers_mut() = connected.headers;
     let headers = resp.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    for (name, value) in &connected.headers {
-        headers.append(name.clone(), value.clone());
-    }
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(reject::REQUEST_ID_HEADER, v);
     }
 
+    let config = c.runtime.config();
+    let stop = SessionStop::new(&c.runtime.control, &config.protection, None);
     let session = Session::start(
         (admitted.permit, connected.lease),
         &c.runtime.control,
         c.settings.metrics.clone(),
         c.tenant.clone(),
-        c.request_id.clone(),
+        c.request_id,
         info.addr,
-        connected.endpoint.url.clone(),
+        connected.endpoint,
     );
     let edge = connected.leg;
-    let config = c.runtime.config();
-    let stop = SessionStop::new(&c.runtime.control, &config.protection, None);
     Answer {
         response: resp,
         then: Some(Then::Hold(Relay {

@@ -32,7 +32,7 @@ pub(crate) fn record_admitted(
         queue_wait_ms = waited.map(|w| w.as_millis() as u64),
         client = %crate::logging::Addr(info.addr),
         tenant_source,
-        endpoint = %connected.endpoint.url,
+        endpoint = %connected.endpoint,
         handshake_ms = connected.handshake.as_millis() as u64,
         attempts = connected.attempts,
         "connect admitted"

@@ -204,7 +204,7 @@ impl Connector {
                     return Ok(Connected {
                         leg,
                         headers,
-                        endpoint: endpoint.clone(),
+                        endpoint: endpoint.url.clone(),
                         handshake: took,
                         attempts: attempts.len() as u32 + 1,
                         lease: pool.lease(index),
