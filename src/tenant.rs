@@ -101,7 +101,12 @@ pub fn resolve_in<D: Directory>(
         let Some((name, forward_path)) = found else {
             continue;
         };
-        let name = name.to_ascii_lowercase();
+        // Most names are lowercase already: no copy for those.
+        let name: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            name.to_ascii_lowercase().into()
+        } else {
+            name.into()
+        };
         let tenant = match check_tenant_name(&name) {
             Ok(()) => tenants.named(&name).or_else(|| tenants.fallback()),
             // Not a name any tenant could have: unknown, like any other.
