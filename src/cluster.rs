@@ -14,7 +14,9 @@
 //! replica's head arrived more than one token interval earlier (cluster-wide FIFO),
 //! `full` while the live counts of all live replicas reach the cap, and otherwise
 //! records this replica's new count and — when no `[edge]` ceiling comes after it —
-//! takes the handshake token in the same script. One script per admitted connect; a
+//! takes the handshake token in the same script (with one, the head's `TAKE` after its
+//! edge turn does not check the FIFO again: its place was decided with its slot, and
+//! giving it up would lose the edge turn). One script per admitted connect; a
 //! release publishes this replica's count (coalesced per scope) and, when some replica
 //! waits, a notice on the scope's channel, which wakes the waiting pumps (pub/sub); a
 //! one-second fallback poll covers a lost notice.
