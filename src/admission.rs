@@ -110,6 +110,9 @@ pub struct Admission {
     /// Where every gate's capacity lives when it is shared between replicas
     /// ([`Admission::clustered`]).
     scopes: Option<Arc<dyn SharedScopes>>,
+    /// Time zero of every gate's times (the edge's and each tenant's), so that a
+    /// decision converts its one reading of the clock once for all of them.
+    epoch: Instant,
 }
 
 /// An admitted session's hold on capacity: its tenant's session slot and, with an
@@ -190,11 +193,12 @@ impl Admission {
         jitter: Jitter,
         backend: Option<Arc<dyn SharedCapacity>>,
     ) -> Self {
+        let epoch = Instant::now();
         let edge = edge.map(|e| {
             let gauge = edge_rate.unwrap_or_else(|| {
                 prometheus::Gauge::new("sluice_unregistered", "edge rate").expect("valid")
             });
-            Arc::new(EdgeGate::new(e, gauge, backend))
+            Arc::new(EdgeGate::new(e, gauge, backend, epoch))
         });
         Self {
             gates: Mutex::default(),
@@ -204,6 +208,7 @@ impl Admission {
             last_trouble: std::sync::Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
             scopes: None,
+            epoch,
         }
     }
 
@@ -254,6 +259,7 @@ impl Admission {
             pauses,
             gauges,
             backend,
+            self.epoch,
         ));
         self.register(&gate);
         gate
@@ -293,10 +299,17 @@ impl Admission {
         self.try_now(gate, Instant::now())
     }
 
+    /// The fast path at `now`. One conversion of the clock serves the pause check and
+    /// both token buckets (the gate's and the edge's count from [`Self::epoch`]); the
+    /// in-process path takes no lock, loads no `Arc` and makes one atomic
+    /// read-modify-write per slot and per token, the tenant's two before the edge's:
+    /// each scope's hot cache line is taken once, not twice, while another core
+    /// decides too.
     fn try_now(&self, gate: &Arc<TenantGate>, now: Instant) -> Option<Permit> {
-        if gate.queued() > 0
-            || self.edge.as_ref().is_some_and(|e| e.waiting() > 0)
-            || gate.paused(now).is_some()
+        let epoch = gate.limit.tokens.epoch();
+        let nanos = capacity::nanos_since(now, epoch);
+        let edge = self.edge.as_deref();
+        if gate.queued() > 0 || edge.is_some_and(|e| e.waiting() > 0) || gate.paused_at(now, nanos)
         {
             return None;
         }
@@ -310,17 +323,19 @@ impl Admission {
             edge: false,
             shadow: None,
         };
-        if let Some(edge) = &self.edge {
+        let Fast::Yes(taken) = gate.capacity().try_take_at(now, epoch, nanos) else {
+            return None;
+        };
+        if let Some(edge) = edge {
+            // The tenant's token goes back if the edge has no slot or no token: the
+            // refund restores the bucket unless another take came in between, and then
+            // it is dropped (a lost token slows, it never lets one more through).
             if edge.capacity().try_acquire_slot() != Fast::Yes(()) {
+                gate.capacity().refund(taken);
                 return None;
             }
             permit.edge = true;
-        }
-        let Fast::Yes(taken) = gate.capacity().try_take(now) else {
-            return None;
-        };
-        if let Some(edge) = &self.edge {
-            if !matches!(edge.capacity().try_take(now), Fast::Yes(_)) {
+            if !matches!(edge.capacity().try_take_at(now, epoch, nanos), Fast::Yes(_)) {
                 gate.capacity().refund(taken);
                 return None;
             }

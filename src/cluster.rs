@@ -14,7 +14,9 @@
 //! replica's head arrived more than one token interval earlier (cluster-wide FIFO),
 //! `full` while the live counts of all live replicas reach the cap, and otherwise
 //! records this replica's new count and — when no `[edge]` ceiling comes after it —
-//! takes the handshake token in the same script. One script per admitted connect; a
+//! takes the handshake token in the same script (with one, the head's `TAKE` after its
+//! edge turn does not check the FIFO again: its place was decided with its slot, and
+//! giving it up would lose the edge turn). One script per admitted connect; a
 //! release publishes this replica's count (coalesced per scope) and, when some replica
 //! waits, a notice on the scope's channel, which wakes the waiting pumps (pub/sub); a
 //! one-second fallback poll covers a lost notice.
@@ -175,10 +177,21 @@ impl Shared {
     }
 
     /// A reply sent at `sent`, received at `received`, said Redis's time was `now_us`.
+    ///
+    /// Redis read its clock somewhere within the round trip, so the offset a reply
+    /// gives is right within half of it. The offset known is kept while a reply allows
+    /// it (one that rules it out replaces it): the cluster-wide FIFO compares arrivals
+    /// converted at different asks, and an offset moving with each round trip's jitter
+    /// (milliseconds under CPU load, against clients arriving within milliseconds)
+    /// reordered them from one ask to the next.
     pub(crate) fn observe_clock(&self, now_us: i64, sent: Instant, received: Instant) {
-        let mid = sent + received.saturating_duration_since(sent) / 2;
-        self.offset_us
-            .store(now_us - self.local_us(mid) as i64, Ordering::Relaxed);
+        let rtt = received.saturating_duration_since(sent);
+        let offset = now_us - self.local_us(sent + rtt / 2) as i64;
+        let slack = i64::try_from(rtt.as_micros() / 2).unwrap_or(i64::MAX);
+        let known = self.offset_us.load(Ordering::Relaxed);
+        if known == i64::MIN || known.abs_diff(offset) > slack.unsigned_abs() + 1 {
+            self.offset_us.store(offset, Ordering::Relaxed);
+        }
     }
 
     /// Redis is being refilled for `window` from now: decide on the share.

@@ -498,6 +498,72 @@ async fn the_edge_weights_hold_across_replicas() {
     );
 }
 
+/// A head whose slot Redis granted in FIFO order keeps its place until its token: a
+/// client of another replica registering meanwhile with an earlier arrival (or one
+/// that only seems earlier, arrivals being converted to Redis's clock with each
+/// replica's jittery offset) does not make it give back the edge turn it waited for.
+/// Before, it did: under CPU load the weights test above came out 1 : 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_granted_its_slot_keeps_its_place_until_its_token() {
+    let _serial = SERIAL.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let member = |id: &str| {
+        sluice::cluster::Cluster::new(
+            &sluice::config::Cluster {
+                redis: sluice::config::RedisTarget::Url(redis.url()),
+                replica_id: id.to_owned(),
+                heartbeat: Duration::from_millis(150),
+                lease_ttl: Duration::from_secs(5),
+                redis_timeout: Duration::from_secs(2),
+                on_redis_failure: sluice::config::OnRedisFailure::Closed,
+            },
+            true,
+            None,
+        )
+    };
+    let limits = sluice::config::Limits {
+        max_sessions: 10,
+        handshake_rate: 10_000.0,
+        handshake_burst: 1000,
+        queue_depth: 10,
+        queue_timeout: Duration::from_secs(5),
+        queue_mode: sluice::config::QueueMode::Hold,
+        subprotocols: Vec::new(),
+        weight: 1,
+        enforce: true,
+    };
+    let (r0, r1) = (member("r0"), member("r1"));
+    assert!(r0.ready(Duration::from_secs(5)).await && r1.ready(Duration::from_secs(5)).await);
+    support::wait_until("both replicas see each other", async || {
+        r0.status().replicas.len() == 2 && r1.status().replicas.len() == 2
+    })
+    .await;
+    let (t0, t1) = (
+        r0.scopes().tenant("t", &limits),
+        r1.scopes().tenant("t", &limits),
+    );
+    let now = Instant::now();
+    let (later, earlier) = (
+        now - Duration::from_millis(10),
+        now - Duration::from_millis(20),
+    );
+    // r0's head asks first and is granted its slot: nobody is registered before it.
+    assert!(t0.acquire_slot(Some(later)).await.unwrap());
+    // r1's head arrived earlier; r0's registered head is not before it: granted too.
+    assert!(t1.acquire_slot(Some(earlier)).await.unwrap());
+    // r0's head comes back from the edge for its token: its place was decided.
+    let token = t0.take(Instant::now(), Some(later)).await.unwrap();
+    assert!(
+        token.is_ok(),
+        "the head granted its slot had to give it back at its token: {token:?}"
+    );
+    t0.release_slot();
+    t1.release_slot();
+    t0.refund(token.unwrap());
+    t0.idle();
+    t1.idle();
+}
+
 /// The live counts of tenant `t` in Redis, all replicas.
 fn redis_total(redis: &Redis) -> i64 {
     let v = redis.cmd(&["HVALS", "sluice:t:t:n"]);

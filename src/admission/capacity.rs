@@ -58,7 +58,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -193,9 +193,10 @@ pub(crate) struct Limit {
 }
 
 impl Limit {
-    pub(crate) fn new(max_sessions: u32, rate: f64, burst: u32) -> Self {
+    /// `max_sessions` slots and a full bucket whose times count from `epoch`.
+    pub(crate) fn new_at(max_sessions: u32, rate: f64, burst: u32, epoch: Instant) -> Self {
         Self {
-            tokens: Tokens::new(rate, burst),
+            tokens: Tokens::new_at(rate, burst, epoch),
             slots: Slots::new(max_sessions),
         }
     }
@@ -306,6 +307,27 @@ impl Capacity<'_> {
         }
     }
 
+    /// [`Self::try_take`] for the fast path, which read the clock once: `now` and, for
+    /// a local scope, `nanos`, which is `now` in nanoseconds after `epoch` (converted
+    /// here only when the bucket counts from another epoch).
+    #[inline]
+    pub(crate) fn try_take_at(self, now: Instant, epoch: Instant, nanos: u64) -> Fast<Taken> {
+        match self {
+            Capacity::Local(l) => {
+                let nanos = if l.tokens.epoch() == epoch {
+                    nanos
+                } else {
+                    l.tokens.nanos(now)
+                };
+                match l.tokens.try_take_nanos(nanos) {
+                    Ok(taken) => Fast::Yes(taken),
+                    Err(_) => Fast::No,
+                }
+            }
+            Capacity::Shared(b) => b.try_take(now),
+        }
+    }
+
     /// Gives back a token that was not used.
     #[inline]
     pub fn refund(self, taken: Taken) {
@@ -359,20 +381,37 @@ impl Capacity<'_> {
 #[derive(Debug)]
 #[repr(C)] // hot fields first
 pub struct Slots {
-    live: AtomicU32,
+    /// Slots held (low 32 bits) and releases so far, wrapping (high 32 bits): one word,
+    /// so that a release is one atomic operation, not two (a decision's release costs
+    /// one read-modify-write per scope; `docs/benchmarks.md`, issue 16).
+    state: AtomicU64,
     /// Changed by a reload: a lower cap only holds new sessions back.
     cap: AtomicU32,
-    /// Releases so far, wrapping (on the hot cache line, which `release` holds
-    /// exclusively anyway; 32 bits keep the hot fields of a tenant in one line).
-    released: AtomicU32,
     /// Set while the one task that may wait for a slot (a tenant's pump, the edge's
     /// arbiter) waits; only then does a release signal `freed`, so the fast path pays
     /// for no wake-up.
     waiting: AtomicBool,
     freed: Notify,
-    /// Windows over `released` for the release rate; only read on the refusal path.
+    /// Windows over the release count for the release rate; only read on the refusal
+    /// path.
     windows: std::sync::Mutex<ReleaseWindows>,
 }
+
+/// The slots held, from a [`Slots::state`] word.
+#[inline]
+fn held(state: u64) -> u32 {
+    state as u32
+}
+
+/// The releases so far (wrapping), from a [`Slots::state`] word.
+#[inline]
+fn releases(state: u64) -> u32 {
+    (state >> 32) as u32
+}
+
+/// Added to [`Slots::state`] by a release: one slot fewer held (there is one, so the
+/// low half does not borrow; its carry is the high half's one release more).
+const RELEASE: u64 = (1 << 32) - 1;
 
 /// Two consecutive windows of releases: the one running and the one before.
 #[derive(Debug)]
@@ -389,10 +428,9 @@ impl Slots {
     /// `cap` slots, none held.
     pub fn new(cap: u32) -> Self {
         Self {
-            live: AtomicU32::new(0),
+            state: AtomicU64::new(0),
             cap: AtomicU32::new(cap),
             waiting: AtomicBool::new(false),
-            released: AtomicU32::new(0),
             freed: Notify::new(),
             windows: std::sync::Mutex::new(ReleaseWindows {
                 start: Instant::now(),
@@ -406,9 +444,9 @@ impl Slots {
     pub fn try_acquire(&self) -> bool {
         // SeqCst even when it fails: a failed attempt is the load that must not be
         // reordered before the waiter's flag store in `acquire`.
-        self.live
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |live| {
-                (live < self.cap.load(Ordering::SeqCst)).then_some(live + 1)
+        self.state
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |state| {
+                (held(state) < self.cap.load(Ordering::SeqCst)).then_some(state + 1)
             })
             .is_ok()
     }
@@ -417,8 +455,8 @@ impl Slots {
     /// counted but never held back: it may take the count over the cap). Whether it
     /// fitted under the cap. Released like any other, exactly once.
     pub fn force_acquire(&self) -> bool {
-        let before = self.live.fetch_add(1, Ordering::SeqCst);
-        before < self.cap.load(Ordering::SeqCst)
+        let before = self.state.fetch_add(1, Ordering::SeqCst);
+        held(before) < self.cap.load(Ordering::SeqCst)
     }
 
     /// About how long sessions take to free a slot: the time between releases over
@@ -426,7 +464,7 @@ impl Slots {
     /// nothing ends); `None` before any release.
     pub fn release_interval(&self) -> Option<Duration> {
         let now = Instant::now();
-        let count = self.released.load(Ordering::Relaxed);
+        let count = releases(self.state.load(Ordering::Relaxed));
         let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let mut elapsed = now.saturating_duration_since(w.start);
         if elapsed >= RELEASE_WINDOW {
@@ -447,9 +485,9 @@ impl Slots {
     pub fn release(&self) {
         // SeqCst pairs with `acquire`: either the waiter sees this release in its
         // retry, or this release sees the waiter's flag and wakes it.
-        let before = self.live.fetch_sub(1, Ordering::SeqCst);
-        debug_assert!(before > 0, "slot released more often than acquired");
-        self.released.fetch_add(1, Ordering::Relaxed);
+        // One operation: a slot fewer held, a release more counted.
+        let before = self.state.fetch_add(RELEASE, Ordering::SeqCst);
+        debug_assert!(held(before) > 0, "slot released more often than acquired");
         if self.waiting.load(Ordering::SeqCst) {
             self.freed.notify_one();
         }
@@ -478,7 +516,7 @@ impl Slots {
 
     /// Slots held now.
     pub fn live(&self) -> u32 {
-        self.live.load(Ordering::Acquire)
+        held(self.state.load(Ordering::Acquire))
     }
 
     /// The cap.
@@ -516,6 +554,7 @@ impl Taken {
 }
 
 mod tokens;
+pub(crate) use tokens::nanos_since;
 pub use tokens::Tokens;
 
 #[cfg(test)]

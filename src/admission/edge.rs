@@ -133,14 +133,16 @@ impl EdgeGate {
         limits: &EdgeLimits,
         gauge: prometheus::Gauge,
         backend: Option<Arc<dyn SharedCapacity>>,
+        epoch: Instant,
     ) -> Self {
         Self {
             shared: backend.is_some(),
             backend,
-            limit: Limit::new(
+            limit: Limit::new_at(
                 limits.max_sessions,
                 limits.handshake_rate,
                 limits.handshake_burst,
+                epoch,
             ),
             fair: Mutex::default(),
             waiting: AtomicU32::new(0),

@@ -4,7 +4,7 @@
 //! at the tenant's pace.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -194,6 +194,10 @@ pub struct TenantGate {
     /// Whether `backend` is set: read from this cache line (in `queued`'s padding), so
     /// the in-process fast path reads no other.
     shared: bool,
+    /// Whether `pauses` is set (also in the padding): a gate without a group's pauses
+    /// (a planner's, a bench's) does not load them on the fast path. Changed by a
+    /// reload, after `pauses`.
+    grouped: AtomicBool,
     pub(crate) limit: Limit,
     blocker: AtomicU8,
     pub(crate) name: Arc<str>,
@@ -223,13 +227,11 @@ pub struct TenantGate {
     /// this tenant (for everyone, or for this tenant alone), none of this tenant's
     /// clients is sent. Swapped when a reload moves the tenant or rebuilds its group.
     pauses: arc_swap::ArcSwapOption<PauseSource>,
-    /// Time zero of `paused_until`.
-    epoch: Instant,
     /// The shared capacity backend, if the tenant's slots and tokens are not (only) in
     /// process.
     backend: Option<Arc<dyn SharedCapacity>>,
-    /// Nanoseconds after `epoch` until which the edge asked (`429` + `Retry-After`)
-    /// that this tenant send nothing; 0: not paused.
+    /// Nanoseconds after the epoch (the token bucket's) until which the edge asked
+    /// (`429` + `Retry-After`) that this tenant send nothing; 0: not paused.
     paused_until: AtomicU64,
 }
 
@@ -251,15 +253,18 @@ impl TenantGate {
         pauses: Option<Arc<dyn Pauses>>,
         gauges: Gauges,
         backend: Option<Arc<dyn SharedCapacity>>,
+        epoch: Instant,
     ) -> Self {
         Self {
             shared: backend.is_some(),
+            grouped: AtomicBool::new(pauses.is_some()),
             backend,
             name: name.into(),
-            limit: Limit::new(
+            limit: Limit::new_at(
                 limits.max_sessions,
                 limits.handshake_rate,
                 limits.handshake_burst,
+                epoch,
             ),
             queue_depth: AtomicU32::new(limits.queue_depth),
             queue_timeout: AtomicU64::new(duration_nanos(limits.queue_timeout)),
@@ -277,11 +282,15 @@ impl TenantGate {
             reconfigured: Notify::new(),
             edge,
             pauses: arc_swap::ArcSwapOption::new(pauses.map(|p| Arc::new(PauseSource(p)))),
-            epoch: Instant::now(),
             paused_until: AtomicU64::new(0),
             queued: AtomicU32::new(0),
             blocker: AtomicU8::new(Blocker::Slot as u8),
         }
+    }
+
+    /// Time zero of the gate's times (its token bucket's, its pauses', its queue's).
+    fn epoch(&self) -> Instant {
+        self.limit.tokens.epoch()
     }
 
     /// The tenant's admission state now.
@@ -335,7 +344,7 @@ impl TenantGate {
     /// Holds this tenant's clients back until `until` (the edge answered `429` with a
     /// `Retry-After`).
     pub(crate) fn pause(&self, until: Instant) {
-        let nanos = u64::try_from(until.saturating_duration_since(self.epoch).as_nanos())
+        let nanos = u64::try_from(until.saturating_duration_since(self.epoch()).as_nanos())
             .unwrap_or(u64::MAX / 2)
             .max(1);
         self.paused_until.fetch_max(nanos, Ordering::AcqRel);
@@ -358,7 +367,7 @@ impl TenantGate {
     pub(crate) fn paused(&self, now: Instant) -> Option<Instant> {
         let own = self.paused_until.load(Ordering::Acquire);
         let own = (own != 0)
-            .then(|| self.epoch + std::time::Duration::from_nanos(own))
+            .then(|| self.epoch() + std::time::Duration::from_nanos(own))
             .filter(|t| *t > now);
         let group = self
             .pauses
@@ -370,6 +379,29 @@ impl TenantGate {
             None => None,
         };
         own.max(group).max(shared)
+    }
+
+    /// Whether [`Self::paused`] holds at `now`, which is `nanos` after [`Self::epoch`]:
+    /// the fast path's check, which converts no time and loads the group's pauses only
+    /// when the gate has some.
+    #[inline]
+    pub(crate) fn paused_at(&self, now: Instant, nanos: u64) -> bool {
+        if self.paused_until.load(Ordering::Acquire) > nanos {
+            return true;
+        }
+        if self.grouped.load(Ordering::Acquire)
+            && self
+                .pauses
+                .load()
+                .as_ref()
+                .is_some_and(|p| p.0.paused_until(&self.name, now).is_some())
+        {
+            return true;
+        }
+        match &self.backend {
+            Some(backend) if self.shared => backend.paused_until(now).is_some(),
+            _ => false,
+        }
     }
 
     /// Whether the tenant is in shadow mode (`enforce = false`) now.
@@ -410,7 +442,9 @@ impl TenantGate {
             limits.handshake_rate,
             limits.handshake_burst,
         );
+        let grouped = pauses.is_some();
         self.pauses.store(pauses.map(|p| Arc::new(PauseSource(p))));
+        self.grouped.store(grouped, Ordering::Release);
         self.limit.slots.set_cap(limits.max_sessions);
         if let Some(backend) = &self.backend {
             backend.reconfigure(
@@ -507,7 +541,7 @@ impl TenantGate {
         q.next_id += 1;
         q.waiters.push_back(Waiter {
             id,
-            since: u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX),
+            since: u64::try_from(self.epoch().elapsed().as_micros()).unwrap_or(u64::MAX),
             grant: tx,
         });
         self.set_queued(q.waiters.len());
@@ -536,13 +570,13 @@ impl TenantGate {
     /// When the client at the head of the queue joined it.
     fn head_since(&self) -> Option<Instant> {
         let since = self.lock().waiters.front().map(|w| w.since)?;
-        Some(self.epoch + Duration::from_micros(since))
+        Some(self.epoch() + Duration::from_micros(since))
     }
 
     /// When the client after the head joined the queue.
     fn next_since(&self) -> Option<Instant> {
         let since = self.lock().waiters.get(1).map(|w| w.since)?;
-        Some(self.epoch + Duration::from_micros(since))
+        Some(self.epoch() + Duration::from_micros(since))
     }
 
     /// Whether the queue has a client; when it has none, the pump stops (under the

@@ -435,6 +435,7 @@ impl Admission {
             None,
             Gauges::detached(),
             None,
+            self.epoch,
         ));
         self.register(&model);
         let (ended_tx, ended_rx) = watch::channel(false);

@@ -71,6 +71,10 @@ pub(crate) struct ScopeState {
     paused_until: AtomicU64,
     /// A token taken with the slot, and when.
     prefetched: Mutex<Option<(Taken, Instant)>>,
+    /// The head whose slot Redis granted in FIFO order (its arrival in local µs, plus
+    /// one; 0: none): its place is decided, so its token's ask does not check the
+    /// FIFO again ([`Self::ask_token`]).
+    placed: AtomicU64,
     /// The head's arrival this replica registered among the scope's waiters (Redis
     /// µs), to withdraw it when the queue empties; `i64::MIN`: none.
     waiting: std::sync::atomic::AtomicI64,
@@ -144,6 +148,7 @@ impl ScopeState {
             ready_at: AtomicU64::new(0),
             paused_until: AtomicU64::new(0),
             prefetched: Mutex::new(None),
+            placed: AtomicU64::new(0),
             waiting: std::sync::atomic::AtomicI64::new(i64::MIN),
             following: std::sync::atomic::AtomicI64::new(-1),
             local: Tokens::new(1.0, 1),

@@ -204,7 +204,8 @@ return {{'ok', now, total, tat, ready}}"
 /// KEYS: replicas, epoch, P:r, P:w, P:p, P:f, P:vt.
 /// ARGV: me, epoch, interval µs, tolerance µs, head µs (-1: no FIFO), channel, tenant
 /// ('': not fair-queued), weight, the arrival of the client after the head (µs, -1:
-/// none), the tenant of the edge arbiter's turn after this one ('': none).
+/// none), the tenant of the edge arbiter's turn after this one ('': none), whether the
+/// head's slot was granted in FIFO order ('1': its place is decided, not checked again).
 /// Returns `{'ok', now, tat}`, `{'rate', now, ready at}`, `{'turn', now, 0}`,
 /// `{'paused', now, until}` or `{'epoch', now, 0}`.
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
@@ -215,7 +216,7 @@ if st then return {{st, now, 0}} end
 local me, head, interval = ARGV[1], tonumber(ARGV[5]), tonumber(ARGV[3])
 local paused = tonumber(redis.call('GET', KEYS[5]) or '0')
 if paused > now then return {{'paused', now, paused}} end
-if head >= 0 and behind(KEYS[4], KEYS[1], me, head - interval) then return {{'turn', now, 0}} end
+if head >= 0 and ARGV[11] ~= '1' and behind(KEYS[4], KEYS[1], me, head - interval) then return {{'turn', now, 0}} end
 local tenant, tag = ARGV[7], 0
 if head < 0 and tenant ~= '' then
   tag = start_tag(KEYS[6], KEYS[7], tenant)

@@ -28,9 +28,16 @@ pub struct Tokens {
 impl Tokens {
     /// A full bucket.
     pub fn new(rate: f64, burst: u32) -> Self {
+        Self::new_at(rate, burst, Instant::now())
+    }
+
+    /// A full bucket whose times count from `epoch` (not after any `now` it is given):
+    /// scopes that share an epoch share a decision's reading of the clock
+    /// ([`Self::try_take_nanos`]).
+    pub(crate) fn new_at(rate: f64, burst: u32, epoch: Instant) -> Self {
         let (interval, tolerance) = Self::params(rate, burst);
         Self {
-            epoch: Instant::now(),
+            epoch,
             tat: AtomicU64::new(0),
             interval: AtomicU64::new(interval),
             tolerance: AtomicU64::new(tolerance),
@@ -87,14 +94,25 @@ impl Tokens {
         Duration::from_nanos(self.interval.load(Ordering::Relaxed))
     }
 
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX / 2)
+    /// Time zero of the bucket's state.
+    pub(crate) fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// `at` in nanoseconds after the epoch (0 before it).
+    pub(crate) fn nanos(&self, at: Instant) -> u64 {
+        nanos_since(at, self.epoch)
     }
 
     /// Takes a token at `now`, or says from when one can be taken. `Ok` carries the
     /// state it left, which [`Self::refund`] needs.
     pub fn try_take(&self, now: Instant) -> Result<Taken, Instant> {
-        let now = self.nanos(now);
+        self.try_take_nanos(self.nanos(now))
+    }
+
+    /// [`Self::try_take`] at `now` nanoseconds after the epoch ([`Self::nanos`]): a
+    /// decision reads the clock once and converts it once for every scope of one epoch.
+    pub(crate) fn try_take_nanos(&self, now: u64) -> Result<Taken, Instant> {
         let interval = self.interval.load(Ordering::Relaxed);
         let tolerance = self.tolerance.load(Ordering::Relaxed);
         let mut tat = self.tat.load(Ordering::Acquire);
@@ -170,4 +188,10 @@ impl Tokens {
             Ordering::Acquire,
         );
     }
+}
+
+/// `at` in nanoseconds after `epoch` (0 before it).
+#[inline]
+pub(crate) fn nanos_since(at: Instant, epoch: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX / 2)
 }

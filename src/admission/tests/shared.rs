@@ -29,7 +29,7 @@ struct Inner {
 impl Flaky {
     fn new(max_sessions: u32, rate: f64, burst: u32, latency: Duration, fail_every: u32) -> Self {
         Self(Arc::new(Inner {
-            store: Limit::new(max_sessions, rate, burst),
+            store: Limit::new_at(max_sessions, rate, burst, Instant::now()),
             latency,
             fail_every,
             calls: AtomicU32::new(0),

@@ -120,6 +120,8 @@ impl ScopeState {
         let mut pending = Pending::new(self);
         let (count, version) = pending.snapshot;
         let head_us = self.head_us(head);
+        // A new ask: no head has its place until Redis says so below.
+        self.placed.store(0, Ordering::Release);
         let fair = self.fair();
         let then = self.fair_then();
         let (interval, tolerance) = self.gcra();
@@ -156,6 +158,9 @@ impl ScopeState {
         match text(reply.first()).as_str() {
             "ok" => {
                 pending.granted = true;
+                if head_us >= 0 {
+                    self.placed.store(self.head_key(head), Ordering::Release);
+                }
                 self.set_cluster_live(int(reply.get(2)));
                 let tat = int(reply.get(3));
                 if tat > 0 {
@@ -201,12 +206,24 @@ impl ScopeState {
             .store(self.shared.local_us(at), Ordering::Release);
     }
 
+    /// A head's arrival as [`ScopeState::placed`] keeps it (0: none).
+    fn head_key(&self, head: Option<Instant>) -> u64 {
+        head.map_or(0, |h| self.shared.local_us(h).saturating_add(1))
+    }
+
     pub(super) async fn ask_token(
         &self,
         now: Instant,
         head: Option<Instant>,
     ) -> Result<Result<Taken, Instant>, BackendError> {
         let head_us = self.head_us(head);
+        // The head whose slot Redis granted in FIFO order keeps its place while it
+        // waits for its edge turn: checking the FIFO again at its token would let a
+        // client of another replica that registered meanwhile (or only seems earlier,
+        // both arrivals being converted to Redis's clock with a jittery offset) go
+        // first, and this head would give back the edge turn its tenant was charged
+        // for (the cross-replica weights fell toward 1 : 1 under CPU load).
+        let placed = head_us >= 0 && self.placed.load(Ordering::Acquire) == self.head_key(head);
         let fair = self.fair();
         let then = self.fair_then();
         let (interval, tolerance) = self.gcra();
@@ -219,7 +236,8 @@ impl ScopeState {
             .arg(&*fair.0)
             .arg(fair.1)
             .arg(self.next_us(head_us))
-            .arg(&*then);
+            .arg(&*then)
+            .arg(u8::from(placed));
         if head_us < 0 && !fair.0.is_empty() {
             self.waiting.store(-1, Ordering::Release);
         }
