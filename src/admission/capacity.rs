@@ -442,13 +442,28 @@ impl Slots {
 
     /// Takes a slot if one is free.
     pub fn try_acquire(&self) -> bool {
-        // SeqCst even when it fails: a failed attempt is the load that must not be
+        self.take_or_undo(true)
+    }
+
+    /// Takes a slot and keeps it if it was under the cap: one read-modify-write whether
+    /// or not it fits, where a compare-and-swap loop is retried while the other cores
+    /// take slots too (`docs/benchmarks.md`, issue 16). A slot taken over the cap is
+    /// given back at once, and it is no release: the count of releases stays. For that
+    /// moment the count is one too high, and another attempt may fail on it: so the
+    /// give-back wakes the waiting task, as a release would (unless `wake` is false: the
+    /// waiting task's own attempts, which would only wake itself).
+    fn take_or_undo(&self, wake: bool) -> bool {
+        // SeqCst even when it fails: a failed attempt is the read that must not be
         // reordered before the waiter's flag store in `acquire`.
-        self.state
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |state| {
-                (held(state) < self.cap.load(Ordering::SeqCst)).then_some(state + 1)
-            })
-            .is_ok()
+        let before = self.state.fetch_add(1, Ordering::SeqCst);
+        if held(before) < self.cap.load(Ordering::SeqCst) {
+            return true;
+        }
+        self.state.fetch_sub(1, Ordering::SeqCst);
+        if wake && self.waiting.load(Ordering::SeqCst) {
+            self.freed.notify_one();
+        }
+        false
     }
 
     /// Takes a slot whether or not one is free (a shadow tenant's session, which is
@@ -506,7 +521,7 @@ impl Slots {
             // Registered before the retry, so a release between the retry and the
             // await still wakes us.
             freed.as_mut().enable();
-            if self.try_acquire() {
+            if self.take_or_undo(false) {
                 break;
             }
             freed.await;

@@ -120,3 +120,86 @@ fn slots_never_exceed_the_cap() {
     assert_eq!(s.live(), 1);
     assert!(s.try_acquire());
 }
+
+/// Two threads take and give back slots as fast as they can with the cap binding: the
+/// slots held never exceed the cap, a slot taken over the cap and given back is not
+/// counted as a release, and the count ends at zero.
+#[test]
+fn racing_takes_over_the_cap_never_hold_more_than_the_cap() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let s = std::sync::Arc::new(Slots::new(3));
+    let holding = std::sync::Arc::new(AtomicU32::new(0));
+    let taken = std::sync::Arc::new(AtomicU32::new(0));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (s, holding, taken) = (s.clone(), holding.clone(), taken.clone());
+            std::thread::spawn(move || {
+                let mut mine = 0;
+                for i in 0..200_000u32 {
+                    if s.try_acquire() {
+                        let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                        assert!(now <= 3, "{now} slots held with a cap of 3");
+                        taken.fetch_add(1, Ordering::Relaxed);
+                        mine += 1;
+                    }
+                    // Keep some held so that the cap binds, give them back now and then.
+                    if mine > 0 && (mine == 2 || i % 3 == 0) {
+                        holding.fetch_sub(1, Ordering::SeqCst);
+                        s.release();
+                        mine -= 1;
+                    }
+                }
+                for _ in 0..mine {
+                    holding.fetch_sub(1, Ordering::SeqCst);
+                    s.release();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(s.live(), 0);
+    assert_eq!(
+        releases(s.state.load(Ordering::SeqCst)),
+        taken.load(Ordering::SeqCst),
+        "every slot given back after a take over the cap was not a release"
+    );
+}
+
+/// The task waiting for a slot is not left waiting while one is free: attempts over the
+/// cap from other threads (each one's count one too high for a moment) race its retries,
+/// and a slot released among them reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiting_task_gets_a_slot_freed_among_failed_attempts() {
+    let s = std::sync::Arc::new(Slots::new(1));
+    for _ in 0..200 {
+        assert!(s.try_acquire());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hammer = {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert!(
+                        !s.try_acquire() || {
+                            s.release();
+                            true
+                        }
+                    );
+                }
+            })
+        };
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move { s.acquire().await })
+        };
+        tokio::task::yield_now().await;
+        s.release();
+        let got = tokio::time::timeout(Duration::from_secs(10), waiter).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        hammer.join().unwrap();
+        got.expect("the waiting task got no slot though one was free")
+            .unwrap();
+        s.release();
+    }
+}
