@@ -357,7 +357,10 @@ impl SessionStop {
     /// Completes when the session must end: the drain's deadline, a reload that revoked
     /// its credential (`accept` mode), no byte moved for `idle_timeout`, or
     /// `max_session` reached.
-    pub async fn wait(mut self, activity: &Moved) -> Stop {
+    ///
+    /// It borrows the stop signal, so that the session's task holds it once (an async
+    /// fn keeps what it is given beside its own state).
+    pub async fn wait(&mut self, activity: &Moved) -> Stop {
         if let Some(stop) = self.check() {
             return stop;
         }
@@ -379,7 +382,7 @@ impl SessionStop {
         Box::pin(self.wait_timed(activity)).await
     }
 
-    async fn wait_timed(mut self, activity: &Moved) -> Stop {
+    async fn wait_timed(&mut self, activity: &Moved) -> Stop {
         let mut seen = activity.total();
         let mut idle_at = self.idle.map(|d| Instant::now() + d);
         loop {
@@ -479,6 +482,7 @@ mod tests {
                     }
                     let stop = SessionStop::new(&control, &protection, None);
                     let moved = moved.clone();
+                    let mut stop = stop;
                     tokio::spawn(async move { stop.wait(&moved).await })
                 })
                 .collect();

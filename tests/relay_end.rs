@@ -298,8 +298,15 @@ async fn edge_reset_without_a_close_frame_is_an_error_that_names_itself() {
     assert_eq!(stats.end.as_str(), "edge_error");
 }
 
-/// The relay until the session ends by itself (nothing stops it from outside).
-async fn relay_all(client: Leg, edge: Leg) -> sluice::relay::RelayStats {
+/// The relay until the session ends by itself (nothing stops it from outside); both
+/// legs are closed when it returns.
+async fn relay_all(mut client: Leg, mut edge: Leg) -> sluice::relay::RelayStats {
     let moved = sluice::relay::Moved::default();
-    relay(client, edge, &moved, std::pin::pin!(std::future::pending())).await
+    relay(
+        &mut client,
+        &mut edge,
+        &moved,
+        std::pin::pin!(std::future::pending()),
+    )
+    .await
 }

@@ -360,10 +360,10 @@ pub async fn serve(p: Pending, client: Leg) {
     });
     // The relay gets a task of its own: this one's future is sized for the admission
     // and upstream handshake futures it held, far more than an idle session needs.
+    // The legs and the stop signal stay in the task and the relay borrows them: moved
+    // into its future, or rebound inside the task, they would take their room twice.
+    let (mut client, mut edge, mut stop) = (client, edge, stop);
     tokio::spawn(async move {
-        // The legs stay here and the relay borrows them: moved into its future they
-        // would take their room twice in this task.
-        let (mut client, mut edge) = (client, edge);
         let moved = Moved::default();
         let stop = stop.wait(&moved);
         // One relay either way: a session that counts no calls carries an empty hook

@@ -104,18 +104,22 @@ pub struct Relay {
 impl Relay {
     /// Relays until either side ends, then releases the session (step 7).
     ///
-    /// Not an `async fn`: its arguments would be kept in its state beside the relay's,
-    /// which holds them already (an idle session's memory is mostly this future).
+    /// Not an `async fn`: its arguments would be kept in its state beside the relay's
+    /// (an idle session's memory is mostly this future). The legs and the stop signal
+    /// are held here once; the relay and the stop's wait borrow them.
     pub(super) fn run(self, client: Leg) -> impl std::future::Future<Output = ()> + Send {
         let Self {
             session,
-            edge,
-            stop,
+            mut edge,
+            mut stop,
         } = self;
+        let mut client = client;
         async move {
             let moved = Moved::default();
             let stop = std::pin::pin!(stop.wait(&moved));
-            let stats = relay::relay(client, edge, &moved, stop).await;
+            let stats = relay::relay(&mut client, &mut edge, &moved, stop).await;
+            // Closed before the session's end is told, as when the relay owned them.
+            drop((client, edge));
             session.end(stats);
         }
     }

@@ -67,7 +67,7 @@ async fn run_both(
     }
 }
 
-pub(super) async fn relay_generic(client: Stream, edge: Stream, moved: &Moved) -> End {
+pub(super) async fn relay_generic(client: &mut Stream, edge: &mut Stream, moved: &Moved) -> End {
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut edge_r, mut edge_w) = tokio::io::split(edge);
     // The shutdown of a TLS write side sends close_notify, which needs an await, so the
