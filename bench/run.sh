@@ -207,8 +207,11 @@ W=$CARGO_TARGET_DIR/release/examples/wsbench
 ADMISSION_BIN=""
 if [ "$ADMISSION" = 1 ] && [ -z "$REPORT_ONLY" ]; then
     echo "== cargo bench --bench admission --no-run"
+    # The bench target's own artifact: cargo also reports the sluice binary it builds
+    # for the benches, in either order.
     ADMISSION_BIN=$(cargo bench --bench admission --no-run --message-format=json \
-        | grep -o '"executable":"[^"]*"' | tail -1 | sed 's/"executable":"\(.*\)"/\1/')
+        | grep '"kind":\["bench"\]' | grep -o '"executable":"[^"]*"' | tail -1 \
+        | sed 's/"executable":"\(.*\)"/\1/')
     [ -x "$ADMISSION_BIN" ] || { echo "warning: no admission benchmark binary; skipping it" >&2; ADMISSION_BIN=""; }
 fi
 
