@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::header::{self, HeaderMap, HeaderValue};
-
-use crate::upstream::UpstreamRequest;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body_util::Full;
@@ -142,21 +140,29 @@ pub fn switching_protocols(
     resp
 }
 
-/// Makes the upstream request sluice's own handshake: a fresh key, only the chosen
-/// subprotocol, no extensions. Returns the key, to check the edge's answer with.
-pub fn own_handshake(req: &mut UpstreamRequest, protocol: Option<&str>) -> String {
+/// Makes the upstream request's header lines sluice's own handshake: a fresh key,
+/// version 13, only the chosen subprotocol, no extensions. Returns the key, to check the
+/// edge's answer with.
+pub fn own_handshake(
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+    protocol: Option<&str>,
+) -> String {
     let key = generate_key();
+    headers.retain(|(name, _)| {
+        name != header::SEC_WEBSOCKET_KEY
+            && name != header::SEC_WEBSOCKET_VERSION
+            && name != header::SEC_WEBSOCKET_EXTENSIONS
+            && name != header::SEC_WEBSOCKET_PROTOCOL
+    });
     if let Ok(v) = HeaderValue::from_str(&key) {
-        req.set(header::SEC_WEBSOCKET_KEY, v);
+        headers.push((header::SEC_WEBSOCKET_KEY, v));
     }
-    req.set(
+    headers.push((
         header::SEC_WEBSOCKET_VERSION,
         HeaderValue::from_static("13"),
-    );
-    req.remove(&header::SEC_WEBSOCKET_EXTENSIONS);
-    req.remove(&header::SEC_WEBSOCKET_PROTOCOL);
+    ));
     if let Some(v) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
-        req.set(header::SEC_WEBSOCKET_PROTOCOL, v);
+        headers.push((header::SEC_WEBSOCKET_PROTOCOL, v));
     }
     key
 }

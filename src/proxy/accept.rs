@@ -106,7 +106,7 @@ pub(crate) fn start(
             return reject::bad_request(&detail, &c.request_id).into();
         }
     };
-    let key = own_handshake(&mut upstream_req, protocol.as_deref());
+    let key = own_handshake(&mut upstream_req.headers, protocol.as_deref());
     let resp = switching_protocols(parts, protocol.as_deref(), &c.request_id);
     // Kept for the session only when there is something a reload could revoke.
     let credential =

@@ -64,8 +64,9 @@ const DROPPED: [HeaderName; 11] = [
 /// The request sent upstream, before an endpoint's parts are added: the path and query
 /// after tenant resolution and credential removal, and the header lines in order.
 ///
-/// A list, not a `HeaderMap`: it is built once, written once per attempt, and looked up
-/// only by `accept` mode's own handshake, so hashing every name bought nothing.
+/// A list, not a `HeaderMap`: it is built once, written once per attempt, and edited
+/// only by `accept` mode's own handshake ([`crate::ws::own_handshake`]), so hashing every
+/// name bought nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpstreamRequest {
     /// The path (the tenant prefix stripped), without the query.
@@ -89,17 +90,6 @@ impl UpstreamRequest {
             .iter()
             .filter(move |(n, _)| n.as_str() == name)
             .map(|(_, v)| v)
-    }
-
-    /// Removes every line of `name`.
-    pub fn remove(&mut self, name: &HeaderName) {
-        self.headers.retain(|(n, _)| n != name);
-    }
-
-    /// Sets `name` to `value`, replacing every line it had.
-    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        self.remove(&name);
-        self.headers.push((name, value));
     }
 }
 
