@@ -180,12 +180,11 @@ async fn the_waiting_task_gets_a_slot_freed_among_failed_attempts() {
             let (s, stop) = (s.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    assert!(
-                        !s.try_acquire() || {
-                            s.release();
-                            true
-                        }
-                    );
+                    // Mostly over the cap; a slot freed before the waiter wakes may
+                    // come here first, and goes back at once.
+                    if s.try_acquire() {
+                        s.release();
+                    }
                 }
             })
         };
