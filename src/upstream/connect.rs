@@ -389,7 +389,10 @@ mod tests {
             let (got, sent) = tokio::join!(server, client);
             assert!(sent <= size);
             assert_eq!(got.len(), expected.len(), "{sent} sent with the connect");
-            assert!(got == expected, "the bytes differ ({sent} sent with the connect)");
+            assert!(
+                got == expected,
+                "the bytes differ ({sent} sent with the connect)"
+            );
         }
     }
 
@@ -418,9 +421,52 @@ mod tests {
         let mut connected = false;
         let e = Connector::new(crate::tls::client_config(None).unwrap())
             .attempt(&endpoint, &UpstreamRequest::default(), &mut connected)
-        .await
-        .unwrap_err();
+            .await
+            .unwrap_err();
         assert!(matches!(e, AttemptError::Connect(_)), "{e}");
         assert!(!connected);
+    }
+
+    /// A connect the kernel does not complete at once (a remote edge's: here a listener
+    /// whose accept queue is full drops the SYN, so the connect completes with the SYN's
+    /// retransmission about a second later): nothing goes with the connect, and the
+    /// whole request follows once the connect is confirmed.
+    #[tokio::test]
+    async fn a_connect_completed_later_gets_the_whole_request_after_it() {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let listener = std::net::TcpListener::from(socket);
+        let addr = listener.local_addr().unwrap();
+        // Takes the accept queue's one place.
+        let filler = std::net::TcpStream::connect(addr).unwrap();
+        let request = b"GET /late HTTP/1.1\r\nhost: edge\r\n\r\n".to_vec();
+        let sending = request.clone();
+        let client = tokio::spawn(async move {
+            let (mut tcp, sent) = open(("127.0.0.1", addr.port()), &sending).await.unwrap();
+            tcp.write_all(&sending[sent..]).await.unwrap();
+            tcp.shutdown().await.unwrap();
+            sent
+        });
+        let got = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(listener.accept().unwrap());
+            drop(filler);
+            let (mut tcp, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut tcp, &mut got).unwrap();
+            got
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            client.await.unwrap(),
+            0,
+            "sent with a connect still in progress"
+        );
+        assert_eq!(got, request);
     }
 }
