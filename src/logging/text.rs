@@ -233,6 +233,14 @@ struct Escaping<'a, W: Write + ?Sized>(&'a mut W);
 
 impl<W: Write + ?Sized> Write for Escaping<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Every character `steers` matches has one of these bytes in its UTF-8 (the C1
+        // controls start with 0xc2): most text has none and is written as it is.
+        if !s
+            .bytes()
+            .any(|b| matches!(b, 0x1b | 0x07 | 0x08 | 0x0c | 0x7f | 0xc2))
+        {
+            return self.0.write_str(s);
+        }
         let mut rest = s;
         while let Some((at, c)) = rest.char_indices().find(|&(_, c)| steers(c)) {
             self.0.write_str(&rest[..at])?;
@@ -267,6 +275,25 @@ impl fmt::Debug for Escaped {
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
+
+    /// Every character escaped is escaped by way of the slow path: none is written as
+    /// it is because the byte test of the fast path missed it.
+    #[test]
+    fn every_steering_character_is_escaped() {
+        use std::fmt::Write as _;
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            let mut out = String::new();
+            super::Escaping(&mut out)
+                .write_str(&format!("a{c}b"))
+                .unwrap();
+            assert_eq!(
+                out == format!("a{c}b"),
+                !super::steers(c),
+                "{:x} written as {out:?}",
+                u32::from(c)
+            );
+        }
+    }
 
     use super::Plain;
 
