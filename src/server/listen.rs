@@ -105,6 +105,8 @@ async fn handshake(
     runtime: Arc<Runtime>,
     place: Place,
 ) -> Option<(proxy::Then, Leg)> {
+    // On Linux the listener's TCP_NODELAY is inherited (`workers::bind_group`).
+    #[cfg(not(target_os = "linux"))]
     let _ = tcp.set_nodelay(true);
     let (header_timeout, max_header_bytes) = {
         let config = runtime.config();

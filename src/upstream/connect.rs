@@ -1,12 +1,15 @@
 //! Step 5 of the flow: one handshake attempt on one endpoint.
 //!
 //! [`Connector::attempt`] connects over TCP (and TLS for `wss://`), writes the request
-//! of [`endpoint_request`] on the socket and reads the answer's head with `httparse`; a
+//! of [`endpoint_request`] on the socket (in plain text with the connect itself, when the
+//! kernel completes the connect at once: `open`) and reads the answer's head with
+//! `httparse`; a
 //! `101` leaves the socket to the relay as it is (no connection task, no upgrade
 //! hand-off), any other status becomes [`AttemptError::Status`] with its `Retry-After`
 //! and trace id. Which endpoint, how often and for how long is [`super::retry`]'s
 //! business.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,12 +72,13 @@ impl Connector {
         req: &UpstreamRequest,
         connected: &mut bool,
     ) -> Result<(Leg, HeaderMap), AttemptError> {
-        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+        let request = endpoint_request(endpoint, req);
+        // In plain text the request goes with the connect (`open`); TLS speaks first.
+        let first: &[u8] = if endpoint.tls { &[] } else { &request };
+        let (tcp, sent) = open((endpoint.host.as_str(), endpoint.port), first)
             .await
             .map_err(AttemptError::Connect)?;
-        // Signaling messages are small and latency-bound.
-        let _ = tcp.set_nodelay(true);
-        let stream = if endpoint.tls {
+        let mut stream = if endpoint.tls {
             let name = ServerName::try_from(endpoint.host.clone())
                 .map_err(|_| AttemptError::ServerName(endpoint.host.clone()))?;
             let tls = self
@@ -87,11 +91,12 @@ impl Connector {
             Stream::Plain(tcp)
         };
         *connected = true;
-        let mut stream = stream;
-        stream
-            .write_all(&endpoint_request(endpoint, req))
-            .await
-            .map_err(AttemptError::Http)?;
+        if sent < request.len() {
+            stream
+                .write_all(&request[sent..])
+                .await
+                .map_err(AttemptError::Http)?;
+        }
         let (answer, early) = read_response(&mut stream).await?;
         if answer.status != StatusCode::SWITCHING_PROTOCOLS {
             return Err(AttemptError::Status {
@@ -102,6 +107,67 @@ impl Connector {
         }
         Ok((Leg { stream, early }, answer.headers))
     }
+}
+
+/// TCP to the first of `addr`'s addresses that answers, with `TCP_NODELAY` (signaling
+/// messages are small and latency-bound), and as much of `first` sent as the socket took
+/// at once (the count is returned; the caller writes the rest).
+///
+/// `first` is tried right after `connect(2)`, before waiting for the socket to become
+/// writable: when the kernel completed the TCP handshake inside `connect` (an edge on
+/// this host or on loopback), the request goes without a wake-up of the task and
+/// without the `getsockopt(SO_ERROR)` that confirms a connect. Otherwise (a remote
+/// edge) that `send` finds the connect still in progress and sends nothing, and the
+/// connect is confirmed as `TcpStream::connect` does: writable, then `SO_ERROR`.
+async fn open(addr: (&str, u16), first: &[u8]) -> std::io::Result<(TcpStream, usize)> {
+    let mut last = None;
+    // An IP address is parsed, not looked up; a name is resolved as tokio's connect does.
+    for addr in tokio::net::lookup_host(addr).await? {
+        match open_one(addr, first).await {
+            Ok(open) => return Ok(open),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the name resolved to no address",
+        )
+    }))
+}
+
+async fn open_one(addr: SocketAddr, first: &[u8]) -> std::io::Result<(TcpStream, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let sent = if first.is_empty() {
+        0
+    } else {
+        match socket.send_with_flags(first, libc::MSG_NOSIGNAL) {
+            Ok(n) => n,
+            // Still connecting: the request waits until the connect is confirmed.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            // The connect failed (refused, unreachable): nothing was sent.
+            Err(e) => return Err(e),
+        }
+    };
+    let tcp = TcpStream::from_std(socket.into())?;
+    if sent == 0 {
+        tcp.writable().await?;
+        if let Some(e) = tcp.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok((tcp, sent))
 }
 
 /// The most an upstream's response head may take: an edge's `101` is a few hundred bytes,
@@ -295,5 +361,66 @@ mod tests {
         long.resize(MAX_RESPONSE_HEAD + 10, b'a');
         let e = answer_to(&[&long]).await.unwrap_err();
         assert!(e.to_string().contains("longer than"), "{e}");
+    }
+
+    /// The request sent with the connect arrives whole and once, whether the kernel
+    /// took it at once (sent == len) or the rest was written after the connect was
+    /// confirmed; a request larger than the socket takes at once arrives whole too.
+    #[tokio::test]
+    async fn a_request_sent_with_the_connect_arrives_whole_and_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for size in [300, 8 << 20] {
+            let request: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let expected = request.clone();
+            let server = async {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let mut got = Vec::new();
+                tcp.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let client = async {
+                let (mut tcp, sent) = open(("127.0.0.1", addr.port()), &request).await.unwrap();
+                assert!(tcp.nodelay().unwrap());
+                tcp.write_all(&request[sent..]).await.unwrap();
+                tcp.shutdown().await.unwrap();
+                sent
+            };
+            let (got, sent) = tokio::join!(server, client);
+            assert!(sent <= size);
+            assert_eq!(got.len(), expected.len(), "{sent} sent with the connect");
+            assert!(got == expected, "the bytes differ ({sent} sent with the connect)");
+        }
+    }
+
+    /// A port nobody listens on: a connect error, not an HTTP one, and nothing counted
+    /// as connected (the retry loop's `ConnectTimeout`/`Connect` rather than `Http`).
+    #[tokio::test]
+    async fn a_refused_connect_is_a_connect_error_before_anything_is_sent() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let e = open(("127.0.0.1", port), b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+        let endpoint = Endpoint {
+            url: format!("ws://127.0.0.1:{port}"),
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+            authority: format!("127.0.0.1:{port}"),
+            path_prefix: String::new(),
+            query: String::new(),
+            query_keys: Vec::new(),
+        };
+        let mut connected = false;
+        let e = Connector::new(crate::tls::client_config(None).unwrap())
+            .attempt(&endpoint, &UpstreamRequest::default(), &mut connected)
+        .await
+        .unwrap_err();
+        assert!(matches!(e, AttemptError::Connect(_)), "{e}");
+        assert!(!connected);
     }
 }

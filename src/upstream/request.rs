@@ -7,6 +7,7 @@
 //! `X-Forwarded-Proto`, `X-Real-IP` and `X-Request-Id` set. [`endpoint_request`] then
 //! adds one endpoint's path prefix, query and authority for each attempt.
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 
@@ -136,43 +137,55 @@ pub fn build_request(
         }
     }
 
-    if let Ok(v) = HeaderValue::from_str(identity.1) {
-        headers.push((identity.0.clone(), v));
-    }
-    let ip = ip_text(info.addr.ip());
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.push((X_FORWARDED_FOR, v.clone()));
-        headers.push((X_REAL_IP, v));
-    }
+    // The values sluice sets are written into one buffer and cut from it: two
+    // allocations for all of them, where each value of its own took one or two.
+    let mut text = String::with_capacity(96 + identity.1.len() + request_id.len());
+    let mut cut = |part: &dyn Fn(&mut String)| {
+        let from = text.len();
+        part(&mut text);
+        from..text.len()
+    };
+    let tenant = cut(&|t| t.push_str(identity.1));
+    let ip = cut(&|t| push_ip(t, info.addr.ip()));
     let proto = if info.tls { "https" } else { "http" };
-    let mut forwarded = String::with_capacity(64);
-    forwarded.push_str("for=");
-    if info.addr.is_ipv4() {
-        forwarded.push_str(&ip);
-    } else {
-        forwarded.push_str("\"[");
-        forwarded.push_str(&ip);
-        forwarded.push_str("]\"");
-    }
-    forwarded.push_str(";proto=");
-    forwarded.push_str(proto);
-    if let Some(host) = client
+    let host = client
         .headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-    {
         // A quoted-string may not hold a bare quote or backslash: leave such a Host out.
-        if !host.contains(['"', '\\']) {
-            forwarded.push_str(";host=\"");
-            forwarded.push_str(host);
-            forwarded.push('"');
+        .filter(|host| !host.contains(['"', '\\']));
+    let forwarded = cut(&|t| {
+        t.push_str("for=");
+        if info.addr.is_ipv4() {
+            push_ip(t, info.addr.ip());
+        } else {
+            t.push_str("\"[");
+            push_ip(t, info.addr.ip());
+            t.push_str("]\"");
         }
+        t.push_str(";proto=");
+        t.push_str(proto);
+        if let Some(host) = host {
+            t.push_str(";host=\"");
+            t.push_str(host);
+            t.push('"');
+        }
+    });
+    let id = cut(&|t| t.push_str(request_id));
+    let text = Bytes::from(text);
+    let value = |range: std::ops::Range<usize>| HeaderValue::from_maybe_shared(text.slice(range));
+    if let Ok(v) = value(tenant) {
+        headers.push((identity.0.clone(), v));
     }
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Ok(v) = value(ip) {
+        headers.push((X_FORWARDED_FOR, v.clone()));
+        headers.push((X_REAL_IP, v));
+    }
+    if let Ok(v) = value(forwarded) {
         headers.push((header::FORWARDED, v));
     }
     headers.push((X_FORWARDED_PROTO, HeaderValue::from_static(proto)));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
+    if let Ok(v) = value(id) {
         headers.push((REQUEST_ID, v));
     }
     UpstreamRequest {
@@ -210,13 +223,17 @@ fn underscore_twin(name: &str, identity: &HeaderName) -> bool {
 
 /// An address as text, as its `Display` writes it (an IPv4 address without going
 /// through the formatter: see [`crate::logging::ipv4_text`]).
-fn ip_text(ip: std::net::IpAddr) -> String {
+fn push_ip(text: &mut String, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            let (text, len) = crate::logging::ipv4_text(v4);
-            String::from_utf8_lossy(&text[..len]).into_owned()
+            let (digits, len) = crate::logging::ipv4_text(v4);
+            // Digits and dots only.
+            text.push_str(std::str::from_utf8(&digits[..len]).unwrap_or_default());
         }
-        std::net::IpAddr::V6(v6) => v6.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(text, "{v6}");
+        }
     }
 }
 
@@ -293,6 +310,12 @@ mod tests {
             let ip = std::net::IpAddr::from([n, 9, n, 100]);
             assert_eq!(ip_text(ip), ip.to_string());
         }
+    }
+
+    fn ip_text(ip: std::net::IpAddr) -> String {
+        let mut text = String::from("x");
+        push_ip(&mut text, ip);
+        text.split_off(1)
     }
 
     #[test]
