@@ -1,14 +1,65 @@
 //! The `sluice` binary: parses the command line and runs it (see [`sluice::cli`]).
 
+/// jemalloc (feature `jemalloc`, on by default on Linux): per-thread caches that hold far
+/// more blocks than glibc's tcache (7 per size), so a handshake's allocations, with
+/// hundreds of sessions opening and closing at once, rarely reach the arenas.
+#[cfg(all(target_os = "linux", feature = "jemalloc"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     #[cfg(unix)]
     raise_open_files_limit();
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(all(target_os = "linux", feature = "jemalloc"))]
+    jemalloc::install();
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
     {
         fixed_mmap_threshold();
         trim::install();
     }
     sluice::cli::main()
+}
+
+/// What [`sluice::release::memory`] runs after many sessions ended, with jemalloc: each
+/// worker flushes its thread cache to the arenas, then every arena's unused pages go
+/// back to the OS at once (without it they would go on jemalloc's decay, over about
+/// ten seconds, and only when the allocator is called again).
+#[cfg(all(target_os = "linux", feature = "jemalloc"))]
+mod jemalloc {
+    use sluice::release::memory::Hooks;
+
+    pub(super) fn install() {
+        sluice::release::memory::install(Hooks {
+            trim,
+            prepare_thread: || {},
+            release_cache,
+        });
+    }
+
+    /// `mallctl` of a command that takes and gives nothing (`name` ends with NUL).
+    fn run(name: &[u8]) {
+        debug_assert_eq!(name.last(), Some(&0));
+        // SAFETY: a NUL-terminated name of a void mallctl; no old or new value.
+        unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr().cast(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            );
+        }
+    }
+
+    /// Purges the unused pages of every arena (4096 is `MALLCTL_ARENAS_ALL`).
+    fn trim() {
+        run(b"arena.4096.purge\0");
+    }
+
+    /// Flushes the calling thread's cache into the arenas.
+    fn release_cache() {
+        run(b"thread.tcache.flush\0");
+    }
 }
 
 /// Each proxied session needs two file descriptors, and container runtimes often start
@@ -36,7 +87,7 @@ fn raise_open_files_limit() {
 /// freed. glibc's default threshold is dynamic: after such a block is freed it rises to
 /// that block's size, and later ones come from the heap, where freed memory stays in
 /// RSS. Setting it fixes it at `MMAP_THRESHOLD` (and the trim threshold at twice that).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
 fn fixed_mmap_threshold() {
     const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
     // SAFETY: mallopt only sets a parameter of glibc's malloc, before any thread starts.
@@ -48,7 +99,7 @@ fn fixed_mmap_threshold() {
 /// What [`sluice::release::memory`] runs after many sessions ended: glibc's malloc keeps
 /// their memory in its arenas and in each thread's cache, so after a reconnect storm RSS
 /// would stay at its peak for good.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
 mod trim {
     use std::cell::RefCell;
 
