@@ -7,6 +7,20 @@
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read at its first call (before `main`): a background thread hands
+/// unused pages back after a second (`dirty_decay_ms`), also while sluice is idle and
+/// calls no allocator. Without it the blocks of a large message relayed in `accept` mode
+/// stayed in RSS until jemalloc was called again, up to ten seconds later: after one
+/// 1 MB message an idle session held 24.4 KB, with it 5–20 KB (`idle_memory 200 accept
+/// --large 1000000`; docs/benchmarks.md). After many sessions end, [`jemalloc::install`]'s hooks hand memory
+/// back at once. `_RJEM_MALLOC_CONF` in the environment is read after this and wins.
+#[cfg(all(target_os = "linux", feature = "jemalloc"))]
+#[export_name = "_rjem_malloc_conf"]
+pub static JEMALLOC_CONF: Option<&'static std::ffi::c_char> = Some(
+    // SAFETY: the first byte of a static C string.
+    unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() },
+);
+
 fn main() -> std::process::ExitCode {
     #[cfg(unix)]
     raise_open_files_limit();

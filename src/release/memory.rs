@@ -2,7 +2,9 @@
 //!
 //! The allocator keeps what ended sessions freed: glibc's arenas keep free pages, and
 //! each thread's cache (tcache: the last few blocks freed of each small size) keeps
-//! blocks scattered over the heap, each pinning its page. After a storm of closes that
+//! blocks scattered over the heap, each pinning its page (jemalloc, the binary's
+//! allocator by default, keeps them in its thread caches and hands pages back only on
+//! its decay; `src/main.rs` sets hooks for either). After a storm of closes that
 //! held RSS at 1.25 to 1.35 times what it was before the sessions opened. The binary,
 //! which may call the allocator, installs [`Hooks`]: `trim` hands every arena's free
 //! pages back (`malloc_trim`), `release_cache` empties the calling thread's cache into
