@@ -1,12 +1,11 @@
 //! Step 5 of the flow: one handshake attempt on one endpoint.
 //!
 //! [`Connector::attempt`] connects over TCP (and TLS for `wss://`), writes the request
-//! of [`endpoint_request`] on the socket (in plain text with the connect itself, when the
-//! kernel completes the connect at once: `open`) and reads the answer's head with
-//! `httparse`; a
-//! `101` leaves the socket to the relay as it is (no connection task, no upgrade
-//! hand-off), any other status becomes [`AttemptError::Status`] with its `Retry-After`
-//! and trace id. Which endpoint, how often and for how long is [`super::retry`]'s
+//! of [`endpoint_request`] on the socket (in plain text together with the connect, when
+//! the kernel completes the connect at once: `open`) and reads the answer's head with
+//! `httparse`; a `101` leaves the socket to the relay as it is (no connection task, no
+//! upgrade hand-off), any other status becomes [`AttemptError::Status`] with its
+//! `Retry-After` and trace id. Which endpoint, how often and for how long is [`super::retry`]'s
 //! business.
 
 use std::net::SocketAddr;
