@@ -25,7 +25,9 @@
 //!
 //! End of stream on one leg is passed on as a write shutdown (TCP FIN) of the other, and
 //! the other direction gets [`HALF_CLOSE_LINGER`] to finish (the WebSocket closing
-//! handshake). An error on either leg ends both at once, except when that leg has sent
+//! handshake). Over plain TCP, an end of stream that comes after the closing handshake
+//! has passed both ways (each side's close frame written whole) ends the session at
+//! once: both connections close, as nothing may follow a close frame. An error on either leg ends both at once, except when that leg has sent
 //! its close frame and then reset its connection (a server that closes its socket right
 //! after the closing handshake, with the answering close frame unread, resets it): that
 //! is the leg's clean end, as every byte it sent has passed. Both tunnels follow frame

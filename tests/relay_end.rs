@@ -210,6 +210,89 @@ async fn edge_that_closes_with_the_close_answer_unread_ends_clean() {
     assert_eq!((stats.client_to_edge, stats.edge_to_client), (8, 4));
 }
 
+/// The closing handshake passes both ways, then the edge ends its stream while the
+/// client keeps its connection open: nothing may follow a close frame, so the session
+/// is over at once, cleanly, and the client gets its end of stream. (Before, the end was
+/// passed on as a half-close and the session waited for the client's own end, up to
+/// HALF_CLOSE_LINGER, then counted `linger_timeout`.)
+#[tokio::test]
+async fn an_end_of_stream_after_the_closing_handshake_ends_the_session_at_once() {
+    let (mut client, client_side) = pair().await;
+    let (edge_side, mut edge) = pair().await;
+    let task = tokio::spawn(relay_all(
+        leg(Stream::Plain(client_side)),
+        leg(Stream::Plain(edge_side)),
+    ));
+    edge.write_all(&close_frame(None)).await.unwrap();
+    assert_eq!(read_exact(&mut client, 4).await, close_frame(None));
+    let answer = close_frame(Some([4, 3, 2, 1]));
+    client.write_all(&answer).await.unwrap();
+    assert_eq!(read_exact(&mut edge, 8).await, answer);
+    edge.shutdown().await.unwrap();
+    let stats = finish(task).await;
+    assert_eq!(
+        stats,
+        RelayStats {
+            client_to_edge: 8,
+            edge_to_client: 4,
+            end: End::EdgeClosed
+        }
+    );
+    // The client, which has not ended its own stream, gets the end of the edge's.
+    read_eof(&mut client).await;
+    read_eof(&mut edge).await;
+}
+
+/// The same when the client starts the closing handshake and ends its stream first.
+#[tokio::test]
+async fn a_client_end_after_the_closing_handshake_ends_the_session_at_once() {
+    let (mut client, client_side) = pair().await;
+    let (edge_side, mut edge) = pair().await;
+    let task = tokio::spawn(relay_all(
+        leg(Stream::Plain(client_side)),
+        leg(Stream::Plain(edge_side)),
+    ));
+    let close = close_frame(Some([7, 7, 7, 7]));
+    client.write_all(&close).await.unwrap();
+    assert_eq!(read_exact(&mut edge, 8).await, close);
+    edge.write_all(&close_frame(None)).await.unwrap();
+    assert_eq!(read_exact(&mut client, 4).await, close_frame(None));
+    client.shutdown().await.unwrap();
+    let stats = finish(task).await;
+    assert_eq!(stats.end, End::ClientClosed, "{stats:?}");
+    read_eof(&mut edge).await;
+}
+
+/// Only one close frame passed: an end of stream is passed on as a half-close, and the
+/// other direction may still finish (here the edge answers after the client's end).
+#[tokio::test]
+async fn an_end_with_the_closing_handshake_half_done_is_passed_on() {
+    let (mut client, client_side) = pair().await;
+    let (edge_side, mut edge) = pair().await;
+    let task = tokio::spawn(relay_all(
+        leg(Stream::Plain(client_side)),
+        leg(Stream::Plain(edge_side)),
+    ));
+    let close = close_frame(Some([5, 6, 7, 8]));
+    client.write_all(&close).await.unwrap();
+    client.shutdown().await.unwrap();
+    assert_eq!(read_exact(&mut edge, 8).await, close);
+    read_eof(&mut edge).await;
+    edge.write_all(&close_frame(None)).await.unwrap();
+    assert_eq!(read_exact(&mut client, 4).await, close_frame(None));
+    edge.shutdown().await.unwrap();
+    read_eof(&mut client).await;
+    let stats = finish(task).await;
+    assert_eq!(
+        stats,
+        RelayStats {
+            client_to_edge: 8,
+            edge_to_client: 4,
+            end: End::ClientClosed
+        }
+    );
+}
+
 /// The same from the client's side: it sends its close frame and resets.
 #[tokio::test]
 async fn client_that_resets_right_after_its_close_frame_ends_clean() {

@@ -85,6 +85,18 @@ pub(super) async fn relay_plain(
     if let Err(end) = first_end(from_client, how) {
         return end;
     }
+    if ended.sent_close() && other.sent_close() {
+        // The closing handshake is over (each side's close frame has passed whole, and
+        // nothing may follow a close frame) and one side ended its stream: so is the
+        // session. Both connections close now, as NGINX closes both at the first end of
+        // stream. Passing the half-close on and waiting for the other side's end would
+        // only cost a shutdown, a read, a wake-up and a timer.
+        return if from_client {
+            End::ClientClosed
+        } else {
+            End::EdgeClosed
+        };
+    }
     // One side ended its stream: pass the end on, and give the other direction
     // HALF_CLOSE_LINGER to finish (the WebSocket closing handshake).
     let (clean, dir, ended, src, dst, count) = if from_client {
