@@ -16,8 +16,8 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Semaphore};
 
 use crate::{
-    authority, calls, clk_tck, close, connect, cpu_us, machine_us, pct, round1, round3, round_trip,
-    secs, self_us, sip, Frames, STEP_TIMEOUT,
+    authority, calls, clk_tck, close, connect, cpu_split_us, cpu_us, machine_us, pct, round1,
+    round3, round_trip, secs, self_us, sip, Frames, STEP_TIMEOUT,
 };
 
 const RUN: u8 = 0;
@@ -133,7 +133,7 @@ pub(crate) async fn load(
     let cpu0 = if pids.is_empty() {
         None
     } else {
-        Some(cpu_us(pids, tck)?)
+        Some(cpu_split_us(pids, tck)?)
     };
     let (busy0, steal0) = machine_us(tck);
     let (self0, echo0) = (self_us(tck), cpu_us(echo_pids, tck).unwrap_or(0.0));
@@ -146,9 +146,15 @@ pub(crate) async fn load(
     shared.record.store(false, Ordering::SeqCst);
     let rt1 = shared.round_trips.load(Ordering::SeqCst);
     let cpu1 = match cpu0 {
-        Some(_) => Some(cpu_us(pids, tck)?),
+        Some(_) => Some(cpu_split_us(pids, tck)?),
         None => None,
     };
+    // User and system time apart: the system part is the kernel's work for the proxy's
+    // sockets, which every proxy making the same system calls shares.
+    let split = cpu0
+        .zip(cpu1)
+        .map(|((u0, s0), (u1, s1))| (u1 - u0, s1 - s0));
+    let (cpu0, cpu1) = (cpu0.map(|(u, s)| u + s), cpu1.map(|(u, s)| u + s));
     let (busy1, steal1) = machine_us(tck);
     let (self1, echo1) = (self_us(tck), cpu_us(echo_pids, tck).unwrap_or(0.0));
     let n = rt1 - rt0;
@@ -176,6 +182,10 @@ pub(crate) async fn load(
         out["proxy_cpu_us"] = json!(round1(b - a));
         out["cpu_us_per_rt"] = json!(round3((b - a) / n.max(1) as f64));
         out["proxy_cpu_cores"] = json!(round3((b - a) / 1e6 / window));
+    }
+    if let Some((user, system)) = split {
+        out["user_us_per_rt"] = json!(round3(user / n.max(1) as f64));
+        out["sys_us_per_rt"] = json!(round3(system / n.max(1) as f64));
     }
 
     if let (Some(perf_secs), false) = (perf, pids.is_empty()) {

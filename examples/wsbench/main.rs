@@ -525,7 +525,14 @@ fn clk_tck() -> f64 {
 
 /// User + system CPU time of the processes, in µs (from /proc/PID/stat, all threads).
 fn cpu_us(pids: &[u32], tck: f64) -> Result<f64, String> {
-    let mut ticks = 0u64;
+    cpu_split_us(pids, tck).map(|(user, system)| user + system)
+}
+
+/// (user, system) CPU time of the processes, in µs (from /proc/PID/stat, all threads).
+/// System time includes what the kernel does in the process's system calls on behalf of
+/// its peers: on loopback, a send also runs the receiving socket's TCP processing.
+fn cpu_split_us(pids: &[u32], tck: f64) -> Result<(f64, f64), String> {
+    let (mut user, mut system) = (0u64, 0u64);
     for pid in pids {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
@@ -535,9 +542,11 @@ fn cpu_us(pids: &[u32], tck: f64) -> Result<f64, String> {
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ut: u64 = f.get(11).and_then(|v| v.parse().ok()).ok_or("utime")?;
         let st: u64 = f.get(12).and_then(|v| v.parse().ok()).ok_or("stime")?;
-        ticks += ut + st;
+        user += ut;
+        system += st;
     }
-    Ok(ticks as f64 * 1e6 / tck)
+    let us = |ticks: u64| ticks as f64 * 1e6 / tck;
+    Ok((us(user), us(system)))
 }
 
 /// Busy and stolen time of the whole machine, in µs (/proc/stat, all CPUs).

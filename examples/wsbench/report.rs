@@ -417,11 +417,71 @@ fn versus_proxies(d: &Data) {
             "handshakes",
             "fill_cpu_us_per_handshake",
         ),
+        (
+            "user CPU µs / handshake (fills)",
+            "handshakes",
+            "fill_user_us_per_handshake",
+        ),
+        (
+            "system CPU µs / handshake (fills)",
+            "handshakes",
+            "fill_sys_us_per_handshake",
+        ),
+        ("user CPU µs / round trip", "load", "user_us_per_rt"),
+        ("system CPU µs / round trip", "load", "sys_us_per_rt"),
     ] {
         println!(
             "| {label} | {} | {} |",
             d.paired("sluice", sc, f, "nginx"),
             d.paired("sluice", sc, f, "haproxy")
+        );
+    }
+    floors(d);
+}
+
+/// How low sluice's CPU ratio to NGINX could go if its own code cost nothing: sluice's
+/// system time ÷ NGINX's whole CPU time, within each repetition. The system time is the
+/// kernel's work for the same system calls and the same packets (on loopback, a send
+/// also runs the receiving socket's TCP processing), which no user-space change removes;
+/// a target below this floor needs fewer or cheaper system calls, not less code.
+fn floors(d: &Data) {
+    let rows = [
+        (
+            "CPU / handshake (fills)",
+            "handshakes",
+            "fill_sys_us_per_handshake",
+            "fill_user_us_per_handshake",
+            "fill_cpu_us_per_handshake",
+        ),
+        (
+            "CPU / round trip",
+            "load",
+            "sys_us_per_rt",
+            "user_us_per_rt",
+            "cpu_us_per_rt",
+        ),
+    ];
+    if !d.has("nginx")
+        || rows
+            .iter()
+            .all(|(_, sc, sys, _, _)| d.get("sluice", sc, sys).is_none())
+    {
+        return;
+    }
+    println!("\nWhere the CPU ratio to NGINX can go (within each repetition: median (min–max)):\n");
+    println!("| figure | sluice ÷ NGINX | sluice's system time ÷ NGINX's CPU (the ratio with no user-space work at all) | NGINX's user share of its CPU |");
+    println!("|---|---|---|---|");
+    let show = |r: Vec<f64>| {
+        stats(&r).map_or("—".into(), |(m, lo, hi)| {
+            format!("{m:.2}× ({lo:.2}–{hi:.2})")
+        })
+    };
+    for (label, sc, sys, user, total) in rows {
+        println!(
+            "| {label} | {} | {} | {} |",
+            d.paired("sluice", sc, total, "nginx"),
+            show(d.ratios("sluice", sc, sys, "nginx", total)),
+            show(d.ratios("nginx", sc, user, "nginx", total)),
         );
     }
 }

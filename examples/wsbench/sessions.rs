@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::{
-    authority, clk_tck, close, connect, cpu_us, payload, pct, round1, round3, round_trip, rss_kib,
-    secs, sip, Ws,
+    authority, clk_tck, close, connect, cpu_split_us, payload, pct, round1, round3, round_trip,
+    rss_kib, secs, sip, Ws,
 };
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -214,11 +214,12 @@ async fn fill(
 pub(crate) async fn handshakes(url: &str, f: &Fills, pids: &[u32]) -> Result<Value, String> {
     let addr = authority(url)?;
     let tck = clk_tck();
-    let cpu = || -> Result<Option<f64>, String> {
+    // (user, system) µs of the proxy.
+    let cpu = || -> Result<Option<(f64, f64)>, String> {
         if pids.is_empty() {
             Ok(None)
         } else {
-            cpu_us(pids, tck).map(Some)
+            cpu_split_us(pids, tck).map(Some)
         }
     };
     let port: u16 = addr
@@ -233,6 +234,7 @@ pub(crate) async fn handshakes(url: &str, f: &Fills, pids: &[u32]) -> Result<Val
     let (mut ok, mut errors) = (0usize, 0usize);
     let (mut connect_secs, mut close_secs) = (0.0, 0.0);
     let (mut cpu_connect, mut cpu_cycle) = (0.0, 0.0);
+    let (mut user_connect, mut sys_connect) = (0.0, 0.0);
     let mut per_fill = Vec::new();
     let mut done = 0;
     while done < f.fills.max(1) && (done == 0 || start.elapsed().as_secs_f64() < f.max_secs) {
@@ -264,9 +266,12 @@ pub(crate) async fn handshakes(url: &str, f: &Fills, pids: &[u32]) -> Result<Val
             one["listen_overflows"] = json!(b.0.saturating_sub(a.0));
         }
         if let (Some(c0), Some(c1), Some(c2)) = (c0, c1, c2) {
-            cpu_connect += c1 - c0;
-            cpu_cycle += c2 - c0;
-            one["cpu_us_per_handshake"] = json!(round1((c1 - c0) / n.max(1) as f64));
+            let total = |(u, s): (f64, f64)| u + s;
+            cpu_connect += total(c1) - total(c0);
+            cpu_cycle += total(c2) - total(c0);
+            user_connect += c1.0 - c0.0;
+            sys_connect += c1.1 - c0.1;
+            one["cpu_us_per_handshake"] = json!(round1((total(c1) - total(c0)) / n.max(1) as f64));
         }
         eprintln!("handshakes: fill {done}: {one}");
         per_fill.push(one);
@@ -292,6 +297,9 @@ pub(crate) async fn handshakes(url: &str, f: &Fills, pids: &[u32]) -> Result<Val
     if !pids.is_empty() {
         out["fill_cpu_us_per_handshake"] = json!(round1(cpu_connect / ok.max(1) as f64));
         out["fill_cpu_us_per_session"] = json!(round1(cpu_cycle / ok.max(1) as f64));
+        // The connect phase's CPU, user and system apart.
+        out["fill_user_us_per_handshake"] = json!(round1(user_connect / ok.max(1) as f64));
+        out["fill_sys_us_per_handshake"] = json!(round1(sys_connect / ok.max(1) as f64));
     }
     out["time_wait_before"] = json!(tw_before);
     out["time_wait_after"] = json!(time_wait(port));
