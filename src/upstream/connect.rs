@@ -192,13 +192,18 @@ struct Answer {
 async fn read_response(stream: &mut Stream) -> Result<(Answer, Bytes), AttemptError> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
-        if let Some((len, answer)) = parse_response(&buf)? {
-            let _ = buf.split_to(len);
-            if answer.status.is_informational() && answer.status != StatusCode::SWITCHING_PROTOCOLS
-            {
-                continue;
+        // Nothing to parse before the first read (the parser's header array alone is
+        // 3 KiB to initialise).
+        if !buf.is_empty() {
+            if let Some((len, answer)) = parse_response(&buf)? {
+                let _ = buf.split_to(len);
+                if answer.status.is_informational()
+                    && answer.status != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    continue;
+                }
+                return Ok((answer, buf.freeze()));
             }
-            return Ok((answer, buf.freeze()));
         }
         if buf.len() >= MAX_RESPONSE_HEAD {
             return Err(AttemptError::Http(invalid(format!(
