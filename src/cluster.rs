@@ -27,13 +27,17 @@
 //! so that writes arriving out of order or twice cannot skew it. Every `heartbeat` a
 //! replica renews its lease (`sluice:replicas`) and republishes every count; the
 //! counts of a replica whose lease ran out (`lease_ttl`: it was killed) are ignored and
-//! removed by the next script. A Redis that is new, restarted empty or flushed has no
-//! `sluice:epoch`: the first heartbeat to see that names a new one. A decision sent
-//! with another epoch than Redis's is refused (`epoch`), so a replica republishes (a
-//! heartbeat) before it decides on a new Redis; and a replica that had published to an
-//! earlier one decides on its share (of the replica set it saw before) for one
-//! heartbeat, until all the others have republished too. A replica that never saw a
-//! Redis (a fresh start) has nothing to republish and decides on Redis at once.
+//! removed by the next script. A count published while this replica asks Redis for a
+//! slot includes that slot (Redis may count one too many for a moment, never one too
+//! few) and says so (`P:a`): decisions count it, the sessions replicas report (the
+//! `cluster_live` of `/api/tenants`, `sluice_cluster_sessions_active`) leave it out. A
+//! Redis that is new, restarted empty or flushed has no `sluice:epoch`: the first
+//! heartbeat to see that names a new one. A decision sent with another epoch than
+//! Redis's is refused (`epoch`), so a replica republishes (a heartbeat) before it
+//! decides on a new Redis; and a replica that had published to an earlier one decides
+//! on its share (of the replica set it saw before) for one heartbeat, until all the
+//! others have republished too. A replica that never saw a Redis (a fresh start) has
+//! nothing to republish and decides on Redis at once.
 //!
 //! # Redis slow or down
 //!

@@ -13,11 +13,21 @@ use crate::metrics::ScopeMetrics;
 
 mod ask;
 
-/// `counts`: the live count is the low 24 bits, the version the rest; every change adds
+/// `counts`: the live count is the low 24 bits, then [`ASKING`] and [`SEEN`], the
+/// version the rest; every change of the count (or of what Redis is told of it) adds
 /// one to the version in the same atomic operation.
 const COUNT_BITS: u32 = 24;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-const VERSION_ONE: u64 = 1 << COUNT_BITS;
+/// The count includes a slot Redis is being asked for ([`Pending`]; one ask at a time:
+/// only the scope's pump or arbiter asks). A count published meanwhile says so, and
+/// what replicas report as the cluster's sessions leaves that slot out.
+const ASKING: u64 = 1 << COUNT_BITS;
+/// A count was published (heartbeat, flusher) while [`ASKING`]: once the slot is
+/// granted, Redis may still hold it as asked for, so the count is published again.
+const SEEN: u64 = 1 << (COUNT_BITS + 1);
+/// Where the version starts in `counts`.
+const VERSION_SHIFT: u32 = COUNT_BITS + 2;
+const VERSION_ONE: u64 = 1 << VERSION_SHIFT;
 
 /// Marks a [`Taken`] from Redis (in the interval's top bit), so that its refund goes
 /// back to Redis, not to the local bucket.
@@ -92,7 +102,8 @@ pub(crate) struct ScopeState {
 
 /// A slot counted before Redis is asked (so that every count this replica publishes
 /// meanwhile includes it: Redis may count one too many for a moment, never one too
-/// few); uncounted on drop unless Redis granted it.
+/// few; marked [`ASKING`], so that the sessions replicas report leave it out);
+/// uncounted on drop unless Redis granted it ([`Pending::grant`]).
 struct Pending<'a> {
     scope: &'a ScopeState,
     /// (count, version) with the slot counted.
@@ -102,11 +113,37 @@ struct Pending<'a> {
 
 impl<'a> Pending<'a> {
     fn new(scope: &'a ScopeState) -> Self {
-        let after = scope.counts.fetch_add(VERSION_ONE + 1, Ordering::AcqRel) + VERSION_ONE + 1;
+        let step = |c: u64| (c | ASKING) + VERSION_ONE + 1;
+        let before = scope
+            .counts
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some(step(c)))
+            .unwrap_or_else(|c| c);
+        let after = step(before);
         Self {
             scope,
-            snapshot: (after & COUNT_MASK, after >> COUNT_BITS),
+            snapshot: (after & COUNT_MASK, after >> VERSION_SHIFT),
             granted: false,
+        }
+    }
+
+    /// Redis granted the slot: a session now, no longer asked for. A count published
+    /// while it was asked for may have reached Redis after the grant (marked asked
+    /// for): published again then, newer.
+    fn grant(&mut self) {
+        self.granted = true;
+        let before = self
+            .scope
+            .counts
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                Some(if c & SEEN == 0 {
+                    c & !ASKING
+                } else {
+                    (c & !(ASKING | SEEN)) + VERSION_ONE
+                })
+            })
+            .unwrap_or_else(|c| c);
+        if before & SEEN != 0 {
+            self.scope.mark_dirty();
         }
     }
 }
@@ -114,9 +151,17 @@ impl<'a> Pending<'a> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if !self.granted {
+            // Version + 1, count - 1, no longer asked for (the count is at least the
+            // slot being undone); published (Redis may hold it as asked for).
+            self.scope
+                .counts
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                    Some((c & !(ASKING | SEEN)).wrapping_add(VERSION_ONE.wrapping_sub(1)))
+                })
+                .ok();
             // Nothing freed: no local wake-up (the pump that asked would ask again at
             // once, in a loop).
-            self.scope.uncount(false);
+            self.scope.mark_dirty();
         }
     }
 }
@@ -191,7 +236,19 @@ impl ScopeState {
     /// This replica's count and its version, as one snapshot.
     pub(super) fn snapshot(&self) -> (u64, u64) {
         let c = self.counts.load(Ordering::Acquire);
-        (c & COUNT_MASK, c >> COUNT_BITS)
+        (c & COUNT_MASK, c >> VERSION_SHIFT)
+    }
+
+    /// This replica's count, its version and whether it includes a slot being asked
+    /// for, as one snapshot, to publish (marked [`SEEN`] when it does).
+    pub(super) fn to_publish(&self) -> (u64, u64, bool) {
+        let c = self
+            .counts
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c & (ASKING | SEEN) == ASKING).then_some(c | SEEN)
+            })
+            .unwrap_or_else(|c| c);
+        (c & COUNT_MASK, c >> VERSION_SHIFT, c & ASKING != 0)
     }
 
     /// Whether the count changed since it was published; clears the mark.
@@ -217,16 +274,14 @@ impl ScopeState {
         }
     }
 
-    /// One slot fewer (a release, or an ask Redis refused); `freed`: wake this
-    /// replica's waiting pump (a session ended).
-    fn uncount(&self, freed: bool) {
+    /// One slot fewer (a session ended): published, and this replica's waiting pump
+    /// woken.
+    fn uncount(&self) {
         // Version + 1, count - 1 (the count is at least the one being undone).
         self.counts
             .fetch_add(VERSION_ONE.wrapping_sub(1), Ordering::AcqRel);
         self.mark_dirty();
-        if freed {
-            self.freed.notify_waiters();
-        }
+        self.freed.notify_waiters();
     }
 
     fn rate(&self) -> (f64, u32) {
@@ -347,7 +402,7 @@ impl SharedCapacity for ScopeState {
     }
 
     fn release_slot(&self) {
-        self.uncount(true);
+        self.uncount();
     }
 
     fn try_take(&self, now: Instant) -> Fast<Taken> {

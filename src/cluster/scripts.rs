@@ -7,7 +7,8 @@
 //! | `sluice:replicas` | sorted set | replica id → its lease's end (µs, Redis time) |
 //! | `sluice:owners` | hash | replica id → `INCARNATION:LEASE_END` of the process holding it (two live processes cannot share an id) |
 //! | `sluice:epoch` | string | which Redis this is: a new, restarted-empty or flushed Redis has none, and the first heartbeat to see that names it |
-//! | `P:n` | hash | replica id → its live sessions of scope `P` |
+//! | `P:n` | hash | replica id → its live sessions of scope `P` (with the slot it is asking for, if it was asking when it published: never one too few) |
+//! | `P:a` | hash | replica id → 1 while its count in `P:n` includes a slot it was asking for, not granted (what a replica reports as the cluster's sessions leaves it out) |
 //! | `P:v` | hash | replica id → `INCARNATION:VERSION` of that count (a count is only replaced by a newer one) |
 //! | `P:r` | string | the scope's GCRA theoretical arrival time (µs) |
 //! | `P:p` | string | until when (µs) the edge asked that the scope send nothing (`Retry-After`), expiring then |
@@ -44,9 +45,10 @@ local function epoch_state(key, known)
   if not ep or ep ~= known then return 'epoch', 0 end
   return nil, 0
 end
--- Sets replica me's count of a scope unless Redis holds a newer one of the same
+-- Sets replica me's count of a scope, and whether it includes a slot me is asking
+-- for (`asking`, '1'; in `a`), unless Redis holds a newer one of the same
 -- incarnation; returns how much lower the count is now (0: not lower, or not set).
-local function apply(n, v, me, count, inc, version)
+local function apply(n, v, a, me, count, asking, inc, version)
   local old = redis.call('HGET', v, me)
   if old then
     local oi, ov = string.match(old, '^(.*):(%d+)$')
@@ -55,24 +57,29 @@ local function apply(n, v, me, count, inc, version)
   local before = tonumber(redis.call('HGET', n, me) or '0')
   redis.call('HSET', n, me, count)
   redis.call('HSET', v, me, inc .. ':' .. s(version))
+  if asking == '1' then redis.call('HSET', a, me, 1) else redis.call('HDEL', a, me) end
   return before - tonumber(count)
 end
--- Live sessions of the other live replicas (dead ones' counts are dropped).
-local function others(n, v, replicas, me)
-  local total = 0
+-- The counts of the other live replicas (dead ones' are dropped): their sum, which
+-- decisions use (it includes slots being asked for), and how many of those are slots
+-- being asked for (left out of the sessions a replica reports).
+local function others(n, v, a, replicas, me)
+  local total, asked = 0, 0
   local rows = redis.call('HGETALL', n)
   for i = 1, #rows, 2 do
     local r = rows[i]
     if r ~= me then
       if alive(replicas, r) then
         total = total + tonumber(rows[i + 1])
+        asked = asked + tonumber(redis.call('HGET', a, r) or '0')
       else
         redis.call('HDEL', n, r)
         redis.call('HDEL', v, r)
+        redis.call('HDEL', a, r)
       end
     end
   end
-  return total
+  return total, asked
 end
 -- Whether another live replica's head arrived before `before`.
 local function behind(w, replicas, me, before)
@@ -147,7 +154,7 @@ end
 
 /// A session slot (and, with `take`, a token with it).
 ///
-/// KEYS: replicas, epoch, P:n, P:v, P:r, P:w, P:p, P:f, P:vt, P:c.
+/// KEYS: replicas, epoch, P:n, P:v, P:r, P:w, P:p, P:f, P:vt, P:c, P:a.
 /// ARGV: me, epoch, count (this replica's, the slot asked for included), incarnation,
 /// version, cap, interval µs, tolerance µs, head µs (-1: no FIFO), take (0/1), lease µs,
 /// channel, tenant ('' : not fair-queued), weight, the arrival of the client after the
@@ -156,9 +163,10 @@ end
 /// this turn is served). A tenant scope keeps FIFO by its
 /// heads' arrivals; the edge orders the replicas' arbiters by their next tenant's start
 /// tag (start-time fair queuing across replicas).
-/// Returns `{'ok', now, cluster total, tat (0: no token), token ready at}`,
-/// `{'full', now, cluster total}`, `{'turn', now, 0}`, `{'paused', now, until}` or
-/// `{'epoch', now, 0}`.
+/// Returns `{'ok', now, cluster sessions, tat (0: no token), token ready at}`,
+/// `{'full', now, cluster sessions}`, `{'turn', now, 0}`, `{'paused', now, until}` or
+/// `{'epoch', now, 0}`; the sessions leave out the slots other replicas published while
+/// asking for them, and the one asked for here unless granted.
 pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}
@@ -168,7 +176,8 @@ local me, head, interval = ARGV[1], tonumber(ARGV[9]), tonumber(ARGV[7])
 local paused = tonumber(redis.call('GET', KEYS[7]) or '0')
 if paused > now then return {{'paused', now, paused}} end
 local tenant, tag = ARGV[13], 0
-local total = others(KEYS[3], KEYS[4], KEYS[1], me) + tonumber(ARGV[3])
+local total, asked = others(KEYS[3], KEYS[4], KEYS[11], KEYS[1], me)
+total = total + tonumber(ARGV[3])
 if head >= 0 then
   local ttl = s(math.floor(tonumber(ARGV[11]) / 1000))
   redis.call('ZADD', KEYS[6], s(head), me)
@@ -184,8 +193,11 @@ elseif tenant ~= '' then
   redis.call('PEXPIRE', KEYS[6], s(math.floor(tonumber(ARGV[11]) / 1000)))
   if behind(KEYS[6], KEYS[1], me, tag) then return {{'turn', now, 0}} end
 end
-if total > tonumber(ARGV[6]) then return {{'full', now, total - 1}} end
-apply(KEYS[3], KEYS[4], me, ARGV[3], ARGV[4], tonumber(ARGV[5]))
+if total > tonumber(ARGV[6]) then return {{'full', now, total - asked - 1}} end
+apply(KEYS[3], KEYS[4], KEYS[11], me, ARGV[3], '0', ARGV[4], tonumber(ARGV[5]))
+-- Granted: a count this replica published while it asked (newer than the one above,
+-- or not) holds this slot as a session now.
+redis.call('HDEL', KEYS[11], me)
 local tat, ready = 0, 0
 if ARGV[10] == '1' then
   tat, ready = take(KEYS[5], interval, tonumber(ARGV[8]))
@@ -195,7 +207,7 @@ if ARGV[10] == '1' then
     served(KEYS[6], me, ARGV[12], then_tag(KEYS[8], KEYS[9], ARGV[16]))
   end
 end
-return {{'ok', now, total, tat, ready}}"
+return {{'ok', now, total - asked, tat, ready}}"
     ))
 });
 
@@ -251,11 +263,12 @@ return 0"
 /// and some replica waits, tells the waiting replicas (a count that did not go down —
 /// an ask that was refused — sends no notice: refusals must not wake each other).
 ///
-/// KEYS: P:n, P:v, P:w. ARGV: me, count, incarnation, version, channel.
+/// KEYS: P:n, P:v, P:w, P:a. ARGV: me, count, incarnation, version, channel, whether
+/// the count includes a slot being asked for (0/1).
 pub(super) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}
-local freed = apply(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+local freed = apply(KEYS[1], KEYS[2], KEYS[4], ARGV[1], ARGV[2], ARGV[6], ARGV[3], tonumber(ARGV[4]))
 if freed > 0 and redis.call('ZCARD', KEYS[3]) > 0 then redis.call('PUBLISH', ARGV[5], 'f') end
 return 0"
     ))
@@ -267,8 +280,10 @@ return 0"
 /// KEYS: replicas, epoch, owners. ARGV: me, lease µs, 1 if this process held its id
 /// before (0: new), epoch id if new, this
 /// process's incarnation, then per scope `P`, count, version, the scope's incarnation,
-/// whether this replica waits on it (0/1).
-/// Returns `{now, epoch, {live replica ids}, {cluster total per scope}}`, or
+/// whether this replica waits on it (0/1), whether the count includes a slot being
+/// asked for (0/1).
+/// Returns `{now, epoch, {live replica ids}, {cluster sessions per scope}}` (slots
+/// being asked for left out), or
 /// `{now, 'conflict', incarnation}` when this process held its id before and another
 /// live process has taken it since (nothing is written then).
 pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
@@ -291,16 +306,18 @@ if not ep then
   redis.call('SET', KEYS[2], ep)
 end
 local totals = {{}}
-for i = 6, #ARGV, 5 do
-  local n, v = ARGV[i] .. ':n', ARGV[i] .. ':v'
-  apply(n, v, me, ARGV[i + 1], ARGV[i + 3], tonumber(ARGV[i + 2]))
+for i = 6, #ARGV, 6 do
+  local n, v, a = ARGV[i] .. ':n', ARGV[i] .. ':v', ARGV[i] .. ':a'
+  apply(n, v, a, me, ARGV[i + 1], ARGV[i + 5], ARGV[i + 3], tonumber(ARGV[i + 2]))
   -- Nobody of this replica waits: no head of it among the waiters (a stray one, from
   -- an ask whose answer was lost, goes within a heartbeat).
   if ARGV[i + 4] == '0' then redis.call('ZREM', ARGV[i] .. ':w', me) end
   redis.call('PEXPIRE', n, s(math.floor(3 * lease / 1000)))
   redis.call('PEXPIRE', v, s(math.floor(3 * lease / 1000)))
-  local mine = tonumber(redis.call('HGET', n, me) or '0')
-  table.insert(totals, others(n, v, KEYS[1], me) + mine)
+  redis.call('PEXPIRE', a, s(math.floor(3 * lease / 1000)))
+  local mine = tonumber(redis.call('HGET', n, me) or '0') - tonumber(redis.call('HGET', a, me) or '0')
+  local total, asked = others(n, v, a, KEYS[1], me)
+  table.insert(totals, total - asked + mine)
 end
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. s(now), '+inf')
 return {{now, ep, live, totals}}"
@@ -318,6 +335,7 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 for i = 2, #ARGV, 2 do
   redis.call('HDEL', ARGV[i] .. ':n', ARGV[1])
   redis.call('HDEL', ARGV[i] .. ':v', ARGV[1])
+  redis.call('HDEL', ARGV[i] .. ':a', ARGV[1])
   redis.call('ZREM', ARGV[i] .. ':w', ARGV[1])
   redis.call('PUBLISH', ARGV[i + 1], 'l')
 end

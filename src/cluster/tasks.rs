@@ -83,13 +83,14 @@ async fn beat(shared: &Arc<Shared>) -> Result<(), BackendError> {
         ))
         .arg(&shared.incarnation);
     for scope in &scopes {
-        let (count, version) = scope.snapshot();
+        let (count, version, asking) = scope.to_publish();
         invocation
             .arg(scope.prefix())
             .arg(count)
             .arg(version)
             .arg(scope.incarnation())
-            .arg(u8::from(scope.is_waiting()));
+            .arg(u8::from(scope.is_waiting()))
+            .arg(u8::from(asking));
     }
     let sent = Instant::now();
     let reply = shared.link.call(&invocation, &mut manager, false).await?;
@@ -180,7 +181,7 @@ async fn flusher(shared: Arc<Shared>) {
                 .filter(|s| s.take_dirty())
                 .collect();
             let publishes = dirty.iter().map(|scope| {
-                let (count, version) = scope.snapshot();
+                let (count, version, asking) = scope.to_publish();
                 let shared = &shared;
                 async move {
                     let mut invocation = scripts::PUBLISH.prepare_invoke();
@@ -188,11 +189,13 @@ async fn flusher(shared: Arc<Shared>) {
                         .key(format!("{}:n", scope.prefix()))
                         .key(format!("{}:v", scope.prefix()))
                         .key(format!("{}:w", scope.prefix()))
+                        .key(format!("{}:a", scope.prefix()))
                         .arg(&shared.replica_id)
                         .arg(count)
                         .arg(scope.incarnation())
                         .arg(version)
-                        .arg(scope.channel());
+                        .arg(scope.channel())
+                        .arg(u8::from(asking));
                     if shared.link.run(&invocation, false).await.is_err() {
                         scope.mark_dirty();
                         return false;

@@ -128,7 +128,7 @@ impl ScopeState {
         let shared = &self.shared;
         let mut invocation = self.decision(
             &scripts::ACQUIRE,
-            &["n", "v", "r", "w", "p", "f", "vt", "c"],
+            &["n", "v", "r", "w", "p", "f", "vt", "c", "a"],
         );
         invocation
             .arg(count)
@@ -157,7 +157,7 @@ impl ScopeState {
         let reply = items(&value);
         match text(reply.first()).as_str() {
             "ok" => {
-                pending.granted = true;
+                pending.grant();
                 if head_us >= 0 {
                     self.placed.store(self.head_key(head), Ordering::Release);
                 }
