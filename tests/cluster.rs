@@ -444,6 +444,15 @@ async fn a_reloaded_cap_applies_to_the_replica_that_reloaded_and_a_drain_hands_s
     drop(held);
 }
 
+/// Known to fail about 1 run in 95 with four busy loops on the machine's two cores
+/// (47 : 22 and 42 : 27 seen; none in 95 runs with two loops). In a failing run one
+/// tenant's queue got no turn at the edge for about 0.8 s while the other got 17 in a
+/// row: a stall, not a loose ratio, the length of the 1 s fallback poll after a missed
+/// capacity notice. Suspected, not confirmed: a heartbeat built while this replica had
+/// no queue head (`is_waiting()` false) runs in Redis after the pump registered a new
+/// head, and its `ZREM` from `P:w` removes that fresh head; the other replica's next
+/// grant then sees no waiter and sends no notice. A fix would let a heartbeat remove only
+/// a head registered before it was built (a registration counter kept in Redis).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_weights_hold_across_replicas() {
     let _serial = SERIAL.lock().await;
