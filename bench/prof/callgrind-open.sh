@@ -5,7 +5,7 @@
 # open), OUT.2 the close phase. Instruction counts are repeatable on this noisy machine;
 # read them per session with
 #   python3 bench/prof/selfcost.py OUT.1 40 COUNT      (self cost by function and crate)
-#   python3 bench/prof/callees.py OUT.1 '^sluice::upstream::request::build_request$' COUNT
+#   python3 bench/prof/calls.py OUT.1 callees '^sluice::upstream::request::build_request$' COUNT
 #   callgrind_annotate --inclusive=yes OUT.1
 set -u
 . "$(dirname "$0")/common.sh"
