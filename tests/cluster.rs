@@ -514,6 +514,38 @@ async fn the_edge_weights_hold_across_replicas() {
     );
 }
 
+/// A cluster member on `redis` with an edge, a 150 ms heartbeat and no metrics, for the
+/// tests that drive its scopes directly.
+fn cluster_member(redis: &Redis, id: &str) -> sluice::cluster::Cluster {
+    sluice::cluster::Cluster::new(
+        &sluice::config::Cluster {
+            redis: sluice::config::RedisTarget::Url(redis.url()),
+            replica_id: id.to_owned(),
+            heartbeat: Duration::from_millis(150),
+            lease_ttl: Duration::from_secs(5),
+            redis_timeout: Duration::from_secs(2),
+            on_redis_failure: sluice::config::OnRedisFailure::Closed,
+        },
+        true,
+        None,
+    )
+}
+
+/// A `hold`-mode tenant's limits: a cap of `max_sessions`, a rate that never binds.
+fn hold_limits(max_sessions: u32) -> sluice::config::Limits {
+    sluice::config::Limits {
+        max_sessions,
+        handshake_rate: 10_000.0,
+        handshake_burst: 1000,
+        queue_depth: 10,
+        queue_timeout: Duration::from_secs(5),
+        queue_mode: sluice::config::QueueMode::Hold,
+        subprotocols: Vec::new(),
+        weight: 1,
+        enforce: true,
+    }
+}
+
 /// A head whose slot Redis granted in FIFO order keeps its place until its token: a
 /// client of another replica registering meanwhile with an earlier arrival (or one
 /// that only seems earlier, arrivals being converted to Redis's clock with each
@@ -523,31 +555,8 @@ async fn the_edge_weights_hold_across_replicas() {
 async fn a_head_granted_its_slot_keeps_its_place_until_its_token() {
     let _serial = SERIAL.lock().await;
     let Some(redis) = Redis::start() else { return };
-    let member = |id: &str| {
-        sluice::cluster::Cluster::new(
-            &sluice::config::Cluster {
-                redis: sluice::config::RedisTarget::Url(redis.url()),
-                replica_id: id.to_owned(),
-                heartbeat: Duration::from_millis(150),
-                lease_ttl: Duration::from_secs(5),
-                redis_timeout: Duration::from_secs(2),
-                on_redis_failure: sluice::config::OnRedisFailure::Closed,
-            },
-            true,
-            None,
-        )
-    };
-    let limits = sluice::config::Limits {
-        max_sessions: 10,
-        handshake_rate: 10_000.0,
-        handshake_burst: 1000,
-        queue_depth: 10,
-        queue_timeout: Duration::from_secs(5),
-        queue_mode: sluice::config::QueueMode::Hold,
-        subprotocols: Vec::new(),
-        weight: 1,
-        enforce: true,
-    };
+    let member = |id: &str| cluster_member(&redis, id);
+    let limits = hold_limits(10);
     let (r0, r1) = (member("r0"), member("r1"));
     assert!(r0.ready(Duration::from_secs(5)).await && r1.ready(Duration::from_secs(5)).await);
     support::wait_until("both replicas see each other", async || {
@@ -591,18 +600,7 @@ async fn a_head_granted_its_slot_keeps_its_place_until_its_token() {
 async fn a_slot_being_asked_for_is_not_reported_as_a_session() {
     let _serial = SERIAL.lock().await;
     let Some(redis) = Redis::start() else { return };
-    let r0 = sluice::cluster::Cluster::new(
-        &sluice::config::Cluster {
-            redis: sluice::config::RedisTarget::Url(redis.url()),
-            replica_id: "r0".to_owned(),
-            heartbeat: Duration::from_millis(150),
-            lease_ttl: Duration::from_secs(5),
-            redis_timeout: Duration::from_secs(2),
-            on_redis_failure: sluice::config::OnRedisFailure::Closed,
-        },
-        true,
-        None,
-    );
+    let r0 = cluster_member(&redis, "r0");
     assert!(r0.ready(Duration::from_secs(5)).await);
     let now_us = match redis.cmd(&["TIME"]) {
         redis::Value::Array(t) => {
@@ -631,17 +629,7 @@ async fn a_slot_being_asked_for_is_not_reported_as_a_session() {
     };
     // r1: one session, and a slot it is asking for.
     r1_publishes("2", "1", true);
-    let limits = sluice::config::Limits {
-        max_sessions: 3,
-        handshake_rate: 10_000.0,
-        handshake_burst: 1000,
-        queue_depth: 10,
-        queue_timeout: Duration::from_secs(5),
-        queue_mode: sluice::config::QueueMode::Hold,
-        subprotocols: Vec::new(),
-        weight: 1,
-        enforce: true,
-    };
+    let limits = hold_limits(3);
     let t0 = r0.scopes().tenant("t", &limits);
     // Decisions count r1's asked-for slot: 2 + 1 fit the cap of 3, 2 + 2 do not.
     assert!(t0.acquire_slot(None).await.unwrap());

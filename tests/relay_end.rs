@@ -53,12 +53,7 @@ async fn finish(task: tokio::task::JoinHandle<RelayStats>) -> RelayStats {
 
 #[tokio::test]
 async fn plain_client_close_counts_bytes_and_ends_clean() {
-    let (mut client, client_side) = pair().await;
-    let (edge_side, mut edge) = pair().await;
-    let task = tokio::spawn(relay_all(
-        leg(Stream::Plain(client_side)),
-        leg(Stream::Plain(edge_side)),
-    ));
+    let (mut client, mut edge, task) = plain_session().await;
     client.write_all(b"0123456789").await.unwrap();
     assert_eq!(read_exact(&mut edge, 10).await, b"0123456789");
     edge.write_all(b"abcde").await.unwrap();
@@ -155,12 +150,7 @@ fn close_frame(mask: Option<[u8; 4]>) -> Vec<u8> {
 /// `edge_error` (issue 14: seen with a real XMPP server, 14 of 1,000 clean sessions).
 #[tokio::test]
 async fn edge_that_resets_right_after_its_close_frame_ends_clean() {
-    let (mut client, client_side) = pair().await;
-    let (edge_side, mut edge) = pair().await;
-    let task = tokio::spawn(relay_all(
-        leg(Stream::Plain(client_side)),
-        leg(Stream::Plain(edge_side)),
-    ));
+    let (mut client, mut edge, task) = plain_session().await;
     edge.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();
     assert_eq!(read_exact(&mut client, 4).await, [0x81, 2, b'h', b'i']);
     edge.write_all(&close_frame(None)).await.unwrap();
@@ -183,12 +173,7 @@ async fn edge_that_resets_right_after_its_close_frame_ends_clean() {
 /// of ending the stream. A clean end.
 #[tokio::test]
 async fn edge_that_closes_with_the_close_answer_unread_ends_clean() {
-    let (mut client, client_side) = pair().await;
-    let (edge_side, mut edge) = pair().await;
-    let task = tokio::spawn(relay_all(
-        leg(Stream::Plain(client_side)),
-        leg(Stream::Plain(edge_side)),
-    ));
+    let (mut client, mut edge, task) = plain_session().await;
     edge.write_all(&close_frame(None)).await.unwrap();
     assert_eq!(read_exact(&mut client, 4).await, close_frame(None));
     let answer = close_frame(Some([9, 8, 7, 6]));
@@ -217,12 +202,7 @@ async fn edge_that_closes_with_the_close_answer_unread_ends_clean() {
 /// HALF_CLOSE_LINGER, then counted `linger_timeout`.)
 #[tokio::test]
 async fn an_end_of_stream_after_the_closing_handshake_ends_the_session_at_once() {
-    let (mut client, client_side) = pair().await;
-    let (edge_side, mut edge) = pair().await;
-    let task = tokio::spawn(relay_all(
-        leg(Stream::Plain(client_side)),
-        leg(Stream::Plain(edge_side)),
-    ));
+    let (mut client, mut edge, task) = plain_session().await;
     edge.write_all(&close_frame(None)).await.unwrap();
     assert_eq!(read_exact(&mut client, 4).await, close_frame(None));
     let answer = close_frame(Some([4, 3, 2, 1]));
@@ -246,12 +226,7 @@ async fn an_end_of_stream_after_the_closing_handshake_ends_the_session_at_once()
 /// The same when the client starts the closing handshake and ends its stream first.
 #[tokio::test]
 async fn a_client_end_after_the_closing_handshake_ends_the_session_at_once() {
-    let (mut client, client_side) = pair().await;
-    let (edge_side, mut edge) = pair().await;
-    let task = tokio::spawn(relay_all(
-        leg(Stream::Plain(client_side)),
-        leg(Stream::Plain(edge_side)),
-    ));
+    let (mut client, mut edge, task) = plain_session().await;
     let close = close_frame(Some([7, 7, 7, 7]));
     client.write_all(&close).await.unwrap();
     assert_eq!(read_exact(&mut edge, 8).await, close);
@@ -267,12 +242,7 @@ async fn a_client_end_after_the_closing_handshake_ends_the_session_at_once() {
 /// other direction may still finish (here the edge answers after the client's end).
 #[tokio::test]
 async fn an_end_with_the_closing_handshake_half_done_is_passed_on() {
-    let (mut client, client_side) = pair().await;
-    let (edge_side, mut edge) = pair().await;
-    let task = tokio::spawn(relay_all(
-        leg(Stream::Plain(client_side)),
-        leg(Stream::Plain(edge_side)),
-    ));
+    let (mut client, mut edge, task) = plain_session().await;
     let close = close_frame(Some([5, 6, 7, 8]));
     client.write_all(&close).await.unwrap();
     client.shutdown().await.unwrap();
@@ -296,12 +266,7 @@ async fn an_end_with_the_closing_handshake_half_done_is_passed_on() {
 /// The same from the client's side: it sends its close frame and resets.
 #[tokio::test]
 async fn client_that_resets_right_after_its_close_frame_ends_clean() {
-    let (mut client, client_side) = pair().await;
-    let (edge_side, mut edge) = pair().await;
-    let task = tokio::spawn(relay_all(
-        leg(Stream::Plain(client_side)),
-        leg(Stream::Plain(edge_side)),
-    ));
+    let (mut client, mut edge, task) = plain_session().await;
     client
         .write_all(&close_frame(Some([1, 1, 1, 1])))
         .await
@@ -379,6 +344,17 @@ async fn edge_reset_without_a_close_frame_is_an_error_that_names_itself() {
     );
     assert_eq!(stats.end.error(), Some(std::io::ErrorKind::ConnectionReset));
     assert_eq!(stats.end.as_str(), "edge_error");
+}
+
+/// A plain-TCP session under the relay: (the client's end, the edge's end, the relay).
+async fn plain_session() -> (TcpStream, TcpStream, tokio::task::JoinHandle<RelayStats>) {
+    let (client, client_side) = pair().await;
+    let (edge_side, edge) = pair().await;
+    let task = tokio::spawn(relay_all(
+        leg(Stream::Plain(client_side)),
+        leg(Stream::Plain(edge_side)),
+    ));
+    (client, edge, task)
 }
 
 /// The relay until the session ends by itself (nothing stops it from outside); both
